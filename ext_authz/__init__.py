@@ -1,0 +1,1 @@
+"""External authorization for Envoy: JWT, RBAC, tenant scope, rate limits."""

@@ -1,0 +1,1 @@
+"""The `sidecar` command: the composition root that runs the xDS server, ext_authz and Envoy."""

@@ -1,0 +1,95 @@
+"""Envoy bootstrap for the sidecar: ADS over HTTP/2 to the xDS server, admin on loopback."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+XDS_CLUSTER = "xds_cluster"
+
+
+@dataclass(frozen=True)
+class BootstrapOptions:
+    node_id: str = "sidecar-envoy"
+    node_cluster: str = "sidecar"
+    xds_host: str = "127.0.0.1"
+    xds_port: int = 18000
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 9901
+    delta: bool = False
+    max_downstream_connections: int = 50_000
+
+
+def _h2_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+    """A static cluster that speaks HTTP/2 (gRPC) to one address."""
+    return {
+        "name": name,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "dns_lookup_family": "V4_PREFERRED",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                    }
+                },
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": host, "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def render(opts: BootstrapOptions) -> dict[str, Any]:
+    ads_source = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": {"id": opts.node_id, "cluster": opts.node_cluster},
+        "admin": {
+            "address": {
+                "socket_address": {"address": opts.admin_address, "port_value": opts.admin_port}
+            }
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if opts.delta else "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+            },
+            "cds_config": ads_source,
+            "lds_config": ads_source,
+        },
+        "static_resources": {"clusters": [_h2_cluster(XDS_CLUSTER, opts.xds_host, opts.xds_port)]},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": opts.max_downstream_connections,
+                    },
+                }
+            ]
+        },
+    }
+
+
+def render_json(opts: BootstrapOptions) -> str:
+    return json.dumps(render(opts), indent=2, sort_keys=True) + "\n"

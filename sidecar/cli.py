@@ -1,0 +1,182 @@
+"""`sidecar`: up, validate, render, schema, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from sidecar import up
+from sidecar.envflags import add_flag, add_switch
+from xds_server import typeurls
+from xds_server.catalog import Catalog, CatalogError, json_schema, load_catalog
+from xds_server.settings import DEFAULT_CATALOG
+from xds_server.translate import Options, build_snapshot
+
+
+def _load_or_report(path: Path) -> Catalog | None:
+    try:
+        return load_catalog(path)
+    except CatalogError as err:
+        print(f"{path}: invalid ({len(err.problems)} problem(s))", file=sys.stderr)
+        for p in err.problems:
+            print(f"  {p}", file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    catalog = _load_or_report(Path(args.path))
+    if catalog is None:
+        return 1
+    snapshot = build_snapshot(catalog, Options())
+    problems = snapshot.consistent()
+    if problems:
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"{args.path}: valid, {len(catalog.services)} service(s), version {snapshot.version}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    catalog = _load_or_report(Path(args.path))
+    if catalog is None:
+        return 1
+    snapshot = build_snapshot(
+        catalog, Options(listener_address=args.listener_address, listener_port=args.listener_port)
+    )
+    out: dict[str, Any] = {"version": snapshot.version, "versions": {}, "resources": {}}
+    for type_url in typeurls.PUSH_ORDER:
+        short = typeurls.SHORT_NAMES[type_url]
+        out["versions"][short] = snapshot.versions[type_url]
+        out["resources"][short] = [
+            json_format.MessageToDict(r.message, preserving_proto_field_name=True)
+            for r in snapshot.resources[type_url].values()
+        ]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    url = f"http://{args.xds_http}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            status = json.load(resp)
+    except OSError as err:
+        print(f"sidecar status: cannot reach {url}: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    catalog = status["catalog"]
+    print(f"serving version {status['version']} from {catalog['path']}")
+    if not catalog["valid"]:
+        print("catalog on disk is INVALID; still serving the last good version:")
+        for e in catalog["errors"]:
+            print(f"  {e}")
+    proxies = status["proxies"]
+    print(f"{len(proxies)} proxy(ies) connected")
+    worst = "SYNCED"
+    for proxy in proxies:
+        print(f"  {proxy['node_id']} ({proxy['node_cluster']})")
+        for short, t in proxy["types"].items():
+            line = f"    {short:<10} {t['state']:<7} acked {t['acked_version']}"
+            if t["state"] == "NACKED":
+                line += f"  error: {t.get('error')}"
+            print(line)
+            if t["state"] != "SYNCED":
+                worst = t["state"]
+    return 0 if worst == "SYNCED" else 2
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    catalog = _load_or_report(Path(args.catalog))
+    if catalog is None:
+        return 1
+    conf = up.UpSettings(
+        catalog=Path(args.catalog),
+        demo=args.demo,
+        listener_port=args.listener_port,
+        admin_port=args.admin_port,
+        xds_port=args.xds_port,
+        xds_http_port=args.xds_http_port,
+        node_id=args.node_id,
+        envoy_log_level=args.envoy_log_level,
+        startup_timeout_s=args.startup_timeout,
+    )
+    return up.run(conf, catalog)
+
+
+def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run xDS server, Envoy (and demo upstreams) in the foreground")
+    add_flag(p, "catalog", default=DEFAULT_CATALOG, help="catalog file", environ=environ)
+    add_switch(
+        p, "demo", help="also run echo upstreams for the catalog's loopback URLs", environ=environ
+    )
+    add_flag(
+        p, "listener-port", type=int, default=10000, help="Envoy listener port", environ=environ
+    )
+    add_flag(p, "admin-port", type=int, default=9901, help="Envoy admin port", environ=environ)
+    add_flag(p, "xds-port", type=int, default=18000, help="xDS gRPC port", environ=environ)
+    add_flag(
+        p, "xds-http-port", type=int, default=18080, help="xDS metrics/status port", environ=environ
+    )
+    add_flag(p, "node-id", default="sidecar-envoy", help="Envoy node id", environ=environ)
+    add_flag(p, "envoy-log-level", default="warning", help="Envoy log level", environ=environ)
+    add_flag(
+        p,
+        "startup-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for readiness",
+        environ=environ,
+    )
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("validate", help="check a catalog; exit 1 with every error")
+    p.add_argument("path", nargs="?", default=environ.get("SIDECAR_CATALOG", DEFAULT_CATALOG))
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print the Envoy resources a catalog becomes, as JSON")
+    p.add_argument("path", nargs="?", default=environ.get("SIDECAR_CATALOG", DEFAULT_CATALOG))
+    add_flag(
+        p, "listener-address", default="0.0.0.0", help="Envoy listener address", environ=environ
+    )
+    add_flag(
+        p, "listener-port", type=int, default=10000, help="Envoy listener port", environ=environ
+    )
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("schema", help="print the catalog's JSON Schema")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("status", help="every connected Envoy and what it has ACKed")
+    add_flag(p, "xds-http", default="127.0.0.1:18080", help="xDS status address", environ=environ)
+    p.add_argument("--json", action="store_true", help="print the raw status document")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The catalog accepts what the contract allows and names every mistake with its JSON path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SAMPLE
+from xds_server.catalog import CatalogError, Service, json_schema, load_catalog, parse_catalog
+
+BAD = Path(__file__).resolve().parent.parent / "fixtures" / "bad_catalogs"
+
+# fixture file → (JSON path, words the message must contain)
+EXPECTED = {
+    "unknown_field": ("services[1].timeout", "unknown field"),
+    "duplicate_service_name": ("services[2].service_name", "duplicate service_name 'orders'"),
+    "duplicate_base_path": ("services[2].base_path", "already used by services[1]"),
+    "base_path_without_slash": ("services[0].base_path", "must start with '/'"),
+    "url_without_port": ("services[1].internal_url", "host and port are required"),
+    "url_bad_scheme": ("services[1].internal_url", "scheme must be http or https"),
+    "non_positive_timeout": ("services[0].timeout_ms", "must be greater than 0"),
+    "per_try_timeout_above_total": (
+        "services[0].retry_policy.per_try_timeout_ms",
+        "above the service's timeout_ms 1000",
+    ),
+    "permission_names_unknown_service": ("roles.viewer[0]", "unknown service 'billing'"),
+    "permission_with_unknown_action": ("roles.viewer[0]", "unknown action 'view'"),
+    "max_retries_out_of_range": ("services[0].retry_policy.max_retries", "at most 10"),
+    "unknown_retry_condition": ("services[0].retry_policy.retry_on", "'sometimes'"),
+    "rate_limit_with_two_rates": ("services[0].rate_limit", "exactly one of"),
+    "backoff_max_below_base": ("services[0].retry_policy", "backoff_max_ms"),
+    "unknown_tenant_scope": ("services[0].tenant_scope", "'global' or 'tenant'"),
+    "cacheable_not_boolean": ("services[0].cacheable", "valid boolean"),
+    "services_missing": ("services", "required"),
+    "not_json": ("", "not valid JSON"),
+}
+
+
+def test_every_bad_fixture_has_an_expectation() -> None:
+    assert {p.stem for p in BAD.glob("*.json")} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_a_bad_catalog_is_rejected_with_the_path_and_reason(name: str) -> None:
+    path, words = EXPECTED[name]
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(BAD / f"{name}.json")
+    matching = [p for p in caught.value.problems if p.path == path]
+    assert matching, f"no problem at {path!r}: {caught.value.problems}"
+    assert any(words in p.message for p in matching), matching
+    assert f"{path}: " in str(caught.value) or not path
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    data = json.loads((BAD / "unknown_field.json").read_text())
+    data["services"][0]["timeout_ms"] = -5
+    data["services"][0]["base_path"] = "nope"
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(data)
+    assert {p.path for p in caught.value.problems} == {
+        "services[1].timeout",
+        "services[0].timeout_ms",
+        "services[0].base_path",
+    }
+
+
+def test_json_error_names_line_and_column() -> None:
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(BAD / "not_json.json")
+    assert "line 2" in caught.value.problems[0].message
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="cannot read the file"):
+        load_catalog(tmp_path / "absent.json")
+
+
+def test_the_sample_catalog_is_valid_and_uses_every_field() -> None:
+    catalog = load_catalog(SAMPLE)
+    assert len(catalog.services) >= 3
+    raw = json.loads(SAMPLE.read_text())
+    used = {key for svc in raw["services"] for key in svc}
+    assert used == set(Service.model_fields)
+    assert any(isinstance(s["internal_url"], list) for s in raw["services"])
+    assert raw["roles"]
+
+
+def test_a_catalog_with_only_the_seed_fields_is_valid() -> None:
+    seed = {
+        "services": [
+            {
+                "service_name": "orders",
+                "base_path": "/orders",
+                "internal_url": "http://10.0.0.5:8080",
+                "healthcheck_endpoint": "/health",
+                "timeout_ms": 3000,
+                "tenant_scope": "tenant",
+                "cacheable": False,
+                "retry_policy": {"max_retries": 2, "retry_on": ["5xx"]},
+                "rbac_required": True,
+                "rate_limit": {"requests_per_minute": 60},
+            }
+        ]
+    }
+    svc = parse_catalog(seed).services[0]
+    assert svc.public is False
+    assert svc.retry_policy is not None and svc.retry_policy.backoff_base_ms == 25
+
+
+def test_a_prefix_of_another_base_path_is_allowed() -> None:
+    catalog = parse_catalog(
+        {
+            "services": [
+                {"service_name": "a", "base_path": "/api", "internal_url": "http://127.0.0.1:1"},
+                {"service_name": "b", "base_path": "/api/v2", "internal_url": "http://127.0.0.1:2"},
+            ]
+        }
+    )
+    assert [s.service_name for s in catalog.services] == ["a", "b"]
+
+
+@pytest.mark.parametrize("perm", ["*", "orders:*", "*:read", "orders:delete", "*:*"])
+def test_permission_patterns_with_wildcards_are_accepted(perm: str) -> None:
+    data = {
+        "services": [{"service_name": "orders", "base_path": "/o", "internal_url": "http://h:1"}],
+        "roles": {"r": [perm]},
+    }
+    assert parse_catalog(data).roles == {"r": [perm]}
+
+
+def test_the_shipped_json_schema_matches_the_models() -> None:
+    shipped = json.loads((ROOT / "service_catalog.schema.json").read_text())
+    assert shipped == json_schema(), "regenerate with: sidecar schema > service_catalog.schema.json"
+    assert shipped["properties"]["services"]["type"] == "array"

@@ -1,0 +1,64 @@
+"""`sidecar validate`, `render` and `schema` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import SAMPLE
+from tests.unit.test_catalog import BAD
+
+
+def sidecar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+
+def test_validate_accepts_the_sample() -> None:
+    result = sidecar("validate", str(SAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert "valid, 4 service(s), version " in result.stdout
+
+
+def test_validate_lists_every_error_with_its_path(tmp_path: Path) -> None:
+    data = json.loads((BAD / "per_try_timeout_above_total.json").read_text())
+    data["services"][1]["base_path"] = "users"
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    result = sidecar("validate", str(path))
+    assert result.returncode == 1
+    assert "services[1].base_path: must start with '/'" in result.stderr
+    # Cross-field checks run once the shape is right.
+    data["services"][1]["base_path"] = "/users"
+    path.write_text(json.dumps(data))
+    result = sidecar("validate", str(path))
+    assert result.returncode == 1
+    assert "services[0].retry_policy.per_try_timeout_ms: per-try timeout 1500 ms" in result.stderr
+
+
+def test_render_prints_every_resource_type_as_json() -> None:
+    result = sidecar("render", str(SAMPLE))
+    assert result.returncode == 0, result.stderr
+    rendered = json.loads(result.stdout)
+    assert {c["name"] for c in rendered["resources"]["clusters"]} == {
+        "orders",
+        "catalog",
+        "status",
+        "admin",
+    }
+    assert rendered["resources"]["listeners"][0]["address"]["socket_address"]["port_value"] == 10000
+    assert len(rendered["version"]) == 16
+
+
+def test_schema_prints_the_shipped_schema() -> None:
+    result = sidecar("schema")
+    shipped = json.loads((SAMPLE.parent / "service_catalog.schema.json").read_text())
+    assert json.loads(result.stdout) == shipped

@@ -1,0 +1,59 @@
+"""Envoy itself (`envoy --mode validate`) accepts our bootstraps and translated resources."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sidecar.bootstrap import BootstrapOptions, render_json
+from sidecar.processes import find_envoy
+from tests.conftest import ROOT, SAMPLE
+from tests.envoy_static import static_bootstrap
+from xds_server.catalog import load_catalog
+from xds_server.translate import Options, build_snapshot
+
+
+def envoy_validate(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [find_envoy(), "--mode", "validate", "-c", str(config), "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_shipped_bootstrap_is_valid_and_current() -> None:
+    shipped = ROOT / "envoy" / "sidecar.json"
+    result = envoy_validate(shipped)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert shipped.read_text() == render_json(BootstrapOptions())
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_a_rendered_bootstrap_is_valid(tmp_path: Path, delta: bool) -> None:
+    path = tmp_path / "b.json"
+    path.write_text(render_json(BootstrapOptions(node_id="n", xds_port=1234, delta=delta)))
+    result = envoy_validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_envoy_accepts_the_sample_catalog_translation(tmp_path: Path) -> None:
+    snapshot = build_snapshot(load_catalog(SAMPLE), Options())
+    path = tmp_path / "static.json"
+    path.write_text(json.dumps(static_bootstrap(snapshot)))
+    result = envoy_validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_envoy_would_reject_a_broken_resource(tmp_path: Path) -> None:
+    # The check above can fail: a negative timeout is refused by Envoy.
+    snapshot = build_snapshot(load_catalog(SAMPLE), Options())
+    config = static_bootstrap(snapshot)
+    config["static_resources"]["clusters"][0]["connect_timeout"] = "-1s"
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(config))
+    assert envoy_validate(path).returncode != 0

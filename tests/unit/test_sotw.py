@@ -1,0 +1,199 @@
+"""The SotW stream's decisions: ACK, NACK, stale nonces, push order, subscriptions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+from prometheus_client import CollectorRegistry
+
+from xds_server import typeurls
+from xds_server.catalog import parse_catalog
+from xds_server.metrics import XdsMetrics
+from xds_server.snapshot import Snapshot
+from xds_server.sotw import SotwStream
+from xds_server.status import ProxyRegistry, ProxyStatus, state_of
+from xds_server.translate import Options, build_snapshot
+
+CDS, EDS, LDS, RDS = typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE
+
+
+class FakeSource:
+    def __init__(self, snapshot: Snapshot | None) -> None:
+        self.snapshot = snapshot
+
+    def current(self) -> Snapshot | None:
+        return self.snapshot
+
+    def subscribe(self, listener: Callable[[Snapshot], None]) -> Callable[[], None]:
+        return lambda: None
+
+
+def snap(*names: str, timeout_ms: int = 1000) -> Snapshot:
+    services = [
+        {
+            "service_name": n,
+            "base_path": f"/{n}",
+            "internal_url": f"http://127.0.0.1:{8000 + i}",
+            "timeout_ms": timeout_ms,
+        }
+        for i, n in enumerate(names)
+    ]
+    return build_snapshot(parse_catalog({"services": services}), Options())
+
+
+def req(
+    type_url: str,
+    names: tuple[str, ...] = (),
+    *,
+    nonce: str = "",
+    version: str = "",
+    error: str | None = None,
+    node: str | None = None,
+) -> discovery_pb2.DiscoveryRequest:
+    out = discovery_pb2.DiscoveryRequest(
+        type_url=type_url, resource_names=list(names), response_nonce=nonce, version_info=version
+    )
+    if error is not None:
+        out.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+    if node is not None:
+        out.node.CopyFrom(base_pb2.Node(id=node, cluster="edge"))
+    return out
+
+
+class Harness:
+    def __init__(self, snapshot: Snapshot | None) -> None:
+        self.source = FakeSource(snapshot)
+        self.registry = ProxyRegistry()
+        self.status: ProxyStatus = self.registry.open()
+        self.stream = SotwStream(
+            self.source, self.status, XdsMetrics(CollectorRegistry()), logging.getLogger("test")
+        )
+
+    def ask(self, r: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+        return self.stream.on_request(r)
+
+    def ack(self, resp: discovery_pb2.DiscoveryResponse, names: tuple[str, ...] = ()) -> Any:
+        return self.ask(req(resp.type_url, names, nonce=resp.nonce, version=resp.version_info))
+
+
+def test_the_first_request_gets_every_cluster_and_records_the_node() -> None:
+    h = Harness(snap("a", "b"))
+    (resp,) = h.ask(req(CDS, node="edge-1"))
+    assert resp.type_url == CDS
+    assert len(resp.resources) == 2
+    assert resp.version_info == h.source.snapshot.versions[CDS]  # type: ignore[union-attr]
+    assert h.status.node_id == "edge-1"
+
+
+def test_nothing_is_sent_before_a_valid_catalog() -> None:
+    h = Harness(None)
+    assert h.ask(req(CDS)) == []
+    h.source.snapshot = snap("a")
+    assert [r.type_url for r in h.stream.on_snapshot()] == [CDS]
+
+
+def test_endpoints_are_sent_only_for_the_names_subscribed() -> None:
+    h = Harness(snap("a", "b", "c"))
+    (resp,) = h.ask(req(EDS, ("b", "zzz")))
+    assert len(resp.resources) == 1
+    assert h.ack(resp, ("b", "zzz")) == []
+    (resp,) = h.ask(req(EDS, ("a", "b"), nonce=resp.nonce, version=resp.version_info))
+    assert len(resp.resources) == 2
+
+
+def test_an_ack_is_recorded_and_triggers_no_resend() -> None:
+    h = Harness(snap("a"))
+    (resp,) = h.ask(req(CDS))
+    assert h.ack(resp) == []
+    assert h.status.of(CDS).acked_version == resp.version_info
+    assert state_of(h.status.of(CDS), resp.version_info) == "SYNCED"
+
+
+def test_a_nacked_version_is_recorded_and_never_resent() -> None:
+    h = Harness(snap("a"))
+    (resp,) = h.ask(req(CDS))
+    h.ack(resp)
+    h.source.snapshot = snap("a", "b")
+    (bad,) = h.stream.on_snapshot()
+    again = h.ask(req(CDS, nonce=bad.nonce, version=resp.version_info, error="bad cluster"))
+    assert again == []
+    st = h.status.of(CDS)
+    assert (st.nacked_version, st.error) == (bad.version_info, "bad cluster")
+    assert state_of(st, bad.version_info) == "NACKED"
+    # Envoy asks again with the old version: still nothing to send.
+    assert h.ask(req(CDS, nonce=bad.nonce, version=resp.version_info)) == []
+    # A different version is sent.
+    h.source.snapshot = snap("a", "c")
+    (fixed,) = h.stream.on_snapshot()
+    assert fixed.version_info not in (bad.version_info, resp.version_info)
+    h.ack(fixed)
+    assert st.nacked_version is None and st.acked_version == fixed.version_info
+
+
+def test_a_request_with_a_stale_nonce_is_ignored() -> None:
+    h = Harness(snap("a"))
+    (first,) = h.ask(req(CDS))
+    h.source.snapshot = snap("a", "b")
+    (second,) = h.stream.on_snapshot()
+    # Envoy NACKs the first response after the second was sent: stale, ignored.
+    assert h.ask(req(CDS, nonce=first.nonce, error="late")) == []
+    assert h.status.of(CDS).nacked_version is None
+    h.ack(second)
+    assert h.status.of(CDS).acked_version == second.version_info
+
+
+def test_routes_wait_for_clusters_in_flight() -> None:
+    h = Harness(snap("a"))
+    (cds,) = h.ask(req(CDS))
+    (eds,) = h.ask(req(EDS, ("a",)))
+    h.ack(cds)
+    h.ack(eds, ("a",))
+    (lds,) = h.ask(req(LDS))
+    (rds,) = h.ask(req(RDS, ("ingress_routes",)))
+    h.ack(lds)
+    h.ack(rds, ("ingress_routes",))
+
+    h.source.snapshot = snap("a", "b")
+    sent = h.stream.on_snapshot()
+    assert [r.type_url for r in sent] == [CDS, EDS]  # routes wait for the new cluster
+    cds2, eds2 = sent
+    assert h.ack(cds2) == []  # endpoints still in flight
+    (rds2,) = h.ack(eds2, ("a",))
+    assert rds2.type_url == RDS
+
+
+def test_order_is_clusters_endpoints_listeners_routes() -> None:
+    h = Harness(None)
+    for t, names in ((RDS, ("ingress_routes",)), (LDS, ()), (EDS, ("a",)), (CDS, ())):
+        h.ask(req(t, names))
+    h.source.snapshot = snap("a")
+    assert [r.type_url for r in h.stream.on_snapshot()] == [CDS, EDS]
+
+
+@pytest.mark.parametrize("names", [(), ("*",)])
+def test_an_empty_or_star_cluster_request_is_a_wildcard(names: tuple[str, ...]) -> None:
+    h = Harness(snap("a", "b"))
+    (resp,) = h.ask(req(CDS, names))
+    assert len(resp.resources) == 2
+
+
+def test_an_unknown_type_is_ignored() -> None:
+    h = Harness(snap("a"))
+    assert h.ask(req("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret")) == []
+
+
+def test_the_registry_reports_each_proxy_state() -> None:
+    h = Harness(snap("a"))
+    (resp,) = h.ask(req(CDS, node="edge-1"))
+    h.ack(resp)
+    (report,) = h.registry.report(h.source.snapshot)
+    assert report["node_id"] == "edge-1"
+    assert report["types"]["clusters"]["state"] == "SYNCED"
+    h.registry.close(h.status)
+    assert h.registry.report(h.source.snapshot) == []

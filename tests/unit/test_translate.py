@@ -1,0 +1,216 @@
+"""The translator turns catalog fields into the Envoy settings they promise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+
+from tests.conftest import SAMPLE
+from xds_server import typeurls
+from xds_server.catalog import load_catalog, parse_catalog
+from xds_server.snapshot import Snapshot
+from xds_server.translate import Options, build_snapshot, translate
+
+
+def catalog(*services: dict[str, Any], roles: dict[str, list[str]] | None = None) -> Any:
+    return parse_catalog({"services": list(services), "roles": roles or {}})
+
+
+def svc(name: str, path: str, url: str | list[str] = "http://127.0.0.1:8080", **kw: Any) -> Any:
+    return {"service_name": name, "base_path": path, "internal_url": url, **kw}
+
+
+def routes_of(snap: Snapshot) -> list[route_components_pb2.Route]:
+    (res,) = snap.resources[typeurls.ROUTE].values()
+    assert isinstance(res.message, route_pb2.RouteConfiguration)
+    return list(res.message.virtual_hosts[0].routes)
+
+
+def route_named(snap: Snapshot, name: str) -> route_components_pb2.Route:
+    return next(r for r in routes_of(snap) if r.name == name)
+
+
+def cluster_named(snap: Snapshot, name: str) -> cluster_pb2.Cluster:
+    msg = snap.resources[typeurls.CLUSTER][name].message
+    assert isinstance(msg, cluster_pb2.Cluster)
+    return msg
+
+
+def test_route_carries_timeout_and_retry_policy_with_backoff() -> None:
+    snap = build_snapshot(
+        catalog(
+            svc(
+                "orders",
+                "/orders",
+                timeout_ms=2500,
+                retry_policy={
+                    "max_retries": 3,
+                    "retry_on": ["connect-failure", "5xx"],
+                    "per_try_timeout_ms": 800,
+                    "backoff_base_ms": 40,
+                    "backoff_max_ms": 1200,
+                },
+            )
+        ),
+        Options(),
+    )
+    action = route_named(snap, "orders").route
+    assert action.cluster == "orders"
+    assert action.timeout.ToMilliseconds() == 2500
+    assert action.retry_policy.retry_on == "connect-failure,5xx"
+    assert action.retry_policy.num_retries.value == 3
+    assert action.retry_policy.per_try_timeout.ToMilliseconds() == 800
+    assert action.retry_policy.retry_back_off.base_interval.ToMilliseconds() == 40
+    assert action.retry_policy.retry_back_off.max_interval.ToMilliseconds() == 1200
+
+
+def test_no_retry_policy_means_no_retries() -> None:
+    snap = build_snapshot(catalog(svc("orders", "/orders")), Options())
+    assert not route_named(snap, "orders").route.HasField("retry_policy")
+
+
+def test_routes_are_longest_prefix_first_and_match_whole_segments() -> None:
+    snap = build_snapshot(
+        catalog(
+            svc("a", "/api"),
+            svc("b", "/api/v2/"),
+            svc("root", "/"),
+            svc("c", "/api/v2/admin"),
+        ),
+        Options(),
+    )
+    routes = routes_of(snap)
+    assert [r.name for r in routes] == ["c", "b", "a", "root"]
+    assert routes[1].match.path_separated_prefix == "/api/v2"  # trailing slash dropped
+    assert routes[-1].match.prefix == "/"
+
+
+def test_route_order_does_not_depend_on_file_order() -> None:
+    one = build_snapshot(catalog(svc("a", "/a"), svc("b", "/b")), Options())
+    two = build_snapshot(catalog(svc("b", "/b"), svc("a", "/a")), Options())
+    assert one.version == two.version
+
+
+def test_cluster_has_health_check_breakers_and_outlier_detection() -> None:
+    snap = build_snapshot(
+        catalog(
+            svc(
+                "orders",
+                "/orders",
+                healthcheck_endpoint="/healthz",
+                connect_timeout_ms=300,
+                health_check={"interval_ms": 2000, "timeout_ms": 400, "unhealthy_threshold": 2},
+                circuit_breaker={"max_connections": 10, "max_pending_requests": 5},
+                outlier_detection={"consecutive_5xx": 2, "base_ejection_time_ms": 5000},
+            )
+        ),
+        Options(),
+    )
+    c = cluster_named(snap, "orders")
+    assert c.type == cluster_pb2.Cluster.EDS
+    assert c.connect_timeout.ToMilliseconds() == 300
+    (hc,) = c.health_checks
+    assert hc.http_health_check.path == "/healthz"
+    assert hc.interval.ToMilliseconds() == 2000
+    assert hc.no_traffic_interval.ToMilliseconds() == 2000
+    assert hc.timeout.ToMilliseconds() == 400
+    assert hc.unhealthy_threshold.value == 2
+    (thresholds,) = c.circuit_breakers.thresholds
+    assert (thresholds.max_connections.value, thresholds.max_pending_requests.value) == (10, 5)
+    assert c.outlier_detection.consecutive_5xx.value == 2
+    assert c.outlier_detection.base_ejection_time.ToMilliseconds() == 5000
+
+
+def test_no_healthcheck_endpoint_means_no_active_health_check() -> None:
+    snap = build_snapshot(catalog(svc("orders", "/orders")), Options())
+    assert not cluster_named(snap, "orders").health_checks
+
+
+def test_every_url_becomes_an_endpoint() -> None:
+    snap = build_snapshot(
+        catalog(svc("orders", "/orders", ["http://10.0.0.1:80", "http://10.0.0.2:8080"])),
+        Options(),
+    )
+    cla = snap.resources[typeurls.ENDPOINT]["orders"].message
+    assert isinstance(cla, endpoint_pb2.ClusterLoadAssignment)
+    addresses = [
+        (e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
+        for e in cla.endpoints[0].lb_endpoints
+    ]
+    assert addresses == [("10.0.0.1", 80), ("10.0.0.2", 8080)]
+
+
+def test_hostnames_are_resolved_by_envoy_and_https_uses_tls() -> None:
+    snap = build_snapshot(catalog(svc("users", "/users", "https://users.internal:8443")), Options())
+    c = cluster_named(snap, "users")
+    assert c.type == cluster_pb2.Cluster.STRICT_DNS
+    assert c.load_assignment.endpoints[0].lb_endpoints[
+        0
+    ].endpoint.address.socket_address.address == ("users.internal")
+    assert c.transport_socket.name == "envoy.transport_sockets.tls"
+    assert "users" not in snap.resources[typeurls.ENDPOINT]
+    assert snap.consistent() == []
+
+
+def test_only_cacheable_services_use_the_cache() -> None:
+    snap = build_snapshot(
+        catalog(svc("a", "/a", cacheable=True), svc("b", "/b", cacheable=False)), Options()
+    )
+    assert "envoy.filters.http.cache" not in route_named(snap, "a").typed_per_filter_config
+    assert "envoy.filters.http.cache" in route_named(snap, "b").typed_per_filter_config
+
+
+def test_the_listener_binds_the_configured_port() -> None:
+    snap = build_snapshot(catalog(svc("a", "/a")), Options("127.0.0.1", 12345))
+    (res,) = snap.resources[typeurls.LISTENER].values()
+    address = res.message.address.socket_address
+    assert (address.address, address.port_value) == ("127.0.0.1", 12345)
+
+
+def test_same_catalog_gives_byte_identical_resources_and_version() -> None:
+    one = build_snapshot(load_catalog(SAMPLE), Options())
+    two = build_snapshot(load_catalog(SAMPLE), Options())
+    assert one.version == two.version
+    for type_url in typeurls.PUSH_ORDER:
+        assert [r.packed.SerializeToString() for r in one.resources[type_url].values()] == [
+            r.packed.SerializeToString() for r in two.resources[type_url].values()
+        ]
+
+
+def test_a_type_version_changes_only_with_its_content() -> None:
+    before = build_snapshot(catalog(svc("a", "/a", timeout_ms=1000)), Options())
+    after = build_snapshot(catalog(svc("a", "/a", timeout_ms=2000)), Options())
+    changed = {t for t in typeurls.PUSH_ORDER if before.versions[t] != after.versions[t]}
+    assert changed == {typeurls.ROUTE}
+    assert before.version != after.version
+
+
+def test_the_sample_translation_is_consistent() -> None:
+    assert build_snapshot(load_catalog(SAMPLE), Options()).consistent() == []
+
+
+def test_a_cluster_without_its_endpoints_is_inconsistent() -> None:
+    resources = translate(catalog(svc("a", "/a"), svc("b", "/b")), Options())
+    resources[typeurls.ENDPOINT] = [r for r in resources[typeurls.ENDPOINT] if r[0] != "b"]
+    problems = Snapshot.build(resources).consistent()
+    assert problems == ["cluster 'b' has no endpoints 'b'"]
+
+
+def test_a_listener_naming_missing_routes_is_inconsistent() -> None:
+    resources = translate(catalog(svc("a", "/a")), Options())
+    resources[typeurls.ROUTE] = []
+    assert Snapshot.build(resources).consistent() == [
+        "listener 'ingress_http' names missing routes 'ingress_routes'"
+    ]
+
+
+def test_a_route_naming_a_missing_cluster_is_inconsistent() -> None:
+    resources = translate(catalog(svc("a", "/a"), svc("b", "/b")), Options())
+    resources[typeurls.CLUSTER] = [r for r in resources[typeurls.CLUSTER] if r[0] != "b"]
+    resources[typeurls.ENDPOINT] = [r for r in resources[typeurls.ENDPOINT] if r[0] != "b"]
+    assert Snapshot.build(resources).consistent() == [
+        "route 'b' in 'ingress_routes' names missing cluster 'b'"
+    ]

@@ -1,0 +1,1 @@
+"""The xDS control plane: catalog → Envoy resources → ADS."""

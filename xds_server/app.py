@@ -1,0 +1,115 @@
+"""Composition of the xDS server: cache, reloader, ADS, health and the HTTP status page."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from sidecar import httpd
+from xds_server.cache import SnapshotCache
+from xds_server.metrics import XdsMetrics
+from xds_server.reload import Reloader
+from xds_server.server import AdsService
+from xds_server.settings import XdsSettings
+from xds_server.snapshot import Snapshot
+from xds_server.status import ProxyRegistry
+
+SERVICE_NAME = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+async def run(settings: XdsSettings, log: logging.Logger, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set, then shut down with a short grace period."""
+    registry = CollectorRegistry()
+    metrics = XdsMetrics(registry)
+    cache = SnapshotCache()
+    proxies = ProxyRegistry()
+    health_servicer = health.aio.HealthServicer()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    pending: set[asyncio.Task[None]] = set()
+
+    def on_loaded(_: Snapshot) -> None:
+        for name in ("", SERVICE_NAME):
+            task = asyncio.create_task(
+                health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            )
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    reloader = Reloader(settings.catalog, settings.translate, cache, metrics, log, on_loaded)
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+        AdsService(cache, proxies, metrics, log), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{settings.host}:{settings.port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen on {address}")
+
+    def status_page() -> httpd.Page:
+        current = cache.current()
+        body = {
+            "version": current.version if current else None,
+            "versions": dict(current.versions) if current else {},
+            "catalog": {
+                "path": str(settings.catalog),
+                "valid": reloader.state.ok,
+                "errors": list(reloader.state.problems),
+                "checked_at": reloader.state.at,
+            },
+            "proxies": proxies.report(current),
+            "time": time.time(),
+        }
+        return 200, "application/json", json.dumps(body, indent=2).encode() + b"\n"
+
+    def metrics_page() -> httpd.Page:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+
+    def ready_page() -> httpd.Page:
+        if cache.current() is None:
+            return 503, "text/plain", b"no valid catalog loaded\n"
+        return 200, "text/plain", b"ok\n"
+
+    http = await httpd.serve(
+        settings.http_host,
+        settings.http_port,
+        {"/status": status_page, "/metrics": metrics_page, "/ready": ready_page},
+    )
+    await reloader.load()
+    await server.start()
+    watcher = asyncio.create_task(reloader.watch(stop, settings.debounce_ms))
+    log.info(
+        "xds server started",
+        extra={
+            "fields": {
+                "grpc": address,
+                "http": f"{settings.http_host}:{settings.http_port}",
+                "catalog": str(settings.catalog),
+            }
+        },
+    )
+    try:
+        await stop.wait()
+    finally:
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        http.close()
+        await server.stop(grace=2)
+        await watcher
+        log.info("xds server stopped")

@@ -1,0 +1,429 @@
+"""The service catalog: models, loading and validation.
+
+`load_catalog(path)` and `parse_catalog(data)` are the only ways in; both either return a
+`Catalog` that passed every check or raise `CatalogError` listing every problem found, each
+with its JSON path (``services[2].retry_policy.max_retries``) and the reason.
+
+Validation runs in two passes. The first checks shape and types (pydantic); the second checks
+what spans fields (duplicate names and paths, per-try timeout above the total, permissions that
+name unknown services). The second pass runs only when the first one found nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# Envoy's retry_on condition names (router filter, x-envoy-retry-on and x-envoy-retry-grpc-on).
+RETRY_CONDITIONS: frozenset[str] = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "envoy-ratelimited",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "http3-post-connect-failure",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
+
+ACTIONS: Mapping[str, frozenset[str]] = {
+    "read": frozenset({"GET", "HEAD", "OPTIONS"}),
+    "write": frozenset({"POST", "PUT", "PATCH"}),
+    "delete": frozenset({"DELETE"}),
+}
+
+_SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+_ROLE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class RetryPolicy(_Strict):
+    """How Envoy retries a failed request (router retry_policy, exponential back-off)."""
+
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 1
+    retry_on: Annotated[list[str], Field(min_length=1)] = Field(
+        default_factory=lambda: ["connect-failure", "reset", "5xx"]
+    )
+    per_try_timeout_ms: Annotated[int, Field(gt=0)] | None = None
+    backoff_base_ms: Annotated[int, Field(gt=0, le=60_000)] = 25
+    backoff_max_ms: Annotated[int, Field(gt=0, le=300_000)] = 250
+
+    @field_validator("retry_on")
+    @classmethod
+    def _known_conditions(cls, value: list[str]) -> list[str]:
+        unknown = [c for c in value if c not in RETRY_CONDITIONS]
+        if unknown:
+            raise ValueError(
+                f"unknown retry condition(s) {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(sorted(RETRY_CONDITIONS))}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("lists a retry condition twice")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> RetryPolicy:
+        if self.backoff_max_ms < self.backoff_base_ms:
+            raise ValueError("backoff_max_ms must not be below backoff_base_ms")
+        return self
+
+
+class RateLimit(_Strict):
+    """A per-user budget: exactly one of the three rates, plus an optional burst."""
+
+    requests_per_second: Annotated[int, Field(gt=0)] | None = None
+    requests_per_minute: Annotated[int, Field(gt=0)] | None = None
+    requests_per_hour: Annotated[int, Field(gt=0)] | None = None
+    burst: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _exactly_one_rate(self) -> RateLimit:
+        given = [
+            r
+            for r in (self.requests_per_second, self.requests_per_minute, self.requests_per_hour)
+            if r is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of requests_per_second, requests_per_minute, requests_per_hour"
+            )
+        return self
+
+    @property
+    def limit(self) -> int:
+        """Requests allowed per window (burst not included)."""
+        rate = self.requests_per_second or self.requests_per_minute or self.requests_per_hour
+        assert rate is not None
+        return rate
+
+    @property
+    def window_seconds(self) -> int:
+        if self.requests_per_second is not None:
+            return 1
+        if self.requests_per_minute is not None:
+            return 60
+        return 3600
+
+
+class HealthCheck(_Strict):
+    """Active HTTP health checking of every endpoint on `healthcheck_endpoint`."""
+
+    interval_ms: Annotated[int, Field(ge=100, le=300_000)] = 5_000
+    timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 1_000
+    healthy_threshold: Annotated[int, Field(ge=1, le=100)] = 1
+    unhealthy_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+class OutlierDetection(_Strict):
+    """Passive ejection of endpoints that keep failing."""
+
+    consecutive_5xx: Annotated[int, Field(ge=1, le=1_000)] = 5
+    consecutive_gateway_failure: Annotated[int, Field(ge=1, le=1_000)] = 5
+    interval_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 10_000
+    base_ejection_time_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 30_000
+    max_ejection_percent: Annotated[int, Field(ge=0, le=100)] = 50
+
+
+class CircuitBreaker(_Strict):
+    """Envoy's per-cluster thresholds at default priority."""
+
+    max_connections: Annotated[int, Field(ge=1)] = 1_024
+    max_pending_requests: Annotated[int, Field(ge=1)] = 1_024
+    max_requests: Annotated[int, Field(ge=1)] = 1_024
+    max_retries: Annotated[int, Field(ge=0)] = 3
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r} is not http(s)://host:port: scheme must be http or https")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r} is not http(s)://host:port: bad port") from None
+    if not parts.hostname or port is None or port == 0:
+        raise ValueError(f"{url!r} is not http(s)://host:port: host and port are required")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(f"{url!r} is not http(s)://host:port: no user, query or fragment")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"{url!r} is not http(s)://host:port: no path allowed")
+    return url
+
+
+class Service(_Strict):
+    service_name: str
+    base_path: str
+    internal_url: str | Annotated[list[str], Field(min_length=1)]
+    healthcheck_endpoint: str | None = None
+    timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 15_000
+    tenant_scope: Literal["global", "tenant"] = "global"
+    cacheable: bool = False
+    retry_policy: RetryPolicy | None = None
+    rbac_required: bool = True
+    rate_limit: RateLimit | None = None
+    public: bool = False
+    connect_timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 1_000
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+    outlier_detection: OutlierDetection = Field(default_factory=OutlierDetection)
+    circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
+
+    @field_validator("service_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _SERVICE_NAME.match(value):
+            raise ValueError(
+                "must be 1-63 lowercase letters, digits, '-' or '_', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("base_path", "healthcheck_endpoint")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        if not _PATH.match(value) or "//" in value:
+            raise ValueError("must be a plain URL path (no query, fragment, spaces or '//')")
+        return value
+
+    @field_validator("internal_url")
+    @classmethod
+    def _urls(cls, value: str | list[str]) -> str | list[str]:
+        for url in [value] if isinstance(value, str) else value:
+            _check_url(url)
+        return value
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (
+            (self.internal_url,) if isinstance(self.internal_url, str) else tuple(self.internal_url)
+        )
+
+    @property
+    def route_prefix(self) -> str:
+        """`base_path` without a trailing slash ('/' stays '/')."""
+        return self.base_path.rstrip("/") or "/"
+
+
+class Catalog(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    schema_ref: str | None = Field(default=None, alias="$schema")
+    services: list[Service]
+    roles: dict[str, list[str]] = Field(default_factory=dict)
+
+    def service(self, name: str) -> Service:
+        for svc in self.services:
+            if svc.service_name == name:
+                return svc
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation error: where (a JSON path) and why."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class CatalogError(Exception):
+    """The catalog could not be used; `problems` lists every reason found."""
+
+    def __init__(self, problems: Iterable[Problem], source: str = "") -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(
+            f"{head}invalid catalog ({len(self.problems)} problem(s)):\n"
+            + "\n".join(f"  {p}" for p in self.problems)
+        )
+
+
+def json_path(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _pydantic_problems(err: ValidationError) -> list[Problem]:
+    by_path: dict[str, list[str]] = {}
+    for e in err.errors(include_url=False):
+        # A union adds each member's type to the location; drop it so the path stays the
+        # user's JSON path, and merge the members' complaints into one message.
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]
+        by_path.setdefault(json_path(loc), []).append(_message(e))
+    problems = []
+    for path, messages in by_path.items():
+        if len(messages) > 1 and all(m.startswith("Input should be ") for m in messages):
+            alternatives = " or ".join(m.removeprefix("Input should be ") for m in messages)
+            problems.append(Problem(path, f"should be {alternatives}"))
+        else:
+            problems.extend(Problem(path, m) for m in messages)
+    return problems
+
+
+_UNION_TAGS = frozenset({"str", "list", "function-after", "RetryPolicy", "RateLimit", "none"})
+
+
+def _message(e: Any) -> str:
+    kind = e["type"]
+    ctx = e.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown field (check its spelling)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bound = next(iter(ctx.values()), None)
+        words = {
+            "greater_than": "greater than",
+            "greater_than_equal": "at least",
+            "less_than": "less than",
+            "less_than_equal": "at most",
+        }
+        return f"must be {words[kind]} {bound} (got {e.get('input')!r})"
+    if kind == "value_error":
+        return str(ctx.get("error", e["msg"]))
+    return str(e["msg"])
+
+
+def _semantic_problems(catalog: Catalog) -> list[Problem]:
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    prefixes: dict[str, int] = {}
+    for i, svc in enumerate(catalog.services):
+        where = f"services[{i}]"
+        if svc.service_name in names:
+            problems.append(
+                Problem(
+                    f"{where}.service_name",
+                    f"duplicate service_name {svc.service_name!r} "
+                    f"(first used by services[{names[svc.service_name]}])",
+                )
+            )
+        else:
+            names[svc.service_name] = i
+        if svc.route_prefix in prefixes:
+            problems.append(
+                Problem(
+                    f"{where}.base_path",
+                    f"base_path {svc.base_path!r} is already used by "
+                    f"services[{prefixes[svc.route_prefix]}]",
+                )
+            )
+        else:
+            prefixes[svc.route_prefix] = i
+        rp = svc.retry_policy
+        if (
+            rp is not None
+            and rp.per_try_timeout_ms is not None
+            and rp.per_try_timeout_ms > svc.timeout_ms
+        ):
+            problems.append(
+                Problem(
+                    f"{where}.retry_policy.per_try_timeout_ms",
+                    f"per-try timeout {rp.per_try_timeout_ms} ms is above the service's "
+                    f"timeout_ms {svc.timeout_ms}",
+                )
+            )
+        if svc.health_check.timeout_ms > svc.health_check.interval_ms:
+            problems.append(
+                Problem(f"{where}.health_check.timeout_ms", "must not be above interval_ms")
+            )
+    for role, permissions in catalog.roles.items():
+        if not _ROLE_NAME.match(role):
+            problems.append(
+                Problem(f"roles.{role}", "role names are 1-64 letters, digits, '.', '_' or '-'")
+            )
+        for j, perm in enumerate(permissions):
+            reason = _permission_problem(perm, names)
+            if reason:
+                problems.append(Problem(f"roles.{role}[{j}]", reason))
+    return problems
+
+
+def _permission_problem(perm: str, services: Mapping[str, int]) -> str | None:
+    if perm == "*":
+        return None
+    service, sep, action = perm.partition(":")
+    if not sep or not service or not action:
+        return f"permission {perm!r} must be '<service>:<action>' or '*'"
+    if service != "*" and service not in services:
+        return f"permission {perm!r} names unknown service {service!r}"
+    if action != "*" and action not in ACTIONS:
+        return f"permission {perm!r} has unknown action {action!r} (read, write, delete or *)"
+    return None
+
+
+def parse_catalog(data: object, source: str = "") -> Catalog:
+    """Validate decoded JSON; raise CatalogError with every problem found."""
+    try:
+        catalog = Catalog.model_validate(data)
+    except ValidationError as err:
+        raise CatalogError(_pydantic_problems(err), source) from None
+    problems = _semantic_problems(catalog)
+    if problems:
+        raise CatalogError(problems, source)
+    return catalog
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read, decode and validate a catalog file; raise CatalogError on any problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CatalogError([Problem("", f"cannot read the file: {err}")], source) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CatalogError(
+            [Problem("", f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}")],
+            source,
+        ) from None
+    return parse_catalog(data, source)
+
+
+def json_schema() -> dict[str, Any]:
+    """The catalog's JSON Schema, as editors use it."""
+    schema = Catalog.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "service_catalog.json"
+    return schema

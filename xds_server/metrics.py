@@ -1,0 +1,41 @@
+"""The xDS server's Prometheus metrics, registered on a registry the caller owns."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class XdsMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.connected_proxies = Gauge(
+            "xds_connected_proxies", "ADS streams open now", registry=registry
+        )
+        self.responses = Counter(
+            "xds_responses_total", "Discovery responses sent", ["type"], registry=registry
+        )
+        self.acks = Counter(
+            "xds_acks_total", "Responses Envoy accepted", ["type"], registry=registry
+        )
+        self.nacks = Counter(
+            "xds_nacks_total", "Responses Envoy rejected", ["type"], registry=registry
+        )
+        self.reloads = Counter(
+            "xds_catalog_reloads_total",
+            "Catalog loads by result (ok, unchanged, invalid)",
+            ["result"],
+            registry=registry,
+        )
+        self.snapshot_build_seconds = Histogram(
+            "xds_snapshot_build_seconds",
+            "Time to validate, translate and check a catalog",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=registry,
+        )
+        self.catalog_services = Gauge(
+            "xds_catalog_services", "Services in the catalog being served", registry=registry
+        )
+        self.catalog_valid = Gauge(
+            "xds_catalog_valid",
+            "1 when the catalog file on disk is the one being served, 0 after a failed reload",
+            registry=registry,
+        )

@@ -1,0 +1,91 @@
+"""What each connected Envoy has: per resource type, the version it ACKed or the one it NACKed.
+
+Streams write their own `ProxyStatus`; `ProxyRegistry.report` reads them all. Both run on the
+event loop's thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from xds_server import typeurls
+from xds_server.snapshot import Snapshot
+
+State = Literal["SYNCED", "STALE", "NACKED"]
+
+
+@dataclass
+class TypeStatus:
+    sent_version: str | None = None
+    acked_version: str | None = None
+    nacked_version: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class ProxyStatus:
+    stream_id: int
+    node_id: str = ""
+    node_cluster: str = ""
+    connected_at: float = field(default_factory=time.time)
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+
+    def of(self, type_url: str) -> TypeStatus:
+        return self.types.setdefault(type_url, TypeStatus())
+
+
+def state_of(status: TypeStatus, current: str | None) -> State:
+    if current is not None and status.acked_version == current:
+        return "SYNCED"
+    if current is not None and status.nacked_version == current:
+        return "NACKED"
+    return "STALE"
+
+
+class ProxyRegistry:
+    def __init__(self) -> None:
+        self._proxies: dict[int, ProxyStatus] = {}
+        self._next_id = 0
+
+    def open(self) -> ProxyStatus:
+        self._next_id += 1
+        status = ProxyStatus(self._next_id)
+        self._proxies[status.stream_id] = status
+        return status
+
+    def close(self, status: ProxyStatus) -> None:
+        self._proxies.pop(status.stream_id, None)
+
+    def __iter__(self) -> Iterator[ProxyStatus]:
+        return iter(list(self._proxies.values()))
+
+    def __len__(self) -> int:
+        return len(self._proxies)
+
+    def report(self, snapshot: Snapshot | None) -> list[dict[str, Any]]:
+        out = []
+        for proxy in self:
+            types = {}
+            for type_url, st in proxy.types.items():
+                current = snapshot.versions.get(type_url) if snapshot else None
+                entry: dict[str, Any] = {
+                    "state": state_of(st, current),
+                    "acked_version": st.acked_version,
+                    "current_version": current,
+                }
+                if st.nacked_version is not None:
+                    entry["nacked_version"] = st.nacked_version
+                    entry["error"] = st.error
+                types[typeurls.SHORT_NAMES.get(type_url, type_url)] = entry
+            out.append(
+                {
+                    "node_id": proxy.node_id,
+                    "node_cluster": proxy.node_cluster,
+                    "connected_at": proxy.connected_at,
+                    "types": types,
+                }
+            )
+        return sorted(out, key=lambda p: (p["node_id"], p["connected_at"]))
