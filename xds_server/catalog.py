@@ -11,8 +11,10 @@ name unknown services). The second pass runs only when the first one found nothi
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +163,29 @@ class CircuitBreaker(_Strict):
     max_retries: Annotated[int, Field(ge=0)] = 3
 
 
-def _check_url(url: str) -> str:
+@dataclass(frozen=True)
+class Upstream:
+    """One `internal_url`, parsed."""
+
+    host: str
+    port: int
+    tls: bool
+    is_ip: bool  # an IP literal (EDS) rather than a hostname (resolved by Envoy)
+
+
+def _is_ip(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return True
+    return False
+
+
+@functools.lru_cache(maxsize=65536)
+def parse_url(url: str) -> Upstream:
+    """Parse an `http(s)://host:port` URL; raise ValueError saying what is wrong."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"{url!r} is not http(s)://host:port: scheme must be http or https")
@@ -175,7 +199,7 @@ def _check_url(url: str) -> str:
         raise ValueError(f"{url!r} is not http(s)://host:port: no user, query or fragment")
     if parts.path not in ("", "/"):
         raise ValueError(f"{url!r} is not http(s)://host:port: no path allowed")
-    return url
+    return Upstream(parts.hostname, port, parts.scheme == "https", _is_ip(parts.hostname))
 
 
 class Service(_Strict):
@@ -220,7 +244,7 @@ class Service(_Strict):
     @classmethod
     def _urls(cls, value: str | list[str]) -> str | list[str]:
         for url in [value] if isinstance(value, str) else value:
-            _check_url(url)
+            parse_url(url)
         return value
 
     @property
@@ -228,6 +252,10 @@ class Service(_Strict):
         return (
             (self.internal_url,) if isinstance(self.internal_url, str) else tuple(self.internal_url)
         )
+
+    @property
+    def upstreams(self) -> list[Upstream]:
+        return [parse_url(u) for u in self.urls]
 
     @property
     def route_prefix(self) -> str:

@@ -11,19 +11,17 @@ of another's, the longer path wins. Paths reach the upstream unchanged.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import Any
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import (
     address_pb2,
     base_pb2,
     config_source_pb2,
-    health_check_pb2,
 )
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.cache.v3 import cache_pb2
@@ -38,7 +36,7 @@ from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from xds_server import typeurls
-from xds_server.catalog import Catalog, Service
+from xds_server.catalog import Catalog, RetryPolicy, Service, Upstream
 from xds_server.snapshot import Snapshot
 
 LISTENER_NAME = "ingress_http"
@@ -54,121 +52,83 @@ class Options:
     listener_port: int = 10000
 
 
-def duration(ms: int) -> duration_pb2.Duration:
-    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
-
-
 def _pack(msg: Message) -> any_pb2.Any:
-    out = any_pb2.Any()
-    out.Pack(msg, deterministic=True)
-    return out
-
-
-def _ads_source() -> config_source_pb2.ConfigSource:
-    return config_source_pb2.ConfigSource(
-        ads=config_source_pb2.AggregatedConfigSource(),
-        resource_api_version=config_source_pb2.ApiVersion.V3,
+    return any_pb2.Any(
+        type_url="type.googleapis.com/" + msg.DESCRIPTOR.full_name,
+        value=msg.SerializeToString(deterministic=True),
     )
 
 
-@dataclass(frozen=True)
-class _Upstream:
-    host: str
-    port: int
-    tls: bool
-
-    @property
-    def is_ip(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+# Messages that are the same on every route; CopyFrom copies them into place.
+_PREVIOUS_HOSTS = route_components_pb2.RetryPolicy.RetryHostPredicate(
+    name="envoy.retry_host_predicates.previous_hosts",
+    typed_config=_pack(previous_hosts_pb2.PreviousHostsPredicate()),
+)
+_FILTER_DISABLED = _pack(route_components_pb2.FilterConfig(disabled=True))
 
 
-def _upstreams(svc: Service) -> list[_Upstream]:
-    out = []
-    for url in svc.urls:
-        parts = urlsplit(url)
-        assert parts.hostname is not None and parts.port is not None  # checked by the catalog
-        out.append(_Upstream(parts.hostname, parts.port, parts.scheme == "https"))
-    return out
+_ADS_SOURCE = config_source_pb2.ConfigSource(
+    ads=config_source_pb2.AggregatedConfigSource(),
+    resource_api_version=config_source_pb2.ApiVersion.V3,
+)
 
 
-def _uses_dns(svc: Service) -> bool:
+def _uses_dns(ups: list[Upstream]) -> bool:
     """Hostnames need DNS resolution by Envoy; EDS takes only IP addresses."""
-    return not all(u.is_ip for u in _upstreams(svc))
+    return not all(u.is_ip for u in ups)
 
 
-def load_assignment(svc: Service) -> endpoint_pb2.ClusterLoadAssignment:
-    lb_endpoints = [
-        endpoint_components_pb2.LbEndpoint(
-            endpoint=endpoint_components_pb2.Endpoint(
-                address=address_pb2.Address(
-                    socket_address=address_pb2.SocketAddress(address=u.host, port_value=u.port)
-                )
-            )
-        )
-        for u in _upstreams(svc)
-    ]
-    return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=svc.service_name,
-        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)],
-    )
+def load_assignment(svc: Service, ups: list[Upstream]) -> endpoint_pb2.ClusterLoadAssignment:
+    out = endpoint_pb2.ClusterLoadAssignment(cluster_name=svc.service_name)
+    locality = out.endpoints.add()
+    for u in ups:
+        address = locality.lb_endpoints.add().endpoint.address.socket_address
+        address.address = u.host
+        address.port_value = u.port
+    return out
 
 
-def cluster(svc: Service) -> cluster_pb2.Cluster:
+def _set_ms(field: duration_pb2.Duration, ms: int) -> None:
+    field.seconds = ms // 1000
+    field.nanos = (ms % 1000) * 1_000_000
+
+
+def cluster(svc: Service, ups: list[Upstream]) -> cluster_pb2.Cluster:
+    # Fields are set in place: nested constructor arguments would copy each subtree again.
+    out = cluster_pb2.Cluster(name=svc.service_name, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
+    _set_ms(out.connect_timeout, svc.connect_timeout_ms)
     cb = svc.circuit_breaker
+    thresholds = out.circuit_breakers.thresholds.add(priority=base_pb2.RoutingPriority.DEFAULT)
+    thresholds.max_connections.value = cb.max_connections
+    thresholds.max_pending_requests.value = cb.max_pending_requests
+    thresholds.max_requests.value = cb.max_requests
+    thresholds.max_retries.value = cb.max_retries
     od = svc.outlier_detection
-    out = cluster_pb2.Cluster(
-        name=svc.service_name,
-        connect_timeout=duration(svc.connect_timeout_ms),
-        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
-        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
-            thresholds=[
-                circuit_breaker_pb2.CircuitBreakers.Thresholds(
-                    priority=base_pb2.RoutingPriority.DEFAULT,
-                    max_connections=wrappers_pb2.UInt32Value(value=cb.max_connections),
-                    max_pending_requests=wrappers_pb2.UInt32Value(value=cb.max_pending_requests),
-                    max_requests=wrappers_pb2.UInt32Value(value=cb.max_requests),
-                    max_retries=wrappers_pb2.UInt32Value(value=cb.max_retries),
-                )
-            ]
-        ),
-        outlier_detection=outlier_detection_pb2.OutlierDetection(
-            consecutive_5xx=wrappers_pb2.UInt32Value(value=od.consecutive_5xx),
-            consecutive_gateway_failure=wrappers_pb2.UInt32Value(
-                value=od.consecutive_gateway_failure
-            ),
-            interval=duration(od.interval_ms),
-            base_ejection_time=duration(od.base_ejection_time_ms),
-            max_ejection_percent=wrappers_pb2.UInt32Value(value=od.max_ejection_percent),
-        ),
-    )
-    if _uses_dns(svc):
+    outlier = out.outlier_detection
+    outlier.consecutive_5xx.value = od.consecutive_5xx
+    outlier.consecutive_gateway_failure.value = od.consecutive_gateway_failure
+    _set_ms(outlier.interval, od.interval_ms)
+    _set_ms(outlier.base_ejection_time, od.base_ejection_time_ms)
+    outlier.max_ejection_percent.value = od.max_ejection_percent
+    if _uses_dns(ups):
         out.type = cluster_pb2.Cluster.STRICT_DNS
         out.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
-        out.load_assignment.CopyFrom(load_assignment(svc))
+        out.load_assignment.CopyFrom(load_assignment(svc, ups))
     else:
         out.type = cluster_pb2.Cluster.EDS
-        out.eds_cluster_config.eds_config.CopyFrom(_ads_source())
+        out.eds_cluster_config.eds_config.CopyFrom(_ADS_SOURCE)
         out.eds_cluster_config.service_name = svc.service_name
     if svc.healthcheck_endpoint is not None:
         hc = svc.health_check
-        out.health_checks.append(
-            health_check_pb2.HealthCheck(
-                timeout=duration(hc.timeout_ms),
-                interval=duration(hc.interval_ms),
-                # Without traffic Envoy would check only once a minute.
-                no_traffic_interval=duration(hc.interval_ms),
-                unhealthy_threshold=wrappers_pb2.UInt32Value(value=hc.unhealthy_threshold),
-                healthy_threshold=wrappers_pb2.UInt32Value(value=hc.healthy_threshold),
-                http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(
-                    path=svc.healthcheck_endpoint
-                ),
-            )
-        )
-    tls_hosts = [u for u in _upstreams(svc) if u.tls]
+        check = out.health_checks.add()
+        _set_ms(check.timeout, hc.timeout_ms)
+        _set_ms(check.interval, hc.interval_ms)
+        # Without traffic Envoy would check only once a minute.
+        _set_ms(check.no_traffic_interval, hc.interval_ms)
+        check.unhealthy_threshold.value = hc.unhealthy_threshold
+        check.healthy_threshold.value = hc.healthy_threshold
+        check.http_health_check.path = svc.healthcheck_endpoint
+    tls_hosts = [u for u in ups if u.tls]
     if tls_hosts:
         out.transport_socket.name = "envoy.transport_sockets.tls"
         out.transport_socket.typed_config.CopyFrom(
@@ -177,49 +137,33 @@ def cluster(svc: Service) -> cluster_pb2.Cluster:
     return out
 
 
-def _retry_policy(svc: Service) -> route_components_pb2.RetryPolicy | None:
-    rp = svc.retry_policy
-    if rp is None or rp.max_retries == 0:
-        return None
-    out = route_components_pb2.RetryPolicy(
-        retry_on=",".join(rp.retry_on),
-        num_retries=wrappers_pb2.UInt32Value(value=rp.max_retries),
-        retry_back_off=route_components_pb2.RetryPolicy.RetryBackOff(
-            base_interval=duration(rp.backoff_base_ms),
-            max_interval=duration(rp.backoff_max_ms),
-        ),
-        # Prefer another endpoint for the retry when there is one.
-        retry_host_predicate=[
-            route_components_pb2.RetryPolicy.RetryHostPredicate(
-                name="envoy.retry_host_predicates.previous_hosts",
-                typed_config=_pack(previous_hosts_pb2.PreviousHostsPredicate()),
-            )
-        ],
-        host_selection_retry_max_attempts=3,
-    )
+def _set_retry_policy(rp: RetryPolicy, out: route_components_pb2.RetryPolicy) -> None:
+    out.retry_on = ",".join(rp.retry_on)
+    out.num_retries.value = rp.max_retries
+    _set_ms(out.retry_back_off.base_interval, rp.backoff_base_ms)
+    _set_ms(out.retry_back_off.max_interval, rp.backoff_max_ms)
+    # Prefer another endpoint for the retry when there is one.
+    out.retry_host_predicate.append(_PREVIOUS_HOSTS)
+    out.host_selection_retry_max_attempts = 3
     if rp.per_try_timeout_ms is not None:
-        out.per_try_timeout.CopyFrom(duration(rp.per_try_timeout_ms))
-    return out
+        _set_ms(out.per_try_timeout, rp.per_try_timeout_ms)
 
 
-def route(svc: Service, *, with_cache_filter: bool) -> route_components_pb2.Route:
+def add_route(routes: Any, svc: Service, *, with_cache_filter: bool) -> route_components_pb2.Route:
+    """Append the service's route to a repeated `routes` field and return it."""
+    out: route_components_pb2.Route = routes.add(name=svc.service_name)
     prefix = svc.route_prefix
-    match = (
-        route_components_pb2.RouteMatch(prefix="/")
-        if prefix == "/"
-        else route_components_pb2.RouteMatch(path_separated_prefix=prefix)
-    )
-    action = route_components_pb2.RouteAction(
-        cluster=svc.service_name, timeout=duration(svc.timeout_ms)
-    )
-    retry = _retry_policy(svc)
-    if retry is not None:
-        action.retry_policy.CopyFrom(retry)
-    out = route_components_pb2.Route(name=svc.service_name, match=match, route=action)
+    if prefix == "/":
+        out.match.prefix = "/"
+    else:
+        out.match.path_separated_prefix = prefix
+    out.route.cluster = svc.service_name
+    _set_ms(out.route.timeout, svc.timeout_ms)
+    rp = svc.retry_policy
+    if rp is not None and rp.max_retries > 0:
+        _set_retry_policy(rp, out.route.retry_policy)
     if with_cache_filter and not svc.cacheable:
-        out.typed_per_filter_config[CACHE_FILTER].CopyFrom(
-            _pack(route_components_pb2.FilterConfig(disabled=True))
-        )
+        out.typed_per_filter_config[CACHE_FILTER].CopyFrom(_FILTER_DISABLED)
     return out
 
 
@@ -230,19 +174,11 @@ def _sorted_for_routing(services: Sequence[Service]) -> list[Service]:
 
 def route_configuration(catalog: Catalog) -> route_pb2.RouteConfiguration:
     with_cache = _needs_cache_filter(catalog)
-    return route_pb2.RouteConfiguration(
-        name=ROUTE_CONFIG_NAME,
-        virtual_hosts=[
-            route_components_pb2.VirtualHost(
-                name="services",
-                domains=["*"],
-                routes=[
-                    route(s, with_cache_filter=with_cache)
-                    for s in _sorted_for_routing(catalog.services)
-                ],
-            )
-        ],
-    )
+    out = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME)
+    host = out.virtual_hosts.add(name="services", domains=["*"])
+    for svc in _sorted_for_routing(catalog.services):
+        add_route(host.routes, svc, with_cache_filter=with_cache)
+    return out
 
 
 def _needs_cache_filter(catalog: Catalog) -> bool:
@@ -275,7 +211,7 @@ def listener(catalog: Catalog, options: Options) -> listener_pb2.Listener:
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix="ingress_http",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        rds=hcm_pb2.Rds(config_source=_ads_source(), route_config_name=ROUTE_CONFIG_NAME),
+        rds=hcm_pb2.Rds(config_source=_ADS_SOURCE, route_config_name=ROUTE_CONFIG_NAME),
         http_filters=http_filters(catalog),
         # An edge proxy: trust the peer address, not client-sent forwarding headers, and
         # give every external request a fresh x-request-id.
@@ -307,11 +243,16 @@ def listener(catalog: Catalog, options: Options) -> listener_pb2.Listener:
 def translate(catalog: Catalog, options: Options) -> dict[str, list[tuple[str, Message]]]:
     """Catalog → resources by type URL, each as (name, message)."""
     services = sorted(catalog.services, key=lambda s: s.service_name)
+    clusters: list[tuple[str, Message]] = []
+    endpoints: list[tuple[str, Message]] = []
+    for s in services:
+        ups = s.upstreams
+        clusters.append((s.service_name, cluster(s, ups)))
+        if not _uses_dns(ups):
+            endpoints.append((s.service_name, load_assignment(s, ups)))
     return {
-        typeurls.CLUSTER: [(s.service_name, cluster(s)) for s in services],
-        typeurls.ENDPOINT: [
-            (s.service_name, load_assignment(s)) for s in services if not _uses_dns(s)
-        ],
+        typeurls.CLUSTER: clusters,
+        typeurls.ENDPOINT: endpoints,
         typeurls.LISTENER: [(LISTENER_NAME, listener(catalog, options))],
         typeurls.ROUTE: [(ROUTE_CONFIG_NAME, route_configuration(catalog))],
     }
