@@ -1,4 +1,4 @@
-"""`sidecar`: up, validate, render, schema, status."""
+"""`sidecar`: up, validate, render, schema, status, probe."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar import up
 from sidecar.envflags import add_flag, add_switch
@@ -101,6 +103,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if worst == "SYNCED" else 2
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """gRPC health check: exit 0 when SERVING, 1 otherwise (for container probes)."""
+    request = health_pb2.HealthCheckRequest(service=args.service)
+    try:
+        with grpc.insecure_channel(args.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            resp = stub.Check(request, timeout=args.timeout)
+    except grpc.RpcError as err:
+        print(f"{args.address}: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    state = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(f"{args.address}: {state}")
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     catalog = _load_or_report(Path(args.catalog))
     if catalog is None:
@@ -113,6 +130,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         xds_port=args.xds_port,
         xds_http_port=args.xds_http_port,
         node_id=args.node_id,
+        node_cluster=args.node_cluster,
         envoy_log_level=args.envoy_log_level,
         startup_timeout_s=args.startup_timeout,
     )
@@ -137,6 +155,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         p, "xds-http-port", type=int, default=18080, help="xDS metrics/status port", environ=environ
     )
     add_flag(p, "node-id", default="sidecar-envoy", help="Envoy node id", environ=environ)
+    add_flag(p, "node-cluster", default="sidecar", help="Envoy node cluster", environ=environ)
     add_flag(p, "envoy-log-level", default="warning", help="Envoy log level", environ=environ)
     add_flag(
         p,
@@ -164,6 +183,12 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 
     p = sub.add_parser("schema", help="print the catalog's JSON Schema")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("probe", help="gRPC health check; exit 0 when SERVING")
+    p.add_argument("address", help="HOST:PORT")
+    p.add_argument("--service", default="", help="service name ('' is the whole server)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("status", help="every connected Envoy and what it has ACKed")
     add_flag(p, "xds-http", default="127.0.0.1:18080", help="xDS status address", environ=environ)

@@ -31,6 +31,7 @@ class UpSettings:
     xds_port: int
     xds_http_port: int
     node_id: str
+    node_cluster: str
     envoy_log_level: str
     startup_timeout_s: float
 
@@ -116,7 +117,10 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
         bootstrap.write_text(
             render_json(
                 BootstrapOptions(
-                    node_id=conf.node_id, xds_port=conf.xds_port, admin_port=conf.admin_port
+                    node_id=conf.node_id,
+                    node_cluster=conf.node_cluster,
+                    xds_port=conf.xds_port,
+                    admin_port=conf.admin_port,
                 )
             )
         )

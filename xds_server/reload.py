@@ -117,7 +117,9 @@ class Reloader:
             current.version if current else None, False, tuple(problems), time.time()
         )
         self._log.error(
-            "catalog rejected; still serving the last good version",
+            "catalog rejected; still serving the last good version"
+            if current
+            else "catalog rejected; nothing is served until it is fixed",
             extra={
                 "fields": {
                     "path": str(self._path),
