@@ -1,0 +1,89 @@
+"""Failure policy around a backend: what to answer when the limiter cannot decide."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from ext_authz.ratelimit.base import Decision, Limit, Limiter, LimiterUnavailable
+
+
+def _noop() -> None:
+    return None
+
+
+class GuardedLimiter:
+    """A :class:`Limiter` that never raises :class:`LimiterUnavailable`.
+
+    When ``backend`` raises it, answers allowed (``fail_open``: ``remaining = limit.limit``,
+    ``reset_s = retry_after_s = 0``) or denied (``remaining = 0``,
+    ``reset_s = retry_after_s = 1``). ``on_error()`` is called on every failure;
+    ``on_outage()`` and one warning on the first failure of an outage (at start or after a
+    success); one "recovered" warning on the first success after an outage. Other exceptions
+    (bugs) propagate.
+    """
+
+    def __init__(
+        self,
+        backend: Limiter,
+        *,
+        fail_open: bool,
+        log: logging.Logger,
+        on_outage: Callable[[], None] = _noop,
+        on_error: Callable[[], None] = _noop,
+    ) -> None:
+        self._backend = backend
+        self._fail_open = fail_open
+        self._log = log
+        self._on_outage = on_outage
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self._in_outage = False
+
+    def hit(self, key: str, limit: Limit) -> Decision:
+        """The backend's decision, or the failure policy's when it is unavailable."""
+        try:
+            decision = self._backend.hit(key, limit)
+        except LimiterUnavailable as e:
+            self._failed(e)
+            return self._fallback(limit)
+        if self._in_outage:
+            self._succeeded()
+        return decision
+
+    def _failed(self, error: LimiterUnavailable) -> None:
+        self._on_error()
+        with self._lock:
+            starts_outage = not self._in_outage
+            self._in_outage = True
+        if starts_outage:
+            policy = "open" if self._fail_open else "closed"
+            self._log.warning(
+                "rate limiter unavailable, failing %s",
+                policy,
+                extra={
+                    "fields": {
+                        "event": "ratelimit_unavailable",
+                        "fail": policy,
+                        "error": str(error),
+                    }
+                },
+            )
+            self._on_outage()
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            recovered = self._in_outage
+            self._in_outage = False
+        if recovered:
+            self._log.warning(
+                "rate limiter recovered", extra={"fields": {"event": "ratelimit_recovered"}}
+            )
+
+    def _fallback(self, limit: Limit) -> Decision:
+        if self._fail_open:
+            return Decision(
+                allowed=True, limit=limit.limit, remaining=limit.limit, reset_s=0, retry_after_s=0
+            )
+        return Decision(allowed=False, limit=limit.limit, remaining=0, reset_s=1, retry_after_s=1)

@@ -1,0 +1,72 @@
+"""In-process rate limiting: the window rule of :mod:`ext_authz.ratelimit.window` in a dict.
+
+Memory is bounded two ways: an LRU capped at ``max_keys`` entries (the least recently used key
+is evicted, which forgets its usage), and idle keys (no bucket left in the counted range) are
+dropped, lazily when touched and by a sweep of the ``sweep_per_call`` least recently used
+entries on every call (bounded work per call).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+
+from ext_authz.ratelimit.base import DEFAULT_CLOCK, Clock, Decision, Limit
+from ext_authz.ratelimit.window import decide, is_idle, prune, to_ms
+
+_Key = tuple[str, int]
+
+
+class MemoryLimiter:
+    """Thread-safe in-memory :class:`~ext_authz.ratelimit.base.Limiter`.
+
+    State is keyed by ``(key, limit.window_s)``; per key only the bucket counts are stored.
+    Never raises :class:`~ext_authz.ratelimit.base.LimiterUnavailable`.
+    """
+
+    def __init__(
+        self, clock: Clock = DEFAULT_CLOCK, max_keys: int = 1_000_000, sweep_per_call: int = 8
+    ) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be >= 1, got {max_keys}")
+        self._clock = clock
+        self._max_keys = max_keys
+        self._sweep_per_call = sweep_per_call
+        self._lock = threading.Lock()
+        self._state: OrderedDict[_Key, dict[int, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Number of keys currently holding state."""
+        with self._lock:
+            return len(self._state)
+
+    def hit(self, key: str, limit: Limit) -> Decision:
+        """Count one request for ``key`` if allowed (see :func:`window.decide`)."""
+        state_key = (key, limit.window_s)
+        with self._lock:
+            # The clock is read under the lock so that, per key, decisions are made in time
+            # order (the window guarantee assumes non-decreasing times).
+            now_ms = to_ms(self._clock())
+            buckets = self._state.get(state_key)
+            if buckets is None:
+                buckets = self._state[state_key] = {}
+            else:
+                self._state.move_to_end(state_key)
+                prune(buckets, now_ms, limit.window_s)
+            decision, increment = decide(buckets, now_ms, limit)
+            if increment is not None:
+                buckets[increment] = buckets.get(increment, 0) + 1
+            elif not buckets:
+                del self._state[state_key]
+            while len(self._state) > self._max_keys:
+                self._state.popitem(last=False)
+            self._sweep(now_ms)
+        return decision
+
+    def _sweep(self, now_ms: int) -> None:
+        """Drop idle keys among the least recently used few. Caller holds the lock."""
+        oldest = itertools.islice(self._state.items(), self._sweep_per_call)
+        idle = [k for k, buckets in oldest if is_idle(buckets, now_ms, k[1])]
+        for k in idle:
+            del self._state[k]

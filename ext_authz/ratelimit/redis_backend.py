@@ -1,0 +1,171 @@
+"""Rate limiting shared between replicas through Redis: one round trip per check.
+
+Storage: one Redis HASH per ``(key, window_s)`` named ``f"{prefix}{{{key}}}:{window_s}"`` (the
+braces are a Redis Cluster hash tag), field = bucket index, value = count. A Lua script, loaded
+once per limiter with SCRIPT LOAD and run with EVALSHA (reloaded on NOSCRIPT), atomically drops
+fields below ``b(now) - N``, sums the counted buckets, increments ``b(now)`` if the sum is below
+capacity and sets PEXPIRE to ``W + w`` plus a second of slack. It returns whether it counted the
+request plus the remaining buckets as they were *before* the increment; the client then builds
+the :class:`Decision` with :func:`window.decide` on that same state, so decisions match the
+memory backend exactly for the same sequence of ``(key, time, limit)``.
+
+Time comes from the injected clock (never Redis TIME) and is passed to the script, so replicas
+sharing a Redis must have NTP-synced clocks: skew between them loosens the window guarantee by
+about the skew.
+
+Every Redis/socket failure is raised as :class:`LimiterUnavailable`; no redis exception type
+escapes this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+from ext_authz.ratelimit.base import DEFAULT_CLOCK, Clock, Decision, Limit, LimiterUnavailable
+from ext_authz.ratelimit.window import N_BUCKETS, bucket_of, decide, expiry_ms, to_ms
+
+DEFAULT_PREFIX = "sidecar:rl:"
+TTL_SLACK_MS = 1000
+"""Added to ``W + w`` so a bucket written by a replica whose clock runs ahead is not lost."""
+
+# KEYS[1] = hash (bucket index -> count)
+# ARGV[1] = current bucket index b, ARGV[2] = N, ARGV[3] = capacity, ARGV[4] = TTL in ms
+# Returns {counted (0|1), idx1, count1, idx2, count2, ...} with the buckets kept before counting.
+WINDOW_SCRIPT = """
+local key = KEYS[1]
+local b = tonumber(ARGV[1])
+local lo = b - tonumber(ARGV[2])
+local capacity = tonumber(ARGV[3])
+local flat = redis.call('HGETALL', key)
+local out = {0}
+local used = 0
+for i = 1, #flat, 2 do
+  local idx = tonumber(flat[i])
+  local count = tonumber(flat[i + 1])
+  if idx == nil or count == nil or idx < lo then
+    redis.call('HDEL', key, flat[i])
+  else
+    if idx <= b then
+      used = used + count
+    end
+    out[#out + 1] = idx
+    out[#out + 1] = count
+  end
+end
+if used < capacity then
+  out[1] = 1
+  redis.call('HINCRBY', key, ARGV[1], 1)
+end
+redis.call('PEXPIRE', key, ARGV[4])
+return out
+"""
+
+WINDOW_SCRIPT_SHA = hashlib.sha1(WINDOW_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+
+def redis_key(prefix: str, key: str, window_s: int) -> str:
+    """The hash holding ``key``'s buckets for ``window_s``: ``{prefix}{{{key}}}:{window_s}``."""
+    return f"{prefix}{{{key}}}:{window_s}"
+
+
+class RedisLimiter:
+    """:class:`~ext_authz.ratelimit.base.Limiter` whose state lives in Redis.
+
+    Thread-safe (redis-py's pool hands each call its own connection). Raises only
+    :class:`LimiterUnavailable`.
+    """
+
+    def __init__(
+        self, client: redis.Redis, clock: Clock = DEFAULT_CLOCK, prefix: str = DEFAULT_PREFIX
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._prefix = prefix
+        self._loaded = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout_ms: int = 5,
+        prefix: str = DEFAULT_PREFIX,
+        clock: Clock = DEFAULT_CLOCK,
+    ) -> RedisLimiter:
+        """A limiter on a pooled client for ``url`` with ``timeout_ms`` socket timeouts, no retries.
+
+        Does not connect: the first :meth:`hit` does.
+        """
+        timeout_s = timeout_ms / 1000
+        pool = redis.ConnectionPool.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return cls(redis.Redis(connection_pool=pool), clock=clock, prefix=prefix)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._client.close()
+
+    def key_for(self, key: str, window_s: int) -> str:
+        """The Redis key holding ``key``'s buckets for ``window_s``."""
+        return redis_key(self._prefix, key, window_s)
+
+    def hit(self, key: str, limit: Limit) -> Decision:
+        """Count one request for ``key`` if allowed, in one round trip (after the first load)."""
+        now_ms = to_ms(self._clock())
+        args = (
+            str(bucket_of(now_ms, limit.window_s)),
+            N_BUCKETS,
+            limit.capacity,
+            expiry_ms(limit.window_s) + TTL_SLACK_MS,
+        )
+        try:
+            raw = self._run(self.key_for(key, limit.window_s), args)
+        except (RedisError, OSError) as e:
+            raise LimiterUnavailable(f"redis rate limit check failed: {_describe(e)}") from e
+        counted, buckets = _parse(raw)
+        decision, _ = decide(buckets, now_ms, limit)
+        if decision.allowed != counted:
+            raise LimiterUnavailable("redis rate limit script disagrees with the window rule")
+        return decision
+
+    def _run(self, rkey: str, args: tuple[str, int, int, int]) -> object:
+        if not self._loaded:
+            self._client.script_load(WINDOW_SCRIPT)
+            self._loaded = True
+        try:
+            return self._client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
+        except NoScriptError:  # script cache flushed or failover to a fresh server
+            self._client.script_load(WINDOW_SCRIPT)
+            return self._client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip()
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _parse(raw: object) -> tuple[bool, dict[int, int]]:
+    """Validate the script's reply: ``[counted, idx, count, idx, count, ...]``."""
+    if (
+        not isinstance(raw, Sequence)
+        or isinstance(raw, str | bytes)
+        or len(raw) % 2 != 1
+        or not all(isinstance(x, int) for x in raw)
+    ):
+        raise LimiterUnavailable("unexpected reply from redis rate limit script")
+    values: list[int] = list(raw)
+    buckets = dict(zip(values[1::2], values[2::2], strict=True))
+    return values[0] == 1, buckets
