@@ -1,10 +1,13 @@
-"""Envoy bootstrap for the sidecar: ADS over HTTP/2 to the xDS server, admin on loopback."""
+"""Envoy bootstrap for the sidecar: ADS over HTTP/2 to the xDS server, an HTTP/2 cluster for
+ext_authz (its address is per deployment, so it lives here, not in xDS), admin on loopback."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from xds_server.translate import AUTHZ_CLUSTER
 
 XDS_CLUSTER = "xds_cluster"
 
@@ -17,6 +20,8 @@ class BootstrapOptions:
     xds_port: int = 18000
     admin_address: str = "127.0.0.1"
     admin_port: int = 9901
+    authz_host: str = "127.0.0.1"
+    authz_port: int = 9191
     delta: bool = False
     max_downstream_connections: int = 50_000
 
@@ -75,7 +80,12 @@ def render(opts: BootstrapOptions) -> dict[str, Any]:
             "cds_config": ads_source,
             "lds_config": ads_source,
         },
-        "static_resources": {"clusters": [_h2_cluster(XDS_CLUSTER, opts.xds_host, opts.xds_port)]},
+        "static_resources": {
+            "clusters": [
+                _h2_cluster(XDS_CLUSTER, opts.xds_host, opts.xds_port),
+                _h2_cluster(AUTHZ_CLUSTER, opts.authz_host, opts.authz_port),
+            ]
+        },
         "overload_manager": {
             "resource_monitors": [
                 {

@@ -1,4 +1,4 @@
-"""`sidecar`: up, validate, render, schema, status, probe."""
+"""`sidecar`: up, validate, render, schema, status, token, probe."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ext_authz.settings import read_secret
+from ext_authz.tokens import ClaimNames, KeyConfigError, mint
 from sidecar import up
 from sidecar.envflags import add_flag, add_switch
 from xds_server import typeurls
@@ -118,6 +120,47 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def parse_ttl(text: str) -> int:
+    """'90', '90s', '15m', '1h', '2d' → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    seconds = int(number) * units[unit]
+    if seconds <= 0:
+        raise ValueError("the TTL must be positive")
+    return seconds
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    try:
+        if args.jwt_secret_file:
+            secret = read_secret(Path(args.jwt_secret_file))
+        elif args.jwt_secret:
+            secret = args.jwt_secret.encode()
+        else:
+            raise KeyConfigError(
+                "no dev key: set SIDECAR_JWT_SECRET or SIDECAR_JWT_SECRET_FILE "
+                "(`sidecar up --demo` prints one)"
+            )
+    except KeyConfigError as err:
+        print(f"sidecar token: {err}", file=sys.stderr)
+        return 1
+    print(
+        mint(
+            secret,
+            sub=args.sub,
+            roles=args.role or [],
+            tenant=args.tenant,
+            ttl_s=args.ttl,
+            issuer=args.jwt_issuer,
+            audience=args.jwt_audience,
+            claims=ClaimNames(
+                user=args.claim_user, roles=args.claim_roles, tenant=args.claim_tenant
+            ),
+        )
+    )
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     catalog = _load_or_report(Path(args.catalog))
     if catalog is None:
@@ -129,6 +172,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         xds_port=args.xds_port,
         xds_http_port=args.xds_http_port,
+        authz_port=args.authz_port,
+        authz_http_port=args.authz_http_port,
         node_id=args.node_id,
         node_cluster=args.node_cluster,
         envoy_log_level=args.envoy_log_level,
@@ -153,6 +198,10 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     add_flag(p, "xds-port", type=int, default=18000, help="xDS gRPC port", environ=environ)
     add_flag(
         p, "xds-http-port", type=int, default=18080, help="xDS metrics/status port", environ=environ
+    )
+    add_flag(p, "authz-port", type=int, default=9191, help="ext_authz gRPC port", environ=environ)
+    add_flag(
+        p, "authz-http-port", type=int, default=9192, help="ext_authz metrics port", environ=environ
     )
     add_flag(p, "node-id", default="sidecar-envoy", help="Envoy node id", environ=environ)
     add_flag(p, "node-cluster", default="sidecar", help="Envoy node cluster", environ=environ)
@@ -183,6 +232,23 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 
     p = sub.add_parser("schema", help="print the catalog's JSON Schema")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("token", help="mint an HS256 token with the configured dev key")
+    p.add_argument("--sub", required=True, help="user id")
+    p.add_argument("--role", action="append", help="a role (repeat for several)")
+    p.add_argument("--tenant", help="tenant id")
+    p.add_argument("--ttl", type=parse_ttl, default=3600, help="lifetime: 90s, 15m, 1h, 2d")
+    for flag, default in (
+        ("jwt-secret", None),
+        ("jwt-secret-file", None),
+        ("jwt-issuer", None),
+        ("jwt-audience", None),
+        ("claim-user", "sub"),
+        ("claim-roles", "roles"),
+        ("claim-tenant", "tenant_id"),
+    ):
+        add_flag(p, flag, default=default, help=flag.replace("-", " "), environ=environ)
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("probe", help="gRPC health check; exit 0 when SERVING")
     p.add_argument("address", help="HOST:PORT")

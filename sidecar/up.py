@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ext_authz.tokens import mint
 from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar.processes import Supervisor, find_envoy
 from xds_server.catalog import Catalog
@@ -30,6 +32,8 @@ class UpSettings:
     admin_port: int
     xds_port: int
     xds_http_port: int
+    authz_port: int
+    authz_http_port: int
     node_id: str
     node_cluster: str
     envoy_log_level: str
@@ -40,10 +44,15 @@ def demo_upstreams(catalog: Catalog) -> list[str]:
     """`name=host:port` for every loopback URL in the catalog, each address once."""
     specs: dict[str, str] = {}
     for svc in catalog.services:
-        for url in svc.urls:
+        named = [(svc.service_name, u) for u in svc.urls] + [
+            (f"{svc.service_name}-{tenant}", u)
+            for tenant, urls in sorted(svc.tenant_upstreams.items())
+            for u in ([urls] if isinstance(urls, str) else urls)
+        ]
+        for name, url in named:
             parts = urlsplit(url)
             if parts.hostname in LOOPBACK and parts.scheme == "http":
-                specs.setdefault(f"{parts.hostname}:{parts.port}", svc.service_name)
+                specs.setdefault(f"{parts.hostname}:{parts.port}", name)
     return [f"{name}={address}" for address, name in specs.items()]
 
 
@@ -74,6 +83,41 @@ def _port_open(port: int) -> bool:
         return False
 
 
+KEY_VARIABLES = ("SIDECAR_JWT_SECRET", "SIDECAR_JWT_SECRET_FILE", "SIDECAR_JWKS")
+
+
+def _demo_token(secret: str, catalog: Catalog) -> tuple[str, str]:
+    """A path and a token that the sample catalog lets through."""
+    first = catalog.services[0]
+    tenant = next(iter(sorted(first.tenant_upstreams)), "demo")
+    tok = mint(secret.encode(), sub="demo-user", roles=sorted(catalog.roles) or [], tenant=tenant)
+    return f"{first.route_prefix.rstrip('/')}/hello", tok
+
+
+def _banner(
+    conf: UpSettings, catalog: Catalog, secret: str | None, out: Callable[[str], None]
+) -> None:
+    base = f"http://127.0.0.1:{conf.listener_port}"
+    out("")
+    out(f"Envoy:        {base}")
+    out(f"Envoy admin:  http://127.0.0.1:{conf.admin_port}")
+    out(f"xDS status:   http://127.0.0.1:{conf.xds_http_port}/status")
+    out(f"ext_authz:    127.0.0.1:{conf.authz_port} (metrics :{conf.authz_http_port})")
+    out(f"catalog:      {conf.catalog} (edits apply live)")
+    if secret is not None and catalog.services:
+        path, tok = _demo_token(secret, catalog)
+        out("")
+        out("dev signing key (HS256), for `sidecar token`:")
+        out(f"  export SIDECAR_JWT_SECRET={secret}")
+        out("")
+        out("Try (200, with identity headers the upstream received):")
+        out(f"  curl -i -H 'Authorization: Bearer {tok}' {base}{path}")
+        out("and without a token (401):")
+        out(f"  curl -i {base}{path}")
+    out("")
+    out("Ctrl-C stops everything.")
+
+
 def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) -> int:
     sup = Supervisor()
     stop = threading.Event()
@@ -81,35 +125,46 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     workdir = Path(tempfile.mkdtemp(prefix="sidecar-up-"))
     env = dict(os.environ)
+    secret: str | None = None
+    if conf.demo and not any(env.get(k) for k in KEY_VARIABLES):
+        secret = secrets.token_urlsafe(32)
+        env["SIDECAR_JWT_SECRET"] = secret
     deadline = time.monotonic() + conf.startup_timeout_s
+    python = sys.executable
     try:
         if conf.demo:
             specs = demo_upstreams(catalog)
             if specs:
-                sup.start("demo upstreams", [sys.executable, "-m", "sidecar.echo", *specs], env=env)
+                sup.start("demo upstreams", [python, "-m", "sidecar.echo", *specs], env=env)
                 out(f"demo upstreams: {', '.join(specs)}")
+        sup.start(
+            "ext-authz",
+            [
+                *(python, "-m", "ext_authz", "--authz-host", "127.0.0.1"),
+                *("--authz-port", str(conf.authz_port)),
+                *("--authz-http-port", str(conf.authz_http_port)),
+            ],
+            env=env,
+        )
         sup.start(
             "xds-server",
             [
-                sys.executable,
-                "-m",
-                "xds_server",
-                "--catalog",
-                str(conf.catalog),
-                "--xds-host",
-                "127.0.0.1",
-                "--xds-port",
-                str(conf.xds_port),
-                "--xds-http-port",
-                str(conf.xds_http_port),
-                "--listener-port",
-                str(conf.listener_port),
+                *(python, "-m", "xds_server", "--catalog", str(conf.catalog)),
+                *("--xds-host", "127.0.0.1", "--xds-port", str(conf.xds_port)),
+                *("--xds-http-port", str(conf.xds_http_port)),
+                *("--listener-port", str(conf.listener_port)),
             ],
             env=env,
         )
         _wait_for(
             "the xDS server",
             lambda: _http_ok(f"http://127.0.0.1:{conf.xds_http_port}/ready"),
+            sup,
+            deadline,
+        )
+        _wait_for(
+            "ext_authz",
+            lambda: _http_ok(f"http://127.0.0.1:{conf.authz_http_port}/metrics"),
             sup,
             deadline,
         )
@@ -120,6 +175,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
                     node_id=conf.node_id,
                     node_cluster=conf.node_cluster,
                     xds_port=conf.xds_port,
+                    authz_port=conf.authz_port,
                     admin_port=conf.admin_port,
                 )
             )
@@ -145,19 +201,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
             sup,
             deadline,
         )
-        base = f"http://127.0.0.1:{conf.listener_port}"
-        first = catalog.services[0] if catalog.services else None
-        out("")
-        out(f"Envoy:        {base}")
-        out(f"Envoy admin:  http://127.0.0.1:{conf.admin_port}")
-        out(f"xDS status:   http://127.0.0.1:{conf.xds_http_port}/status")
-        out(f"catalog:      {conf.catalog} (edits apply live)")
-        if first is not None:
-            out("")
-            out("Try:")
-            out(f"  curl -i {base}{first.route_prefix.rstrip('/')}/hello")
-        out("")
-        out("Ctrl-C stops everything.")
+        _banner(conf, catalog, secret, out)
         sys.stdout.flush()
         while not stop.is_set():
             dead = sup.exited()

@@ -49,6 +49,9 @@ def sample_catalog(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Path:
         )
         ports = [echo(svc["service_name"]).port for _ in urls]
         svc["internal_url"] = [f"http://127.0.0.1:{p}" for p in ports]
+        for tenant in svc.get("tenant_upstreams", {}):
+            port = echo(f"{svc['service_name']}-{tenant}").port
+            svc["tenant_upstreams"][tenant] = f"http://127.0.0.1:{port}"
     catalog_dir = tmp_path / "catalog"
     catalog_dir.mkdir()
     path = catalog_dir / "service_catalog.json"
@@ -64,7 +67,14 @@ def xds(sample_catalog: Path, tmp_path: Path) -> Iterator[harness.XdsServer]:
 
 
 @pytest.fixture
-def envoy(xds: harness.XdsServer, tmp_path: Path) -> Iterator[harness.Envoy]:
-    proxy = harness.start_envoy(xds, tmp_path)
+def authz(tmp_path: Path) -> Iterator[harness.Authz]:
+    server = harness.start_authz(tmp_path)
+    yield server
+    server.proc.stop()
+
+
+@pytest.fixture
+def envoy(xds: harness.XdsServer, authz: harness.Authz, tmp_path: Path) -> Iterator[harness.Envoy]:
+    proxy = harness.start_envoy(xds, tmp_path, authz_port=authz.port)
     yield proxy
     proxy.proc.stop()

@@ -13,8 +13,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
+from sidecar.bootstrap import BootstrapOptions, render
 from xds_server import typeurls
 from xds_server.snapshot import Snapshot
+from xds_server.translate import AUTHZ_CLUSTER
 
 
 def static_bootstrap(snap: Snapshot, admin_port: int = 0) -> dict[str, Any]:
@@ -45,9 +47,13 @@ def static_bootstrap(snap: Snapshot, admin_port: int = 0) -> dict[str, Any]:
                     manager.route_config.CopyFrom(rc)
                     f.typed_config.Pack(manager)
         listeners.append(json_format.MessageToDict(lst))
+    bootstrap_clusters = render(BootstrapOptions())["static_resources"]["clusters"]
     return {
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
         },
-        "static_resources": {"clusters": clusters, "listeners": listeners},
+        "static_resources": {
+            "clusters": clusters + [c for c in bootstrap_clusters if c["name"] == AUTHZ_CLUSTER],
+            "listeners": listeners,
+        },
     }

@@ -7,6 +7,7 @@ the test's temporary directory so a failure can show it.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ext_authz.tokens import mint
 from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar.processes import find_envoy
 
@@ -196,11 +198,93 @@ class Envoy:
         return None
 
 
-def start_envoy(xds: XdsServer, workdir: Path, node_id: str = "test-envoy") -> Envoy:
+@dataclass
+class Authz:
+    proc: Proc
+    port: int
+    http_port: int
+
+    def metrics(self) -> str:
+        return get(f"http://127.0.0.1:{self.http_port}/metrics").body.decode()
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.proc.output().splitlines():
+            if line.startswith("{") and '"audit":true' in line:
+                lines.append(json.loads(line))
+        return lines
+
+
+TEST_SECRET = b"test-secret-that-is-long-enough-for-hs256!"
+
+
+def start_authz(
+    workdir: Path,
+    name: str = "authz",
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    args: list[str] | None = None,
+) -> Authz:
+    """ext_authz with the test secret (unless `env` or `args` configure other keys)."""
+    port = port or free_port()
+    http_port = free_port()
+    full_env = dict(os.environ)
+    full_env.setdefault("SIDECAR_JWT_SECRET", TEST_SECRET.decode())
+    full_env.update(env or {})
+    proc = start(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "ext_authz",
+            "--authz-host",
+            "127.0.0.1",
+            "--authz-port",
+            str(port),
+            "--authz-http-port",
+            str(http_port),
+            *(args or []),
+        ],
+        workdir,
+        env=full_env,
+    )
+
+    def up() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"ext_authz exited:\n{proc.output()}")
+        return try_get(f"http://127.0.0.1:{http_port}/metrics") is not None
+
+    wait_until(up, timeout=20, what="ext_authz's metrics page")
+    return Authz(proc, port, http_port)
+
+
+def token(
+    sub: str = "alice",
+    roles: list[str] | None = None,
+    tenant: str | None = "globex",
+    secret: bytes = TEST_SECRET,
+    ttl_s: int = 600,
+) -> str:
+    return mint(
+        secret, sub=sub, roles=["admin"] if roles is None else roles, tenant=tenant, ttl_s=ttl_s
+    )
+
+
+def bearer(tok: str | None = None, **kw: Any) -> dict[str, str]:
+    return {"authorization": f"Bearer {token(**kw) if tok is None else tok}"}
+
+
+def start_envoy(
+    xds: XdsServer, workdir: Path, node_id: str = "test-envoy", authz_port: int = 9191
+) -> Envoy:
     admin_port = free_port()
     bootstrap = workdir / f"{node_id}.json"
     bootstrap.write_text(
-        render_json(BootstrapOptions(node_id=node_id, xds_port=xds.port, admin_port=admin_port))
+        render_json(
+            BootstrapOptions(
+                node_id=node_id, xds_port=xds.port, admin_port=admin_port, authz_port=authz_port
+            )
+        )
     )
     proc = start(
         node_id,

@@ -61,6 +61,7 @@ ACTIONS: Mapping[str, frozenset[str]] = {
 _SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
 _ROLE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class _Strict(BaseModel):
@@ -218,6 +219,9 @@ class Service(_Strict):
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     outlier_detection: OutlierDetection = Field(default_factory=OutlierDetection)
     circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
+    tenant_upstreams: dict[str, str | Annotated[list[str], Field(min_length=1)]] = Field(
+        default_factory=dict
+    )
 
     @field_validator("service_name")
     @classmethod
@@ -246,6 +250,23 @@ class Service(_Strict):
         for url in [value] if isinstance(value, str) else value:
             parse_url(url)
         return value
+
+    @field_validator("tenant_upstreams")
+    @classmethod
+    def _tenant_urls(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for tenant, urls in value.items():
+            if not _TENANT.match(tenant):
+                raise ValueError(f"tenant {tenant!r}: names are 1-64 letters, digits, '_' or '-'")
+            for url in [urls] if isinstance(urls, str) else urls:
+                try:
+                    parse_url(url)
+                except ValueError as err:
+                    raise ValueError(f"tenant {tenant!r}: {err}") from None
+        return value
+
+    def tenant_upstreams_of(self, tenant: str) -> list[Upstream]:
+        urls = self.tenant_upstreams[tenant]
+        return [parse_url(u) for u in ([urls] if isinstance(urls, str) else urls)]
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -389,6 +410,13 @@ def _semantic_problems(catalog: Catalog) -> list[Problem]:
                     f"{where}.retry_policy.per_try_timeout_ms",
                     f"per-try timeout {rp.per_try_timeout_ms} ms is above the service's "
                     f"timeout_ms {svc.timeout_ms}",
+                )
+            )
+        if svc.public and svc.tenant_upstreams:
+            problems.append(
+                Problem(
+                    f"{where}.tenant_upstreams",
+                    "a public service has no verified tenant to route by",
                 )
             )
         if svc.health_check.timeout_ms > svc.health_check.interval_ms:

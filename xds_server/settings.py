@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.envflags import add_flag
-from xds_server.translate import Options
+from xds_server.translate import AuthzOptions, Options
 
 DEFAULT_CATALOG = "service_catalog.json"
 
@@ -64,6 +64,22 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         help="wait this long for a save to settle before reloading",
         environ=environ,
     )
+    add_flag(
+        parser,
+        "authz-timeout-ms",
+        type=int,
+        default=200,
+        help="how long Envoy waits for ext_authz",
+        environ=environ,
+    )
+    add_flag(
+        parser,
+        "authz-failure-status",
+        type=int,
+        default=503,
+        help="HTTP status Envoy answers when ext_authz cannot be reached",
+        environ=environ,
+    )
     add_flag(parser, "log-level", default="info", help="log level", environ=environ)
 
 
@@ -76,7 +92,13 @@ def from_args(args: argparse.Namespace) -> XdsSettings:
         http_port=args.xds_http_port,
         debounce_ms=args.reload_debounce_ms,
         log_level=args.log_level,
-        translate=Options(listener_address=args.listener_address, listener_port=args.listener_port),
+        translate=Options(
+            listener_address=args.listener_address,
+            listener_port=args.listener_port,
+            authz=AuthzOptions(
+                timeout_ms=args.authz_timeout_ms, failure_status=args.authz_failure_status
+            ),
+        ),
     )
 
 

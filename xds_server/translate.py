@@ -25,6 +25,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.cache.v3 import cache_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -35,13 +37,37 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from ext_authz.policy import (
+    POLICY_KEY,
+    ROLES_HEADER,
+    SERVICE_KEY,
+    TENANT_HEADER,
+    TENANT_UPSTREAM_HEADER,
+    USER_HEADER,
+)
+from ext_authz.policy import encode as encode_policy
 from xds_server import typeurls
 from xds_server.catalog import Catalog, RetryPolicy, Service, Upstream
+from xds_server.route_policy import compile_policy
 from xds_server.snapshot import Snapshot
 
 LISTENER_NAME = "ingress_http"
 ROUTE_CONFIG_NAME = "ingress_routes"
 CACHE_FILTER = "envoy.filters.http.cache"
+
+
+AUTHZ_CLUSTER = "ext_authz"
+AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+HEADER_MUTATION_FILTER = "envoy.filters.http.header_mutation"
+
+
+@dataclass(frozen=True)
+class AuthzOptions:
+    """How Envoy calls ext_authz. The cluster is defined in Envoy's bootstrap."""
+
+    cluster: str = AUTHZ_CLUSTER
+    timeout_ms: int = 200
+    failure_status: int = 503  # answered when ext_authz cannot be reached (fail closed)
 
 
 @dataclass(frozen=True)
@@ -50,6 +76,7 @@ class Options:
 
     listener_address: str = "0.0.0.0"
     listener_port: int = 10000
+    authz: AuthzOptions = AuthzOptions()
 
 
 def _pack(msg: Message) -> any_pb2.Any:
@@ -78,8 +105,13 @@ def _uses_dns(ups: list[Upstream]) -> bool:
     return not all(u.is_ip for u in ups)
 
 
-def load_assignment(svc: Service, ups: list[Upstream]) -> endpoint_pb2.ClusterLoadAssignment:
-    out = endpoint_pb2.ClusterLoadAssignment(cluster_name=svc.service_name)
+def tenant_cluster_name(service: str, tenant: str) -> str:
+    # Service names cannot hold '.', so this never collides with a service's own cluster.
+    return f"{service}.{tenant}"
+
+
+def load_assignment(name: str, ups: list[Upstream]) -> endpoint_pb2.ClusterLoadAssignment:
+    out = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     locality = out.endpoints.add()
     for u in ups:
         address = locality.lb_endpoints.add().endpoint.address.socket_address
@@ -93,9 +125,11 @@ def _set_ms(field: duration_pb2.Duration, ms: int) -> None:
     field.nanos = (ms % 1000) * 1_000_000
 
 
-def cluster(svc: Service, ups: list[Upstream]) -> cluster_pb2.Cluster:
+def cluster(svc: Service, ups: list[Upstream], name: str | None = None) -> cluster_pb2.Cluster:
+    """The cluster for a service's upstreams (`name` defaults to the service's name)."""
+    name = name or svc.service_name
     # Fields are set in place: nested constructor arguments would copy each subtree again.
-    out = cluster_pb2.Cluster(name=svc.service_name, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
+    out = cluster_pb2.Cluster(name=name, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
     _set_ms(out.connect_timeout, svc.connect_timeout_ms)
     cb = svc.circuit_breaker
     thresholds = out.circuit_breakers.thresholds.add(priority=base_pb2.RoutingPriority.DEFAULT)
@@ -113,11 +147,11 @@ def cluster(svc: Service, ups: list[Upstream]) -> cluster_pb2.Cluster:
     if _uses_dns(ups):
         out.type = cluster_pb2.Cluster.STRICT_DNS
         out.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
-        out.load_assignment.CopyFrom(load_assignment(svc, ups))
+        out.load_assignment.CopyFrom(load_assignment(name, ups))
     else:
         out.type = cluster_pb2.Cluster.EDS
         out.eds_cluster_config.eds_config.CopyFrom(_ADS_SOURCE)
-        out.eds_cluster_config.service_name = svc.service_name
+        out.eds_cluster_config.service_name = name
     if svc.healthcheck_endpoint is not None:
         hc = svc.health_check
         check = out.health_checks.add()
@@ -149,22 +183,70 @@ def _set_retry_policy(rp: RetryPolicy, out: route_components_pb2.RetryPolicy) ->
         _set_ms(out.per_try_timeout, rp.per_try_timeout_ms)
 
 
-def add_route(routes: Any, svc: Service, *, with_cache_filter: bool) -> route_components_pb2.Route:
-    """Append the service's route to a repeated `routes` field and return it."""
-    out: route_components_pb2.Route = routes.add(name=svc.service_name)
+def _authz_per_route(catalog: Catalog, svc: Service) -> any_pb2.Any:
+    """The service's policy for ext_authz, or ext_authz off for public routes with no limit."""
+    if svc.public and svc.rate_limit is None:
+        return _pack(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
+    per_route = ext_authz_pb2.ExtAuthzPerRoute()
+    context = per_route.check_settings.context_extensions
+    context[SERVICE_KEY] = svc.service_name
+    context[POLICY_KEY] = encode_policy(compile_policy(catalog, svc))
+    return _pack(per_route)
+
+
+def _add_route(
+    routes: Any,
+    svc: Service,
+    *,
+    name: str,
+    cluster_name: str,
+    authz: any_pb2.Any,
+    with_cache_filter: bool,
+) -> route_components_pb2.Route:
+    out: route_components_pb2.Route = routes.add(name=name)
     prefix = svc.route_prefix
     if prefix == "/":
         out.match.prefix = "/"
     else:
         out.match.path_separated_prefix = prefix
-    out.route.cluster = svc.service_name
+    out.route.cluster = cluster_name
     _set_ms(out.route.timeout, svc.timeout_ms)
     rp = svc.retry_policy
     if rp is not None and rp.max_retries > 0:
         _set_retry_policy(rp, out.route.retry_policy)
+    out.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(authz)
     if with_cache_filter and not svc.cacheable:
         out.typed_per_filter_config[CACHE_FILTER].CopyFrom(_FILTER_DISABLED)
+    if svc.public:
+        # No verified identity on a public route: a client's tenant header goes too. (The
+        # router applies this after ext_authz, which sets nothing here.)
+        out.request_headers_to_remove.append(TENANT_HEADER)
     return out
+
+
+def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cache: bool) -> None:
+    """Append a service's routes to a repeated `routes` field: one per tenant with its own
+    upstream (matched on the header ext_authz sets), then the service's own."""
+    authz = _authz_per_route(catalog, svc)
+    for tenant in sorted(svc.tenant_upstreams):
+        r = _add_route(
+            routes,
+            svc,
+            name=tenant_cluster_name(svc.service_name, tenant),
+            cluster_name=tenant_cluster_name(svc.service_name, tenant),
+            authz=authz,
+            with_cache_filter=with_cache,
+        )
+        header = r.match.headers.add(name=TENANT_UPSTREAM_HEADER)
+        header.string_match.exact = tenant
+    _add_route(
+        routes,
+        svc,
+        name=svc.service_name,
+        cluster_name=svc.service_name,
+        authz=authz,
+        with_cache_filter=with_cache,
+    )
 
 
 def _sorted_for_routing(services: Sequence[Service]) -> list[Service]:
@@ -177,7 +259,7 @@ def route_configuration(catalog: Catalog) -> route_pb2.RouteConfiguration:
     out = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME)
     host = out.virtual_hosts.add(name="services", domains=["*"])
     for svc in _sorted_for_routing(catalog.services):
-        add_route(host.routes, svc, with_cache_filter=with_cache)
+        add_service_routes(host.routes, catalog, svc, with_cache=with_cache)
     return out
 
 
@@ -185,9 +267,34 @@ def _needs_cache_filter(catalog: Catalog) -> bool:
     return any(s.cacheable for s in catalog.services)
 
 
-def http_filters(catalog: Catalog) -> list[hcm_pb2.HttpFilter]:
-    """The listener's HTTP filter chain, in order. The router is always last."""
-    filters: list[hcm_pb2.HttpFilter] = []
+def _strip_client_identity() -> hcm_pb2.HttpFilter:
+    """Removes identity headers a client sent, before ext_authz or routing sees them.
+
+    `x-tenant-id` stays for ext_authz to compare with the token (it overwrites or removes it
+    on allow; public routes remove it at the router)."""
+    mutation = header_mutation_pb2.HeaderMutation()
+    for name in (USER_HEADER, ROLES_HEADER, TENANT_UPSTREAM_HEADER):
+        mutation.mutations.request_mutations.add(remove=name)
+    return hcm_pb2.HttpFilter(name=HEADER_MUTATION_FILTER, typed_config=_pack(mutation))
+
+
+def _ext_authz(catalog: Catalog, options: AuthzOptions) -> hcm_pb2.HttpFilter:
+    config = ext_authz_pb2.ExtAuthz(
+        transport_api_version=config_source_pb2.ApiVersion.V3,
+        failure_mode_allow=False,
+        # Routing may depend on the headers ext_authz sets (tenant upstreams).
+        clear_route_cache=any(s.tenant_upstreams for s in catalog.services),
+    )
+    config.grpc_service.envoy_grpc.cluster_name = options.cluster
+    _set_ms(config.grpc_service.timeout, options.timeout_ms)
+    config.status_on_error.code = options.failure_status
+    return hcm_pb2.HttpFilter(name=AUTHZ_FILTER, typed_config=_pack(config))
+
+
+def http_filters(catalog: Catalog, options: Options) -> list[hcm_pb2.HttpFilter]:
+    """The listener's HTTP filter chain, in order: strip client identity headers, ext_authz,
+    cache (when a service is cacheable), router."""
+    filters = [_strip_client_identity(), _ext_authz(catalog, options.authz)]
     if _needs_cache_filter(catalog):
         filters.append(
             hcm_pb2.HttpFilter(
@@ -212,7 +319,7 @@ def listener(catalog: Catalog, options: Options) -> listener_pb2.Listener:
         stat_prefix="ingress_http",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=_ADS_SOURCE, route_config_name=ROUTE_CONFIG_NAME),
-        http_filters=http_filters(catalog),
+        http_filters=http_filters(catalog, options),
         # An edge proxy: trust the peer address, not client-sent forwarding headers, and
         # give every external request a fresh x-request-id.
         use_remote_address=wrappers_pb2.BoolValue(value=True),
@@ -246,10 +353,13 @@ def translate(catalog: Catalog, options: Options) -> dict[str, list[tuple[str, M
     clusters: list[tuple[str, Message]] = []
     endpoints: list[tuple[str, Message]] = []
     for s in services:
-        ups = s.upstreams
-        clusters.append((s.service_name, cluster(s, ups)))
-        if not _uses_dns(ups):
-            endpoints.append((s.service_name, load_assignment(s, ups)))
+        for name, ups in [(s.service_name, s.upstreams)] + [
+            (tenant_cluster_name(s.service_name, t), s.tenant_upstreams_of(t))
+            for t in sorted(s.tenant_upstreams)
+        ]:
+            clusters.append((name, cluster(s, ups, name)))
+            if not _uses_dns(ups):
+                endpoints.append((name, load_assignment(name, ups)))
     return {
         typeurls.CLUSTER: clusters,
         typeurls.ENDPOINT: endpoints,

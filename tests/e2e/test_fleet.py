@@ -13,9 +13,11 @@ from tests import harness
 pytestmark = pytest.mark.e2e
 
 
-def test_two_envoys_converge_on_every_version(xds: harness.XdsServer, tmp_path: Path) -> None:
-    first = harness.start_envoy(xds, tmp_path, node_id="edge-a")
-    second = harness.start_envoy(xds, tmp_path, node_id="edge-b")
+def test_two_envoys_converge_on_every_version(
+    xds: harness.XdsServer, authz: harness.Authz, tmp_path: Path
+) -> None:
+    first = harness.start_envoy(xds, tmp_path, node_id="edge-a", authz_port=authz.port)
+    second = harness.start_envoy(xds, tmp_path, node_id="edge-b", authz_port=authz.port)
     with harness.stopping(first.proc, second.proc):
 
         def synced_on(version: str) -> bool:

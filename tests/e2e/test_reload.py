@@ -16,9 +16,11 @@ from tests.conftest import write_json
 
 pytestmark = pytest.mark.e2e
 
+AUTH = harness.bearer()
+
 
 def status_200(envoy: harness.Envoy, path: str) -> Callable[[], Any]:
-    return lambda: (r := harness.try_get(envoy.url + path)) and r.status == 200 and r
+    return lambda: (r := harness.try_get(envoy.url + path, AUTH)) and r.status == 200 and r
 
 
 def add_service(catalog: Path, name: str, port: int) -> dict[str, Any]:
@@ -56,7 +58,7 @@ def test_a_new_service_is_reachable_without_a_restart(
     echo: Callable[[str], EchoServer],
 ) -> None:
     harness.wait_until(status_200(envoy, "/orders/1"), what="initial routing")
-    assert harness.get(envoy.url + "/reports/1").status == 404
+    assert harness.get(envoy.url + "/reports/1", AUTH).status == 404
     upstream = echo("reports")
     envoy_pid, xds_pid = envoy.proc.popen.pid, xds.proc.popen.pid
 
@@ -64,7 +66,7 @@ def test_a_new_service_is_reachable_without_a_restart(
 
     resp = harness.wait_until(status_200(envoy, "/reports/1"), what="the new route")
     assert resp.json()["service"] == "reports"
-    assert harness.get(envoy.url + "/orders/1").status == 200
+    assert harness.get(envoy.url + "/orders/1", AUTH).status == 200
     assert (envoy.proc.popen.pid, xds.proc.popen.pid) == (envoy_pid, xds_pid)
     assert envoy.proc.alive() and xds.proc.alive()
 
@@ -85,8 +87,8 @@ def test_a_bad_edit_keeps_traffic_unchanged_and_is_reported(
     assert any("services[0].retry_policy.max_retries" in e for e in status["catalog"]["errors"])
     assert 'xds_catalog_reloads_total{result="invalid"}' in xds.metrics()
     assert "services[0].retry_policy.max_retries" in xds.proc.output()
-    assert harness.get(envoy.url + "/orders/1").status == 200
-    assert harness.get(envoy.url + "/reports/1").status == 404
+    assert harness.get(envoy.url + "/orders/1", AUTH).status == 200
+    assert harness.get(envoy.url + "/reports/1", AUTH).status == 404
 
     # Fixing the file recovers, with no restart.
     data["services"][0]["retry_policy"]["max_retries"] = 2
@@ -104,7 +106,7 @@ def test_a_deleted_catalog_keeps_the_last_good_config(
     harness.wait_until(
         lambda: not xds.status()["catalog"]["valid"], what="the missing file noticed"
     )
-    assert harness.get(envoy.url + "/orders/1").status == 200
+    assert harness.get(envoy.url + "/orders/1", AUTH).status == 200
     write_json(xds.catalog, saved)
     harness.wait_until(lambda: xds.status()["catalog"]["valid"], what="the file back")
 
@@ -119,7 +121,7 @@ def test_a_timeout_edit_changes_only_the_routes_version(
     save_by_rename(xds.catalog, data)
     harness.wait_until(
         lambda: (
-            harness.get(envoy.url + "/orders/admin/1")
+            harness.get(envoy.url + "/orders/admin/1", AUTH)
             .json()["headers"]
             .get("x-envoy-expected-rq-timeout-ms")
             == "7000"

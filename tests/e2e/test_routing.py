@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e
 
 def served(envoy: harness.Envoy, path: str) -> harness.Response:
     def ok() -> harness.Response | None:
-        r = harness.try_get(envoy.url + path)
+        r = harness.try_get(envoy.url + path, harness.bearer())
         return r if r is not None and r.status == 200 else None
 
     return harness.wait_until(ok, what=f"200 on {path}")
@@ -34,8 +34,9 @@ def test_the_longest_base_path_wins(envoy: harness.Envoy) -> None:
 
 def test_unknown_path_is_404(envoy: harness.Envoy) -> None:
     served(envoy, "/orders/1")
+    assert harness.get(envoy.url + "/nowhere", harness.bearer()).status == 404
+    assert harness.get(envoy.url + "/ordersx", harness.bearer()).status == 404
     assert harness.get(envoy.url + "/nowhere").status == 404
-    assert harness.get(envoy.url + "/ordersx").status == 404
 
 
 def test_envoy_acks_the_content_hash_version(envoy: harness.Envoy, xds: harness.XdsServer) -> None:

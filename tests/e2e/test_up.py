@@ -45,12 +45,14 @@ def alive(pid: int) -> bool:
 def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, list[str]]]:
     port = harness.free_port()
     log = tmp_path / "up.log"
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_JWT", "SIDECAR_JWKS"))}
     env.update(
         SIDECAR_LISTENER_PORT=str(port),
         SIDECAR_ADMIN_PORT=str(harness.free_port()),
         SIDECAR_XDS_PORT=str(harness.free_port()),
         SIDECAR_XDS_HTTP_PORT=str(harness.free_port()),
+        SIDECAR_AUTHZ_PORT=str(harness.free_port()),
+        SIDECAR_AUTHZ_HTTP_PORT=str(harness.free_port()),
     )
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -81,13 +83,19 @@ def test_up_demo_serves_every_sample_service_and_prints_a_working_curl(
     up: tuple[subprocess.Popen[str], int, list[str]],
 ) -> None:
     _, port, lines = up
-    (curl,) = [line.strip() for line in lines if line.strip().startswith("curl")]
-    url = re.search(r"http://\S+", curl)
-    assert url is not None
-    resp = harness.get(url.group(0))
+    with_token, without = [line.strip() for line in lines if line.strip().startswith("curl")]
+    url = re.search(r"http://\S+", with_token)
+    token = re.search(r"Authorization: Bearer (\S+)'", with_token)
+    assert url is not None and token is not None
+    resp = harness.get(url.group(0), {"authorization": f"Bearer {token.group(1)}"})
     assert resp.status == 200
+    assert resp.json()["headers"]["x-user-id"] == "demo-user"
+    assert harness.get(url.group(0)).status == 401
+    assert without.endswith(url.group(0))
+    secret = next(line for line in lines if "SIDECAR_JWT_SECRET=" in line).split("=", 1)[1]
     for svc in sample_data()["services"]:
-        seen = harness.get(f"http://127.0.0.1:{port}{svc['base_path']}/x").json()
+        auth = harness.bearer(secret=secret.encode(), tenant="globex")
+        seen = harness.get(f"http://127.0.0.1:{port}{svc['base_path']}/x", auth).json()
         assert seen["service"] == svc["service_name"]
 
 
@@ -97,7 +105,7 @@ def test_stopping_up_leaves_no_child_running(
 ) -> None:
     proc, _, _ = up
     children = children_of(proc.pid)
-    assert len(children) == 3  # demo upstreams, xds server, envoy
+    assert len(children) == 4  # demo upstreams, ext_authz, xds server, envoy
     proc.send_signal(sig)
     proc.wait(timeout=20)
     harness.wait_until(

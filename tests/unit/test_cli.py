@@ -50,6 +50,7 @@ def test_render_prints_every_resource_type_as_json() -> None:
     rendered = json.loads(result.stdout)
     assert {c["name"] for c in rendered["resources"]["clusters"]} == {
         "orders",
+        "orders.acme",
         "catalog",
         "status",
         "admin",

@@ -7,7 +7,13 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 
+from ext_authz.policy import decode
 from tests.conftest import SAMPLE
 from xds_server import typeurls
 from xds_server.catalog import load_catalog, parse_catalog
@@ -214,3 +220,81 @@ def test_a_route_naming_a_missing_cluster_is_inconsistent() -> None:
     assert Snapshot.build(resources).consistent() == [
         "route 'b' in 'ingress_routes' names missing cluster 'b'"
     ]
+
+
+def _filters(snap: Snapshot) -> list[Any]:
+    (res,) = snap.resources[typeurls.LISTENER].values()
+    manager = hcm_pb2.HttpConnectionManager()
+    res.message.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    return list(manager.http_filters)
+
+
+def test_identity_headers_are_stripped_before_ext_authz_which_fails_closed() -> None:
+    snap = build_snapshot(catalog(svc("a", "/a", cacheable=True)), Options())
+    filters = _filters(snap)
+    assert [f.name for f in filters] == [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.cache",
+        "envoy.filters.http.router",
+    ]
+    mutation = header_mutation_pb2.HeaderMutation()
+    filters[0].typed_config.Unpack(mutation)
+    removed = {m.remove for m in mutation.mutations.request_mutations}
+    assert removed == {"x-user-id", "x-user-roles", "x-tenant-upstream"}
+    config = ext_authz_pb2.ExtAuthz()
+    filters[1].typed_config.Unpack(config)
+    assert config.failure_mode_allow is False
+    assert config.status_on_error.code == 503
+    assert config.grpc_service.envoy_grpc.cluster_name == "ext_authz"
+    assert config.grpc_service.timeout.ToMilliseconds() == 200
+
+
+def _per_route(route: route_components_pb2.Route) -> Any:
+    out = ext_authz_pb2.ExtAuthzPerRoute()
+    route.typed_per_filter_config["envoy.filters.http.ext_authz"].Unpack(out)
+    return out
+
+
+def test_each_route_carries_its_services_policy() -> None:
+    snap = build_snapshot(
+        catalog(
+            svc("orders", "/orders", tenant_scope="tenant", rate_limit={"requests_per_second": 5}),
+            roles={"clerk": ["orders:read"]},
+        ),
+        Options(),
+    )
+    context = _per_route(route_named(snap, "orders")).check_settings.context_extensions
+    assert context["service"] == "orders"
+    policy = decode(context["policy"])
+    assert policy.allowed_roles["read"] == {"clerk"}
+    assert policy.tenant_scope == "tenant"
+    assert policy.rate_limit is not None and policy.rate_limit.limit == 5
+
+
+def test_public_routes_skip_ext_authz_unless_limited_and_drop_the_tenant_header() -> None:
+    snap = build_snapshot(
+        catalog(
+            svc("open", "/open", public=True),
+            svc("limited", "/limited", public=True, rate_limit={"requests_per_minute": 5}),
+        ),
+        Options(),
+    )
+    assert _per_route(route_named(snap, "open")).disabled is True
+    limited = _per_route(route_named(snap, "limited"))
+    assert not limited.disabled and limited.check_settings.context_extensions["policy"]
+    assert list(route_named(snap, "open").request_headers_to_remove) == ["x-tenant-id"]
+
+
+def test_a_tenant_upstream_gets_its_own_cluster_and_a_header_matched_route_first() -> None:
+    snap = build_snapshot(
+        catalog(svc("orders", "/orders", tenant_upstreams={"acme": "http://10.9.9.9:80"})),
+        Options(),
+    )
+    routes = routes_of(snap)
+    assert [r.name for r in routes] == ["orders.acme", "orders"]
+    (header,) = routes[0].match.headers
+    assert (header.name, header.string_match.exact) == ("x-tenant-upstream", "acme")
+    assert routes[0].route.cluster == "orders.acme"
+    assert "orders.acme" in snap.resources[typeurls.CLUSTER]
+    assert snap.consistent() == []

@@ -1,0 +1,61 @@
+"""One JSON line per authorization decision.
+
+Denials are always written; allows are written with probability `allow_sample`. A record never
+holds a token, a secret, or a query string (which can carry either).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TextIO
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    time: float
+    request_id: str
+    trace_id: str | None
+    user: str | None
+    tenant: str | None
+    service: str | None
+    method: str
+    path: str
+    decision: str  # "allow" or "deny"
+    status: int
+    reason: str
+    latency_us: int
+
+
+class AuditLog:
+    def __init__(
+        self,
+        stream: TextIO,
+        allow_sample: float = 1.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._stream = stream
+        self._allow_sample = allow_sample
+        self._rand = rand
+        self._lock = threading.Lock()
+
+    def write(self, record: AuditRecord) -> None:
+        if record.decision == "allow" and (
+            self._allow_sample <= 0
+            or (self._allow_sample < 1 and self._rand() >= self._allow_sample)
+        ):
+            return
+        data = asdict(record)
+        data["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.time)) + (
+            f".{int(record.time % 1 * 1000):03d}Z"
+        )
+        data["path"] = record.path.split("?", 1)[0]
+        data["audit"] = True
+        line = json.dumps(data, separators=(",", ":")) + "\n"
+        with self._lock:
+            self._stream.write(line)
+            self._stream.flush()

@@ -1,0 +1,262 @@
+"""The decision core, shared by every transport: request attributes in, `Outcome` out.
+
+Order: route policy → token (public routes: none) → role and tenant → rate limit → allow.
+Every failure is a precise denial; no exception escapes `Authorizer.check`: an unexpected one
+becomes a 500 denial (fail closed) and is logged without the request's headers.
+
+On allow, the upstream request gets `x-user-id`, `x-user-roles`, `x-request-id` and, when the
+token has one, `x-tenant-id`, each overwriting whatever the client sent; identity headers that
+are not set are removed. `Authorization` is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from ext_authz.audit import AuditLog, AuditRecord
+from ext_authz.limits import (
+    HeaderStyle,
+    address_key,
+    client_address,
+    rate_headers,
+    to_limit,
+    user_key,
+)
+from ext_authz.metrics import AuthzMetrics
+from ext_authz.policy import (
+    IDENTITY_HEADERS,
+    POLICY_KEY,
+    REQUEST_ID_HEADER,
+    ROLES_HEADER,
+    TENANT_HEADER,
+    TENANT_UPSTREAM_HEADER,
+    USER_HEADER,
+    PolicyError,
+    RoutePolicy,
+    authorize,
+    decode,
+)
+from ext_authz.ratelimit import Limiter
+from ext_authz.tokens import Identity, TokenError, TokenVerifier
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class CheckInput:
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names, as Envoy sends them
+    context: Mapping[str, str]  # the route's context_extensions
+    client_ip: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int  # 200 when allowed
+    reason: str
+    message: str
+    request_id: str
+    set_headers: Headers = ()  # on the upstream request, overwriting
+    remove_headers: tuple[str, ...] = ()  # from the upstream request
+    response_headers: Headers = ()  # to the client, allowed or denied
+    body: bytes = b""  # denials only
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200
+
+
+_ERROR_CODE = {401: "invalid_token", 403: "forbidden", 429: "rate_limited", 500: "internal"}
+
+
+def denial(status: int, reason: str, message: str, request_id: str) -> Outcome:
+    body = json.dumps(
+        {"error": _ERROR_CODE.get(status, "denied"), "message": message, "request_id": request_id},
+        separators=(",", ":"),
+    ).encode()
+    headers: list[tuple[str, str]] = [("content-type", "application/json")]
+    if status == 401:
+        description = message.replace("\\", "").replace('"', "'")
+        headers.append(
+            ("www-authenticate", f'Bearer error="invalid_token", error_description="{description}"')
+        )
+    return Outcome(status, reason, message, request_id, response_headers=tuple(headers), body=body)
+
+
+class PolicyCache:
+    """Decoded route policies by their wire string: a route's policy is parsed once."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._items: OrderedDict[str, RoutePolicy] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> RoutePolicy:
+        found = self._items.get(text)
+        if found is not None:
+            return found
+        policy = decode(text)
+        with self._lock:
+            self._items[text] = policy
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return policy
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None when there is none."""
+    value = headers.get("authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return ""
+    return token.strip()
+
+
+def trace_id(headers: Mapping[str, str]) -> str | None:
+    parent = headers.get("traceparent")
+    if parent:
+        parts = parent.split("-")
+        if len(parts) >= 2 and len(parts[1]) == 32:
+            return parts[1]
+    return headers.get("x-b3-traceid")
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    header_style: HeaderStyle = "draft"
+    trusted_hops: int = 0  # proxies in front of Envoy that append to x-forwarded-for
+
+
+class Authorizer:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        limiter: Limiter,
+        audit: AuditLog,
+        metrics: AuthzMetrics,
+        log: logging.Logger,
+        clock: Callable[[], float] = time.time,
+        limits: LimitSettings = LimitSettings(),
+    ) -> None:
+        """`limiter` must not raise (wrap a backend in `GuardedLimiter`)."""
+        self._verifier = verifier
+        self._limiter = limiter
+        self._audit = audit
+        self._metrics = metrics
+        self._log = log
+        self._clock = clock
+        self._limits = limits
+        self._policies = PolicyCache()
+
+    def check(self, req: CheckInput) -> Outcome:
+        started = time.perf_counter_ns()
+        request_id = req.headers.get(REQUEST_ID_HEADER) or str(uuid.uuid4())
+        identity: Identity | None = None
+        policy: RoutePolicy | None = None
+        try:
+            policy = self._policies.get(req.context.get(POLICY_KEY, ""))
+            outcome, identity = self._decide(req, policy, request_id)
+        except PolicyError as err:
+            outcome = denial(403, "no_policy", "this route has no usable policy", request_id)
+            self._log.error("route policy unusable", extra={"fields": {"error": str(err)}})
+        except Exception:
+            self._log.exception("check failed", extra={"fields": {"request_id": request_id}})
+            outcome = denial(500, "internal_error", "authorization failed", request_id)
+        latency_us = (time.perf_counter_ns() - started) // 1000
+        self._metrics.checks.labels(str(outcome.status), outcome.reason).inc()
+        self._audit.write(
+            AuditRecord(
+                time=self._clock(),
+                request_id=request_id,
+                trace_id=trace_id(req.headers),
+                user=identity.user if identity else None,
+                tenant=identity.tenant if identity else None,
+                service=policy.service if policy else req.context.get("service"),
+                method=req.method,
+                path=req.path,
+                decision="allow" if outcome.allowed else "deny",
+                status=outcome.status,
+                reason=outcome.reason,
+                latency_us=latency_us,
+            )
+        )
+        return outcome
+
+    def _decide(
+        self, req: CheckInput, policy: RoutePolicy, request_id: str
+    ) -> tuple[Outcome, Identity | None]:
+        if policy.public:
+            address = client_address(req.headers, req.client_ip, self._limits.trusted_hops)
+            return self._limited(policy, address_key(policy.service, address), request_id, None)
+        token = bearer_token(req.headers)
+        if token is None:
+            return denial(401, "missing_token", "a bearer token is required", request_id), None
+        if not token:
+            return denial(
+                401, "malformed", "the Authorization header is not Bearer", request_id
+            ), None
+        try:
+            identity = self._verifier.verify(token)
+        except TokenError as err:
+            return denial(401, err.reason, err.detail, request_id), None
+        verdict = authorize(
+            policy, req.method, identity.roles, identity.tenant, req.headers.get(TENANT_HEADER)
+        )
+        if not verdict.allowed:
+            return denial(403, verdict.reason, verdict.message, request_id), identity
+        key = user_key(policy.service, identity.tenant, identity.user)
+        return self._limited(policy, key, request_id, identity)
+
+    def _limited(
+        self, policy: RoutePolicy, key: str, request_id: str, identity: Identity | None
+    ) -> tuple[Outcome, Identity | None]:
+        """Count the request against the route's limit (if any) and answer."""
+        allow = (
+            self._allow(identity, policy, request_id)
+            if identity is not None
+            else Outcome(200, "public", "allowed", request_id, remove_headers=IDENTITY_HEADERS)
+        )
+        if policy.rate_limit is None:
+            return allow, identity
+        limit = to_limit(policy.rate_limit)
+        decision = self._limiter.hit(key, limit)
+        headers = rate_headers(policy.service, limit, decision, self._limits.header_style)
+        if decision.allowed:
+            return replace(allow, response_headers=headers), identity
+        out = denial(429, "rate_limited", f"too many requests to {policy.service}", request_id)
+        return replace(out, response_headers=out.response_headers + headers), identity
+
+    @staticmethod
+    def _allow(identity: Identity, policy: RoutePolicy, request_id: str) -> Outcome:
+        set_headers = [
+            (USER_HEADER, identity.user),
+            (ROLES_HEADER, ",".join(identity.roles)),
+            (REQUEST_ID_HEADER, request_id),
+        ]
+        remove: list[str] = []
+        if identity.tenant is not None:
+            set_headers.append((TENANT_HEADER, identity.tenant))
+        else:
+            remove.append(TENANT_HEADER)
+        if identity.tenant is not None and identity.tenant in policy.tenant_upstreams:
+            set_headers.append((TENANT_UPSTREAM_HEADER, identity.tenant))
+        else:
+            remove.append(TENANT_UPSTREAM_HEADER)
+        return Outcome(
+            200,
+            "ok",
+            "allowed",
+            request_id,
+            set_headers=tuple(set_headers),
+            remove_headers=tuple(remove),
+        )

@@ -1,0 +1,69 @@
+"""The gRPC transport: `envoy.service.auth.v3.Authorization/Check` ↔ the decision core."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from ext_authz.core import Authorizer, CheckInput, Headers, Outcome
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 429: code_pb2.RESOURCE_EXHAUSTED}
+_OK_STATUS = status_pb2.Status(code=code_pb2.OK)
+
+
+def _options(headers: Headers) -> list[base_pb2.HeaderValueOption]:
+    return [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE
+        )
+        for k, v in headers
+    ]
+
+
+def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
+    attrs = request.attributes
+    http = attrs.request.http
+    return CheckInput(
+        method=http.method,
+        path=http.path,
+        headers=http.headers,
+        context=attrs.context_extensions,
+        client_ip=attrs.source.address.socket_address.address,
+    )
+
+
+def to_response(outcome: Outcome) -> external_auth_pb2.CheckResponse:
+    if outcome.allowed:
+        return external_auth_pb2.CheckResponse(
+            status=_OK_STATUS,
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=_options(outcome.set_headers),
+                headers_to_remove=list(outcome.remove_headers),
+                response_headers_to_add=_options(outcome.response_headers),
+            ),
+        )
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(
+            code=_GRPC_CODE.get(outcome.status, code_pb2.PERMISSION_DENIED),
+            message=outcome.reason,
+        ),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=outcome.status),
+            headers=_options(outcome.response_headers),
+            body=outcome.body.decode(),
+        ),
+    )
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._authorizer = authorizer
+
+    def Check(self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext) -> Any:
+        return to_response(self._authorizer.check(to_input(request)))

@@ -1,0 +1,62 @@
+"""Rate-limit keys and response headers (pure).
+
+Keys: a protected route counts per service, verified tenant and user; a public route per
+service and client address. The client address is Envoy's peer address, or, behind
+`trusted_hops` proxies that each append to `x-forwarded-for`, the entry those proxies vouch for.
+
+Headers: the IETF draft fields by default (`RateLimit-Policy: "orders";q=120;w=60` and
+`RateLimit: "orders";r=45;t=30`), or the older `RateLimit-Limit`, `-Remaining` and `-Reset`
+for clients that expect those. `q` is the limit a client should plan for; the burst allowance on
+top of it is tolerated, not advertised, so `r` never exceeds `q`. A 429 adds `Retry-After`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from ext_authz.policy import RateLimitPolicy
+from ext_authz.ratelimit import Decision, Limit
+
+HeaderStyle = Literal["draft", "legacy"]
+Headers = tuple[tuple[str, str], ...]
+
+
+def client_address(headers: Mapping[str, str], peer: str, trusted_hops: int) -> str:
+    if trusted_hops <= 0:
+        return peer
+    entries = [e.strip() for e in headers.get("x-forwarded-for", "").split(",") if e.strip()]
+    if not entries:
+        return peer
+    # Envoy appended the peer last; each trusted proxy appended the address it saw.
+    return entries[max(0, len(entries) - 1 - trusted_hops)]
+
+
+def user_key(service: str, tenant: str | None, user: str) -> str:
+    return f"{service}|u|{tenant or ''}|{user}"
+
+
+def address_key(service: str, address: str) -> str:
+    return f"{service}|ip|{address}"
+
+
+def to_limit(policy: RateLimitPolicy) -> Limit:
+    return Limit(policy.limit, policy.window_s, policy.burst)
+
+
+def rate_headers(name: str, limit: Limit, decision: Decision, style: HeaderStyle) -> Headers:
+    remaining = min(decision.remaining, limit.limit)
+    if style == "legacy":
+        out: tuple[tuple[str, str], ...] = (
+            ("ratelimit-limit", str(limit.limit)),
+            ("ratelimit-remaining", str(remaining)),
+            ("ratelimit-reset", str(decision.reset_s)),
+        )
+    else:
+        out = (
+            ("ratelimit-policy", f'"{name}";q={limit.limit};w={limit.window_s}'),
+            ("ratelimit", f'"{name}";r={remaining};t={decision.reset_s}'),
+        )
+    if not decision.allowed:
+        out += (("retry-after", str(max(1, decision.retry_after_s))),)
+    return out
