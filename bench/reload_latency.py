@@ -43,6 +43,7 @@ def main() -> None:
             "service_name": "base",
             "base_path": "/base",
             "internal_url": f"http://127.0.0.1:{upstream.port}",
+            "public": True,
         }
     ]
     catalog.write_text(json.dumps({"services": services}))
@@ -60,6 +61,7 @@ def main() -> None:
                     "service_name": name,
                     "base_path": f"/{name}",
                     "internal_url": f"http://127.0.0.1:{upstream.port}",
+                    "public": True,
                 }
             )
             old_version = xds.version()

@@ -47,7 +47,11 @@ def _refresh_keys(
 def make_backend(settings: AuthzSettings) -> Limiter:
     """The one place that chooses the rate-limit backend."""
     if settings.rate_limit_backend == "redis":
-        return RedisLimiter.from_url(settings.redis_url, timeout_ms=settings.redis_timeout_ms)
+        return RedisLimiter.from_url(
+            settings.redis_url,
+            timeout_ms=settings.redis_timeout_ms,
+            prefix=settings.redis_key_prefix,
+        )
     return MemoryLimiter()
 
 

@@ -33,6 +33,7 @@ class AuthzSettings:
     rate_limit_backend: Literal["memory", "redis"]
     redis_url: str
     redis_timeout_ms: int
+    redis_key_prefix: str
     rate_limit_fail_open: bool
     limits: LimitSettings
     log_level: str
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     flag("authz-port", 9191, "gRPC port", int)
     flag("authz-http-host", "127.0.0.1", "metrics address")
     flag("authz-http-port", 9192, "metrics port", int)
-    flag("authz-workers", 8, "gRPC worker threads", int)
+    flag("authz-workers", 4, "gRPC worker threads (more only adds GIL contention)", int)
     flag("jwt-secret", None, "HS256/384/512 secret (prefer the _FILE form)")
     flag("jwt-secret-file", None, "file holding the HS256/384/512 secret")
     flag("jwks", None, "JWKS file path or https URL for RS/PS/ES/EdDSA keys")
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     flag("rate-limit-backend", "memory", "memory (one replica) or redis (shared)")
     flag("redis-url", "redis://127.0.0.1:6379/0", "Redis for shared rate limits")
     flag("redis-timeout-ms", 5, "Redis connect and read timeout, milliseconds", int)
+    flag("redis-key-prefix", "sidecar:rl:", "prefix of every rate-limit key in Redis")
     flag("rate-limit-failure", "open", "when Redis is unreachable: open (allow) or closed (429)")
     flag("rate-limit-headers", "draft", "draft (RateLimit, RateLimit-Policy) or legacy")
     flag("trusted-proxy-hops", 0, "proxies before Envoy that append to x-forwarded-for", int)
@@ -121,6 +123,7 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
         rate_limit_backend=args.rate_limit_backend,
         redis_url=args.redis_url,
         redis_timeout_ms=args.redis_timeout_ms,
+        redis_key_prefix=args.redis_key_prefix,
         rate_limit_fail_open=args.rate_limit_failure == "open",
         limits=LimitSettings(
             header_style=args.rate_limit_headers, trusted_hops=args.trusted_proxy_hops

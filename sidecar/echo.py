@@ -26,7 +26,10 @@ class EchoServer(ThreadingHTTPServer):
         return int(self.server_address[1])
 
     def start(self) -> EchoServer:
-        threading.Thread(target=self.serve_forever, name=f"echo-{self.name}", daemon=True).start()
+        # A short poll interval makes stop() quick.
+        threading.Thread(
+            target=self.serve_forever, args=(0.05,), name=f"echo-{self.name}", daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:

@@ -157,7 +157,10 @@ def test_envoy_fails_closed_with_503_when_ext_authz_is_down_and_recovers(
         harness.wait_until(
             lambda: call(envoy, "/orders/1", harness.bearer()).status == 503, what="503"
         )
-        assert call(envoy, "/status/x").status == 200
+        public = call(envoy, "/status/x", {**SPOOFED, "x-tenant-id": "acme"})
+        assert public.status == 200
+        for name in [*SPOOFED, "x-tenant-id"]:  # stripped even with ext_authz off here
+            assert name not in public.json()["headers"], name
         again = harness.start_authz(tmp_path, name="authz-2", port=authz.port)
         with harness.stopping(again.proc):
             ready(envoy)

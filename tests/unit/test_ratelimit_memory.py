@@ -8,6 +8,7 @@ import threading
 from hypothesis import given, settings
 
 from ext_authz.ratelimit import Decision, Limit, MemoryLimiter
+from tests.fakes import FakeClock
 from tests.unit.test_ratelimit_window import (
     Scenario,
     assert_never_more_than_capacity_per_window,
@@ -18,18 +19,8 @@ from tests.unit.test_ratelimit_window import (
 EDGE = 1_699_999_200.0  # seconds, on every window and bucket edge
 
 
-class FakeClock:
-    """A settable clock, in seconds."""
-
-    def __init__(self, now: float = EDGE) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def replay(scenario: Scenario) -> list[tuple[str, Limit, int, Decision]]:
-    clock = FakeClock()
+    clock = FakeClock(EDGE)
     limiter = MemoryLimiter(clock=clock)
     out = []
     for key, limit, now_ms in scenario.timeline():
@@ -73,7 +64,7 @@ def test_waiting_retry_after_seconds_gets_a_request_through() -> None:
 
 
 def test_keys_and_windows_are_limited_independently() -> None:
-    limiter = MemoryLimiter(clock=FakeClock())
+    limiter = MemoryLimiter(clock=FakeClock(EDGE))
     per_second, per_minute = Limit(limit=1, window_s=1), Limit(limit=1, window_s=60)
     assert limiter.hit("alice", per_second).allowed
     assert limiter.hit("alice", per_minute).allowed
@@ -83,7 +74,7 @@ def test_keys_and_windows_are_limited_independently() -> None:
 
 
 def test_the_number_of_keys_held_never_exceeds_max_keys_and_recent_keys_are_kept() -> None:
-    limiter = MemoryLimiter(clock=FakeClock(), max_keys=1000)
+    limiter = MemoryLimiter(clock=FakeClock(EDGE), max_keys=1000)
     limit = Limit(limit=1, window_s=3600)
     for i in range(5000):
         assert limiter.hit(f"user-{i}", limit).allowed
@@ -95,7 +86,7 @@ def test_the_number_of_keys_held_never_exceeds_max_keys_and_recent_keys_are_kept
 
 
 def test_idle_keys_are_dropped() -> None:
-    clock = FakeClock()
+    clock = FakeClock(EDGE)
     limiter = MemoryLimiter(clock=clock)
     limit = Limit(limit=5, window_s=1)
     for i in range(100):
@@ -108,7 +99,7 @@ def test_idle_keys_are_dropped() -> None:
 
 
 def test_a_key_touched_after_it_went_idle_starts_afresh() -> None:
-    clock = FakeClock()
+    clock = FakeClock(EDGE)
     limiter = MemoryLimiter(clock=clock)
     limit = Limit(limit=2, window_s=60)
     for _ in range(3):
@@ -119,7 +110,7 @@ def test_a_key_touched_after_it_went_idle_starts_afresh() -> None:
 
 
 def test_threads_hammering_one_key_never_get_more_than_capacity() -> None:
-    limiter = MemoryLimiter(clock=FakeClock())  # frozen: all requests fall in one window
+    limiter = MemoryLimiter(clock=FakeClock(EDGE))  # frozen: all requests fall in one window
     limit = Limit(limit=40, window_s=60, burst=10)
     start = threading.Barrier(8)
     allowed = [0] * 8

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from redis.exceptions import RedisError
 
 from ext_authz.ratelimit import Decision, Limit, LimiterUnavailable, RedisLimiter
+from tests.fakes import FakeClock
 from tests.unit.test_ratelimit_window import (
     Scenario,
     assert_never_more_than_capacity_per_window,
@@ -29,16 +30,6 @@ from tests.unit.test_ratelimit_window import (
 HOST, PORT = "127.0.0.1", 6379
 URL = f"redis://{HOST}:{PORT}/0"
 EDGE = 1_699_999_200.0  # seconds, on every window and bucket edge
-
-
-class FakeClock:
-    """A settable clock, in seconds."""
-
-    def __init__(self, now: float = EDGE) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def delete_keys(client: redis.Redis, prefix: str) -> None:
@@ -102,7 +93,7 @@ def free_port() -> int:
 def test_redis_backend_gives_exactly_the_reference_decisions(
     client: redis.Redis, scenario: Scenario
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(EDGE)
     p = unique_prefix()
     limiter = RedisLimiter(client, clock=clock, prefix=p)
     try:
@@ -141,7 +132,7 @@ def test_waiting_retry_after_seconds_gets_a_request_through(
 
 
 def test_replicas_sharing_one_redis_share_the_limit(prefix: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(EDGE)
     replicas = [
         RedisLimiter.from_url(URL, timeout_ms=500, clock=clock, prefix=prefix) for _ in range(3)
     ]
@@ -157,7 +148,7 @@ def test_replicas_sharing_one_redis_share_the_limit(prefix: str) -> None:
 def test_threads_hammering_one_key_never_get_more_than_capacity(
     client: redis.Redis, prefix: str
 ) -> None:
-    limiter = RedisLimiter(client, clock=FakeClock(), prefix=prefix)
+    limiter = RedisLimiter(client, clock=FakeClock(EDGE), prefix=prefix)
     limit = Limit(limit=8, window_s=60, burst=2)
     start = threading.Barrier(8)
     allowed = [0] * 8
@@ -180,7 +171,7 @@ def test_threads_hammering_one_key_never_get_more_than_capacity(
 def test_keys_are_hash_tagged_per_key_and_window_and_expire(
     client: redis.Redis, prefix: str
 ) -> None:
-    limiter = RedisLimiter(client, clock=FakeClock(), prefix=prefix)
+    limiter = RedisLimiter(client, clock=FakeClock(EDGE), prefix=prefix)
     limiter.hit("alice", Limit(limit=5, window_s=60))
     limiter.hit("alice", Limit(limit=5, window_s=1))
     keys = {k.decode() for k in client.scan_iter(match=f"{prefix}*")}
@@ -191,7 +182,7 @@ def test_keys_are_hash_tagged_per_key_and_window_and_expire(
 
 
 def test_buckets_that_can_no_longer_count_are_deleted(client: redis.Redis, prefix: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(EDGE)
     limiter = RedisLimiter(client, clock=clock, prefix=prefix)
     limit = Limit(limit=100, window_s=60)
     for _ in range(30):  # one request per 6 s bucket, for three minutes
@@ -209,7 +200,7 @@ def test_the_script_is_loaded_once_and_each_check_is_one_round_trip(prefix: str)
     try:
         client.ping()  # connect (and handshake) before counting
         recorder.commands.clear()
-        limiter = RedisLimiter(client, clock=FakeClock(), prefix=prefix)
+        limiter = RedisLimiter(client, clock=FakeClock(EDGE), prefix=prefix)
         for _ in range(5):
             limiter.hit("k", Limit(limit=3, window_s=60))
         assert recorder.commands == ["SCRIPT LOAD"] + ["EVALSHA"] * 5
@@ -223,7 +214,7 @@ def test_a_flushed_script_cache_is_reloaded_transparently(prefix: str) -> None:
     client = recording_client(recorder)
     try:
         client.ping()
-        limiter = RedisLimiter(client, clock=FakeClock(), prefix=prefix)
+        limiter = RedisLimiter(client, clock=FakeClock(EDGE), prefix=prefix)
         limit = Limit(limit=3, window_s=60)
         assert limiter.hit("k", limit).remaining == 2
         recorder.commands.clear()
@@ -239,7 +230,7 @@ def test_a_flushed_script_cache_is_reloaded_transparently(prefix: str) -> None:
 
 
 def test_from_url_builds_a_working_limiter(prefix: str) -> None:
-    limiter = RedisLimiter.from_url(URL, timeout_ms=500, prefix=prefix, clock=FakeClock())
+    limiter = RedisLimiter.from_url(URL, timeout_ms=500, prefix=prefix, clock=FakeClock(EDGE))
     try:
         decision = limiter.hit("k", Limit(limit=1, window_s=60))
     finally:
@@ -279,6 +270,6 @@ def test_a_redis_that_never_answers_is_reported_as_unavailable_after_the_timeout
 
 
 def test_a_redis_error_reply_is_reported_as_unavailable(client: redis.Redis, prefix: str) -> None:
-    limiter = RedisLimiter(client, clock=FakeClock(), prefix=prefix)
+    limiter = RedisLimiter(client, clock=FakeClock(EDGE), prefix=prefix)
     client.set(limiter.key_for("k", 60), "not a hash")
     assert_unavailable_quickly(limiter)

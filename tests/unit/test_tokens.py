@@ -23,6 +23,7 @@ from ext_authz.tokens import (
     VerifierSettings,
 )
 from tests.authorizers import make_authorizer
+from tests.fakes import FakeClock
 from tests.keys import KeyPair, ec_key, ed_key, rsa_key, write_jwks
 
 SECRET = b"unit-test-secret-that-is-long-enough-for-hs512-0123456789abcdefgh"
@@ -34,14 +35,6 @@ POLICY = encode(
         allowed_roles={},
     )
 )
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
@@ -84,7 +77,10 @@ def jwks_file(tmp_path: Path) -> Path:
 
 
 def make_verifier(
-    jwks: Path | None = None, secret: bytes | None = SECRET, clock: Clock | None = None, **kw: Any
+    jwks: Path | None = None,
+    secret: bytes | None = SECRET,
+    clock: FakeClock | None = None,
+    **kw: Any,
 ) -> TokenVerifier:
     settings = VerifierSettings(
         secret=secret,
@@ -94,11 +90,11 @@ def make_verifier(
         leeway_s=30,
         **kw,
     )
-    return TokenVerifier(settings, clock or Clock())
+    return TokenVerifier(settings, clock or FakeClock(NOW))
 
 
 def check(verifier: TokenVerifier, token: str) -> Outcome:
-    auth = make_authorizer(verifier, Clock()).authorizer
+    auth = make_authorizer(verifier, FakeClock(NOW)).authorizer
     return auth.check(
         CheckInput(
             method="GET",
@@ -203,7 +199,7 @@ def test_clock_skew_within_the_leeway_is_tolerated() -> None:
 
 
 def test_issuer_and_audience_are_not_required_when_not_configured() -> None:
-    verifier = TokenVerifier(VerifierSettings(secret=SECRET), Clock())
+    verifier = TokenVerifier(VerifierSettings(secret=SECRET), FakeClock(NOW))
     assert verifier.verify(hs(claims(iss=None, aud="anything"))).user == "alice"
 
 
@@ -225,7 +221,7 @@ def test_a_jwks_with_private_material_refuses_to_start(tmp_path: Path) -> None:
 
 
 def test_a_cached_token_is_never_used_after_it_expires() -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     verifier = make_verifier(clock=clock)
     token = hs(claims(exp=int(NOW) + 60))
     assert verifier.verify(token).user == "alice"
@@ -254,7 +250,7 @@ def test_a_new_secret_invalidates_cached_tokens() -> None:
 
 
 def test_a_key_added_to_the_jwks_file_is_accepted_without_a_restart(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     path = write_jwks(tmp_path / "jwks.json", rsa_key())
     verifier = make_verifier(path, clock=clock, jwks_refresh_min_s=5)
     newcomer = ec_key("ec-new")

@@ -1,0 +1,533 @@
+"""Requests per second through a real Envoy, with and without our ext_authz, in one run.
+
+    python -m bench.check_throughput [--runs 3] [--duration 5] [--threads 1] [--connections 16]
+                                     [--configs no-auth,authz-1-token]
+
+Each configuration in CONFIGS gets its own xDS server, ext_authz and gateway Envoy (from
+`tests.harness`; Envoy at default concurrency, 2 workers on 2 cores), so token caches, CPU counts
+and listener ports never mix; all share one fast upstream (a second Envoy answering 200 "ok"
+from a `direct_response`, --concurrency 1). wrk drives every configuration through the same
+Lua script, which rotates through a file of bearer tokens (none, one, or 10,000 distinct
+users). Warm-up repeats 1 s of load until every token was sent once, so the 10k-user runs
+measure a warm token cache (10,000 entries by default). Runs are interleaved (A, B, C, A, B,
+C, ...) so noise hits all configurations alike.
+
+Prints the wrk command, then one line per run and a table of medians: requests/s, latency p50
+and p99 (wrk --latency), the ratio to `no-auth`, ext_authz CPU µs per Check and gateway Envoy
+CPU µs per request (utime + stime from /proc/PID/stat over the run, divided by the requests wrk
+completed). Non-2xx responses and socket errors are printed in capitals: a benchmark of 401s
+is worthless. Needs `wrk` on PATH (`apt-get install -y wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sidecar.processes import find_envoy
+from tests import harness
+
+PROTECTED = "/api"  # "rbac_required": false, not public: ext_authz checks the token
+OPEN = "/open"  # "public": true, no rate_limit: Envoy skips ext_authz
+LIMITED = "/limited"  # like /api, with a rate limit too high to reach: every Check counts
+REDIS = {
+    "SIDECAR_RATE_LIMIT_BACKEND": "redis",
+    # Keys expire by themselves (1 s windows); the prefix keeps them apart from anything else.
+    "SIDECAR_REDIS_KEY_PREFIX": "bench-rl:",
+    # Long enough that a busy machine does not turn Redis calls into fail-open shortcuts.
+    "SIDECAR_REDIS_TIMEOUT_MS": "100",
+}
+AUDIT_ARGS = ("--audit-allow-sample", "0")  # denials are still audited
+TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """How many distinct users wrk sends bearer tokens for; 0 sends no Authorization header."""
+
+    users: int
+
+
+@dataclass(frozen=True)
+class AuthzArgs:
+    """Extra command-line flags and environment for this configuration's ext_authz."""
+
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    path: str
+    token_source: TokenSource
+    authz_args: AuthzArgs = field(default_factory=AuthzArgs)
+
+
+# The first configuration is the baseline (ratio 1.00). Add rows here; --configs filters them.
+CONFIGS = [
+    Config("no-auth", OPEN + "/x", TokenSource(0)),
+    Config("authz-1-token", PROTECTED + "/x", TokenSource(1)),
+    Config("authz-10k-users", PROTECTED + "/x", TokenSource(10_000)),
+    Config("limit-memory-10k-users", LIMITED + "/x", TokenSource(10_000)),
+    Config("limit-redis-10k-users", LIMITED + "/x", TokenSource(10_000), AuthzArgs(env=REDIS)),
+]
+
+LUA = """\
+-- wrk -s this.lua URL -- TOKENS_FILE THREADS: each request carries the next token in the
+-- file (an empty file sends no Authorization header); threads start at different offsets.
+local started = 0
+function setup(thread)
+  thread:set("offset", started)
+  started = started + 1
+end
+
+local tokens = {}
+local n = 0
+local i = 0
+function init(args)
+  for line in io.lines(args[1]) do
+    if #line > 0 then
+      n = n + 1
+      tokens[n] = line
+    end
+  end
+  local threads = tonumber(args[2]) or 1
+  if n > 0 then
+    i = (offset or 0) * math.floor(n / threads) % n
+  end
+end
+
+function request()
+  if n == 0 then
+    return wrk.format(nil, wrk.path)
+  end
+  i = i % n + 1
+  return wrk.format(nil, wrk.path, {["Authorization"] = "Bearer " .. tokens[i]})
+end
+"""
+
+
+@dataclass
+class Stack:
+    """One configuration's processes and its token file."""
+
+    config: Config
+    authz: harness.Authz
+    envoy: harness.Envoy
+    tokens_file: Path
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+@dataclass(frozen=True)
+class Run:
+    wrk: WrkResult
+    authz_us_per_req: float
+    envoy_us_per_req: float
+    checks: int  # ext_authz decisions counted by its metrics during the run
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def upstream_bootstrap(port: int, admin_port: int) -> dict[str, object]:
+    def address(p: int) -> dict[str, object]:
+        return {"socket_address": {"address": "127.0.0.1", "port_value": p}}
+
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
+        ".v3.HttpConnectionManager",
+        "stat_prefix": "upstream",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+                        }
+                    ],
+                }
+            ]
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    return {
+        "admin": {"address": address(admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "upstream",
+                    "address": address(port),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+
+
+def start_upstream(workdir: Path) -> tuple[harness.Proc, int]:
+    """A second Envoy that answers every request with 200 "ok" (one worker)."""
+    port, admin_port = harness.free_port(), harness.free_port()
+    bootstrap = workdir / "upstream.json"
+    bootstrap.write_text(json.dumps(upstream_bootstrap(port, admin_port)))
+    argv = [find_envoy(), "-c", str(bootstrap), "--use-dynamic-base-id", "-l", "error"]
+    proc = harness.start("upstream", [*argv, "--concurrency", "1"], workdir)
+
+    def up() -> bool:
+        if not proc.alive():
+            raise SystemExit(f"upstream Envoy exited:\n{proc.output()}")
+        resp = harness.try_get(f"http://127.0.0.1:{port}/")
+        return resp is not None and resp.status == 200
+
+    harness.wait_until(up, timeout=20, what="the upstream Envoy")
+    return proc, port
+
+
+def write_catalog(workdir: Path, upstream_port: int) -> Path:
+    url = f"http://127.0.0.1:{upstream_port}"
+    services = [
+        {"service_name": "open", "base_path": OPEN, "internal_url": url, "public": True},
+        {
+            "service_name": "api",
+            "base_path": PROTECTED,
+            "internal_url": url,
+            "rbac_required": False,
+        },
+        {
+            "service_name": "limited",
+            "base_path": LIMITED,
+            "internal_url": url,
+            "rbac_required": False,
+            "rate_limit": {"requests_per_second": 1_000_000},
+        },
+    ]
+    catalog_dir = workdir / "catalog"  # its own directory: the xDS server watches it
+    catalog_dir.mkdir()
+    catalog = catalog_dir / "service_catalog.json"
+    catalog.write_text(json.dumps({"services": services, "roles": {"reader": ["api:read"]}}))
+    return catalog
+
+
+def write_tokens(path: Path, users: int) -> None:
+    lines = [
+        harness.token(sub=f"user-{i}", roles=["reader"], tenant=None, ttl_s=3600)
+        for i in range(users)
+    ]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def start_stack(config: Config, catalog: Path, workdir: Path, started: list[harness.Proc]) -> Stack:
+    """xDS server + ext_authz + gateway Envoy for one configuration; each process goes into
+    `started`. Its own xDS server gives its Envoy its own listener port: Envoys sharing one
+    port (SO_REUSEPORT) would split wrk's connections between them."""
+    xds = harness.start_xds(catalog, workdir, name=f"xds-{config.name}")
+    started.append(xds.proc)
+    authz = harness.start_authz(
+        workdir,
+        name=f"authz-{config.name}",
+        env=config.authz_args.env,
+        args=[*AUDIT_ARGS, *config.authz_args.args],
+    )
+    started.append(authz.proc)
+    envoy = harness.start_envoy(xds, workdir, node_id=f"gw-{config.name}", authz_port=authz.port)
+    started.append(envoy.proc)
+    tokens_file = workdir / f"tokens-{config.name}.txt"
+    write_tokens(tokens_file, config.token_source.users)
+    first = tokens_file.read_text().split("\n", 1)[0]
+    headers = harness.bearer(first) if first else {}
+
+    def answers() -> bool:
+        resp = harness.try_get(envoy.url + config.path, headers)
+        return resp is not None and resp.status == 200
+
+    harness.wait_until(answers, timeout=30, what=f"200 on {config.path} ({config.name})")
+    return Stack(config, authz, envoy, tokens_file)
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of `pid` (all its threads), in clock ticks."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def metric_total(authz: harness.Authz, name: str) -> int:
+    """The sum of a counter's samples on ext_authz's metrics page."""
+    total = 0.0
+    for line in authz.metrics().splitlines():
+        if line.startswith((name + "{", name + " ")):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def checks_total(authz: harness.Authz) -> int:
+    return metric_total(authz, "ext_authz_checks_total")
+
+
+@dataclass(frozen=True)
+class Wrk:
+    threads: int
+    connections: int
+    script: Path
+
+    def argv(self, url: str, tokens_file: Path, seconds: float) -> list[str]:
+        return [
+            "wrk",
+            f"-t{self.threads}",
+            f"-c{self.connections}",
+            f"-d{seconds:g}s",
+            "--latency",
+            "-s",
+            str(self.script),
+            url,
+            "--",
+            str(tokens_file),
+            str(self.threads),
+        ]
+
+    def run(self, url: str, tokens_file: Path, seconds: float) -> WrkResult:
+        out = subprocess.run(
+            self.argv(url, tokens_file, seconds),
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+            check=True,
+        ).stdout
+        return parse_wrk(out)
+
+    def stack_argv(self, stack: Stack, seconds: float) -> list[str]:
+        return self.argv(stack.envoy.url + stack.config.path, stack.tokens_file, seconds)
+
+    def run_stack(self, stack: Stack, seconds: float) -> WrkResult:
+        return self.run(stack.envoy.url + stack.config.path, stack.tokens_file, seconds)
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _latency_ms(out: str, percent: int) -> float:
+    match = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.MULTILINE)
+    if match is None:
+        raise ValueError(f"no {percent}% latency in wrk output:\n{out}")
+    return float(match[1]) * _UNITS_MS[match[2]]
+
+
+def parse_wrk(out: str) -> WrkResult:
+    requests = re.search(r"^\s*(\d+) requests in", out, re.MULTILINE)
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.MULTILINE)
+    if requests is None or rps is None:
+        raise ValueError(f"unexpected wrk output:\n{out}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return WrkResult(
+        requests=int(requests[1]),
+        rps=float(rps[1]),
+        p50_ms=_latency_ms(out, 50),
+        p99_ms=_latency_ms(out, 99),
+        non_2xx=int(non_2xx[1]) if non_2xx else 0,
+        socket_errors=sum(int(g) for g in errors.groups()) if errors else 0,
+    )
+
+
+def measure(wrk: Wrk, stack: Stack, seconds: float) -> Run:
+    authz_pid, envoy_pid = stack.authz.proc.popen.pid, stack.envoy.proc.popen.pid
+    checks_before = checks_total(stack.authz)
+    authz_before, envoy_before = cpu_ticks(authz_pid), cpu_ticks(envoy_pid)
+    result = wrk.run_stack(stack, seconds)
+    authz_after, envoy_after = cpu_ticks(authz_pid), cpu_ticks(envoy_pid)
+    checks = checks_total(stack.authz) - checks_before
+    per_req = TICK_US / max(result.requests, 1)
+    return Run(
+        wrk=result,
+        authz_us_per_req=(authz_after - authz_before) * per_req,
+        envoy_us_per_req=(envoy_after - envoy_before) * per_req,
+        checks=checks,
+    )
+
+
+def warm_up(wrk: Wrk, stack: Stack, max_s: float = 60.0) -> str:
+    """1 s of load, repeated until every token has been sent once (the cache then holds all)."""
+    started = time.monotonic()
+    sent = 0
+    while True:
+        sent += wrk.run_stack(stack, 1).requests
+        elapsed = time.monotonic() - started
+        if sent >= stack.config.token_source.users or elapsed > max_s:
+            return f"{stack.config.name}: {sent} requests in {elapsed:.1f} s"
+
+
+# --- reporting ------------------------------------------------------------------------------
+
+
+def problems(run: Run, config: Config) -> str:
+    notes = []
+    if run.wrk.non_2xx:
+        notes.append(f"!!! {run.wrk.non_2xx} NON-2xx RESPONSES !!!")
+    if run.wrk.socket_errors:
+        notes.append(f"!!! {run.wrk.socket_errors} SOCKET ERRORS !!!")
+    if config.token_source.users == 0 and run.checks:
+        notes.append(f"!!! ext_authz made {run.checks} checks on a route it should skip !!!")
+    if config.token_source.users and abs(run.checks - run.wrk.requests) > 0.02 * run.wrk.requests:
+        notes.append(f"!!! {run.checks} checks for {run.wrk.requests} requests !!!")
+    return "  ".join(notes)
+
+
+def run_line(index: int, config: Config, run: Run) -> str:
+    w = run.wrk
+    return (
+        f"run {index + 1} {config.name:<18} {w.rps:9.0f} req/s  p50 {w.p50_ms:6.2f} ms  "
+        f"p99 {w.p99_ms:6.2f} ms  requests {w.requests:7d}  checks {run.checks:7d}  "
+        f"authz {run.authz_us_per_req:6.0f} µs/req  envoy {run.envoy_us_per_req:5.0f} µs/req"
+        f"  {problems(run, config)}"
+    ).rstrip()
+
+
+def table(configs: list[Config], runs: dict[str, list[Run]]) -> list[str]:
+    def med(name: str, attr: str) -> float:
+        return float(statistics.median(getattr(r.wrk, attr) for r in runs[name]))
+
+    base = med(configs[0].name, "rps")
+    header = (
+        f"{'config':<18} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'authz µs/Check':>15} {'envoy µs/req':>13}  non-2xx / socket errors"
+    )
+    lines = [header, "-" * len(header)]
+    for c in configs:
+        rs = runs[c.name]
+        authz = statistics.median(r.authz_us_per_req for r in rs)
+        envoy = statistics.median(r.envoy_us_per_req for r in rs)
+        non_2xx = sum(r.wrk.non_2xx for r in rs)
+        errors = sum(r.wrk.socket_errors for r in rs)
+        bad = (
+            f"!!! {non_2xx} NON-2xx / {errors} SOCKET ERRORS !!!" if non_2xx or errors else "0 / 0"
+        )
+        authz_cell = f"{authz:15.0f}" if c.token_source.users else f"{'-':>15}"
+        lines.append(
+            f"{c.name:<18} {med(c.name, 'rps'):9.0f} {med(c.name, 'rps') / base:6.2f} "
+            f"{med(c.name, 'p50_ms'):7.2f} {med(c.name, 'p99_ms'):7.2f} "
+            f"{authz_cell} {envoy:13.0f}  {bad}"
+        )
+    return lines
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    names = ",".join(c.name for c in CONFIGS)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=3, help="measured runs per configuration")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
+    parser.add_argument("--threads", type=int, default=1, help="wrk -t")
+    parser.add_argument("--connections", type=int, default=16, help="wrk -c")
+    parser.add_argument(
+        "--configs", default=names, help=f"comma-separated; the first is the baseline ({names})"
+    )
+    return parser.parse_args()
+
+
+def select(spec: str) -> list[Config]:
+    by_name = {c.name: c for c in CONFIGS}
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown or not wanted:
+        raise SystemExit(f"unknown configs {unknown}; choose from {', '.join(by_name)}")
+    return [by_name[n] for n in wanted]
+
+
+def main() -> None:
+    args = parse_args()
+    configs = select(args.configs)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    started_at = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    wrk = Wrk(args.threads, args.connections, workdir / "tokens.lua")
+    wrk.script.write_text(LUA)
+    started: list[harness.Proc] = []
+    runs: dict[str, list[Run]] = {c.name: [] for c in configs}
+    try:
+        upstream, upstream_port = start_upstream(workdir)
+        started.append(upstream)
+        catalog = write_catalog(workdir, upstream_port)
+        stacks = [start_stack(c, catalog, workdir, started) for c in configs]
+        print(f"ext_authz flags: {' '.join(AUDIT_ARGS)} (allows not audited; denials are)")
+        print("per configuration: its own xDS server, ext_authz (default --token-cache-size")
+        print("  10000) and gateway Envoy (default concurrency: 2 workers on this 2-core machine);")
+        print("  shared upstream: one Envoy, --concurrency 1, direct_response 200;")
+        print(f"  wrk -t{args.threads} -c{args.connections} runs on the same 2 cores")
+        print("wrk command (URL and token file differ per configuration):")
+        print("  " + " ".join(wrk.stack_argv(stacks[-1], args.duration)))
+        print("  token files: one bearer token per line, sub user-0..user-N-1, role reader")
+        print("warm-up (1 s runs until every token was sent once):")
+        for stack in stacks:
+            print("  " + warm_up(wrk, stack))
+        no_tokens = workdir / "no-tokens.txt"
+        no_tokens.write_text("")
+        direct = wrk.run(f"http://127.0.0.1:{upstream_port}/", no_tokens, 2)
+        print(f"upstream alone (2 s, no gateway): {direct.rps:.0f} req/s")
+        print()
+        for i in range(args.runs):
+            for stack in stacks:
+                run = measure(wrk, stack, args.duration)
+                runs[stack.config.name].append(run)
+                print(run_line(i, stack.config, run), flush=True)
+        print()
+        print(f"medians of {args.runs} runs x {args.duration:g} s, interleaved; ratio = req/s")
+        print(f"over {configs[0].name}; CPU µs = (utime+stime delta) / requests wrk completed")
+        for line in table(configs, runs):
+            print(line)
+        for stack in stacks:
+            errors = metric_total(stack.authz, "ext_authz_rate_limit_backend_errors_total")
+            if errors:
+                print(f"!! {errors} rate-limit backend errors (answered by the failure policy)")
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"\ntotal time: {time.monotonic() - started_at:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

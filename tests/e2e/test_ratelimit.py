@@ -1,0 +1,219 @@
+"""Per-user limits through a real Envoy: headers, 429s, replicas sharing Redis, Redis outages."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from sidecar.echo import EchoServer
+from tests import harness
+from tests.conftest import write_json
+
+pytestmark = pytest.mark.e2e
+
+# api: 5 a minute plus a burst of 1, so 6 requests pass in any minute.
+API_CAPACITY = 6
+
+
+@dataclass
+class Stack:
+    xds: harness.XdsServer
+    workdir: Path
+    procs: list[harness.Proc]
+
+    def authz(self, name: str, args: list[str] | None = None) -> harness.Authz:
+        server = harness.start_authz(
+            self.workdir, name=name, args=["--jwt-leeway", "0", *(args or [])]
+        )
+        self.procs.append(server.proc)
+        return server
+
+    def envoy(self, authz: harness.Authz, node_id: str) -> harness.Envoy:
+        proxy = harness.start_envoy(self.xds, self.workdir, node_id=node_id, authz_port=authz.port)
+        self.procs.append(proxy.proc)
+        harness.wait_until(
+            lambda: (
+                (r := harness.try_get(proxy.url + "/health/x")) is not None
+                and r.status in (200, 429)
+            ),
+            what="routes on " + node_id,
+        )
+        return proxy
+
+
+@pytest.fixture
+def stack(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Iterator[Stack]:
+    upstream = echo("api")
+    catalog = tmp_path / "catalog" / "service_catalog.json"
+    catalog.parent.mkdir()
+    url = f"http://127.0.0.1:{upstream.port}"
+    write_json(
+        catalog,
+        {
+            "services": [
+                {
+                    "service_name": "api",
+                    "base_path": "/api",
+                    "internal_url": url,
+                    "rbac_required": False,
+                    "rate_limit": {"requests_per_minute": 5, "burst": 1},
+                },
+                {
+                    "service_name": "health",
+                    "base_path": "/health",
+                    "internal_url": url,
+                    "public": True,
+                    "rate_limit": {"requests_per_minute": 3},
+                },
+            ]
+        },
+    )
+    xds = harness.start_xds(catalog, tmp_path)
+    s = Stack(xds, tmp_path, [xds.proc])
+    yield s
+    for p in reversed(s.procs):
+        p.stop()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    prefix = f"test-rl-{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def get(envoy: harness.Envoy, path: str, user: str = "alice") -> harness.Response:
+    return harness.get(envoy.url + path, harness.bearer(sub=user, tenant=None))
+
+
+def test_a_user_gets_capacity_requests_then_429_with_headers(stack: Stack) -> None:
+    authz = stack.authz("authz")
+    envoy = stack.envoy(authz, "edge")
+    answers = [get(envoy, "/api/x") for _ in range(API_CAPACITY + 2)]
+    assert [a.status for a in answers] == [200] * API_CAPACITY + [429, 429]
+    first = answers[0].headers
+    assert first["ratelimit-policy"] == '"api";q=5;w=60'
+    assert first["ratelimit"].startswith('"api";r=5;t=')
+    remaining = [int(a.headers["ratelimit"].split("r=")[1].split(";")[0]) for a in answers]
+    assert remaining == [5, 4, 3, 2, 1, 0, 0, 0]
+    denied = answers[-1]
+    # The window counts whole buckets of W/10: a slot frees within W + W/10.
+    assert 1 <= int(denied.headers["retry-after"]) <= 66
+    assert denied.json()["error"] == "rate_limited"
+    assert denied.headers["ratelimit-policy"] == '"api";q=5;w=60'
+    # Another user has a budget of their own.
+    assert get(envoy, "/api/x", user="bob").status == 200
+    record = harness.wait_until(
+        lambda: next(
+            (a for a in authz.audit_lines() if a["request_id"] == denied.json()["request_id"]),
+            None,
+        ),
+        what="the 429's audit record",
+    )
+    assert (record["status"], record["reason"], record["user"]) == (429, "rate_limited", "alice")
+
+
+def test_legacy_headers_on_request(stack: Stack) -> None:
+    envoy = stack.envoy(stack.authz("authz", ["--rate-limit-headers", "legacy"]), "edge")
+    resp = get(envoy, "/api/x")
+    assert (resp.headers["ratelimit-limit"], resp.headers["ratelimit-remaining"]) == ("5", "5")
+    assert 0 < int(resp.headers["ratelimit-reset"]) <= 66
+    assert "ratelimit-policy" not in resp.headers
+
+
+def test_a_public_route_is_limited_per_client_address(stack: Stack) -> None:
+    envoy = stack.envoy(stack.authz("authz"), "edge")
+    # The stack fixture's readiness probe already spent one of the three.
+    statuses = [harness.get(envoy.url + "/health/x").status for _ in range(4)]
+    assert statuses == [200, 200, 429, 429]
+
+
+def test_two_replicas_sharing_redis_hold_one_limit(stack: Stack, redis_prefix: str) -> None:
+    args = ["--rate-limit-backend", "redis", "--redis-key-prefix", redis_prefix]
+    args += ["--redis-timeout-ms", "200"]
+    first = stack.envoy(stack.authz("authz-a", args), "edge-a")
+    second = stack.envoy(stack.authz("authz-b", args), "edge-b")
+    statuses = [get(e, "/api/x").status for _ in range(10) for e in (first, second)]
+    # Exact: both replicas read one clock and one store. (Across machines, add clock skew.)
+    assert statuses.count(200) == API_CAPACITY
+    assert statuses[:API_CAPACITY] == [200] * API_CAPACITY
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    keys = [k.decode() for k in client.scan_iter(match=f"{redis_prefix}*")]
+    client.close()
+    assert any("{api|u||alice}" in k for k in keys), keys
+
+
+def _outage_stack(
+    stack: Stack, redis_prefix: str, failure: str
+) -> tuple[harness.Envoy, harness.Authz, harness.TcpProxy]:
+    proxy = harness.TcpProxy(6379).start()
+    authz = stack.authz(
+        "authz",
+        [
+            *("--rate-limit-backend", "redis", "--rate-limit-failure", failure),
+            *("--redis-url", f"redis://127.0.0.1:{proxy.port}/0"),
+            *("--redis-key-prefix", redis_prefix, "--redis-timeout-ms", "200"),
+        ],
+    )
+    return stack.envoy(authz, "edge"), authz, proxy
+
+
+def test_a_redis_outage_fails_open_is_logged_once_and_recovers(
+    stack: Stack, redis_prefix: str
+) -> None:
+    envoy, authz, proxy = _outage_stack(stack, redis_prefix, "open")
+    try:
+        assert [get(envoy, "/api/x").status for _ in range(2)] == [200, 200]
+        proxy.stop()
+        during = [get(envoy, "/api/x") for _ in range(API_CAPACITY + 2)]
+        assert [r.status for r in during] == [200] * (API_CAPACITY + 2)
+        proxy = harness.TcpProxy(6379, port=proxy.port).start()
+        after = get(envoy, "/api/x")
+        assert after.status == 200
+        # Counting resumes from what Redis kept: two before the outage, this one now.
+        assert after.headers["ratelimit"].startswith('"api";r=3;')
+        metrics = authz.metrics()
+        assert "ext_authz_rate_limit_backend_outages_total 1.0" in metrics
+        output = authz.proc.output()
+        assert output.count("rate limiter unavailable") == 1
+        assert output.count("rate limiter recovered") == 1
+        assert "Traceback" not in output
+    finally:
+        proxy.stop()
+
+
+def test_a_redis_outage_fails_closed_when_configured(stack: Stack, redis_prefix: str) -> None:
+    envoy, _, proxy = _outage_stack(stack, redis_prefix, "closed")
+    try:
+        assert get(envoy, "/api/x").status == 200
+        proxy.stop()
+        denied = get(envoy, "/api/x")
+        assert denied.status == 429
+        assert denied.headers["retry-after"] == "1"
+    finally:
+        proxy.stop()
+
+
+def test_an_unlimited_route_gets_no_rate_limit_headers(stack: Stack) -> None:
+    data = json.loads(stack.xds.catalog.read_text())
+    data["services"][0]["rate_limit"] = None
+    old = harness.wait_until(stack.xds.version)
+    stack.xds.catalog.write_text(json.dumps(data))
+    harness.wait_until(lambda: stack.xds.version() != old, what="the new catalog")
+    envoy = stack.envoy(stack.authz("authz"), "edge")
+    statuses = set()
+    for _ in range(API_CAPACITY + 2):
+        resp = get(envoy, "/api/x")
+        statuses.add(resp.status)
+        assert "ratelimit" not in resp.headers and "retry-after" not in resp.headers
+    assert statuses == {200}
