@@ -416,7 +416,7 @@ def problems(run: Run, config: Config) -> str:
 def run_line(index: int, config: Config, run: Run) -> str:
     w = run.wrk
     return (
-        f"run {index + 1} {config.name:<18} {w.rps:9.0f} req/s  p50 {w.p50_ms:6.2f} ms  "
+        f"run {index + 1} {config.name:<22} {w.rps:9.0f} req/s  p50 {w.p50_ms:6.2f} ms  "
         f"p99 {w.p99_ms:6.2f} ms  requests {w.requests:7d}  checks {run.checks:7d}  "
         f"authz {run.authz_us_per_req:6.0f} µs/req  envoy {run.envoy_us_per_req:5.0f} µs/req"
         f"  {problems(run, config)}"
@@ -429,7 +429,7 @@ def table(configs: list[Config], runs: dict[str, list[Run]]) -> list[str]:
 
     base = med(configs[0].name, "rps")
     header = (
-        f"{'config':<18} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'config':<22} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'authz µs/Check':>15} {'envoy µs/req':>13}  non-2xx / socket errors"
     )
     lines = [header, "-" * len(header)]
@@ -444,7 +444,7 @@ def table(configs: list[Config], runs: dict[str, list[Run]]) -> list[str]:
         )
         authz_cell = f"{authz:15.0f}" if c.token_source.users else f"{'-':>15}"
         lines.append(
-            f"{c.name:<18} {med(c.name, 'rps'):9.0f} {med(c.name, 'rps') / base:6.2f} "
+            f"{c.name:<22} {med(c.name, 'rps'):9.0f} {med(c.name, 'rps') / base:6.2f} "
             f"{med(c.name, 'p50_ms'):7.2f} {med(c.name, 'p99_ms'):7.2f} "
             f"{authz_cell} {envoy:13.0f}  {bad}"
         )

@@ -43,12 +43,14 @@ class AuditLog:
         self._rand = rand
         self._lock = threading.Lock()
 
+    def wants(self, allowed: bool) -> bool:
+        """Whether to record this decision: every denial, and a sample of the allows."""
+        if not allowed or self._allow_sample >= 1:
+            return True
+        return self._allow_sample > 0 and self._rand() < self._allow_sample
+
     def write(self, record: AuditRecord) -> None:
-        if record.decision == "allow" and (
-            self._allow_sample <= 0
-            or (self._allow_sample < 1 and self._rand() >= self._allow_sample)
-        ):
-            return
+        """Write one record (the caller asked `wants` first)."""
         data = asdict(record)
         data["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.time)) + (
             f".{int(record.time % 1 * 1000):03d}Z"

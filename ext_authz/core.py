@@ -26,7 +26,6 @@ from ext_authz.limits import (
     address_key,
     client_address,
     rate_headers,
-    to_limit,
     user_key,
 )
 from ext_authz.metrics import AuthzMetrics
@@ -174,6 +173,8 @@ class Authorizer:
             outcome = denial(500, "internal_error", "authorization failed", request_id)
         latency_us = (time.perf_counter_ns() - started) // 1000
         self._metrics.checks.labels(str(outcome.status), outcome.reason).inc()
+        if not self._audit.wants(outcome.allowed):
+            return outcome
         self._audit.write(
             AuditRecord(
                 time=self._clock(),
@@ -228,7 +229,7 @@ class Authorizer:
         )
         if policy.rate_limit is None:
             return allow, identity
-        limit = to_limit(policy.rate_limit)
+        limit = policy.rate_limit
         decision = self._limiter.hit(key, limit)
         headers = rate_headers(policy.service, limit, decision, self._limits.header_style)
         if decision.allowed:

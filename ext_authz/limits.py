@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from ext_authz.policy import RateLimitPolicy
 from ext_authz.ratelimit import Decision, Limit
 
 HeaderStyle = Literal["draft", "legacy"]
@@ -38,10 +37,6 @@ def user_key(service: str, tenant: str | None, user: str) -> str:
 
 def address_key(service: str, address: str) -> str:
     return f"{service}|ip|{address}"
-
-
-def to_limit(policy: RateLimitPolicy) -> Limit:
-    return Limit(policy.limit, policy.window_s, policy.burst)
 
 
 def rate_headers(name: str, limit: Limit, decision: Decision, style: HeaderStyle) -> Headers:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ext_authz.ratelimit.base import Limit
+
 POLICY_KEY = "policy"
 SERVICE_KEY = "service"
 
@@ -39,13 +41,6 @@ ACTION_OF_METHOD: Mapping[str, Action] = {
 
 
 @dataclass(frozen=True)
-class RateLimitPolicy:
-    limit: int
-    window_s: int
-    burst: int = 0
-
-
-@dataclass(frozen=True)
 class RoutePolicy:
     service: str
     public: bool = False
@@ -53,7 +48,7 @@ class RoutePolicy:
     # action → the roles that may perform it on this service
     allowed_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
     tenant_scope: Literal["global", "tenant"] = "global"
-    rate_limit: RateLimitPolicy | None = None
+    rate_limit: Limit | None = None
     tenant_upstreams: frozenset[str] = frozenset()
 
 
@@ -94,7 +89,7 @@ def decode(text: str) -> RoutePolicy:
             rbac_required=bool(data["rbac"]),
             allowed_roles={str(a): frozenset(map(str, r)) for a, r in data["roles"].items()},
             tenant_scope=scope,
-            rate_limit=RateLimitPolicy(int(rl[0]), int(rl[1]), int(rl[2])) if rl else None,
+            rate_limit=Limit(int(rl[0]), int(rl[1]), int(rl[2])) if rl else None,
             tenant_upstreams=frozenset(map(str, data.get("tenant_upstreams", ()))),
         )
     except PolicyError:

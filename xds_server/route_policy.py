@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ext_authz.policy import RateLimitPolicy, RoutePolicy
+from ext_authz.policy import RoutePolicy
+from ext_authz.ratelimit import Limit
 from xds_server.catalog import ACTIONS, Catalog, Service
 
 
@@ -34,6 +35,6 @@ def compile_policy(catalog: Catalog, svc: Service) -> RoutePolicy:
         rbac_required=svc.rbac_required,
         allowed_roles=allowed_roles(catalog.roles, svc.service_name),
         tenant_scope=svc.tenant_scope,
-        rate_limit=RateLimitPolicy(rl.limit, rl.window_seconds, rl.burst) if rl else None,
+        rate_limit=Limit(rl.limit, rl.window_seconds, rl.burst) if rl else None,
         tenant_upstreams=frozenset(svc.tenant_upstreams),
     )

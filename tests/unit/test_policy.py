@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ext_authz.policy import RateLimitPolicy, RoutePolicy, authorize, decode, encode
+from ext_authz.policy import RoutePolicy, authorize, decode, encode
+from ext_authz.ratelimit import Limit
 from xds_server.catalog import parse_catalog
 from xds_server.route_policy import allowed_roles, compile_policy
 
@@ -86,7 +87,7 @@ def test_the_policy_survives_its_wire_format() -> None:
         rbac_required=True,
         allowed_roles=allowed_roles(ROLES, "orders"),
         tenant_scope="tenant",
-        rate_limit=RateLimitPolicy(120, 60, 20),
+        rate_limit=Limit(120, 60, 20),
         tenant_upstreams=frozenset({"acme"}),
     )
     text = encode(policy)
@@ -123,7 +124,7 @@ def test_the_catalog_compiles_into_each_routes_policy() -> None:
         "write": {"admin", "customer", "writer"},
         "delete": {"admin", "support"},
     }
-    assert policy.rate_limit == RateLimitPolicy(120, 60, 20)
+    assert policy.rate_limit == Limit(120, 60, 20)
     assert policy.tenant_upstreams == {"acme"}
     billing = compile_policy(catalog, catalog.services[1])
     assert billing.allowed_roles["read"] == {"admin", "support", "auditor"}
