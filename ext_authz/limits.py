@@ -6,8 +6,9 @@ service and client address. The client address is Envoy's peer address, or, behi
 
 Headers: the IETF draft fields by default (`RateLimit-Policy: "orders";q=120;w=60` and
 `RateLimit: "orders";r=45;t=30`), or the older `RateLimit-Limit`, `-Remaining` and `-Reset`
-for clients that expect those. `q` is the limit a client should plan for; the burst allowance on
-top of it is tolerated, not advertised, so `r` never exceeds `q`. A 429 adds `Retry-After`.
+for clients that expect those. `q` is the limit a client should plan for and `r` what is left of
+it; the burst on top is tolerated, not advertised (a client at `r=0` may still get up to `burst`
+more through). A 429 adds `Retry-After`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def address_key(service: str, address: str) -> str:
 
 
 def rate_headers(name: str, limit: Limit, decision: Decision, style: HeaderStyle) -> Headers:
-    remaining = min(decision.remaining, limit.limit)
+    remaining = max(0, decision.remaining - limit.burst)
     if style == "legacy":
         out: tuple[tuple[str, str], ...] = (
             ("ratelimit-limit", str(limit.limit)),

@@ -103,9 +103,10 @@ def test_a_user_gets_capacity_requests_then_429_with_headers(stack: Stack) -> No
     assert [a.status for a in answers] == [200] * API_CAPACITY + [429, 429]
     first = answers[0].headers
     assert first["ratelimit-policy"] == '"api";q=5;w=60'
-    assert first["ratelimit"].startswith('"api";r=5;t=')
+    assert first["ratelimit"].startswith('"api";r=4;t=')
     remaining = [int(a.headers["ratelimit"].split("r=")[1].split(";")[0]) for a in answers]
-    assert remaining == [5, 4, 3, 2, 1, 0, 0, 0]
+    # r counts down the advertised 5; the burst of 1 is the sixth, tolerated at r=0.
+    assert remaining == [4, 3, 2, 1, 0, 0, 0, 0]
     denied = answers[-1]
     # The window counts whole buckets of W/10: a slot frees within W + W/10.
     assert 1 <= int(denied.headers["retry-after"]) <= 66
@@ -126,7 +127,7 @@ def test_a_user_gets_capacity_requests_then_429_with_headers(stack: Stack) -> No
 def test_legacy_headers_on_request(stack: Stack) -> None:
     envoy = stack.envoy(stack.authz("authz", ["--rate-limit-headers", "legacy"]), "edge")
     resp = get(envoy, "/api/x")
-    assert (resp.headers["ratelimit-limit"], resp.headers["ratelimit-remaining"]) == ("5", "5")
+    assert (resp.headers["ratelimit-limit"], resp.headers["ratelimit-remaining"]) == ("5", "4")
     assert 0 < int(resp.headers["ratelimit-reset"]) <= 66
     assert "ratelimit-policy" not in resp.headers
 
@@ -181,7 +182,7 @@ def test_a_redis_outage_fails_open_is_logged_once_and_recovers(
         after = get(envoy, "/api/x")
         assert after.status == 200
         # Counting resumes from what Redis kept: two before the outage, this one now.
-        assert after.headers["ratelimit"].startswith('"api";r=3;')
+        assert after.headers["ratelimit"].startswith('"api";r=2;')
         metrics = authz.metrics()
         assert "ext_authz_rate_limit_backend_outages_total 1.0" in metrics
         output = authz.proc.output()

@@ -40,7 +40,7 @@ def test_draft_headers_advertise_the_limit_not_the_burst() -> None:
     allowed = Decision(True, 120, 139, 66, 0)
     assert dict(rate_headers("orders", LIMIT, allowed, "draft")) == {
         "ratelimit-policy": '"orders";q=120;w=60',
-        "ratelimit": '"orders";r=120;t=66',
+        "ratelimit": '"orders";r=119;t=66',
     }
 
 
@@ -52,7 +52,7 @@ def test_a_denial_adds_retry_after() -> None:
 
 
 def test_legacy_headers() -> None:
-    decision = Decision(True, 120, 42, 30, 0)
+    decision = Decision(True, 120, 62, 30, 0)
     assert dict(rate_headers("orders", LIMIT, decision, "legacy")) == {
         "ratelimit-limit": "120",
         "ratelimit-remaining": "42",
