@@ -26,7 +26,7 @@ def echo() -> Iterator[Callable[[str], EchoServer]]:
     servers: list[EchoServer] = []
 
     def make(name: str) -> EchoServer:
-        server = EchoServer(name).start()
+        server = EchoServer(name, port=harness.free_port()).start()
         servers.append(server)
         return server
 
