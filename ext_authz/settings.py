@@ -79,6 +79,10 @@ def read_secret(path: Path) -> bytes:
         raise KeyConfigError(f"cannot read the JWT secret file {path}: {err.strerror}") from None
 
 
+def claim_names(args: argparse.Namespace) -> ClaimNames:
+    return ClaimNames(user=args.claim_user, roles=args.claim_roles, tenant=args.claim_tenant)
+
+
 def from_args(args: argparse.Namespace) -> AuthzSettings:
     """Raises KeyConfigError when the key settings cannot work."""
     if args.jwt_secret and args.jwt_secret_file:
@@ -110,9 +114,7 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
             issuer=args.jwt_issuer,
             audience=args.jwt_audience,
             leeway_s=args.jwt_leeway,
-            claims=ClaimNames(
-                user=args.claim_user, roles=args.claim_roles, tenant=args.claim_tenant
-            ),
+            claims=claim_names(args),
             cache_size=args.token_cache_size,
             jwks_refresh_min_s=args.jwks_refresh_min,
         ),

@@ -15,8 +15,8 @@ import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ext_authz.settings import read_secret
-from ext_authz.tokens import ClaimNames, KeyConfigError, mint
+from ext_authz.settings import claim_names, read_secret
+from ext_authz.tokens import KeyConfigError, mint
 from sidecar import up
 from sidecar.envflags import add_flag, add_switch
 from xds_server import typeurls
@@ -153,9 +153,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             ttl_s=args.ttl,
             issuer=args.jwt_issuer,
             audience=args.jwt_audience,
-            claims=ClaimNames(
-                user=args.claim_user, roles=args.claim_roles, tenant=args.claim_tenant
-            ),
+            claims=claim_names(args),
         )
     )
     return 0

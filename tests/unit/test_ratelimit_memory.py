@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-import threading
-
 from hypothesis import given, settings
 
 from ext_authz.ratelimit import Decision, Limit, MemoryLimiter
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, hammer
 from tests.unit.test_ratelimit_window import (
     Scenario,
     assert_never_more_than_capacity_per_window,
@@ -112,21 +109,4 @@ def test_a_key_touched_after_it_went_idle_starts_afresh() -> None:
 def test_threads_hammering_one_key_never_get_more_than_capacity() -> None:
     limiter = MemoryLimiter(clock=FakeClock(EDGE))  # frozen: all requests fall in one window
     limit = Limit(limit=40, window_s=60, burst=10)
-    start = threading.Barrier(8)
-    allowed = [0] * 8
-
-    def worker(n: int) -> None:
-        start.wait()
-        allowed[n] = sum(limiter.hit("shared", limit).allowed for _ in range(200))
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
-    assert sum(allowed) == limit.capacity
+    assert hammer(limiter, limit, threads=8, hits_each=200) == limit.capacity

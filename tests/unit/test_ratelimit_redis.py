@@ -7,7 +7,6 @@ its keys afterwards.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ from hypothesis import given, settings
 from redis.exceptions import RedisError
 
 from ext_authz.ratelimit import Decision, Limit, LimiterUnavailable, RedisLimiter
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, hammer
 from tests.unit.test_ratelimit_window import (
     Scenario,
     assert_never_more_than_capacity_per_window,
@@ -150,19 +149,7 @@ def test_threads_hammering_one_key_never_get_more_than_capacity(
 ) -> None:
     limiter = RedisLimiter(client, clock=FakeClock(EDGE), prefix=prefix)
     limit = Limit(limit=8, window_s=60, burst=2)
-    start = threading.Barrier(8)
-    allowed = [0] * 8
-
-    def worker(n: int) -> None:
-        start.wait()
-        allowed[n] = sum(limiter.hit("shared", limit).allowed for _ in range(25))
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sum(allowed) == limit.capacity
+    assert hammer(limiter, limit, threads=8, hits_each=25) == limit.capacity
 
 
 # --- storage -------------------------------------------------------------------------------
