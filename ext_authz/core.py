@@ -222,23 +222,31 @@ class Authorizer:
         self, policy: RoutePolicy, key: str, request_id: str, identity: Identity | None
     ) -> tuple[Outcome, Identity | None]:
         """Count the request against the route's limit (if any) and answer."""
-        allow = (
-            self._allow(identity, policy, request_id)
-            if identity is not None
-            else Outcome(200, "public", "allowed", request_id, remove_headers=IDENTITY_HEADERS)
-        )
-        if policy.rate_limit is None:
-            return allow, identity
+        headers: Headers = ()
         limit = policy.rate_limit
-        decision = self._limiter.hit(key, limit)
-        headers = rate_headers(policy.service, limit, decision, self._limits.header_style)
-        if decision.allowed:
-            return replace(allow, response_headers=headers), identity
-        out = denial(429, "rate_limited", f"too many requests to {policy.service}", request_id)
-        return replace(out, response_headers=out.response_headers + headers), identity
+        if limit is not None:
+            decision = self._limiter.hit(key, limit)
+            headers = rate_headers(policy.service, limit, decision, self._limits.header_style)
+            if not decision.allowed:
+                out = denial(
+                    429, "rate_limited", f"too many requests to {policy.service}", request_id
+                )
+                return replace(out, response_headers=out.response_headers + headers), identity
+        if identity is None:
+            return Outcome(
+                200,
+                "public",
+                "allowed",
+                request_id,
+                remove_headers=IDENTITY_HEADERS,
+                response_headers=headers,
+            ), None
+        return self._allow(identity, policy, request_id, headers), identity
 
     @staticmethod
-    def _allow(identity: Identity, policy: RoutePolicy, request_id: str) -> Outcome:
+    def _allow(
+        identity: Identity, policy: RoutePolicy, request_id: str, response_headers: Headers
+    ) -> Outcome:
         set_headers = [
             (USER_HEADER, identity.user),
             (ROLES_HEADER, ",".join(identity.roles)),
@@ -260,4 +268,5 @@ class Authorizer:
             request_id,
             set_headers=tuple(set_headers),
             remove_headers=tuple(remove),
+            response_headers=response_headers,
         )

@@ -21,17 +21,22 @@ from sidecar import up
 from sidecar.envflags import add_flag, add_switch
 from xds_server import typeurls
 from xds_server.catalog import Catalog, CatalogError, json_schema, load_catalog
+from xds_server.reload import build_checked
 from xds_server.settings import DEFAULT_CATALOG
 from xds_server.translate import Options, build_snapshot
+
+
+def _report(path: Path, err: CatalogError) -> None:
+    print(f"{path}: invalid ({len(err.problems)} problem(s))", file=sys.stderr)
+    for p in err.problems:
+        print(f"  {p}", file=sys.stderr)
 
 
 def _load_or_report(path: Path) -> Catalog | None:
     try:
         return load_catalog(path)
     except CatalogError as err:
-        print(f"{path}: invalid ({len(err.problems)} problem(s))", file=sys.stderr)
-        for p in err.problems:
-            print(f"  {p}", file=sys.stderr)
+        _report(path, err)
         return None
 
 
@@ -39,11 +44,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     catalog = _load_or_report(Path(args.path))
     if catalog is None:
         return 1
-    snapshot = build_snapshot(catalog, Options())
-    problems = snapshot.consistent()
-    if problems:
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
+    try:
+        snapshot = build_checked(catalog, args.path, Options())
+    except CatalogError as err:
+        _report(Path(args.path), err)
         return 1
     print(f"{args.path}: valid, {len(catalog.services)} service(s), version {snapshot.version}")
     return 0

@@ -460,21 +460,27 @@ def parse_catalog(data: object, source: str = "") -> Catalog:
     return catalog
 
 
-def load_catalog(path: str | Path) -> Catalog:
-    """Read, decode and validate a catalog file; raise CatalogError on any problem."""
-    source = str(path)
+def decode_catalog(raw: bytes, source: str = "") -> Catalog:
+    """Decode and validate catalog file contents; raise CatalogError on any problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CatalogError([Problem("", f"cannot read the file: {err}")], source) from None
-    try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CatalogError([Problem("", f"not UTF-8: {err}")], source) from None
     except json.JSONDecodeError as err:
         raise CatalogError(
             [Problem("", f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}")],
             source,
         ) from None
     return parse_catalog(data, source)
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read, decode and validate a catalog file; raise CatalogError on any problem."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise CatalogError([Problem("", f"cannot read the file: {err}")], str(path)) from None
+    return decode_catalog(raw, str(path))
 
 
 def json_schema() -> dict[str, Any]:

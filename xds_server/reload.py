@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from pathlib import Path
 from watchfiles import awatch
 
 from xds_server.cache import SnapshotCache
-from xds_server.catalog import CatalogError, Problem, parse_catalog
+from xds_server.catalog import Catalog, CatalogError, Problem, decode_catalog
 from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Snapshot
 from xds_server.translate import Options, build_snapshot
@@ -36,18 +35,19 @@ class ReloadState:
     at: float
 
 
-def build_checked(data: bytes, source: str, options: Options) -> tuple[Snapshot, int]:
-    """Validate and translate catalog bytes; raise CatalogError on any problem."""
-    try:
-        decoded = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CatalogError([Problem("", f"not valid JSON: {err}")], source) from None
-    catalog = parse_catalog(decoded, source)
+def build_checked(catalog: Catalog, source: str, options: Options) -> Snapshot:
+    """Translate a validated catalog into a snapshot that is safe to serve; raise CatalogError
+    if it is not consistent. The reloader and `sidecar validate` both go through here."""
     snapshot = build_snapshot(catalog, options)
     inconsistent = snapshot.consistent()
     if inconsistent:
         raise CatalogError([Problem("", p) for p in inconsistent], source)
-    return snapshot, len(catalog.services)
+    return snapshot
+
+
+def _decode_and_build(raw: bytes, source: str, options: Options) -> tuple[Snapshot, int]:
+    catalog = decode_catalog(raw, source)
+    return build_checked(catalog, source, options), len(catalog.services)
 
 
 class Reloader:
@@ -82,7 +82,7 @@ class Reloader:
         started = time.perf_counter()
         try:
             snapshot, services = await asyncio.to_thread(
-                build_checked, data, str(self._path), self._options
+                _decode_and_build, data, str(self._path), self._options
             )
         except CatalogError as err:
             return self._fail([str(p) for p in err.problems])
