@@ -58,10 +58,20 @@ ACTIONS: Mapping[str, frozenset[str]] = {
     "delete": frozenset({"DELETE"}),
 }
 
+# Upper bounds come from the Envoy field each number becomes (a test walks the models against
+# the protobuf field types): counts that become uint32 fields stop at UINT32_MAX; durations stop
+# far below Envoy's limits; rate-limit numbers stay exact in Redis' Lua (doubles, 2**53).
+UINT32_MAX = 2**32 - 1
+MAX_RATE = 1_000_000_000
+
 _SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
 _ROLE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A DNS name: labels of 1-63 characters, 253 in all (Envoy also sends it as TLS SNI, which
+# it limits to 255 bytes).
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+MAX_HOSTNAME = 253
 
 
 class _Strict(BaseModel):
@@ -75,7 +85,7 @@ class RetryPolicy(_Strict):
     retry_on: Annotated[list[str], Field(min_length=1)] = Field(
         default_factory=lambda: ["connect-failure", "reset", "5xx"]
     )
-    per_try_timeout_ms: Annotated[int, Field(gt=0)] | None = None
+    per_try_timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] | None = None
     backoff_base_ms: Annotated[int, Field(gt=0, le=60_000)] = 25
     backoff_max_ms: Annotated[int, Field(gt=0, le=300_000)] = 250
 
@@ -102,10 +112,10 @@ class RetryPolicy(_Strict):
 class RateLimit(_Strict):
     """A per-user budget: exactly one of the three rates, plus an optional burst."""
 
-    requests_per_second: Annotated[int, Field(gt=0)] | None = None
-    requests_per_minute: Annotated[int, Field(gt=0)] | None = None
-    requests_per_hour: Annotated[int, Field(gt=0)] | None = None
-    burst: Annotated[int, Field(ge=0)] = 0
+    requests_per_second: Annotated[int, Field(gt=0, le=MAX_RATE)] | None = None
+    requests_per_minute: Annotated[int, Field(gt=0, le=MAX_RATE)] | None = None
+    requests_per_hour: Annotated[int, Field(gt=0, le=MAX_RATE)] | None = None
+    burst: Annotated[int, Field(ge=0, le=MAX_RATE)] = 0
 
     @model_validator(mode="after")
     def _exactly_one_rate(self) -> RateLimit:
@@ -158,10 +168,10 @@ class OutlierDetection(_Strict):
 class CircuitBreaker(_Strict):
     """Envoy's per-cluster thresholds at default priority."""
 
-    max_connections: Annotated[int, Field(ge=1)] = 1_024
-    max_pending_requests: Annotated[int, Field(ge=1)] = 1_024
-    max_requests: Annotated[int, Field(ge=1)] = 1_024
-    max_retries: Annotated[int, Field(ge=0)] = 3
+    max_connections: Annotated[int, Field(ge=1, le=UINT32_MAX)] = 1_024
+    max_pending_requests: Annotated[int, Field(ge=1, le=UINT32_MAX)] = 1_024
+    max_requests: Annotated[int, Field(ge=1, le=UINT32_MAX)] = 1_024
+    max_retries: Annotated[int, Field(ge=0, le=UINT32_MAX)] = 3
 
 
 @dataclass(frozen=True)
@@ -200,7 +210,17 @@ def parse_url(url: str) -> Upstream:
         raise ValueError(f"{url!r} is not http(s)://host:port: no user, query or fragment")
     if parts.path not in ("", "/"):
         raise ValueError(f"{url!r} is not http(s)://host:port: no path allowed")
-    return Upstream(parts.hostname, port, parts.scheme == "https", _is_ip(parts.hostname))
+    is_ip = _is_ip(parts.hostname)
+    if not is_ip and not _is_hostname(parts.hostname):
+        raise ValueError(
+            f"{url!r}: host must be an IP address or a DNS name (labels of 1-63 letters, "
+            f"digits, '-' or '_'; at most {MAX_HOSTNAME} characters)"
+        )
+    return Upstream(parts.hostname, port, parts.scheme == "https", is_ip)
+
+
+def _is_hostname(host: str) -> bool:
+    return len(host) <= MAX_HOSTNAME and all(_HOST_LABEL.match(x) for x in host.split("."))
 
 
 class Service(_Strict):

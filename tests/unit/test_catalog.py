@@ -20,6 +20,7 @@ EXPECTED = {
     "base_path_without_slash": ("services[0].base_path", "must start with '/'"),
     "url_without_port": ("services[1].internal_url", "host and port are required"),
     "url_bad_scheme": ("services[1].internal_url", "scheme must be http or https"),
+    "url_host_too_long": ("services[0].internal_url", "at most 253 characters"),
     "non_positive_timeout": ("services[0].timeout_ms", "must be greater than 0"),
     "per_try_timeout_above_total": (
         "services[0].retry_policy.per_try_timeout_ms",

@@ -44,6 +44,20 @@ def test_validate_lists_every_error_with_its_path(tmp_path: Path) -> None:
     assert "services[0].retry_policy.per_try_timeout_ms: per-try timeout 1500 ms" in result.stderr
 
 
+def test_validate_names_a_number_too_large_for_envoy_without_a_traceback(tmp_path: Path) -> None:
+    data = json.loads(SAMPLE.read_text())
+    data["services"][1]["circuit_breaker"]["max_connections"] = 2**32
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    result = sidecar("validate", str(path))
+    assert result.returncode == 1
+    assert (
+        "services[1].circuit_breaker.max_connections: must be at most 4294967295 (got 4294967296)"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_render_prints_every_resource_type_as_json() -> None:
     result = sidecar("render", str(SAMPLE))
     assert result.returncode == 0, result.stderr
