@@ -19,9 +19,15 @@ class XdsMetrics:
         self.nacks = Counter(
             "xds_nacks_total", "Responses Envoy rejected", ["type"], registry=registry
         )
+        self.refused_streams = Counter(
+            "xds_refused_streams_total",
+            "ADS streams refused, by reason (a proxy that cannot get config from us)",
+            ["reason"],
+            registry=registry,
+        )
         self.reloads = Counter(
             "xds_catalog_reloads_total",
-            "Catalog loads by result (ok, unchanged, invalid)",
+            "Catalog loads by result (ok, unchanged, invalid, error)",
             ["result"],
             registry=registry,
         )

@@ -3,12 +3,19 @@
 A catalog that fails any step leaves the served snapshot as it was; the problems are logged
 with their JSON paths and counted. Editors save in place, write a temp file and rename it, or
 delete and recreate: the whole directory is watched (not recursively), so each of these, and a
-Kubernetes ConfigMap's symlink swap, is seen; content that did not change is not rebuilt.
+Kubernetes ConfigMap's symlink swap, is seen. A change elsewhere in the directory re-reads
+nothing unless the catalog's file (after symlinks) changed; content that did not change is not
+rebuilt.
+
+The reloader cannot die: an exception anywhere in a reload, a bug included, is a failed reload
+(logged with its traceback, counted as `result="error"`, `xds_catalog_valid` 0, the last good
+snapshot kept), and a failure of the watcher itself restarts the watch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -16,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchfiles import awatch
+from watchfiles import Change, awatch
 
 from xds_server.cache import SnapshotCache
 from xds_server.catalog import Catalog, CatalogError, Problem, decode_catalog
@@ -45,32 +52,60 @@ def build_checked(catalog: Catalog, source: str, options: Options) -> Snapshot:
     return snapshot
 
 
-def _decode_and_build(raw: bytes, source: str, options: Options) -> tuple[Snapshot, int]:
-    catalog = decode_catalog(raw, source)
-    return build_checked(catalog, source, options), len(catalog.services)
+Build = Callable[[bytes, str], tuple[Snapshot, int]]
+"""File contents and their source name → (snapshot, services); raises CatalogError."""
+
+
+def decode_and_build(options: Options) -> Build:
+    def build(raw: bytes, source: str) -> tuple[Snapshot, int]:
+        catalog = decode_catalog(raw, source)
+        return build_checked(catalog, source, options), len(catalog.services)
+
+    return build
+
+
+def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when the catalog's file does (symlinks followed); None if unreadable."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class Reloader:
     def __init__(
         self,
         path: Path,
-        options: Options,
+        build: Build,
         cache: SnapshotCache,
         metrics: XdsMetrics,
         log: logging.Logger,
         on_loaded: Callable[[Snapshot], None] = lambda _: None,
     ) -> None:
         self._path = path
-        self._options = options
+        self._build = build
         self._cache = cache
         self._metrics = metrics
         self._log = log
         self._on_loaded = on_loaded
         self._last_digest: bytes | None = None
+        self._last_identity: tuple[int, int, int, int] | None = None
         self.state = ReloadState(None, False, ("not loaded yet",), time.time())
 
     async def load(self) -> bool:
-        """One attempt; True when a new snapshot is being served."""
+        """One attempt; True when a new snapshot is being served. Never raises."""
+        try:
+            return await self._load()
+        except Exception as err:
+            self._log.exception("catalog reload failed with an internal error")
+            return self._fail(
+                [f"internal error while loading the catalog: {type(err).__name__}: {err}"],
+                result="error",
+            )
+
+    async def _load(self) -> bool:
+        self._last_identity = _file_identity(self._path)
         try:
             data = self._path.read_bytes()
         except OSError as err:
@@ -81,9 +116,7 @@ class Reloader:
             return False
         started = time.perf_counter()
         try:
-            snapshot, services = await asyncio.to_thread(
-                _decode_and_build, data, str(self._path), self._options
-            )
+            snapshot, services = await asyncio.to_thread(self._build, data, str(self._path))
         except CatalogError as err:
             return self._fail([str(p) for p in err.problems])
         self._metrics.snapshot_build_seconds.observe(time.perf_counter() - started)
@@ -108,9 +141,9 @@ class Reloader:
             self._on_loaded(snapshot)
         return changed
 
-    def _fail(self, problems: list[str]) -> bool:
+    def _fail(self, problems: list[str], result: str = "invalid") -> bool:
         self._last_digest = None
-        self._metrics.reloads.labels("invalid").inc()
+        self._metrics.reloads.labels(result).inc()
         self._metrics.catalog_valid.set(0)
         current = self._cache.current()
         self.state = ReloadState(
@@ -130,14 +163,31 @@ class Reloader:
         )
         return False
 
+    def _catalog_changed(self, changes: set[tuple[Change, str]]) -> bool:
+        """Whether a batch of directory changes touched the catalog (its name, or the file
+        its name resolves to, as after a ConfigMap's symlink swap)."""
+        path = str(self._path.absolute())
+        if any(changed == path for _, changed in changes):
+            return True
+        return _file_identity(self._path) != self._last_identity
+
     async def watch(self, stop: asyncio.Event, debounce_ms: int) -> None:
-        """Reload on every change in the catalog's directory until `stop` is set."""
+        """Reload on every change of the catalog until `stop` is set."""
         directory = self._path.absolute().parent
-        async for _changes in awatch(
-            directory,
-            stop_event=stop,
-            debounce=debounce_ms,
-            step=max(1, min(debounce_ms, 10)),
-            recursive=False,
-        ):
-            await self.load()
+        while not stop.is_set():
+            try:
+                async for changes in awatch(
+                    directory,
+                    stop_event=stop,
+                    debounce=debounce_ms,
+                    step=max(1, min(debounce_ms, 10)),
+                    recursive=False,
+                ):
+                    if self._catalog_changed(changes):
+                        await self.load()
+                return
+            except Exception:
+                self._log.exception("the catalog watcher failed; restarting it in 1 s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await self.load()

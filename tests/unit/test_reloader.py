@@ -1,0 +1,187 @@
+"""The reloader cannot die: any exception in a reload is a failed reload, and the watch goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.conftest import sample_data
+from xds_server.cache import SnapshotCache
+from xds_server.metrics import XdsMetrics
+from xds_server.reload import Reloader, decode_and_build
+from xds_server.snapshot import Snapshot
+from xds_server.translate import Options
+
+
+class Rig:
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "service_catalog.json"
+        self.registry = CollectorRegistry()
+        self.cache = SnapshotCache()
+        self.fail_with: Exception | None = None
+        self.builds = 0
+        real = decode_and_build(Options())
+
+        def build(raw: bytes, source: str) -> tuple[Snapshot, int]:
+            self.builds += 1
+            if self.fail_with is not None:
+                raise self.fail_with
+            return real(raw, source)
+
+        self.reloader = Reloader(
+            self.path, build, self.cache, XdsMetrics(self.registry), logging.getLogger("test")
+        )
+
+    def write(self, timeout_ms: int) -> None:
+        data = sample_data()
+        data["services"][3]["timeout_ms"] = timeout_ms
+        self.path.write_text(json.dumps(data))
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def version(self) -> str | None:
+        current = self.cache.current()
+        return current.version if current else None
+
+
+async def poll(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def run(coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(coro())
+
+
+def test_an_exception_in_the_build_is_a_failed_reload_and_the_last_version_stays(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+
+    async def scenario() -> None:
+        rig.write(1000)
+        assert await rig.reloader.load()
+        good = rig.version()
+        rig.write(2000)
+        rig.fail_with = ValueError("Value out of range: 4294967296")
+        assert await rig.reloader.load() is False
+        assert rig.version() == good
+        assert rig.metric("xds_catalog_valid") == 0
+        assert rig.metric("xds_catalog_reloads_total", result="error") == 1
+        assert not rig.reloader.state.ok
+        assert "Value out of range" in rig.reloader.state.problems[0]
+        rig.fail_with = None
+        assert await rig.reloader.load()
+        assert rig.version() != good
+        assert rig.metric("xds_catalog_valid") == 1
+
+    with caplog.at_level(logging.ERROR, "test"):
+        run(scenario)
+    assert any(r.exc_info for r in caplog.records), "the traceback is logged"
+
+
+def test_a_bad_file_at_startup_is_a_failed_load_not_a_crash(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.fail_with = RuntimeError("boom")
+
+    async def scenario() -> None:
+        rig.write(1000)
+        assert await rig.reloader.load() is False
+        assert rig.version() is None
+
+    run(scenario)
+
+
+def test_the_watch_survives_a_failing_build_and_serves_the_next_good_edit(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+
+    async def scenario() -> None:
+        rig.write(1000)
+        await rig.reloader.load()
+        good = rig.version()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(rig.reloader.watch(stop, debounce_ms=5))
+        await asyncio.sleep(0.2)  # let the watch start (a missed first event only delays)
+        rig.fail_with = RuntimeError("injected")
+        rig.write(2000)
+        await poll(
+            lambda: rig.metric("xds_catalog_reloads_total", result="error") >= 1,
+            "the failed reload",
+        )
+        assert not watcher.done()
+        rig.fail_with = None
+        rig.write(3000)
+        await poll(lambda: rig.version() not in (None, good), "the next good edit")
+        stop.set()
+        await watcher
+
+    run(scenario)
+
+
+def test_other_files_in_the_directory_are_not_read(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+
+    async def scenario() -> None:
+        rig.write(1000)
+        await rig.reloader.load()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(rig.reloader.watch(stop, debounce_ms=5))
+        await asyncio.sleep(0.2)
+        audit = tmp_path / "audit.log"
+        for i in range(20):
+            with audit.open("a") as f:
+                f.write(f"line {i}\n")
+            await asyncio.sleep(0.01)
+        rig.write(1000)  # the catalog itself, same content: read once, found unchanged
+        await poll(
+            lambda: rig.metric("xds_catalog_reloads_total", result="unchanged") >= 1,
+            "the catalog's own change",
+        )
+        await asyncio.sleep(0.1)
+        assert rig.metric("xds_catalog_reloads_total", result="unchanged") == 1
+        stop.set()
+        await watcher
+
+    run(scenario)
+
+
+def test_a_configmap_symlink_swap_is_seen(tmp_path: Path) -> None:
+    def version_dir(name: str, timeout_ms: int) -> None:
+        (tmp_path / name).mkdir()
+        data: dict[str, Any] = sample_data()
+        data["services"][3]["timeout_ms"] = timeout_ms
+        (tmp_path / name / "service_catalog.json").write_text(json.dumps(data))
+
+    version_dir("..v1", 1000)
+    (tmp_path / "..data").symlink_to("..v1")
+    (tmp_path / "service_catalog.json").symlink_to("..data/service_catalog.json")
+    rig = Rig(tmp_path)
+
+    async def scenario() -> None:
+        await rig.reloader.load()
+        first = rig.version()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(rig.reloader.watch(stop, debounce_ms=5))
+        await asyncio.sleep(0.2)
+        version_dir("..v2", 2000)
+        (tmp_path / "..data_tmp").symlink_to("..v2")
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+        await poll(lambda: rig.version() != first, "the swapped catalog")
+        stop.set()
+        await watcher
+
+    run(scenario)
