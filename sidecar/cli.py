@@ -106,6 +106,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(line)
             if t["state"] != "SYNCED":
                 worst = t["state"]
+    for refused in status.get("refused", []):
+        print(
+            f"  REFUSED {refused['node_id'] or '(no node id)'} from {refused['peer']}: "
+            f"{refused['reason']} ({refused['count']} stream(s))"
+        )
+        worst = "REFUSED"
     return 0 if worst == "SYNCED" else 2
 
 

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sidecar import httpd
 from xds_server.cache import SnapshotCache
 from xds_server.metrics import XdsMetrics
-from xds_server.reload import Reloader
+from xds_server.reload import Build, Reloader, decode_and_build
 from xds_server.server import AdsService
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
@@ -24,8 +24,11 @@ from xds_server.status import ProxyRegistry
 SERVICE_NAME = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
-async def run(settings: XdsSettings, log: logging.Logger, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set, then shut down with a short grace period."""
+async def run(
+    settings: XdsSettings, log: logging.Logger, stop: asyncio.Event, build: Build | None = None
+) -> None:
+    """Serve until `stop` is set, then shut down with a short grace period. `build` replaces
+    the catalog → snapshot step (tests use it to make configs Envoy rejects)."""
     registry = CollectorRegistry()
     metrics = XdsMetrics(registry)
     cache = SnapshotCache()
@@ -44,7 +47,14 @@ async def run(settings: XdsSettings, log: logging.Logger, stop: asyncio.Event) -
             pending.add(task)
             task.add_done_callback(pending.discard)
 
-    reloader = Reloader(settings.catalog, settings.translate, cache, metrics, log, on_loaded)
+    reloader = Reloader(
+        settings.catalog,
+        build or decode_and_build(settings.translate),
+        cache,
+        metrics,
+        log,
+        on_loaded,
+    )
 
     server = grpc.aio.server(
         options=[
@@ -74,6 +84,7 @@ async def run(settings: XdsSettings, log: logging.Logger, stop: asyncio.Event) -
                 "checked_at": reloader.state.at,
             },
             "proxies": proxies.report(current),
+            "refused": proxies.refusals(),
             "time": time.time(),
         }
         return 200, "application/json", json.dumps(body, indent=2).encode() + b"\n"

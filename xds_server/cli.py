@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 from sidecar.jsonlog import make_logger
 from xds_server import app, settings
+from xds_server.reload import Build
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, build: Build | None = None) -> int:
     conf = settings.parse(argv)
     log = make_logger("xds_server", conf.log_level)
 
@@ -20,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await app.run(conf, log, stop)
+        await app.run(conf, log, stop, build)
 
     try:
         asyncio.run(runner())

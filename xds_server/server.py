@@ -4,7 +4,9 @@ responses back to Envoy. Depends on the cache's `SnapshotSource` protocol only."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -67,6 +69,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                     first = not status.node_id
                     responses = stream.on_request(event)
                     if first and status.node_id:
+                        self._registry.accepted(status.node_id)
                         self._log.info(
                             "proxy connected",
                             extra={"fields": {"node_id": status.node_id, "peer": context.peer()}},
@@ -85,5 +88,38 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Delta xDS is not served yet; use GRPC")
+        node_id = ""
+        with contextlib.suppress(TimeoutError, StopAsyncIteration, grpc.RpcError):
+            first = await asyncio.wait_for(anext(aiter(request_iterator)), timeout=5)
+            node_id = first.node.id
+        await self._refuse(
+            context,
+            node_id,
+            "delta_unsupported",
+            "Delta xDS is not served; set ads_config.api_type to GRPC (State of the World)",
+        )
         yield discovery_pb2.DeltaDiscoveryResponse()  # pragma: no cover (abort raises)
+
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext, node_id: str, reason: str, message: str
+    ) -> None:
+        """Refuse a stream so that the operator sees it: listed in status, counted, and logged
+        (the first time per node and reason, then once a minute)."""
+        now = time.time()
+        refusal = self._registry.refuse(node_id, context.peer(), reason, now)
+        self._metrics.refused_streams.labels(reason).inc()
+        if refusal.count == 1 or now - refusal.logged_at >= 60:
+            refusal.logged_at = now
+            self._log.warning(
+                "refused a proxy's stream",
+                extra={
+                    "fields": {
+                        "node_id": node_id,
+                        "peer": context.peer(),
+                        "reason": reason,
+                        "detail": message,
+                        "refused_so_far": refusal.count,
+                    }
+                },
+            )
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)

@@ -6,8 +6,11 @@
 - a type is sent only when the snapshot's version for it, or the names subscribed, differ from
   what was last sent, so an ACK or a NACK never triggers a resend: a NACKed version is not
   sent again; the next different version is;
-- listeners and routes wait while clusters or endpoints are in flight (sent, not yet answered),
-  so a route never names a cluster Envoy is still warming;
+- endpoints are sent again right after every cluster response, changed or not: Envoy warms an
+  updated cluster until it receives that cluster's endpoints (go-control-plane #59, #526);
+- listeners and routes wait while clusters or endpoints are in flight (sent, not yet answered)
+  or NACKed (until a later version is ACKed), so a route never names a cluster Envoy is still
+  warming or has rejected;
 - endpoints and routes are sent by the names subscribed; clusters and listeners are wildcard
   unless Envoy names them.
 """
@@ -41,6 +44,8 @@ class _TypeState:
     sent_names: frozenset[str] | None = None
     nonce: str = ""
     in_flight: bool = False
+    nacked: bool = False  # the last response was rejected and nothing since was accepted
+    owed: bool = False  # send even if unchanged (endpoints after a cluster update)
 
 
 def subscribed_names(type_url: str, names: list[str]) -> frozenset[str] | None:
@@ -82,6 +87,7 @@ class SotwStream:
             if req.response_nonce != state.nonce:
                 return []  # stale: answers a response that a newer one replaced
             state.in_flight = False
+            state.nacked = req.HasField("error_detail")
             self._record_answer(type_url, req)
         state.names = subscribed_names(type_url, list(req.resource_names))
         return self._sendable()
@@ -124,18 +130,20 @@ class SotwStream:
             if state is None:
                 continue
             version = snapshot.versions[type_url]
-            if state.sent_version == version and state.sent_names == state.names:
+            if state.sent_version == version and state.sent_names == state.names and not state.owed:
                 continue
-            if any(self._in_flight(t) for t in WAITS_FOR[type_url]):
+            if any(self._blocks(t) for t in WAITS_FOR[type_url]):
                 continue
             out.append(
                 self._response(type_url, state, version, snapshot.pick(type_url, state.names))
             )
+            if type_url == typeurls.CLUSTER and typeurls.ENDPOINT in self._types:
+                self._types[typeurls.ENDPOINT].owed = True
         return out
 
-    def _in_flight(self, type_url: str) -> bool:
+    def _blocks(self, type_url: str) -> bool:
         state = self._types.get(type_url)
-        return state is not None and state.in_flight
+        return state is not None and (state.in_flight or state.nacked)
 
     def _response(
         self, type_url: str, state: _TypeState, version: str, resources: list[Resource]
@@ -145,6 +153,7 @@ class SotwStream:
         state.sent_version = version
         state.sent_names = state.names
         state.in_flight = True
+        state.owed = False
         self._status.of(type_url).sent_version = version
         self._metrics.responses.labels(typeurls.SHORT_NAMES[type_url]).inc()
         return discovery_pb2.DiscoveryResponse(

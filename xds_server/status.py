@@ -45,10 +45,62 @@ def state_of(status: TypeStatus, current: str | None) -> State:
     return "STALE"
 
 
+@dataclass
+class Refusal:
+    """Streams refused for one reason from one node: a proxy that cannot talk to us."""
+
+    node_id: str
+    peer: str
+    reason: str
+    first_at: float
+    last_at: float
+    count: int = 1
+    logged_at: float = 0.0
+
+
+MAX_REFUSALS = 1000
+
+
 class ProxyRegistry:
     def __init__(self) -> None:
         self._proxies: dict[int, ProxyStatus] = {}
         self._next_id = 0
+        self._refusals: dict[tuple[str, str], Refusal] = {}
+
+    def refuse(self, node_id: str, peer: str, reason: str, now: float) -> Refusal:
+        """Record a refused stream; returns its record (`count` 1 on the first of its kind).
+
+        Keeps the `MAX_REFUSALS` most recent (node, reason) pairs."""
+        key = (node_id, reason)
+        found = self._refusals.pop(key, None)
+        if found is None:
+            found = Refusal(node_id, peer, reason, now, now)
+        else:
+            found.count += 1
+            found.last_at = now
+            found.peer = peer
+        self._refusals[key] = found
+        while len(self._refusals) > MAX_REFUSALS:
+            del self._refusals[next(iter(self._refusals))]
+        return found
+
+    def accepted(self, node_id: str) -> None:
+        """`node_id` now has a working stream: its past refusals are no longer news."""
+        for key in [k for k in self._refusals if k[0] == node_id]:
+            del self._refusals[key]
+
+    def refusals(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "node_id": r.node_id,
+                "peer": r.peer,
+                "reason": r.reason,
+                "count": r.count,
+                "first_at": r.first_at,
+                "last_at": r.last_at,
+            }
+            for r in sorted(self._refusals.values(), key=lambda r: (r.node_id, r.reason))
+        ]
 
     def open(self) -> ProxyStatus:
         self._next_id += 1

@@ -131,6 +131,9 @@ def cluster(svc: Service, ups: list[Upstream], name: str | None = None) -> clust
     # Fields are set in place: nested constructor arguments would copy each subtree again.
     out = cluster_pb2.Cluster(name=name, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
     _set_ms(out.connect_timeout, svc.connect_timeout_ms)
+    # A host the catalog no longer lists leaves at once, even while it passes health checks
+    # (otherwise Envoy keeps it as pending_dynamic_removal and keeps sending it traffic).
+    out.ignore_health_on_host_removal = True
     cb = svc.circuit_breaker
     thresholds = out.circuit_breakers.thresholds.add(priority=base_pb2.RoutingPriority.DEFAULT)
     thresholds.max_connections.value = cb.max_connections
@@ -141,6 +144,8 @@ def cluster(svc: Service, ups: list[Upstream], name: str | None = None) -> clust
     outlier = out.outlier_detection
     outlier.consecutive_5xx.value = od.consecutive_5xx
     outlier.consecutive_gateway_failure.value = od.consecutive_gateway_failure
+    # Envoy enforces gateway-failure ejections 0 % of the time unless told otherwise.
+    outlier.enforcing_consecutive_gateway_failure.value = 100
     _set_ms(outlier.interval, od.interval_ms)
     _set_ms(outlier.base_ejection_time, od.base_ejection_time_ms)
     outlier.max_ejection_percent.value = od.max_ejection_percent
@@ -256,7 +261,10 @@ def _sorted_for_routing(services: Sequence[Service]) -> list[Service]:
 
 def route_configuration(catalog: Catalog) -> route_pb2.RouteConfiguration:
     with_cache = _needs_cache_filter(catalog)
-    out = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME)
+    # Envoy rejects (NACKs) routes naming a cluster it does not have instead of answering 503.
+    out = route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG_NAME, validate_clusters=wrappers_pb2.BoolValue(value=True)
+    )
     host = out.virtual_hosts.add(name="services", domains=["*"])
     for svc in _sorted_for_routing(catalog.services):
         add_service_routes(host.routes, catalog, svc, with_cache=with_cache)

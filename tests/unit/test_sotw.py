@@ -34,13 +34,14 @@ class FakeSource:
         return lambda: None
 
 
-def snap(*names: str, timeout_ms: int = 1000) -> Snapshot:
+def snap(*names: str, timeout_ms: int = 1000, connect_timeout_ms: int = 1000) -> Snapshot:
     services = [
         {
             "service_name": n,
             "base_path": f"/{n}",
             "internal_url": f"http://127.0.0.1:{8000 + i}",
             "timeout_ms": timeout_ms,
+            "connect_timeout_ms": connect_timeout_ms,
         }
         for i, n in enumerate(names)
     ]
@@ -148,8 +149,8 @@ def test_a_request_with_a_stale_nonce_is_ignored() -> None:
     assert h.status.of(CDS).acked_version == second.version_info
 
 
-def test_routes_wait_for_clusters_in_flight() -> None:
-    h = Harness(snap("a"))
+def synced(h: Harness) -> None:
+    """Bring the harness's stream to every type ACKed at the current snapshot."""
     (cds,) = h.ask(req(CDS))
     (eds,) = h.ask(req(EDS, ("a",)))
     h.ack(cds)
@@ -159,6 +160,10 @@ def test_routes_wait_for_clusters_in_flight() -> None:
     h.ack(lds)
     h.ack(rds, ("ingress_routes",))
 
+
+def test_routes_wait_for_clusters_in_flight() -> None:
+    h = Harness(snap("a"))
+    synced(h)
     h.source.snapshot = snap("a", "b")
     sent = h.stream.on_snapshot()
     assert [r.type_url for r in sent] == [CDS, EDS]  # routes wait for the new cluster
@@ -166,6 +171,49 @@ def test_routes_wait_for_clusters_in_flight() -> None:
     assert h.ack(cds2) == []  # endpoints still in flight
     (rds2,) = h.ack(eds2, ("a",))
     assert rds2.type_url == RDS
+
+
+def test_endpoints_are_sent_again_after_a_cluster_only_change() -> None:
+    # Envoy warms an updated cluster until it gets that cluster's endpoints, changed or not.
+    h = Harness(snap("a"))
+    synced(h)
+    before = h.source.snapshot
+    h.source.snapshot = snap("a", connect_timeout_ms=2500)
+    assert h.source.snapshot.versions[EDS] == before.versions[EDS]  # type: ignore[union-attr]
+    cds, eds = h.stream.on_snapshot()
+    assert (cds.type_url, eds.type_url) == (CDS, EDS)
+    assert len(eds.resources) == 1
+    # Envoy's re-request for the warming cluster carries the nonce it had: stale, ignored.
+    assert h.ask(req(EDS, ("a",), nonce=str(int(eds.nonce) - 2), version=eds.version_info)) == []
+    assert h.ack(cds) == []
+    assert h.ack(eds, ("a",)) == []  # the ACK of the resend triggers nothing more
+
+
+def test_endpoints_owed_after_clusters_answer_envoys_next_request() -> None:
+    # Endpoints not yet requested when clusters change: the first request gets them.
+    h = Harness(snap("a"))
+    (cds,) = h.ask(req(CDS))
+    h.ack(cds)
+    (eds,) = h.ask(req(EDS, ("a",)))
+    assert eds.type_url == EDS
+
+
+def test_routes_wait_while_clusters_are_nacked() -> None:
+    h = Harness(snap("a"))
+    synced(h)
+    h.source.snapshot = snap("a", "b")
+    cds, eds = h.stream.on_snapshot()
+    h.ack(eds, ("a",))
+    # Envoy rejects the clusters: routes naming cluster b must not follow.
+    assert h.ask(req(CDS, nonce=cds.nonce, version="old", error="bad cluster")) == []
+    assert h.stream.on_snapshot() == []
+    # A fixed catalog: clusters go out; once ACKed, the routes follow.
+    h.source.snapshot = snap("a", "c")
+    cds2, eds2 = h.stream.on_snapshot()
+    assert (cds2.type_url, eds2.type_url) == (CDS, EDS)
+    assert h.ack(cds2) == []  # endpoints still in flight
+    sent = h.ack(eds2, ("a",))
+    assert [r.type_url for r in sent] == [RDS]
 
 
 def test_order_is_clusters_endpoints_listeners_routes() -> None:
@@ -197,3 +245,14 @@ def test_the_registry_reports_each_proxy_state() -> None:
     assert report["types"]["clusters"]["state"] == "SYNCED"
     h.registry.close(h.status)
     assert h.registry.report(h.source.snapshot) == []
+
+
+def test_the_registry_lists_refused_streams_until_the_node_connects() -> None:
+    registry = ProxyRegistry()
+    registry.refuse("edge-1", "ipv4:127.0.0.1:5", "delta_unsupported", now=10.0)
+    again = registry.refuse("edge-1", "ipv4:127.0.0.1:6", "delta_unsupported", now=11.0)
+    assert again.count == 2
+    (listed,) = registry.refusals()
+    assert listed["node_id"] == "edge-1" and listed["count"] == 2 and listed["last_at"] == 11.0
+    registry.accepted("edge-1")
+    assert registry.refusals() == []

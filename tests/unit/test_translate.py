@@ -298,3 +298,24 @@ def test_a_tenant_upstream_gets_its_own_cluster_and_a_header_matched_route_first
     assert routes[0].route.cluster == "orders.acme"
     assert "orders.acme" in snap.resources[typeurls.CLUSTER]
     assert snap.consistent() == []
+
+
+def test_clusters_drop_removed_hosts_and_enforce_gateway_failure_ejection() -> None:
+    snap = build_snapshot(
+        catalog(svc("orders", "/orders", outlier_detection={"consecutive_gateway_failure": 4})),
+        Options(),
+    )
+    cluster = cluster_named(snap, "orders")
+    # A host the catalog no longer lists leaves even while it passes health checks.
+    assert cluster.ignore_health_on_host_removal is True
+    outlier = cluster.outlier_detection
+    assert outlier.consecutive_gateway_failure.value == 4
+    # Envoy's default enforcement for gateway failures is 0 %: the setting would do nothing.
+    assert outlier.enforcing_consecutive_gateway_failure.value == 100
+
+
+def test_routes_are_validated_against_envoys_clusters() -> None:
+    snap = build_snapshot(catalog(svc("orders", "/orders")), Options())
+    (res,) = snap.resources[typeurls.ROUTE].values()
+    assert isinstance(res.message, route_pb2.RouteConfiguration)
+    assert res.message.validate_clusters.value is True
