@@ -24,6 +24,15 @@ class BootstrapOptions:
     authz_port: int = 9191
     delta: bool = False
     max_downstream_connections: int = 50_000
+    # Back-off for re-opening the ADS stream after the control plane went away (Envoy's own
+    # default starts at 500 ms and grows to 30 s: a restarted server waited seconds for Envoy).
+    ads_retry_base_ms: int = 50
+    ads_retry_max_ms: int = 1000
+
+
+def _seconds(ms: int) -> str:
+    """A protobuf JSON Duration."""
+    return f"{ms / 1000:.3f}s"
 
 
 def _h2_cluster(name: str, host: str, port: int) -> dict[str, Any]:
@@ -75,7 +84,19 @@ def render(opts: BootstrapOptions) -> dict[str, Any]:
                 "api_type": "DELTA_GRPC" if opts.delta else "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": XDS_CLUSTER,
+                            "retry_policy": {
+                                "retry_back_off": {
+                                    "base_interval": _seconds(opts.ads_retry_base_ms),
+                                    "max_interval": _seconds(opts.ads_retry_max_ms),
+                                }
+                            },
+                        }
+                    }
+                ],
             },
             "cds_config": ads_source,
             "lds_config": ads_source,

@@ -1,4 +1,5 @@
-"""Finding Envoy and supervising child processes so that none outlives `sidecar up`."""
+"""Finding Envoy and supervising child processes: each is restarted when it dies, and none
+outlives `sidecar up`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -42,15 +43,44 @@ def _die_with_parent() -> None:
 @dataclass
 class Child:
     name: str
+    argv: list[str]
+    env: dict[str, str] | None
+    stdout: IO[bytes] | int | None
     process: subprocess.Popen[bytes]
+    started_at: float
+    restarts: int = 0  # restarts in a row without a stable run
+    restart_at: float | None = None  # when a child that exited is due to start again
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something an operator should hear about: a child exited, or was started again."""
+
+    child: str
+    message: str
 
 
 class Supervisor:
     """Starts children in their own sessions (the terminal's Ctrl-C reaches only us; we
-    forward it) and stops them all, newest first, with a grace period before SIGKILL."""
+    forward it), restarts any that exit with exponential back-off, and stops them all, newest
+    first, with a grace period before SIGKILL.
 
-    def __init__(self) -> None:
+    A child that ran `stable_after_s` before exiting starts again after `backoff_base_s`; each
+    quicker exit doubles the wait, up to `backoff_max_s`.
+    """
+
+    def __init__(
+        self,
+        backoff_base_s: float = 0.1,
+        backoff_max_s: float = 10.0,
+        stable_after_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.children: list[Child] = []
+        self._base = backoff_base_s
+        self._max = backoff_max_s
+        self._stable_after = stable_after_s
+        self._clock = clock
 
     def start(
         self,
@@ -60,8 +90,23 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         stdout: IO[bytes] | int | None = None,
     ) -> Child:
-        process = subprocess.Popen(
+        child = Child(
+            name,
             list(argv),
+            dict(env) if env is not None else None,
+            stdout,
+            self._spawn(list(argv), env, stdout),
+            self._clock(),
+        )
+        self.children.append(child)
+        return child
+
+    @staticmethod
+    def _spawn(
+        argv: list[str], env: Mapping[str, str] | None, stdout: IO[bytes] | int | None
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
             env=dict(env) if env is not None else None,
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout is not None else None,
@@ -69,15 +114,38 @@ class Supervisor:
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
         )
-        child = Child(name, process)
-        self.children.append(child)
-        return child
 
     def exited(self) -> Child | None:
+        """A child that has exited and is not yet due to restart, if any."""
         for child in self.children:
-            if child.process.poll() is not None:
+            if child.restart_at is None and child.process.poll() is not None:
                 return child
         return None
+
+    def keep_alive(self) -> list[Event]:
+        """Schedule a restart for every child that exited, start those that are due; returns
+        what happened. Call it periodically."""
+        events = []
+        now = self._clock()
+        for child in self.children:
+            if child.restart_at is None:
+                status = child.process.poll()
+                if status is None:
+                    continue
+                if now - child.started_at >= self._stable_after:
+                    child.restarts = 0
+                delay = min(self._max, self._base * 2**child.restarts)
+                child.restart_at = now + delay
+                events.append(
+                    Event(child.name, f"exited with status {status}; restarting in {delay:g} s")
+                )
+            elif now >= child.restart_at:
+                child.process = self._spawn(child.argv, child.env, child.stdout)
+                child.started_at = now
+                child.restarts += 1
+                child.restart_at = None
+                events.append(Event(child.name, f"restarted (pid {child.process.pid})"))
+        return events
 
     def stop_all(self, grace_seconds: float = 5.0) -> None:
         for child in reversed(self.children):

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from ext_authz.tokens import mint
@@ -67,20 +68,53 @@ def _wait_for(what: str, check: Callable[[], bool], sup: Supervisor, deadline: f
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def _http_ok(url: str) -> bool:
+def _http_get(url: str) -> bytes | None:
+    """The body of a 200 answer from one of our own loopback URLs, else None."""
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URL we built)
-            return int(resp.status) == 200
+            return bytes(resp.read()) if int(resp.status) == 200 else None
     except OSError:
-        return False
+        return None
 
 
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
+def _http_ok(url: str) -> bool:
+    return _http_get(url) is not None
+
+
+REQUIRED_TYPES = ("clusters", "listeners", "routes")
+
+
+def envoy_synced(status: Mapping[str, Any], node_id: str) -> bool:
+    """Whether our Envoy has ACKed every type of the version served; raises RuntimeError with
+    Envoy's own message when it rejected one (a listener that cannot bind, say)."""
+    mine = [p for p in status.get("proxies", []) if p.get("node_id") == node_id]
+    for proxy in mine:
+        for short, state in proxy["types"].items():
+            if state["state"] == "NACKED":
+                raise RuntimeError(f"Envoy rejected its {short}: {state.get('error')}")
+    return any(
+        all(short in proxy["types"] for short in REQUIRED_TYPES)
+        and all(t["state"] == "SYNCED" for t in proxy["types"].values())
+        for proxy in mine
+    )
+
+
+def _listening(admin_port: int) -> bool:
+    """Envoy's own count of listeners that are bound and serving."""
+    body = _http_get(
+        f"http://127.0.0.1:{admin_port}/stats?filter=^listener_manager.total_listeners_active$"
+    )
+    if body is None:
         return False
+    _, _, value = body.decode().partition(":")
+    return value.strip().isdigit() and int(value) > 0
+
+
+def _envoy_ready(conf: UpSettings) -> bool:
+    raw = _http_get(f"http://127.0.0.1:{conf.xds_http_port}/status")
+    if raw is None or not envoy_synced(json.loads(raw), conf.node_id):
+        return False
+    return _listening(conf.admin_port)
 
 
 KEY_VARIABLES = ("SIDECAR_JWT_SECRET", "SIDECAR_JWT_SECRET_FILE", "SIDECAR_JWKS")
@@ -193,22 +227,20 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
             env=env,
         )
         _wait_for(
-            "Envoy's listener",
-            lambda: (
-                _http_ok(f"http://127.0.0.1:{conf.admin_port}/ready")
-                and _port_open(conf.listener_port)
-            ),
+            "Envoy to ACK every resource and bind its listener",
+            lambda: _envoy_ready(conf),
             sup,
             deadline,
         )
         _banner(conf, catalog, secret, out)
         sys.stdout.flush()
+        # From here on a child that dies is restarted; Envoy keeps serving its last config
+        # while the xDS server or ext_authz is away. Only a signal to us stops everything.
         while not stop.is_set():
-            dead = sup.exited()
-            if dead is not None:
-                out(f"{dead.name} exited with status {dead.process.returncode}; stopping")
-                return 1
-            stop.wait(0.2)
+            for event in sup.keep_alive():
+                out(f"sidecar up: {event.child} {event.message}")
+                sys.stdout.flush()
+            stop.wait(0.1)
         return 0
     except (RuntimeError, FileNotFoundError) as err:
         print(f"sidecar up: {err}", file=sys.stderr)

@@ -150,15 +150,33 @@ class XdsServer:
         version: str | None = self.status()["version"]
         return version
 
+    def synced(self, node_id: str) -> bool:
+        """Whether `node_id` is connected and has ACKed the current version of every type."""
+        status = self.status()
+        return any(
+            p["node_id"] == node_id
+            and len(p["types"]) == 4
+            and all(t["state"] == "SYNCED" for t in p["types"].values())
+            for p in status["proxies"]
+        )
 
-def start_xds(catalog: Path, workdir: Path, name: str = "xds") -> XdsServer:
-    port, http_port, listener_port = free_port(), free_port(), free_port()
+
+def start_xds(
+    catalog: Path,
+    workdir: Path,
+    name: str = "xds",
+    module: str = "xds_server",
+    ports: tuple[int, int, int] | None = None,
+) -> XdsServer:
+    """The xDS server (or `module`, run with the same flags) on `ports` (gRPC, HTTP, Envoy's
+    listener), by default new ones."""
+    port, http_port, listener_port = ports or (free_port(), free_port(), free_port())
     proc = start(
         name,
         [
             sys.executable,
             "-m",
-            "xds_server",
+            module,
             "--catalog",
             str(catalog),
             "--xds-host",
@@ -288,14 +306,25 @@ def bearer(tok: str | None = None, **kw: Any) -> dict[str, str]:
 
 
 def start_envoy(
-    xds: XdsServer, workdir: Path, node_id: str = "test-envoy", authz_port: int = 9191
+    xds: XdsServer,
+    workdir: Path,
+    node_id: str = "test-envoy",
+    authz_port: int = 9191,
+    *,
+    delta: bool = False,
+    wait: bool = True,
 ) -> Envoy:
+    """Envoy fed by `xds`; with `wait`, returned once Envoy says it is ready."""
     admin_port = free_port()
     bootstrap = workdir / f"{node_id}.json"
     bootstrap.write_text(
         render_json(
             BootstrapOptions(
-                node_id=node_id, xds_port=xds.port, admin_port=admin_port, authz_port=authz_port
+                node_id=node_id,
+                xds_port=xds.port,
+                admin_port=admin_port,
+                authz_port=authz_port,
+                delta=delta,
             )
         )
     )
@@ -305,6 +334,8 @@ def start_envoy(
         workdir,
     )
     envoy = Envoy(proc, admin_port, xds.listener_port, node_id)
+    if not wait:
+        return envoy
 
     def ready() -> bool:
         if not proc.alive():

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,19 +45,47 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, list[str]]]:
-    port = harness.free_port()
-    log = tmp_path / "up.log"
+def command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def child_running(parent: int, module: str) -> int | None:
+    """The pid of `parent`'s live child whose command line names `module`."""
+    for pid in children_of(parent):
+        if module in command_of(pid) and alive(pid):
+            return pid
+    return None
+
+
+def up_env(listener_port: int, xds_http_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_JWT", "SIDECAR_JWKS"))}
     env.update(
-        SIDECAR_LISTENER_PORT=str(port),
+        SIDECAR_LISTENER_PORT=str(listener_port),
         SIDECAR_ADMIN_PORT=str(harness.free_port()),
         SIDECAR_XDS_PORT=str(harness.free_port()),
-        SIDECAR_XDS_HTTP_PORT=str(harness.free_port()),
+        SIDECAR_XDS_HTTP_PORT=str(xds_http_port),
         SIDECAR_AUTHZ_PORT=str(harness.free_port()),
         SIDECAR_AUTHZ_HTTP_PORT=str(harness.free_port()),
     )
+    return env
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[str]
+    port: int  # Envoy's listener
+    xds_http_port: int
+    lines: list[str]  # what it printed until ready
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    port, xds_http_port = harness.free_port(), harness.free_port()
+    log = tmp_path / "up.log"
+    env = up_env(port, xds_http_port)
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "up", "--demo", "--catalog", str(SAMPLE)],
@@ -72,7 +104,7 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, list[str]]]
 
     try:
         harness.wait_until(printed_try, timeout=45, what="sidecar up to print a curl")
-        yield proc, port, lines
+        yield Up(proc, port, xds_http_port, lines)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -80,9 +112,9 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, list[str]]]
 
 
 def test_up_demo_serves_every_sample_service_and_prints_a_working_curl(
-    up: tuple[subprocess.Popen[str], int, list[str]],
+    up: Up,
 ) -> None:
-    _, port, lines = up
+    port, lines = up.port, up.lines
     with_token, without = [line.strip() for line in lines if line.strip().startswith("curl")]
     url = re.search(r"http://\S+", with_token)
     token = re.search(r"Authorization: Bearer (\S+)'", with_token)
@@ -100,10 +132,8 @@ def test_up_demo_serves_every_sample_service_and_prints_a_working_curl(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_stopping_up_leaves_no_child_running(
-    up: tuple[subprocess.Popen[str], int, list[str]], sig: signal.Signals
-) -> None:
-    proc, _, _ = up
+def test_stopping_up_leaves_no_child_running(up: Up, sig: signal.Signals) -> None:
+    proc = up.proc
     children = children_of(proc.pid)
     assert len(children) == 4  # demo upstreams, ext_authz, xds server, envoy
     proc.send_signal(sig)
@@ -111,6 +141,112 @@ def test_stopping_up_leaves_no_child_running(
     harness.wait_until(
         lambda: not any(alive(pid) for pid in children), timeout=15, what="every child gone"
     )
+
+
+class Load:
+    """Requests one after another from a thread until stopped (bounded: 60 s at most)."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url, headers), daemon=True)
+
+    def _run(self, url: str, headers: dict[str, str]) -> None:
+        deadline = time.monotonic() + 60
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                self.statuses.append(harness.http("GET", url, headers, timeout=2).status)
+            except OSError:
+                self.statuses.append(0)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def secret_of(lines: list[str]) -> bytes:
+    return next(line for line in lines if "SIDECAR_JWT_SECRET=" in line).split("=", 1)[1].encode()
+
+
+def admin_load(up: Up) -> Load:
+    """Requests to a protected route, with a token the demo key signed."""
+    auth = harness.bearer(secret=secret_of(up.lines), roles=["admin"])
+    return Load(f"http://127.0.0.1:{up.port}/orders/admin/x", auth)
+
+
+def kill_and_await_restart(parent: int, module: str) -> int:
+    """SIGKILL `parent`'s child running `module`; return the pid of the one that replaces it."""
+    old = child_running(parent, module)
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    new: int = harness.wait_until(
+        lambda: (pid := child_running(parent, module)) != old and pid,
+        what=f"a new {module}",
+    )
+    return new
+
+
+def test_a_killed_control_plane_is_restarted_while_envoy_keeps_serving(up: Up) -> None:
+    proc = up.proc
+    envoy = child_running(proc.pid, "envoy -c")
+    status_url = f"http://127.0.0.1:{up.xds_http_port}/status"
+    with admin_load(up) as load:
+        harness.wait_until(lambda: len(load.statuses) >= 20, what="traffic flowing")
+        kill_and_await_restart(proc.pid, "xds_server")
+        harness.wait_until(
+            lambda: (
+                (r := harness.try_get(status_url)) is not None
+                and all(
+                    t["state"] == "SYNCED" for p in r.json()["proxies"] for t in p["types"].values()
+                )
+                and len(r.json()["proxies"]) == 1
+            ),
+            what="Envoy synced with the new server",
+        )
+        served_during = len(load.statuses)
+    assert set(load.statuses) == {200}, "every request answered while the server was away"
+    assert served_during >= 20
+    assert envoy is not None and child_running(proc.pid, "envoy -c") == envoy
+    assert proc.poll() is None
+
+
+def test_a_killed_ext_authz_is_restarted_and_traffic_recovers(up: Up, tmp_path: Path) -> None:
+    proc = up.proc
+    envoy = child_running(proc.pid, "envoy -c")
+    with admin_load(up) as load:
+        harness.wait_until(lambda: len(load.statuses) >= 20, what="traffic flowing")
+        kill_and_await_restart(proc.pid, "ext_authz")
+        mark = len(load.statuses)
+        harness.wait_until(
+            lambda: load.statuses[mark:].count(200) >= 20, what="traffic allowed again"
+        )
+    # While ext_authz was away Envoy failed closed (503); nothing else went wrong.
+    assert set(load.statuses) <= {200, 503}
+    assert envoy is not None and child_running(proc.pid, "envoy -c") == envoy
+    assert "ext-authz exited with status -9; restarting" in (tmp_path / "up.log").read_text()
+
+
+def test_up_fails_with_envoys_reason_when_the_listener_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar", "up", "--demo", "--catalog", str(SAMPLE)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**up_env(port, harness.free_port()), "SIDECAR_STARTUP_TIMEOUT": "30"},
+        )
+    assert result.returncode == 1
+    assert "Envoy rejected its listeners" in result.stderr
+    assert "Address already in use" in result.stderr
+    assert "curl" not in result.stdout
 
 
 def test_up_refuses_an_invalid_catalog_and_says_where(tmp_path: Path) -> None:

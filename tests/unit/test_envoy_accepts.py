@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.bootstrap import BootstrapOptions, render_json
+from sidecar.bootstrap import BootstrapOptions, render, render_json
 from sidecar.processes import find_envoy
 from tests.conftest import ROOT, SAMPLE
 from tests.envoy_static import static_bootstrap
@@ -57,3 +57,11 @@ def test_envoy_would_reject_a_broken_resource(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text(json.dumps(config))
     assert envoy_validate(path).returncode != 0
+
+
+def test_envoy_reconnects_to_the_control_plane_quickly() -> None:
+    # Envoy's default back-off for the ADS stream grows to 30 s; a restarted server would wait.
+    ads = render(BootstrapOptions())["dynamic_resources"]["ads_config"]
+    (service,) = ads["grpc_services"]
+    back_off = service["envoy_grpc"]["retry_policy"]["retry_back_off"]
+    assert back_off == {"base_interval": "0.050s", "max_interval": "1.000s"}

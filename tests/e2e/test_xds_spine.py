@@ -1,0 +1,287 @@
+"""The core promise under stress: every edit reaches Envoy promptly, a bad one changes nothing,
+and a control plane that goes away or is refused never leaves Envoy half-configured."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.echo import EchoServer
+from tests import harness
+from tests.conftest import write_json
+
+pytestmark = pytest.mark.e2e
+
+AUTH = harness.bearer()
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+
+def save(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def edit(catalog: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    data = json.loads(catalog.read_text())
+    change(data)
+    save(catalog, data)
+
+
+def service(data: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(s for s in data["services"] if s["service_name"] == name)
+    return found
+
+
+def ok(envoy: harness.Envoy, path: str) -> bool:
+    resp = harness.try_get(envoy.url + path, AUTH)
+    return resp is not None and resp.status == 200
+
+
+def dynamic_clusters(envoy: harness.Envoy) -> dict[str, list[dict[str, Any]]]:
+    for section in envoy.config_dump()["configs"]:
+        if section["@type"].endswith("ClustersConfigDump"):
+            return {
+                "active": section.get("dynamic_active_clusters", []),
+                "warming": section.get("dynamic_warming_clusters", []),
+            }
+    return {"active": [], "warming": []}
+
+
+def test_a_huge_number_is_a_path_error_and_later_edits_still_apply(
+    envoy: harness.Envoy, xds: harness.XdsServer, echo: Callable[[str], EchoServer]
+) -> None:
+    harness.wait_until(lambda: ok(envoy, "/orders/1"), what="initial routing")
+    good = xds.version()
+    edit(xds.catalog, lambda d: d["services"][1]["circuit_breaker"].update(max_connections=2**32))
+    status = harness.wait_until(
+        lambda: (s := xds.status()) and not s["catalog"]["valid"] and s, what="the rejection"
+    )
+    assert status["version"] == good
+    assert any(
+        e.startswith("services[1].circuit_breaker.max_connections: must be at most 4294967295")
+        for e in status["catalog"]["errors"]
+    ), status["catalog"]["errors"]
+    assert "xds_catalog_valid 0.0" in xds.metrics()
+
+    # The watcher is alive: the next edit (fixing it and adding a service) is served.
+    upstream = echo("reports")
+
+    def fix(d: dict[str, Any]) -> None:
+        d["services"][1]["circuit_breaker"]["max_connections"] = 2**32 - 1
+        d["services"].append(
+            {
+                "service_name": "reports",
+                "base_path": "/reports",
+                "internal_url": f"http://127.0.0.1:{upstream.port}",
+            }
+        )
+
+    edit(xds.catalog, fix)
+    harness.wait_until(lambda: ok(envoy, "/reports/1"), what="the service added after the error")
+    assert "xds_catalog_valid 1.0" in xds.metrics()
+
+
+def test_a_server_started_on_a_bad_catalog_waits_for_a_good_one(
+    sample_catalog: Path, tmp_path: Path
+) -> None:
+    good = json.loads(sample_catalog.read_text())
+    bad = json.loads(sample_catalog.read_text())
+    bad["services"][0]["circuit_breaker"] = {"max_requests": 2**40}
+    write_json(sample_catalog, bad)
+    server = harness.start_xds(sample_catalog, tmp_path)
+    with harness.stopping(server.proc):
+        status = server.status()
+        assert status["version"] is None
+        assert any("circuit_breaker.max_requests" in e for e in status["catalog"]["errors"])
+        assert harness.get(f"http://127.0.0.1:{server.http_port}/ready").status == 503
+        save(sample_catalog, good)
+        harness.wait_until(server.version, what="the fixed catalog served")
+        assert server.proc.alive()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s.update(connect_timeout_ms=2500),
+        lambda s: s.update(circuit_breaker={"max_connections": 77}),
+        lambda s: s.update(outlier_detection={"consecutive_5xx": 9}),
+    ],
+    ids=["connect_timeout", "circuit_breaker", "outlier_detection"],
+)
+def test_a_cluster_only_edit_is_applied_in_well_under_a_second(
+    change: Callable[[dict[str, Any]], None], envoy: harness.Envoy, xds: harness.XdsServer
+) -> None:
+    harness.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
+    before = xds.status()
+    started = time.monotonic()
+    edit(xds.catalog, lambda d: change(service(d, "orders")))
+
+    def applied() -> bool:
+        status = xds.status()
+        if status["version"] == before["version"] or not xds.synced(envoy.node_id):
+            return False
+        clusters = dynamic_clusters(envoy)
+        orders = [c for c in clusters["active"] if c["cluster"]["name"] == "orders"]
+        return not clusters["warming"] and orders[0]["version_info"] == status["versions"][CDS]
+
+    # Without endpoints re-sent after the cluster, Envoy waits 15 s (initial_fetch_timeout).
+    harness.wait_until(applied, timeout=5, what="the cluster change ACKed and warm")
+    elapsed_ms = (time.monotonic() - started) * 1000
+    after = xds.status()["versions"]
+    changed = {t.rsplit(".", 1)[-1] for t in after if before["versions"][t] != after[t]}
+    assert changed == {"Cluster"}
+    assert ok(envoy, "/orders/1")
+    print(f"cluster-only edit ACKed and warm after {elapsed_ms:.0f} ms")
+
+
+def test_a_service_moved_to_another_healthy_upstream_leaves_the_old_one(
+    envoy: harness.Envoy, xds: harness.XdsServer, echo: Callable[[str], EchoServer]
+) -> None:
+    old, new = echo("old-upstream"), echo("new-upstream")
+
+    def add(d: dict[str, Any]) -> None:
+        d["services"].append(
+            {
+                "service_name": "moving",
+                "base_path": "/moving",
+                "internal_url": f"http://127.0.0.1:{old.port}",
+                "healthcheck_endpoint": "/healthz",
+                "health_check": {"interval_ms": 200, "timeout_ms": 100},
+            }
+        )
+
+    def served_by() -> set[str]:
+        return {harness.get(envoy.url + "/moving/x", AUTH).json()["service"] for _ in range(12)}
+
+    edit(xds.catalog, add)
+    harness.wait_until(lambda: ok(envoy, "/moving/x"), what="the new service")
+    assert served_by() == {"old-upstream"}
+    edit(
+        xds.catalog,
+        lambda d: service(d, "moving").update(internal_url=f"http://127.0.0.1:{new.port}"),
+    )
+    harness.wait_until(lambda: served_by() == {"new-upstream"}, what="traffic on the new upstream")
+    # ... for good: the old host is gone from Envoy, not kept as pending_dynamic_removal.
+    assert f"127.0.0.1:{old.port}" not in envoy.admin("/clusters").body.decode()
+    assert served_by() == {"new-upstream"}
+
+
+@pytest.fixture
+def faulty_xds(sample_catalog: Path, tmp_path: Path) -> Iterator[harness.XdsServer]:
+    server = harness.start_xds(sample_catalog, tmp_path, module="tests.faulty_xds")
+    yield server
+    server.proc.stop()
+
+
+def test_routes_are_held_while_envoy_rejects_the_clusters_they_name(
+    faulty_xds: harness.XdsServer,
+    authz: harness.Authz,
+    tmp_path: Path,
+    echo: Callable[[str], EchoServer],
+) -> None:
+    xds = faulty_xds
+    envoy = harness.start_envoy(xds, tmp_path, authz_port=authz.port)
+    with harness.stopping(envoy.proc):
+        harness.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
+        routes_before = envoy.route_version()
+        upstream = echo("rejected")
+
+        def add(name: str) -> Callable[[dict[str, Any]], None]:
+            return lambda d: d["services"].append(
+                {
+                    "service_name": name,
+                    "base_path": "/x",
+                    "internal_url": f"http://127.0.0.1:{upstream.port}",
+                    "rbac_required": False,
+                }
+            )
+
+        edit(xds.catalog, add("envoy-rejects-x"))
+
+        def clusters_state() -> dict[str, Any]:
+            (proxy,) = xds.status()["proxies"]
+            clusters: dict[str, Any] = proxy["types"]["clusters"]
+            return clusters
+
+        nacked = harness.wait_until(
+            lambda: (c := clusters_state())["state"] == "NACKED" and c, what="the NACK"
+        )
+        assert "255" in nacked["error"]
+        # The routes were held back (STALE at the last good version), never sent to be NACKed.
+        (proxy,) = xds.status()["proxies"]
+        assert proxy["types"]["routes"]["state"] == "STALE"
+        # The route naming the rejected cluster was never sent: /x is still unknown (404),
+        # not a route to a missing cluster (503).
+        assert harness.get(envoy.url + "/x/1", AUTH).status == 404
+        assert envoy.route_version() == routes_before
+        assert ok(envoy, "/orders/1")
+
+        # A fix moves clusters and routes forward together.
+        def fix(d: dict[str, Any]) -> None:
+            d["services"] = [s for s in d["services"] if s["service_name"] != "envoy-rejects-x"]
+            add("accepted-x")(d)
+
+        edit(xds.catalog, fix)
+        harness.wait_until(lambda: ok(envoy, "/x/1"), what="the fixed service")
+        harness.wait_until(lambda: xds.synced(envoy.node_id), what="all SYNCED again")
+
+
+def test_a_proxy_we_cannot_serve_is_logged_counted_and_listed(
+    xds: harness.XdsServer, tmp_path: Path
+) -> None:
+    envoy = harness.start_envoy(xds, tmp_path, node_id="delta-edge", delta=True, wait=False)
+    with harness.stopping(envoy.proc):
+        refused = harness.wait_until(
+            lambda: [r for r in xds.status()["refused"] if r["node_id"] == "delta-edge"],
+            what="the refused proxy listed",
+        )
+        assert refused[0]["reason"] == "delta_unsupported"
+        assert 'xds_refused_streams_total{reason="delta_unsupported"}' in xds.metrics()
+        logged = [
+            json.loads(line)
+            for line in xds.proc.output().splitlines()
+            if "refused a proxy's stream" in line
+        ]
+        assert logged and logged[0]["node_id"] == "delta-edge"
+        shown = subprocess.run(
+            [sys.executable, "-m", "sidecar", "status", "--xds-http", f"127.0.0.1:{xds.http_port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert shown.returncode == 2
+        assert "REFUSED delta-edge" in shown.stdout and "delta_unsupported" in shown.stdout
+
+
+def test_envoy_resyncs_within_a_second_or_two_after_the_control_plane_restarts(
+    xds: harness.XdsServer, authz: harness.Authz, tmp_path: Path
+) -> None:
+    envoy = harness.start_envoy(xds, tmp_path, authz_port=authz.port)
+    with harness.stopping(envoy.proc):
+        harness.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
+        ports = (xds.port, xds.http_port, xds.listener_port)
+        killed = time.monotonic()
+        xds.proc.stop(sig=9)
+        assert ok(envoy, "/orders/1"), "Envoy serves its last config while the server is away"
+        restarted = harness.start_xds(xds.catalog, tmp_path, name="xds-again", ports=ports)
+        back = time.monotonic()
+        with harness.stopping(restarted.proc):
+            harness.wait_until(
+                lambda: restarted.synced(envoy.node_id), timeout=5, what="Envoy back and SYNCED"
+            )
+            done = time.monotonic()
+            print(
+                f"resynced {(done - back) * 1000:.0f} ms after the server was back "
+                f"({(done - killed) * 1000:.0f} ms after the kill)"
+            )
+            assert ok(envoy, "/orders/1")

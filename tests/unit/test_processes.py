@@ -1,0 +1,54 @@
+"""The supervisor restarts children that exit, with back-off, and stops them all."""
+
+from __future__ import annotations
+
+import sys
+
+from sidecar.processes import Supervisor
+from tests.fakes import FakeClock
+from tests.harness import wait_until
+
+EXIT_AT_ONCE = [sys.executable, "-c", "raise SystemExit(3)"]
+RUN_LONG = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def test_a_child_that_exits_is_restarted_after_a_growing_back_off() -> None:
+    clock = FakeClock(1000.0)
+    sup = Supervisor(backoff_base_s=0.5, backoff_max_s=2.0, stable_after_s=30.0, clock=clock)
+    child = sup.start("flaky", EXIT_AT_ONCE)
+    try:
+        delays = []
+        for _ in range(4):
+            wait_until(lambda: child.process.poll() is not None, what="the child to exit")
+            (event,) = sup.keep_alive()
+            assert event.message.startswith("exited with status 3; restarting in ")
+            assert child.restart_at is not None
+            delays.append(child.restart_at - clock.now)
+            assert sup.keep_alive() == []  # not due yet
+            clock.now = child.restart_at
+            (event,) = sup.keep_alive()
+            assert event.message.startswith("restarted (pid ")
+        assert delays == [0.5, 1.0, 2.0, 2.0]
+    finally:
+        sup.stop_all()
+
+
+def test_a_child_that_ran_long_enough_restarts_after_the_base_delay_again() -> None:
+    clock = FakeClock(1000.0)
+    sup = Supervisor(backoff_base_s=0.5, backoff_max_s=8.0, stable_after_s=30.0, clock=clock)
+    child = sup.start("flaky", EXIT_AT_ONCE)
+    try:
+        child.restarts = 3  # it had been failing
+        clock.now += 31  # ... then it ran for a while before this exit
+        wait_until(lambda: child.process.poll() is not None, what="the child to exit")
+        sup.keep_alive()
+        assert child.restart_at == clock.now + 0.5
+    finally:
+        sup.stop_all()
+
+
+def test_stop_all_ends_every_child() -> None:
+    sup = Supervisor()
+    children = [sup.start(f"c{i}", RUN_LONG) for i in range(3)]
+    sup.stop_all(grace_seconds=5)
+    assert all(c.process.poll() is not None for c in children)
