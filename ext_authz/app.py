@@ -1,125 +1,125 @@
-"""Composition of ext_authz: keys, decision core, gRPC server, health, metrics, key refresh."""
+"""Composition of ext_authz: the decision core from its parts, then the transports around it.
+
+`build_authorizer` is the one place that chooses the key sources, the rate-limit backend, and
+the observers; every resource it opens is registered on the caller's `ExitStack`, so a failure
+at any later step (a port already taken, say) releases what was opened before it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
-from concurrent import futures
 from typing import TextIO
 
-import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from ext_authz.audit import AuditLog
 from ext_authz.core import Authorizer
-from ext_authz.grpc_service import AuthorizationService
+from ext_authz.keys import KeySource
 from ext_authz.metrics import AuthzMetrics
-from ext_authz.ratelimit import GuardedLimiter, Limiter, MemoryLimiter, RedisLimiter
-from ext_authz.settings import AuthzSettings, read_secret
-from ext_authz.tokens import KeyConfigError, TokenVerifier
-
-SERVICE_NAME = "envoy.service.auth.v3.Authorization"
-
-
-def _refresh_keys(
-    settings: AuthzSettings, verifier: TokenVerifier, log: logging.Logger, stop: threading.Event
-) -> None:
-    """Pick up a rotated secret file or JWKS without a restart."""
-    path = settings.secret_file
-    seen = path.stat().st_mtime_ns if path is not None else None
-    while not stop.wait(settings.key_refresh_s):
-        if path is not None:
-            try:
-                mtime = path.stat().st_mtime_ns
-                if mtime != seen:
-                    verifier.set_secret(read_secret(path))
-                    seen = mtime
-                    log.info("JWT secret reloaded", extra={"fields": {"file": str(path)}})
-            except (OSError, KeyConfigError) as err:
-                log.error("cannot reload the JWT secret", extra={"fields": {"error": str(err)}})
-        if verifier.refresh_jwks():
-            log.info("JWKS reloaded", extra={"fields": {"source": settings.verifier.jwks}})
+from ext_authz.observers import AuditObserver, MetricsObserver
+from ext_authz.ratelimit import GuardedLimiter, Limiter, MemoryLimiter
+from ext_authz.settings import AuthzSettings
+from ext_authz.tokens import TokenVerifier
+from ext_authz.transports import Transport
+from ext_authz.transports.grpc import GrpcTransport
+from sidecar_shared import ops_http
 
 
-def make_backend(settings: AuthzSettings) -> Limiter:
-    """The one place that chooses the rate-limit backend."""
+def make_backend(settings: AuthzSettings, stack: contextlib.ExitStack) -> Limiter:
+    """The one place that chooses the rate-limit backend (the Redis client is imported only
+    when Redis is chosen)."""
     if settings.rate_limit_backend == "redis":
-        return RedisLimiter.from_url(
+        from ext_authz.ratelimit.redis_backend import RedisLimiter  # noqa: PLC0415
+
+        limiter = RedisLimiter.from_url(
             settings.redis_url,
             timeout_ms=settings.redis_timeout_ms,
             prefix=settings.redis_key_prefix,
         )
+        stack.callback(limiter.close)
+        return limiter
     return MemoryLimiter()
 
 
-def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> None:
-    """Serve until `stop` is set. Raises KeyConfigError or OSError when it cannot start."""
-    registry = CollectorRegistry()
+def _audit_stream(settings: AuthzSettings, stack: contextlib.ExitStack) -> TextIO:
+    if settings.audit_file == "-":
+        return sys.stdout
+    return stack.enter_context(open(settings.audit_file, "a", encoding="utf-8"))
+
+
+def build_authorizer(
+    settings: AuthzSettings,
+    log: logging.Logger,
+    registry: CollectorRegistry,
+    stack: contextlib.ExitStack,
+) -> Authorizer:
+    """The decision core with its keys (refreshed in the background), limiter, audit and
+    metrics. Raises KeyConfigError when the keys cannot be used."""
     metrics = AuthzMetrics(registry)
-    verifier = TokenVerifier(settings.verifier)
-    audit_stream: TextIO = (
-        sys.stdout
-        if settings.audit_file == "-"
-        else open(settings.audit_file, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-    )
+    keys = KeySource(settings.keys, log)
+    keys.start()
+    stack.callback(keys.stop)
     limiter = GuardedLimiter(
-        make_backend(settings),
+        make_backend(settings, stack),
         fail_open=settings.rate_limit_fail_open,
         log=log,
         on_outage=metrics.rate_limit_outages.inc,
         on_error=metrics.rate_limit_backend_errors.inc,
     )
-    authorizer = Authorizer(
-        verifier,
+    audit = AuditLog(_audit_stream(settings, stack), settings.audit_allow_sample)
+    return Authorizer(
+        TokenVerifier(settings.verifier, keys),
         limiter,
-        AuditLog(audit_stream, settings.audit_allow_sample),
-        metrics,
+        [MetricsObserver(metrics), AuditObserver(audit)],
         log,
         limits=settings.limits,
     )
 
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="check"),
-        options=[("grpc.so_reuseport", 0)],
-    )
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-        AuthorizationService(authorizer), server
-    )
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"{settings.host}:{settings.port}"
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot listen on {address}")
-    http_server, _ = start_http_server(settings.http_port, settings.http_host, registry)
-    server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    refresher = threading.Thread(
-        target=_refresh_keys, args=(settings, verifier, log, stop), name="key-refresh", daemon=True
-    )
-    refresher.start()
-    log.info(
-        "ext_authz started",
-        extra={
-            "fields": {
-                "grpc": address,
-                "metrics": f"{settings.http_host}:{settings.http_port}",
-                "hmac": settings.verifier.secret is not None,
-                "jwks": settings.verifier.jwks,
-                "rate_limit_backend": settings.rate_limit_backend,
-            }
-        },
-    )
-    try:
+
+def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> None:
+    """Serve until `stop` is set. Raises KeyConfigError or OSError when it cannot start."""
+    with contextlib.ExitStack() as stack:
+        registry = CollectorRegistry()
+        authorizer = build_authorizer(settings, log, registry, stack)
+        transports: list[Transport] = [
+            GrpcTransport(authorizer, settings.host, settings.port, settings.workers)
+        ]
+        serving = threading.Event()
+        ops = ops_http.serve_in_thread(
+            settings.http_host,
+            settings.http_port,
+            {
+                "/metrics": ops_http.metrics_page(registry),
+                "/ready": ops_http.ready_page(
+                    lambda: None if serving.is_set() else "not serving checks yet"
+                ),
+            },
+        )
+        stack.callback(ops.close)
+        for transport in transports:
+            transport.start()
+            stack.callback(transport.stop, 2.0)
+        for transport in transports:
+            transport.set_serving(True)
+        serving.set()
+        log.info(
+            "ext_authz started",
+            extra={
+                "fields": {
+                    "grpc": f"{settings.host}:{settings.port}",
+                    "ops": f"{settings.http_host}:{settings.http_port}",
+                    "hmac": settings.keys.secret is not None
+                    or settings.keys.secret_file is not None,
+                    "jwks": settings.keys.jwks,
+                    "rate_limit_backend": settings.rate_limit_backend,
+                }
+            },
+        )
         stop.wait()
-    finally:
-        for name in ("", SERVICE_NAME):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        server.stop(grace=2).wait()
-        http_server.shutdown()
-        if audit_stream is not sys.stdout:
-            audit_stream.close()
-        log.info("ext_authz stopped")
+        serving.clear()
+        for transport in transports:
+            transport.set_serving(False)
+    log.info("ext_authz stopped")

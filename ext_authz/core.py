@@ -17,10 +17,10 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from ext_authz.audit import AuditLog, AuditRecord
+from ext_authz.decision import CheckInput, Decision, DecisionObserver, Headers, Outcome
 from ext_authz.limits import (
     HeaderStyle,
     address_key,
@@ -28,49 +28,24 @@ from ext_authz.limits import (
     rate_headers,
     user_key,
 )
-from ext_authz.metrics import AuthzMetrics
-from ext_authz.policy import (
+from ext_authz.policy import authorize
+from ext_authz.ratelimit import Limiter
+from ext_authz.tokens import Identity, TokenError, TokenVerifier
+from sidecar_shared.contract import (
     IDENTITY_HEADERS,
     POLICY_KEY,
     REQUEST_ID_HEADER,
     ROLES_HEADER,
+    SERVICE_KEY,
     TENANT_HEADER,
     TENANT_UPSTREAM_HEADER,
     USER_HEADER,
     PolicyError,
     RoutePolicy,
-    authorize,
     decode,
 )
-from ext_authz.ratelimit import Limiter
-from ext_authz.tokens import Identity, TokenError, TokenVerifier
 
-Headers = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class CheckInput:
-    method: str
-    path: str
-    headers: Mapping[str, str]  # lower-case names, as Envoy sends them
-    context: Mapping[str, str]  # the route's context_extensions
-    client_ip: str = ""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: int  # 200 when allowed
-    reason: str
-    message: str
-    request_id: str
-    set_headers: Headers = ()  # on the upstream request, overwriting
-    remove_headers: tuple[str, ...] = ()  # from the upstream request
-    response_headers: Headers = ()  # to the client, allowed or denied
-    body: bytes = b""  # denials only
-
-    @property
-    def allowed(self) -> bool:
-        return self.status == 200
+__all__ = ["Authorizer", "LimitSettings", "bearer_token", "denial"]
 
 
 _ERROR_CODE = {401: "invalid_token", 403: "forbidden", 429: "rate_limited", 500: "internal"}
@@ -121,15 +96,6 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return token.strip()
 
 
-def trace_id(headers: Mapping[str, str]) -> str | None:
-    parent = headers.get("traceparent")
-    if parent:
-        parts = parent.split("-")
-        if len(parts) >= 2 and len(parts[1]) == 32:
-            return parts[1]
-    return headers.get("x-b3-traceid")
-
-
 @dataclass(frozen=True)
 class LimitSettings:
     header_style: HeaderStyle = "draft"
@@ -141,17 +107,15 @@ class Authorizer:
         self,
         verifier: TokenVerifier,
         limiter: Limiter,
-        audit: AuditLog,
-        metrics: AuthzMetrics,
+        observers: Sequence[DecisionObserver],
         log: logging.Logger,
         clock: Callable[[], float] = time.time,
         limits: LimitSettings = LimitSettings(),
     ) -> None:
-        """`limiter` must not raise (wrap a backend in `GuardedLimiter`)."""
+        """`limiter` must not raise (wrap a backend in `GuardedLimiter`); nor may observers."""
         self._verifier = verifier
         self._limiter = limiter
-        self._audit = audit
-        self._metrics = metrics
+        self._observers = tuple(observers)
         self._log = log
         self._clock = clock
         self._limits = limits
@@ -171,26 +135,17 @@ class Authorizer:
         except Exception:
             self._log.exception("check failed", extra={"fields": {"request_id": request_id}})
             outcome = denial(500, "internal_error", "authorization failed", request_id)
-        latency_us = (time.perf_counter_ns() - started) // 1000
-        self._metrics.checks.labels(str(outcome.status), outcome.reason).inc()
-        if not self._audit.wants(outcome.allowed):
-            return outcome
-        self._audit.write(
-            AuditRecord(
-                time=self._clock(),
-                request_id=request_id,
-                trace_id=trace_id(req.headers),
-                user=identity.user if identity else None,
-                tenant=identity.tenant if identity else None,
-                service=policy.service if policy else req.context.get("service"),
-                method=req.method,
-                path=req.path,
-                decision="allow" if outcome.allowed else "deny",
-                status=outcome.status,
-                reason=outcome.reason,
-                latency_us=latency_us,
+        if self._observers:
+            decision = Decision(
+                req,
+                outcome,
+                identity,
+                policy.service if policy else req.context.get(SERVICE_KEY),
+                self._clock(),
+                (time.perf_counter_ns() - started) // 1000,
             )
-        )
+            for observer in self._observers:
+                observer.observe(decision)
         return outcome
 
     def _decide(

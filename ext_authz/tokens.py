@@ -8,7 +8,9 @@ Keys and algorithms:
   HMAC secret (algorithm confusion), and PyJWT refuses PEM-looking secrets as well.
 - RS256/384/512, PS256, ES256/384 and EdDSA use the JWKS key named by `kid`; the key's type
   (and its `alg`, when the JWK states one) must fit the token's algorithm. A `kid` is a short
-  token of letters, digits, `.`, `_`, `-`; anything else is refused before any lookup.
+  token of letters, digits, `.`, `_`, `-`; anything else is refused before any lookup. An
+  unknown `kid` is refused at once and asks the `KeySource` to refetch the JWKS in the
+  background: a verification never waits for a fetch.
 - `alg: none` and every algorithm not listed are refused.
 
 Claims: `exp` and the user claim are required; `nbf` and `iat` must not be in the future beyond
@@ -20,18 +22,17 @@ after its `exp` (plus leeway), and every key change empties the cache.
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 import time
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
+
+from ext_authz.keys import KID, Jwk, KeySet, KeySource
+from sidecar_shared import defaults
 
 Clock = Callable[[], float]
 
@@ -47,7 +48,6 @@ _KEY_TYPE_FOR_ALG = {
     "EdDSA": "OKP",
 }
 _CURVE_FOR_ALG = {"ES256": "P-256", "ES384": "P-384"}
-_KID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 class TokenError(Exception):
@@ -57,10 +57,6 @@ class TokenError(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
-
-
-class KeyConfigError(Exception):
-    """The configured keys cannot be used (startup refuses to continue)."""
 
 
 @dataclass(frozen=True)
@@ -81,68 +77,12 @@ class ClaimNames:
 
 @dataclass(frozen=True)
 class VerifierSettings:
-    secret: bytes | None = None
-    jwks: str | None = None  # a file path or an https URL
     issuer: str | None = None
     audience: str | None = None
-    leeway_s: float = 30.0
+    leeway_s: float = defaults.JWT_LEEWAY_S
     claims: ClaimNames = ClaimNames()
     max_token_bytes: int = 8192
-    cache_size: int = 10_000
-    jwks_refresh_min_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class Jwk:
-    """One verification key from a JWKS."""
-
-    key: Any  # the cryptography public key PyJWT verifies with
-    kty: str
-    alg: str | None
-    crv: str | None
-    raw: Mapping[str, Any]
-
-
-class _Keys:
-    """An immutable key set: the secret and the JWKS keys by kid."""
-
-    def __init__(self, secret: bytes | None, jwks: Mapping[str, Jwk]) -> None:
-        self.secret = secret
-        self.jwks = dict(jwks)
-
-
-def _read_jwks_source(source: str) -> dict[str, Any]:
-    if source.startswith("https://") or source.startswith("http://"):
-        with urllib.request.urlopen(source, timeout=2) as resp:  # noqa: S310 (configured URL)
-            data = json.load(resp)
-    else:
-        data = json.loads(Path(source).read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-        raise KeyConfigError(f"{source}: not a JWKS (an object with a 'keys' list)")
-    return data
-
-
-def parse_jwks(data: Mapping[str, Any], source: str = "JWKS") -> dict[str, Jwk]:
-    keys: dict[str, Jwk] = {}
-    for i, jwk in enumerate(data["keys"]):
-        if not isinstance(jwk, dict):
-            raise KeyConfigError(f"{source}: keys[{i}] is not an object")
-        kid = jwk.get("kid")
-        if not isinstance(kid, str) or not _KID.match(kid):
-            raise KeyConfigError(f"{source}: keys[{i}] needs a 'kid' of [A-Za-z0-9._-]{{1,128}}")
-        if jwk.get("use", "sig") != "sig":
-            continue
-        if "d" in jwk or "k" in jwk:
-            raise KeyConfigError(
-                f"{source}: keys[{i}] ({kid}) holds private or symmetric material; "
-                "a JWKS for verification lists public keys only"
-            )
-        try:
-            parsed = jwt.PyJWK(jwk)
-        except jwt.PyJWTError as err:
-            raise KeyConfigError(f"{source}: keys[{i}] ({kid}): {err}") from None
-        keys[kid] = Jwk(parsed.key, str(jwk.get("kty")), jwk.get("alg"), jwk.get("crv"), jwk)
-    return keys
+    cache_size: int = defaults.TOKEN_CACHE_SIZE
 
 
 def _fits(alg: str, key: Jwk) -> bool:
@@ -191,57 +131,20 @@ class TokenCache:
 
 
 class TokenVerifier:
-    def __init__(self, settings: VerifierSettings, clock: Clock = time.time) -> None:
-        if settings.secret is None and settings.jwks is None:
-            raise KeyConfigError(
-                "no key configured: set SIDECAR_JWT_SECRET or SIDECAR_JWT_SECRET_FILE "
-                "(HS256/384/512) or SIDECAR_JWKS (a JWKS file or https URL)"
-            )
-        if settings.secret is not None and len(settings.secret) < 32:
-            raise KeyConfigError("the JWT secret must be at least 32 bytes")
+    def __init__(
+        self, settings: VerifierSettings, keys: KeySource, clock: Clock = time.time
+    ) -> None:
         self._settings = settings
+        self._keys = keys
         self._clock = clock
         self._cache = TokenCache(settings.cache_size)
-        self._refresh_lock = threading.Lock()
-        self._last_refresh = clock()
-        self._keys = _Keys(settings.secret, self._load_jwks() if settings.jwks else {})
+        self._generation = keys.current().generation
 
     @property
     def cache(self) -> TokenCache:
         return self._cache
 
-    def _load_jwks(self) -> dict[str, Jwk]:
-        assert self._settings.jwks is not None
-        try:
-            return parse_jwks(_read_jwks_source(self._settings.jwks), self._settings.jwks)
-        except (OSError, ValueError) as err:
-            raise KeyConfigError(f"{self._settings.jwks}: cannot load JWKS: {err}") from None
-
-    def set_secret(self, secret: bytes | None) -> None:
-        """Replace the HMAC secret (rotation); cached tokens are forgotten."""
-        self._keys = _Keys(secret, self._keys.jwks)
-        self._cache.clear()
-
-    def refresh_jwks(self) -> bool:
-        """Reload the JWKS now; True if it changed. Cached tokens are forgotten on change."""
-        if self._settings.jwks is None:
-            return False
-        with self._refresh_lock:
-            self._last_refresh = self._clock()
-            try:
-                fresh = self._load_jwks()
-            except KeyConfigError:
-                return False
-            if {k: v.raw for k, v in fresh.items()} == {
-                k: v.raw for k, v in self._keys.jwks.items()
-            }:
-                return False
-            self._keys = _Keys(self._keys.secret, fresh)
-            self._cache.clear()
-            return True
-
-    def _key_for(self, alg: str, kid: str | None) -> Any:
-        keys = self._keys
+    def _key_for(self, keys: KeySet, alg: str, kid: str | None) -> Any:
         if alg in HMAC_ALGS:
             if keys.secret is None:
                 raise TokenError("unsupported_alg", f"{alg} tokens are not accepted here")
@@ -252,31 +155,27 @@ class TokenVerifier:
                 raise TokenError("unknown_kid", "the token names no key (kid)")
             return fitting[0].key
         key = keys.jwks.get(kid)
-        if key is None and self._may_refresh():
-            self.refresh_jwks()
-            key = self._keys.jwks.get(kid)
         if key is None:
+            self._keys.unknown_kid()
             raise TokenError("unknown_kid", "the token's key (kid) is not known")
         if not _fits(alg, key):
             raise TokenError("bad_signature", "the token's algorithm does not fit its key")
         return key.key
 
-    def _may_refresh(self) -> bool:
-        return (
-            self._settings.jwks is not None
-            and self._clock() - self._last_refresh >= self._settings.jwks_refresh_min_s
-        )
-
     def verify(self, token: str) -> Identity:
         now = self._clock()
+        keys = self._keys.current()
+        if keys.generation != self._generation:  # rotated: forget what the old keys verified
+            self._cache.clear()
+            self._generation = keys.generation
         cached = self._cache.get(token, now)
         if cached is not None:
             return cached
-        identity = self._verify_uncached(token, now)
+        identity = self._verify_uncached(token, now, keys)
         self._cache.put(token, identity)
         return identity
 
-    def _verify_uncached(self, token: str, now: float) -> Identity:
+    def _verify_uncached(self, token: str, now: float, keys: KeySet) -> Identity:
         s = self._settings
         if len(token) > s.max_token_bytes:
             raise TokenError("malformed", f"the token is longer than {s.max_token_bytes} bytes")
@@ -290,9 +189,9 @@ class TokenVerifier:
         if not isinstance(alg, str) or alg not in HMAC_ALGS | ASYMMETRIC_ALGS:
             raise TokenError("unsupported_alg", "the token's algorithm is not accepted")
         kid = header.get("kid")
-        if kid is not None and (not isinstance(kid, str) or not _KID.match(kid)):
+        if kid is not None and (not isinstance(kid, str) or not KID.match(kid)):
             raise TokenError("unknown_kid", "the token's key id (kid) is not valid")
-        key = self._key_for(alg, kid)
+        key = self._key_for(keys, alg, kid)
         try:
             claims = jwt.decode(
                 token,

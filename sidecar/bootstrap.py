@@ -7,27 +7,28 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from xds_server.translate import AUTHZ_CLUSTER
+from sidecar_shared import defaults
+from sidecar_shared.contract import AUTHZ_CLUSTER
 
 XDS_CLUSTER = "xds_cluster"
 
 
 @dataclass(frozen=True)
 class BootstrapOptions:
-    node_id: str = "sidecar-envoy"
-    node_cluster: str = "sidecar"
+    node_id: str = defaults.NODE_ID
+    node_cluster: str = defaults.NODE_CLUSTER
     xds_host: str = "127.0.0.1"
-    xds_port: int = 18000
-    admin_address: str = "127.0.0.1"
-    admin_port: int = 9901
+    xds_port: int = defaults.XDS_PORT
+    admin_address: str = defaults.ENVOY_ADMIN_ADDRESS
+    admin_port: int = defaults.ENVOY_ADMIN_PORT
     authz_host: str = "127.0.0.1"
-    authz_port: int = 9191
+    authz_port: int = defaults.AUTHZ_PORT
     delta: bool = False
-    max_downstream_connections: int = 50_000
+    max_downstream_connections: int = defaults.MAX_DOWNSTREAM_CONNECTIONS
     # Back-off for re-opening the ADS stream after the control plane went away (Envoy's own
     # default starts at 500 ms and grows to 30 s: a restarted server waited seconds for Envoy).
-    ads_retry_base_ms: int = 50
-    ads_retry_max_ms: int = 1000
+    ads_retry_base_ms: int = defaults.ADS_RETRY_BASE_MS
+    ads_retry_max_ms: int = defaults.ADS_RETRY_MAX_MS
 
 
 def _seconds(ms: int) -> str:

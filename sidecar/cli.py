@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -15,15 +16,17 @@ import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ext_authz.settings import claim_names, read_secret
-from ext_authz.tokens import KeyConfigError, mint
+from ext_authz import settings as authz_settings
+from ext_authz.keys import KeyConfigError, KeySource
+from ext_authz.tokens import mint
 from sidecar import up
-from sidecar.envflags import add_flag, add_switch
+from sidecar_shared import defaults, flags
+from sidecar_shared.flags import add_flag, add_switch
+from xds_server import settings as xds_settings
 from xds_server import typeurls
 from xds_server.catalog import Catalog, CatalogError, json_schema, load_catalog
 from xds_server.reload import build_checked
-from xds_server.settings import DEFAULT_CATALOG
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import build_snapshot
 
 
 def _report(path: Path, err: CatalogError) -> None:
@@ -40,26 +43,30 @@ def _load_or_report(path: Path) -> Catalog | None:
         return None
 
 
+def _catalog_path(args: argparse.Namespace) -> Path:
+    """The positional PATH when given, else --catalog (SIDECAR_CATALOG)."""
+    return Path(args.path or args.catalog)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    catalog = _load_or_report(Path(args.path))
+    path = _catalog_path(args)
+    catalog = _load_or_report(path)
     if catalog is None:
         return 1
     try:
-        snapshot = build_checked(catalog, args.path, Options())
+        snapshot = build_checked(catalog, str(path), xds_settings.from_args(args).translate)
     except CatalogError as err:
-        _report(Path(args.path), err)
+        _report(path, err)
         return 1
-    print(f"{args.path}: valid, {len(catalog.services)} service(s), version {snapshot.version}")
+    print(f"{path}: valid, {len(catalog.services)} service(s), version {snapshot.version}")
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    catalog = _load_or_report(Path(args.path))
+    catalog = _load_or_report(_catalog_path(args))
     if catalog is None:
         return 1
-    snapshot = build_snapshot(
-        catalog, Options(listener_address=args.listener_address, listener_port=args.listener_port)
-    )
+    snapshot = build_snapshot(catalog, xds_settings.from_args(args).translate)
     out: dict[str, Any] = {"version": snapshot.version, "versions": {}, "resources": {}}
     for type_url in typeurls.PUSH_ORDER:
         short = typeurls.SHORT_NAMES[type_url]
@@ -141,18 +148,19 @@ def parse_ttl(text: str) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    # The same variables, read the same way, as ext_authz; the JWKS holds no signing key.
+    keys = dataclasses.replace(authz_settings.key_settings(args), jwks=None)
     try:
-        if args.jwt_secret_file:
-            secret = read_secret(Path(args.jwt_secret_file))
-        elif args.jwt_secret:
-            secret = args.jwt_secret.encode()
-        else:
-            raise KeyConfigError(
-                "no dev key: set SIDECAR_JWT_SECRET or SIDECAR_JWT_SECRET_FILE "
-                "(`sidecar up --demo` prints one)"
-            )
+        secret = KeySource(keys).current().secret if keys.secret or keys.secret_file else None
     except KeyConfigError as err:
         print(f"sidecar token: {err}", file=sys.stderr)
+        return 1
+    if secret is None:
+        print(
+            "sidecar token: no dev key: set SIDECAR_JWT_SECRET or SIDECAR_JWT_SECRET_FILE "
+            "(`sidecar up --demo` prints one)",
+            file=sys.stderr,
+        )
         return 1
     print(
         mint(
@@ -163,7 +171,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             ttl_s=args.ttl,
             issuer=args.jwt_issuer,
             audience=args.jwt_audience,
-            claims=claim_names(args),
+            claims=authz_settings.claim_names(args),
         )
     )
     return 0
@@ -173,6 +181,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     catalog = _load_or_report(Path(args.catalog))
     if catalog is None:
         return 1
+    # Each child reads the flags given to us as its own SIDECAR_* variables.
+    child_env = {
+        **flags.to_environ(args, xds_settings.build_parser({})),
+        **flags.to_environ(args, authz_settings.build_parser({})),
+    }
     conf = up.UpSettings(
         catalog=Path(args.catalog),
         demo=args.demo,
@@ -186,6 +199,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         node_cluster=args.node_cluster,
         envoy_log_level=args.envoy_log_level,
         startup_timeout_s=args.startup_timeout,
+        key_configured=bool(args.jwt_secret or args.jwt_secret_file or args.jwks),
+        child_env=child_env,
     )
     return up.run(conf, catalog)
 
@@ -194,48 +209,54 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("up", help="run xDS server, Envoy (and demo upstreams) in the foreground")
-    add_flag(p, "catalog", default=DEFAULT_CATALOG, help="catalog file", environ=environ)
+    p = sub.add_parser(
+        "up",
+        help="run xDS server, ext_authz, Envoy (and demo upstreams) in the foreground",
+        conflict_handler="resolve",  # both servers have --log-level
+    )
+    xds_settings.add_arguments(p, environ)
+    authz_settings.add_arguments(p, environ)
     add_switch(
         p, "demo", help="also run echo upstreams for the catalog's loopback URLs", environ=environ
     )
     add_flag(
-        p, "listener-port", type=int, default=10000, help="Envoy listener port", environ=environ
+        p,
+        "admin-port",
+        type=int,
+        default=defaults.ENVOY_ADMIN_PORT,
+        help="Envoy admin port",
+        environ=environ,
     )
-    add_flag(p, "admin-port", type=int, default=9901, help="Envoy admin port", environ=environ)
-    add_flag(p, "xds-port", type=int, default=18000, help="xDS gRPC port", environ=environ)
+    add_flag(p, "node-id", default=defaults.NODE_ID, help="Envoy node id", environ=environ)
     add_flag(
-        p, "xds-http-port", type=int, default=18080, help="xDS metrics/status port", environ=environ
+        p, "node-cluster", default=defaults.NODE_CLUSTER, help="Envoy node cluster", environ=environ
     )
-    add_flag(p, "authz-port", type=int, default=9191, help="ext_authz gRPC port", environ=environ)
     add_flag(
-        p, "authz-http-port", type=int, default=9192, help="ext_authz metrics port", environ=environ
+        p,
+        "envoy-log-level",
+        default=defaults.ENVOY_LOG_LEVEL,
+        help="Envoy log level",
+        environ=environ,
     )
-    add_flag(p, "node-id", default="sidecar-envoy", help="Envoy node id", environ=environ)
-    add_flag(p, "node-cluster", default="sidecar", help="Envoy node cluster", environ=environ)
-    add_flag(p, "envoy-log-level", default="warning", help="Envoy log level", environ=environ)
     add_flag(
         p,
         "startup-timeout",
         type=float,
-        default=30.0,
+        default=defaults.STARTUP_TIMEOUT_S,
         help="seconds to wait for readiness",
         environ=environ,
     )
     p.set_defaults(func=cmd_up)
 
+    # validate and render translate as the xDS server would, with its settings.
     p = sub.add_parser("validate", help="check a catalog; exit 1 with every error")
-    p.add_argument("path", nargs="?", default=environ.get("SIDECAR_CATALOG", DEFAULT_CATALOG))
+    p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")
+    xds_settings.add_arguments(p, environ)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print the Envoy resources a catalog becomes, as JSON")
-    p.add_argument("path", nargs="?", default=environ.get("SIDECAR_CATALOG", DEFAULT_CATALOG))
-    add_flag(
-        p, "listener-address", default="0.0.0.0", help="Envoy listener address", environ=environ
-    )
-    add_flag(
-        p, "listener-port", type=int, default=10000, help="Envoy listener port", environ=environ
-    )
+    p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")
+    xds_settings.add_arguments(p, environ)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("schema", help="print the catalog's JSON Schema")
@@ -246,16 +267,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument("--role", action="append", help="a role (repeat for several)")
     p.add_argument("--tenant", help="tenant id")
     p.add_argument("--ttl", type=parse_ttl, default=3600, help="lifetime: 90s, 15m, 1h, 2d")
-    for flag, default in (
-        ("jwt-secret", None),
-        ("jwt-secret-file", None),
-        ("jwt-issuer", None),
-        ("jwt-audience", None),
-        ("claim-user", "sub"),
-        ("claim-roles", "roles"),
-        ("claim-tenant", "tenant_id"),
-    ):
-        add_flag(p, flag, default=default, help=flag.replace("-", " "), environ=environ)
+    authz_settings.add_key_arguments(p, environ)
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("probe", help="gRPC health check; exit 0 when SERVING")
@@ -265,7 +277,13 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("status", help="every connected Envoy and what it has ACKed")
-    add_flag(p, "xds-http", default="127.0.0.1:18080", help="xDS status address", environ=environ)
+    add_flag(
+        p,
+        "xds-http",
+        default=f"127.0.0.1:{defaults.XDS_HTTP_PORT}",
+        help="xDS status address",
+        environ=environ,
+    )
     p.add_argument("--json", action="store_true", help="print the raw status document")
     p.set_defaults(func=cmd_status)
     return parser

@@ -18,8 +18,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ext_authz.tokens import mint
+from sidecar import commands
 from sidecar.bootstrap import BootstrapOptions, render_json
-from sidecar.processes import Supervisor, find_envoy
+from sidecar_shared import defaults
+from sidecar_shared.supervise import Supervisor, find_envoy
 from xds_server.catalog import Catalog
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -39,6 +41,8 @@ class UpSettings:
     node_cluster: str
     envoy_log_level: str
     startup_timeout_s: float
+    key_configured: bool  # a JWT secret, secret file or JWKS was given
+    child_env: Mapping[str, str]  # the servers' settings, as their SIDECAR_* variables
 
 
 def demo_upstreams(catalog: Catalog) -> list[str]:
@@ -117,9 +121,6 @@ def _envoy_ready(conf: UpSettings) -> bool:
     return _listening(conf.admin_port)
 
 
-KEY_VARIABLES = ("SIDECAR_JWT_SECRET", "SIDECAR_JWT_SECRET_FILE", "SIDECAR_JWKS")
-
-
 def _demo_token(secret: str, catalog: Catalog) -> tuple[str, str]:
     """A path and a token that the sample catalog lets through."""
     first = catalog.services[0]
@@ -153,43 +154,26 @@ def _banner(
 
 
 def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) -> int:
-    sup = Supervisor()
+    sup = Supervisor(defaults.RESTART_BACKOFF_BASE_S, defaults.RESTART_BACKOFF_MAX_S)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     workdir = Path(tempfile.mkdtemp(prefix="sidecar-up-"))
-    env = dict(os.environ)
+    env = {**os.environ, **conf.child_env}
     secret: str | None = None
-    if conf.demo and not any(env.get(k) for k in KEY_VARIABLES):
+    if conf.demo and not conf.key_configured:
         secret = secrets.token_urlsafe(32)
         env["SIDECAR_JWT_SECRET"] = secret
     deadline = time.monotonic() + conf.startup_timeout_s
-    python = sys.executable
     try:
         if conf.demo:
             specs = demo_upstreams(catalog)
             if specs:
-                sup.start("demo upstreams", [python, "-m", "sidecar.echo", *specs], env=env)
+                sup.start("demo upstreams", commands.demo_upstreams(specs), env=env)
                 out(f"demo upstreams: {', '.join(specs)}")
-        sup.start(
-            "ext-authz",
-            [
-                *(python, "-m", "ext_authz", "--authz-host", "127.0.0.1"),
-                *("--authz-port", str(conf.authz_port)),
-                *("--authz-http-port", str(conf.authz_http_port)),
-            ],
-            env=env,
-        )
-        sup.start(
-            "xds-server",
-            [
-                *(python, "-m", "xds_server", "--catalog", str(conf.catalog)),
-                *("--xds-host", "127.0.0.1", "--xds-port", str(conf.xds_port)),
-                *("--xds-http-port", str(conf.xds_http_port)),
-                *("--listener-port", str(conf.listener_port)),
-            ],
-            env=env,
-        )
+        # Envoy is beside us: the servers listen on loopback only.
+        sup.start("ext-authz", commands.ext_authz("--authz-host", "127.0.0.1"), env=env)
+        sup.start("xds-server", commands.xds_server("--xds-host", "127.0.0.1"), env=env)
         _wait_for(
             "the xDS server",
             lambda: _http_ok(f"http://127.0.0.1:{conf.xds_http_port}/ready"),
@@ -198,7 +182,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
         )
         _wait_for(
             "ext_authz",
-            lambda: _http_ok(f"http://127.0.0.1:{conf.authz_http_port}/metrics"),
+            lambda: _http_ok(f"http://127.0.0.1:{conf.authz_http_port}/ready"),
             sup,
             deadline,
         )
@@ -215,16 +199,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
             )
         )
         sup.start(
-            "envoy",
-            [
-                find_envoy(env),
-                "-c",
-                str(bootstrap),
-                "--use-dynamic-base-id",
-                "-l",
-                conf.envoy_log_level,
-            ],
-            env=env,
+            "envoy", commands.envoy(find_envoy(env), bootstrap, conf.envoy_log_level), env=env
         )
         _wait_for(
             "Envoy to ACK every resource and bind its listener",

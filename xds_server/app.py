@@ -9,10 +9,12 @@ import time
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from grpc_health.v1 import health, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 
-from sidecar import httpd
+from sidecar_shared import health as grpc_health
+from sidecar_shared import ops_http
+from sidecar_shared.contract import XDS_HEALTH_SERVICE
 from xds_server.cache import SnapshotCache
 from xds_server.metrics import XdsMetrics
 from xds_server.reload import Build, Reloader, decode_and_build
@@ -20,8 +22,6 @@ from xds_server.server import AdsService
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
 from xds_server.status import ProxyRegistry
-
-SERVICE_NAME = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
 async def run(
@@ -34,18 +34,16 @@ async def run(
     cache = SnapshotCache()
     proxies = ProxyRegistry()
     health_servicer = health.aio.HealthServicer()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await grpc_health.set_aio(health_servicer, [XDS_HEALTH_SERVICE], grpc_health.NOT_SERVING)
 
     pending: set[asyncio.Task[None]] = set()
 
     def on_loaded(_: Snapshot) -> None:
-        for name in ("", SERVICE_NAME):
-            task = asyncio.create_task(
-                health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-            )
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+        task = asyncio.create_task(
+            grpc_health.set_aio(health_servicer, [XDS_HEALTH_SERVICE], grpc_health.SERVING)
+        )
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     reloader = Reloader(
         settings.catalog,
@@ -72,10 +70,13 @@ async def run(
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen on {address}")
 
-    def status_page() -> httpd.Page:
+    def status_page() -> ops_http.Page:
         current = cache.current()
+        common = cache.last_acked_by_all(proxies.acked()) if len(proxies) else None
         body = {
             "version": current.version if current else None,
+            # the newest version every connected proxy has ACKed (a rollback target)
+            "fleet_acked_version": common.version if common else None,
             "versions": dict(current.versions) if current else {},
             "catalog": {
                 "path": str(settings.catalog),
@@ -89,18 +90,16 @@ async def run(
         }
         return 200, "application/json", json.dumps(body, indent=2).encode() + b"\n"
 
-    def metrics_page() -> httpd.Page:
-        return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
-
-    def ready_page() -> httpd.Page:
-        if cache.current() is None:
-            return 503, "text/plain", b"no valid catalog loaded\n"
-        return 200, "text/plain", b"ok\n"
-
-    http = await httpd.serve(
+    http = await ops_http.serve(
         settings.http_host,
         settings.http_port,
-        {"/status": status_page, "/metrics": metrics_page, "/ready": ready_page},
+        {
+            "/status": status_page,
+            "/metrics": ops_http.metrics_page(registry),
+            "/ready": ops_http.ready_page(
+                lambda: "no valid catalog loaded" if cache.current() is None else None
+            ),
+        },
     )
     await reloader.load()
     await server.start()
@@ -118,8 +117,7 @@ async def run(
     try:
         await stop.wait()
     finally:
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await grpc_health.set_aio(health_servicer, [XDS_HEALTH_SERVICE], grpc_health.NOT_SERVING)
         http.close()
         await server.stop(grace=2)
         await watcher

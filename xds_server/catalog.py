@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from sidecar_shared.contract import parse_permission
+
 # Envoy's retry_on condition names (router filter, x-envoy-retry-on and x-envoy-retry-grpc-on).
 RETRY_CONDITIONS: frozenset[str] = frozenset(
     {
@@ -51,12 +53,6 @@ RETRY_CONDITIONS: frozenset[str] = frozenset(
         "unavailable",
     }
 )
-
-ACTIONS: Mapping[str, frozenset[str]] = {
-    "read": frozenset({"GET", "HEAD", "OPTIONS"}),
-    "write": frozenset({"POST", "PUT", "PATCH"}),
-    "delete": frozenset({"DELETE"}),
-}
 
 # Upper bounds come from the Envoy field each number becomes (a test walks the models against
 # the protobuf field types): counts that become uint32 fields stop at UINT32_MAX; durations stop
@@ -456,15 +452,12 @@ def _semantic_problems(catalog: Catalog) -> list[Problem]:
 
 
 def _permission_problem(perm: str, services: Mapping[str, int]) -> str | None:
-    if perm == "*":
-        return None
-    service, sep, action = perm.partition(":")
-    if not sep or not service or not action:
-        return f"permission {perm!r} must be '<service>:<action>' or '*'"
+    try:
+        service, _ = parse_permission(perm)
+    except ValueError as err:
+        return str(err)
     if service != "*" and service not in services:
         return f"permission {perm!r} names unknown service {service!r}"
-    if action != "*" and action not in ACTIONS:
-        return f"permission {perm!r} has unknown action {action!r} (read, write, delete or *)"
     return None
 
 

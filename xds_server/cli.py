@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from sidecar.jsonlog import make_logger
+from sidecar_shared.jsonlog import make_logger
 from xds_server import app, settings
 from xds_server.reload import Build
 

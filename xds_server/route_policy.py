@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ext_authz.policy import RoutePolicy
-from ext_authz.ratelimit import Limit
-from xds_server.catalog import ACTIONS, Catalog, Service
+from sidecar_shared.contract import ACTIONS, Limit, RoutePolicy, parse_permission
+from xds_server.catalog import Catalog, Service
 
 
 def allowed_roles(roles: Mapping[str, list[str]], service: str) -> dict[str, frozenset[str]]:
@@ -14,11 +13,7 @@ def allowed_roles(roles: Mapping[str, list[str]], service: str) -> dict[str, fro
     out: dict[str, set[str]] = {action: set() for action in ACTIONS}
     for role, permissions in roles.items():
         for perm in permissions:
-            if perm == "*":
-                for granted in out.values():
-                    granted.add(role)
-                continue
-            svc, _, action = perm.partition(":")
+            svc, action = parse_permission(perm)  # the catalog holds only valid permissions
             if svc not in ("*", service):
                 continue
             for name, granted in out.items():

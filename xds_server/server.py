@@ -1,5 +1,8 @@
-"""The ADS gRPC service: moves requests and snapshot changes into a `SotwStream`, and its
-responses back to Envoy. Depends on the cache's `SnapshotSource` protocol only."""
+"""The ADS gRPC service: moves Envoy's requests and snapshot changes into a stream object, and
+the stream's responses back to Envoy. It depends on the cache's `SnapshotSource` and on the
+`Stream` protocol only: State of the World (`sotw.SotwStream`) is one stream kind; Delta is the
+next, beside it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol, TypeVar, cast
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -16,7 +20,32 @@ from xds_server.cache import SnapshotSource
 from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
-from xds_server.status import ProxyRegistry
+from xds_server.status import ProxyRegistry, ProxyStatus
+
+Q = TypeVar("Q")  # a request of the stream's protocol
+R = TypeVar("R")  # a response
+Q_contra = TypeVar("Q_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Stream(Protocol[Q_contra, R_co]):
+    """The decisions of one ADS stream: what to send after each request or snapshot change."""
+
+    @property
+    def status(self) -> ProxyStatus: ...
+
+    def on_request(self, req: Q_contra) -> Sequence[R_co]: ...
+
+    def on_snapshot(self) -> Sequence[R_co]: ...
+
+
+class Context(Protocol):
+    """The part of `grpc.aio.ServicerContext` the service uses (tests pass a fake)."""
+
+    def peer(self) -> str: ...
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None: ...
+
 
 _SNAPSHOT_CHANGED = object()
 _CLOSED = object()
@@ -40,8 +69,22 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        def make(status: ProxyStatus) -> SotwStream:
+            return SotwStream(self._source, status, self._metrics, self._log)
+
+        async for resp in self.serve(request_iterator, make, context):
+            yield resp
+
+    async def serve(
+        self,
+        requests: AsyncIterator[Q],
+        make: Callable[[ProxyStatus], Stream[Q, R]],
+        context: Context,
+    ) -> AsyncIterator[R]:
+        """Run one stream until Envoy closes it: each request and each new snapshot goes to the
+        stream, in arrival order, and its responses to Envoy."""
         status = self._registry.open()
-        stream = SotwStream(self._source, status, self._metrics, self._log)
+        stream = make(status)
         events: asyncio.Queue[object] = asyncio.Queue()
 
         def on_snapshot(_: Snapshot) -> None:
@@ -49,7 +92,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
 
         async def read() -> None:
             try:
-                async for req in request_iterator:
+                async for req in requests:
                     events.put_nowait(req)
             finally:
                 events.put_nowait(_CLOSED)
@@ -65,9 +108,8 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                 if event is _SNAPSHOT_CHANGED:
                     responses = stream.on_snapshot()
                 else:
-                    assert isinstance(event, discovery_pb2.DiscoveryRequest)
                     first = not status.node_id
-                    responses = stream.on_request(event)
+                    responses = stream.on_request(cast(Q, event))
                     if first and status.node_id:
                         self._registry.accepted(status.node_id)
                         self._log.info(
@@ -100,9 +142,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         )
         yield discovery_pb2.DeltaDiscoveryResponse()  # pragma: no cover (abort raises)
 
-    async def _refuse(
-        self, context: grpc.aio.ServicerContext, node_id: str, reason: str, message: str
-    ) -> None:
+    async def _refuse(self, context: Context, node_id: str, reason: str, message: str) -> None:
         """Refuse a stream so that the operator sees it: listed in status, counted, and logged
         (the first time per node and reason, then once a minute)."""
         now = time.time()

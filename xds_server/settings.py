@@ -8,10 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.envflags import add_flag
+from sidecar_shared import defaults
+from sidecar_shared.flags import add_flag
 from xds_server.translate import AuthzOptions, Options
-
-DEFAULT_CATALOG = "service_catalog.json"
 
 
 @dataclass(frozen=True)
@@ -27,60 +26,30 @@ class XdsSettings:
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    add_flag(parser, "catalog", default=DEFAULT_CATALOG, help="catalog file", environ=environ)
-    add_flag(parser, "xds-host", default="0.0.0.0", help="xDS gRPC address", environ=environ)
-    add_flag(parser, "xds-port", type=int, default=18000, help="xDS gRPC port", environ=environ)
-    add_flag(
-        parser, "xds-http-host", default="127.0.0.1", help="metrics/status address", environ=environ
-    )
-    add_flag(
-        parser,
-        "xds-http-port",
-        type=int,
-        default=18080,
-        help="metrics/status port",
-        environ=environ,
-    )
-    add_flag(
-        parser,
-        "listener-address",
-        default="0.0.0.0",
-        help="address Envoy's listener binds",
-        environ=environ,
-    )
-    add_flag(
-        parser,
-        "listener-port",
-        type=int,
-        default=10000,
-        help="Envoy's listener port",
-        environ=environ,
-    )
-    add_flag(
-        parser,
+    def flag(name: str, default: object, help: str, type: type = str) -> None:
+        add_flag(parser, name, default=default, help=help, type=type, environ=environ)
+
+    flag("catalog", defaults.CATALOG, "catalog file")
+    flag("xds-host", defaults.XDS_HOST, "xDS gRPC address")
+    flag("xds-port", defaults.XDS_PORT, "xDS gRPC port", int)
+    flag("xds-http-host", defaults.XDS_HTTP_HOST, "metrics/status address")
+    flag("xds-http-port", defaults.XDS_HTTP_PORT, "metrics/status port", int)
+    flag("listener-address", defaults.LISTENER_ADDRESS, "address Envoy's listener binds")
+    flag("listener-port", defaults.LISTENER_PORT, "Envoy's listener port", int)
+    flag(
         "reload-debounce-ms",
-        type=int,
-        default=20,
-        help="wait this long for a save to settle before reloading",
-        environ=environ,
+        defaults.RELOAD_DEBOUNCE_MS,
+        "wait this long for a save to settle before reloading",
+        int,
     )
-    add_flag(
-        parser,
-        "authz-timeout-ms",
-        type=int,
-        default=200,
-        help="how long Envoy waits for ext_authz",
-        environ=environ,
-    )
-    add_flag(
-        parser,
+    flag("authz-timeout-ms", defaults.AUTHZ_TIMEOUT_MS, "how long Envoy waits for ext_authz", int)
+    flag(
         "authz-failure-status",
-        type=int,
-        default=503,
-        help="HTTP status Envoy answers when ext_authz cannot be reached",
-        environ=environ,
+        defaults.AUTHZ_FAILURE_STATUS,
+        "HTTP status Envoy answers when ext_authz cannot be reached",
+        int,
     )
-    add_flag(parser, "log-level", default="info", help="log level", environ=environ)
+    flag("log-level", "info", "log level")
 
 
 def from_args(args: argparse.Namespace) -> XdsSettings:
@@ -102,9 +71,13 @@ def from_args(args: argparse.Namespace) -> XdsSettings:
     )
 
 
+def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xds-server", description="Serve the catalog over ADS.")
+    add_arguments(parser, environ)
+    return parser
+
+
 def parse(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
 ) -> XdsSettings:
-    parser = argparse.ArgumentParser(prog="xds-server", description="Serve the catalog over ADS.")
-    add_arguments(parser, environ)
-    return from_args(parser.parse_args(argv))
+    return from_args(build_parser(environ).parse_args(argv))

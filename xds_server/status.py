@@ -117,6 +117,13 @@ class ProxyRegistry:
     def __len__(self) -> int:
         return len(self._proxies)
 
+    def acked(self) -> list[dict[str, str]]:
+        """Per connected proxy: the version it ACKed of each type it has ACKed."""
+        return [
+            {t: st.acked_version for t, st in p.types.items() if st.acked_version is not None}
+            for p in self
+        ]
+
     def report(self, snapshot: Snapshot | None) -> list[dict[str, Any]]:
         out = []
         for proxy in self:

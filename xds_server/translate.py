@@ -37,7 +37,9 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from ext_authz.policy import (
+from sidecar_shared import defaults
+from sidecar_shared.contract import (
+    AUTHZ_CLUSTER,
     POLICY_KEY,
     ROLES_HEADER,
     SERVICE_KEY,
@@ -45,7 +47,7 @@ from ext_authz.policy import (
     TENANT_UPSTREAM_HEADER,
     USER_HEADER,
 )
-from ext_authz.policy import encode as encode_policy
+from sidecar_shared.contract import encode as encode_policy
 from xds_server import typeurls
 from xds_server.catalog import Catalog, RetryPolicy, Service, Upstream
 from xds_server.route_policy import compile_policy
@@ -54,9 +56,6 @@ from xds_server.snapshot import Snapshot
 LISTENER_NAME = "ingress_http"
 ROUTE_CONFIG_NAME = "ingress_routes"
 CACHE_FILTER = "envoy.filters.http.cache"
-
-
-AUTHZ_CLUSTER = "ext_authz"
 AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 HEADER_MUTATION_FILTER = "envoy.filters.http.header_mutation"
 
@@ -66,16 +65,17 @@ class AuthzOptions:
     """How Envoy calls ext_authz. The cluster is defined in Envoy's bootstrap."""
 
     cluster: str = AUTHZ_CLUSTER
-    timeout_ms: int = 200
-    failure_status: int = 503  # answered when ext_authz cannot be reached (fail closed)
+    timeout_ms: int = defaults.AUTHZ_TIMEOUT_MS
+    # answered when ext_authz cannot be reached (fail closed)
+    failure_status: int = defaults.AUTHZ_FAILURE_STATUS
 
 
 @dataclass(frozen=True)
 class Options:
     """What the translation needs besides the catalog; built once from the server's settings."""
 
-    listener_address: str = "0.0.0.0"
-    listener_port: int = 10000
+    listener_address: str = defaults.LISTENER_ADDRESS
+    listener_port: int = defaults.LISTENER_PORT
     authz: AuthzOptions = AuthzOptions()
 
 

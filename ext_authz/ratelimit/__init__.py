@@ -1,7 +1,8 @@
 """Per-key request limits: a conservative sliding window, in memory or shared through Redis.
 
 - :class:`MemoryLimiter`: one process, bounded memory.
-- :class:`RedisLimiter`: shared between replicas, one round trip per check.
+- ``ext_authz.ratelimit.redis_backend.RedisLimiter``: shared between replicas, one round trip
+  per check. Import it from its module: the Redis client is loaded only when it is chosen.
 - :class:`GuardedLimiter`: fail-open / fail-closed policy when a backend is unavailable.
 
 The window rule and its guarantee are documented in :mod:`ext_authz.ratelimit.window`.
@@ -10,11 +11,9 @@ The window rule and its guarantee are documented in :mod:`ext_authz.ratelimit.wi
 from ext_authz.ratelimit.base import Clock, Decision, Limit, Limiter, LimiterUnavailable
 from ext_authz.ratelimit.guard import GuardedLimiter
 from ext_authz.ratelimit.memory import MemoryLimiter
-from ext_authz.ratelimit.redis_backend import DEFAULT_PREFIX, RedisLimiter, redis_key
 from ext_authz.ratelimit.window import N_BUCKETS
 
 __all__ = [
-    "DEFAULT_PREFIX",
     "N_BUCKETS",
     "Clock",
     "Decision",
@@ -23,6 +22,4 @@ __all__ = [
     "Limiter",
     "LimiterUnavailable",
     "MemoryLimiter",
-    "RedisLimiter",
-    "redis_key",
 ]

@@ -12,35 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from sidecar_shared.contract import Limit
+
+__all__ = ["DEFAULT_CLOCK", "Clock", "Decision", "Limit", "Limiter", "LimiterUnavailable"]
+
 Clock = Callable[[], float]
 """Seconds, monotonic or wall; injected everywhere so tests control time."""
 
 DEFAULT_CLOCK: Clock = time.time
-
-
-@dataclass(frozen=True)
-class Limit:
-    """``limit`` requests per ``window_s`` seconds, tolerating ``burst`` extra ones.
-
-    ``limit`` is what headers advertise; ``capacity`` = ``limit + burst`` is what is enforced.
-    """
-
-    limit: int
-    window_s: int
-    burst: int = 0
-
-    def __post_init__(self) -> None:
-        if self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
-        if self.window_s < 1:
-            raise ValueError(f"window_s must be >= 1, got {self.window_s}")
-        if self.burst < 0:
-            raise ValueError(f"burst must be >= 0, got {self.burst}")
-
-    @property
-    def capacity(self) -> int:
-        """Requests actually allowed per window: ``limit + burst``."""
-        return self.limit + self.burst
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ from redis.retry import Retry
 
 from ext_authz.ratelimit.base import DEFAULT_CLOCK, Clock, Decision, Limit, LimiterUnavailable
 from ext_authz.ratelimit.window import N_BUCKETS, bucket_of, decide, expiry_ms, to_ms
+from sidecar_shared import defaults
 
-DEFAULT_PREFIX = "sidecar:rl:"
+DEFAULT_PREFIX = defaults.REDIS_KEY_PREFIX
 TTL_SLACK_MS = 1000
 """Added to ``W + w`` so a bucket written by a replica whose clock runs ahead is not lost."""
 

@@ -1,4 +1,4 @@
-"""Finding Envoy and supervising child processes: each is restarted when it dies, and none
+"""Finding Envoy, and supervising child processes: each is restarted when it dies, and none
 outlives `sidecar up`."""
 
 from __future__ import annotations
@@ -95,25 +95,11 @@ class Supervisor:
             list(argv),
             dict(env) if env is not None else None,
             stdout,
-            self._spawn(list(argv), env, stdout),
+            spawn(argv, env=env, stdout=stdout),
             self._clock(),
         )
         self.children.append(child)
         return child
-
-    @staticmethod
-    def _spawn(
-        argv: list[str], env: Mapping[str, str] | None, stdout: IO[bytes] | int | None
-    ) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv,
-            env=dict(env) if env is not None else None,
-            stdout=stdout,
-            stderr=subprocess.STDOUT if stdout is not None else None,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
-        )
 
     def exited(self) -> Child | None:
         """A child that has exited and is not yet due to restart, if any."""
@@ -140,7 +126,7 @@ class Supervisor:
                     Event(child.name, f"exited with status {status}; restarting in {delay:g} s")
                 )
             elif now >= child.restart_at:
-                child.process = self._spawn(child.argv, child.env, child.stdout)
+                child.process = spawn(child.argv, env=child.env, stdout=child.stdout)
                 child.started_at = now
                 child.restarts += 1
                 child.restart_at = None
@@ -153,8 +139,38 @@ class Supervisor:
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds
         for child in reversed(self.children):
-            try:
-                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
+            stop(child.process, None, max(0.0, deadline - time.monotonic()))
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: IO[bytes] | int | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (the terminal's Ctrl-C reaches only its parent) that
+    gets SIGTERM when its parent dies (Linux). stderr goes where stdout goes, when given."""
+    return subprocess.Popen(
+        list(argv),
+        env=dict(env) if env is not None else None,
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not None else None,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+    )
+
+
+def stop(
+    process: subprocess.Popen[bytes], sig: int | None = signal.SIGTERM, grace_s: float = 10.0
+) -> int:
+    """Send `sig` (None: it was sent already), wait up to `grace_s`, then SIGKILL. Returns the
+    exit status."""
+    if process.poll() is None and sig is not None:
+        process.send_signal(sig)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    return int(process.returncode)

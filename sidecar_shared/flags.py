@@ -46,3 +46,21 @@ def add_switch(
     parser.add_argument(
         f"--{flag}", action="store_true", default=default, help=f"{help} (env {name}=1)"
     )
+
+
+def to_environ(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The `SIDECAR_*` variables under which a process parsing `parser`'s flags sees the values
+    in `args` (for flags both have; unset values are left out). A supervisor passes its own
+    parsed settings to a child this way."""
+    out: dict[str, str] = {}
+    for action in parser._actions:
+        flags = [o for o in action.option_strings if o.startswith("--")]
+        if not flags or flags[0] == "--help" or not hasattr(args, action.dest):
+            continue
+        value = getattr(args, action.dest)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        out[env_name(flags[0][2:])] = str(value)
+    return out

@@ -1,0 +1,58 @@
+"""The decision core's data, free of any transport: what a check asks (`CheckInput`), what it
+answers (`Outcome`), and what observers see afterwards (`Decision`).
+
+A transport turns its own request into a `CheckInput` and an `Outcome` into its own response;
+an observer (metrics, audit, tracing) receives one `Decision` per check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from ext_authz.tokens import Identity
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class CheckInput:
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names, as Envoy sends them
+    context: Mapping[str, str]  # the route's context_extensions
+    client_ip: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int  # 200 when allowed
+    reason: str
+    message: str
+    request_id: str
+    set_headers: Headers = ()  # on the upstream request, overwriting
+    remove_headers: tuple[str, ...] = ()  # from the upstream request
+    response_headers: Headers = ()  # to the client, allowed or denied
+    body: bytes = b""  # denials only
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One finished check, for observers."""
+
+    request: CheckInput
+    outcome: Outcome
+    identity: Identity | None
+    service: str | None
+    at: float  # wall-clock seconds when the check started
+    latency_us: int
+
+
+class DecisionObserver(Protocol):
+    def observe(self, decision: Decision) -> None:
+        """Called once per check, after the outcome is known. Must not raise."""

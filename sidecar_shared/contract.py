@@ -1,0 +1,150 @@
+"""The contract between the xDS server and ext_authz, owned by neither. Standard library only.
+
+The xDS server compiles each service's policy from the catalog into a `RoutePolicy` and attaches
+`encode(policy)` to the service's routes (`POLICY_KEY` in the ext_authz filter's per-route
+context; in HTTP mode, a request header of the same meaning). Envoy sends it with every check;
+ext_authz decodes it (`decode`) and decides. The names below (context keys, identity headers,
+the ext_authz cluster, gRPC health service names) are what both sides, and Envoy's bootstrap,
+must agree on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+# Keys of the ext_authz filter's per-route `context_extensions`.
+POLICY_KEY: Final = "policy"
+SERVICE_KEY: Final = "service"
+
+# Headers ext_authz sets on allowed requests; a client's copies never reach an upstream.
+USER_HEADER: Final = "x-user-id"
+ROLES_HEADER: Final = "x-user-roles"
+TENANT_HEADER: Final = "x-tenant-id"
+REQUEST_ID_HEADER: Final = "x-request-id"
+# Set by ext_authz to route a tenant to its own upstream; never trusted from a client.
+TENANT_UPSTREAM_HEADER: Final = "x-tenant-upstream"
+IDENTITY_HEADERS: Final = (USER_HEADER, ROLES_HEADER, TENANT_HEADER, TENANT_UPSTREAM_HEADER)
+
+# The cluster in Envoy's bootstrap that reaches ext_authz (its address is per deployment).
+AUTHZ_CLUSTER: Final = "ext_authz"
+
+# gRPC health service names each server answers (besides "", the whole server).
+XDS_HEALTH_SERVICE: Final = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+AUTHZ_HEALTH_SERVICE: Final = "envoy.service.auth.v3.Authorization"
+
+Action = Literal["read", "write", "delete"]
+
+ACTION_OF_METHOD: Final[Mapping[str, Action]] = {
+    "GET": "read",
+    "HEAD": "read",
+    "OPTIONS": "read",
+    "POST": "write",
+    "PUT": "write",
+    "PATCH": "write",
+    "DELETE": "delete",
+}
+ACTIONS: Final[tuple[Action, ...]] = ("read", "write", "delete")
+
+
+def parse_permission(perm: str) -> tuple[str, str]:
+    """`"<service>:<action>"` (either side may be `*`) or `"*"` → (service, action).
+
+    Raises ValueError saying what is wrong. Whether the service exists is the caller's question.
+    """
+    if perm == "*":
+        return "*", "*"
+    service, sep, action = perm.partition(":")
+    if not sep or not service or not action:
+        raise ValueError(f"permission {perm!r} must be '<service>:<action>' or '*'")
+    if action != "*" and action not in ACTIONS:
+        raise ValueError(
+            f"permission {perm!r} has unknown action {action!r} (read, write, delete or *)"
+        )
+    return service, action
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``limit`` requests per ``window_s`` seconds, tolerating ``burst`` extra ones.
+
+    ``limit`` is what headers advertise; ``capacity`` = ``limit + burst`` is what is enforced.
+    """
+
+    limit: int
+    window_s: int
+    burst: int = 0
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.window_s < 1:
+            raise ValueError(f"window_s must be >= 1, got {self.window_s}")
+        if self.burst < 0:
+            raise ValueError(f"burst must be >= 0, got {self.burst}")
+
+    @property
+    def capacity(self) -> int:
+        """Requests actually allowed per window: ``limit + burst``."""
+        return self.limit + self.burst
+
+
+@dataclass(frozen=True)
+class RoutePolicy:
+    service: str
+    public: bool = False
+    rbac_required: bool = True
+    # action → the roles that may perform it on this service
+    allowed_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    tenant_scope: Literal["global", "tenant"] = "global"
+    rate_limit: Limit | None = None
+    tenant_upstreams: frozenset[str] = frozenset()
+
+
+class PolicyError(ValueError):
+    """The route's policy is missing or unreadable (a control-plane bug: fail closed)."""
+
+
+def encode(policy: RoutePolicy) -> str:
+    """Compact, deterministic JSON (the same policy always gives the same string)."""
+    data: dict[str, Any] = {
+        "v": 1,
+        "service": policy.service,
+        "public": policy.public,
+        "rbac": policy.rbac_required,
+        "roles": {a: sorted(r) for a, r in sorted(policy.allowed_roles.items())},
+        "tenant_scope": policy.tenant_scope,
+    }
+    if policy.rate_limit is not None:
+        rl = policy.rate_limit
+        data["rate_limit"] = [rl.limit, rl.window_s, rl.burst]
+    if policy.tenant_upstreams:
+        data["tenant_upstreams"] = sorted(policy.tenant_upstreams)
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+def decode(text: str) -> RoutePolicy:
+    """The inverse of `encode`; raises PolicyError for anything else."""
+    try:
+        data = json.loads(text)
+        if data.get("v") != 1:
+            raise PolicyError(f"unknown policy version {data.get('v')!r}")
+        rl = data.get("rate_limit")
+        scope = data["tenant_scope"]
+        if scope not in ("global", "tenant"):
+            raise PolicyError(f"unknown tenant_scope {scope!r}")
+        return RoutePolicy(
+            service=str(data["service"]),
+            public=bool(data["public"]),
+            rbac_required=bool(data["rbac"]),
+            allowed_roles={str(a): frozenset(map(str, r)) for a, r in data["roles"].items()},
+            tenant_scope=scope,
+            rate_limit=Limit(int(rl[0]), int(rl[1]), int(rl[2])) if rl else None,
+            tenant_upstreams=frozenset(map(str, data.get("tenant_upstreams", ()))),
+        )
+    except PolicyError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise PolicyError(f"unreadable route policy: {err}") from None
