@@ -34,8 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.processes import find_envoy
-from tests import harness
+from sidecar_shared.supervise import find_envoy
+from tests.support import http, ports, stack, tokens, wait
 
 PROTECTED = "/api"  # "rbac_required": false, not public: ext_authz checks the token
 OPEN = "/open"  # "public": true, no rate_limit: Envoy skips ext_authz
@@ -123,8 +123,8 @@ class Stack:
     """One configuration's processes and its token file."""
 
     config: Config
-    authz: harness.Authz
-    envoy: harness.Envoy
+    authz: stack.Authz
+    envoy: stack.Envoy
     tokens_file: Path
 
 
@@ -203,21 +203,21 @@ def upstream_bootstrap(port: int, admin_port: int) -> dict[str, object]:
     }
 
 
-def start_upstream(workdir: Path) -> tuple[harness.Proc, int]:
+def start_upstream(workdir: Path) -> tuple[stack.Proc, int]:
     """A second Envoy that answers every request with 200 "ok" (one worker)."""
-    port, admin_port = harness.free_port(), harness.free_port()
+    port, admin_port = ports.free_port(), ports.free_port()
     bootstrap = workdir / "upstream.json"
     bootstrap.write_text(json.dumps(upstream_bootstrap(port, admin_port)))
     argv = [find_envoy(), "-c", str(bootstrap), "--use-dynamic-base-id", "-l", "error"]
-    proc = harness.start("upstream", [*argv, "--concurrency", "1"], workdir)
+    proc = stack.start("upstream", [*argv, "--concurrency", "1"], workdir)
 
     def up() -> bool:
         if not proc.alive():
             raise SystemExit(f"upstream Envoy exited:\n{proc.output()}")
-        resp = harness.try_get(f"http://127.0.0.1:{port}/")
+        resp = http.try_get(f"http://127.0.0.1:{port}/")
         return resp is not None and resp.status == 200
 
-    harness.wait_until(up, timeout=20, what="the upstream Envoy")
+    wait.wait_until(up, timeout=20, what="the upstream Envoy")
     return proc, port
 
 
@@ -248,37 +248,37 @@ def write_catalog(workdir: Path, upstream_port: int) -> Path:
 
 def write_tokens(path: Path, users: int) -> None:
     lines = [
-        harness.token(sub=f"user-{i}", roles=["reader"], tenant=None, ttl_s=3600)
+        tokens.token(sub=f"user-{i}", roles=["reader"], tenant=None, ttl_s=3600)
         for i in range(users)
     ]
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def start_stack(config: Config, catalog: Path, workdir: Path, started: list[harness.Proc]) -> Stack:
+def start_stack(config: Config, catalog: Path, workdir: Path, started: list[stack.Proc]) -> Stack:
     """xDS server + ext_authz + gateway Envoy for one configuration; each process goes into
     `started`. Its own xDS server gives its Envoy its own listener port: Envoys sharing one
     port (SO_REUSEPORT) would split wrk's connections between them."""
-    xds = harness.start_xds(catalog, workdir, name=f"xds-{config.name}")
+    xds = stack.start_xds(catalog, workdir, name=f"xds-{config.name}")
     started.append(xds.proc)
-    authz = harness.start_authz(
+    authz = stack.start_authz(
         workdir,
         name=f"authz-{config.name}",
         env=config.authz_args.env,
         args=[*AUDIT_ARGS, *config.authz_args.args],
     )
     started.append(authz.proc)
-    envoy = harness.start_envoy(xds, workdir, node_id=f"gw-{config.name}", authz_port=authz.port)
+    envoy = stack.start_envoy(xds, workdir, node_id=f"gw-{config.name}", authz_port=authz.port)
     started.append(envoy.proc)
     tokens_file = workdir / f"tokens-{config.name}.txt"
     write_tokens(tokens_file, config.token_source.users)
     first = tokens_file.read_text().split("\n", 1)[0]
-    headers = harness.bearer(first) if first else {}
+    headers = tokens.bearer(first) if first else {}
 
     def answers() -> bool:
-        resp = harness.try_get(envoy.url + config.path, headers)
+        resp = http.try_get(envoy.url + config.path, headers)
         return resp is not None and resp.status == 200
 
-    harness.wait_until(answers, timeout=30, what=f"200 on {config.path} ({config.name})")
+    wait.wait_until(answers, timeout=30, what=f"200 on {config.path} ({config.name})")
     return Stack(config, authz, envoy, tokens_file)
 
 
@@ -292,7 +292,7 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
 
 
-def metric_total(authz: harness.Authz, name: str) -> int:
+def metric_total(authz: stack.Authz, name: str) -> int:
     """The sum of a counter's samples on ext_authz's metrics page."""
     total = 0.0
     for line in authz.metrics().splitlines():
@@ -301,7 +301,7 @@ def metric_total(authz: harness.Authz, name: str) -> int:
     return int(total)
 
 
-def checks_total(authz: harness.Authz) -> int:
+def checks_total(authz: stack.Authz) -> int:
     return metric_total(authz, "ext_authz_checks_total")
 
 
@@ -485,7 +485,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     wrk = Wrk(args.threads, args.connections, workdir / "tokens.lua")
     wrk.script.write_text(LUA)
-    started: list[harness.Proc] = []
+    started: list[stack.Proc] = []
     runs: dict[str, list[Run]] = {c.name: [] for c in configs}
     try:
         upstream, upstream_port = start_upstream(workdir)

@@ -11,7 +11,7 @@ Prints median and p95 in milliseconds.
 from __future__ import annotations
 
 import argparse
-import http.client
+import http.client as httplib
 import json
 import os
 import statistics
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from sidecar.echo import EchoServer
-from tests import harness
+from tests.support import http, stack, wait
 
 
 def p95(values: list[float]) -> float:
@@ -47,13 +47,13 @@ def main() -> None:
         }
     ]
     catalog.write_text(json.dumps({"services": services}))
-    xds = harness.start_xds(catalog, workdir)
-    envoy = harness.start_envoy(xds, workdir)
+    xds = stack.start_xds(catalog, workdir)
+    envoy = stack.start_envoy(xds, workdir)
     to_200: list[float] = []
     to_version: list[float] = []
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", envoy.listener_port, timeout=2)
-        harness.wait_until(lambda: harness.try_get(envoy.url + "/base/x"), what="first route")
+        conn = httplib.HTTPConnection("127.0.0.1", envoy.listener_port, timeout=2)
+        wait.wait_until(lambda: http.try_get(envoy.url + "/base/x"), what="first route")
         for i in range(args.edits):
             name = f"new-{i}"
             services.append(

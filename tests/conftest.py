@@ -1,23 +1,27 @@
+"""Fixtures every tier may use, and the tier markers: a test is `unit` (no sockets),
+`integration` (Redis, the Envoy binary, subprocesses) or `e2e` (a whole stack) by the folder it
+lives in, so `./dev test -m unit` runs in seconds."""
+
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sidecar.echo import EchoServer
-from tests import harness
+from tests.support import ports, stack
+from tests.support.catalogs import sample_data, write_json
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "service_catalog.json"
+TIERS = ("unit", "integration", "e2e")
 
 
-def sample_data() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(SAMPLE.read_text())
-    data.pop("$schema", None)
-    return data
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = next((t for t in TIERS if t in item.path.parts), None)
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(tier)
 
 
 @pytest.fixture
@@ -26,17 +30,13 @@ def echo() -> Iterator[Callable[[str], EchoServer]]:
     servers: list[EchoServer] = []
 
     def make(name: str) -> EchoServer:
-        server = EchoServer(name, port=harness.free_port()).start()
+        server = EchoServer(name, port=ports.free_port()).start()
         servers.append(server)
         return server
 
     yield make
     for s in servers:
         s.stop()
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2))
 
 
 @pytest.fixture
@@ -60,21 +60,21 @@ def sample_catalog(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Path:
 
 
 @pytest.fixture
-def xds(sample_catalog: Path, tmp_path: Path) -> Iterator[harness.XdsServer]:
-    server = harness.start_xds(sample_catalog, tmp_path)
+def xds(sample_catalog: Path, tmp_path: Path) -> Iterator[stack.XdsServer]:
+    server = stack.start_xds(sample_catalog, tmp_path)
     yield server
     server.proc.stop()
 
 
 @pytest.fixture
-def authz(tmp_path: Path) -> Iterator[harness.Authz]:
-    server = harness.start_authz(tmp_path)
+def authz(tmp_path: Path) -> Iterator[stack.Authz]:
+    server = stack.start_authz(tmp_path)
     yield server
     server.proc.stop()
 
 
 @pytest.fixture
-def envoy(xds: harness.XdsServer, authz: harness.Authz, tmp_path: Path) -> Iterator[harness.Envoy]:
-    proxy = harness.start_envoy(xds, tmp_path, authz_port=authz.port)
+def envoy(xds: stack.XdsServer, authz: stack.Authz, tmp_path: Path) -> Iterator[stack.Envoy]:
+    proxy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
     yield proxy
     proxy.proc.stop()

@@ -6,11 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests import harness
-
-pytestmark = pytest.mark.e2e
+from tests.support import http, stack, tokens, wait
 
 SPOOFED = {
     "x-user-id": "mallory",
@@ -20,23 +16,21 @@ SPOOFED = {
 
 
 def call(
-    envoy: harness.Envoy, path: str, headers: dict[str, str] | None = None, method: str = "GET"
-) -> harness.Response:
-    return harness.http(method, envoy.url + path, headers)
+    envoy: stack.Envoy, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> http.Response:
+    return http.http(method, envoy.url + path, headers)
 
 
-def ready(envoy: harness.Envoy) -> None:
-    harness.wait_until(
-        lambda: (
-            (r := harness.try_get(envoy.url + "/orders/1", harness.bearer())) and r.status == 200
-        ),
+def ready(envoy: stack.Envoy) -> None:
+    wait.wait_until(
+        lambda: (r := http.try_get(envoy.url + "/orders/1", tokens.bearer())) and r.status == 200,
         what="routing through ext_authz",
     )
 
 
-def test_the_upstream_sees_identity_headers_and_the_untouched_token(envoy: harness.Envoy) -> None:
+def test_the_upstream_sees_identity_headers_and_the_untouched_token(envoy: stack.Envoy) -> None:
     ready(envoy)
-    tok = harness.token(sub="alice", roles=["customer", "support"], tenant="globex")
+    tok = tokens.token(sub="alice", roles=["customer", "support"], tenant="globex")
     resp = call(envoy, "/orders/7", {"authorization": f"Bearer {tok}"})
     assert resp.status == 200
     seen = resp.json()["headers"]
@@ -47,10 +41,10 @@ def test_the_upstream_sees_identity_headers_and_the_untouched_token(envoy: harne
     assert seen["x-request-id"]
 
 
-def test_spoofed_identity_headers_never_reach_a_protected_upstream(envoy: harness.Envoy) -> None:
+def test_spoofed_identity_headers_never_reach_a_protected_upstream(envoy: stack.Envoy) -> None:
     ready(envoy)
-    tok = harness.token(sub="alice", roles=["admin"], tenant=None)
-    resp = call(envoy, "/catalog/1", {**harness.bearer(tok), **SPOOFED})
+    tok = tokens.token(sub="alice", roles=["admin"], tenant=None)
+    resp = call(envoy, "/catalog/1", {**tokens.bearer(tok), **SPOOFED})
     assert resp.status == 200
     seen = resp.json()["headers"]
     assert seen["x-user-id"] == "alice"
@@ -59,7 +53,7 @@ def test_spoofed_identity_headers_never_reach_a_protected_upstream(envoy: harnes
     assert "x-tenant-upstream" not in seen
 
 
-def test_spoofed_identity_headers_never_reach_a_public_upstream(envoy: harness.Envoy) -> None:
+def test_spoofed_identity_headers_never_reach_a_public_upstream(envoy: stack.Envoy) -> None:
     ready(envoy)
     resp = call(envoy, "/status/health", {**SPOOFED, "x-tenant-id": "acme"})
     assert resp.status == 200, resp.body
@@ -69,15 +63,15 @@ def test_spoofed_identity_headers_never_reach_a_public_upstream(envoy: harness.E
 
 
 def test_a_client_tenant_header_that_differs_from_the_token_is_forbidden(
-    envoy: harness.Envoy,
+    envoy: stack.Envoy,
 ) -> None:
     ready(envoy)
-    resp = call(envoy, "/orders/1", {**harness.bearer(tenant="globex"), "x-tenant-id": "acme"})
+    resp = call(envoy, "/orders/1", {**tokens.bearer(tenant="globex"), "x-tenant-id": "acme"})
     assert resp.status == 403
     assert resp.json()["error"] == "forbidden"
 
 
-def test_no_token_is_401_with_rfc6750_header_and_json_body(envoy: harness.Envoy) -> None:
+def test_no_token_is_401_with_rfc6750_header_and_json_body(envoy: stack.Envoy) -> None:
     ready(envoy)
     resp = call(envoy, "/orders/1")
     assert resp.status == 401
@@ -90,26 +84,26 @@ def test_no_token_is_401_with_rfc6750_header_and_json_body(envoy: harness.Envoy)
     assert body["request_id"]
 
 
-def test_an_expired_token_is_401(envoy: harness.Envoy) -> None:
+def test_an_expired_token_is_401(envoy: stack.Envoy) -> None:
     ready(envoy)
-    resp = call(envoy, "/orders/1", harness.bearer(ttl_s=-120))
+    resp = call(envoy, "/orders/1", tokens.bearer(ttl_s=-120))
     assert resp.status == 401
     assert "expired" in resp.json()["message"]
 
 
 def test_a_role_without_the_permission_is_403_and_audited(
-    envoy: harness.Envoy, authz: harness.Authz
+    envoy: stack.Envoy, authz: stack.Authz
 ) -> None:
     ready(envoy)
     # customer may read and write orders, not delete them
-    tok = harness.token(sub="bob", roles=["customer"], tenant="globex")
-    assert call(envoy, "/orders/1", harness.bearer(tok), method="POST").status == 200
-    resp = call(envoy, "/orders/1", harness.bearer(tok), method="DELETE")
+    tok = tokens.token(sub="bob", roles=["customer"], tenant="globex")
+    assert call(envoy, "/orders/1", tokens.bearer(tok), method="POST").status == 200
+    resp = call(envoy, "/orders/1", tokens.bearer(tok), method="DELETE")
     assert resp.status == 403
     body = resp.json()
     assert body["error"] == "forbidden" and body["request_id"]
     assert resp.headers["content-type"] == "application/json"
-    record = harness.wait_until(
+    record = wait.wait_until(
         lambda: next(
             (a for a in authz.audit_lines() if a["request_id"] == body["request_id"]), None
         ),
@@ -121,60 +115,58 @@ def test_a_role_without_the_permission_is_403_and_audited(
     assert tok not in authz.proc.output()
 
 
-def test_a_tenant_scoped_service_needs_a_tenant(envoy: harness.Envoy) -> None:
+def test_a_tenant_scoped_service_needs_a_tenant(envoy: stack.Envoy) -> None:
     ready(envoy)
-    assert call(envoy, "/orders/1", harness.bearer(tenant=None)).status == 403
+    assert call(envoy, "/orders/1", tokens.bearer(tenant=None)).status == 403
 
 
-def test_a_tenant_with_its_own_upstream_is_routed_there(envoy: harness.Envoy) -> None:
+def test_a_tenant_with_its_own_upstream_is_routed_there(envoy: stack.Envoy) -> None:
     ready(envoy)
-    acme = call(envoy, "/orders/1", harness.bearer(tenant="acme"))
+    acme = call(envoy, "/orders/1", tokens.bearer(tenant="acme"))
     assert acme.status == 200
     assert acme.json()["service"] == "orders-acme"
     assert acme.json()["headers"]["x-tenant-id"] == "acme"
     other = call(
-        envoy, "/orders/1", {**harness.bearer(tenant="globex"), "x-tenant-upstream": "acme"}
+        envoy, "/orders/1", {**tokens.bearer(tenant="globex"), "x-tenant-upstream": "acme"}
     )
     assert other.json()["service"] == "orders"
 
 
 def test_envoy_fails_closed_with_503_when_ext_authz_is_down_and_recovers(
-    xds: harness.XdsServer, tmp_path: Path
+    xds: stack.XdsServer, tmp_path: Path
 ) -> None:
     # A public service without a rate limit never calls ext_authz.
     data = json.loads(xds.catalog.read_text())
     status = next(s for s in data["services"] if s["service_name"] == "status")
     status["rate_limit"] = None
-    old = harness.wait_until(xds.version)
+    old = wait.wait_until(xds.version)
     xds.catalog.write_text(json.dumps(data))
-    harness.wait_until(lambda: xds.version() != old, what="the edited catalog")
+    wait.wait_until(lambda: xds.version() != old, what="the edited catalog")
 
-    authz = harness.start_authz(tmp_path, name="authz-1")
-    envoy = harness.start_envoy(xds, tmp_path, authz_port=authz.port)
-    with harness.stopping(envoy.proc):
+    authz = stack.start_authz(tmp_path, name="authz-1")
+    envoy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
+    with stack.stopping(envoy.proc):
         ready(envoy)
         authz.proc.stop()
-        harness.wait_until(
-            lambda: call(envoy, "/orders/1", harness.bearer()).status == 503, what="503"
-        )
+        wait.wait_until(lambda: call(envoy, "/orders/1", tokens.bearer()).status == 503, what="503")
         public = call(envoy, "/status/x", {**SPOOFED, "x-tenant-id": "acme"})
         assert public.status == 200
         for name in [*SPOOFED, "x-tenant-id"]:  # stripped even with ext_authz off here
             assert name not in public.json()["headers"], name
-        again = harness.start_authz(tmp_path, name="authz-2", port=authz.port)
-        with harness.stopping(again.proc):
+        again = stack.start_authz(tmp_path, name="authz-2", port=authz.port)
+        with stack.stopping(again.proc):
             ready(envoy)
 
 
 def test_every_decision_is_one_audit_line_without_secrets(
-    envoy: harness.Envoy, authz: harness.Authz
+    envoy: stack.Envoy, authz: stack.Authz
 ) -> None:
     ready(envoy)
-    tok = harness.token(sub="carol", tenant="globex")
-    resp = call(envoy, "/orders/1?api_key=hunter2", harness.bearer(tok))
+    tok = tokens.token(sub="carol", tenant="globex")
+    resp = call(envoy, "/orders/1?api_key=hunter2", tokens.bearer(tok))
     assert resp.status == 200
     request_id = resp.json()["headers"]["x-request-id"]
-    record: dict[str, Any] = harness.wait_until(
+    record: dict[str, Any] = wait.wait_until(
         lambda: next((a for a in authz.audit_lines() if a["request_id"] == request_id), None),
         what="the audit record",
     )
@@ -196,5 +188,5 @@ def test_every_decision_is_one_audit_line_without_secrets(
     assert record["path"] == "/orders/1"
     output = authz.proc.output()
     assert tok not in output and "hunter2" not in output
-    assert harness.TEST_SECRET.decode() not in output
+    assert tokens.TEST_SECRET.decode() not in output
     json.dumps(record)

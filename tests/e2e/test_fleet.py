@@ -6,19 +6,15 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
-from tests import harness
-
-pytestmark = pytest.mark.e2e
+from tests.support import stack, wait
 
 
 def test_two_envoys_converge_on_every_version(
-    xds: harness.XdsServer, authz: harness.Authz, tmp_path: Path
+    xds: stack.XdsServer, authz: stack.Authz, tmp_path: Path
 ) -> None:
-    first = harness.start_envoy(xds, tmp_path, node_id="edge-a", authz_port=authz.port)
-    second = harness.start_envoy(xds, tmp_path, node_id="edge-b", authz_port=authz.port)
-    with harness.stopping(first.proc, second.proc):
+    first = stack.start_envoy(xds, tmp_path, node_id="edge-a", authz_port=authz.port)
+    second = stack.start_envoy(xds, tmp_path, node_id="edge-b", authz_port=authz.port)
+    with stack.stopping(first.proc, second.proc):
 
         def synced_on(version: str) -> bool:
             status = xds.status()
@@ -35,7 +31,7 @@ def test_two_envoys_converge_on_every_version(
                 and first.route_version() == route_version == second.route_version()
             )
 
-        harness.wait_until(lambda: synced_on(xds.version() or ""), what="both SYNCED")
+        wait.wait_until(lambda: synced_on(xds.version() or ""), what="both SYNCED")
         old = xds.version()
 
         data = json.loads(xds.catalog.read_text())
@@ -44,5 +40,5 @@ def test_two_envoys_converge_on_every_version(
         tmp.write_text(json.dumps(data))
         os.replace(tmp, xds.catalog)
 
-        harness.wait_until(lambda: xds.version() != old, what="a new version")
-        harness.wait_until(lambda: synced_on(xds.version() or ""), what="both SYNCED again")
+        wait.wait_until(lambda: xds.version() != old, what="a new version")
+        wait.wait_until(lambda: synced_on(xds.version() or ""), what="both SYNCED again")

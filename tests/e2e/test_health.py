@@ -7,12 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests import harness
-from tests.conftest import sample_data, write_json
-
-pytestmark = pytest.mark.e2e
+from tests.support import http, ports, stack, wait
+from tests.support.catalogs import sample_data, write_json
 
 
 def probe(port: int, service: str = "") -> subprocess.CompletedProcess[str]:
@@ -31,23 +27,23 @@ def test_health_follows_the_catalog(tmp_path: Path) -> None:
     data = sample_data()
     data["services"][0]["timeout_ms"] = 0
     write_json(catalog, data)
-    xds = harness.start_xds(catalog, tmp_path)
-    with harness.stopping(xds.proc):
+    xds = stack.start_xds(catalog, tmp_path)
+    with stack.stopping(xds.proc):
         result = probe(xds.port)
         assert result.returncode == 1
         assert "NOT_SERVING" in result.stdout
-        assert harness.get(f"http://127.0.0.1:{xds.http_port}/ready").status == 503
+        assert http.get(f"http://127.0.0.1:{xds.http_port}/ready").status == 503
         assert xds.version() is None
 
         data["services"][0]["timeout_ms"] = 5000
         catalog.write_text(json.dumps(data))
-        harness.wait_until(lambda: probe(xds.port).returncode == 0, what="SERVING")
+        wait.wait_until(lambda: probe(xds.port).returncode == 0, what="SERVING")
         ads = probe(xds.port, "envoy.service.discovery.v3.AggregatedDiscoveryService")
         assert ads.returncode == 0 and "SERVING" in ads.stdout
         assert xds.version() is not None
 
 
 def test_probe_of_nothing_listening_fails_clearly() -> None:
-    result = probe(harness.free_port())
+    result = probe(ports.free_port())
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr

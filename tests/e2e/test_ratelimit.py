@@ -12,10 +12,8 @@ import pytest
 import redis
 
 from sidecar.echo import EchoServer
-from tests import harness
-from tests.conftest import write_json
-
-pytestmark = pytest.mark.e2e
+from tests.support import http, stack, tcp_proxy, tokens, wait
+from tests.support.catalogs import write_json
 
 # api: 5 a minute plus a burst of 1, so 6 requests pass in any minute.
 API_CAPACITY = 6
@@ -23,24 +21,23 @@ API_CAPACITY = 6
 
 @dataclass
 class Stack:
-    xds: harness.XdsServer
+    xds: stack.XdsServer
     workdir: Path
-    procs: list[harness.Proc]
+    procs: list[stack.Proc]
 
-    def authz(self, name: str, args: list[str] | None = None) -> harness.Authz:
-        server = harness.start_authz(
+    def authz(self, name: str, args: list[str] | None = None) -> stack.Authz:
+        server = stack.start_authz(
             self.workdir, name=name, args=["--jwt-leeway", "0", *(args or [])]
         )
         self.procs.append(server.proc)
         return server
 
-    def envoy(self, authz: harness.Authz, node_id: str) -> harness.Envoy:
-        proxy = harness.start_envoy(self.xds, self.workdir, node_id=node_id, authz_port=authz.port)
+    def envoy(self, authz: stack.Authz, node_id: str) -> stack.Envoy:
+        proxy = stack.start_envoy(self.xds, self.workdir, node_id=node_id, authz_port=authz.port)
         self.procs.append(proxy.proc)
-        harness.wait_until(
+        wait.wait_until(
             lambda: (
-                (r := harness.try_get(proxy.url + "/health/x")) is not None
-                and r.status in (200, 429)
+                (r := http.try_get(proxy.url + "/health/x")) is not None and r.status in (200, 429)
             ),
             what="routes on " + node_id,
         )
@@ -48,7 +45,7 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Iterator[Stack]:
+def rig(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Iterator[Stack]:
     upstream = echo("api")
     catalog = tmp_path / "catalog" / "service_catalog.json"
     catalog.parent.mkdir()
@@ -74,7 +71,7 @@ def stack(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Iterator[Stack]:
             ]
         },
     )
-    xds = harness.start_xds(catalog, tmp_path)
+    xds = stack.start_xds(catalog, tmp_path)
     s = Stack(xds, tmp_path, [xds.proc])
     yield s
     for p in reversed(s.procs):
@@ -92,13 +89,13 @@ def redis_prefix() -> Iterator[str]:
     client.close()
 
 
-def get(envoy: harness.Envoy, path: str, user: str = "alice") -> harness.Response:
-    return harness.get(envoy.url + path, harness.bearer(sub=user, tenant=None))
+def get(envoy: stack.Envoy, path: str, user: str = "alice") -> http.Response:
+    return http.get(envoy.url + path, tokens.bearer(sub=user, tenant=None))
 
 
-def test_a_user_gets_capacity_requests_then_429_with_headers(stack: Stack) -> None:
-    authz = stack.authz("authz")
-    envoy = stack.envoy(authz, "edge")
+def test_a_user_gets_capacity_requests_then_429_with_headers(rig: Stack) -> None:
+    authz = rig.authz("authz")
+    envoy = rig.envoy(authz, "edge")
     answers = [get(envoy, "/api/x") for _ in range(API_CAPACITY + 2)]
     assert [a.status for a in answers] == [200] * API_CAPACITY + [429, 429]
     first = answers[0].headers
@@ -114,7 +111,7 @@ def test_a_user_gets_capacity_requests_then_429_with_headers(stack: Stack) -> No
     assert denied.headers["ratelimit-policy"] == '"api";q=5;w=60'
     # Another user has a budget of their own.
     assert get(envoy, "/api/x", user="bob").status == 200
-    record = harness.wait_until(
+    record = wait.wait_until(
         lambda: next(
             (a for a in authz.audit_lines() if a["request_id"] == denied.json()["request_id"]),
             None,
@@ -124,26 +121,26 @@ def test_a_user_gets_capacity_requests_then_429_with_headers(stack: Stack) -> No
     assert (record["status"], record["reason"], record["user"]) == (429, "rate_limited", "alice")
 
 
-def test_legacy_headers_on_request(stack: Stack) -> None:
-    envoy = stack.envoy(stack.authz("authz", ["--rate-limit-headers", "legacy"]), "edge")
+def test_legacy_headers_on_request(rig: Stack) -> None:
+    envoy = rig.envoy(rig.authz("authz", ["--rate-limit-headers", "legacy"]), "edge")
     resp = get(envoy, "/api/x")
     assert (resp.headers["ratelimit-limit"], resp.headers["ratelimit-remaining"]) == ("5", "4")
     assert 0 < int(resp.headers["ratelimit-reset"]) <= 66
     assert "ratelimit-policy" not in resp.headers
 
 
-def test_a_public_route_is_limited_per_client_address(stack: Stack) -> None:
-    envoy = stack.envoy(stack.authz("authz"), "edge")
-    # The stack fixture's readiness probe already spent one of the three.
-    statuses = [harness.get(envoy.url + "/health/x").status for _ in range(4)]
+def test_a_public_route_is_limited_per_client_address(rig: Stack) -> None:
+    envoy = rig.envoy(rig.authz("authz"), "edge")
+    # The rig fixture's readiness probe already spent one of the three.
+    statuses = [http.get(envoy.url + "/health/x").status for _ in range(4)]
     assert statuses == [200, 200, 429, 429]
 
 
-def test_two_replicas_sharing_redis_hold_one_limit(stack: Stack, redis_prefix: str) -> None:
+def test_two_replicas_sharing_redis_hold_one_limit(rig: Stack, redis_prefix: str) -> None:
     args = ["--rate-limit-backend", "redis", "--redis-key-prefix", redis_prefix]
     args += ["--redis-timeout-ms", "200"]
-    first = stack.envoy(stack.authz("authz-a", args), "edge-a")
-    second = stack.envoy(stack.authz("authz-b", args), "edge-b")
+    first = rig.envoy(rig.authz("authz-a", args), "edge-a")
+    second = rig.envoy(rig.authz("authz-b", args), "edge-b")
     statuses = [get(e, "/api/x").status for _ in range(10) for e in (first, second)]
     # Exact: both replicas read one clock and one store. (Across machines, add clock skew.)
     assert statuses.count(200) == API_CAPACITY
@@ -155,10 +152,10 @@ def test_two_replicas_sharing_redis_hold_one_limit(stack: Stack, redis_prefix: s
 
 
 def _outage_stack(
-    stack: Stack, redis_prefix: str, failure: str
-) -> tuple[harness.Envoy, harness.Authz, harness.TcpProxy]:
-    proxy = harness.TcpProxy(6379).start()
-    authz = stack.authz(
+    rig: Stack, redis_prefix: str, failure: str
+) -> tuple[stack.Envoy, stack.Authz, tcp_proxy.TcpProxy]:
+    proxy = tcp_proxy.TcpProxy(6379).start()
+    authz = rig.authz(
         "authz",
         [
             *("--rate-limit-backend", "redis", "--rate-limit-failure", failure),
@@ -166,19 +163,19 @@ def _outage_stack(
             *("--redis-key-prefix", redis_prefix, "--redis-timeout-ms", "200"),
         ],
     )
-    return stack.envoy(authz, "edge"), authz, proxy
+    return rig.envoy(authz, "edge"), authz, proxy
 
 
 def test_a_redis_outage_fails_open_is_logged_once_and_recovers(
-    stack: Stack, redis_prefix: str
+    rig: Stack, redis_prefix: str
 ) -> None:
-    envoy, authz, proxy = _outage_stack(stack, redis_prefix, "open")
+    envoy, authz, proxy = _outage_stack(rig, redis_prefix, "open")
     try:
         assert [get(envoy, "/api/x").status for _ in range(2)] == [200, 200]
         proxy.stop()
         during = [get(envoy, "/api/x") for _ in range(API_CAPACITY + 2)]
         assert [r.status for r in during] == [200] * (API_CAPACITY + 2)
-        proxy = harness.TcpProxy(6379, port=proxy.port).start()
+        proxy = tcp_proxy.TcpProxy(6379, port=proxy.port).start()
         after = get(envoy, "/api/x")
         assert after.status == 200
         # Counting resumes from what Redis kept: two before the outage, this one now.
@@ -193,8 +190,8 @@ def test_a_redis_outage_fails_open_is_logged_once_and_recovers(
         proxy.stop()
 
 
-def test_a_redis_outage_fails_closed_when_configured(stack: Stack, redis_prefix: str) -> None:
-    envoy, _, proxy = _outage_stack(stack, redis_prefix, "closed")
+def test_a_redis_outage_fails_closed_when_configured(rig: Stack, redis_prefix: str) -> None:
+    envoy, _, proxy = _outage_stack(rig, redis_prefix, "closed")
     try:
         assert get(envoy, "/api/x").status == 200
         proxy.stop()
@@ -205,13 +202,13 @@ def test_a_redis_outage_fails_closed_when_configured(stack: Stack, redis_prefix:
         proxy.stop()
 
 
-def test_an_unlimited_route_gets_no_rate_limit_headers(stack: Stack) -> None:
-    data = json.loads(stack.xds.catalog.read_text())
+def test_an_unlimited_route_gets_no_rate_limit_headers(rig: Stack) -> None:
+    data = json.loads(rig.xds.catalog.read_text())
     data["services"][0]["rate_limit"] = None
-    old = harness.wait_until(stack.xds.version)
-    stack.xds.catalog.write_text(json.dumps(data))
-    harness.wait_until(lambda: stack.xds.version() != old, what="the new catalog")
-    envoy = stack.envoy(stack.authz("authz"), "edge")
+    old = wait.wait_until(rig.xds.version)
+    rig.xds.catalog.write_text(json.dumps(data))
+    wait.wait_until(lambda: rig.xds.version() != old, what="the new catalog")
+    envoy = rig.envoy(rig.authz("authz"), "edge")
     statuses = set()
     for _ in range(API_CAPACITY + 2):
         resp = get(envoy, "/api/x")

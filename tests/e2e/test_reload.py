@@ -11,16 +11,12 @@ from typing import Any
 import pytest
 
 from sidecar.echo import EchoServer
-from tests import harness
-from tests.conftest import write_json
-
-pytestmark = pytest.mark.e2e
-
-AUTH = harness.bearer()
+from tests.support import http, stack, tokens, wait
+from tests.support.catalogs import write_json
 
 
-def status_200(envoy: harness.Envoy, path: str) -> Callable[[], Any]:
-    return lambda: (r := harness.try_get(envoy.url + path, AUTH)) and r.status == 200 and r
+def status_200(envoy: stack.Envoy, path: str) -> Callable[[], Any]:
+    return lambda: (r := http.try_get(envoy.url + path, tokens.bearer())) and r.status == 200 and r
 
 
 def add_service(catalog: Path, name: str, port: int) -> dict[str, Any]:
@@ -53,75 +49,75 @@ def save_by_delete_and_recreate(path: Path, data: Any) -> None:
 )
 def test_a_new_service_is_reachable_without_a_restart(
     save: Callable[[Path, Any], None],
-    envoy: harness.Envoy,
-    xds: harness.XdsServer,
+    envoy: stack.Envoy,
+    xds: stack.XdsServer,
     echo: Callable[[str], EchoServer],
 ) -> None:
-    harness.wait_until(status_200(envoy, "/orders/1"), what="initial routing")
-    assert harness.get(envoy.url + "/reports/1", AUTH).status == 404
+    wait.wait_until(status_200(envoy, "/orders/1"), what="initial routing")
+    assert http.get(envoy.url + "/reports/1", tokens.bearer()).status == 404
     upstream = echo("reports")
-    envoy_pid, xds_pid = envoy.proc.popen.pid, xds.proc.popen.pid
+    (proxy,) = xds.status()["proxies"]
 
     save(xds.catalog, add_service(xds.catalog, "reports", upstream.port))
 
-    resp = harness.wait_until(status_200(envoy, "/reports/1"), what="the new route")
+    resp = wait.wait_until(status_200(envoy, "/reports/1"), what="the new route")
     assert resp.json()["service"] == "reports"
-    assert harness.get(envoy.url + "/orders/1", AUTH).status == 200
-    assert (envoy.proc.popen.pid, xds.proc.popen.pid) == (envoy_pid, xds_pid)
+    assert http.get(envoy.url + "/orders/1", tokens.bearer()).status == 200
+    # The same ADS stream carried the change: neither side restarted nor reconnected.
+    (after,) = xds.status()["proxies"]
+    assert after["connected_at"] == proxy["connected_at"]
     assert envoy.proc.alive() and xds.proc.alive()
 
 
 def test_a_bad_edit_keeps_traffic_unchanged_and_is_reported(
-    envoy: harness.Envoy, xds: harness.XdsServer, echo: Callable[[str], EchoServer]
+    envoy: stack.Envoy, xds: stack.XdsServer, echo: Callable[[str], EchoServer]
 ) -> None:
-    harness.wait_until(status_200(envoy, "/orders/1"), what="initial routing")
-    good_version = harness.wait_until(xds.version)
+    wait.wait_until(status_200(envoy, "/orders/1"), what="initial routing")
+    good_version = wait.wait_until(xds.version)
     data = add_service(xds.catalog, "reports", echo("reports").port)
     data["services"][0]["retry_policy"]["max_retries"] = 99  # invalid
     save_by_rename(xds.catalog, data)
 
-    status = harness.wait_until(
+    status = wait.wait_until(
         lambda: (s := xds.status()) and not s["catalog"]["valid"] and s, what="the rejection"
     )
     assert status["version"] == good_version
     assert any("services[0].retry_policy.max_retries" in e for e in status["catalog"]["errors"])
     assert 'xds_catalog_reloads_total{result="invalid"}' in xds.metrics()
     assert "services[0].retry_policy.max_retries" in xds.proc.output()
-    assert harness.get(envoy.url + "/orders/1", AUTH).status == 200
-    assert harness.get(envoy.url + "/reports/1", AUTH).status == 404
+    assert http.get(envoy.url + "/orders/1", tokens.bearer()).status == 200
+    assert http.get(envoy.url + "/reports/1", tokens.bearer()).status == 404
 
     # Fixing the file recovers, with no restart.
     data["services"][0]["retry_policy"]["max_retries"] = 2
     save_by_rename(xds.catalog, data)
-    harness.wait_until(status_200(envoy, "/reports/1"), what="recovery after the fix")
+    wait.wait_until(status_200(envoy, "/reports/1"), what="recovery after the fix")
     assert xds.status()["catalog"]["valid"] is True
 
 
 def test_a_deleted_catalog_keeps_the_last_good_config(
-    envoy: harness.Envoy, xds: harness.XdsServer
+    envoy: stack.Envoy, xds: stack.XdsServer
 ) -> None:
-    harness.wait_until(status_200(envoy, "/orders/1"), what="initial routing")
+    wait.wait_until(status_200(envoy, "/orders/1"), what="initial routing")
     saved = json.loads(xds.catalog.read_text())
     xds.catalog.unlink()
-    harness.wait_until(
-        lambda: not xds.status()["catalog"]["valid"], what="the missing file noticed"
-    )
-    assert harness.get(envoy.url + "/orders/1", AUTH).status == 200
+    wait.wait_until(lambda: not xds.status()["catalog"]["valid"], what="the missing file noticed")
+    assert http.get(envoy.url + "/orders/1", tokens.bearer()).status == 200
     write_json(xds.catalog, saved)
-    harness.wait_until(lambda: xds.status()["catalog"]["valid"], what="the file back")
+    wait.wait_until(lambda: xds.status()["catalog"]["valid"], what="the file back")
 
 
 def test_a_timeout_edit_changes_only_the_routes_version(
-    envoy: harness.Envoy, xds: harness.XdsServer
+    envoy: stack.Envoy, xds: stack.XdsServer
 ) -> None:
-    harness.wait_until(status_200(envoy, "/orders/1"), what="initial routing")
+    wait.wait_until(status_200(envoy, "/orders/1"), what="initial routing")
     before = xds.status()["versions"]
     data = json.loads(xds.catalog.read_text())
     data["services"][3]["timeout_ms"] = 7000  # admin
     save_by_rename(xds.catalog, data)
-    harness.wait_until(
+    wait.wait_until(
         lambda: (
-            harness.get(envoy.url + "/orders/admin/1", AUTH)
+            http.get(envoy.url + "/orders/admin/1", tokens.bearer())
             .json()["headers"]
             .get("x-envoy-expected-rq-timeout-ms")
             == "7000"

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
-
-from tests import harness
-from tests.conftest import sample_data
-
-pytestmark = pytest.mark.e2e
+from tests.support import http, stack, tokens, wait
+from tests.support.catalogs import sample_data
 
 
-def served(envoy: harness.Envoy, path: str) -> harness.Response:
-    def ok() -> harness.Response | None:
-        r = harness.try_get(envoy.url + path, harness.bearer())
+def served(envoy: stack.Envoy, path: str) -> http.Response:
+    def ok() -> http.Response | None:
+        r = http.try_get(envoy.url + path, tokens.bearer())
         return r if r is not None and r.status == 200 else None
 
-    return harness.wait_until(ok, what=f"200 on {path}")
+    return wait.wait_until(ok, what=f"200 on {path}")
 
 
-def test_every_sample_service_answers_at_its_base_path(envoy: harness.Envoy) -> None:
+def test_every_sample_service_answers_at_its_base_path(envoy: stack.Envoy) -> None:
     for svc in sample_data()["services"]:
         resp = served(envoy, svc["base_path"] + "/items/7")
         seen = resp.json()
@@ -26,22 +22,22 @@ def test_every_sample_service_answers_at_its_base_path(envoy: harness.Envoy) -> 
         assert seen["path"] == svc["base_path"] + "/items/7"
 
 
-def test_the_longest_base_path_wins(envoy: harness.Envoy) -> None:
+def test_the_longest_base_path_wins(envoy: stack.Envoy) -> None:
     assert served(envoy, "/orders/admin/x").json()["service"] == "admin"
     assert served(envoy, "/orders/administrator").json()["service"] == "orders"
     assert served(envoy, "/orders").json()["service"] == "orders"
 
 
-def test_unknown_path_is_404(envoy: harness.Envoy) -> None:
+def test_unknown_path_is_404(envoy: stack.Envoy) -> None:
     served(envoy, "/orders/1")
-    assert harness.get(envoy.url + "/nowhere", harness.bearer()).status == 404
-    assert harness.get(envoy.url + "/ordersx", harness.bearer()).status == 404
-    assert harness.get(envoy.url + "/nowhere").status == 404
+    assert http.get(envoy.url + "/nowhere", tokens.bearer()).status == 404
+    assert http.get(envoy.url + "/ordersx", tokens.bearer()).status == 404
+    assert http.get(envoy.url + "/nowhere").status == 404
 
 
-def test_envoy_acks_the_content_hash_version(envoy: harness.Envoy, xds: harness.XdsServer) -> None:
-    version = harness.wait_until(xds.version, what="a version")
-    status = harness.wait_until(
+def test_envoy_acks_the_content_hash_version(envoy: stack.Envoy, xds: stack.XdsServer) -> None:
+    version = wait.wait_until(xds.version, what="a version")
+    status = wait.wait_until(
         lambda: (
             (s := xds.status())["proxies"]
             and all(t["state"] == "SYNCED" for t in s["proxies"][0]["types"].values())
@@ -68,7 +64,7 @@ def test_envoy_acks_the_content_hash_version(envoy: harness.Envoy, xds: harness.
 
 
 def test_route_timeout_and_retries_reach_the_upstream_as_envoy_headers(
-    envoy: harness.Envoy,
+    envoy: stack.Envoy,
 ) -> None:
     # orders: timeout 5000 ms, per-try 2000 ms: Envoy tells the upstream its per-try budget.
     headers = served(envoy, "/orders/1").json()["headers"]

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import harness
-from tests.conftest import SAMPLE, sample_data
-
-pytestmark = pytest.mark.e2e
+from tests.support import http, ports, tokens, wait
+from tests.support.catalogs import SAMPLE, sample_data
 
 
 def children_of(pid: int) -> set[int]:
@@ -64,11 +62,11 @@ def up_env(listener_port: int, xds_http_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_JWT", "SIDECAR_JWKS"))}
     env.update(
         SIDECAR_LISTENER_PORT=str(listener_port),
-        SIDECAR_ADMIN_PORT=str(harness.free_port()),
-        SIDECAR_XDS_PORT=str(harness.free_port()),
+        SIDECAR_ADMIN_PORT=str(ports.free_port()),
+        SIDECAR_XDS_PORT=str(ports.free_port()),
         SIDECAR_XDS_HTTP_PORT=str(xds_http_port),
-        SIDECAR_AUTHZ_PORT=str(harness.free_port()),
-        SIDECAR_AUTHZ_HTTP_PORT=str(harness.free_port()),
+        SIDECAR_AUTHZ_PORT=str(ports.free_port()),
+        SIDECAR_AUTHZ_HTTP_PORT=str(ports.free_port()),
     )
     return env
 
@@ -83,7 +81,7 @@ class Up:
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
-    port, xds_http_port = harness.free_port(), harness.free_port()
+    port, xds_http_port = ports.free_port(), ports.free_port()
     log = tmp_path / "up.log"
     env = up_env(port, xds_http_port)
     with log.open("w") as out:
@@ -103,7 +101,7 @@ def up(tmp_path: Path) -> Iterator[Up]:
         return any("curl" in line for line in lines)
 
     try:
-        harness.wait_until(printed_try, timeout=45, what="sidecar up to print a curl")
+        wait.wait_until(printed_try, timeout=45, what="sidecar up to print a curl")
         yield Up(proc, port, xds_http_port, lines)
     finally:
         if proc.poll() is None:
@@ -119,15 +117,15 @@ def test_up_demo_serves_every_sample_service_and_prints_a_working_curl(
     url = re.search(r"http://\S+", with_token)
     token = re.search(r"Authorization: Bearer (\S+)'", with_token)
     assert url is not None and token is not None
-    resp = harness.get(url.group(0), {"authorization": f"Bearer {token.group(1)}"})
+    resp = http.get(url.group(0), {"authorization": f"Bearer {token.group(1)}"})
     assert resp.status == 200
     assert resp.json()["headers"]["x-user-id"] == "demo-user"
-    assert harness.get(url.group(0)).status == 401
+    assert http.get(url.group(0)).status == 401
     assert without.endswith(url.group(0))
     secret = next(line for line in lines if "SIDECAR_JWT_SECRET=" in line).split("=", 1)[1]
     for svc in sample_data()["services"]:
-        auth = harness.bearer(secret=secret.encode(), tenant="globex")
-        seen = harness.get(f"http://127.0.0.1:{port}{svc['base_path']}/x", auth).json()
+        auth = tokens.bearer(secret=secret.encode(), tenant="globex")
+        seen = http.get(f"http://127.0.0.1:{port}{svc['base_path']}/x", auth).json()
         assert seen["service"] == svc["service_name"]
 
 
@@ -138,7 +136,7 @@ def test_stopping_up_leaves_no_child_running(up: Up, sig: signal.Signals) -> Non
     assert len(children) == 4  # demo upstreams, ext_authz, xds server, envoy
     proc.send_signal(sig)
     proc.wait(timeout=20)
-    harness.wait_until(
+    wait.wait_until(
         lambda: not any(alive(pid) for pid in children), timeout=15, what="every child gone"
     )
 
@@ -155,7 +153,7 @@ class Load:
         deadline = time.monotonic() + 60
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
-                self.statuses.append(harness.http("GET", url, headers, timeout=2).status)
+                self.statuses.append(http.http("GET", url, headers, timeout=2).status)
             except OSError:
                 self.statuses.append(0)
 
@@ -174,7 +172,7 @@ def secret_of(lines: list[str]) -> bytes:
 
 def admin_load(up: Up) -> Load:
     """Requests to a protected route, with a token the demo key signed."""
-    auth = harness.bearer(secret=secret_of(up.lines), roles=["admin"])
+    auth = tokens.bearer(secret=secret_of(up.lines), roles=["admin"])
     return Load(f"http://127.0.0.1:{up.port}/orders/admin/x", auth)
 
 
@@ -183,7 +181,7 @@ def kill_and_await_restart(parent: int, module: str) -> int:
     old = child_running(parent, module)
     assert old is not None
     os.kill(old, signal.SIGKILL)
-    new: int = harness.wait_until(
+    new: int = wait.wait_until(
         lambda: (pid := child_running(parent, module)) != old and pid,
         what=f"a new {module}",
     )
@@ -195,11 +193,11 @@ def test_a_killed_control_plane_is_restarted_while_envoy_keeps_serving(up: Up) -
     envoy = child_running(proc.pid, "envoy -c")
     status_url = f"http://127.0.0.1:{up.xds_http_port}/status"
     with admin_load(up) as load:
-        harness.wait_until(lambda: len(load.statuses) >= 20, what="traffic flowing")
+        wait.wait_until(lambda: len(load.statuses) >= 20, what="traffic flowing")
         kill_and_await_restart(proc.pid, "xds_server")
-        harness.wait_until(
+        wait.wait_until(
             lambda: (
-                (r := harness.try_get(status_url)) is not None
+                (r := http.try_get(status_url)) is not None
                 and all(
                     t["state"] == "SYNCED" for p in r.json()["proxies"] for t in p["types"].values()
                 )
@@ -218,12 +216,10 @@ def test_a_killed_ext_authz_is_restarted_and_traffic_recovers(up: Up, tmp_path: 
     proc = up.proc
     envoy = child_running(proc.pid, "envoy -c")
     with admin_load(up) as load:
-        harness.wait_until(lambda: len(load.statuses) >= 20, what="traffic flowing")
+        wait.wait_until(lambda: len(load.statuses) >= 20, what="traffic flowing")
         kill_and_await_restart(proc.pid, "ext_authz")
         mark = len(load.statuses)
-        harness.wait_until(
-            lambda: load.statuses[mark:].count(200) >= 20, what="traffic allowed again"
-        )
+        wait.wait_until(lambda: load.statuses[mark:].count(200) >= 20, what="traffic allowed again")
     # While ext_authz was away Envoy failed closed (503); nothing else went wrong.
     assert set(load.statuses) <= {200, 503}
     assert envoy is not None and child_running(proc.pid, "envoy -c") == envoy
@@ -241,7 +237,7 @@ def test_up_fails_with_envoys_reason_when_the_listener_port_is_taken(tmp_path: P
             text=True,
             timeout=60,
             check=False,
-            env={**up_env(port, harness.free_port()), "SIDECAR_STARTUP_TIMEOUT": "30"},
+            env={**up_env(port, ports.free_port()), "SIDECAR_STARTUP_TIMEOUT": "30"},
         )
     assert result.returncode == 1
     assert "Envoy rejected its listeners" in result.stderr

@@ -15,12 +15,9 @@ from typing import Any
 import pytest
 
 from sidecar.echo import EchoServer
-from tests import harness
-from tests.conftest import write_json
+from tests.support import http, stack, tokens, wait
+from tests.support.catalogs import write_json
 
-pytestmark = pytest.mark.e2e
-
-AUTH = harness.bearer()
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 
 
@@ -41,12 +38,12 @@ def service(data: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
-def ok(envoy: harness.Envoy, path: str) -> bool:
-    resp = harness.try_get(envoy.url + path, AUTH)
+def ok(envoy: stack.Envoy, path: str) -> bool:
+    resp = http.try_get(envoy.url + path, tokens.bearer())
     return resp is not None and resp.status == 200
 
 
-def dynamic_clusters(envoy: harness.Envoy) -> dict[str, list[dict[str, Any]]]:
+def dynamic_clusters(envoy: stack.Envoy) -> dict[str, list[dict[str, Any]]]:
     for section in envoy.config_dump()["configs"]:
         if section["@type"].endswith("ClustersConfigDump"):
             return {
@@ -57,12 +54,12 @@ def dynamic_clusters(envoy: harness.Envoy) -> dict[str, list[dict[str, Any]]]:
 
 
 def test_a_huge_number_is_a_path_error_and_later_edits_still_apply(
-    envoy: harness.Envoy, xds: harness.XdsServer, echo: Callable[[str], EchoServer]
+    envoy: stack.Envoy, xds: stack.XdsServer, echo: Callable[[str], EchoServer]
 ) -> None:
-    harness.wait_until(lambda: ok(envoy, "/orders/1"), what="initial routing")
+    wait.wait_until(lambda: ok(envoy, "/orders/1"), what="initial routing")
     good = xds.version()
     edit(xds.catalog, lambda d: d["services"][1]["circuit_breaker"].update(max_connections=2**32))
-    status = harness.wait_until(
+    status = wait.wait_until(
         lambda: (s := xds.status()) and not s["catalog"]["valid"] and s, what="the rejection"
     )
     assert status["version"] == good
@@ -86,7 +83,7 @@ def test_a_huge_number_is_a_path_error_and_later_edits_still_apply(
         )
 
     edit(xds.catalog, fix)
-    harness.wait_until(lambda: ok(envoy, "/reports/1"), what="the service added after the error")
+    wait.wait_until(lambda: ok(envoy, "/reports/1"), what="the service added after the error")
     assert "xds_catalog_valid 1.0" in xds.metrics()
 
 
@@ -97,14 +94,14 @@ def test_a_server_started_on_a_bad_catalog_waits_for_a_good_one(
     bad = json.loads(sample_catalog.read_text())
     bad["services"][0]["circuit_breaker"] = {"max_requests": 2**40}
     write_json(sample_catalog, bad)
-    server = harness.start_xds(sample_catalog, tmp_path)
-    with harness.stopping(server.proc):
+    server = stack.start_xds(sample_catalog, tmp_path)
+    with stack.stopping(server.proc):
         status = server.status()
         assert status["version"] is None
         assert any("circuit_breaker.max_requests" in e for e in status["catalog"]["errors"])
-        assert harness.get(f"http://127.0.0.1:{server.http_port}/ready").status == 503
+        assert http.get(f"http://127.0.0.1:{server.http_port}/ready").status == 503
         save(sample_catalog, good)
-        harness.wait_until(server.version, what="the fixed catalog served")
+        wait.wait_until(server.version, what="the fixed catalog served")
         assert server.proc.alive()
 
 
@@ -118,9 +115,9 @@ def test_a_server_started_on_a_bad_catalog_waits_for_a_good_one(
     ids=["connect_timeout", "circuit_breaker", "outlier_detection"],
 )
 def test_a_cluster_only_edit_is_applied_in_well_under_a_second(
-    change: Callable[[dict[str, Any]], None], envoy: harness.Envoy, xds: harness.XdsServer
+    change: Callable[[dict[str, Any]], None], envoy: stack.Envoy, xds: stack.XdsServer
 ) -> None:
-    harness.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
+    wait.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
     before = xds.status()
     started = time.monotonic()
     edit(xds.catalog, lambda d: change(service(d, "orders")))
@@ -134,7 +131,7 @@ def test_a_cluster_only_edit_is_applied_in_well_under_a_second(
         return not clusters["warming"] and orders[0]["version_info"] == status["versions"][CDS]
 
     # Without endpoints re-sent after the cluster, Envoy waits 15 s (initial_fetch_timeout).
-    harness.wait_until(applied, timeout=5, what="the cluster change ACKed and warm")
+    wait.wait_until(applied, timeout=5, what="the cluster change ACKed and warm")
     elapsed_ms = (time.monotonic() - started) * 1000
     after = xds.status()["versions"]
     changed = {t.rsplit(".", 1)[-1] for t in after if before["versions"][t] != after[t]}
@@ -144,7 +141,7 @@ def test_a_cluster_only_edit_is_applied_in_well_under_a_second(
 
 
 def test_a_service_moved_to_another_healthy_upstream_leaves_the_old_one(
-    envoy: harness.Envoy, xds: harness.XdsServer, echo: Callable[[str], EchoServer]
+    envoy: stack.Envoy, xds: stack.XdsServer, echo: Callable[[str], EchoServer]
 ) -> None:
     old, new = echo("old-upstream"), echo("new-upstream")
 
@@ -160,38 +157,40 @@ def test_a_service_moved_to_another_healthy_upstream_leaves_the_old_one(
         )
 
     def served_by() -> set[str]:
-        return {harness.get(envoy.url + "/moving/x", AUTH).json()["service"] for _ in range(12)}
+        return {
+            http.get(envoy.url + "/moving/x", tokens.bearer()).json()["service"] for _ in range(12)
+        }
 
     edit(xds.catalog, add)
-    harness.wait_until(lambda: ok(envoy, "/moving/x"), what="the new service")
+    wait.wait_until(lambda: ok(envoy, "/moving/x"), what="the new service")
     assert served_by() == {"old-upstream"}
     edit(
         xds.catalog,
         lambda d: service(d, "moving").update(internal_url=f"http://127.0.0.1:{new.port}"),
     )
-    harness.wait_until(lambda: served_by() == {"new-upstream"}, what="traffic on the new upstream")
+    wait.wait_until(lambda: served_by() == {"new-upstream"}, what="traffic on the new upstream")
     # ... for good: the old host is gone from Envoy, not kept as pending_dynamic_removal.
     assert f"127.0.0.1:{old.port}" not in envoy.admin("/clusters").body.decode()
     assert served_by() == {"new-upstream"}
 
 
 @pytest.fixture
-def faulty_xds(sample_catalog: Path, tmp_path: Path) -> Iterator[harness.XdsServer]:
-    server = harness.start_xds(sample_catalog, tmp_path, module="tests.faulty_xds")
+def faulty_xds(sample_catalog: Path, tmp_path: Path) -> Iterator[stack.XdsServer]:
+    server = stack.start_xds(sample_catalog, tmp_path, module="tests.support.faulty_xds")
     yield server
     server.proc.stop()
 
 
 def test_routes_are_held_while_envoy_rejects_the_clusters_they_name(
-    faulty_xds: harness.XdsServer,
-    authz: harness.Authz,
+    faulty_xds: stack.XdsServer,
+    authz: stack.Authz,
     tmp_path: Path,
     echo: Callable[[str], EchoServer],
 ) -> None:
     xds = faulty_xds
-    envoy = harness.start_envoy(xds, tmp_path, authz_port=authz.port)
-    with harness.stopping(envoy.proc):
-        harness.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
+    envoy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
+    with stack.stopping(envoy.proc):
+        wait.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
         routes_before = envoy.route_version()
         upstream = echo("rejected")
 
@@ -212,7 +211,7 @@ def test_routes_are_held_while_envoy_rejects_the_clusters_they_name(
             clusters: dict[str, Any] = proxy["types"]["clusters"]
             return clusters
 
-        nacked = harness.wait_until(
+        nacked = wait.wait_until(
             lambda: (c := clusters_state())["state"] == "NACKED" and c, what="the NACK"
         )
         assert "255" in nacked["error"]
@@ -221,7 +220,7 @@ def test_routes_are_held_while_envoy_rejects_the_clusters_they_name(
         assert proxy["types"]["routes"]["state"] == "STALE"
         # The route naming the rejected cluster was never sent: /x is still unknown (404),
         # not a route to a missing cluster (503).
-        assert harness.get(envoy.url + "/x/1", AUTH).status == 404
+        assert http.get(envoy.url + "/x/1", tokens.bearer()).status == 404
         assert envoy.route_version() == routes_before
         assert ok(envoy, "/orders/1")
 
@@ -231,16 +230,16 @@ def test_routes_are_held_while_envoy_rejects_the_clusters_they_name(
             add("accepted-x")(d)
 
         edit(xds.catalog, fix)
-        harness.wait_until(lambda: ok(envoy, "/x/1"), what="the fixed service")
-        harness.wait_until(lambda: xds.synced(envoy.node_id), what="all SYNCED again")
+        wait.wait_until(lambda: ok(envoy, "/x/1"), what="the fixed service")
+        wait.wait_until(lambda: xds.synced(envoy.node_id), what="all SYNCED again")
 
 
 def test_a_proxy_we_cannot_serve_is_logged_counted_and_listed(
-    xds: harness.XdsServer, tmp_path: Path
+    xds: stack.XdsServer, tmp_path: Path
 ) -> None:
-    envoy = harness.start_envoy(xds, tmp_path, node_id="delta-edge", delta=True, wait=False)
-    with harness.stopping(envoy.proc):
-        refused = harness.wait_until(
+    envoy = stack.start_envoy(xds, tmp_path, node_id="delta-edge", delta=True, wait=False)
+    with stack.stopping(envoy.proc):
+        refused = wait.wait_until(
             lambda: [r for r in xds.status()["refused"] if r["node_id"] == "delta-edge"],
             what="the refused proxy listed",
         )
@@ -264,19 +263,19 @@ def test_a_proxy_we_cannot_serve_is_logged_counted_and_listed(
 
 
 def test_envoy_resyncs_within_a_second_or_two_after_the_control_plane_restarts(
-    xds: harness.XdsServer, authz: harness.Authz, tmp_path: Path
+    xds: stack.XdsServer, authz: stack.Authz, tmp_path: Path
 ) -> None:
-    envoy = harness.start_envoy(xds, tmp_path, authz_port=authz.port)
-    with harness.stopping(envoy.proc):
-        harness.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
+    envoy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
+    with stack.stopping(envoy.proc):
+        wait.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
         ports = (xds.port, xds.http_port, xds.listener_port)
         killed = time.monotonic()
         xds.proc.stop(sig=9)
         assert ok(envoy, "/orders/1"), "Envoy serves its last config while the server is away"
-        restarted = harness.start_xds(xds.catalog, tmp_path, name="xds-again", ports=ports)
+        restarted = stack.start_xds(xds.catalog, tmp_path, name="xds-again", ports=ports)
         back = time.monotonic()
-        with harness.stopping(restarted.proc):
-            harness.wait_until(
+        with stack.stopping(restarted.proc):
+            wait.wait_until(
                 lambda: restarted.synced(envoy.node_id), timeout=5, what="Envoy back and SYNCED"
             )
             done = time.monotonic()

@@ -9,14 +9,11 @@ from pathlib import Path
 
 import grpc
 import jwt
-import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
-from ext_authz.policy import POLICY_KEY, RoutePolicy, encode
-from tests import harness
-from tests.keys import ec_key, rsa_key, write_jwks
-
-pytestmark = pytest.mark.e2e
+from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
+from tests.support import ports, stack, tokens, wait
+from tests.support.keys import ec_key, rsa_key, write_jwks
 
 POLICY = encode(RoutePolicy(service="svc", rbac_required=False))
 
@@ -37,7 +34,7 @@ def check(port: int, authorization: str, timeout: float = 5.0) -> external_auth_
 def test_without_a_key_it_refuses_to_start_and_says_why() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_JWT", "SIDECAR_JWKS"))}
     result = subprocess.run(
-        [sys.executable, "-m", "ext_authz", "--authz-port", str(harness.free_port())],
+        [sys.executable, "-m", "ext_authz", "--authz-port", str(ports.free_port())],
         capture_output=True,
         text=True,
         timeout=30,
@@ -48,7 +45,7 @@ def test_without_a_key_it_refuses_to_start_and_says_why() -> None:
     assert "SIDECAR_JWT_SECRET" in result.stderr and "SIDECAR_JWKS" in result.stderr
 
 
-def test_it_answers_health_probes(authz: harness.Authz) -> None:
+def test_it_answers_health_probes(authz: stack.Authz) -> None:
     for service in ("", "envoy.service.auth.v3.Authorization"):
         result = subprocess.run(
             [
@@ -69,14 +66,14 @@ def test_it_answers_health_probes(authz: harness.Authz) -> None:
         assert "SERVING" in result.stdout
 
 
-def test_a_64_kib_token_is_a_quick_401(authz: harness.Authz) -> None:
+def test_a_64_kib_token_is_a_quick_401(authz: stack.Authz) -> None:
     response = check(authz.port, "Bearer " + "a" * 65536, timeout=2.0)
     assert response.denied_response.status.code == 401
     assert response.status.code == 16  # UNAUTHENTICATED
 
 
-def test_a_valid_token_is_allowed_over_grpc(authz: harness.Authz) -> None:
-    response = check(authz.port, f"Bearer {harness.token()}")
+def test_a_valid_token_is_allowed_over_grpc(authz: stack.Authz) -> None:
+    response = check(authz.port, f"Bearer {tokens.token()}")
     assert response.HasField("ok_response")
     assert {h.header.key: h.header.value for h in response.ok_response.headers}[
         "x-user-id"
@@ -85,12 +82,12 @@ def test_a_valid_token_is_allowed_over_grpc(authz: harness.Authz) -> None:
 
 def test_a_key_added_to_the_jwks_file_is_accepted_without_a_restart(tmp_path: Path) -> None:
     jwks = write_jwks(tmp_path / "jwks.json", rsa_key())
-    server = harness.start_authz(
+    server = stack.start_authz(
         tmp_path,
         env={"SIDECAR_JWKS": str(jwks), "SIDECAR_JWT_SECRET": ""},
         args=["--jwks-refresh-min", "0.2"],
     )
-    with harness.stopping(server.proc):
+    with stack.stopping(server.proc):
         newcomer = ec_key("ec-rotated")
         token = jwt.encode(
             {"sub": "zoe", "exp": 4_000_000_000},
@@ -100,7 +97,7 @@ def test_a_key_added_to_the_jwks_file_is_accepted_without_a_restart(tmp_path: Pa
         )
         assert check(server.port, f"Bearer {token}").denied_response.status.code == 401
         write_jwks(jwks, rsa_key(), newcomer)
-        harness.wait_until(
+        wait.wait_until(
             lambda: check(server.port, f"Bearer {token}").HasField("ok_response"),
             what="the rotated key accepted",
         )

@@ -16,8 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.envoy_static import static_bootstrap
-from tests.unit.test_envoy_accepts import envoy_validate
+from tests.support.envoy import envoy_validate, static_bootstrap
 from xds_server.catalog import RETRY_CONDITIONS, CatalogError, parse_catalog
 from xds_server.translate import Options, build_snapshot
 

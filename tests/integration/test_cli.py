@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import SAMPLE
-from tests.unit.test_catalog import BAD
+from tests.support.catalogs import BAD, SAMPLE
 
 
 def sidecar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from sidecar.bootstrap import BootstrapOptions, render, render_json
-from sidecar.processes import find_envoy
-from tests.conftest import ROOT, SAMPLE
-from tests.envoy_static import static_bootstrap
-from xds_server.catalog import load_catalog
+from tests.support.catalog_edges import extreme_catalog
+from tests.support.catalogs import ROOT, SAMPLE
+from tests.support.envoy import envoy_validate, static_bootstrap
+from xds_server.catalog import load_catalog, parse_catalog
 from xds_server.translate import Options, build_snapshot
-
-
-def envoy_validate(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [find_envoy(), "--mode", "validate", "-c", str(config), "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_the_shipped_bootstrap_is_valid_and_current() -> None:
@@ -65,3 +54,12 @@ def test_envoy_reconnects_to_the_control_plane_quickly() -> None:
     (service,) = ads["grpc_services"]
     back_off = service["envoy_grpc"]["retry_policy"]["retry_back_off"]
     assert back_off == {"base_interval": "0.050s", "max_interval": "1.000s"}
+
+
+@pytest.mark.parametrize("pick", [0, 1], ids=["lowest", "highest"])
+def test_envoy_accepts_every_number_at_its_extremes(pick: int, tmp_path: Path) -> None:
+    snapshot = build_snapshot(parse_catalog(extreme_catalog(pick)), Options())
+    path = tmp_path / "static.json"
+    path.write_text(json.dumps(static_bootstrap(snapshot)))
+    result = envoy_validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr

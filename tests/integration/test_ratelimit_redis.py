@@ -17,9 +17,10 @@ import redis
 from hypothesis import given, settings
 from redis.exceptions import RedisError
 
-from ext_authz.ratelimit import Decision, Limit, LimiterUnavailable, RedisLimiter
-from tests.fakes import FakeClock, hammer
-from tests.unit.test_ratelimit_window import (
+from ext_authz.ratelimit import Decision, Limit, LimiterUnavailable
+from ext_authz.ratelimit.redis_backend import RedisLimiter
+from tests.support.fakes import FakeClock, hammer
+from tests.support.ratelimit_model import (
     Scenario,
     assert_never_more_than_capacity_per_window,
     replay_reference,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from sidecar.processes import Supervisor
-from tests.fakes import FakeClock
-from tests.harness import wait_until
+from sidecar_shared.supervise import Supervisor
+from tests.support.fakes import FakeClock
+from tests.support.wait import wait_until
 
 EXIT_AT_ONCE = [sys.executable, "-c", "raise SystemExit(3)"]
 RUN_LONG = [sys.executable, "-c", "import time; time.sleep(60)"]

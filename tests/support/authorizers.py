@@ -1,4 +1,5 @@
-"""An `Authorizer` wired for unit tests: in-memory audit, fresh metrics, injected clock."""
+"""The decision core wired for unit tests: keys loaded once (no background thread), in-memory
+audit, fresh metrics, an injected clock."""
 
 from __future__ import annotations
 
@@ -6,14 +7,39 @@ import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from ext_authz.audit import AuditLog
 from ext_authz.core import Authorizer, LimitSettings
+from ext_authz.keys import KeySettings, KeySource
 from ext_authz.metrics import AuthzMetrics
+from ext_authz.observers import AuditObserver, MetricsObserver
 from ext_authz.ratelimit import Limiter, MemoryLimiter
-from ext_authz.tokens import TokenVerifier
+from ext_authz.tokens import TokenVerifier, VerifierSettings
+
+
+def key_source(
+    secret: bytes | None = None,
+    jwks: Path | None = None,
+    secret_file: Path | None = None,
+    clock: Callable[[], float] | None = None,
+    refresh_min_s: float = 5.0,
+) -> KeySource:
+    settings = KeySettings(
+        secret=secret,
+        secret_file=secret_file,
+        jwks=str(jwks) if jwks else None,
+        refresh_min_s=refresh_min_s,
+    )
+    return KeySource(settings, logging.getLogger("test"), clock or (lambda: 0.0))
+
+
+def make_verifier(
+    keys: KeySource, clock: Callable[[], float], settings: VerifierSettings | None = None
+) -> TokenVerifier:
+    return TokenVerifier(settings or VerifierSettings(), keys, clock)
 
 
 @dataclass
@@ -36,8 +62,7 @@ def make_authorizer(
     authorizer = Authorizer(
         verifier,
         limiter if limiter is not None else MemoryLimiter(clock=clock),
-        AuditLog(audit, audit_sample),
-        AuthzMetrics(registry),
+        [MetricsObserver(AuthzMetrics(registry)), AuditObserver(AuditLog(audit, audit_sample))],
         logging.getLogger("test"),
         clock,
         limits or LimitSettings(),

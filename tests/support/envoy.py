@@ -1,7 +1,10 @@
-"""Turn a snapshot into a static Envoy bootstrap, so `envoy --mode validate` can judge it."""
+"""Envoy as a judge: `envoy --mode validate` on a bootstrap, and a snapshot turned into a static
+bootstrap so that Envoy can judge translated resources without a control plane."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -14,9 +17,20 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 
 from sidecar.bootstrap import BootstrapOptions, render
+from sidecar_shared.contract import AUTHZ_CLUSTER
+from sidecar_shared.supervise import find_envoy
 from xds_server import typeurls
 from xds_server.snapshot import Snapshot
-from xds_server.translate import AUTHZ_CLUSTER
+
+
+def envoy_validate(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [find_envoy(), "--mode", "validate", "-c", str(config), "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def static_bootstrap(snap: Snapshot, admin_port: int = 0) -> dict[str, Any]:

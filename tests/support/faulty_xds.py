@@ -2,7 +2,7 @@
 refuses (an SNI longer than the 255 bytes Envoy allows). The catalog's validation never lets
 such a cluster through, so this is how tests see what happens when Envoy NACKs a config.
 
-`python -m tests.faulty_xds [xds-server flags]`
+`python -m tests.support.faulty_xds [xds-server flags]`
 """
 
 from __future__ import annotations

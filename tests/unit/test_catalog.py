@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLE
+from tests.support.catalogs import ROOT, SAMPLE
 from xds_server.catalog import CatalogError, Service, json_schema, load_catalog, parse_catalog
 
 BAD = Path(__file__).resolve().parent.parent / "fixtures" / "bad_catalogs"

@@ -6,9 +6,6 @@ below, or without an upper bound, fails here before it can fail inside protobuf 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +15,8 @@ from envoy.config.route.v3 import route_components_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from tests.envoy_static import static_bootstrap
-from tests.unit.test_envoy_accepts import envoy_validate
-from xds_server.catalog import CatalogError, json_schema, parse_catalog
-from xds_server.translate import Options, build_snapshot
+from tests.support.catalog_edges import bounds, extreme_catalog, integer_properties
+from xds_server.catalog import CatalogError, parse_catalog
 
 UINT32_MAX = 2**32 - 1
 # Envoy turns Durations into milliseconds in several integer types; stay within int32 ms.
@@ -62,21 +57,6 @@ ENVOY_FIELD: dict[tuple[str, str], tuple[type[Message], str] | None] = {
 }
 
 
-def integer_properties() -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(definition, property, integer schema) for every integer anywhere in the catalog."""
-    for definition, body in json_schema()["$defs"].items():
-        for prop, schema in body.get("properties", {}).items():
-            for alternative in schema.get("anyOf", [schema]):
-                if alternative.get("type") == "integer":
-                    yield definition, prop, alternative
-
-
-def bounds(schema: dict[str, Any]) -> tuple[int, int]:
-    low = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
-    high = schema.get("maximum", schema.get("exclusiveMaximum", 1) - 1)
-    return low, high
-
-
 def envoy_max(message: type[Message], field: str) -> int:
     descriptor: Descriptor = message.DESCRIPTOR
     fd: FieldDescriptor = descriptor.fields_by_name[field]
@@ -113,44 +93,6 @@ def test_every_integer_field_has_a_range_that_fits_its_envoy_field(
     target = ENVOY_FIELD[(definition, prop)]
     limit = LUA_EXACT_MAX if target is None else envoy_max(*target)
     assert high <= limit, f"{definition}.{prop} allows {high}, its Envoy field holds {limit}"
-
-
-def extreme_catalog(pick: int) -> dict[str, Any]:
-    """One service with every integer at its lowest (pick 0) or highest (pick 1) value."""
-    values = {(d, p): bounds(s)[pick] for d, p, s in integer_properties()}
-
-    def of(definition: str, *skip: str) -> dict[str, int]:
-        return {p: v for (d, p), v in values.items() if d == definition and p not in skip}
-
-    service: dict[str, Any] = {
-        "service_name": "edge",
-        "base_path": "/edge",
-        "internal_url": "http://127.0.0.1:8080",
-        "healthcheck_endpoint": "/healthz",
-        **of("Service"),
-        "retry_policy": of("RetryPolicy"),
-        "rate_limit": of("RateLimit", "requests_per_minute", "requests_per_hour"),
-        "health_check": of("HealthCheck"),
-        "outlier_detection": of("OutlierDetection"),
-        "circuit_breaker": of("CircuitBreaker"),
-    }
-    retry = service["retry_policy"]
-    # Cross-field rules: the per-try timeout may not exceed the total, nor the check's timeout
-    # its interval; the back-off maximum may not be below its base.
-    retry["per_try_timeout_ms"] = min(retry["per_try_timeout_ms"], service["timeout_ms"])
-    hc = service["health_check"]
-    hc["timeout_ms"] = min(hc["timeout_ms"], hc["interval_ms"])
-    retry["backoff_max_ms"] = max(retry["backoff_max_ms"], retry["backoff_base_ms"])
-    return {"services": [service], "roles": {"r": ["edge:read"]}}
-
-
-@pytest.mark.parametrize("pick", [0, 1], ids=["lowest", "highest"])
-def test_envoy_accepts_every_number_at_its_extremes(pick: int, tmp_path: Path) -> None:
-    snapshot = build_snapshot(parse_catalog(extreme_catalog(pick)), Options())
-    path = tmp_path / "static.json"
-    path.write_text(json.dumps(static_bootstrap(snapshot)))
-    result = envoy_validate(path)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(

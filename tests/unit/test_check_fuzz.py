@@ -8,10 +8,10 @@ from envoy.service.auth.v3 import external_auth_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ext_authz.grpc_service import to_input, to_response
-from ext_authz.policy import POLICY_KEY, RoutePolicy, encode
 from ext_authz.tokens import TokenVerifier, VerifierSettings
-from tests.authorizers import make_authorizer
+from ext_authz.transports.grpc import to_input, to_response
+from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
+from tests.support.authorizers import key_source, make_authorizer
 
 SECRET = b"fuzz-test-secret-that-is-long-enough-0123456789"
 NOW = 1_800_000_000.0
@@ -20,7 +20,7 @@ FORGED = jwt.encode({"sub": "u", "roles": ["r"], "exp": int(NOW) + 60}, b"x" * 4
 POLICY = encode(RoutePolicy(service="svc", allowed_roles={"read": frozenset({"r"})}))
 
 AUTH = make_authorizer(
-    TokenVerifier(VerifierSettings(secret=SECRET, cache_size=64), lambda: NOW), lambda: NOW
+    TokenVerifier(VerifierSettings(cache_size=64), key_source(SECRET), lambda: NOW), lambda: NOW
 ).authorizer
 
 segment = st.text(alphabet="ABCDEFabcdef0123456789-_=+/.$%", max_size=40)

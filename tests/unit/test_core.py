@@ -8,17 +8,18 @@ import json
 import jwt
 from prometheus_client import CollectorRegistry
 
-from ext_authz.core import Authorizer, CheckInput, Outcome
-from ext_authz.policy import POLICY_KEY, RoutePolicy, encode
+from ext_authz.core import Authorizer
+from ext_authz.decision import CheckInput, Outcome
 from ext_authz.tokens import TokenVerifier, VerifierSettings
-from tests.authorizers import make_authorizer
+from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
+from tests.support.authorizers import key_source, make_authorizer
 
 SECRET = b"core-test-secret-that-is-long-enough-0123456789"
 NOW = 1_800_000_000.0
 
 
 def make(audit_sample: float = 1.0) -> tuple[Authorizer, io.StringIO, CollectorRegistry]:
-    verifier = TokenVerifier(VerifierSettings(secret=SECRET), lambda: NOW)
+    verifier = TokenVerifier(VerifierSettings(), key_source(SECRET), lambda: NOW)
     wired = make_authorizer(verifier, lambda: NOW, audit_sample=audit_sample)
     return wired.authorizer, wired.audit, wired.registry
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ext_authz.policy import RoutePolicy, authorize, decode, encode
+from ext_authz.policy import authorize
 from ext_authz.ratelimit import Limit
+from sidecar_shared.contract import RoutePolicy, decode, encode
 from xds_server.catalog import parse_catalog
 from xds_server.route_policy import allowed_roles, compile_policy
 

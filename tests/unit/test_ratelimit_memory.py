@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 
 from ext_authz.ratelimit import Decision, Limit, MemoryLimiter
-from tests.fakes import FakeClock, hammer
-from tests.unit.test_ratelimit_window import (
+from tests.support.fakes import FakeClock, hammer
+from tests.support.ratelimit_model import (
     Scenario,
     assert_never_more_than_capacity_per_window,
     replay_reference,

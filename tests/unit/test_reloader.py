@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import sample_data
+from tests.support.catalogs import sample_data
 from xds_server.cache import SnapshotCache
 from xds_server.metrics import XdsMetrics
 from xds_server.reload import Reloader, decode_and_build

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,18 +15,15 @@ from typing import Any
 import jwt
 import pytest
 
-from ext_authz.core import CheckInput, Outcome
-from ext_authz.policy import POLICY_KEY, RoutePolicy, encode
-from ext_authz.tokens import (
-    Identity,
-    KeyConfigError,
-    TokenError,
-    TokenVerifier,
-    VerifierSettings,
-)
-from tests.authorizers import make_authorizer
-from tests.fakes import FakeClock
-from tests.keys import KeyPair, ec_key, ed_key, rsa_key, write_jwks
+from ext_authz import keys as keys_module
+from ext_authz.decision import CheckInput, Outcome
+from ext_authz.keys import Jwk, KeyConfigError, KeySource
+from ext_authz.tokens import Identity, TokenError, TokenVerifier, VerifierSettings
+from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
+from tests.support.authorizers import key_source, make_authorizer
+from tests.support.fakes import FakeClock
+from tests.support.keys import KeyPair, ec_key, ed_key, rsa_key, write_jwks
+from tests.support.wait import wait_until
 
 SECRET = b"unit-test-secret-that-is-long-enough-for-hs512-0123456789abcdefgh"
 NOW = 1_800_000_000.0
@@ -80,17 +79,12 @@ def make_verifier(
     jwks: Path | None = None,
     secret: bytes | None = SECRET,
     clock: FakeClock | None = None,
+    keys: KeySource | None = None,
     **kw: Any,
 ) -> TokenVerifier:
-    settings = VerifierSettings(
-        secret=secret,
-        jwks=str(jwks) if jwks else None,
-        issuer="https://issuer.test",
-        audience="sidecar",
-        leeway_s=30,
-        **kw,
-    )
-    return TokenVerifier(settings, clock or FakeClock(NOW))
+    clock = clock or FakeClock(NOW)
+    settings = VerifierSettings(issuer="https://issuer.test", audience="sidecar", leeway_s=30, **kw)
+    return TokenVerifier(settings, keys or key_source(secret, jwks, clock=clock), clock)
 
 
 def check(verifier: TokenVerifier, token: str) -> Outcome:
@@ -199,18 +193,18 @@ def test_clock_skew_within_the_leeway_is_tolerated() -> None:
 
 
 def test_issuer_and_audience_are_not_required_when_not_configured() -> None:
-    verifier = TokenVerifier(VerifierSettings(secret=SECRET), FakeClock(NOW))
+    verifier = TokenVerifier(VerifierSettings(), key_source(SECRET), FakeClock(NOW))
     assert verifier.verify(hs(claims(iss=None, aud="anything"))).user == "alice"
 
 
 def test_no_key_configured_refuses_to_start() -> None:
     with pytest.raises(KeyConfigError, match="no key configured"):
-        TokenVerifier(VerifierSettings())
+        key_source()
 
 
 def test_a_short_secret_refuses_to_start() -> None:
     with pytest.raises(KeyConfigError, match="at least 32 bytes"):
-        TokenVerifier(VerifierSettings(secret=b"short"))
+        key_source(b"short")
 
 
 def test_a_jwks_with_private_material_refuses_to_start(tmp_path: Path) -> None:
@@ -239,40 +233,83 @@ def test_the_cache_is_bounded() -> None:
     assert len(verifier.cache) == 3
 
 
-def test_a_new_secret_invalidates_cached_tokens() -> None:
-    verifier = make_verifier()
+def test_a_rotated_secret_file_invalidates_cached_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(SECRET)
+    keys = key_source(secret_file=path)
+    verifier = make_verifier(keys=keys)
     token = hs(claims())
     verifier.verify(token)
-    verifier.set_secret(b"a-brand-new-secret-that-is-long-enough-for-any-hmac-0123456789")
+    path.write_bytes(b"a-brand-new-secret-that-is-long-enough-for-any-hmac-0123456789")
+    os.utime(path, ns=(1, 1))  # a different mtime, whatever the file system's resolution
+    assert keys.refresh() is True
     with pytest.raises(TokenError) as caught:
         verifier.verify(token)
     assert caught.value.reason == "bad_signature"
 
 
-def test_a_key_added_to_the_jwks_file_is_accepted_without_a_restart(tmp_path: Path) -> None:
-    clock = FakeClock(NOW)
+def test_an_unknown_kid_is_refused_at_once_and_never_fetched_on_the_request_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write_jwks(tmp_path / "jwks.json", rsa_key())
-    verifier = make_verifier(path, clock=clock, jwks_refresh_min_s=5)
+    keys = key_source(jwks=path)
+    verifier = make_verifier(keys=keys)
+    reads: list[str] = []
+    real = keys_module.read_jwks
+
+    def counted(source: str) -> dict[str, Jwk]:
+        reads.append(source)
+        return real(source)
+
+    monkeypatch.setattr(keys_module, "read_jwks", counted)
+    with pytest.raises(TokenError) as caught:
+        verifier.verify(signed(ec_key("ec-new"), "ES256", claims()))
+    assert caught.value.reason == "unknown_kid"
+    assert reads == []
+
+
+def test_a_key_added_to_the_jwks_is_picked_up_in_the_background(tmp_path: Path) -> None:
+    path = write_jwks(tmp_path / "jwks.json", rsa_key())
+    keys = key_source(jwks=path, clock=time.monotonic, refresh_min_s=0.05)
+    verifier = make_verifier(keys=keys)
     newcomer = ec_key("ec-new")
     token = signed(newcomer, "ES256", claims())
-    with pytest.raises(TokenError):
-        verifier.verify(token)
-    write_jwks(path, rsa_key(), newcomer)
-    # Reloads on an unknown kid are rate-limited...
-    with pytest.raises(TokenError):
-        verifier.verify(token)
-    # ...and happen once the interval has passed.
-    clock.now += 5
-    assert verifier.verify(token).user == "alice"
+    keys.start()
+    try:
+        with pytest.raises(TokenError):
+            verifier.verify(token)
+        write_jwks(path, rsa_key(), newcomer)
+
+        def accepted() -> bool:
+            try:
+                return verifier.verify(token).user == "alice"
+            except TokenError:
+                return False  # each refusal asks for another refetch
+
+        wait_until(accepted, what="the new key in use")
+    finally:
+        keys.stop()
+
+
+def test_refetches_for_unknown_kids_are_rate_limited() -> None:
+    clock = FakeClock(NOW)
+    keys = key_source(SECRET, clock=clock)
+    keys.refresh()
+    assert keys.kid_refetch_wait() == 5.0
+    clock.now += 4
+    assert keys.kid_refetch_wait() == 1.0
+    clock.now += 2
+    assert keys.kid_refetch_wait() == 0.0
 
 
 def test_a_removed_jwks_key_stops_working_after_a_refresh(tmp_path: Path) -> None:
     path = write_jwks(tmp_path / "jwks.json", rsa_key(), ec_key())
-    verifier = make_verifier(path)
+    keys = key_source(jwks=path)
+    verifier = make_verifier(keys=keys)
     token = signed(ec_key(), "ES256", claims())
     assert verifier.verify(token).user == "alice"
     write_jwks(path, rsa_key())
-    assert verifier.refresh_jwks() is True
+    assert keys.refresh() is True
     with pytest.raises(TokenError):
         verifier.verify(token)
 

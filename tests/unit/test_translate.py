@@ -13,8 +13,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from ext_authz.policy import decode
-from tests.conftest import SAMPLE
+from sidecar_shared.contract import decode
+from tests.support.catalogs import SAMPLE
 from xds_server import typeurls
 from xds_server.catalog import load_catalog, parse_catalog
 from xds_server.snapshot import Snapshot

@@ -1,0 +1,53 @@
+"""The catalog's numbers at their edges: every integer field, its bounds, and a catalog with
+each at its lowest or highest value."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from xds_server.catalog import json_schema
+
+
+def integer_properties() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(definition, property, integer schema) for every integer anywhere in the catalog."""
+    for definition, body in json_schema()["$defs"].items():
+        for prop, schema in body.get("properties", {}).items():
+            for alternative in schema.get("anyOf", [schema]):
+                if alternative.get("type") == "integer":
+                    yield definition, prop, alternative
+
+
+def bounds(schema: dict[str, Any]) -> tuple[int, int]:
+    low = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
+    high = schema.get("maximum", schema.get("exclusiveMaximum", 1) - 1)
+    return low, high
+
+
+def extreme_catalog(pick: int) -> dict[str, Any]:
+    """One service with every integer at its lowest (pick 0) or highest (pick 1) value."""
+    values = {(d, p): bounds(s)[pick] for d, p, s in integer_properties()}
+
+    def of(definition: str, *skip: str) -> dict[str, int]:
+        return {p: v for (d, p), v in values.items() if d == definition and p not in skip}
+
+    service: dict[str, Any] = {
+        "service_name": "edge",
+        "base_path": "/edge",
+        "internal_url": "http://127.0.0.1:8080",
+        "healthcheck_endpoint": "/healthz",
+        **of("Service"),
+        "retry_policy": of("RetryPolicy"),
+        "rate_limit": of("RateLimit", "requests_per_minute", "requests_per_hour"),
+        "health_check": of("HealthCheck"),
+        "outlier_detection": of("OutlierDetection"),
+        "circuit_breaker": of("CircuitBreaker"),
+    }
+    retry = service["retry_policy"]
+    # Cross-field rules: the per-try timeout may not exceed the total, nor the check's timeout
+    # its interval; the back-off maximum may not be below its base.
+    retry["per_try_timeout_ms"] = min(retry["per_try_timeout_ms"], service["timeout_ms"])
+    hc = service["health_check"]
+    hc["timeout_ms"] = min(hc["timeout_ms"], hc["interval_ms"])
+    retry["backoff_max_ms"] = max(retry["backoff_max_ms"], retry["backoff_base_ms"])
+    return {"services": [service], "roles": {"r": ["edge:read"]}}

@@ -1,0 +1,21 @@
+"""The sample catalog and the bad-catalog fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "service_catalog.json"
+BAD = ROOT / "tests" / "fixtures" / "bad_catalogs"
+
+
+def sample_data() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(SAMPLE.read_text())
+    data.pop("$schema", None)
+    return data
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2))

@@ -1,0 +1,22 @@
+"""Loopback ports from the OS."""
+
+from __future__ import annotations
+
+import socket
+
+_HANDED_OUT: set[int] = set()
+
+
+def free_port() -> int:
+    """A port nothing listens on, never the same one twice in a test run.
+
+    A port is handed out before its server binds it (Envoy binds its listener only when xDS
+    delivers it), so without the memory a second call could return the same port meanwhile.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port

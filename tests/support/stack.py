@@ -1,0 +1,227 @@
+"""Real processes for tests: the xDS server, ext_authz and Envoy, started with the project's own
+command-line builders (`sidecar.commands`) and stopped by PID with its supervisor's `stop`.
+
+Every process is started by a test and stopped by the same test; its output is kept in the
+test's temporary directory so that a failure can show it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar import commands
+from sidecar.bootstrap import BootstrapOptions, render_json
+from sidecar_shared import supervise
+from tests.support.http import Response, get, try_get
+from tests.support.ports import free_port
+from tests.support.tokens import TEST_SECRET
+from tests.support.wait import wait_until
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        return supervise.stop(self.popen, sig, timeout)
+
+
+def start(name: str, argv: list[str], workdir: Path, env: Mapping[str, str] | None = None) -> Proc:
+    log = workdir / f"{name}.log"
+    with log.open("wb") as handle:
+        popen = supervise.spawn(argv, env=env, stdout=handle)
+    return Proc(name, popen, log)
+
+
+@contextmanager
+def stopping(*procs: Proc) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.stop()
+
+
+@dataclass
+class XdsServer:
+    proc: Proc
+    port: int
+    http_port: int
+    listener_port: int
+    catalog: Path
+
+    def status(self) -> Any:
+        return get(f"http://127.0.0.1:{self.http_port}/status").json()
+
+    def metrics(self) -> str:
+        return get(f"http://127.0.0.1:{self.http_port}/metrics").body.decode()
+
+    def version(self) -> str | None:
+        version: str | None = self.status()["version"]
+        return version
+
+    def synced(self, node_id: str) -> bool:
+        """Whether `node_id` is connected and has ACKed the current version of every type."""
+        status = self.status()
+        return any(
+            p["node_id"] == node_id
+            and len(p["types"]) == 4
+            and all(t["state"] == "SYNCED" for t in p["types"].values())
+            for p in status["proxies"]
+        )
+
+
+def start_xds(
+    catalog: Path,
+    workdir: Path,
+    name: str = "xds",
+    module: str = "xds_server",
+    ports: tuple[int, int, int] | None = None,
+) -> XdsServer:
+    """The xDS server (or `module`, run with the same flags) on `ports` (gRPC, HTTP, Envoy's
+    listener), by default new ones."""
+    port, http_port, listener_port = ports or (free_port(), free_port(), free_port())
+    argv = commands.xds_server(
+        *("--catalog", str(catalog)),
+        *("--xds-host", "127.0.0.1", "--xds-port", str(port)),
+        *("--xds-http-port", str(http_port)),
+        *("--listener-address", "127.0.0.1", "--listener-port", str(listener_port)),
+        module=module,
+    )
+    proc = start(name, argv, workdir)
+    server = XdsServer(proc, port, http_port, listener_port, catalog)
+
+    def up() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"xds server exited:\n{proc.output()}")
+        return try_get(f"http://127.0.0.1:{http_port}/status") is not None
+
+    wait_until(up, timeout=20, what="the xDS server's status page")
+    return server
+
+
+@dataclass
+class Authz:
+    proc: Proc
+    port: int
+    http_port: int
+
+    def metrics(self) -> str:
+        return get(f"http://127.0.0.1:{self.http_port}/metrics").body.decode()
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.proc.output().splitlines():
+            if line.startswith("{") and '"audit":true' in line:
+                lines.append(json.loads(line))
+        return lines
+
+
+def start_authz(
+    workdir: Path,
+    name: str = "authz",
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    args: list[str] | None = None,
+) -> Authz:
+    """ext_authz with the test secret (unless `env` or `args` configure other keys)."""
+    port = port or free_port()
+    http_port = free_port()
+    full_env = dict(os.environ)
+    full_env.setdefault("SIDECAR_JWT_SECRET", TEST_SECRET.decode())
+    full_env.update(env or {})
+    argv = commands.ext_authz(
+        *("--authz-host", "127.0.0.1", "--authz-port", str(port)),
+        *("--authz-http-port", str(http_port)),
+        *(args or []),
+    )
+    proc = start(name, argv, workdir, env=full_env)
+
+    def up() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"ext_authz exited:\n{proc.output()}")
+        resp = try_get(f"http://127.0.0.1:{http_port}/ready")
+        return resp is not None and resp.status == 200
+
+    wait_until(up, timeout=20, what="ext_authz to be ready")
+    return Authz(proc, port, http_port)
+
+
+@dataclass
+class Envoy:
+    proc: Proc
+    admin_port: int
+    listener_port: int
+    node_id: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener_port}"
+
+    def admin(self, path: str) -> Response:
+        return get(f"http://127.0.0.1:{self.admin_port}{path}")
+
+    def config_dump(self) -> Any:
+        return self.admin("/config_dump").json()
+
+    def route_version(self) -> str | None:
+        for section in self.config_dump()["configs"]:
+            for rc in section.get("dynamic_route_configs", []):
+                version: str = rc["version_info"]
+                return version
+        return None
+
+
+def start_envoy(
+    xds: XdsServer,
+    workdir: Path,
+    node_id: str = "test-envoy",
+    authz_port: int = 9191,
+    *,
+    delta: bool = False,
+    wait: bool = True,
+) -> Envoy:
+    """Envoy fed by `xds`; with `wait`, returned once Envoy says it is ready."""
+    admin_port = free_port()
+    bootstrap = workdir / f"{node_id}.json"
+    bootstrap.write_text(
+        render_json(
+            BootstrapOptions(
+                node_id=node_id,
+                xds_port=xds.port,
+                admin_port=admin_port,
+                authz_port=authz_port,
+                delta=delta,
+            )
+        )
+    )
+    proc = start(node_id, commands.envoy(supervise.find_envoy(), bootstrap, "warning"), workdir)
+    envoy = Envoy(proc, admin_port, xds.listener_port, node_id)
+    if not wait:
+        return envoy
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"envoy exited:\n{proc.output()}")
+        resp = try_get(f"http://127.0.0.1:{admin_port}/ready")
+        return resp is not None and resp.status == 200
+
+    wait_until(ready, timeout=20, what="Envoy to be ready")
+    return envoy

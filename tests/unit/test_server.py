@@ -1,0 +1,111 @@
+"""The ADS service's loop, with a fake stream and no gRPC: requests and snapshot changes reach
+the stream in order, its responses reach Envoy, and the proxy is registered while connected.
+And the cache's memory of what the whole fleet has ACKed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from xds_server.cache import SnapshotCache
+from xds_server.catalog import parse_catalog
+from xds_server.metrics import XdsMetrics
+from xds_server.server import AdsService
+from xds_server.snapshot import Snapshot
+from xds_server.status import ProxyRegistry, ProxyStatus
+from xds_server.translate import Options, build_snapshot
+
+
+def snap(timeout_ms: int) -> Snapshot:
+    service = {
+        "service_name": "a",
+        "base_path": "/a",
+        "internal_url": "http://127.0.0.1:8000",
+        "timeout_ms": timeout_ms,
+    }
+    return build_snapshot(parse_catalog({"services": [service]}), Options())
+
+
+class FakeStream:
+    def __init__(self, status: ProxyStatus) -> None:
+        self._status = status
+        self.seen: list[str] = []
+
+    @property
+    def status(self) -> ProxyStatus:
+        return self._status
+
+    def on_request(self, req: str) -> Sequence[str]:
+        self.seen.append(req)
+        self._status.node_id = "edge-1"
+        return [f"answer to {req}"]
+
+    def on_snapshot(self) -> Sequence[str]:
+        self.seen.append("snapshot")
+        return ["pushed"]
+
+
+class FakeContext:
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:5"
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise AssertionError(f"aborted: {code} {details}")
+
+
+def test_requests_and_snapshot_changes_reach_the_stream_and_its_answers_reach_envoy() -> None:
+    cache = SnapshotCache()
+    registry = CollectorRegistry()
+    proxies = ProxyRegistry()
+    service = AdsService(cache, proxies, XdsMetrics(registry), logging.getLogger("test"))
+    streams: list[FakeStream] = []
+
+    def make(status: ProxyStatus) -> FakeStream:
+        streams.append(FakeStream(status))
+        return streams[-1]
+
+    async def scenario() -> list[str]:
+        go_on = asyncio.Event()
+
+        async def requests() -> AsyncIterator[str]:
+            yield "cds"
+            await go_on.wait()
+            yield "eds"
+
+        out: list[str] = []
+        async for resp in service.serve(requests(), make, FakeContext()):
+            out.append(resp)
+            if resp == "answer to cds":
+                assert len(proxies) == 1
+                assert registry.get_sample_value("xds_connected_proxies") == 1
+                cache.set(snap(1000))  # a new snapshot while the stream is open
+            if resp == "pushed":
+                go_on.set()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out == ["answer to cds", "pushed", "answer to eds"]
+    assert streams[0].seen == ["cds", "snapshot", "eds"]
+    assert len(proxies) == 0, "a closed stream leaves the registry"
+    assert registry.get_sample_value("xds_connected_proxies") == 0
+
+
+def test_the_cache_knows_the_newest_version_every_proxy_acked() -> None:
+    cache = SnapshotCache(history=3)
+    first, second, third = snap(1000), snap(2000), snap(3000)
+    for s in (first, second, third):
+        cache.set(s)
+    on_second = dict(second.versions)
+    on_third = dict(third.versions)
+    assert cache.last_acked_by_all([on_third, on_third]) is third
+    assert cache.last_acked_by_all([on_third, on_second]) is None  # routes differ
+    lagging = {t: v for t, v in on_second.items() if not t.endswith("RouteConfiguration")}
+    # A proxy that ACKed second's clusters but no routes yet fits second and third alike.
+    assert cache.last_acked_by_all([lagging, on_second]) is second
+    cache.set(snap(4000))
+    cache.set(snap(5000))
+    assert cache.last_acked_by_all([on_second]) is None, "only the last 3 are kept"
