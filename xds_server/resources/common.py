@@ -1,0 +1,72 @@
+"""What every resource builder shares: the translation's options, names Envoy and our tests
+refer to, and small helpers. Messages are built in place (nested constructor arguments would
+copy each subtree again) and packed deterministically, so the same catalog always gives the
+same bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import (
+    config_source_pb2,
+)
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+
+from sidecar_shared import defaults
+from sidecar_shared.contract import (
+    AUTHZ_CLUSTER,
+)
+
+LISTENER_NAME = "ingress_http"
+ROUTE_CONFIG_NAME = "ingress_routes"
+CACHE_FILTER = "envoy.filters.http.cache"
+AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+HEADER_MUTATION_FILTER = "envoy.filters.http.header_mutation"
+
+
+@dataclass(frozen=True)
+class AuthzOptions:
+    """How Envoy calls ext_authz. The cluster is defined in Envoy's bootstrap."""
+
+    cluster: str = AUTHZ_CLUSTER
+    timeout_ms: int = defaults.AUTHZ_TIMEOUT_MS
+    # answered when ext_authz cannot be reached (fail closed)
+    failure_status: int = defaults.AUTHZ_FAILURE_STATUS
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the translation needs besides the catalog; built once from the server's settings."""
+
+    listener_address: str = defaults.LISTENER_ADDRESS
+    listener_port: int = defaults.LISTENER_PORT
+    authz: AuthzOptions = AuthzOptions()
+
+
+def pack(msg: Message) -> any_pb2.Any:
+    return any_pb2.Any(
+        type_url="type.googleapis.com/" + msg.DESCRIPTOR.full_name,
+        value=msg.SerializeToString(deterministic=True),
+    )
+
+
+# Messages that are the same on every route; CopyFrom copies them into place.
+PREVIOUS_HOSTS = route_components_pb2.RetryPolicy.RetryHostPredicate(
+    name="envoy.retry_host_predicates.previous_hosts",
+    typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
+)
+FILTER_DISABLED = pack(route_components_pb2.FilterConfig(disabled=True))
+
+
+ADS_SOURCE = config_source_pb2.ConfigSource(
+    ads=config_source_pb2.AggregatedConfigSource(),
+    resource_api_version=config_source_pb2.ApiVersion.V3,
+)
+
+
+def set_ms(field: duration_pb2.Duration, ms: int) -> None:
+    field.seconds = ms // 1000
+    field.nanos = (ms % 1000) * 1_000_000
