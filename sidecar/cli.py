@@ -20,6 +20,7 @@ from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
 from sidecar import up
+from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.flags import add_flag, add_switch
 from xds_server import settings as xds_settings
@@ -76,6 +77,22 @@ def cmd_render(args: argparse.Namespace) -> int:
             for r in snapshot.resources[type_url].values()
         ]
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    """An Envoy bootstrap for a deployment where Envoy reaches our servers by these names."""
+    options = BootstrapOptions(
+        node_id=args.node_id,
+        node_cluster=args.node_cluster,
+        xds_host=args.xds_host,
+        xds_port=args.xds_port,
+        admin_address=args.admin_address,
+        admin_port=args.admin_port,
+        authz_host=args.authz_host,
+        authz_port=args.authz_port,
+    )
+    sys.stdout.write(render_json(options))
     return 0
 
 
@@ -258,6 +275,21 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")
     xds_settings.add_arguments(p, environ)
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "bootstrap", help="print an Envoy bootstrap for containers (envoy/*.json are made so)"
+    )
+    p.add_argument("--xds-host", default="127.0.0.1", help="where Envoy reaches the xDS server")
+    p.add_argument("--xds-port", type=int, default=defaults.XDS_PORT, help="xDS gRPC port")
+    p.add_argument("--authz-host", default="127.0.0.1", help="where Envoy reaches ext_authz")
+    p.add_argument("--authz-port", type=int, default=defaults.AUTHZ_PORT, help="ext_authz port")
+    p.add_argument(
+        "--admin-address", default=defaults.ENVOY_ADMIN_ADDRESS, help="Envoy admin address"
+    )
+    p.add_argument("--admin-port", type=int, default=defaults.ENVOY_ADMIN_PORT, help="admin port")
+    p.add_argument("--node-id", default=defaults.NODE_ID, help="Envoy node id")
+    p.add_argument("--node-cluster", default=defaults.NODE_CLUSTER, help="Envoy node cluster")
+    p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("schema", help="print the catalog's JSON Schema")
     p.set_defaults(func=cmd_schema)

@@ -16,7 +16,7 @@ from sidecar_shared import health as grpc_health
 from sidecar_shared import ops_http
 from sidecar_shared.contract import XDS_HEALTH_SERVICE
 from xds_server.cache import SnapshotCache
-from xds_server.metrics import XdsMetrics
+from xds_server.metrics import ProxyStates, XdsMetrics
 from xds_server.reload import Build, Reloader, decode_and_build
 from xds_server.server import AdsService
 from xds_server.settings import XdsSettings
@@ -33,6 +33,7 @@ async def run(
     metrics = XdsMetrics(registry)
     cache = SnapshotCache()
     proxies = ProxyRegistry()
+    registry.register(ProxyStates(lambda: proxies.states(cache.current())))
     health_servicer = health.aio.HealthServicer()
     await grpc_health.set_aio(health_servicer, [XDS_HEALTH_SERVICE], grpc_health.NOT_SERVING)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 
 class XdsMetrics:
@@ -25,6 +29,16 @@ class XdsMetrics:
             ["reason"],
             registry=registry,
         )
+        self.push_ack_seconds = Histogram(
+            "xds_push_ack_seconds",
+            "From sending a response to Envoy's ACK or NACK of it",
+            ["type"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=registry,
+        )
+        self.snapshot = Info(
+            "xds_snapshot", "The snapshot being served (content-hash version)", registry=registry
+        )
         self.reloads = Counter(
             "xds_catalog_reloads_total",
             "Catalog loads by result (ok, unchanged, invalid, error)",
@@ -45,3 +59,20 @@ class XdsMetrics:
             "1 when the catalog file on disk is the one being served, 0 after a failed reload",
             registry=registry,
         )
+
+
+class ProxyStates(Collector):
+    """`xds_proxies{state}`: connected proxies by the worst state of their resource types
+    (synced, stale, nacked), computed when Prometheus scrapes."""
+
+    def __init__(self, states: Callable[[], Mapping[str, int]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "xds_proxies", "Connected proxies by sync state", labels=["state"]
+        )
+        counts = self._states()
+        for state in ("synced", "stale", "nacked"):
+            family.add_metric([state], counts.get(state, 0))
+        yield family

@@ -125,6 +125,7 @@ class Reloader:
         self._metrics.reloads.labels("ok" if changed else "unchanged").inc()
         self._metrics.catalog_services.set(services)
         self._metrics.catalog_valid.set(1)
+        self._metrics.snapshot.info({"version": snapshot.version})
         self.state = ReloadState(snapshot.version, True, (), time.time())
         if changed:
             self._log.info(

@@ -117,6 +117,18 @@ class ProxyRegistry:
     def __len__(self) -> int:
         return len(self._proxies)
 
+    def states(self, snapshot: Snapshot | None) -> dict[str, int]:
+        """Proxies by their worst type state: "nacked", else "stale", else "synced"."""
+        counts = {"synced": 0, "stale": 0, "nacked": 0}
+        for proxy in self:
+            states = {
+                state_of(st, snapshot.versions.get(t) if snapshot else None)
+                for t, st in proxy.types.items()
+            }
+            worst = "nacked" if "NACKED" in states else "stale" if "STALE" in states else "synced"
+            counts[worst] += 1
+        return counts
+
     def acked(self) -> list[dict[str, str]]:
         """Per connected proxy: the version it ACKed of each type it has ACKed."""
         return [

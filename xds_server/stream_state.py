@@ -16,6 +16,7 @@ Rules kept here, for every protocol:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ class TypeState:
     in_flight: bool = False
     nacked: bool = False  # the last response was rejected and nothing since was accepted
     owed: bool = False  # send even if unchanged (endpoints after a cluster update)
+    sent_at: float = 0.0  # monotonic time of the last response
 
 
 class StreamState:
@@ -69,6 +71,7 @@ class StreamState:
         state.nacked = error is not None
         st = self.status.of(type_url)
         short = typeurls.SHORT_NAMES[type_url]
+        self._metrics.push_ack_seconds.labels(short).observe(time.monotonic() - state.sent_at)
         if error is not None:
             st.nacked_version = st.sent_version
             st.error = error
@@ -113,6 +116,7 @@ class StreamState:
         state.sent_names = state.names
         state.in_flight = True
         state.owed = False
+        state.sent_at = time.monotonic()
         self.status.of(type_url).sent_version = version
         self._metrics.responses.labels(typeurls.SHORT_NAMES[type_url]).inc()
         if type_url == typeurls.CLUSTER and typeurls.ENDPOINT in self.types:

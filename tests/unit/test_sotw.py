@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from xds_server import typeurls
 from xds_server.catalog import parse_catalog
-from xds_server.metrics import XdsMetrics
+from xds_server.metrics import ProxyStates, XdsMetrics
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
 from xds_server.status import ProxyRegistry, ProxyStatus, state_of
@@ -72,8 +72,9 @@ class Harness:
         self.source = FakeSource(snapshot)
         self.registry = ProxyRegistry()
         self.status: ProxyStatus = self.registry.open()
+        self.metrics = CollectorRegistry()
         self.stream = SotwStream(
-            self.source, self.status, XdsMetrics(CollectorRegistry()), logging.getLogger("test")
+            self.source, self.status, XdsMetrics(self.metrics), logging.getLogger("test")
         )
 
     def ask(self, r: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
@@ -256,3 +257,18 @@ def test_the_registry_lists_refused_streams_until_the_node_connects() -> None:
     assert listed["node_id"] == "edge-1" and listed["count"] == 2 and listed["last_at"] == 11.0
     registry.accepted("edge-1")
     assert registry.refusals() == []
+
+
+def test_push_to_ack_time_and_proxy_states_are_measured() -> None:
+    h = Harness(snap("a"))
+    h.metrics.register(ProxyStates(lambda: h.registry.states(h.source.snapshot)))
+    (cds,) = h.ask(req(CDS, node="edge-1"))
+    h.ack(cds)
+    count = h.metrics.get_sample_value("xds_push_ack_seconds_count", {"type": "clusters"})
+    assert count == 1
+    assert h.metrics.get_sample_value("xds_proxies", {"state": "synced"}) == 1
+    h.source.snapshot = snap("a", "b")
+    (bad,) = h.stream.on_snapshot()
+    h.ask(req(CDS, nonce=bad.nonce, version=cds.version_info, error="no"))
+    assert h.metrics.get_sample_value("xds_proxies", {"state": "nacked"}) == 1
+    assert h.metrics.get_sample_value("xds_proxies", {"state": "synced"}) == 0

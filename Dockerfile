@@ -1,0 +1,17 @@
+# The control plane and ext_authz (and the `sidecar` command, used for health probes and the
+# demo upstream). One image; the command chooses the process:
+#   docker run IMAGE xds-server   |   docker run IMAGE ext-authz
+FROM python:3.11-slim
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY sidecar_shared ./sidecar_shared
+COPY xds_server ./xds_server
+COPY ext_authz ./ext_authz
+COPY sidecar ./sidecar
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 sidecar
+USER 10001
+
+# Probes: `sidecar probe 127.0.0.1:18000` (xDS) or `sidecar probe 127.0.0.1:9191` (ext_authz).
+CMD ["xds-server"]
