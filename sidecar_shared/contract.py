@@ -27,6 +27,9 @@ REQUEST_ID_HEADER: Final = "x-request-id"
 # Set by ext_authz to route a tenant to its own upstream; never trusted from a client.
 TENANT_UPSTREAM_HEADER: Final = "x-tenant-upstream"
 IDENTITY_HEADERS: Final = (USER_HEADER, ROLES_HEADER, TENANT_HEADER, TENANT_UPSTREAM_HEADER)
+# Headers some frameworks read as the request's real method. Removed before ext_authz unless
+# the service opts in (`RoutePolicy.method_override`); then ext_authz authorizes that method.
+METHOD_OVERRIDE_HEADERS: Final = ("x-http-method-override", "x-http-method", "x-method-override")
 
 # The cluster in Envoy's bootstrap that reaches ext_authz (its address is per deployment).
 AUTHZ_CLUSTER: Final = "ext_authz"
