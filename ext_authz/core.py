@@ -86,14 +86,15 @@ class PolicyCache:
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header; None when there is none."""
+    """The token of an `Authorization: Bearer <token>` header, exactly as sent (any spaces around
+    it stay, so the verifier refuses them); None when there is none."""
     value = headers.get("authorization")
     if value is None:
         return None
-    scheme, _, token = value.strip().partition(" ")
+    scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer":
         return ""
-    return token.strip()
+    return token
 
 
 @dataclass(frozen=True)
