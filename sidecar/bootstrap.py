@@ -111,7 +111,18 @@ def render(opts: BootstrapOptions) -> dict[str, Any]:
             ]
         },
         "overload_manager": _overload_manager(opts),
+        "layered_runtime": RUNTIME,
     }
+
+
+# Strict-path routes use one RE2 regex per longer base path, whose size grows with the path;
+# Envoy refuses programs above 100 instructions unless told otherwise.
+RUNTIME: dict[str, Any] = {
+    "layers": [
+        {"name": "static", "static_layer": {"re2.max_program_size.error_level": 10_000}},
+        {"name": "admin", "admin_layer": {}},
+    ]
+}
 
 
 def _overload_manager(opts: BootstrapOptions) -> dict[str, Any]:

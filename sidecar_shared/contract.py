@@ -104,6 +104,8 @@ class RoutePolicy:
     tenant_scope: Literal["global", "tenant"] = "global"
     rate_limit: Limit | None = None
     tenant_upstreams: frozenset[str] = frozenset()
+    # Honour method-override headers: each method they name must be allowed too.
+    method_override: bool = False
 
 
 class PolicyError(ValueError):
@@ -125,6 +127,8 @@ def encode(policy: RoutePolicy) -> str:
         data["rate_limit"] = [rl.limit, rl.window_s, rl.burst]
     if policy.tenant_upstreams:
         data["tenant_upstreams"] = sorted(policy.tenant_upstreams)
+    if policy.method_override:
+        data["method_override"] = True
     return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
@@ -146,6 +150,7 @@ def decode(text: str) -> RoutePolicy:
             tenant_scope=scope,
             rate_limit=Limit(int(rl[0]), int(rl[1]), int(rl[2])) if rl else None,
             tenant_upstreams=frozenset(map(str, data.get("tenant_upstreams", ()))),
+            method_override=data.get("method_override") is True,
         )
     except PolicyError:
         raise

@@ -81,9 +81,9 @@ def test_no_retry_policy_means_no_retries() -> None:
 def test_routes_are_longest_prefix_first_and_match_whole_segments() -> None:
     snap = build_snapshot(
         catalog(
-            svc("a", "/api"),
-            svc("b", "/api/v2/"),
-            svc("root", "/"),
+            svc("a", "/api", strict_paths=False),
+            svc("b", "/api/v2/", strict_paths=False),
+            svc("root", "/", strict_paths=False),
             svc("c", "/api/v2/admin"),
         ),
         Options(),

@@ -26,6 +26,7 @@ CACHE_FILTER = "envoy.filters.http.cache"
 AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 HEADER_MUTATION_FILTER = "envoy.filters.http.header_mutation"
 METHOD_OVERRIDE_FILTER = "sidecar.strip_method_override"
+BUFFER_FILTER = "envoy.filters.http.buffer"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from envoy.config.core.v3 import (
     substitution_format_string_pb2,
 )
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.cache.v3 import cache_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
@@ -31,6 +32,7 @@ from xds_server.catalog import Catalog
 from xds_server.resources.common import (
     ADS_SOURCE,
     AUTHZ_FILTER,
+    BUFFER_FILTER,
     CACHE_FILTER,
     HEADER_MUTATION_FILTER,
     LISTENER_NAME,
@@ -42,7 +44,7 @@ from xds_server.resources.common import (
     pack,
     set_ms,
 )
-from xds_server.resources.routes import needs_cache_filter
+from xds_server.resources.routes import needs_body_limit, needs_cache_filter
 
 
 def _strip_client_identity() -> hcm_pb2.HttpFilter:
@@ -81,12 +83,24 @@ def _ext_authz(catalog: Catalog, options: AuthzOptions) -> hcm_pb2.HttpFilter:
 
 def http_filters(catalog: Catalog, options: Options) -> list[hcm_pb2.HttpFilter]:
     """The listener's HTTP filter chain, in order: strip client identity headers, strip
-    method-override headers, ext_authz, cache (when a service is cacheable), router."""
+    method-override headers, ext_authz, request-body limit (when a service has one), cache
+    (when a service is cacheable), router."""
     filters = [
         _strip_client_identity(),
         _strip_method_override(),
         _ext_authz(catalog, options.authz),
     ]
+    if needs_body_limit(catalog):
+        # Off unless a route turns it on with its service's max_request_body_bytes.
+        filters.append(
+            hcm_pb2.HttpFilter(
+                name=BUFFER_FILTER,
+                disabled=True,
+                typed_config=pack(
+                    buffer_pb2.Buffer(max_request_bytes=wrappers_pb2.UInt32Value(value=1 << 20))
+                ),
+            )
+        )
     if needs_cache_filter(catalog):
         filters.append(
             hcm_pb2.HttpFilter(
