@@ -4,9 +4,11 @@ overrides its value."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from envoy.config.core.v3 import protocol_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -15,6 +17,7 @@ from google.protobuf import json_format
 
 from sidecar.bootstrap import BootstrapOptions, render
 from sidecar_shared import defaults
+from sidecar_shared.contract import decode
 from xds_server import settings, typeurls
 from xds_server.catalog import parse_catalog
 from xds_server.translate import Options, build_snapshot
@@ -139,3 +142,80 @@ def test_the_bootstrap_sheds_load_by_heap_and_caps_connections() -> None:
     }
     custom = render(BootstrapOptions(max_heap_bytes=1 << 30))["overload_manager"]
     assert custom["resource_monitors"][0]["typed_config"]["max_heap_size_bytes"] == 1 << 30
+
+
+def _routes(services: list[dict[str, Any]]) -> list[Any]:
+    snap = build_snapshot(parse_catalog({"services": services}), Options())
+    (res,) = snap.resources[typeurls.ROUTE].values()
+    return list(res.message.virtual_hosts[0].routes)
+
+
+def _svc(name: str, path: str, **kw: Any) -> dict[str, Any]:
+    return {"service_name": name, "base_path": path, "internal_url": "http://127.0.0.1:1", **kw}
+
+
+LOOKALIKES = [
+    "/orders/admin;x",
+    "/orders/admin.",
+    "/orders/admin%2e",
+    "/orders/admin%2E",
+    "/orders/admin%20",
+    "/orders/ADMIN",
+    "/orders/Admin/users",
+    "/orders/admin%252e",
+    "/orders/admin%c0%ae",
+    "/orders/admin%3f",
+    "/orders/admin%09",
+    "/orders/admin;jsessionid=1/users",
+    "/orders/admin./users",
+]
+ORDINARY = ["/orders/1", "/orders/administrators", "/orders/adm", "/orders/1;x", "/orders"]
+
+
+def test_a_strict_service_refuses_look_alikes_of_a_longer_service_under_it() -> None:
+    routes = _routes([_svc("orders", "/orders"), _svc("admin", "/orders/admin")])
+    assert [r.name for r in routes] == ["admin", "orders.lookalike.0", "orders"]
+    guard = routes[1]
+    assert guard.direct_response.status == 400
+    pattern = re.compile(guard.match.safe_regex.regex)
+    for path in LOOKALIKES:
+        assert pattern.fullmatch(path), path
+    for path in ORDINARY:
+        assert not pattern.fullmatch(path), path
+
+
+def test_strict_paths_off_routes_look_alikes_as_before() -> None:
+    routes = _routes(
+        [_svc("orders", "/orders", strict_paths=False), _svc("admin", "/orders/admin")]
+    )
+    assert [r.name for r in routes] == ["admin", "orders"]
+
+
+def test_the_root_service_guards_every_service_and_deeper_paths_are_covered() -> None:
+    routes = _routes([_svc("root", "/"), _svc("deep", "/a/b/c")])
+    (guard,) = [r for r in routes if ".lookalike." in r.name]
+    pattern = re.compile(guard.match.safe_regex.regex)
+    for path in ("/A/b/c", "/a;x/b/c", "/a/b./c", "/a/b/C%20", "/a/B/c/d"):
+        assert pattern.fullmatch(path), path
+    assert not pattern.fullmatch("/a/b/cd")
+
+
+def test_a_body_limit_refuses_a_declared_length_first_and_buffers_the_rest() -> None:
+    routes = _routes([_svc("up", "/up", max_request_body_bytes=1024), _svc("other", "/o")])
+    by_name = {r.name: r for r in routes}
+    too_large = by_name["up.too_large"]
+    assert too_large.direct_response.status == 413
+    (length,) = too_large.match.headers
+    assert (length.name, length.range_match.start) == ("content-length", 1025)
+    assert "envoy.filters.http.buffer" in by_name["up"].typed_per_filter_config
+    assert "envoy.filters.http.buffer" not in by_name["other"].typed_per_filter_config
+
+
+def test_a_service_that_honours_method_overrides_keeps_them_and_its_policy_says_so() -> None:
+    routes = _routes([_svc("legacy", "/legacy", method_override=True), _svc("new", "/new")])
+    by_name = {r.name: r for r in routes}
+    assert "sidecar.strip_method_override" in by_name["legacy"].typed_per_filter_config
+    assert "sidecar.strip_method_override" not in by_name["new"].typed_per_filter_config
+    per_route = ext_authz_pb2.ExtAuthzPerRoute()
+    by_name["legacy"].typed_per_filter_config["envoy.filters.http.ext_authz"].Unpack(per_route)
+    assert decode(per_route.check_settings.context_extensions["policy"]).method_override

@@ -63,6 +63,14 @@ def _authz_per_route(catalog: Catalog, svc: Service) -> any_pb2.Any:
     return pack(per_route)
 
 
+def _match_base_path(match: route_components_pb2.RouteMatch, svc: Service) -> None:
+    prefix = svc.route_prefix
+    if prefix == "/":
+        match.prefix = "/"
+    else:
+        match.path_separated_prefix = prefix
+
+
 def _add_route(
     routes: Any,
     svc: Service,
@@ -73,11 +81,7 @@ def _add_route(
     with_cache_filter: bool,
 ) -> route_components_pb2.Route:
     out: route_components_pb2.Route = routes.add(name=name)
-    prefix = svc.route_prefix
-    if prefix == "/":
-        out.match.prefix = "/"
-    else:
-        out.match.path_separated_prefix = prefix
+    _match_base_path(out.match, svc)
     out.route.cluster = cluster_name
     set_ms(out.route.timeout, svc.timeout_ms)
     rp = svc.retry_policy
@@ -107,6 +111,16 @@ def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cach
         refuse.match.safe_regex.regex = guard
         refuse.direct_response.status = 400
         refuse.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(AUTHZ_DISABLED)
+    if svc.max_request_body_bytes is not None:
+        # A declared length above the limit is refused before anything is read or checked;
+        # a chunked body meets the buffer filter once ext_authz allowed it.
+        too_large: route_components_pb2.Route = routes.add(name=f"{svc.service_name}.too_large")
+        _match_base_path(too_large.match, svc)
+        length = too_large.match.headers.add(name="content-length")
+        length.range_match.start = svc.max_request_body_bytes + 1
+        length.range_match.end = 2**63 - 1
+        too_large.direct_response.status = 413
+        too_large.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(AUTHZ_DISABLED)
     for tenant in sorted(svc.tenant_upstreams):
         r = _add_route(
             routes,
@@ -158,7 +172,8 @@ def body_limit(max_bytes: int) -> any_pb2.Any:
     It runs after ext_authz, so only an allowed request's body is read."""
     per_route = buffer_pb2.BufferPerRoute()
     per_route.buffer.max_request_bytes.value = max_bytes
-    return pack(per_route)
+    # Wrapped in a FilterConfig: that is what turns a filter that is off by default on.
+    return pack(route_components_pb2.FilterConfig(config=pack(per_route)))
 
 
 AUTHZ_DISABLED = pack(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
