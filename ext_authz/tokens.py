@@ -35,6 +35,9 @@ empties both.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import threading
 import time
@@ -118,6 +121,21 @@ def _fits(alg: str, key: Jwk) -> bool:
     return curve is None or key.crv == curve
 
 
+_HMAC_HASH = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+
+
+def _check_hmac(token: str, secret: bytes, alg: str) -> None:
+    """Raise TokenError unless `token`'s HMAC signature is right (a compact token, checked)."""
+    signing_input, _, signature = token.rpartition(".")
+    expected = hmac.new(secret, signing_input.encode(), _HMAC_HASH[alg]).digest()
+    try:
+        given = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    except ValueError:
+        raise TokenError("malformed", "the token's signature is not base64url") from None
+    if not hmac.compare_digest(expected, given):
+        raise TokenError("bad_signature", "the token's signature is not valid")
+
+
 def validate_times(claims: Mapping[str, Any], now: float, leeway: float) -> float:
     """Check `exp` (required), `nbf` and `iat`; return `exp`. Raises TokenError."""
     times: dict[str, float] = {}
@@ -168,21 +186,23 @@ def validate_identity(identity: Identity) -> Identity:
 
 
 class NegativeCache:
-    """A thread-safe, bounded LRU of recently refused tokens (by hash) and why."""
+    """A thread-safe, bounded LRU of recently refused tokens (by hash) and why. It keeps the
+    reason and sentence, never the exception (whose traceback would hold the token)."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._items: OrderedDict[int, TokenError] = OrderedDict()
+        self._items: OrderedDict[int, tuple[str, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, token: str) -> TokenError | None:
-        return self._items.get(hash(token))
+        found = self._items.get(hash(token))
+        return None if found is None else TokenError(*found)
 
     def put(self, token: str, error: TokenError) -> None:
         if self._size <= 0 or error.reason in _CURABLE:
             return
         with self._lock:
-            self._items[hash(token)] = error
+            self._items[hash(token)] = (error.reason, error.detail)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
@@ -314,6 +334,8 @@ class TokenVerifier:
         if kid is not None and (not isinstance(kid, str) or not KID.match(kid)):
             raise TokenError("unknown_kid", "the token's key id (kid) is not valid")
         key = self._key_for(keys, alg, kid)
+        if alg in HMAC_ALGS:
+            _check_hmac(token, key, alg)  # a forged HMAC costs one digest, not a decode
         try:
             claims = jwt.decode(
                 token,
