@@ -73,9 +73,10 @@ def build_authorizer(
     return Authorizer(
         TokenVerifier(settings.verifier, keys),
         limiter,
-        [MetricsObserver(metrics), AuditObserver(audit)],
+        [MetricsObserver(metrics), AuditObserver(audit, settings.audit_denials_per_address)],
         log,
         limits=settings.limits,
+        guard=settings.guard,
     )
 
 

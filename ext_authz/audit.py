@@ -31,6 +31,19 @@ class AuditRecord:
     latency_us: int
 
 
+@dataclass(frozen=True)
+class SuppressedRecord:
+    """Denials of one client address that were counted but not written."""
+
+    time: float
+    client: str
+    suppressed: int
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
 class AuditLog:
     def __init__(
         self,
@@ -52,11 +65,24 @@ class AuditLog:
     def write(self, record: AuditRecord) -> None:
         """Write one record (the caller asked `wants` first)."""
         data = asdict(record)
-        data["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.time)) + (
-            f".{int(record.time % 1 * 1000):03d}Z"
-        )
+        data["time"] = _iso(record.time)
         data["path"] = record.path.split("?", 1)[0]
         data["audit"] = True
+        self._emit(data)
+
+    def write_suppressed(self, record: SuppressedRecord) -> None:
+        """One line standing for `record.suppressed` denials that were not written."""
+        self._emit(
+            {
+                "time": _iso(record.time),
+                "decision": "suppressed",
+                "client": record.client,
+                "suppressed": record.suppressed,
+                "audit": True,
+            }
+        )
+
+    def _emit(self, data: dict[str, object]) -> None:
         line = json.dumps(data, separators=(",", ":")) + "\n"
         with self._lock:
             self._stream.write(line)

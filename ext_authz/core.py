@@ -1,8 +1,19 @@
 """The decision core, shared by every transport: request attributes in, `Outcome` out.
 
-Order: route policy → token (public routes: none) → role and tenant → rate limit → allow.
-Every failure is a precise denial; no exception escapes `Authorizer.check`: an unexpected one
-becomes a 500 denial (fail closed) and is logged without the request's headers.
+Order: route policy → header room → failure budget → token (public routes: none) → role and
+tenant → rate limit → allow. Every failure is a precise denial; no exception escapes
+`Authorizer.check`: an unexpected one becomes a 500 denial (fail closed) and is logged without
+the request's headers.
+
+What a denied client sees is terse by default (an `error` code, a generic message per status,
+the request id); the precise reason is the `reason` code in the audit line and the metrics.
+`GuardSettings.verbose_denials` shows the precise sentence instead (for development).
+
+Guards against abuse, each costing a comparison or a dict lookup per check:
+- header room: Envoy refuses (500, after the allow) a request whose header count, with the
+  identity headers added, passes its limit; such a request is a 431 here instead.
+- failure budget: an address with too many failed authentications in a window gets 429 for
+  the rest of it, before any token work (a token already verified and cached still passes).
 
 On allow, the upstream request gets `x-user-id`, `x-user-roles`, `x-request-id` and, when the
 token has one, `x-tenant-id`, each overwriting whatever the client sent; identity headers that
@@ -11,6 +22,7 @@ are not set are removed. `Authorization` is never touched.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -20,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from ext_authz.budget import FailureBudget
 from ext_authz.decision import CheckInput, Decision, DecisionObserver, Headers, Outcome
 from ext_authz.limits import (
     HeaderStyle,
@@ -28,11 +41,13 @@ from ext_authz.limits import (
     rate_headers,
     user_key,
 )
-from ext_authz.policy import authorize
+from ext_authz.policy import Verdict, authorize
 from ext_authz.ratelimit import Limiter
 from ext_authz.tokens import Identity, TokenError, TokenVerifier
+from sidecar_shared import defaults
 from sidecar_shared.contract import (
     IDENTITY_HEADERS,
+    METHOD_OVERRIDE_HEADERS,
     POLICY_KEY,
     REQUEST_ID_HEADER,
     ROLES_HEADER,
@@ -45,24 +60,52 @@ from sidecar_shared.contract import (
     decode,
 )
 
-__all__ = ["Authorizer", "LimitSettings", "bearer_token", "denial"]
+__all__ = ["Authorizer", "GuardSettings", "LimitSettings", "bearer_token", "denial"]
 
 
-_ERROR_CODE = {401: "invalid_token", 403: "forbidden", 429: "rate_limited", 500: "internal"}
+_ERROR_CODE = {
+    401: "invalid_token",
+    403: "forbidden",
+    429: "rate_limited",
+    431: "headers_too_large",
+    500: "internal",
+}
+# What a client is told by default: nothing about keys, services or roles.
+_TERSE_MESSAGE = {
+    401: "a valid bearer token is required",
+    403: "this request is not allowed",
+    429: "too many requests",
+    431: "the request has too many headers",
+    500: "authorization failed",
+}
+# Identity headers the core may add to a request (x-request-id is already there).
+_ADDED_HEADERS = 4
 
 
-def denial(status: int, reason: str, message: str, request_id: str) -> Outcome:
-    body = json.dumps(
-        {"error": _ERROR_CODE.get(status, "denied"), "message": message, "request_id": request_id},
-        separators=(",", ":"),
-    ).encode()
+@functools.lru_cache(maxsize=512)
+def _denial_parts(status: int, message: str) -> tuple[bytes, Headers]:
+    """The body up to the request id, and the response headers, of one kind of denial."""
+    head = json.dumps(
+        {"error": _ERROR_CODE.get(status, "denied"), "message": message}, separators=(",", ":")
+    )
     headers: list[tuple[str, str]] = [("content-type", "application/json")]
     if status == 401:
         description = message.replace("\\", "").replace('"', "'")
         headers.append(
             ("www-authenticate", f'Bearer error="invalid_token", error_description="{description}"')
         )
-    return Outcome(status, reason, message, request_id, response_headers=tuple(headers), body=body)
+    return (head[:-1] + ',"request_id":').encode(), tuple(headers)
+
+
+def denial(
+    status: int, reason: str, message: str, request_id: str, verbose: bool = True
+) -> Outcome:
+    """A denial with its JSON body; unless `verbose`, the message is the status's generic one."""
+    if not verbose:
+        message = _TERSE_MESSAGE.get(status, "denied")
+    head, headers = _denial_parts(status, message)
+    body = head + json.dumps(request_id).encode() + b"}"
+    return Outcome(status, reason, message, request_id, response_headers=headers, body=body)
 
 
 class PolicyCache:
@@ -86,20 +129,29 @@ class PolicyCache:
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header; None when there is none."""
+    """The token of an `Authorization: Bearer <token>` header, exactly as sent (any spaces around
+    it stay, so the verifier refuses them); None when there is none."""
     value = headers.get("authorization")
     if value is None:
         return None
-    scheme, _, token = value.strip().partition(" ")
+    scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer":
         return ""
-    return token.strip()
+    return token
 
 
 @dataclass(frozen=True)
 class LimitSettings:
     header_style: HeaderStyle = "draft"
     trusted_hops: int = 0  # proxies in front of Envoy that append to x-forwarded-for
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    verbose_denials: bool = False  # show clients the precise reason (development only)
+    failure_budget: int = defaults.FAILED_AUTH_BUDGET  # failed authentications per address...
+    failure_window_s: int = defaults.FAILED_AUTH_WINDOW_S  # ...per window; 0 budget: no limit
+    max_request_headers: int = defaults.EDGE_MAX_REQUEST_HEADERS  # Envoy's (the same setting)
 
 
 class Authorizer:
@@ -111,6 +163,7 @@ class Authorizer:
         log: logging.Logger,
         clock: Callable[[], float] = time.time,
         limits: LimitSettings = LimitSettings(),
+        guard: GuardSettings = GuardSettings(),
     ) -> None:
         """`limiter` must not raise (wrap a backend in `GuardedLimiter`); nor may observers."""
         self._verifier = verifier
@@ -120,21 +173,28 @@ class Authorizer:
         self._clock = clock
         self._limits = limits
         self._policies = PolicyCache()
+        self._verbose = guard.verbose_denials
+        self._header_room = guard.max_request_headers - _ADDED_HEADERS
+        self._budget = FailureBudget(guard.failure_budget, guard.failure_window_s, clock)
+
+    def _deny(self, status: int, reason: str, message: str, request_id: str) -> Outcome:
+        return denial(status, reason, message, request_id, self._verbose)
 
     def check(self, req: CheckInput) -> Outcome:
         started = time.perf_counter_ns()
         request_id = req.headers.get(REQUEST_ID_HEADER) or str(uuid.uuid4())
         identity: Identity | None = None
         policy: RoutePolicy | None = None
+        address = client_address(req.headers, req.client_ip, self._limits.trusted_hops)
         try:
             policy = self._policies.get(req.context.get(POLICY_KEY, ""))
-            outcome, identity = self._decide(req, policy, request_id)
+            outcome, identity = self._decide(req, policy, request_id, address)
         except PolicyError as err:
-            outcome = denial(403, "no_policy", "this route has no usable policy", request_id)
+            outcome = self._deny(403, "no_policy", "this route has no usable policy", request_id)
             self._log.error("route policy unusable", extra={"fields": {"error": str(err)}})
         except Exception:
             self._log.exception("check failed", extra={"fields": {"request_id": request_id}})
-            outcome = denial(500, "internal_error", "authorization failed", request_id)
+            outcome = self._deny(500, "internal_error", "authorization failed", request_id)
         if self._observers:
             decision = Decision(
                 req,
@@ -143,35 +203,72 @@ class Authorizer:
                 policy.service if policy else req.context.get(SERVICE_KEY),
                 self._clock(),
                 (time.perf_counter_ns() - started) // 1000,
+                address,
             )
             for observer in self._observers:
                 observer.observe(decision)
         return outcome
 
     def _decide(
-        self, req: CheckInput, policy: RoutePolicy, request_id: str
+        self, req: CheckInput, policy: RoutePolicy, request_id: str, address: str
     ) -> tuple[Outcome, Identity | None]:
         if policy.public:
-            address = client_address(req.headers, req.client_ip, self._limits.trusted_hops)
+            if len(req.headers) > self._header_room + _ADDED_HEADERS:
+                return self._too_many_headers(request_id), None
             return self._limited(policy, address_key(policy.service, address), request_id, None)
+        if len(req.headers) > self._header_room:
+            return self._too_many_headers(request_id), None
         token = bearer_token(req.headers)
+        retry_after = self._budget.blocked(address)
+        if retry_after and not (token and self._verifier.cached(token)):
+            out = self._deny(
+                429, "auth_failures", "too many failed authentications; wait", request_id
+            )
+            return replace(
+                out, response_headers=(*out.response_headers, ("retry-after", str(retry_after)))
+            ), None
         if token is None:
-            return denial(401, "missing_token", "a bearer token is required", request_id), None
+            self._budget.fail(address)
+            return self._deny(401, "missing_token", "a bearer token is required", request_id), None
         if not token:
-            return denial(
+            self._budget.fail(address)
+            return self._deny(
                 401, "malformed", "the Authorization header is not Bearer", request_id
             ), None
         try:
             identity = self._verifier.verify(token)
         except TokenError as err:
-            return denial(401, err.reason, err.detail, request_id), None
-        verdict = authorize(
-            policy, req.method, identity.roles, identity.tenant, req.headers.get(TENANT_HEADER)
-        )
+            self._budget.fail(address)
+            return self._deny(401, err.reason, err.detail, request_id), None
+        verdict = self._authorize(policy, req, identity)
         if not verdict.allowed:
-            return denial(403, verdict.reason, verdict.message, request_id), identity
+            return self._deny(403, verdict.reason, verdict.message, request_id), identity
         key = user_key(policy.service, identity.tenant, identity.user)
         return self._limited(policy, key, request_id, identity)
+
+    def _too_many_headers(self, request_id: str) -> Outcome:
+        return self._deny(
+            431, "too_many_headers", "the request has too many headers to add identity", request_id
+        )
+
+    @staticmethod
+    def _authorize(policy: RoutePolicy, req: CheckInput, identity: Identity) -> Verdict:
+        """The role and tenant decision for the request's method and, on a service that
+        honours method-override headers, for every method they name as well."""
+        client_tenant = req.headers.get(TENANT_HEADER)
+        verdict = authorize(policy, req.method, identity.roles, identity.tenant, client_tenant)
+        if not verdict.allowed or not policy.method_override:
+            return verdict
+        for name in METHOD_OVERRIDE_HEADERS:
+            override = req.headers.get(name)
+            if override is not None:
+                for method in override.split(","):
+                    verdict = authorize(
+                        policy, method.strip(), identity.roles, identity.tenant, client_tenant
+                    )
+                    if not verdict.allowed:
+                        return verdict
+        return verdict
 
     def _limited(
         self, policy: RoutePolicy, key: str, request_id: str, identity: Identity | None
@@ -183,7 +280,7 @@ class Authorizer:
             decision = self._limiter.hit(key, limit)
             headers = rate_headers(policy.service, limit, decision, self._limits.header_style)
             if not decision.allowed:
-                out = denial(
+                out = self._deny(
                     429, "rate_limited", f"too many requests to {policy.service}", request_id
                 )
                 return replace(out, response_headers=out.response_headers + headers), identity

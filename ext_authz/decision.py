@@ -51,6 +51,7 @@ class Decision:
     service: str | None
     at: float  # wall-clock seconds when the check started
     latency_us: int
+    client: str = ""  # the client address the decision counted against
 
 
 class DecisionObserver(Protocol):

@@ -1,8 +1,9 @@
 """Rate-limit keys and response headers (pure).
 
 Keys: a protected route counts per service, verified tenant and user; a public route per
-service and client address. The client address is Envoy's peer address, or, behind
-`trusted_hops` proxies that each append to `x-forwarded-for`, the entry those proxies vouch for.
+service and client address; every part length-prefixed, so keys never collide. The client
+address is Envoy's peer address, or, behind `trusted_hops` proxies that each append to
+`x-forwarded-for`, the entry those proxies vouch for.
 
 Headers: the IETF draft fields by default (`RateLimit-Policy: "orders";q=120;w=60` and
 `RateLimit: "orders";r=45;t=30`), or the older `RateLimit-Limit`, `-Remaining` and `-Reset`
@@ -33,11 +34,14 @@ def client_address(headers: Mapping[str, str], peer: str, trusted_hops: int) -> 
 
 
 def user_key(service: str, tenant: str | None, user: str) -> str:
-    return f"{service}|u|{tenant or ''}|{user}"
+    """Each part is length-prefixed, so no two (service, tenant, user) share a key whatever
+    characters they hold (`a|b`,`c` and `a`,`b|c` once did). The same key in memory and Redis."""
+    tenant = tenant or ""
+    return f"{len(service)}:{service}|u|{len(tenant)}:{tenant}|{len(user)}:{user}"
 
 
 def address_key(service: str, address: str) -> str:
-    return f"{service}|ip|{address}"
+    return f"{len(service)}:{service}|ip|{len(address)}:{address}"
 
 
 def rate_headers(name: str, limit: Limit, decision: Decision, style: HeaderStyle) -> Headers:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ext_authz.core import LimitSettings
+from ext_authz.core import GuardSettings, LimitSettings
 from ext_authz.keys import KeySettings
 from ext_authz.tokens import ClaimNames, VerifierSettings
 from sidecar_shared import defaults
-from sidecar_shared.flags import add_flag
+from sidecar_shared.flags import add_flag, add_switch
 
 
 class SettingsError(Exception):
@@ -43,6 +43,8 @@ class AuthzSettings:
     rate_limit_fail_open: bool
     limits: LimitSettings
     log_level: str
+    guard: GuardSettings = field(default_factory=GuardSettings)
+    audit_denials_per_address: int = defaults.AUDIT_DENIALS_PER_ADDRESS
 
 
 def add_key_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -94,7 +96,35 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     flag("rate-limit-failure", "open", "when Redis is unreachable: open (allow) or closed (429)")
     flag("rate-limit-headers", "draft", "draft (RateLimit, RateLimit-Policy) or legacy")
     flag("trusted-proxy-hops", 0, "proxies before Envoy that append to x-forwarded-for", int)
+    add_guard_arguments(parser, environ)
     flag("log-level", "info", "log level")
+
+
+def add_guard_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """What keeps one client from hurting the others (README "Security model")."""
+
+    def flag(name: str, default: object, help: str) -> None:
+        add_flag(parser, name, default=default, help=help, type=int, environ=environ)
+
+    add_switch(
+        parser,
+        "verbose-denials",
+        help="tell denied clients the precise reason (development only)",
+        environ=environ,
+    )
+    flag("failed-auth-budget", defaults.FAILED_AUTH_BUDGET, "failed authentications per address")
+    flag("failed-auth-window", defaults.FAILED_AUTH_WINDOW_S, "seconds of the failure budget")
+    flag("negative-cache-size", defaults.NEGATIVE_CACHE_SIZE, "refused tokens remembered")
+    flag(
+        "audit-denials-per-address",
+        defaults.AUDIT_DENIALS_PER_ADDRESS,
+        "denial audit lines per client address per second (the rest counted, then summarized)",
+    )
+    flag(
+        "max-request-headers",
+        defaults.EDGE_MAX_REQUEST_HEADERS,
+        "Envoy's header count limit (the same setting as the xDS server's)",
+    )
 
 
 def claim_names(args: argparse.Namespace) -> ClaimNames:
@@ -124,6 +154,8 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
             raise SettingsError(f"{name} must be {' or '.join(allowed)}, not {value!r}")
     if args.trusted_proxy_hops < 0 or args.redis_timeout_ms <= 0:
         raise SettingsError("trusted-proxy-hops must be >= 0 and redis-timeout-ms > 0")
+    if args.failed_auth_budget < 0 or args.failed_auth_window < 1:
+        raise SettingsError("failed-auth-budget must be >= 0 and failed-auth-window >= 1")
     return AuthzSettings(
         host=args.authz_host,
         port=args.authz_port,
@@ -137,6 +169,7 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
             leeway_s=args.jwt_leeway,
             claims=claim_names(args),
             cache_size=args.token_cache_size,
+            negative_cache_size=args.negative_cache_size,
         ),
         audit_file=args.audit_file,
         audit_allow_sample=args.audit_allow_sample,
@@ -149,6 +182,13 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
             header_style=args.rate_limit_headers, trusted_hops=args.trusted_proxy_hops
         ),
         log_level=args.log_level,
+        guard=GuardSettings(
+            verbose_denials=args.verbose_denials,
+            failure_budget=args.failed_auth_budget,
+            failure_window_s=args.failed_auth_window,
+            max_request_headers=args.max_request_headers,
+        ),
+        audit_denials_per_address=args.audit_denials_per_address,
     )
 
 

@@ -13,15 +13,32 @@ Keys and algorithms:
   background: a verification never waits for a fetch.
 - `alg: none` and every algorithm not listed are refused.
 
-Claims: `exp` and the user claim are required; `nbf` and `iat` must not be in the future beyond
-the leeway; issuer and audience are enforced when configured.
+Shape first, signature last: a token must be the strict compact serialization (three
+base64url parts, no padding, no whitespace: `COMPACT`) and within `max_token_bytes`; its header
+must decode, name an accepted `alg` and a well-formed `kid` that fits a key; only then is the
+signature checked. Garbage costs a regex, never a signature.
 
-Cache: verified tokens are kept in a bounded LRU keyed by the token. An entry is never used
-after its `exp` (plus leeway), and every key change empties the cache.
+Claims (`validate_times`, `validate_identity`, kept apart from how claims are extracted):
+`exp` is required; `exp`, `nbf`, `iat` must be finite numbers between 0 and `MAX_TIME` (NaN,
+Infinity, 1e999 or 10**400 are refused, never a 500); `nbf` and `iat` must not be in the future
+beyond the leeway. The user, tenant and role names become request headers, so they must be
+header-safe: no control characters, no leading or trailing whitespace, bounded length
+(`MAX_NAME_CHARS`), at most `MAX_ROLES` roles, and no comma in a role (`x-user-roles` is
+comma-separated). Issuer and audience are enforced when configured.
+
+Caches: verified tokens are kept in a bounded LRU keyed by the token; an entry is never used
+after its `exp` (plus leeway). Refused tokens are remembered in a bounded LRU keyed by the
+token's hash (`NegativeCache`), so a replayed bad token costs a lookup; refusals that time or a
+key refresh can cure (`unknown_kid`, `not_yet_valid`) are not remembered. Every key change
+empties both.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -48,6 +65,15 @@ _KEY_TYPE_FOR_ALG = {
     "EdDSA": "OKP",
 }
 _CURVE_FOR_ALG = {"ES256": "P-256", "ES384": "P-384"}
+
+COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+MAX_HEADER_CHARS = 1024  # a JOSE header longer than this is not one we could accept
+MAX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z: any later time is nonsense
+MAX_NAME_CHARS = 256  # a user, tenant or role name (each becomes a header value)
+MAX_ROLES = 64
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+# Refusals that a key refresh or the clock can cure: never remembered as bad.
+_CURABLE = frozenset({"unknown_kid", "not_yet_valid"})
 
 
 class TokenError(Exception):
@@ -83,6 +109,7 @@ class VerifierSettings:
     claims: ClaimNames = ClaimNames()
     max_token_bytes: int = 8192
     cache_size: int = defaults.TOKEN_CACHE_SIZE
+    negative_cache_size: int = defaults.NEGATIVE_CACHE_SIZE
 
 
 def _fits(alg: str, key: Jwk) -> bool:
@@ -92,6 +119,99 @@ def _fits(alg: str, key: Jwk) -> bool:
         return False
     curve = _CURVE_FOR_ALG.get(alg)
     return curve is None or key.crv == curve
+
+
+_HMAC_HASH = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+
+
+def _check_hmac(token: str, secret: bytes, alg: str) -> None:
+    """Raise TokenError unless `token`'s HMAC signature is right (a compact token, checked)."""
+    signing_input, _, signature = token.rpartition(".")
+    expected = hmac.new(secret, signing_input.encode(), _HMAC_HASH[alg]).digest()
+    try:
+        given = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    except ValueError:
+        raise TokenError("malformed", "the token's signature is not base64url") from None
+    if not hmac.compare_digest(expected, given):
+        raise TokenError("bad_signature", "the token's signature is not valid")
+
+
+def validate_times(claims: Mapping[str, Any], now: float, leeway: float) -> float:
+    """Check `exp` (required), `nbf` and `iat`; return `exp`. Raises TokenError."""
+    times: dict[str, float] = {}
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TokenError("malformed", f"the token's '{name}' is not a number")
+        # Compare before converting: float(10**400) raises; NaN and Infinity fail the range.
+        if not 0 <= value <= MAX_TIME:
+            raise TokenError(
+                "bad_time", f"the token's '{name}' is not a time between 1970 and 9999"
+            )
+        times[name] = float(value)
+    if "exp" not in times:
+        raise TokenError("missing_claim", "the token has no 'exp' claim")
+    if times["exp"] <= now - leeway:
+        raise TokenError("expired", "the token has expired")
+    if times.get("nbf", now) > now + leeway or times.get("iat", now) > now + leeway:
+        raise TokenError("not_yet_valid", "the token is not valid yet")
+    return times["exp"]
+
+
+def _header_safe(value: str, what: str) -> None:
+    if len(value) > MAX_NAME_CHARS:
+        raise TokenError("bad_claim", f"the token's {what} is longer than {MAX_NAME_CHARS}")
+    if _UNSAFE.search(value) or value != value.strip():
+        raise TokenError(
+            "bad_claim", f"the token's {what} has control characters or surrounding spaces"
+        )
+
+
+def validate_identity(identity: Identity) -> Identity:
+    """Every name that becomes a header must be header-safe and unambiguous; returns
+    `identity`. Raises TokenError."""
+    _header_safe(identity.user, "user")
+    if identity.tenant is not None:
+        _header_safe(identity.tenant, "tenant")
+    if len(identity.roles) > MAX_ROLES:
+        raise TokenError("bad_claim", f"the token has more than {MAX_ROLES} roles")
+    for role in identity.roles:
+        _header_safe(role, "role")
+        # Roles travel comma-separated in x-user-roles: "x,admin" would read as two roles.
+        if not role or "," in role:
+            raise TokenError("bad_claim", "the token has an empty role or a role with a comma")
+    return identity
+
+
+class NegativeCache:
+    """A thread-safe, bounded LRU of recently refused tokens (by hash) and why. It keeps the
+    reason and sentence, never the exception (whose traceback would hold the token)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> TokenError | None:
+        found = self._items.get(hash(token))
+        return None if found is None else TokenError(*found)
+
+    def put(self, token: str, error: TokenError) -> None:
+        if self._size <= 0 or error.reason in _CURABLE:
+            return
+        with self._lock:
+            self._items[hash(token)] = (error.reason, error.detail)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class TokenCache:
@@ -138,11 +258,21 @@ class TokenVerifier:
         self._keys = keys
         self._clock = clock
         self._cache = TokenCache(settings.cache_size)
+        self._refused = NegativeCache(settings.negative_cache_size)
         self._generation = keys.current().generation
 
     @property
     def cache(self) -> TokenCache:
         return self._cache
+
+    @property
+    def refused(self) -> NegativeCache:
+        return self._refused
+
+    def cached(self, token: str) -> bool:
+        """Whether `token` would be answered from the cache of verified tokens (no CPU spent
+        on it): a caller over its failure budget may still use a token it proved before."""
+        return self._cache.get(token, self._clock()) is not None
 
     def _key_for(self, keys: KeySet, alg: str, kid: str | None) -> Any:
         if alg in HMAC_ALGS:
@@ -165,13 +295,21 @@ class TokenVerifier:
     def verify(self, token: str) -> Identity:
         now = self._clock()
         keys = self._keys.current()
-        if keys.generation != self._generation:  # rotated: forget what the old keys verified
+        if keys.generation != self._generation:  # rotated: forget what the old keys decided
             self._cache.clear()
+            self._refused.clear()
             self._generation = keys.generation
         cached = self._cache.get(token, now)
         if cached is not None:
             return cached
-        identity = self._verify_uncached(token, now, keys)
+        refused = self._refused.get(token)
+        if refused is not None:
+            raise refused
+        try:
+            identity = self._verify_uncached(token, now, keys)
+        except TokenError as err:
+            self._refused.put(token, err)
+            raise
         self._cache.put(token, identity)
         return identity
 
@@ -179,8 +317,12 @@ class TokenVerifier:
         s = self._settings
         if len(token) > s.max_token_bytes:
             raise TokenError("malformed", f"the token is longer than {s.max_token_bytes} bytes")
-        if token.count(".") != 2:
-            raise TokenError("malformed", "the token is not three dot-separated parts")
+        if not COMPACT.fullmatch(token):
+            raise TokenError(
+                "malformed", "the token is not three base64url parts (no padding, no spaces)"
+            )
+        if token.index(".") > MAX_HEADER_CHARS:
+            raise TokenError("malformed", "the token's header is too long")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -192,6 +334,8 @@ class TokenVerifier:
         if kid is not None and (not isinstance(kid, str) or not KID.match(kid)):
             raise TokenError("unknown_kid", "the token's key id (kid) is not valid")
         key = self._key_for(keys, alg, kid)
+        if alg in HMAC_ALGS:
+            _check_hmac(token, key, alg)  # a forged HMAC costs one digest, not a decode
         try:
             claims = jwt.decode(
                 token,
@@ -221,25 +365,10 @@ class TokenVerifier:
             raise TokenError("bad_signature", "the token's key cannot be used") from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise TokenError("malformed", "the token is not valid") from None
-        self._check_times(claims, now)
-        return self._identity(claims, now)
+        exp = validate_times(claims, now, self._settings.leeway_s)
+        return validate_identity(self._identity(claims, exp))
 
-    def _check_times(self, claims: Mapping[str, Any], now: float) -> None:
-        leeway = self._settings.leeway_s
-        times = {}
-        for name in ("exp", "nbf", "iat"):
-            value = claims.get(name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TokenError("malformed", f"the token's '{name}' is not a number")
-            times[name] = float(value)
-        if times["exp"] <= now - leeway:
-            raise TokenError("expired", "the token has expired")
-        if times.get("nbf", now) > now + leeway or times.get("iat", now) > now + leeway:
-            raise TokenError("not_yet_valid", "the token is not valid yet")
-
-    def _identity(self, claims: Mapping[str, Any], now: float) -> Identity:
+    def _identity(self, claims: Mapping[str, Any], exp: float) -> Identity:
         names = self._settings.claims
         user = claims.get(names.user)
         if not isinstance(user, str) or not user:
@@ -258,8 +387,9 @@ class TokenVerifier:
         tenant = claims.get(names.tenant)
         if tenant is not None and (not isinstance(tenant, str) or not tenant):
             raise TokenError("malformed", f"the '{names.tenant}' claim is not a string")
-        exp = float(claims["exp"]) + self._settings.leeway_s
-        return Identity(user=user, roles=roles, tenant=tenant, expires_at=exp)
+        return Identity(
+            user=user, roles=roles, tenant=tenant, expires_at=exp + self._settings.leeway_s
+        )
 
 
 def mint(

@@ -25,6 +25,8 @@ class BootstrapOptions:
     authz_port: int = defaults.AUTHZ_PORT
     delta: bool = False
     max_downstream_connections: int = defaults.MAX_DOWNSTREAM_CONNECTIONS
+    # The overload manager's heap monitor: shrink the heap at 95 %, refuse new requests at 98 %.
+    max_heap_bytes: int = defaults.ENVOY_MAX_HEAP_BYTES
     # Back-off for re-opening the ADS stream after the control plane went away (Envoy's own
     # default starts at 500 ms and grows to 30 s: a restarted server waited seconds for Envoy).
     ads_retry_base_ms: int = defaults.ADS_RETRY_BASE_MS
@@ -108,18 +110,56 @@ def render(opts: BootstrapOptions) -> dict[str, Any]:
                 _h2_cluster(AUTHZ_CLUSTER, opts.authz_host, opts.authz_port),
             ]
         },
-        "overload_manager": {
-            "resource_monitors": [
-                {
-                    "name": "envoy.resource_monitors.global_downstream_max_connections",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
-                        "downstream_connections.v3.DownstreamConnectionsConfig",
-                        "max_active_downstream_connections": opts.max_downstream_connections,
-                    },
-                }
-            ]
-        },
+        "overload_manager": _overload_manager(opts),
+        "layered_runtime": RUNTIME,
+    }
+
+
+# Strict-path routes use one RE2 regex per longer base path, whose size grows with the path;
+# Envoy refuses programs above 100 instructions unless told otherwise.
+RUNTIME: dict[str, Any] = {
+    "layers": [
+        {"name": "static", "static_layer": {"re2.max_program_size.error_level": 10_000}},
+        {"name": "admin", "admin_layer": {}},
+    ]
+}
+
+
+def _overload_manager(opts: BootstrapOptions) -> dict[str, Any]:
+    """Envoy's edge-proxy overload manager: a cap on downstream connections, and heap-based
+    shedding (shrink the heap, then stop accepting requests)."""
+    heap = "envoy.resource_monitors.fixed_heap"
+
+    def action(name: str, at: float) -> dict[str, Any]:
+        return {"name": name, "triggers": [{"name": heap, "threshold": {"value": at}}]}
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": heap,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                    "fixed_heap.v3.FixedHeapConfig",
+                    "max_heap_size_bytes": opts.max_heap_bytes,
+                },
+            },
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                    "downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": opts.max_downstream_connections,
+                },
+            },
+        ],
+        "actions": [
+            action("envoy.overload_actions.shrink_heap", defaults.ENVOY_HEAP_SHRINK_AT),
+            action(
+                "envoy.overload_actions.stop_accepting_requests",
+                defaults.ENVOY_HEAP_STOP_ACCEPTING_AT,
+            ),
+        ],
     }
 
 

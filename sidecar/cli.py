@@ -218,6 +218,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         startup_timeout_s=args.startup_timeout,
         key_configured=bool(args.jwt_secret or args.jwt_secret_file or args.jwks),
         child_env=child_env,
+        max_downstream_connections=args.max_downstream_connections,
+        envoy_max_heap_bytes=args.envoy_max_heap_bytes,
     )
     return up.run(conf, catalog)
 
@@ -253,6 +255,22 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         "envoy-log-level",
         default=defaults.ENVOY_LOG_LEVEL,
         help="Envoy log level",
+        environ=environ,
+    )
+    add_flag(
+        p,
+        "max-downstream-connections",
+        type=int,
+        default=defaults.MAX_DOWNSTREAM_CONNECTIONS,
+        help="Envoy's cap on client connections (overload manager)",
+        environ=environ,
+    )
+    add_flag(
+        p,
+        "envoy-max-heap-bytes",
+        type=int,
+        default=defaults.ENVOY_MAX_HEAP_BYTES,
+        help="Envoy's heap budget: shrink at 95 %%, refuse new requests at 98 %%",
         environ=environ,
     )
     add_flag(

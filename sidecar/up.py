@@ -43,6 +43,8 @@ class UpSettings:
     startup_timeout_s: float
     key_configured: bool  # a JWT secret, secret file or JWKS was given
     child_env: Mapping[str, str]  # the servers' settings, as their SIDECAR_* variables
+    max_downstream_connections: int = defaults.MAX_DOWNSTREAM_CONNECTIONS
+    envoy_max_heap_bytes: int = defaults.ENVOY_MAX_HEAP_BYTES
 
 
 def demo_upstreams(catalog: Catalog) -> list[str]:
@@ -195,6 +197,8 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
                     xds_port=conf.xds_port,
                     authz_port=conf.authz_port,
                     admin_port=conf.admin_port,
+                    max_downstream_connections=conf.max_downstream_connections,
+                    max_heap_bytes=conf.envoy_max_heap_bytes,
                 )
             )
         )

@@ -27,6 +27,9 @@ REQUEST_ID_HEADER: Final = "x-request-id"
 # Set by ext_authz to route a tenant to its own upstream; never trusted from a client.
 TENANT_UPSTREAM_HEADER: Final = "x-tenant-upstream"
 IDENTITY_HEADERS: Final = (USER_HEADER, ROLES_HEADER, TENANT_HEADER, TENANT_UPSTREAM_HEADER)
+# Headers some frameworks read as the request's real method. Removed before ext_authz unless
+# the service opts in (`RoutePolicy.method_override`); then ext_authz authorizes that method.
+METHOD_OVERRIDE_HEADERS: Final = ("x-http-method-override", "x-http-method", "x-method-override")
 
 # The cluster in Envoy's bootstrap that reaches ext_authz (its address is per deployment).
 AUTHZ_CLUSTER: Final = "ext_authz"
@@ -101,6 +104,8 @@ class RoutePolicy:
     tenant_scope: Literal["global", "tenant"] = "global"
     rate_limit: Limit | None = None
     tenant_upstreams: frozenset[str] = frozenset()
+    # Honour method-override headers: each method they name must be allowed too.
+    method_override: bool = False
 
 
 class PolicyError(ValueError):
@@ -122,6 +127,8 @@ def encode(policy: RoutePolicy) -> str:
         data["rate_limit"] = [rl.limit, rl.window_s, rl.burst]
     if policy.tenant_upstreams:
         data["tenant_upstreams"] = sorted(policy.tenant_upstreams)
+    if policy.method_override:
+        data["method_override"] = True
     return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
@@ -143,6 +150,7 @@ def decode(text: str) -> RoutePolicy:
             tenant_scope=scope,
             rate_limit=Limit(int(rl[0]), int(rl[1]), int(rl[2])) if rl else None,
             tenant_upstreams=frozenset(map(str, data.get("tenant_upstreams", ()))),
+            method_override=data.get("method_override") is True,
         )
     except PolicyError:
         raise

@@ -47,3 +47,26 @@ REDIS_KEY_PREFIX: Final = "sidecar:rl:"
 STARTUP_TIMEOUT_S: Final = 30.0
 RESTART_BACKOFF_BASE_S: Final = 0.1
 RESTART_BACKOFF_MAX_S: Final = 10.0
+
+# Envoy's edge: the values of Envoy's "Configuring Envoy as an edge proxy" page, or stricter
+# (README "Security model" says why each one is what it is).
+EDGE_REQUEST_HEADERS_TIMEOUT_MS: Final = 10_000  # slowloris: the whole header block in 10 s
+EDGE_STREAM_IDLE_TIMEOUT_MS: Final = 300_000  # a stream that moves no byte for 5 min
+EDGE_REQUEST_TIMEOUT_MS: Final = 300_000  # a whole request (body included) in 5 min
+EDGE_IDLE_TIMEOUT_MS: Final = 300_000  # a connection with no stream for 5 min (page: 1 h)
+EDGE_H2_MAX_CONCURRENT_STREAMS: Final = 100
+EDGE_H2_STREAM_WINDOW_BYTES: Final = 65_536
+EDGE_H2_CONNECTION_WINDOW_BYTES: Final = 1_048_576
+EDGE_CONNECTION_BUFFER_BYTES: Final = 32_768
+EDGE_MAX_REQUEST_HEADERS: Final = 100  # Envoy's own; ext_authz keeps room for its headers
+EDGE_UNDERSCORE_HEADERS: Final = "reject"  # x_user_id would reach a CGI upstream as X-User-Id
+ENVOY_MAX_HEAP_BYTES: Final = 2 * 1024**3
+ENVOY_HEAP_SHRINK_AT: Final = 0.95
+ENVOY_HEAP_STOP_ACCEPTING_AT: Final = 0.98
+
+# ext_authz under attack
+FAILED_AUTH_BUDGET: Final = 50  # failed authentications per client address ...
+FAILED_AUTH_WINDOW_S: Final = 10  # ... per this many seconds, then 429
+NEGATIVE_CACHE_SIZE: Final = 10_000  # recently refused tokens remembered
+AUDIT_DENIALS_PER_ADDRESS: Final = 10  # denial lines per client address per second
+AUDIT_MAX_FIELD_CHARS: Final = 256  # longer audit fields are cut

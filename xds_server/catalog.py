@@ -59,6 +59,7 @@ RETRY_CONDITIONS: frozenset[str] = frozenset(
 # far below Envoy's limits; rate-limit numbers stay exact in Redis' Lua (doubles, 2**53).
 UINT32_MAX = 2**32 - 1
 MAX_RATE = 1_000_000_000
+MAX_BODY_BYTES = UINT32_MAX  # the buffer filter's max_request_bytes is a uint32
 
 _SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
@@ -238,6 +239,10 @@ class Service(_Strict):
     tenant_upstreams: dict[str, str | Annotated[list[str], Field(min_length=1)]] = Field(
         default_factory=dict
     )
+    # Edge hardening (README "Security model").
+    strict_paths: bool = True
+    max_request_body_bytes: Annotated[int, Field(gt=0, le=MAX_BODY_BYTES)] | None = None
+    method_override: bool = False
 
     @field_validator("service_name")
     @classmethod

@@ -32,4 +32,5 @@ def compile_policy(catalog: Catalog, svc: Service) -> RoutePolicy:
         tenant_scope=svc.tenant_scope,
         rate_limit=Limit(rl.limit, rl.window_seconds, rl.burst) if rl else None,
         tenant_upstreams=frozenset(svc.tenant_upstreams),
+        method_override=svc.method_override,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sidecar_shared import defaults
 from sidecar_shared.flags import add_flag
+from xds_server.resources.common import EdgeOptions
 from xds_server.translate import AuthzOptions, Options
 
 
@@ -49,10 +50,67 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         "HTTP status Envoy answers when ext_authz cannot be reached",
         int,
     )
+    add_edge_arguments(parser, environ)
     flag("log-level", "info", "log level")
 
 
+def add_edge_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Envoy's edge-proxy limits on the listener (README "Security model")."""
+
+    def flag(name: str, default: object, help: str, type: type = int) -> None:
+        add_flag(parser, name, default=default, help=help, type=type, environ=environ)
+
+    d = defaults
+    flag("request-headers-timeout-ms", d.EDGE_REQUEST_HEADERS_TIMEOUT_MS, "whole header block")
+    flag("stream-idle-timeout-ms", d.EDGE_STREAM_IDLE_TIMEOUT_MS, "a stream moving no byte")
+    flag("request-timeout-ms", d.EDGE_REQUEST_TIMEOUT_MS, "a whole request, body included")
+    flag("idle-timeout-ms", d.EDGE_IDLE_TIMEOUT_MS, "a client connection with no request")
+    flag("h2-max-concurrent-streams", d.EDGE_H2_MAX_CONCURRENT_STREAMS, "per HTTP/2 connection")
+    flag("h2-stream-window-bytes", d.EDGE_H2_STREAM_WINDOW_BYTES, "HTTP/2 initial stream window")
+    flag("h2-connection-window-bytes", d.EDGE_H2_CONNECTION_WINDOW_BYTES, "HTTP/2 conn window")
+    flag("connection-buffer-bytes", d.EDGE_CONNECTION_BUFFER_BYTES, "buffer per connection")
+    flag("max-request-headers", d.EDGE_MAX_REQUEST_HEADERS, "headers per request (431 above)")
+    flag(
+        "underscore-headers",
+        d.EDGE_UNDERSCORE_HEADERS,
+        "header names with '_': reject (400) or drop",
+        str,
+    )
+
+
+def edge_options(args: argparse.Namespace) -> EdgeOptions:
+    if args.underscore_headers not in ("reject", "drop"):
+        raise SystemExit(
+            f"--underscore-headers must be reject or drop, not {args.underscore_headers!r}"
+        )
+    return EdgeOptions(
+        request_headers_timeout_ms=args.request_headers_timeout_ms,
+        stream_idle_timeout_ms=args.stream_idle_timeout_ms,
+        request_timeout_ms=args.request_timeout_ms,
+        idle_timeout_ms=args.idle_timeout_ms,
+        h2_max_concurrent_streams=args.h2_max_concurrent_streams,
+        h2_stream_window_bytes=args.h2_stream_window_bytes,
+        h2_connection_window_bytes=args.h2_connection_window_bytes,
+        connection_buffer_bytes=args.connection_buffer_bytes,
+        max_request_headers=args.max_request_headers,
+        underscore_headers=args.underscore_headers,
+    )
+
+
+# ext_authz answers these itself; Envoy's reply when it cannot reach ext_authz must differ, so
+# that each gets its own JSON body (`listener.local_reply_config`).
+_AUTHZ_OWN_STATUSES = (401, 403, 429, 500)
+
+
 def from_args(args: argparse.Namespace) -> XdsSettings:
+    if (
+        args.authz_failure_status in _AUTHZ_OWN_STATUSES
+        or not 200 <= args.authz_failure_status < 600
+    ):
+        raise SystemExit(
+            f"--authz-failure-status {args.authz_failure_status}: must be an HTTP status other "
+            f"than {', '.join(map(str, _AUTHZ_OWN_STATUSES))} (ext_authz's own answers)"
+        )
     return XdsSettings(
         catalog=Path(args.catalog),
         host=args.xds_host,
@@ -67,6 +125,7 @@ def from_args(args: argparse.Namespace) -> XdsSettings:
             authz=AuthzOptions(
                 timeout_ms=args.authz_timeout_ms, failure_status=args.authz_failure_status
             ),
+            edge=edge_options(args),
         ),
     )
 

@@ -148,7 +148,7 @@ def test_two_replicas_sharing_redis_hold_one_limit(rig: Stack, redis_prefix: str
     client = redis.Redis(host="127.0.0.1", port=6379)
     keys = [k.decode() for k in client.scan_iter(match=f"{redis_prefix}*")]
     client.close()
-    assert any("{api|u||alice}" in k for k in keys), keys
+    assert any("{3:api|u|0:|5:alice}" in k for k in keys), keys
 
 
 def _outage_stack(

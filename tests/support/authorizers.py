@@ -12,7 +12,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from ext_authz.audit import AuditLog
-from ext_authz.core import Authorizer, LimitSettings
+from ext_authz.core import Authorizer, GuardSettings, LimitSettings
 from ext_authz.keys import KeySettings, KeySource
 from ext_authz.metrics import AuthzMetrics
 from ext_authz.observers import AuditObserver, MetricsObserver
@@ -56,6 +56,7 @@ def make_authorizer(
     limiter: Limiter | None = None,
     audit_sample: float = 1.0,
     limits: LimitSettings | None = None,
+    guard: GuardSettings | None = None,
 ) -> Wired:
     audit = io.StringIO()
     registry = CollectorRegistry()
@@ -66,5 +67,6 @@ def make_authorizer(
         logging.getLogger("test"),
         clock,
         limits or LimitSettings(),
+        guard or GuardSettings(),
     )
     return Wired(authorizer, audit, registry)

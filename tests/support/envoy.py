@@ -61,8 +61,10 @@ def static_bootstrap(snap: Snapshot, admin_port: int = 0) -> dict[str, Any]:
                     manager.route_config.CopyFrom(rc)
                     f.typed_config.Pack(manager)
         listeners.append(json_format.MessageToDict(lst))
-    bootstrap_clusters = render(BootstrapOptions())["static_resources"]["clusters"]
+    bootstrap = render(BootstrapOptions())
+    bootstrap_clusters = bootstrap["static_resources"]["clusters"]
     return {
+        "layered_runtime": bootstrap["layered_runtime"],
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
         },

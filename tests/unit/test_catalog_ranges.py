@@ -12,6 +12,7 @@ import pytest
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -50,6 +51,7 @@ ENVOY_FIELD: dict[tuple[str, str], tuple[type[Message], str] | None] = {
     ("CircuitBreaker", "max_pending_requests"): (_THRESHOLDS, "max_pending_requests"),
     ("CircuitBreaker", "max_requests"): (_THRESHOLDS, "max_requests"),
     ("CircuitBreaker", "max_retries"): (_THRESHOLDS, "max_retries"),
+    ("Service", "max_request_body_bytes"): (buffer_pb2.Buffer, "max_request_bytes"),
     ("RateLimit", "requests_per_second"): None,
     ("RateLimit", "requests_per_minute"): None,
     ("RateLimit", "requests_per_hour"): None,

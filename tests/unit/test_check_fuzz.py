@@ -8,6 +8,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ext_authz.core import GuardSettings
 from ext_authz.tokens import TokenVerifier, VerifierSettings
 from ext_authz.transports.grpc import to_input, to_response
 from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
@@ -20,7 +21,9 @@ FORGED = jwt.encode({"sub": "u", "roles": ["r"], "exp": int(NOW) + 60}, b"x" * 4
 POLICY = encode(RoutePolicy(service="svc", allowed_roles={"read": frozenset({"r"})}))
 
 AUTH = make_authorizer(
-    TokenVerifier(VerifierSettings(cache_size=64), key_source(SECRET), lambda: NOW), lambda: NOW
+    TokenVerifier(VerifierSettings(cache_size=64), key_source(SECRET), lambda: NOW),
+    lambda: NOW,
+    guard=GuardSettings(failure_budget=0),  # every try is checked, none refused for its count
 ).authorizer
 
 segment = st.text(alphabet="ABCDEFabcdef0123456789-_=+/.$%", max_size=40)

@@ -75,12 +75,12 @@ def test_a_denial_has_a_json_body_with_the_request_id() -> None:
     body = json.loads(out.body)
     assert body == {
         "error": "invalid_token",
-        "message": "a bearer token is required",
+        "message": "a valid bearer token is required",
         "request_id": "rid-2",
     }
     headers = dict(out.response_headers)
     assert headers["www-authenticate"] == (
-        'Bearer error="invalid_token", error_description="a bearer token is required"'
+        'Bearer error="invalid_token", error_description="a valid bearer token is required"'
     )
     forbidden = run(auth, ORDERS, {"authorization": f"Bearer {tok()}"}, method="DELETE")
     assert forbidden.status == 403

@@ -81,9 +81,9 @@ def test_no_retry_policy_means_no_retries() -> None:
 def test_routes_are_longest_prefix_first_and_match_whole_segments() -> None:
     snap = build_snapshot(
         catalog(
-            svc("a", "/api"),
-            svc("b", "/api/v2/"),
-            svc("root", "/"),
+            svc("a", "/api", strict_paths=False),
+            svc("b", "/api/v2/", strict_paths=False),
+            svc("root", "/", strict_paths=False),
             svc("c", "/api/v2/admin"),
         ),
         Options(),
@@ -234,6 +234,7 @@ def test_identity_headers_are_stripped_before_ext_authz_which_fails_closed() -> 
     filters = _filters(snap)
     assert [f.name for f in filters] == [
         "envoy.filters.http.header_mutation",
+        "sidecar.strip_method_override",
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.cache",
         "envoy.filters.http.router",
@@ -243,7 +244,7 @@ def test_identity_headers_are_stripped_before_ext_authz_which_fails_closed() -> 
     removed = {m.remove for m in mutation.mutations.request_mutations}
     assert removed == {"x-user-id", "x-user-roles", "x-tenant-upstream"}
     config = ext_authz_pb2.ExtAuthz()
-    filters[1].typed_config.Unpack(config)
+    filters[2].typed_config.Unpack(config)
     assert config.failure_mode_allow is False
     assert config.status_on_error.code == 503
     assert config.grpc_service.envoy_grpc.cluster_name == "ext_authz"

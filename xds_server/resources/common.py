@@ -25,6 +25,8 @@ ROUTE_CONFIG_NAME = "ingress_routes"
 CACHE_FILTER = "envoy.filters.http.cache"
 AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 HEADER_MUTATION_FILTER = "envoy.filters.http.header_mutation"
+METHOD_OVERRIDE_FILTER = "sidecar.strip_method_override"
+BUFFER_FILTER = "envoy.filters.http.buffer"
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,29 @@ class AuthzOptions:
 
 
 @dataclass(frozen=True)
+class EdgeOptions:
+    """The listener's edge-proxy limits (defaults and reasons in `sidecar_shared.defaults`)."""
+
+    request_headers_timeout_ms: int = defaults.EDGE_REQUEST_HEADERS_TIMEOUT_MS
+    stream_idle_timeout_ms: int = defaults.EDGE_STREAM_IDLE_TIMEOUT_MS
+    request_timeout_ms: int = defaults.EDGE_REQUEST_TIMEOUT_MS
+    idle_timeout_ms: int = defaults.EDGE_IDLE_TIMEOUT_MS
+    h2_max_concurrent_streams: int = defaults.EDGE_H2_MAX_CONCURRENT_STREAMS
+    h2_stream_window_bytes: int = defaults.EDGE_H2_STREAM_WINDOW_BYTES
+    h2_connection_window_bytes: int = defaults.EDGE_H2_CONNECTION_WINDOW_BYTES
+    connection_buffer_bytes: int = defaults.EDGE_CONNECTION_BUFFER_BYTES
+    max_request_headers: int = defaults.EDGE_MAX_REQUEST_HEADERS
+    underscore_headers: str = defaults.EDGE_UNDERSCORE_HEADERS  # "reject" or "drop"
+
+
+@dataclass(frozen=True)
 class Options:
     """What the translation needs besides the catalog; built once from the server's settings."""
 
     listener_address: str = defaults.LISTENER_ADDRESS
     listener_port: int = defaults.LISTENER_PORT
     authz: AuthzOptions = AuthzOptions()
+    edge: EdgeOptions = EdgeOptions()
 
 
 def pack(msg: Message) -> any_pb2.Any:

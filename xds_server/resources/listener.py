@@ -3,11 +3,15 @@ ext_authz → cache → router)."""
 
 from __future__ import annotations
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import (
     address_pb2,
     config_source_pb2,
+    protocol_pb2,
+    substitution_format_string_pb2,
 )
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.cache.v3 import cache_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
@@ -19,6 +23,7 @@ from envoy.extensions.http.cache.simple_http_cache.v3 import config_pb2 as simpl
 from google.protobuf import wrappers_pb2
 
 from sidecar_shared.contract import (
+    METHOD_OVERRIDE_HEADERS,
     ROLES_HEADER,
     TENANT_UPSTREAM_HEADER,
     USER_HEADER,
@@ -27,16 +32,19 @@ from xds_server.catalog import Catalog
 from xds_server.resources.common import (
     ADS_SOURCE,
     AUTHZ_FILTER,
+    BUFFER_FILTER,
     CACHE_FILTER,
     HEADER_MUTATION_FILTER,
     LISTENER_NAME,
+    METHOD_OVERRIDE_FILTER,
     ROUTE_CONFIG_NAME,
     AuthzOptions,
+    EdgeOptions,
     Options,
     pack,
     set_ms,
 )
-from xds_server.resources.routes import needs_cache_filter
+from xds_server.resources.routes import needs_body_limit, needs_cache_filter
 
 
 def _strip_client_identity() -> hcm_pb2.HttpFilter:
@@ -48,6 +56,16 @@ def _strip_client_identity() -> hcm_pb2.HttpFilter:
     for name in (USER_HEADER, ROLES_HEADER, TENANT_UPSTREAM_HEADER):
         mutation.mutations.request_mutations.add(remove=name)
     return hcm_pb2.HttpFilter(name=HEADER_MUTATION_FILTER, typed_config=pack(mutation))
+
+
+def _strip_method_override() -> hcm_pb2.HttpFilter:
+    """Removes method-override headers (a framework that honours them would run a method
+    ext_authz never authorized). A service that opts in (`method_override`) disables this
+    filter on its routes, and ext_authz authorizes the overridden method too."""
+    mutation = header_mutation_pb2.HeaderMutation()
+    for name in METHOD_OVERRIDE_HEADERS:
+        mutation.mutations.request_mutations.add(remove=name)
+    return hcm_pb2.HttpFilter(name=METHOD_OVERRIDE_FILTER, typed_config=pack(mutation))
 
 
 def _ext_authz(catalog: Catalog, options: AuthzOptions) -> hcm_pb2.HttpFilter:
@@ -64,9 +82,25 @@ def _ext_authz(catalog: Catalog, options: AuthzOptions) -> hcm_pb2.HttpFilter:
 
 
 def http_filters(catalog: Catalog, options: Options) -> list[hcm_pb2.HttpFilter]:
-    """The listener's HTTP filter chain, in order: strip client identity headers, ext_authz,
-    cache (when a service is cacheable), router."""
-    filters = [_strip_client_identity(), _ext_authz(catalog, options.authz)]
+    """The listener's HTTP filter chain, in order: strip client identity headers, strip
+    method-override headers, ext_authz, request-body limit (when a service has one), cache
+    (when a service is cacheable), router."""
+    filters = [
+        _strip_client_identity(),
+        _strip_method_override(),
+        _ext_authz(catalog, options.authz),
+    ]
+    if needs_body_limit(catalog):
+        # Off unless a route turns it on with its service's max_request_body_bytes.
+        filters.append(
+            hcm_pb2.HttpFilter(
+                name=BUFFER_FILTER,
+                disabled=True,
+                typed_config=pack(
+                    buffer_pb2.Buffer(max_request_bytes=wrappers_pb2.UInt32Value(value=1 << 20))
+                ),
+            )
+        )
     if needs_cache_filter(catalog):
         filters.append(
             hcm_pb2.HttpFilter(
@@ -97,8 +131,12 @@ def listener(catalog: Catalog, options: Options) -> listener_pb2.Listener:
         merge_slashes=True,
         path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
     )
+    set_edge_limits(manager, options.edge, options.authz.failure_status)
     return listener_pb2.Listener(
         name=LISTENER_NAME,
+        per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(
+            value=options.edge.connection_buffer_bytes
+        ),
         address=address_pb2.Address(
             socket_address=address_pb2.SocketAddress(
                 address=options.listener_address, port_value=options.listener_port
@@ -115,3 +153,90 @@ def listener(catalog: Catalog, options: Options) -> listener_pb2.Listener:
             )
         ],
     )
+
+
+_UNDERSCORE_ACTION = {
+    "reject": protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
+    "drop": protocol_pb2.HttpProtocolOptions.DROP_HEADER,
+}
+
+# The `error` code and message of each local reply Envoy makes (ext_authz's own denials keep
+# the body ext_authz wrote). Messages are generic on purpose: nothing internal is named.
+_LOCAL_REPLIES: tuple[tuple[int, str, str], ...] = (
+    (400, "bad_request", "the request is not valid HTTP"),
+    (404, "not_found", "no service at this path"),
+    (408, "request_timeout", "the request took too long to arrive"),
+    (413, "payload_too_large", "the request body is too large"),
+    (431, "headers_too_large", "the request has too many or too large headers"),
+    (502, "bad_gateway", "the service answered badly"),
+    (503, "unavailable", "the service is unavailable"),
+    (504, "gateway_timeout", "the service did not answer in time"),
+)
+
+
+def _json_body(error: str, message: str) -> substitution_format_string_pb2.SubstitutionFormatString:
+    body = substitution_format_string_pb2.SubstitutionFormatString(content_type="application/json")
+    fields = body.json_format.fields
+    fields["error"].string_value = error
+    fields["message"].string_value = message
+    fields["request_id"].string_value = "%REQ(X-REQUEST-ID)%"
+    return body
+
+
+def _status_is(code: int) -> accesslog_pb2.AccessLogFilter:
+    out = accesslog_pb2.AccessLogFilter()
+    out.status_code_filter.comparison.op = accesslog_pb2.ComparisonFilter.EQ
+    out.status_code_filter.comparison.value.default_value = code
+    out.status_code_filter.comparison.value.runtime_key = f"sidecar.local_reply.{code}"
+    return out
+
+
+def _from_ext_authz() -> accesslog_pb2.AccessLogFilter:
+    out = accesslog_pb2.AccessLogFilter()
+    out.response_flag_filter.flags.append("UAEX")
+    return out
+
+
+def local_reply_config(failure_status: int) -> hcm_pb2.LocalReplyConfig:
+    """Every local reply Envoy makes carries `{"error","message","request_id"}` JSON, like
+    ext_authz's denials. Order matters (the first matching mapper wins): ext_authz unreachable
+    (its failure status with the UAEX flag); ext_authz's own denials (UAEX: its body is kept);
+    then Envoy's replies by status; anything else gets a generic body."""
+    config = hcm_pb2.LocalReplyConfig()
+    unreachable = config.mappers.add()
+    unreachable.filter.and_filter.filters.add().CopyFrom(_from_ext_authz())
+    unreachable.filter.and_filter.filters.add().CopyFrom(_status_is(failure_status))
+    unreachable.body_format_override.CopyFrom(
+        _json_body("authz_unavailable", "authorization is unavailable; try again later")
+    )
+    denied = config.mappers.add()
+    denied.filter.CopyFrom(_from_ext_authz())
+    denied.body_format_override.text_format = "%LOCAL_REPLY_BODY%"
+    denied.body_format_override.content_type = "application/json"
+    for code, error, message in _LOCAL_REPLIES:
+        mapper = config.mappers.add()
+        mapper.filter.CopyFrom(_status_is(code))
+        mapper.body_format_override.CopyFrom(_json_body(error, message))
+    config.body_format.CopyFrom(_json_body("request_failed", "the request could not be served"))
+    return config
+
+
+def set_edge_limits(
+    manager: hcm_pb2.HttpConnectionManager, edge: EdgeOptions, failure_status: int
+) -> None:
+    """Envoy's edge-proxy best practices, each from `edge` (README "Security model")."""
+    common = manager.common_http_protocol_options
+    common.headers_with_underscores_action = _UNDERSCORE_ACTION[edge.underscore_headers]
+    common.max_headers_count.value = edge.max_request_headers
+    set_ms(common.idle_timeout, edge.idle_timeout_ms)
+    set_ms(manager.request_headers_timeout, edge.request_headers_timeout_ms)
+    set_ms(manager.stream_idle_timeout, edge.stream_idle_timeout_ms)
+    set_ms(manager.request_timeout, edge.request_timeout_ms)
+    h2 = manager.http2_protocol_options
+    h2.max_concurrent_streams.value = edge.h2_max_concurrent_streams
+    h2.initial_stream_window_size.value = edge.h2_stream_window_bytes
+    h2.initial_connection_window_size.value = edge.h2_connection_window_bytes
+    # `Expect: 100-continue` goes to the upstream, which sees it only after ext_authz allowed
+    # the request: a denied client is never invited to upload its body.
+    manager.proxy_100_continue = True
+    manager.local_reply_config.CopyFrom(local_reply_config(failure_status))
