@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar import deployfiles
 from sidecar.bootstrap import BootstrapOptions, render, render_json
 from tests.support.catalog_edges import extreme_catalog
 from tests.support.catalogs import ROOT, SAMPLE
@@ -15,11 +16,13 @@ from xds_server.catalog import load_catalog, parse_catalog
 from xds_server.translate import Options, build_snapshot
 
 
-def test_the_shipped_bootstrap_is_valid_and_current() -> None:
-    shipped = ROOT / "envoy" / "sidecar.json"
+@pytest.mark.parametrize("name", ["sidecar.json", "compose.json"])
+def test_the_shipped_bootstraps_are_valid_and_current(name: str) -> None:
+    shipped = ROOT / "envoy" / name
     result = envoy_validate(shipped)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert shipped.read_text() == render_json(BootstrapOptions())
+    options = {"sidecar.json": deployfiles.SIDECAR, "compose.json": deployfiles.COMPOSE}[name]
+    assert shipped.read_text() == render_json(options), "run: python -m sidecar.deployfiles"
 
 
 @pytest.mark.parametrize("delta", [False, True])

@@ -1,0 +1,40 @@
+"""Regenerates the Envoy bootstraps shipped with the repository from `sidecar.bootstrap`:
+`envoy/sidecar.json` (Envoy beside our servers on loopback), `envoy/compose.json` (docker-compose
+service names) and the bootstrap ConfigMap in `deploy/kubernetes/sidecar.yaml`.
+
+    python -m sidecar.deployfiles      (tests fail until the shipped files match)
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from sidecar.bootstrap import BootstrapOptions, render_json
+
+ROOT = Path(__file__).resolve().parent.parent
+SIDECAR = BootstrapOptions()
+COMPOSE = BootstrapOptions(xds_host="xds-server", authz_host="ext-authz", admin_address="0.0.0.0")
+_CONFIGMAP = re.compile(r"(  envoy\.json: \|\n)(?:    .*\n|\n)*?(?=---\n)")
+
+
+def kubernetes_yaml(current: str, bootstrap: str) -> str:
+    """`current` with the bootstrap ConfigMap's `envoy.json` replaced by `bootstrap`."""
+    body = "".join(f"    {line}\n" if line else "\n" for line in bootstrap.splitlines())
+    replaced, count = _CONFIGMAP.subn(lambda m: m.group(1) + body, current)
+    if count != 1:
+        raise ValueError("no bootstrap ConfigMap (`envoy.json: |` before `---`) found")
+    return replaced
+
+
+def main() -> int:
+    (ROOT / "envoy" / "sidecar.json").write_text(render_json(SIDECAR))
+    (ROOT / "envoy" / "compose.json").write_text(render_json(COMPOSE))
+    k8s = ROOT / "deploy" / "kubernetes" / "sidecar.yaml"
+    k8s.write_text(kubernetes_yaml(k8s.read_text(), render_json(SIDECAR)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
