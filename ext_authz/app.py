@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from ext_authz.audit import AuditLog
 from ext_authz.core import Authorizer
 from ext_authz.keys import KeySource
-from ext_authz.metrics import AuthzMetrics
+from ext_authz.metrics import AuthzMetrics, TokenCacheStats
 from ext_authz.observers import AuditObserver, MetricsObserver
 from ext_authz.ratelimit import GuardedLimiter, Limiter, MemoryLimiter
 from ext_authz.settings import AuthzSettings
@@ -69,9 +69,12 @@ def build_authorizer(
         on_outage=metrics.rate_limit_outages.inc,
         on_error=metrics.rate_limit_backend_errors.inc,
     )
+    metrics.rate_limit_backend_available.set_function(lambda: 1.0 if limiter.available else 0.0)
+    verifier = TokenVerifier(settings.verifier, keys)
+    registry.register(TokenCacheStats(verifier.cache))
     audit = AuditLog(_audit_stream(settings, stack), settings.audit_allow_sample)
     return Authorizer(
-        TokenVerifier(settings.verifier, keys),
+        verifier,
         limiter,
         [MetricsObserver(metrics), AuditObserver(audit, settings.audit_denials_per_address)],
         log,

@@ -204,6 +204,9 @@ class Authorizer:
                 self._clock(),
                 (time.perf_counter_ns() - started) // 1000,
                 address,
+                policy is not None
+                and policy.rate_limit is not None
+                and outcome.status in (200, 429),
             )
             for observer in self._observers:
                 observer.observe(decision)

@@ -52,6 +52,7 @@ class Decision:
     at: float  # wall-clock seconds when the check started
     latency_us: int
     client: str = ""  # the client address the decision counted against
+    limited: bool = False  # the request was counted against the route's rate limit
 
 
 class DecisionObserver(Protocol):

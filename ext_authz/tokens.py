@@ -221,15 +221,19 @@ class TokenCache:
         self._size = size
         self._items: OrderedDict[str, Identity] = OrderedDict()
         self._lock = threading.Lock()
+        self.hits = 0  # lookups, counted under the lock (read by metrics at scrape time)
+        self.misses = 0
 
     def get(self, token: str, now: float) -> Identity | None:
         with self._lock:
             found = self._items.get(token)
-            if found is None:
-                return None
-            if found.expires_at <= now:
+            if found is not None and found.expires_at <= now:
                 del self._items[token]
+                found = None
+            if found is None:
+                self.misses += 1
                 return None
+            self.hits += 1
             self._items.move_to_end(token)
             return found
 

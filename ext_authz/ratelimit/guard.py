@@ -41,6 +41,11 @@ class GuardedLimiter:
         self._lock = threading.Lock()
         self._in_outage = False
 
+    @property
+    def available(self) -> bool:
+        """False from the backend's first failure until its next success."""
+        return not self._in_outage
+
     def hit(self, key: str, limit: Limit) -> Decision:
         """The backend's decision, or the failure policy's when it is unavailable."""
         try:

@@ -131,10 +131,8 @@ def test_decisions_are_counted_by_status_and_reason() -> None:
     auth, _, registry = make()
     run(auth, ORDERS, {})
     run(auth, ORDERS, {"authorization": f"Bearer {tok()}"})
-    value = registry.get_sample_value(
-        "ext_authz_checks_total", {"status": "401", "reason": "missing_token"}
-    )
-    assert value == 1
-    assert (
-        registry.get_sample_value("ext_authz_checks_total", {"status": "200", "reason": "ok"}) == 1
-    )
+    denied = {"decision": "deny", "status": "401", "reason": "missing_token", "service": "orders"}
+    assert registry.get_sample_value("ext_authz_checks_total", denied) == 1
+    allowed = {"decision": "allow", "status": "200", "reason": "ok", "service": "orders"}
+    assert registry.get_sample_value("ext_authz_checks_total", allowed) == 1
+    assert registry.get_sample_value("ext_authz_check_duration_seconds_count") == 2

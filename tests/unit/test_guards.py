@@ -20,6 +20,7 @@ from ext_authz.tokens import TokenVerifier, VerifierSettings
 from sidecar_shared.contract import POLICY_KEY, Limit, RoutePolicy, encode
 from tests.support.authorizers import Wired, key_source, make_authorizer
 from tests.support.fakes import FakeClock
+from tests.support.metrics import total
 
 SECRET = b"guard-test-secret-that-is-long-enough-0123456789"
 NOW = 1_800_000_000.0
@@ -185,7 +186,5 @@ def test_denials_of_one_address_are_audited_at_a_bounded_rate_and_summarized() -
     assert max(len(x) for x in stream.getvalue().splitlines()) < 1200
     assert all(x["trace_id"] is None for x in denials)
     # Metrics still count every denial.
-    count = w.registry.get_sample_value(
-        "ext_authz_checks_total", {"status": "401", "reason": "missing_token"}
-    )
+    count = total(w.registry, "ext_authz_checks_total", status="401", reason="missing_token")
     assert count == 1001
