@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
+from collections.abc import Sequence
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry
 
 from ext_authz.audit import AuditLog
 from ext_authz.core import Authorizer
+from ext_authz.decision import DecisionObserver
 from ext_authz.keys import KeySource
 from ext_authz.metrics import AuthzMetrics, TokenCacheStats
-from ext_authz.observers import AuditObserver, MetricsObserver
+from ext_authz.observers import AuditObserver, MetricsObserver, TracingObserver
 from ext_authz.ratelimit import GuardedLimiter, Limiter, MemoryLimiter
 from ext_authz.settings import AuthzSettings
 from ext_authz.tokens import TokenVerifier
 from ext_authz.transports import Transport
 from ext_authz.transports.grpc import GrpcTransport
-from sidecar_shared import ops_http
+from sidecar_shared import ops_http, tracing
 
 
 def make_backend(settings: AuthzSettings, stack: contextlib.ExitStack) -> Limiter:
@@ -55,9 +58,10 @@ def build_authorizer(
     log: logging.Logger,
     registry: CollectorRegistry,
     stack: contextlib.ExitStack,
+    observers: Sequence[DecisionObserver] = (),
 ) -> Authorizer:
-    """The decision core with its keys (refreshed in the background), limiter, audit and
-    metrics. Raises KeyConfigError when the keys cannot be used."""
+    """The decision core with its keys (refreshed in the background), limiter, metrics and
+    audit, then `observers` (tracing). Raises KeyConfigError when the keys cannot be used."""
     metrics = AuthzMetrics(registry)
     keys = KeySource(settings.keys, log)
     keys.start()
@@ -76,7 +80,11 @@ def build_authorizer(
     return Authorizer(
         verifier,
         limiter,
-        [MetricsObserver(metrics), AuditObserver(audit, settings.audit_denials_per_address)],
+        [
+            MetricsObserver(metrics),
+            AuditObserver(audit, settings.audit_denials_per_address),
+            *observers,
+        ],
         log,
         limits=settings.limits,
         guard=settings.guard,
@@ -87,9 +95,20 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
     """Serve until `stop` is set. Raises KeyConfigError or OSError when it cannot start."""
     with contextlib.ExitStack() as stack:
         registry = CollectorRegistry()
-        authorizer = build_authorizer(settings, log, registry, stack)
+        provider = tracing.tracer_provider("ext-authz", os.environ)
+        observers: list[DecisionObserver] = []
+        if provider is not None:
+            stack.callback(provider.shutdown)
+            observers.append(TracingObserver(provider.get_tracer("ext_authz")))
+        authorizer = build_authorizer(settings, log, registry, stack, observers)
         transports: list[Transport] = [
-            GrpcTransport(authorizer, settings.host, settings.port, settings.workers)
+            GrpcTransport(
+                authorizer,
+                settings.host,
+                settings.port,
+                settings.workers,
+                traced=provider is not None,
+            )
         ]
         serving = threading.Event()
         ops = ops_http.serve_in_thread(

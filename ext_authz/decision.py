@@ -23,6 +23,9 @@ class CheckInput:
     headers: Mapping[str, str]  # lower-case names, as Envoy sends them
     context: Mapping[str, str]  # the route's context_extensions
     client_ip: str = ""
+    # W3C traceparent of Envoy's span for this check call (gRPC metadata or HTTP header of the
+    # check request itself), when the transport reads it; else the client's, from `headers`.
+    trace_parent: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,16 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ext_authz.audit import AuditLog, AuditRecord, SuppressedRecord
-from ext_authz.decision import Decision
+from ext_authz.decision import CheckInput, Decision
 from ext_authz.metrics import AuthzMetrics
 from sidecar_shared import defaults
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 
 class MetricsObserver:
@@ -61,25 +65,48 @@ _B3_TRACE_ID = re.compile(r"[0-9a-f]{16}|[0-9a-f]{32}")
 _ZERO = frozenset("0")
 
 
+@dataclass(frozen=True)
+class TraceParent:
+    trace_id: str  # 32 lowercase hex
+    span_id: str  # 16 lowercase hex
+    sampled: bool
+
+
+def parse_traceparent(value: str | None) -> TraceParent | None:
+    """A W3C `traceparent` as the specification defines it (lengths, lowercase hex, non-zero
+    ids, version ff invalid, version 00 exactly four fields), or None."""
+    if value is None or len(value) > 512:
+        return None
+    m = _TRACEPARENT.fullmatch(value)
+    if m is None:
+        return None
+    version, trace, span, flags, rest = m.groups()
+    if (
+        version == "ff"
+        or (version == "00" and rest is not None)
+        or set(trace) == _ZERO
+        or set(span) == _ZERO
+    ):
+        return None
+    return TraceParent(trace, span, bool(int(flags, 16) & 1))
+
+
 def trace_id(headers: Mapping[str, str]) -> str | None:
     """The request's trace id when the client sent a valid one (W3C first, then B3), else
     None: an id that breaks the specification is dropped, never copied."""
-    parent = headers.get("traceparent")
-    if parent is not None and len(parent) <= 512:
-        m = _TRACEPARENT.fullmatch(parent)
-        if m is not None:
-            version, trace, span, _, rest = m.groups()
-            if (
-                version != "ff"
-                and not (version == "00" and rest is not None)
-                and set(trace) != _ZERO
-                and set(span) != _ZERO
-            ):
-                return trace
+    parent = parse_traceparent(headers.get("traceparent"))
+    if parent is not None:
+        return parent.trace_id
     b3 = headers.get("x-b3-traceid")
     if b3 is not None and _B3_TRACE_ID.fullmatch(b3) and set(b3) != _ZERO:
         return b3
     return None
+
+
+def _trace_id_of(req: CheckInput) -> str | None:
+    """Envoy's trace (when the transport read it), else the client's."""
+    parent = parse_traceparent(req.trace_parent)
+    return parent.trace_id if parent is not None else trace_id(req.headers)
 
 
 def _cut(value: str | None, limit: int = defaults.AUDIT_MAX_FIELD_CHARS) -> str | None:
@@ -144,7 +171,7 @@ class AuditObserver:
             AuditRecord(
                 time=decision.at,
                 request_id=_cut(outcome.request_id) or "",
-                trace_id=trace_id(req.headers),
+                trace_id=_trace_id_of(req),
                 user=identity.user if identity else None,
                 tenant=identity.tenant if identity else None,
                 service=decision.service,
@@ -156,3 +183,50 @@ class AuditObserver:
                 latency_us=decision.latency_us,
             )
         )
+
+
+class TracingObserver:
+    """One span per sampled check, a child of Envoy's span for the call (or of the client's
+    span when the transport could not tell Envoy's). Unsampled checks cost a header lookup."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        from opentelemetry import trace  # noqa: PLC0415
+
+        self._tracer = tracer
+        self._trace = trace
+
+    def observe(self, decision: Decision) -> None:
+        req = decision.request
+        parent = parse_traceparent(req.trace_parent or req.headers.get("traceparent"))
+        if parent is None or not parent.sampled:
+            return
+        trace = self._trace
+        context = trace.set_span_in_context(
+            trace.NonRecordingSpan(
+                trace.SpanContext(
+                    int(parent.trace_id, 16),
+                    int(parent.span_id, 16),
+                    is_remote=True,
+                    trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+                )
+            )
+        )
+        outcome = decision.outcome
+        start_ns = int(decision.at * 1e9)
+        span = self._tracer.start_span(
+            "ext_authz check",
+            context=context,
+            kind=trace.SpanKind.SERVER,
+            start_time=start_ns,
+            attributes={
+                "sidecar.service": decision.service or "",
+                "sidecar.decision": "allow" if outcome.allowed else "deny",
+                "sidecar.reason": outcome.reason,
+                "http.response.status_code": outcome.status,
+                "http.request.method": _cut(req.method, 16) or "",
+                "sidecar.request_id": _cut(outcome.request_id) or "",
+            },
+        )
+        if outcome.status >= 500:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.reason))
+        span.end(end_time=start_ns + decision.latency_us * 1000)

@@ -70,3 +70,7 @@ FAILED_AUTH_WINDOW_S: Final = 10  # ... per this many seconds, then 429
 NEGATIVE_CACHE_SIZE: Final = 10_000  # recently refused tokens remembered
 AUDIT_DENIALS_PER_ADDRESS: Final = 10  # denial lines per client address per second
 AUDIT_MAX_FIELD_CHARS: Final = 256  # longer audit fields are cut
+
+# Observability
+ACCESS_LOG: Final = "-"  # Envoy's JSON access log: "-" stdout, "off", or a file path
+ENVOY_TRACE_SAMPLING_PERCENT: Final = 1.0  # of requests without a sampled traceparent

@@ -4,6 +4,12 @@ lives in, so `./dev test -m unit` runs in seconds."""
 
 from __future__ import annotations
 
+import os
+
+# Tests start gRPC servers in this process (an OTLP receiver, say) and fork children; gRPC's
+# fork handlers then break the child between fork and exec. Children never use our gRPC.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 

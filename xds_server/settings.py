@@ -7,10 +7,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from sidecar_shared import defaults
+from sidecar_shared import defaults, tracing
 from sidecar_shared.flags import add_flag
-from xds_server.resources.common import EdgeOptions
+from xds_server.resources.common import EdgeOptions, ObservabilityOptions, TracingOptions
 from xds_server.translate import AuthzOptions, Options
 
 
@@ -51,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         int,
     )
     add_edge_arguments(parser, environ)
+    flag("access-log", defaults.ACCESS_LOG, "Envoy's JSON access log: '-' stdout, 'off', or a path")
+    flag(
+        "envoy-trace-sampling",
+        defaults.ENVOY_TRACE_SAMPLING_PERCENT,
+        "percent of requests Envoy starts a trace for (with OTEL_EXPORTER_OTLP_ENDPOINT set)",
+        float,
+    )
     flag("log-level", "info", "log level")
 
 
@@ -102,7 +110,23 @@ def edge_options(args: argparse.Namespace) -> EdgeOptions:
 _AUTHZ_OWN_STATUSES = (401, 403, 429, 500)
 
 
-def from_args(args: argparse.Namespace) -> XdsSettings:
+def tracing_options(args: argparse.Namespace, environ: Mapping[str, str]) -> TracingOptions | None:
+    """Envoy traces to the collector our own servers export to (the standard OTEL variables),
+    when one is set."""
+    if not tracing.enabled(environ):
+        return None
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
+    )
+    parts = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    if not parts.hostname:
+        raise SystemExit(f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint!r}: no host")
+    if not 0 <= args.envoy_trace_sampling <= 100:
+        raise SystemExit("--envoy-trace-sampling must be a percentage (0 to 100)")
+    return TracingOptions(parts.hostname, parts.port or 4317, args.envoy_trace_sampling)
+
+
+def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> XdsSettings:
     if (
         args.authz_failure_status in _AUTHZ_OWN_STATUSES
         or not 200 <= args.authz_failure_status < 600
@@ -126,6 +150,9 @@ def from_args(args: argparse.Namespace) -> XdsSettings:
                 timeout_ms=args.authz_timeout_ms, failure_status=args.authz_failure_status
             ),
             edge=edge_options(args),
+            observability=ObservabilityOptions(
+                access_log=args.access_log, tracing=tracing_options(args, environ)
+            ),
         ),
     )
 
@@ -139,4 +166,4 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 def parse(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
 ) -> XdsSettings:
-    return from_args(build_parser(environ).parse_args(argv))
+    return from_args(build_parser(environ).parse_args(argv), environ)

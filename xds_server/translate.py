@@ -19,6 +19,7 @@ from xds_server.resources.common import (
     Options,
 )
 from xds_server.resources.listener import listener
+from xds_server.resources.observability import COLLECTOR_CLUSTER, collector_cluster
 from xds_server.resources.routes import route_configuration
 from xds_server.snapshot import Snapshot
 
@@ -38,6 +39,9 @@ def translate(catalog: Catalog, options: Options) -> dict[str, list[tuple[str, M
             clusters.append((name, cluster(s, ups, name)))
             if not uses_dns(ups):
                 endpoints.append((name, load_assignment(name, ups)))
+    traced = options.observability.tracing
+    if traced is not None:
+        clusters.append((COLLECTOR_CLUSTER, collector_cluster(traced)))
     return {
         typeurls.CLUSTER: clusters,
         typeurls.ENDPOINT: endpoints,

@@ -33,7 +33,9 @@ def _options(headers: Headers) -> list[base_pb2.HeaderValueOption]:
     ]
 
 
-def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
+def to_input(
+    request: external_auth_pb2.CheckRequest, trace_parent: str | None = None
+) -> CheckInput:
     attrs = request.attributes
     http = attrs.request.http
     return CheckInput(
@@ -42,7 +44,16 @@ def to_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
         headers=http.headers,
         context=attrs.context_extensions,
         client_ip=attrs.source.address.socket_address.address,
+        trace_parent=trace_parent,
     )
+
+
+def _trace_parent(context: grpc.ServicerContext) -> str | None:
+    """Envoy's `traceparent` for its ext_authz call, from the call's metadata."""
+    for key, value in context.invocation_metadata():
+        if key == "traceparent":
+            return str(value)
+    return None
 
 
 def to_response(outcome: Outcome) -> external_auth_pb2.CheckResponse:
@@ -69,24 +80,29 @@ def to_response(outcome: Outcome) -> external_auth_pb2.CheckResponse:
 
 
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, authorizer: Authorizer) -> None:
+    def __init__(self, authorizer: Authorizer, traced: bool = False) -> None:
+        """`traced`: read the call's trace context (only worth its cost when tracing is on)."""
         self._authorizer = authorizer
+        self._traced = traced
 
     def Check(self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext) -> Any:
-        return to_response(self._authorizer.check(to_input(request)))
+        parent = _trace_parent(context) if self._traced else None
+        return to_response(self._authorizer.check(to_input(request, parent)))
 
 
 class GrpcTransport:
     name = "grpc"
 
-    def __init__(self, authorizer: Authorizer, host: str, port: int, workers: int) -> None:
+    def __init__(
+        self, authorizer: Authorizer, host: str, port: int, workers: int, traced: bool = False
+    ) -> None:
         self.address = f"{host}:{port}"
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check"),
             options=[("grpc.so_reuseport", 0)],
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationService(authorizer), self._server
+            AuthorizationService(authorizer, traced), self._server
         )
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

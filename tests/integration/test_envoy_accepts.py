@@ -13,6 +13,7 @@ from tests.support.catalog_edges import extreme_catalog
 from tests.support.catalogs import ROOT, SAMPLE
 from tests.support.envoy import envoy_validate, static_bootstrap
 from xds_server.catalog import load_catalog, parse_catalog
+from xds_server.resources.common import ObservabilityOptions, TracingOptions
 from xds_server.translate import Options, build_snapshot
 
 
@@ -62,6 +63,20 @@ def test_envoy_reconnects_to_the_control_plane_quickly() -> None:
 @pytest.mark.parametrize("pick", [0, 1], ids=["lowest", "highest"])
 def test_envoy_accepts_every_number_at_its_extremes(pick: int, tmp_path: Path) -> None:
     snapshot = build_snapshot(parse_catalog(extreme_catalog(pick)), Options())
+    path = tmp_path / "static.json"
+    path.write_text(json.dumps(static_bootstrap(snapshot)))
+    result = envoy_validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_envoy_accepts_the_traced_translation_with_a_file_access_log(tmp_path: Path) -> None:
+    options = Options(
+        observability=ObservabilityOptions(
+            access_log=str(tmp_path / "access.log"),
+            tracing=TracingOptions("collector.internal", 4317, 100.0),
+        )
+    )
+    snapshot = build_snapshot(load_catalog(SAMPLE), options)
     path = tmp_path / "static.json"
     path.write_text(json.dumps(static_bootstrap(snapshot)))
     result = envoy_validate(path)

@@ -94,6 +94,7 @@ def start_xds(
     module: str = "xds_server",
     ports: tuple[int, int, int] | None = None,
     args: list[str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> XdsServer:
     """The xDS server (or `module`, run with the same flags) on `ports` (gRPC, HTTP, Envoy's
     listener), by default new ones."""
@@ -106,7 +107,7 @@ def start_xds(
         *(args or []),
         module=module,
     )
-    proc = start(name, argv, workdir)
+    proc = start(name, argv, workdir, env={**os.environ, **(env or {})})
     server = XdsServer(proc, port, http_port, listener_port, catalog)
 
     def up() -> bool:

@@ -6,7 +6,9 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -17,6 +19,7 @@ from sidecar_shared.contract import decode
 from tests.support.catalogs import SAMPLE
 from xds_server import typeurls
 from xds_server.catalog import load_catalog, parse_catalog
+from xds_server.resources.common import ObservabilityOptions, TracingOptions
 from xds_server.snapshot import Snapshot
 from xds_server.translate import Options, build_snapshot, translate
 
@@ -320,3 +323,41 @@ def test_routes_are_validated_against_envoys_clusters() -> None:
     (res,) = snap.resources[typeurls.ROUTE].values()
     assert isinstance(res.message, route_pb2.RouteConfiguration)
     assert res.message.validate_clusters.value is True
+
+
+def _manager(snap: Snapshot) -> hcm_pb2.HttpConnectionManager:
+    (res,) = snap.resources[typeurls.LISTENER].values()
+    assert isinstance(res.message, listener_pb2.Listener)
+    manager = hcm_pb2.HttpConnectionManager()
+    res.message.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    return manager
+
+
+def test_envoy_writes_a_json_access_log_line_per_request_without_query_strings() -> None:
+    manager = _manager(build_snapshot(catalog(svc("orders", "/orders")), Options()))
+    (log,) = manager.access_log
+    assert log.name == "envoy.access_loggers.stdout"
+    config = stream_pb2.StdoutAccessLog()
+    log.typed_config.Unpack(config)
+    fields = config.log_format.json_format.fields
+    assert fields["request_id"].string_value == "%REQ(X-REQUEST-ID)%"
+    assert fields["trace_id"].string_value == "%TRACE_ID%"
+    assert fields["path"].string_value == "%PATH(NQ)%"  # never the query (it may hold a token)
+    off = Options(observability=ObservabilityOptions(access_log="off"))
+    assert not _manager(build_snapshot(catalog(svc("orders", "/orders")), off)).access_log
+
+
+def test_envoy_traces_to_the_collector_only_when_one_is_configured() -> None:
+    plain = build_snapshot(catalog(svc("orders", "/orders")), Options())
+    assert not _manager(plain).HasField("tracing")
+    assert "_otel_collector" not in plain.resources[typeurls.CLUSTER]
+    traced = Options(
+        observability=ObservabilityOptions(tracing=TracingOptions("jaeger", 4317, 25.0))
+    )
+    snap = build_snapshot(catalog(svc("orders", "/orders")), traced)
+    tracing = _manager(snap).tracing
+    assert tracing.provider.name == "envoy.tracers.opentelemetry"
+    assert tracing.random_sampling.value == 25.0
+    collector = cluster_named(snap, "_otel_collector")
+    address = collector.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert (address.socket_address.address, address.socket_address.port_value) == ("jaeger", 4317)

@@ -56,6 +56,23 @@ class EdgeOptions:
 
 
 @dataclass(frozen=True)
+class TracingOptions:
+    """Envoy's OpenTelemetry tracer: where spans go (the collector our servers export to) and
+    the share of requests that start a trace (a client's sampled `traceparent` always does)."""
+
+    collector_host: str
+    collector_port: int
+    sampling_percent: float = defaults.ENVOY_TRACE_SAMPLING_PERCENT
+    service_name: str = "envoy"
+
+
+@dataclass(frozen=True)
+class ObservabilityOptions:
+    access_log: str = defaults.ACCESS_LOG  # "-" stdout, "off", or a file path
+    tracing: TracingOptions | None = None
+
+
+@dataclass(frozen=True)
 class Options:
     """What the translation needs besides the catalog; built once from the server's settings."""
 
@@ -63,6 +80,7 @@ class Options:
     listener_port: int = defaults.LISTENER_PORT
     authz: AuthzOptions = AuthzOptions()
     edge: EdgeOptions = EdgeOptions()
+    observability: ObservabilityOptions = ObservabilityOptions()
 
 
 def pack(msg: Message) -> any_pb2.Any:

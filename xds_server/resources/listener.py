@@ -29,6 +29,7 @@ from sidecar_shared.contract import (
     USER_HEADER,
 )
 from xds_server.catalog import Catalog
+from xds_server.resources import observability
 from xds_server.resources.common import (
     ADS_SOURCE,
     AUTHZ_FILTER,
@@ -132,6 +133,9 @@ def listener(catalog: Catalog, options: Options) -> listener_pb2.Listener:
         path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
     )
     set_edge_limits(manager, options.edge, options.authz.failure_status)
+    manager.access_log.extend(observability.access_logs(options.observability))
+    if options.observability.tracing is not None:
+        manager.tracing.CopyFrom(observability.tracing(options.observability.tracing))
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(

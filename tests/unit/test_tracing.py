@@ -1,0 +1,89 @@
+"""ext_authz makes a span only for sampled checks, as a child of the caller's span."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from ext_authz.decision import CheckInput, Decision, Outcome
+from ext_authz.observers import TracingObserver, parse_traceparent
+from sidecar_shared import tracing
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+ENVOY_SPAN = "00f067aa0ba902b7"
+
+
+def decide(trace_parent: str | None, headers: dict[str, str] | None = None) -> Decision:
+    req = CheckInput("GET", "/orders/1", headers or {}, {}, trace_parent=trace_parent)
+    outcome = Outcome(200, "ok", "allowed", "rid-1")
+    return Decision(req, outcome, None, "orders", 1_800_000_000.0, 42)
+
+
+@pytest.fixture
+def exported() -> tuple[TracingObserver, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return TracingObserver(provider.get_tracer("test")), exporter
+
+
+def test_a_sampled_check_is_a_child_of_envoys_span(
+    exported: tuple[TracingObserver, InMemorySpanExporter],
+) -> None:
+    observer, exporter = exported
+    observer.observe(decide(f"00-{TRACE}-{ENVOY_SPAN}-01"))
+    (span,) = exporter.get_finished_spans()
+    assert format(span.context.trace_id, "032x") == TRACE
+    assert span.parent is not None and format(span.parent.span_id, "016x") == ENVOY_SPAN
+    assert span.attributes is not None and span.attributes["sidecar.decision"] == "allow"
+    assert span.end_time is not None and span.start_time is not None
+    assert span.end_time - span.start_time == 42_000  # the check's own latency
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        None,
+        f"00-{TRACE}-{ENVOY_SPAN}-00",  # not sampled
+        f"00-{'0' * 32}-{ENVOY_SPAN}-01",  # the all-zero trace id is invalid
+        f"ff-{TRACE}-{ENVOY_SPAN}-01",  # version ff is invalid
+        f"00-{TRACE.upper()}-{ENVOY_SPAN}-01",  # upper-case hex is invalid
+    ],
+)
+def test_no_span_for_unsampled_or_invalid_trace_context(
+    exported: tuple[TracingObserver, InMemorySpanExporter], parent: str | None
+) -> None:
+    observer, exporter = exported
+    observer.observe(decide(parent))
+    assert exporter.get_finished_spans() == ()
+
+
+def test_without_envoys_context_the_clients_sampled_traceparent_is_the_parent(
+    exported: tuple[TracingObserver, InMemorySpanExporter],
+) -> None:
+    observer, exporter = exported
+    observer.observe(decide(None, {"traceparent": f"00-{TRACE}-{ENVOY_SPAN}-01"}))
+    (span,) = exporter.get_finished_spans()
+    assert format(span.context.trace_id, "032x") == TRACE
+
+
+def test_the_traceparent_parser_follows_the_w3c_rules() -> None:
+    parsed = parse_traceparent(f"00-{TRACE}-{ENVOY_SPAN}-03")
+    assert parsed is not None and parsed.sampled
+    assert parse_traceparent(f"00-{TRACE}-{ENVOY_SPAN}-01-extra") is None
+    assert parse_traceparent(f"01-{TRACE}-{ENVOY_SPAN}-01-extra") is not None  # future version
+
+
+@pytest.mark.parametrize(
+    ("environ", "on"),
+    [
+        ({}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4317"}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_SDK_DISABLED": "true"}, False),
+    ],
+)
+def test_tracing_is_off_unless_an_endpoint_is_set(environ: dict[str, str], on: bool) -> None:
+    assert tracing.enabled(environ) is on
