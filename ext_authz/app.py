@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from ext_authz.audit import AuditLog
 from ext_authz.core import Authorizer
 from ext_authz.keys import KeySource
-from ext_authz.metrics import AuthzMetrics
+from ext_authz.metrics import AuthzMetrics, KeyMetrics
 from ext_authz.observers import AuditObserver, MetricsObserver
 from ext_authz.ratelimit import GuardedLimiter, Limiter, MemoryLimiter
 from ext_authz.settings import AuthzSettings
@@ -59,7 +59,7 @@ def build_authorizer(
     """The decision core with its keys (refreshed in the background), limiter, audit and
     metrics. Raises KeyConfigError when the keys cannot be used."""
     metrics = AuthzMetrics(registry)
-    keys = KeySource(settings.keys, log)
+    keys = KeySource(settings.keys, log, metrics=KeyMetrics(registry))
     keys.start()
     stack.callback(keys.stop)
     limiter = GuardedLimiter(
@@ -71,7 +71,7 @@ def build_authorizer(
     )
     audit = AuditLog(_audit_stream(settings, stack), settings.audit_allow_sample)
     return Authorizer(
-        TokenVerifier(settings.verifier, keys),
+        TokenVerifier(settings.verifier, keys, log=log),
         limiter,
         [MetricsObserver(metrics), AuditObserver(audit)],
         log,

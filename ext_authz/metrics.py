@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class AuthzMetrics:
@@ -21,5 +21,31 @@ class AuthzMetrics:
         self.rate_limit_outages = Counter(
             "ext_authz_rate_limit_backend_outages_total",
             "Times the rate-limit backend became unreachable",
+            registry=registry,
+        )
+
+
+class KeyMetrics:
+    """The JWKS source's health: fetches, failures, refetches for unknown kids, age."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.jwks_fetches = Counter(
+            "ext_authz_jwks_fetches_total",
+            "JWKS fetches tried (at start, on schedule, for an unknown kid)",
+            registry=registry,
+        )
+        self.jwks_fetch_failures = Counter(
+            "ext_authz_jwks_fetch_failures_total",
+            "JWKS fetches that failed (the last good keys stay in use)",
+            registry=registry,
+        )
+        self.jwks_unknown_kid_refetches = Counter(
+            "ext_authz_jwks_unknown_kid_refetches_total",
+            "JWKS refetches asked for by a token naming an unknown kid",
+            registry=registry,
+        )
+        self.jwks_age = Gauge(
+            "ext_authz_jwks_age_seconds",
+            "Seconds since the JWKS in use was last fetched successfully",
             registry=registry,
         )

@@ -14,7 +14,8 @@ Keys and algorithms:
 - `alg: none` and every algorithm not listed are refused.
 
 Claims: `exp` and the user claim are required; `nbf` and `iat` must not be in the future beyond
-the leeway; issuer and audience are enforced when configured.
+the leeway; issuer and audience are enforced when configured. Where the user, roles and tenant
+are found (nested paths, several role sources, scope strings) is `ext_authz.claims`.
 
 Cache: verified tokens are kept in a bounded LRU keyed by the token. An entry is never used
 after its `exp` (plus leeway), and every key change empties the cache.
@@ -22,17 +23,22 @@ after its `exp` (plus leeway), and every key change empties the cache.
 
 from __future__ import annotations
 
+import copy
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import jwt
 
+from ext_authz.claims import ClaimError, ClaimExtractor, ClaimMapping, set_claim
 from ext_authz.keys import KID, Jwk, KeySet, KeySource
 from sidecar_shared import defaults
+from sidecar_shared.contract import encode_roles
 
 Clock = Callable[[], float]
 
@@ -66,13 +72,27 @@ class Identity:
     tenant: str | None
     expires_at: float
 
+    @cached_property
+    def roles_header(self) -> str:
+        """The `x-user-roles` value, encoded once per verified token."""
+        return encode_roles(self.roles)
+
 
 @dataclass(frozen=True)
 class ClaimNames:
+    """Claim paths (syntax in `ext_authz.claims`); `role` is read only when no `roles` path
+    is in the token (None: never)."""
+
     user: str = "sub"
     roles: str = "roles"
-    role: str = "role"
+    role: str | None = "role"
     tenant: str = "tenant_id"
+
+    def mapping(self) -> ClaimMapping:
+        """Raises ValueError naming the setting that is wrong."""
+        return ClaimMapping.parse(
+            user=self.user, roles=self.roles, tenant=self.tenant, role_fallback=self.role
+        )
 
 
 @dataclass(frozen=True)
@@ -132,11 +152,16 @@ class TokenCache:
 
 class TokenVerifier:
     def __init__(
-        self, settings: VerifierSettings, keys: KeySource, clock: Clock = time.time
+        self,
+        settings: VerifierSettings,
+        keys: KeySource,
+        clock: Clock = time.time,
+        log: logging.Logger | None = None,
     ) -> None:
         self._settings = settings
         self._keys = keys
         self._clock = clock
+        self._claims = ClaimExtractor(settings.claims.mapping(), log or logging.getLogger(__name__))
         self._cache = TokenCache(settings.cache_size)
         self._generation = keys.current().generation
 
@@ -156,7 +181,7 @@ class TokenVerifier:
             return fitting[0].key
         key = keys.jwks.get(kid)
         if key is None:
-            self._keys.unknown_kid()
+            self._keys.unknown_kid(kid)
             raise TokenError("unknown_kid", "the token's key (kid) is not known")
         if not _fits(alg, key):
             raise TokenError("bad_signature", "the token's algorithm does not fit its key")
@@ -240,24 +265,10 @@ class TokenVerifier:
             raise TokenError("not_yet_valid", "the token is not valid yet")
 
     def _identity(self, claims: Mapping[str, Any], now: float) -> Identity:
-        names = self._settings.claims
-        user = claims.get(names.user)
-        if not isinstance(user, str) or not user:
-            raise TokenError("missing_claim", f"the token has no '{names.user}' claim")
-        raw_roles = claims.get(names.roles)
-        if raw_roles is None:
-            raw_roles = claims.get(names.role)
-        if isinstance(raw_roles, str):
-            roles: tuple[str, ...] = (raw_roles,)
-        elif isinstance(raw_roles, list) and all(isinstance(r, str) for r in raw_roles):
-            roles = tuple(raw_roles)
-        elif raw_roles is None:
-            roles = ()
-        else:
-            raise TokenError("malformed", f"the '{names.roles}' claim is not a list of strings")
-        tenant = claims.get(names.tenant)
-        if tenant is not None and (not isinstance(tenant, str) or not tenant):
-            raise TokenError("malformed", f"the '{names.tenant}' claim is not a string")
+        try:
+            user, roles, tenant = self._claims.extract(claims)
+        except ClaimError as err:
+            raise TokenError(err.reason, err.detail) from None
         exp = float(claims["exp"]) + self._settings.leeway_s
         return Identity(user=user, roles=roles, tenant=tenant, expires_at=exp)
 
@@ -273,17 +284,18 @@ def mint(
     audience: str | None = None,
     claims: ClaimNames = ClaimNames(),
     now: float | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> str:
-    """An HS256 token for trying things out (`sidecar token`)."""
+    """An HS256 token for trying things out (`sidecar token`): `extra` claims (an identity
+    provider's usual ones), then user, roles and tenant at the first path of each setting."""
     issued = int(time.time() if now is None else now)
-    payload: dict[str, Any] = {
-        claims.user: sub,
-        claims.roles: roles,
-        "iat": issued,
-        "exp": issued + ttl_s,
-    }
+    payload: dict[str, Any] = {**copy.deepcopy(dict(extra or {})), "iat": issued}
+    payload["exp"] = issued + ttl_s
+    set_claim(payload, claims.user, sub)
+    if claims.roles:
+        set_claim(payload, claims.roles, roles)
     if tenant is not None:
-        payload[claims.tenant] = tenant
+        set_claim(payload, claims.tenant, tenant)
     if issuer is not None:
         payload["iss"] = issuer
     if audience is not None:
