@@ -28,20 +28,24 @@ from ext_authz.transports.grpc import GrpcTransport
 from sidecar_shared import ops_http
 
 
-def make_backend(settings: AuthzSettings, stack: contextlib.ExitStack) -> Limiter:
+def make_backend(
+    settings: AuthzSettings, stack: contextlib.ExitStack
+) -> tuple[Limiter, str | None]:
     """The one place that chooses the rate-limit backend (the Redis client is imported only
-    when Redis is chosen)."""
+    when Redis is chosen), and why it cannot be reached right now (None: it can). Raises
+    BackendConfigError when it cannot be used as configured."""
     if settings.rate_limit_backend == "redis":
-        from ext_authz.ratelimit.redis_backend import RedisLimiter  # noqa: PLC0415
+        from ext_authz.ratelimit.redis_backend import RedisLimiter, check_backend  # noqa: PLC0415
 
+        unreachable = check_backend(settings.redis_url, settings.redis_key_prefix)
         limiter = RedisLimiter.from_url(
             settings.redis_url,
             timeout_ms=settings.redis_timeout_ms,
             prefix=settings.redis_key_prefix,
         )
         stack.callback(limiter.close)
-        return limiter
-    return MemoryLimiter()
+        return limiter, unreachable
+    return MemoryLimiter(), None
 
 
 def _audit_stream(settings: AuthzSettings, stack: contextlib.ExitStack) -> TextIO:
@@ -57,18 +61,29 @@ def build_authorizer(
     stack: contextlib.ExitStack,
 ) -> Authorizer:
     """The decision core with its keys (refreshed in the background), limiter, audit and
-    metrics. Raises KeyConfigError when the keys cannot be used."""
+    metrics. Raises KeyConfigError when the keys cannot be used, BackendConfigError when the
+    rate-limit backend cannot."""
     metrics = AuthzMetrics(registry)
     keys = KeySource(settings.keys, log, metrics=KeyMetrics(registry))
     keys.start()
     stack.callback(keys.stop)
+    backend, unreachable = make_backend(settings, stack)
+    available = metrics.rate_limit_backend_available
+
+    def outage() -> None:
+        metrics.rate_limit_outages.inc()
+        available.set(0)
+
     limiter = GuardedLimiter(
-        make_backend(settings, stack),
+        backend,
         fail_open=settings.rate_limit_fail_open,
         log=log,
-        on_outage=metrics.rate_limit_outages.inc,
+        on_outage=outage,
         on_error=metrics.rate_limit_backend_errors.inc,
+        on_recovery=lambda: available.set(1),
     )
+    if unreachable is not None:
+        limiter.report_unavailable(unreachable)
     audit = AuditLog(_audit_stream(settings, stack), settings.audit_allow_sample)
     return Authorizer(
         TokenVerifier(settings.verifier, keys, log=log),
@@ -79,8 +94,18 @@ def build_authorizer(
     )
 
 
+def _backend_note(settings: AuthzSettings, registry: CollectorRegistry) -> str | None:
+    """What /ready adds while the rate-limit backend is unavailable (checks go on meanwhile,
+    under the failure policy)."""
+    if registry.get_sample_value("ext_authz_rate_limit_backend_available") != 0:
+        return None
+    policy = "open" if settings.rate_limit_fail_open else "closed"
+    return f"rate-limit backend unavailable: failing {policy} until it answers"
+
+
 def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> None:
-    """Serve until `stop` is set. Raises KeyConfigError or OSError when it cannot start."""
+    """Serve until `stop` is set. Raises KeyConfigError, BackendConfigError or OSError when it
+    cannot start."""
     with contextlib.ExitStack() as stack:
         registry = CollectorRegistry()
         authorizer = build_authorizer(settings, log, registry, stack)
@@ -94,7 +119,8 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
             {
                 "/metrics": ops_http.metrics_page(registry),
                 "/ready": ops_http.ready_page(
-                    lambda: None if serving.is_set() else "not serving checks yet"
+                    lambda: None if serving.is_set() else "not serving checks yet",
+                    lambda: _backend_note(settings, registry),
                 ),
             },
         )

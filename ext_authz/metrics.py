@@ -23,6 +23,12 @@ class AuthzMetrics:
             "Times the rate-limit backend became unreachable",
             registry=registry,
         )
+        self.rate_limit_backend_available = Gauge(
+            "ext_authz_rate_limit_backend_available",
+            "1 while the rate-limit backend answers, 0 during an outage",
+            registry=registry,
+        )
+        self.rate_limit_backend_available.set(1)
 
 
 class KeyMetrics:

@@ -5,10 +5,7 @@ unknown-kid refetches, each visible in the logs and metrics."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,18 +70,6 @@ def metric(authz: stack.Authz, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
-def run_authz(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-    return subprocess.run(
-        [sys.executable, "-m", "ext_authz", "--authz-port", str(ports.free_port())],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**base, **env},
-        check=False,
-    )
-
-
 def test_only_the_issuer_and_a_ca_file_are_needed(
     tmp_path: Path, idp: OidcServer, tls: ServerTls
 ) -> None:
@@ -96,7 +81,7 @@ def test_only_the_issuer_and_a_ca_file_are_needed(
 
 
 def test_without_the_ca_file_it_refuses_to_start_and_says_what_to_set(idp: OidcServer) -> None:
-    result = run_authz({"SIDECAR_JWT_ISSUER": idp.issuer})
+    result = stack.run_authz_to_exit({"SIDECAR_JWT_ISSUER": idp.issuer})
     assert result.returncode == 1
     assert "certificate verify failed" in result.stderr
     assert "set SIDECAR_JWKS_CA_FILE" in result.stderr
@@ -105,7 +90,7 @@ def test_without_the_ca_file_it_refuses_to_start_and_says_what_to_set(idp: OidcS
 def test_an_issuer_the_configuration_does_not_name_is_refused(
     idp: OidcServer, tls: ServerTls
 ) -> None:
-    result = run_authz(
+    result = stack.run_authz_to_exit(
         {"SIDECAR_JWT_ISSUER": idp.issuer + "/", "SIDECAR_JWKS_CA_FILE": str(tls.ca_file)}
     )
     assert result.returncode == 1
