@@ -158,7 +158,8 @@ class ClaimMapping:
     user: tuple[ClaimPath, ...]
     roles: tuple[ClaimPath, ...]
     tenant: tuple[ClaimPath, ...]
-    # One more claim read only when no `roles` path is in the token (the built-in `role`).
+    # One more claim read only when no `roles` path is in the token (the built-in `role`, whose
+    # string is one role).
     role_fallback: ClaimPath | None = None
 
     @classmethod
@@ -221,9 +222,11 @@ class ClaimExtractor:
                 roles.extend(_roles_of(value, path))
         if not found_roles and m.role_fallback is not None:
             value = lookup(claims, m.role_fallback.keys)
-            if value is not MISSING:
+            if value is not MISSING:  # one role by name: a string is not split
                 found_roles = True
-                roles.extend(_roles_of(value, m.role_fallback))
+                roles.extend(
+                    [value] if isinstance(value, str) else _roles_of(value, m.role_fallback)
+                )
         tenant = self._first(claims, m.tenant)
         if tenant is MISSING:
             tenant = None

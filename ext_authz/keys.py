@@ -129,10 +129,28 @@ def max_age(cache_control: str | None) -> float | None:
     return found
 
 
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, except from https to anything else (keys must not come in clear)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if req.full_url.startswith("https://") and not newurl.startswith("https://"):
+            raise urllib.error.URLError(f"refused a redirect from https to {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def _get_json(url: str, tls: ssl.SSLContext | None, what: str) -> tuple[Any, str | None]:
     """The JSON document at `url` and its `Cache-Control`; raises KeyConfigError."""
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls), _NoDowngrade)
     try:
-        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S, context=tls) as resp:  # noqa: S310 (configured URL)
+        with opener.open(url, timeout=FETCH_TIMEOUT_S) as resp:
             body = resp.read(MAX_DOCUMENT_BYTES + 1)
             cache_control = resp.headers.get("Cache-Control")
     except urllib.error.URLError as err:

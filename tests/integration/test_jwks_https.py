@@ -171,3 +171,13 @@ def test_an_unknown_kid_refetch_is_logged(tmp_path: Path, idp: OidcServer, tls: 
         )[0]
         assert (line["kid"], line["found"]) == ("ec-nobody", False)
         assert metric(authz, "ext_authz_jwks_unknown_kid_refetches_total") == 1
+
+
+def test_a_redirect_from_https_to_plain_http_is_refused(idp: OidcServer, tls: ServerTls) -> None:
+    moved = f"https://127.0.0.1:{idp.port}/moved/certs"
+    idp.redirects["/moved/certs"] = f"http://127.0.0.1:{idp.port}{idp.jwks_path}"
+    result = stack.run_authz_to_exit(
+        {"SIDECAR_JWKS": moved, "SIDECAR_JWKS_CA_FILE": str(tls.ca_file)}
+    )
+    assert result.returncode == 1
+    assert "refused a redirect from https to http://" in result.stderr

@@ -24,6 +24,7 @@ class OidcServer:
         self.keys: list[KeyPair] = []
         self.cache_control = "max-age=300"
         self.jwks_requests = 0
+        self.redirects: dict[str, str] = {}  # path → where a 302 sends the client
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -42,6 +43,12 @@ class OidcServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path in owner.redirects:
+                    self.send_response(302)
+                    self.send_header("location", owner.redirects[self.path])
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 doc = owner._documents().get(self.path)
                 if self.path == owner.jwks_path:
                     owner.jwks_requests += 1
