@@ -21,7 +21,7 @@ from ext_authz.audit import AuditLog
 from ext_authz.core import Authorizer
 from ext_authz.decision import DecisionObserver
 from ext_authz.keys import KeySource
-from ext_authz.metrics import AuthzMetrics, TokenCacheStats
+from ext_authz.metrics import AuthzMetrics, KeyMetrics, TokenCacheStats
 from ext_authz.observers import AuditObserver, MetricsObserver, TracingObserver
 from ext_authz.ratelimit import GuardedLimiter, Limiter, MemoryLimiter
 from ext_authz.settings import AuthzSettings
@@ -31,20 +31,24 @@ from ext_authz.transports.grpc import GrpcTransport
 from sidecar_shared import ops_http, tracing
 
 
-def make_backend(settings: AuthzSettings, stack: contextlib.ExitStack) -> Limiter:
+def make_backend(
+    settings: AuthzSettings, stack: contextlib.ExitStack
+) -> tuple[Limiter, str | None]:
     """The one place that chooses the rate-limit backend (the Redis client is imported only
-    when Redis is chosen)."""
+    when Redis is chosen), and why it cannot be reached right now (None: it can). Raises
+    BackendConfigError when it cannot be used as configured."""
     if settings.rate_limit_backend == "redis":
-        from ext_authz.ratelimit.redis_backend import RedisLimiter  # noqa: PLC0415
+        from ext_authz.ratelimit.redis_backend import RedisLimiter, check_backend  # noqa: PLC0415
 
+        unreachable = check_backend(settings.redis_url, settings.redis_key_prefix)
         limiter = RedisLimiter.from_url(
             settings.redis_url,
             timeout_ms=settings.redis_timeout_ms,
             prefix=settings.redis_key_prefix,
         )
         stack.callback(limiter.close)
-        return limiter
-    return MemoryLimiter()
+        return limiter, unreachable
+    return MemoryLimiter(), None
 
 
 def _audit_stream(settings: AuthzSettings, stack: contextlib.ExitStack) -> TextIO:
@@ -61,20 +65,24 @@ def build_authorizer(
     observers: Sequence[DecisionObserver] = (),
 ) -> Authorizer:
     """The decision core with its keys (refreshed in the background), limiter, metrics and
-    audit, then `observers` (tracing). Raises KeyConfigError when the keys cannot be used."""
+    audit, then `observers` (tracing). Raises KeyConfigError when the keys cannot be used,
+    BackendConfigError when the rate-limit backend cannot."""
     metrics = AuthzMetrics(registry)
-    keys = KeySource(settings.keys, log)
+    keys = KeySource(settings.keys, log, metrics=KeyMetrics(registry))
     keys.start()
     stack.callback(keys.stop)
+    backend, unreachable = make_backend(settings, stack)
     limiter = GuardedLimiter(
-        make_backend(settings, stack),
+        backend,
         fail_open=settings.rate_limit_fail_open,
         log=log,
         on_outage=metrics.rate_limit_outages.inc,
         on_error=metrics.rate_limit_backend_errors.inc,
     )
+    if unreachable is not None:
+        limiter.report_unavailable(unreachable)
     metrics.rate_limit_backend_available.set_function(lambda: 1.0 if limiter.available else 0.0)
-    verifier = TokenVerifier(settings.verifier, keys)
+    verifier = TokenVerifier(settings.verifier, keys, log=log)
     registry.register(TokenCacheStats(verifier.cache))
     audit = AuditLog(_audit_stream(settings, stack), settings.audit_allow_sample)
     return Authorizer(
@@ -91,8 +99,18 @@ def build_authorizer(
     )
 
 
+def _backend_note(settings: AuthzSettings, registry: CollectorRegistry) -> str | None:
+    """What /ready adds while the rate-limit backend is unavailable (checks go on meanwhile,
+    under the failure policy)."""
+    if registry.get_sample_value("ext_authz_rate_limit_backend_available") != 0:
+        return None
+    policy = "open" if settings.rate_limit_fail_open else "closed"
+    return f"rate-limit backend unavailable: failing {policy} until it answers"
+
+
 def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> None:
-    """Serve until `stop` is set. Raises KeyConfigError or OSError when it cannot start."""
+    """Serve until `stop` is set. Raises KeyConfigError, BackendConfigError or OSError when it
+    cannot start."""
     with contextlib.ExitStack() as stack:
         registry = CollectorRegistry()
         provider = tracing.tracer_provider("ext-authz", os.environ)
@@ -117,7 +135,8 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
             {
                 "/metrics": ops_http.metrics_page(registry),
                 "/ready": ops_http.ready_page(
-                    lambda: None if serving.is_set() else "not serving checks yet"
+                    lambda: None if serving.is_set() else "not serving checks yet",
+                    lambda: _backend_note(settings, registry),
                 ),
             },
         )

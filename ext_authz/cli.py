@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from ext_authz import app, settings
 from ext_authz.keys import KeyConfigError
+from ext_authz.ratelimit import BackendConfigError
 from sidecar_shared.jsonlog import make_logger
 
 
@@ -25,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         app.run(conf, log, stop)
-    except (KeyConfigError, OSError) as err:
+    except (KeyConfigError, BackendConfigError, OSError) as err:
         return _cannot_start(log, err)
     return 0
 

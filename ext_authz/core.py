@@ -304,7 +304,7 @@ class Authorizer:
     ) -> Outcome:
         set_headers = [
             (USER_HEADER, identity.user),
-            (ROLES_HEADER, ",".join(identity.roles)),
+            (ROLES_HEADER, identity.roles_header),
             (REQUEST_ID_HEADER, request_id),
         ]
         remove: list[str] = []

@@ -1,25 +1,35 @@
 """Verification keys and their rotation: the HMAC secret (given, or read from a file) and the
-JWKS (a file, or an https URL).
+JWKS (a file, an https URL, or the `jwks_uri` an issuer's OpenID configuration names).
 
 `KeySource` loads every configured source once at start (raising `KeyConfigError` when a key
 cannot be used: startup refuses to continue), then keeps them current from a background thread:
-the secret file when it changes, the JWKS every `refresh_s` and soon after a token names an
-unknown `kid` (at most every `refresh_min_s`). Nothing here ever runs on a request's thread but
-`current()` and `unknown_kid()`, which only read an attribute or set an event: no file read and
-no network fetch on the request path.
+the secret file every `refresh_s` when it changes; the JWKS every `refresh_s`, sooner when its
+server answers with a shorter `Cache-Control: max-age` (never sooner than `refresh_min_s`), and
+soon after a token names an unknown `kid` (at most every `refresh_min_s`). Nothing here ever runs
+on a request's thread but `current()` and `unknown_kid()`, which only read an attribute or set an
+event: no file read and no network fetch on the request path.
+
+HTTPS fetches trust the system's CA store, or only the bundle in `KeySettings.jwks_ca_file`.
+Discovery (`discover_from`) happens once, at start: the configuration must name the same issuer.
 
 A source that fails after start keeps its last good keys; the failure is logged once per outage
-(and its end once). Each change of the key set bumps `KeySet.generation`, so a cache of verified
-tokens knows to forget them.
+and its end once (with how long it lasted and how many fetches failed). Each refetch for an
+unknown `kid` is logged. With `KeyMetrics`, JWKS fetches, failures, unknown-kid refetches and the
+age of the JWKS in use are exported. Each change of the key set bumps `KeySet.generation`, so a
+cache of verified tokens knows to forget them.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import math
 import re
+import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,10 +38,13 @@ from typing import Any
 
 import jwt
 
+from ext_authz.metrics import KeyMetrics
 from sidecar_shared import defaults
 
 KID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MIN_SECRET_BYTES = 32
+FETCH_TIMEOUT_S = 2.0
+MAX_DOCUMENT_BYTES = 1 << 20
 
 
 class KeyConfigError(Exception):
@@ -65,6 +78,8 @@ class KeySettings:
     jwks: str | None = None  # a file path or an https URL
     refresh_s: float = defaults.KEY_REFRESH_S
     refresh_min_s: float = defaults.JWKS_REFRESH_MIN_S
+    jwks_ca_file: Path | None = None  # trusted instead of the system store for https fetches
+    discover_from: str | None = None  # an issuer whose OpenID configuration names the JWKS
 
 
 def read_secret(path: Path) -> bytes:
@@ -81,19 +96,116 @@ def _check_secret(secret: bytes) -> None:
         raise KeyConfigError(f"the JWT secret must be at least {MIN_SECRET_BYTES} bytes")
 
 
-def read_jwks(source: str) -> dict[str, Jwk]:
-    """Fetch and parse a JWKS; raises KeyConfigError saying what is wrong."""
+def is_url(source: str) -> bool:
+    return source.startswith(("https://", "http://"))
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext | None:
+    """The context for https fetches: None (the system store) or one trusting only `ca_file`."""
+    if ca_file is None:
+        return None
     try:
-        if source.startswith(("https://", "http://")):
-            with urllib.request.urlopen(source, timeout=2) as resp:  # noqa: S310 (configured URL)
-                data = json.load(resp)
-        else:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as err:
+        raise KeyConfigError(
+            f"SIDECAR_JWKS_CA_FILE={ca_file}: not a readable PEM bundle of CA certificates: {err}"
+        ) from None
+
+
+def max_age(cache_control: str | None) -> float | None:
+    """Seconds a `Cache-Control` header lets us keep the answer: `max-age`, 0 for `no-cache` or
+    `no-store`, None when it says neither."""
+    found: float | None = None
+    for directive in (cache_control or "").split(","):
+        name, _, value = directive.partition("=")
+        name = name.strip().lower()
+        if name in ("no-cache", "no-store"):
+            return 0.0
+        if name == "max-age":
+            try:
+                found = float(max(0, int(value.strip().strip('"'))))
+            except ValueError:
+                continue
+    return found
+
+
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, except from https to anything else (keys must not come in clear)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if req.full_url.startswith("https://") and not newurl.startswith("https://"):
+            raise urllib.error.URLError(f"refused a redirect from https to {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _get_json(url: str, tls: ssl.SSLContext | None, what: str) -> tuple[Any, str | None]:
+    """The JSON document at `url` and its `Cache-Control`; raises KeyConfigError."""
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls), _NoDowngrade)
+    try:
+        with opener.open(url, timeout=FETCH_TIMEOUT_S) as resp:
+            body = resp.read(MAX_DOCUMENT_BYTES + 1)
+            cache_control = resp.headers.get("Cache-Control")
+    except urllib.error.URLError as err:
+        reason = err.reason
+        hint = ""
+        if isinstance(reason, ssl.SSLCertVerificationError) and tls is None:
+            hint = " (a private CA? set SIDECAR_JWKS_CA_FILE to its PEM bundle)"
+        raise KeyConfigError(f"{url}: cannot load {what}: {reason}{hint}") from None
+    except (OSError, http.client.HTTPException) as err:
+        raise KeyConfigError(f"{url}: cannot load {what}: {err!r}") from None
+    if len(body) > MAX_DOCUMENT_BYTES:
+        raise KeyConfigError(f"{url}: {what} is larger than {MAX_DOCUMENT_BYTES} bytes")
+    try:
+        return json.loads(body), cache_control
+    except ValueError as err:
+        raise KeyConfigError(f"{url}: {what} is not JSON: {err}") from None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    keys: dict[str, Jwk]
+    max_age_s: float | None = None  # from the server's Cache-Control
+
+
+def fetch_jwks(source: str, tls: ssl.SSLContext | None = None) -> Fetched:
+    """Load and parse a JWKS file or URL; raises KeyConfigError saying what is wrong."""
+    cache_control = None
+    if is_url(source):
+        data, cache_control = _get_json(source, tls, "JWKS")
+    else:
+        try:
             data = json.loads(Path(source).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise KeyConfigError(f"{source}: cannot load JWKS: {err}") from None
+        except (OSError, ValueError) as err:
+            raise KeyConfigError(f"{source}: cannot load JWKS: {err}") from None
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise KeyConfigError(f"{source}: not a JWKS (an object with a 'keys' list)")
-    return parse_jwks(data, source)
+    return Fetched(parse_jwks(data, source), max_age(cache_control))
+
+
+def discover_jwks_uri(issuer: str, tls: ssl.SSLContext | None = None) -> str:
+    """The `jwks_uri` of `issuer`'s `/.well-known/openid-configuration`; raises KeyConfigError."""
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    doc, _ = _get_json(url, tls, "the OpenID configuration")
+    if not isinstance(doc, dict):
+        raise KeyConfigError(f"{url}: the OpenID configuration is not a JSON object")
+    if doc.get("issuer") != issuer:
+        raise KeyConfigError(
+            f"{url}: the OpenID configuration names issuer {doc.get('issuer')!r}, "
+            f"not SIDECAR_JWT_ISSUER={issuer!r}; set SIDECAR_JWT_ISSUER to what tokens carry"
+        )
+    uri = doc.get("jwks_uri")
+    scheme = "https://" if issuer.startswith("https://") else "http://"
+    if not isinstance(uri, str) or not uri.startswith(("https://", scheme)):
+        raise KeyConfigError(f"{url}: the OpenID configuration has no usable 'jwks_uri'")
+    return uri
 
 
 def parse_jwks(data: Mapping[str, Any], source: str = "JWKS") -> dict[str, Jwk]:
@@ -123,24 +235,47 @@ def _same_jwks(a: Mapping[str, Jwk], b: Mapping[str, Jwk]) -> bool:
     return {k: v.raw for k, v in a.items()} == {k: v.raw for k, v in b.items()}
 
 
+@dataclass
+class _Outage:
+    since: float
+    failures: int = 1
+
+
 class KeySource:
     def __init__(
         self,
         settings: KeySettings,
         log: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: KeyMetrics | None = None,
     ) -> None:
         """Load every configured key now; raises KeyConfigError when one cannot be used."""
-        if settings.secret is None and settings.secret_file is None and settings.jwks is None:
+        if (
+            settings.secret is None
+            and settings.secret_file is None
+            and settings.jwks is None
+            and settings.discover_from is None
+        ):
             raise KeyConfigError(
                 "no key configured: set SIDECAR_JWT_SECRET or SIDECAR_JWT_SECRET_FILE "
-                "(HS256/384/512) or SIDECAR_JWKS (a JWKS file or https URL)"
+                "(HS256/384/512), SIDECAR_JWKS (a JWKS file or https URL), or only "
+                "SIDECAR_JWT_ISSUER (an https issuer whose OpenID configuration names the JWKS)"
             )
         if settings.secret is not None and settings.secret_file is not None:
             raise KeyConfigError("set SIDECAR_JWT_SECRET or SIDECAR_JWT_SECRET_FILE, not both")
+        if settings.jwks_ca_file is not None and not (
+            settings.discover_from is not None
+            or (settings.jwks is not None and is_url(settings.jwks))
+        ):
+            raise KeyConfigError(
+                "SIDECAR_JWKS_CA_FILE is set but nothing is fetched over https: it applies to "
+                "a SIDECAR_JWKS URL or to discovery from SIDECAR_JWT_ISSUER"
+            )
         self._settings = settings
         self._log = log or logging.getLogger(__name__)
         self._clock = clock
+        self._metrics = metrics
+        self._tls = tls_context(settings.jwks_ca_file)
         secret = settings.secret
         if secret is not None:
             _check_secret(secret)
@@ -148,20 +283,50 @@ class KeySource:
         if settings.secret_file is not None:
             self._secret_mtime = self._mtime(settings.secret_file)
             secret = read_secret(settings.secret_file)
-        jwks = read_jwks(settings.jwks) if settings.jwks is not None else {}
-        self._keys = KeySet(secret, jwks)
+        self._jwks_source = settings.jwks
+        if self._jwks_source is None and settings.discover_from is not None:
+            self._jwks_source = discover_jwks_uri(settings.discover_from, self._tls)
+            self._log.info(
+                "JWKS discovered",
+                extra={"fields": {"issuer": settings.discover_from, "jwks": self._jwks_source}},
+            )
+        self._jwks_interval = settings.refresh_s
         self._last_jwks_load = clock()
-        self._failing: set[str] = set()
+        self._last_jwks_ok = self._last_jwks_load
+        self._next_jwks = math.inf
+        jwks: Mapping[str, Jwk] = {}
+        if self._jwks_source is not None:
+            self._count_fetch()
+            try:
+                jwks = self._fetched(fetch_jwks(self._jwks_source, self._tls))
+            except KeyConfigError:
+                self._count_failure()
+                raise
+        self._keys = KeySet(secret, jwks)
+        self._failing: dict[str, _Outage] = {}
+        self._asked_kid: str | None = None
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        if metrics is not None and self._jwks_source is not None:
+            metrics.jwks_age.set_function(self.jwks_age_s)
+
+    @property
+    def jwks_source(self) -> str | None:
+        """The JWKS file or URL in use (discovered, when only the issuer was given)."""
+        return self._jwks_source
 
     def current(self) -> KeySet:
         return self._keys
 
-    def unknown_kid(self) -> None:
+    def jwks_age_s(self) -> float:
+        """Seconds since the JWKS in use was last fetched successfully."""
+        return max(0.0, self._clock() - self._last_jwks_ok)
+
+    def unknown_kid(self, kid: str | None = None) -> None:
         """A token named a kid we do not have: ask for a JWKS refetch soon (never waits)."""
-        if self._settings.jwks is not None:
+        if self._jwks_source is not None:
+            self._asked_kid = kid
             self._wake.set()
 
     def refresh(self, *, secret: bool = True, jwks: bool = True) -> bool:
@@ -176,12 +341,17 @@ class KeySource:
                 loaded = self._attempt(str(path), lambda: read_secret(path))
                 if loaded is not None:
                     new_secret, self._secret_mtime = loaded, mtime
-        source = self._settings.jwks
+        source = self._jwks_source
         if jwks and source is not None:
-            self._last_jwks_load = self._clock()
-            fetched = self._attempt(source, lambda: read_jwks(source))
-            if fetched is not None and not _same_jwks(fetched, current.jwks):
-                new_jwks = fetched
+            self._count_fetch()
+            fetched = self._attempt(source, lambda: fetch_jwks(source, self._tls))
+            if fetched is None:
+                self._count_failure()
+            else:
+                keys = self._fetched(fetched)
+                if not _same_jwks(keys, current.jwks):
+                    new_jwks = keys
+            self._next_jwks = self._last_jwks_load + self._jwks_interval
         if new_secret == current.secret and new_jwks is current.jwks:
             return False
         self._keys = KeySet(new_secret, new_jwks, current.generation + 1)
@@ -191,21 +361,50 @@ class KeySource:
         )
         return True
 
+    def _fetched(self, fetched: Fetched) -> dict[str, Jwk]:
+        """Note a good JWKS fetch: its time, and when to fetch again (`max-age`, in bounds)."""
+        s = self._settings
+        self._last_jwks_ok = self._clock()
+        if fetched.max_age_s is None:
+            self._jwks_interval = s.refresh_s
+        else:
+            self._jwks_interval = min(max(fetched.max_age_s, s.refresh_min_s), s.refresh_s)
+        return fetched.keys
+
+    def _count_fetch(self) -> None:
+        self._last_jwks_load = self._clock()
+        if self._metrics is not None:
+            self._metrics.jwks_fetches.inc()
+
+    def _count_failure(self) -> None:
+        if self._metrics is not None:
+            self._metrics.jwks_fetch_failures.inc()
+
     def _attempt(self, source: str, load: Callable[[], Any]) -> Any:
         try:
             value = load()
         except KeyConfigError as err:
-            if source not in self._failing:
-                self._failing.add(source)
-                self._log.error(
-                    "cannot reload verification keys; the last good ones stay in use",
-                    extra={"fields": {"source": source, "error": str(err)}},
-                )
+            outage = self._failing.get(source)
+            if outage is not None:
+                outage.failures += 1
+                return None
+            self._failing[source] = _Outage(self._clock())
+            self._log.error(
+                "cannot reload verification keys; the last good ones stay in use",
+                extra={"fields": {"source": source, "error": str(err)}},
+            )
             return None
-        if source in self._failing:
-            self._failing.discard(source)
+        outage = self._failing.pop(source, None)
+        if outage is not None:
             self._log.warning(
-                "verification keys readable again", extra={"fields": {"source": source}}
+                "verification keys readable again",
+                extra={
+                    "fields": {
+                        "source": source,
+                        "failures": outage.failures,
+                        "outage_s": round(self._clock() - outage.since, 3),
+                    }
+                },
             )
         return value
 
@@ -218,6 +417,7 @@ class KeySource:
 
     def start(self) -> None:
         """Keep the keys current from a daemon thread until `stop`."""
+        self._next_jwks = self._last_jwks_load + self._jwks_interval
         self._thread = threading.Thread(target=self._run, name="key-refresh", daemon=True)
         self._thread.start()
 
@@ -232,16 +432,45 @@ class KeySource:
         `refresh_min_s` apart, so a flood of made-up kids cannot hammer the JWKS server."""
         return max(0.0, self._last_jwks_load + self._settings.refresh_min_s - self._clock())
 
+    def refetch_for_unknown_kid(self) -> None:
+        """Refetch the JWKS now because a token named a kid we lack, and log the outcome."""
+        kid = self._asked_kid
+        changed = self.refresh(secret=False)
+        if self._metrics is not None:
+            self._metrics.jwks_unknown_kid_refetches.inc()
+        found = kid is not None and kid in self._keys.jwks
+        fields = {"kid": kid, "found": found, "keys_changed": changed}
+        if found:
+            self._log.info("JWKS refetched for an unknown key id", extra={"fields": fields})
+        else:
+            self._log.warning(
+                "JWKS refetched for an unknown key id; the JWKS does not have it",
+                extra={"fields": fields},
+            )
+
     def _run(self) -> None:
+        refresh_s = self._settings.refresh_s
+        next_secret = self._clock() + refresh_s
         while not self._stopped.is_set():
-            woken = self._wake.wait(timeout=self._settings.refresh_s)
+            woken = self._wake.wait(
+                timeout=max(0.0, min(next_secret, self._next_jwks) - self._clock())
+            )
             if self._stopped.is_set():
                 return
-            if not woken:
-                self.refresh()
-                continue
-            wait = self.kid_refetch_wait()
-            if wait > 0 and self._stopped.wait(wait):
-                return
-            self._wake.clear()
-            self.refresh(secret=False)
+            try:
+                if woken:
+                    wait = self.kid_refetch_wait()
+                    if wait > 0 and self._stopped.wait(wait):
+                        return
+                    self._wake.clear()
+                    self.refetch_for_unknown_kid()
+                    continue
+                now = self._clock()
+                check_secret = now >= next_secret
+                if check_secret:
+                    next_secret = now + refresh_s
+                self.refresh(secret=check_secret, jwks=now >= self._next_jwks)
+            except Exception:  # a bug here must not end key rotation
+                self._log.exception("key refresh failed")
+                if self._stopped.wait(self._settings.refresh_min_s):
+                    return

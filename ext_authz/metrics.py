@@ -8,12 +8,19 @@ when Prometheus scrapes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from ext_authz.tokens import TokenCache
+
+class Lookups(Protocol):
+    """What the token cache counts (`ext_authz.tokens.TokenCache`)."""
+
+    hits: int
+    misses: int
+
 
 # Checks take tens of microseconds; the buckets resolve that and still show a slow Redis.
 CHECK_SECONDS_BUCKETS = (
@@ -75,7 +82,7 @@ class TokenCacheStats(Collector):
     """`ext_authz_token_cache_lookups_total{result}`: hits and misses of the verified-token
     cache (a miss costs a signature verification)."""
 
-    def __init__(self, cache: TokenCache) -> None:
+    def __init__(self, cache: Lookups) -> None:
         self._cache = cache
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -87,3 +94,29 @@ class TokenCacheStats(Collector):
         family.add_metric(["hit"], self._cache.hits)
         family.add_metric(["miss"], self._cache.misses)
         yield family
+
+
+class KeyMetrics:
+    """The JWKS source's health: fetches, failures, refetches for unknown kids, age."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.jwks_fetches = Counter(
+            "ext_authz_jwks_fetches_total",
+            "JWKS fetches tried (at start, on schedule, for an unknown kid)",
+            registry=registry,
+        )
+        self.jwks_fetch_failures = Counter(
+            "ext_authz_jwks_fetch_failures_total",
+            "JWKS fetches that failed (the last good keys stay in use)",
+            registry=registry,
+        )
+        self.jwks_unknown_kid_refetches = Counter(
+            "ext_authz_jwks_unknown_kid_refetches_total",
+            "JWKS refetches asked for by a token naming an unknown kid",
+            registry=registry,
+        )
+        self.jwks_age = Gauge(
+            "ext_authz_jwks_age_seconds",
+            "Seconds since the JWKS in use was last fetched successfully",
+            registry=registry,
+        )

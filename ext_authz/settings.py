@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ext_authz import idp
 from ext_authz.core import GuardSettings, LimitSettings
 from ext_authz.keys import KeySettings
 from ext_authz.tokens import ClaimNames, VerifierSettings
@@ -56,11 +57,17 @@ def add_key_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str
     flag("jwt-secret", None, "HS256/384/512 secret (prefer the _FILE form)")
     flag("jwt-secret-file", None, "file holding the HS256/384/512 secret")
     flag("jwks", None, "JWKS file path or https URL for RS/PS/ES/EdDSA keys")
-    flag("jwt-issuer", None, "required 'iss' when set")
+    flag("jwks-ca-file", None, "PEM CA bundle trusted (instead of the system's) for the JWKS")
+    flag("jwt-issuer", None, "required 'iss' when set; alone, the JWKS is discovered from it")
     flag("jwt-audience", None, "required 'aud' when set")
-    flag("claim-user", "sub", "claim holding the user id")
-    flag("claim-roles", "roles", "claim holding the roles (a list; 'role' may be one string)")
-    flag("claim-tenant", "tenant_id", "claim holding the tenant")
+    flag("idp", None, f"identity provider preset for the claims: {'|'.join(idp.PRESETS)}")
+    flag("claim-user", None, "claim path(s) of the user id (default: sub, or the preset's)")
+    flag(
+        "claim-roles",
+        None,
+        "claim path(s) of the roles, combined (default: roles, else role; or the preset's)",
+    )
+    flag("claim-tenant", None, "claim path(s) of the tenant (default: tenant_id, or the preset's)")
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -128,16 +135,33 @@ def add_guard_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
 
 
 def claim_names(args: argparse.Namespace) -> ClaimNames:
-    return ClaimNames(user=args.claim_user, roles=args.claim_roles, tenant=args.claim_tenant)
+    """The claim paths: each setting given, else the preset's (`--idp`), else the built-in
+    ones. Raises ValueError naming the setting that is wrong."""
+    chosen = idp.preset(args.idp)
+    names = ClaimNames(
+        user=args.claim_user or chosen.user,
+        roles=args.claim_roles or chosen.roles,
+        role="role" if chosen is idp.DEFAULT and not args.claim_roles else None,
+        tenant=args.claim_tenant or chosen.tenant,
+    )
+    names.mapping()
+    return names
 
 
 def key_settings(args: argparse.Namespace) -> KeySettings:
+    """With no key but an http(s) issuer, the JWKS is discovered from the issuer."""
+    issuer = args.jwt_issuer or ""
+    discover = not (args.jwt_secret or args.jwt_secret_file or args.jwks) and issuer.startswith(
+        ("https://", "http://")
+    )
     return KeySettings(
         secret=args.jwt_secret.encode() if args.jwt_secret else None,
         secret_file=Path(args.jwt_secret_file) if args.jwt_secret_file else None,
-        jwks=args.jwks,
+        jwks=args.jwks or None,
         refresh_s=getattr(args, "key_refresh", defaults.KEY_REFRESH_S),
         refresh_min_s=getattr(args, "jwks_refresh_min", defaults.JWKS_REFRESH_MIN_S),
+        jwks_ca_file=Path(args.jwks_ca_file) if args.jwks_ca_file else None,
+        discover_from=issuer if discover else None,
     )
 
 
@@ -156,6 +180,10 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
         raise SettingsError("trusted-proxy-hops must be >= 0 and redis-timeout-ms > 0")
     if args.failed_auth_budget < 0 or args.failed_auth_window < 1:
         raise SettingsError("failed-auth-budget must be >= 0 and failed-auth-window >= 1")
+    try:
+        claims = claim_names(args)
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
     return AuthzSettings(
         host=args.authz_host,
         port=args.authz_port,
@@ -167,7 +195,7 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
             issuer=args.jwt_issuer,
             audience=args.jwt_audience,
             leeway_s=args.jwt_leeway,
-            claims=claim_names(args),
+            claims=claims,
             cache_size=args.token_cache_size,
             negative_cache_size=args.negative_cache_size,
         ),

@@ -18,13 +18,16 @@ base64url parts, no padding, no whitespace: `COMPACT`) and within `max_token_byt
 must decode, name an accepted `alg` and a well-formed `kid` that fits a key; only then is the
 signature checked. Garbage costs a regex, never a signature.
 
+Where the user, roles and tenant are found (nested paths, several role sources, scope strings)
+is `ext_authz.claims`.
+
 Claims (`validate_times`, `validate_identity`, kept apart from how claims are extracted):
 `exp` is required; `exp`, `nbf`, `iat` must be finite numbers between 0 and `MAX_TIME` (NaN,
 Infinity, 1e999 or 10**400 are refused, never a 500); `nbf` and `iat` must not be in the future
 beyond the leeway. The user, tenant and role names become request headers, so they must be
 header-safe: no control characters, no leading or trailing whitespace, bounded length
-(`MAX_NAME_CHARS`), at most `MAX_ROLES` roles, and no comma in a role (`x-user-roles` is
-comma-separated). Issuer and audience are enforced when configured.
+(`MAX_NAME_CHARS`), at most `MAX_ROLES` roles, none empty (a role may hold a comma or spaces:
+`x-user-roles` percent-encodes each role). Issuer and audience are enforced when configured.
 
 Caches: verified tokens are kept in a bounded LRU keyed by the token; an entry is never used
 after its `exp` (plus leeway). Refused tokens are remembered in a bounded LRU keyed by the
@@ -36,20 +39,25 @@ empties both.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import hmac
+import logging
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import jwt
 
+from ext_authz.claims import ClaimError, ClaimExtractor, ClaimMapping, set_claim
 from ext_authz.keys import KID, Jwk, KeySet, KeySource
 from sidecar_shared import defaults
+from sidecar_shared.contract import encode_roles
 
 Clock = Callable[[], float]
 
@@ -92,13 +100,27 @@ class Identity:
     tenant: str | None
     expires_at: float
 
+    @cached_property
+    def roles_header(self) -> str:
+        """The `x-user-roles` value, encoded once per verified token."""
+        return encode_roles(self.roles)
+
 
 @dataclass(frozen=True)
 class ClaimNames:
+    """Claim paths (syntax in `ext_authz.claims`); `role` is read only when no `roles` path
+    is in the token (None: never)."""
+
     user: str = "sub"
     roles: str = "roles"
-    role: str = "role"
+    role: str | None = "role"
     tenant: str = "tenant_id"
+
+    def mapping(self) -> ClaimMapping:
+        """Raises ValueError naming the setting that is wrong."""
+        return ClaimMapping.parse(
+            user=self.user, roles=self.roles, tenant=self.tenant, role_fallback=self.role
+        )
 
 
 @dataclass(frozen=True)
@@ -178,10 +200,10 @@ def validate_identity(identity: Identity) -> Identity:
     if len(identity.roles) > MAX_ROLES:
         raise TokenError("bad_claim", f"the token has more than {MAX_ROLES} roles")
     for role in identity.roles:
+        # A comma is fine: x-user-roles percent-encodes each role (`encode_roles`).
+        if not role:
+            raise TokenError("bad_claim", "the token has an empty role")
         _header_safe(role, "role")
-        # Roles travel comma-separated in x-user-roles: "x,admin" would read as two roles.
-        if not role or "," in role:
-            raise TokenError("bad_claim", "the token has an empty role or a role with a comma")
     return identity
 
 
@@ -256,11 +278,16 @@ class TokenCache:
 
 class TokenVerifier:
     def __init__(
-        self, settings: VerifierSettings, keys: KeySource, clock: Clock = time.time
+        self,
+        settings: VerifierSettings,
+        keys: KeySource,
+        clock: Clock = time.time,
+        log: logging.Logger | None = None,
     ) -> None:
         self._settings = settings
         self._keys = keys
         self._clock = clock
+        self._claims = ClaimExtractor(settings.claims.mapping(), log or logging.getLogger(__name__))
         self._cache = TokenCache(settings.cache_size)
         self._refused = NegativeCache(settings.negative_cache_size)
         self._generation = keys.current().generation
@@ -290,7 +317,7 @@ class TokenVerifier:
             return fitting[0].key
         key = keys.jwks.get(kid)
         if key is None:
-            self._keys.unknown_kid()
+            self._keys.unknown_kid(kid)
             raise TokenError("unknown_kid", "the token's key (kid) is not known")
         if not _fits(alg, key):
             raise TokenError("bad_signature", "the token's algorithm does not fit its key")
@@ -373,24 +400,10 @@ class TokenVerifier:
         return validate_identity(self._identity(claims, exp))
 
     def _identity(self, claims: Mapping[str, Any], exp: float) -> Identity:
-        names = self._settings.claims
-        user = claims.get(names.user)
-        if not isinstance(user, str) or not user:
-            raise TokenError("missing_claim", f"the token has no '{names.user}' claim")
-        raw_roles = claims.get(names.roles)
-        if raw_roles is None:
-            raw_roles = claims.get(names.role)
-        if isinstance(raw_roles, str):
-            roles: tuple[str, ...] = (raw_roles,)
-        elif isinstance(raw_roles, list) and all(isinstance(r, str) for r in raw_roles):
-            roles = tuple(raw_roles)
-        elif raw_roles is None:
-            roles = ()
-        else:
-            raise TokenError("malformed", f"the '{names.roles}' claim is not a list of strings")
-        tenant = claims.get(names.tenant)
-        if tenant is not None and (not isinstance(tenant, str) or not tenant):
-            raise TokenError("malformed", f"the '{names.tenant}' claim is not a string")
+        try:
+            user, roles, tenant = self._claims.extract(claims)
+        except ClaimError as err:
+            raise TokenError(err.reason, err.detail) from None
         return Identity(
             user=user, roles=roles, tenant=tenant, expires_at=exp + self._settings.leeway_s
         )
@@ -407,17 +420,18 @@ def mint(
     audience: str | None = None,
     claims: ClaimNames = ClaimNames(),
     now: float | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> str:
-    """An HS256 token for trying things out (`sidecar token`)."""
+    """An HS256 token for trying things out (`sidecar token`): `extra` claims (an identity
+    provider's usual ones), then user, roles and tenant at the first path of each setting."""
     issued = int(time.time() if now is None else now)
-    payload: dict[str, Any] = {
-        claims.user: sub,
-        claims.roles: roles,
-        "iat": issued,
-        "exp": issued + ttl_s,
-    }
+    payload: dict[str, Any] = {**copy.deepcopy(dict(extra or {})), "iat": issued}
+    payload["exp"] = issued + ttl_s
+    set_claim(payload, claims.user, sub)
+    if claims.roles:
+        set_claim(payload, claims.roles, roles)
     if tenant is not None:
-        payload[claims.tenant] = tenant
+        set_claim(payload, claims.tenant, tenant)
     if issuer is not None:
         payload["iss"] = issuer
     if audience is not None:

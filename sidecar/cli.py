@@ -16,6 +16,7 @@ import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
@@ -166,10 +167,15 @@ def parse_ttl(text: str) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     # The same variables, read the same way, as ext_authz; the JWKS holds no signing key.
-    keys = dataclasses.replace(authz_settings.key_settings(args), jwks=None)
+    keys = dataclasses.replace(
+        authz_settings.key_settings(args), jwks=None, jwks_ca_file=None, discover_from=None
+    )
     try:
+        claims = authz_settings.claim_names(args)
+        if args.role and not claims.roles:
+            raise ValueError(f"{args.idp} tokens carry no roles: set SIDECAR_CLAIM_ROLES")
         secret = KeySource(keys).current().secret if keys.secret or keys.secret_file else None
-    except KeyConfigError as err:
+    except (KeyConfigError, ValueError) as err:
         print(f"sidecar token: {err}", file=sys.stderr)
         return 1
     if secret is None:
@@ -188,7 +194,8 @@ def cmd_token(args: argparse.Namespace) -> int:
             ttl_s=args.ttl,
             issuer=args.jwt_issuer,
             audience=args.jwt_audience,
-            claims=authz_settings.claim_names(args),
+            claims=claims,
+            extra=idp.preset(args.idp).usual_claims,
         )
     )
     return 0
@@ -216,7 +223,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         node_cluster=args.node_cluster,
         envoy_log_level=args.envoy_log_level,
         startup_timeout_s=args.startup_timeout,
-        key_configured=bool(args.jwt_secret or args.jwt_secret_file or args.jwks),
+        key_configured=bool(
+            args.jwt_secret
+            or args.jwt_secret_file
+            or args.jwks
+            or authz_settings.key_settings(args).discover_from
+        ),
         child_env=child_env,
         max_downstream_connections=args.max_downstream_connections,
         envoy_max_heap_bytes=args.envoy_max_heap_bytes,
@@ -312,7 +324,10 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p = sub.add_parser("schema", help="print the catalog's JSON Schema")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("token", help="mint an HS256 token with the configured dev key")
+    p = sub.add_parser(
+        "token",
+        help="mint an HS256 token with the configured dev key (--idp: in that provider's shape)",
+    )
     p.add_argument("--sub", required=True, help="user id")
     p.add_argument("--role", action="append", help="a role (repeat for several)")
     p.add_argument("--tenant", help="tenant id")

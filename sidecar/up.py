@@ -41,7 +41,7 @@ class UpSettings:
     node_cluster: str
     envoy_log_level: str
     startup_timeout_s: float
-    key_configured: bool  # a JWT secret, secret file or JWKS was given
+    key_configured: bool  # a JWT secret, secret file or JWKS was given, or an issuer to discover
     child_env: Mapping[str, str]  # the servers' settings, as their SIDECAR_* variables
     max_downstream_connections: int = defaults.MAX_DOWNSTREAM_CONNECTIONS
     envoy_max_heap_bytes: int = defaults.ENVOY_MAX_HEAP_BYTES

@@ -11,9 +11,11 @@ must agree on.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
+from urllib.parse import quote, unquote
 
 # Keys of the ext_authz filter's per-route `context_extensions`.
 POLICY_KEY: Final = "policy"
@@ -30,6 +32,24 @@ IDENTITY_HEADERS: Final = (USER_HEADER, ROLES_HEADER, TENANT_HEADER, TENANT_UPST
 # Headers some frameworks read as the request's real method. Removed before ext_authz unless
 # the service opts in (`RoutePolicy.method_override`); then ext_authz authorizes that method.
 METHOD_OVERRIDE_HEADERS: Final = ("x-http-method-override", "x-http-method", "x-method-override")
+
+# `x-user-roles`: the roles separated by commas, each percent-encoded (UTF-8, RFC 3986) except
+# letters, digits and `-._~:/@`, so `read:orders` and `/staff/admins` travel as they are and
+# `Sales, EMEA` becomes `Sales%2C%20EMEA`. Split at commas, then decode each part with
+# decodeURIComponent, urllib.parse.unquote, url.PathUnescape or URLDecoder (`+` is always sent
+# as `%2B`, so a decoder that reads `+` as a space is safe too).
+_ROLE_AS_IS = re.compile(r"[A-Za-z0-9\-._~:/@]+")
+
+
+def encode_roles(roles: Iterable[str]) -> str:
+    """The `x-user-roles` value for `roles` (visible ASCII only)."""
+    return ",".join(r if _ROLE_AS_IS.fullmatch(r) else quote(r, safe=":/@") for r in roles)
+
+
+def decode_roles(value: str) -> list[str]:
+    """The roles in an `x-user-roles` value (the inverse of `encode_roles`)."""
+    return [unquote(part) for part in value.split(",")] if value else []
+
 
 # The cluster in Envoy's bootstrap that reaches ext_authz (its address is per deployment).
 AUTHZ_CLUSTER: Final = "ext_authz"

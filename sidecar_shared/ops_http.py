@@ -24,13 +24,17 @@ def metrics_page(registry: CollectorRegistry) -> Handler:
     return lambda: (200, CONTENT_TYPE_LATEST, generate_latest(registry))
 
 
-def ready_page(ready: Callable[[], str | None]) -> Handler:
-    """200 "ok" when `ready()` returns None, else 503 with the reason it returns."""
+def ready_page(
+    ready: Callable[[], str | None], note: Callable[[], str | None] | None = None
+) -> Handler:
+    """200 "ok" when `ready()` returns None (followed by what `note()` returns, if anything:
+    a degraded state that does not stop serving), else 503 with the reason it returns."""
 
     def page() -> Page:
         reason = ready()
         if reason is None:
-            return 200, "text/plain", b"ok\n"
+            extra = note() if note is not None else None
+            return 200, "text/plain", b"ok\n" + (extra.encode() + b"\n" if extra else b"")
         return 503, "text/plain", reason.encode() + b"\n"
 
     return page

@@ -63,7 +63,9 @@ MAX_BODY_BYTES = UINT32_MAX  # the buffer filter's max_request_bytes is a uint32
 
 _SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
-_ROLE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Role names as identity providers emit them (`read:orders`, `/staff/admins`, `Sales, EMEA`):
+# 1-256 characters, no control characters, no space at either end.
+_ROLE_NAME = re.compile(r"(?!\s)[^\x00-\x1f\x7f-\x9f]{1,256}(?<!\s)")
 _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # A DNS name: labels of 1-63 characters, 253 in all (Envoy also sends it as TLS SNI, which
 # it limits to 255 bytes).
@@ -445,9 +447,13 @@ def _semantic_problems(catalog: Catalog) -> list[Problem]:
                 Problem(f"{where}.health_check.timeout_ms", "must not be above interval_ms")
             )
     for role, permissions in catalog.roles.items():
-        if not _ROLE_NAME.match(role):
+        if not _ROLE_NAME.fullmatch(role):
             problems.append(
-                Problem(f"roles.{role}", "role names are 1-64 letters, digits, '.', '_' or '-'")
+                Problem(
+                    f"roles.{role}",
+                    "role names are 1-256 characters, without control characters or "
+                    "spaces at either end",
+                )
             )
         for j, perm in enumerate(permissions):
             reason = _permission_problem(perm, names)

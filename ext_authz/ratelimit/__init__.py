@@ -8,13 +8,21 @@
 The window rule and its guarantee are documented in :mod:`ext_authz.ratelimit.window`.
 """
 
-from ext_authz.ratelimit.base import Clock, Decision, Limit, Limiter, LimiterUnavailable
+from ext_authz.ratelimit.base import (
+    BackendConfigError,
+    Clock,
+    Decision,
+    Limit,
+    Limiter,
+    LimiterUnavailable,
+)
 from ext_authz.ratelimit.guard import GuardedLimiter
 from ext_authz.ratelimit.memory import MemoryLimiter
 from ext_authz.ratelimit.window import N_BUCKETS
 
 __all__ = [
     "N_BUCKETS",
+    "BackendConfigError",
     "Clock",
     "Decision",
     "GuardedLimiter",

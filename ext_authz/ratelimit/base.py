@@ -14,7 +14,15 @@ from typing import Protocol
 
 from sidecar_shared.contract import Limit
 
-__all__ = ["DEFAULT_CLOCK", "Clock", "Decision", "Limit", "Limiter", "LimiterUnavailable"]
+__all__ = [
+    "DEFAULT_CLOCK",
+    "BackendConfigError",
+    "Clock",
+    "Decision",
+    "Limit",
+    "Limiter",
+    "LimiterUnavailable",
+]
 
 Clock = Callable[[], float]
 """Seconds, monotonic or wall; injected everywhere so tests control time."""
@@ -39,6 +47,10 @@ class Decision:
     remaining: int
     reset_s: int
     retry_after_s: int
+
+
+class BackendConfigError(Exception):
+    """The backend cannot be used as configured (a start-up error, with what to change)."""
 
 
 class LimiterUnavailable(Exception):

@@ -20,8 +20,8 @@ class GuardedLimiter:
     ``reset_s = retry_after_s = 0``) or denied (``remaining = 0``,
     ``reset_s = retry_after_s = 1``). ``on_error()`` is called on every failure;
     ``on_outage()`` and one warning on the first failure of an outage (at start or after a
-    success); one "recovered" warning on the first success after an outage. Other exceptions
-    (bugs) propagate.
+    success); ``on_recovery()`` and one "recovered" warning on the first success after an
+    outage. Other exceptions (bugs) propagate.
     """
 
     def __init__(
@@ -32,12 +32,14 @@ class GuardedLimiter:
         log: logging.Logger,
         on_outage: Callable[[], None] = _noop,
         on_error: Callable[[], None] = _noop,
+        on_recovery: Callable[[], None] = _noop,
     ) -> None:
         self._backend = backend
         self._fail_open = fail_open
         self._log = log
         self._on_outage = on_outage
         self._on_error = on_error
+        self._on_recovery = on_recovery
         self._lock = threading.Lock()
         self._in_outage = False
 
@@ -56,6 +58,10 @@ class GuardedLimiter:
         if self._in_outage:
             self._succeeded()
         return decision
+
+    def report_unavailable(self, error: str) -> None:
+        """The backend is known to be unavailable (a start-up check): an outage begins now."""
+        self._failed(LimiterUnavailable(error))
 
     def _failed(self, error: LimiterUnavailable) -> None:
         self._on_error()
@@ -85,6 +91,7 @@ class GuardedLimiter:
             self._log.warning(
                 "rate limiter recovered", extra={"fields": {"event": "ratelimit_recovered"}}
             )
+            self._on_recovery()
 
     def _fallback(self, limit: Limit) -> Decision:
         if self._fail_open:

@@ -13,27 +13,69 @@ Time comes from the injected clock (never Redis TIME) and is passed to the scrip
 sharing a Redis must have NTP-synced clocks: skew between them loosens the window guarantee by
 about the skew.
 
-Every Redis/socket failure is raised as :class:`LimiterUnavailable`; no redis exception type
-escapes this module.
+Deployments (:mod:`ext_authz.ratelimit.redis_url` has the URL forms): one server, Redis Cluster
+through redis-py's cluster client (the hash tag keeps each key's hash on one slot, so a check is
+still one EVALSHA to the node owning it; MOVED and ASK are followed by the client, and after a
+connection error it re-learns the slots and tries once more), or the master Sentinel names
+(followed through failovers: after one, the next check reaches the new master).
+
+Start-up (:func:`check_backend`) connects with a generous timeout and runs one check: a server
+that answers but cannot be used (authentication, ACL permissions, a Cluster node behind
+``redis://``, a plain server behind ``redis+cluster://``) is a :class:`BackendConfigError`; a
+server that cannot be reached is reported, and the failure policy applies until it answers.
+
+Every Redis/socket failure after start is raised as :class:`LimiterUnavailable`; no redis
+exception type escapes this module.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
-from ext_authz.ratelimit.base import DEFAULT_CLOCK, Clock, Decision, Limit, LimiterUnavailable
+from ext_authz.ratelimit.base import (
+    DEFAULT_CLOCK,
+    BackendConfigError,
+    Clock,
+    Decision,
+    Limit,
+    LimiterUnavailable,
+)
+from ext_authz.ratelimit.redis_url import RedisTarget, parse_redis_url
 from ext_authz.ratelimit.window import N_BUCKETS, bucket_of, decide, expiry_ms, to_ms
 from sidecar_shared import defaults
 
 DEFAULT_PREFIX = defaults.REDIS_KEY_PREFIX
 TTL_SLACK_MS = 1000
 """Added to ``W + w`` so a bucket written by a replica whose clock runs ahead is not lost."""
+ACL_NEEDED = "+evalsha +script|load +hgetall +hdel +hincrby +pexpire ~{}*"
+"""What an ACL user needs (the script's commands included); ``+info`` is optional."""
+STARTUP_TIMEOUT_S = 2.0
+"""Socket timeout of the start-up check (requests use ``SIDECAR_REDIS_TIMEOUT_MS``)."""
+RECONNECT_EVERY_S = 1.0
+"""How often a cluster client that could not learn the slots tries again."""
+
+Client = redis.Redis | RedisCluster
+_FAILURES = (RedisError, RedisClusterException, OSError)
 
 # KEYS[1] = hash (bucket index -> count)
 # ARGV[1] = current bucket index b, ARGV[2] = N, ARGV[3] = capacity, ARGV[4] = TTL in ms
@@ -75,20 +117,68 @@ def redis_key(prefix: str, key: str, window_s: int) -> str:
     return f"{prefix}{{{key}}}:{window_s}"
 
 
+def connect(target: RedisTarget, timeout_s: float) -> Client:
+    """A pooled client for ``target`` with ``timeout_s`` socket timeouts. A cluster client
+    connects now (to learn the slots) and raises what redis-py raises; the others connect on
+    first use."""
+    options = {k: v for k, v in target.options.items() if not k.startswith("sentinel_")}
+    if target.tls:
+        options["ssl"] = True
+    common: dict[str, Any] = {
+        "username": target.username,
+        "password": target.password,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        **options,
+    }
+    if target.kind == "cluster":
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],  # type: ignore[no-untyped-call]
+            retry=Retry(NoBackoff(), 1),
+            **common,
+        )
+    if target.kind == "sentinel":
+        assert target.service is not None
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes),
+            sentinel_kwargs={
+                "socket_timeout": timeout_s,
+                "socket_connect_timeout": timeout_s,
+                "username": target.options.get("sentinel_username"),
+                "password": target.options.get("sentinel_password"),
+            },
+        )
+        client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+            target.service, db=target.db, retry=Retry(NoBackoff(), 1), **common
+        )
+        return client
+    host, port = target.nodes[0]
+    return redis.Redis(host=host, port=port, db=target.db, retry=Retry(NoBackoff(), 0), **common)
+
+
 class RedisLimiter:
     """:class:`~ext_authz.ratelimit.base.Limiter` whose state lives in Redis.
 
     Thread-safe (redis-py's pool hands each call its own connection). Raises only
-    :class:`LimiterUnavailable`.
+    :class:`LimiterUnavailable`. Given ``connect`` instead of a client, it makes its client on
+    first use, and again at most every second while that fails (a cluster client cannot exist
+    before it has reached a node).
     """
 
     def __init__(
-        self, client: redis.Redis, clock: Clock = DEFAULT_CLOCK, prefix: str = DEFAULT_PREFIX
+        self,
+        client: Client | None,
+        clock: Clock = DEFAULT_CLOCK,
+        prefix: str = DEFAULT_PREFIX,
+        connect: Callable[[], Client] | None = None,
     ) -> None:
         self._client = client
+        self._connect = connect
         self._clock = clock
         self._prefix = prefix
         self._loaded = False
+        self._lock = threading.Lock()
+        self._next_connect = 0.0
 
     @classmethod
     def from_url(
@@ -99,23 +189,29 @@ class RedisLimiter:
         prefix: str = DEFAULT_PREFIX,
         clock: Clock = DEFAULT_CLOCK,
     ) -> RedisLimiter:
-        """A limiter on a pooled client for ``url`` with ``timeout_ms`` socket timeouts, no retries.
-
-        Does not connect: the first :meth:`hit` does.
-        """
-        timeout_s = timeout_ms / 1000
-        pool = redis.ConnectionPool.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 0),
-        )
-        return cls(redis.Redis(connection_pool=pool), clock=clock, prefix=prefix)
+        """A limiter for ``url`` with ``timeout_ms`` socket timeouts. Does not connect: the first
+        :meth:`hit` does. Raises BackendConfigError when the URL is not one of the forms."""
+        target = parse_redis_url(url)
+        return cls(None, clock, prefix, connect=lambda: connect(target, timeout_ms / 1000))
 
     def close(self) -> None:
         """Close the client's connections."""
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+
+    def _ready_client(self) -> Client:
+        client = self._client
+        if client is not None:
+            return client
+        assert self._connect is not None
+        with self._lock:
+            if self._client is None:
+                now = time.monotonic()
+                if now < self._next_connect:
+                    raise LimiterUnavailable("redis is not connected yet")
+                self._next_connect = now + RECONNECT_EVERY_S
+                self._client = self._connect()
+            return self._client
 
     def key_for(self, key: str, window_s: int) -> str:
         """The Redis key holding ``key``'s buckets for ``window_s``."""
@@ -132,7 +228,7 @@ class RedisLimiter:
         )
         try:
             raw = self._run(self.key_for(key, limit.window_s), args)
-        except (RedisError, OSError) as e:
+        except _FAILURES as e:
             raise LimiterUnavailable(f"redis rate limit check failed: {_describe(e)}") from e
         counted, buckets = _parse(raw)
         decision, _ = decide(buckets, now_ms, limit)
@@ -141,14 +237,76 @@ class RedisLimiter:
         return decision
 
     def _run(self, rkey: str, args: tuple[str, int, int, int]) -> object:
+        client = self._ready_client()
         if not self._loaded:
-            self._client.script_load(WINDOW_SCRIPT)
+            client.script_load(WINDOW_SCRIPT)
             self._loaded = True
         try:
-            return self._client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
+            return client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
         except NoScriptError:  # script cache flushed or failover to a fresh server
-            self._client.script_load(WINDOW_SCRIPT)
-            return self._client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
+            client.script_load(WINDOW_SCRIPT)
+            return client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
+
+
+def check_backend(url: str, prefix: str = DEFAULT_PREFIX) -> str | None:
+    """Connect to ``url`` and run one check, now. None when Redis answers; otherwise why it
+    cannot be reached (the failure policy applies until it can). Raises BackendConfigError when
+    the URL is not one of the forms, or when Redis answers but cannot be used as configured."""
+    target = parse_redis_url(url)
+    client: Client | None = None
+    try:
+        client = connect(target, STARTUP_TIMEOUT_S)
+        if target.kind != "cluster":
+            _refuse_a_cluster_node(client)
+        limiter = RedisLimiter(client, prefix=prefix)
+        # A real check on a key of its own: proves the script, EVALSHA and the ACL key pattern.
+        limiter._run(redis_key(prefix, "startup-check", 1), ("0", N_BUCKETS, 1 << 30, 2000))
+    except _FAILURES as e:
+        unusable = _unusable(e, target, prefix)
+        if unusable is not None:
+            raise BackendConfigError(
+                f"SIDECAR_REDIS_URL ({target.describe()}): {unusable}"
+            ) from None
+        return f"redis ({target.describe()}) cannot be reached: {_describe(e)}"
+    finally:
+        if client is not None:
+            client.close()
+    return None
+
+
+def _refuse_a_cluster_node(client: Client) -> None:
+    try:
+        info = client.info("cluster")
+    except NoPermissionError:
+        return  # an ACL user without INFO: the check below still catches MOVED
+    if isinstance(info, dict) and info.get("cluster_enabled") in (1, "1"):
+        raise BackendConfigError(
+            "SIDECAR_REDIS_URL points at a Redis Cluster node: write "
+            "redis+cluster://host:port[,host:port...] so that every key reaches its node"
+        )
+
+
+def _unusable(e: BaseException, target: RedisTarget, prefix: str) -> str | None:
+    """Why a Redis that answered cannot be used; None when it simply could not be reached."""
+    text = _describe(e)
+    if isinstance(e, AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
+        return f"authentication failed (check the user and password in the URL): {text}"
+    if (
+        isinstance(e, AuthorizationError | NoPermissionError)
+        or "NOPERM" in text
+        or "can't run this command" in text
+    ):
+        return (
+            f"the Redis user may not run what rate limiting needs ({ACL_NEEDED.format(prefix)})"
+            f": {text}"
+        )
+    if isinstance(e, AskError):
+        return "a Redis Cluster node answered: write redis+cluster://host:port[,host:port...]"
+    if isinstance(e, RedisClusterException) and "cluster mode is not enabled" in text.lower():
+        return "the server is not in cluster mode: write redis://host:port"
+    if isinstance(e, ResponseError) and "unknown command" in text.lower():
+        return f"the server refuses a command rate limiting needs: {text}"
+    return None
 
 
 def _describe(e: BaseException) -> str:

@@ -7,28 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import jwt
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
-from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
 from tests.support import ports, stack, tokens, wait
+from tests.support.authz_client import check
 from tests.support.keys import ec_key, rsa_key, write_jwks
-
-POLICY = encode(RoutePolicy(service="svc", rbac_required=False))
-
-
-def check(port: int, authorization: str, timeout: float = 5.0) -> external_auth_pb2.CheckResponse:
-    request = external_auth_pb2.CheckRequest()
-    http = request.attributes.request.http
-    http.method = "GET"
-    http.path = "/svc/1"
-    http.headers["authorization"] = authorization
-    request.attributes.context_extensions[POLICY_KEY] = POLICY
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = external_auth_pb2_grpc.AuthorizationStub(channel)
-        response: external_auth_pb2.CheckResponse = stub.Check(request, timeout=timeout)
-        return response
 
 
 def test_without_a_key_it_refuses_to_start_and_says_why() -> None:

@@ -19,3 +19,13 @@ def sample_data() -> dict[str, Any]:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2))
+
+
+def write_catalog(
+    workdir: Path, services: list[dict[str, Any]], roles: dict[str, list[str]] | None = None
+) -> Path:
+    """A catalog of `services` (and `roles`) in a directory of its own under `workdir`."""
+    path = workdir / "catalog" / "service_catalog.json"
+    path.parent.mkdir()
+    write_json(path, {"services": services, "roles": roles or {}})
+    return path

@@ -228,3 +228,23 @@ def start_envoy(
 
     wait_until(ready, timeout=20, what="Envoy to be ready")
     return envoy
+
+
+def run_authz_to_exit(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """ext_authz run in the foreground with only `env` for SIDECAR_* settings, for a start-up
+    that should fail: its exit status and what it printed."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    argv = commands.ext_authz(
+        *("--authz-port", str(free_port()), "--authz-http-port", str(free_port())), *args
+    )
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=30, env={**base, **env}, check=False
+    )
+
+
+def wait_for_route(envoy: Envoy, path: str, status: int = 401) -> None:
+    """Until Envoy answers `path` (without a token) with `status`: its route is in place."""
+    wait_until(
+        lambda: (r := try_get(envoy.url + path)) is not None and r.status == status,
+        what=f"{path} to answer {status}",
+    )

@@ -17,7 +17,7 @@ import pytest
 
 from ext_authz import keys as keys_module
 from ext_authz.decision import CheckInput, Outcome
-from ext_authz.keys import Jwk, KeyConfigError, KeySource
+from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import Identity, TokenError, TokenVerifier, VerifierSettings
 from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
 from tests.support.authorizers import key_source, make_authorizer
@@ -255,13 +255,13 @@ def test_an_unknown_kid_is_refused_at_once_and_never_fetched_on_the_request_path
     keys = key_source(jwks=path)
     verifier = make_verifier(keys=keys)
     reads: list[str] = []
-    real = keys_module.read_jwks
+    real = keys_module.fetch_jwks
 
-    def counted(source: str) -> dict[str, Jwk]:
+    def counted(source: str, tls: Any = None) -> keys_module.Fetched:
         reads.append(source)
-        return real(source)
+        return real(source, tls)
 
-    monkeypatch.setattr(keys_module, "read_jwks", counted)
+    monkeypatch.setattr(keys_module, "fetch_jwks", counted)
     with pytest.raises(TokenError) as caught:
         verifier.verify(signed(ec_key("ec-new"), "ES256", claims()))
     assert caught.value.reason == "unknown_kid"
