@@ -84,6 +84,9 @@ class RetryPolicy(_Strict):
     per_try_timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] | None = None
     backoff_base_ms: Annotated[int, Field(gt=0, le=60_000)] = 25
     backoff_max_ms: Annotated[int, Field(gt=0, le=300_000)] = 250
+    # Whether POST, PATCH and other non-idempotent requests are retried after they may have
+    # reached the upstream (they are always retried when they never left Envoy).
+    retry_non_idempotent: bool = False
 
     @field_validator("retry_on")
     @classmethod

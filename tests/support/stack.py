@@ -93,15 +93,17 @@ def start_xds(
     name: str = "xds",
     module: str = "xds_server",
     ports: tuple[int, int, int] | None = None,
+    args: list[str] | None = None,
 ) -> XdsServer:
     """The xDS server (or `module`, run with the same flags) on `ports` (gRPC, HTTP, Envoy's
-    listener), by default new ones."""
+    listener), by default new ones; `args` are more flags."""
     port, http_port, listener_port = ports or (free_port(), free_port(), free_port())
     argv = commands.xds_server(
         *("--catalog", str(catalog)),
         *("--xds-host", "127.0.0.1", "--xds-port", str(port)),
         *("--xds-http-port", str(http_port)),
         *("--listener-address", "127.0.0.1", "--listener-port", str(listener_port)),
+        *(args or []),
         module=module,
     )
     proc = start(name, argv, workdir)

@@ -35,9 +35,36 @@ from xds_server.resources.common import (
 )
 from xds_server.route_policy import compile_policy
 
+# Methods whose repetition has the effect of one request (RFC 9110 §9.2.2): retried on every
+# condition in the service's `retry_on`. Matched positively, so an unknown method is treated as
+# non-idempotent.
+IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")
+_IDEMPOTENT_REGEX = "|".join(IDEMPOTENT_METHODS)
+# Conditions that fire only when the request never reached the upstream: safe for any method.
+SAFE_RETRY_CONDITIONS = frozenset({"connect-failure", "refused-stream", "reset-before-request"})
+# Broader conditions that include those (Envoy retries any reset under 5xx and gateway-error).
+_INCLUDES_SAFE = frozenset({"5xx", "gateway-error", "reset"})
+NON_IDEMPOTENT_SUFFIX = "/non-idempotent"
 
-def _set_retry_policy(rp: RetryPolicy, out: route_components_pb2.RetryPolicy) -> None:
-    out.retry_on = ",".join(rp.retry_on)
+
+def retry_on_before_upstream(retry_on: Sequence[str]) -> list[str]:
+    """The part of `retry_on` that never repeats a request the upstream may have seen."""
+    safe = {c for c in retry_on if c in SAFE_RETRY_CONDITIONS}
+    if _INCLUDES_SAFE.intersection(retry_on):
+        safe |= SAFE_RETRY_CONDITIONS
+    return sorted(safe)
+
+
+def _method_split(rp: RetryPolicy) -> bool:
+    """Whether retries must depend on the method: a route for idempotent methods with every
+    condition, then one for the rest with only the conditions safe for any method."""
+    return not rp.retry_non_idempotent and not SAFE_RETRY_CONDITIONS.issuperset(rp.retry_on)
+
+
+def _set_retry_policy(
+    rp: RetryPolicy, retry_on: Sequence[str], out: route_components_pb2.RetryPolicy
+) -> None:
+    out.retry_on = ",".join(retry_on)
     out.num_retries.value = rp.max_retries
     set_ms(out.retry_back_off.base_interval, rp.backoff_base_ms)
     set_ms(out.retry_back_off.max_interval, rp.backoff_max_ms)
@@ -67,18 +94,21 @@ def _add_route(
     cluster_name: str,
     authz: any_pb2.Any,
     with_cache_filter: bool,
-) -> route_components_pb2.Route:
+    header: tuple[str, str] | None = None,
+) -> None:
+    """Append the route(s) for the service's prefix (and `header` with this exact value): two
+    when retries depend on the method, idempotent methods first."""
     out: route_components_pb2.Route = routes.add(name=name)
     prefix = svc.route_prefix
     if prefix == "/":
         out.match.prefix = "/"
     else:
         out.match.path_separated_prefix = prefix
+    if header is not None:
+        match = out.match.headers.add(name=header[0])
+        match.string_match.exact = header[1]
     out.route.cluster = cluster_name
     set_ms(out.route.timeout, svc.timeout_ms)
-    rp = svc.retry_policy
-    if rp is not None and rp.max_retries > 0:
-        _set_retry_policy(rp, out.route.retry_policy)
     out.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(authz)
     if with_cache_filter and not svc.cacheable:
         out.typed_per_filter_config[CACHE_FILTER].CopyFrom(FILTER_DISABLED)
@@ -86,7 +116,18 @@ def _add_route(
         # No verified identity on a public route: a client's tenant header goes too. (The
         # router applies this after ext_authz, which sets nothing here.)
         out.request_headers_to_remove.append(TENANT_HEADER)
-    return out
+    rp = svc.retry_policy
+    if rp is None or rp.max_retries == 0:
+        return
+    if _method_split(rp):
+        rest: route_components_pb2.Route = routes.add()
+        rest.CopyFrom(out)
+        rest.name = name + NON_IDEMPOTENT_SUFFIX
+        safe = retry_on_before_upstream(rp.retry_on)
+        if safe:
+            _set_retry_policy(rp, safe, rest.route.retry_policy)
+        out.match.headers.add(name=":method").string_match.safe_regex.regex = _IDEMPOTENT_REGEX
+    _set_retry_policy(rp, rp.retry_on, out.route.retry_policy)
 
 
 def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cache: bool) -> None:
@@ -94,16 +135,15 @@ def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cach
     upstream (matched on the header ext_authz sets), then the service's own."""
     authz = _authz_per_route(catalog, svc)
     for tenant in sorted(svc.tenant_upstreams):
-        r = _add_route(
+        _add_route(
             routes,
             svc,
             name=tenant_cluster_name(svc.service_name, tenant),
             cluster_name=tenant_cluster_name(svc.service_name, tenant),
             authz=authz,
             with_cache_filter=with_cache,
+            header=(TENANT_UPSTREAM_HEADER, tenant),
         )
-        header = r.match.headers.add(name=TENANT_UPSTREAM_HEADER)
-        header.string_match.exact = tenant
     _add_route(
         routes,
         svc,

@@ -1,0 +1,74 @@
+"""Retries through a real Envoy against upstreams that fail on purpose: idempotent requests are
+retried as the catalog says; a request that may have reached the upstream is never repeated
+unless its method is idempotent or the service opts in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway import gateway, public
+from tests.support.ports import free_port
+from tests.support.upstreams import running
+
+RETRY_5XX = {"max_retries": 3, "retry_on": ["5xx"], "backoff_base_ms": 5, "backoff_max_ms": 20}
+
+
+def test_a_get_that_fails_twice_is_answered_after_three_attempts(tmp_path: Path) -> None:
+    with (
+        running("a") as (up,),
+        gateway(tmp_path, [public("svc", up.url, retry_policy=RETRY_5XX)]) as gw,
+    ):
+        up.behave("ok", fail_first=2)
+        resp = gw.request("GET", "/svc/items/1")
+        assert resp.status == 200
+        assert up.count("GET", "/svc/items/1") == 3
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_a_non_idempotent_request_that_reached_the_upstream_is_not_repeated(
+    tmp_path: Path, method: str
+) -> None:
+    with (
+        running("a") as (up,),
+        gateway(tmp_path, [public("svc", up.url, retry_policy=RETRY_5XX)]) as gw,
+    ):
+        up.behave("ok", fail_first=1)
+        resp = gw.request(method, "/svc/orders", body=b'{"item": 1}')
+        assert resp.status == 503
+        assert up.count(method) == 1
+        # Nor can the client ask for retries (Envoy drops x-envoy-* from external clients).
+        up.behave("ok", fail_first=1)
+        asked = {"x-envoy-retry-on": "5xx", "x-envoy-max-retries": "3"}
+        assert gw.request(method, "/svc/orders", asked, body=b"{}").status == 503
+        assert up.count(method) == 2
+        # The same policy still retries an idempotent method.
+        up.behave("ok", fail_first=1)
+        assert gw.request("PUT", "/svc/orders/1", body=b"{}").status == 200
+        assert up.count("PUT") == 2
+
+
+def test_a_service_may_opt_in_to_retrying_non_idempotent_requests(tmp_path: Path) -> None:
+    policy = {**RETRY_5XX, "retry_non_idempotent": True}
+    with (
+        running("a") as (up,),
+        gateway(tmp_path, [public("svc", up.url, retry_policy=policy)]) as gw,
+    ):
+        up.behave("ok", fail_first=1)
+        assert gw.request("POST", "/svc/orders", body=b"{}").status == 200
+        assert up.count("POST") == 2
+
+
+def test_a_non_idempotent_request_is_retried_when_it_never_reached_the_upstream(
+    tmp_path: Path,
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: every connect fails
+    with (
+        running("a") as (up,),
+        gateway(tmp_path, [public("svc", [dead, up.url], retry_policy=RETRY_5XX)]) as gw,
+    ):
+        # Round robin sends about half of the requests to the dead endpoint first.
+        statuses = [gw.request("POST", f"/svc/orders/{n}", body=b"{}").status for n in range(8)]
+        assert statuses == [200] * 8
+        assert [s.path for s in up.seen("POST")] == [f"/svc/orders/{n}" for n in range(8)]
