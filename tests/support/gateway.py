@@ -15,6 +15,10 @@ from typing import Any
 from tests.support import http, stack, wait
 from tests.support.catalogs import write_json
 
+# Envoy's worker threads: each has its own connection pools (and may always open one connection
+# per endpoint, whatever the circuit breaker says), so tests fix their number.
+WORKERS = 2
+
 
 @dataclass
 class Gateway:

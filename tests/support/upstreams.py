@@ -71,6 +71,7 @@ class Upstream(ThreadingHTTPServer):
         self._active = 0
         self.max_active = 0
         self.healthy = True
+        self._checks: list[tuple[float, int]] = []
         self.released = threading.Event()
         super().__init__(("127.0.0.1", port or free_port()), _Handler)
 
@@ -142,6 +143,11 @@ class Upstream(ThreadingHTTPServer):
         times = [s.at for s in self.seen(method, path)]
         return [(b - a) * 1000 for a, b in itertools.pairwise(times)]
 
+    def health_checks(self, since: float = 0.0) -> list[int]:
+        """Statuses answered on the health endpoint since `since` (time.monotonic())."""
+        with self._lock:
+            return [status for at, status in self._checks if at >= since]
+
     def forget(self) -> None:
         with self._lock:
             self._seen.clear()
@@ -163,6 +169,10 @@ class Upstream(ThreadingHTTPServer):
             status = b.status if b.mode != "fail" or b.status != 200 else 503
             return b.mode, status, b.delay_s, b.headers, self._serial
 
+    def _checked(self, status: int) -> None:
+        with self._lock:
+            self._checks.append((time.monotonic(), status))
+
     def _leave(self) -> None:
         with self._lock:
             self._active -= 1
@@ -178,7 +188,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         headers = {k.lower(): v for k, v in self.headers.items()}
         if self.path.split("?")[0] == HEALTH_PATH:
-            self._answer(200 if self.server.healthy else 503, {}, 0)
+            status = 200 if self.server.healthy else 503
+            self.server._checked(status)
+            self._answer(status, {}, 0)
             return
         if headers.get("upgrade", "").lower() == "websocket":
             self.server._arrive(Seen(self.command, self.path, time.monotonic(), headers))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.translation import routes, service, snapshot_of
+from tests.support.translation import cluster, routes, service, snapshot_of
 from xds_server.resources.routes import IDEMPOTENT_METHODS, retry_on_before_upstream
 
 
@@ -57,3 +57,19 @@ def test_no_safe_condition_means_no_retries_for_other_methods() -> None:
 def test_one_route_when_retries_do_not_depend_on_the_method(policy: dict[str, object]) -> None:
     (only,) = routes(snapshot_of(service("orders", retry_policy=policy)))
     assert not only.match.headers
+
+
+def test_no_panic_mode_and_health_changes_apply_at_once() -> None:
+    c = cluster(snapshot_of(service("orders")), "orders")
+    assert c.common_lb_config.HasField("healthy_panic_threshold")
+    assert c.common_lb_config.healthy_panic_threshold.value == 0
+    assert c.common_lb_config.HasField("update_merge_window")
+    assert c.common_lb_config.update_merge_window.ToMilliseconds() == 0
+
+
+def test_health_checks_count_every_failed_answer_towards_the_threshold() -> None:
+    c = cluster(snapshot_of(service("orders", healthcheck_endpoint="/healthz")), "orders")
+    (check,) = c.health_checks
+    http = check.http_health_check
+    assert [(r.start, r.end) for r in http.expected_statuses] == [(200, 400)]
+    assert [(r.start, r.end) for r in http.retriable_statuses] == [(100, 200), (400, 600)]

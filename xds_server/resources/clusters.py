@@ -47,6 +47,12 @@ def cluster(svc: Service, ups: list[Upstream], name: str | None = None) -> clust
     # A host the catalog no longer lists leaves at once, even while it passes health checks
     # (otherwise Envoy keeps it as pending_dynamic_removal and keeps sending it traffic).
     out.ignore_health_on_host_removal = True
+    # No panic mode: with no healthy endpoint the service answers 503 at once (Envoy's default
+    # 50 % threshold would send traffic to endpoints known to be down).
+    out.common_lb_config.healthy_panic_threshold.value = 0
+    # Health changes reach the workers at once (Envoy merges them for 1 s by default), so what
+    # `sidecar status` shows is what traffic sees.
+    out.common_lb_config.update_merge_window.SetInParent()
     cb = svc.circuit_breaker
     thresholds = out.circuit_breakers.thresholds.add(priority=base_pb2.RoutingPriority.DEFAULT)
     thresholds.max_connections.value = cb.max_connections
@@ -80,6 +86,11 @@ def cluster(svc: Service, ups: list[Upstream], name: str | None = None) -> clust
         check.unhealthy_threshold.value = hc.unhealthy_threshold
         check.healthy_threshold.value = hc.healthy_threshold
         check.http_health_check.path = svc.healthcheck_endpoint
+        # Healthy on 200-399 (as Kubernetes probes); any other answer counts towards
+        # unhealthy_threshold like a timeout does (Envoy would otherwise eject at the first).
+        check.http_health_check.expected_statuses.add(start=200, end=400)
+        check.http_health_check.retriable_statuses.add(start=100, end=200)
+        check.http_health_check.retriable_statuses.add(start=400, end=600)
     tls_hosts = [u for u in ups if u.tls]
     if tls_hosts:
         out.transport_socket.name = "envoy.transport_sockets.tls"
