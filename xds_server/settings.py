@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         "HTTP status Envoy answers when ext_authz cannot be reached",
         int,
     )
+    flag(
+        "region",
+        defaults.REGION,
+        "the Envoys' region, then the failover order (eu-west,eu-central): endpoints there are "
+        "preferred, in this order, over any other region's",
+    )
     flag("log-level", "info", "log level")
 
 
@@ -67,8 +73,14 @@ def from_args(args: argparse.Namespace) -> XdsSettings:
             authz=AuthzOptions(
                 timeout_ms=args.authz_timeout_ms, failure_status=args.authz_failure_status
             ),
+            regions=parse_regions(args.region),
         ),
     )
+
+
+def parse_regions(text: str) -> tuple[str, ...]:
+    """'eu-west, eu-central' → ('eu-west', 'eu-central')."""
+    return tuple(r.strip() for r in text.split(",") if r.strip())
 
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:

@@ -61,13 +61,15 @@ def static_bootstrap(snap: Snapshot, admin_port: int = 0) -> dict[str, Any]:
                     manager.route_config.CopyFrom(rc)
                     f.typed_config.Pack(manager)
         listeners.append(json_format.MessageToDict(lst))
-    bootstrap_clusters = render(BootstrapOptions())["static_resources"]["clusters"]
+    bootstrap = render(BootstrapOptions())
     return {
+        "bootstrap_extensions": bootstrap["bootstrap_extensions"],
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
         },
         "static_resources": {
-            "clusters": clusters + [c for c in bootstrap_clusters if c["name"] == AUTHZ_CLUSTER],
+            "clusters": clusters
+            + [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == AUTHZ_CLUSTER],
             "listeners": listeners,
         },
     }

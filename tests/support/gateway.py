@@ -123,8 +123,9 @@ def gateway(
         yield Gateway(xds, envoy, checker, catalog)
 
 
-def public(name: str, urls: list[str] | str, **fields: Any) -> dict[str, Any]:
-    """A service with no token needed (ext_authz is skipped), at /<name>."""
+def public(name: str, urls: Any, **fields: Any) -> dict[str, Any]:
+    """A service with no token needed (ext_authz is skipped), at /<name>; `urls` is its
+    `internal_url`."""
     return {
         "service_name": name,
         "base_path": f"/{name}",
@@ -133,3 +134,8 @@ def public(name: str, urls: list[str] | str, **fields: Any) -> dict[str, Any]:
         "rbac_required": False,
         **fields,
     }
+
+
+def guarded(name: str, urls: Any, **fields: Any) -> dict[str, Any]:
+    """A service behind tokens (ext_authz with RBAC), at /<name>."""
+    return {"service_name": name, "base_path": f"/{name}", "internal_url": urls, **fields}

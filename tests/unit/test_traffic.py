@@ -4,9 +4,25 @@ tests/e2e/test_retries.py and its siblings show Envoy doing it)."""
 from __future__ import annotations
 
 import pytest
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from tests.support.translation import cluster, routes, service, snapshot_of
+from tests.support.translation import (
+    assignment,
+    catalog_of,
+    cluster,
+    routes,
+    service,
+    snapshot_of,
+)
+from xds_server import typeurls
+from xds_server.catalog import CatalogError
+from xds_server.resources.cache import HIDE_FILTER, RESTORE_FILTER, SIDE
+from xds_server.resources.clusters import HTTP_OPTIONS
+from xds_server.resources.common import CACHE_FILTER
 from xds_server.resources.routes import IDEMPOTENT_METHODS, retry_on_before_upstream
+from xds_server.translate import Options
 
 
 def test_retries_on_responses_apply_to_idempotent_methods_only() -> None:
@@ -73,3 +89,113 @@ def test_health_checks_count_every_failed_answer_towards_the_threshold() -> None
     http = check.http_health_check
     assert [(r.start, r.end) for r in http.expected_statuses] == [(200, 400)]
     assert [(r.start, r.end) for r in http.retriable_statuses] == [(100, 200), (400, 600)]
+
+
+def test_the_cache_fetches_through_an_internal_listener_only_when_a_service_is_cacheable() -> None:
+    plain = snapshot_of(service("a"))
+    assert SIDE not in plain.resources[typeurls.CLUSTER]
+    assert SIDE not in plain.resources[typeurls.LISTENER]
+    snap = snapshot_of(service("a", cacheable=True), service("b"))
+    assert SIDE in snap.resources[typeurls.CLUSTER]
+    side = snap.resources[typeurls.LISTENER][SIDE].message
+    assert isinstance(side, listener_pb2.Listener)
+    assert side.HasField("internal_listener")
+    a, b = sorted(routes(snap), key=lambda r: r.name)
+    assert set(a.typed_per_filter_config) >= {HIDE_FILTER, RESTORE_FILTER}
+    assert CACHE_FILTER not in a.typed_per_filter_config
+    assert HIDE_FILTER not in b.typed_per_filter_config
+    assert CACHE_FILTER in b.typed_per_filter_config  # turned off
+
+
+def test_a_bad_endpoint_is_named_by_its_place_in_the_list() -> None:
+    urls = ["http://127.0.0.1:1", {"url": "ftp://h:1"}, {"url": "http://h:2", "weight": -1}]
+    with pytest.raises(CatalogError) as caught:
+        catalog_of(service("a", urls))
+    assert [p.path for p in caught.value.problems] == [
+        "services[0].internal_url[1].url",
+        "services[0].internal_url[2].weight",
+    ]
+
+
+def test_weights_become_envoy_weights_and_weight_zero_leaves_the_endpoint_out() -> None:
+    urls = [{"url": "http://10.0.0.1:80", "weight": 5}, "http://10.0.0.2:80"]
+    urls.append({"url": "http://10.0.0.3:80", "weight": 0})
+    (group,) = assignment(snapshot_of(service("a", urls)), "a").endpoints
+    seen = [
+        (e.endpoint.address.socket_address.address, e.load_balancing_weight.value or 1)
+        for e in group.lb_endpoints
+    ]
+    assert seen == [("10.0.0.1", 5), ("10.0.0.2", 1)]
+
+
+@pytest.mark.parametrize(
+    ("preference", "expected"),
+    [
+        ((), {"eu": 0, "us": 0, "ap": 0}),
+        (("eu",), {"eu": 0, "us": 1, "ap": 1}),
+        (("us", "eu"), {"us": 0, "eu": 1, "ap": 2}),
+        (("mars", "ap"), {"ap": 0, "eu": 1, "us": 1}),  # no gap where a region has no endpoint
+    ],
+)
+def test_regions_become_localities_in_priority_order(
+    preference: tuple[str, ...], expected: dict[str, int]
+) -> None:
+    urls = [
+        {"url": f"http://10.0.0.{n}:80", "region": r} for n, r in enumerate(["eu", "us", "ap"], 1)
+    ]
+    snap = snapshot_of(service("a", urls), options=Options(regions=preference))
+    got = {g.locality.region: g.priority for g in assignment(snap, "a").endpoints}
+    assert got == expected
+
+
+def test_http2_and_grpc_upstreams_speak_http2_and_grpc_is_health_checked_with_grpc() -> None:
+    assert not cluster(snapshot_of(service("a")), "a").typed_extension_protocol_options
+    for protocol in ("http2", "grpc"):
+        c = cluster(snapshot_of(service("a", "https://h:443", protocol=protocol)), "a")
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        c.typed_extension_protocol_options[HTTP_OPTIONS].Unpack(options)
+        assert options.explicit_http_config.HasField("http2_protocol_options")
+        tls = tls_pb2.UpstreamTlsContext()
+        c.transport_socket.typed_config.Unpack(tls)
+        assert list(tls.common_tls_context.alpn_protocols) == ["h2"]
+    grpc = service("a", protocol="grpc", healthcheck_endpoint="/pkg.Orders")
+    (check,) = cluster(snapshot_of(grpc), "a").health_checks
+    assert check.grpc_health_check.service_name == "pkg.Orders"
+
+
+def test_grpc_routes_honour_the_clients_deadline_up_to_the_timeout() -> None:
+    (route,) = routes(snapshot_of(service("a", protocol="grpc", timeout_ms=700)))
+    assert route.route.max_stream_duration.grpc_timeout_header_max.ToMilliseconds() == 700
+    (plain,) = routes(snapshot_of(service("a")))
+    assert not plain.route.HasField("max_stream_duration")
+
+
+def test_websocket_upgrades_only_where_the_catalog_allows_them() -> None:
+    (route,) = routes(snapshot_of(service("a", websocket=True)))
+    assert [u.upgrade_type for u in route.route.upgrade_configs] == ["websocket"]
+    (plain,) = routes(snapshot_of(service("a")))
+    assert not plain.route.upgrade_configs
+
+
+def test_each_version_has_its_cluster_and_a_path_and_a_header_route_first() -> None:
+    versions = {
+        "v2": {"internal_url": "http://10.0.0.2:80"},
+        "v3": {"internal_url": "http://10.0.0.3:80"},
+    }
+    snap = snapshot_of(service("orders", versions=versions, version_header="x-v"))
+    assert {"orders", "orders@v2", "orders@v3"} <= set(snap.resources[typeurls.CLUSTER])
+    matches = [
+        (
+            r.route.cluster,
+            r.match.path_separated_prefix,
+            [(h.name, h.string_match.exact) for h in r.match.headers],
+        )
+        for r in routes(snap)
+    ]
+    assert matches == [
+        ("orders@v2", "/orders/v2", []),
+        ("orders@v3", "/orders/v3", []),
+        ("orders@v2", "/orders", [("x-v", "v2")]),
+        ("orders@v3", "/orders", [("x-v", "v3")]),
+        ("orders", "/orders", []),
+    ]

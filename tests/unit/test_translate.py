@@ -223,7 +223,7 @@ def test_a_route_naming_a_missing_cluster_is_inconsistent() -> None:
 
 
 def _filters(snap: Snapshot) -> list[Any]:
-    (res,) = snap.resources[typeurls.LISTENER].values()
+    res = snap.resources[typeurls.LISTENER]["ingress_http"]
     manager = hcm_pb2.HttpConnectionManager()
     res.message.filter_chains[0].filters[0].typed_config.Unpack(manager)
     return list(manager.http_filters)
@@ -235,7 +235,9 @@ def test_identity_headers_are_stripped_before_ext_authz_which_fails_closed() -> 
     assert [f.name for f in filters] == [
         "envoy.filters.http.header_mutation",
         "envoy.filters.http.ext_authz",
+        "sidecar.cache.hide_authorization",
         "envoy.filters.http.cache",
+        "sidecar.cache.restore_authorization",
         "envoy.filters.http.router",
     ]
     mutation = header_mutation_pb2.HeaderMutation()

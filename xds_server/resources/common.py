@@ -44,6 +44,9 @@ class Options:
     listener_address: str = defaults.LISTENER_ADDRESS
     listener_port: int = defaults.LISTENER_PORT
     authz: AuthzOptions = AuthzOptions()
+    # Where the Envoys run, then the failover order: endpoints in the first region are preferred
+    # (priority 0), then the next one's, then any other region's. Empty: no preference.
+    regions: tuple[str, ...] = ()
 
 
 def pack(msg: Message) -> any_pb2.Any:

@@ -8,14 +8,12 @@ from envoy.config.core.v3 import (
     config_source_pb2,
 )
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.filters.http.cache.v3 import cache_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.extensions.http.cache.simple_http_cache.v3 import config_pb2 as simple_cache_pb2
 from google.protobuf import wrappers_pb2
 
 from sidecar_shared.contract import (
@@ -24,10 +22,10 @@ from sidecar_shared.contract import (
     USER_HEADER,
 )
 from xds_server.catalog import Catalog
+from xds_server.resources.cache import cache_filters
 from xds_server.resources.common import (
     ADS_SOURCE,
     AUTHZ_FILTER,
-    CACHE_FILTER,
     HEADER_MUTATION_FILTER,
     LISTENER_NAME,
     ROUTE_CONFIG_NAME,
@@ -65,19 +63,10 @@ def _ext_authz(catalog: Catalog, options: AuthzOptions) -> hcm_pb2.HttpFilter:
 
 def http_filters(catalog: Catalog, options: Options) -> list[hcm_pb2.HttpFilter]:
     """The listener's HTTP filter chain, in order: strip client identity headers, ext_authz,
-    cache (when a service is cacheable), router."""
+    cache (when a service is cacheable; see `resources.cache`), router."""
     filters = [_strip_client_identity(), _ext_authz(catalog, options.authz)]
     if needs_cache_filter(catalog):
-        filters.append(
-            hcm_pb2.HttpFilter(
-                name=CACHE_FILTER,
-                typed_config=pack(
-                    cache_pb2.CacheConfig(
-                        typed_config=pack(simple_cache_pb2.SimpleHttpCacheConfig())
-                    )
-                ),
-            )
-        )
+        filters.extend(cache_filters())
     filters.append(
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
     )

@@ -23,11 +23,10 @@ from sidecar_shared.contract import (
 )
 from sidecar_shared.contract import encode as encode_policy
 from xds_server.catalog import Catalog, RetryPolicy, Service
-from xds_server.resources.clusters import tenant_cluster_name
+from xds_server.resources.cache import set_route_cache
+from xds_server.resources.clusters import tenant_cluster_name, version_cluster_name
 from xds_server.resources.common import (
     AUTHZ_FILTER,
-    CACHE_FILTER,
-    FILTER_DISABLED,
     PREVIOUS_HOSTS,
     ROUTE_CONFIG_NAME,
     pack,
@@ -95,11 +94,12 @@ def _add_route(
     authz: any_pb2.Any,
     with_cache_filter: bool,
     header: tuple[str, str] | None = None,
+    prefix: str | None = None,
 ) -> None:
-    """Append the route(s) for the service's prefix (and `header` with this exact value): two
-    when retries depend on the method, idempotent methods first."""
+    """Append the route(s) for `prefix` (the service's by default) and `header` with this exact
+    value: two when retries depend on the method, idempotent methods first."""
     out: route_components_pb2.Route = routes.add(name=name)
-    prefix = svc.route_prefix
+    prefix = prefix or svc.route_prefix
     if prefix == "/":
         out.match.prefix = "/"
     else:
@@ -109,9 +109,14 @@ def _add_route(
         match.string_match.exact = header[1]
     out.route.cluster = cluster_name
     set_ms(out.route.timeout, svc.timeout_ms)
+    if svc.protocol == "grpc":
+        # A client's grpc-timeout is honoured, up to the service's timeout.
+        set_ms(out.route.max_stream_duration.grpc_timeout_header_max, svc.timeout_ms)
+    if svc.websocket:
+        out.route.upgrade_configs.add(upgrade_type="websocket")
     out.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(authz)
-    if with_cache_filter and not svc.cacheable:
-        out.typed_per_filter_config[CACHE_FILTER].CopyFrom(FILTER_DISABLED)
+    if with_cache_filter:
+        set_route_cache(out, svc.cacheable)
     if svc.public:
         # No verified identity on a public route: a client's tenant header goes too. (The
         # router applies this after ext_authz, which sets nothing here.)
@@ -131,9 +136,25 @@ def _add_route(
 
 
 def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cache: bool) -> None:
-    """Append a service's routes to a repeated `routes` field: one per tenant with its own
-    upstream (matched on the header ext_authz sets), then the service's own."""
+    """Append a service's routes to a repeated `routes` field: per API version one for its path
+    and one for its header, one per tenant with its own upstream (matched on the header ext_authz
+    sets), then the service's own."""
     authz = _authz_per_route(catalog, svc)
+    # Every version's path first: a path names its version even when a header names another.
+    by_path = [(v, svc.version_prefix(v), None) for v in sorted(svc.versions)]
+    by_header = [(v, None, (svc.version_header, v)) for v in sorted(svc.versions)]
+    for version, prefix, header in by_path + by_header:
+        name = version_cluster_name(svc.service_name, version)
+        _add_route(
+            routes,
+            svc,
+            name=name,
+            cluster_name=name,
+            authz=authz,
+            with_cache_filter=with_cache,
+            header=header,
+            prefix=prefix,
+        )
     for tenant in sorted(svc.tenant_upstreams):
         _add_route(
             routes,
