@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import up
+from sidecar import endpoints, up
 from sidecar_shared import defaults, flags
 from sidecar_shared.flags import add_flag, add_switch
 from xds_server import settings as xds_settings
@@ -92,7 +92,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"sidecar status: cannot reach {url}: {err}", file=sys.stderr)
         return 1
+    health, health_error = _endpoint_health(args.envoy_admin)
     if args.json:
+        if args.envoy_admin:
+            status["endpoints"] = [dataclasses.asdict(e) for e in health]
+            if health_error:
+                status["endpoints_error"] = health_error
         print(json.dumps(status, indent=2))
         return 0
     catalog = status["catalog"]
@@ -119,7 +124,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{refused['reason']} ({refused['count']} stream(s))"
         )
         worst = "REFUSED"
+    if health_error:
+        print(f"sidecar status: endpoint health unknown: {health_error}", file=sys.stderr)
+    elif args.envoy_admin:
+        print(f"endpoint health seen by the Envoy at {args.envoy_admin}:")
+        for line in endpoints.lines(health):
+            print(line)
+        for service in endpoints.without_healthy(health):
+            print(f"  NO HEALTHY ENDPOINT: {service} answers 503")
+            worst = "NO_HEALTHY_ENDPOINT"
     return 0 if worst == "SYNCED" else 2
+
+
+def _endpoint_health(admin: str) -> tuple[list[endpoints.EndpointHealth], str | None]:
+    """Per endpoint health from Envoy's admin at `admin` (nothing when it is empty), or why it
+    could not be read."""
+    if not admin:
+        return [], None
+    try:
+        return endpoints.read(endpoints.fetch(admin)), None
+    except (OSError, ValueError) as err:
+        return [], f"cannot read http://{admin}/clusters: {err}"
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -276,12 +301,21 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument("--timeout", type=float, default=2.0, help="seconds")
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("status", help="every connected Envoy and what it has ACKed")
+    p = sub.add_parser(
+        "status", help="every connected Envoy, what it has ACKed, and one Envoy's endpoint health"
+    )
     add_flag(
         p,
         "xds-http",
         default=f"127.0.0.1:{defaults.XDS_HTTP_PORT}",
         help="xDS status address",
+        environ=environ,
+    )
+    add_flag(
+        p,
+        "envoy-admin",
+        default=defaults.ENVOY_ADMIN,
+        help="Envoy admin host:port to read endpoint health from ('' to skip)",
         environ=environ,
     )
     p.add_argument("--json", action="store_true", help="print the raw status document")

@@ -36,6 +36,12 @@ def tenant_cluster_name(service: str, tenant: str) -> str:
     return f"{service}.{tenant}"
 
 
+def service_of_cluster(name: str) -> str:
+    """The service a cluster belongs to: its name up to the first '.' (a tenant's) or '@' (a
+    version's); service names hold neither."""
+    return name.split("@", 1)[0].split(".", 1)[0]
+
+
 def version_cluster_name(service: str, version: str) -> str:
     # '@' is in no service, tenant or version name, so this never collides.
     return f"{service}@{version}"
