@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.support import tokens, wait, websocket
-from tests.support.gateway import Gateway, gateway, guarded
+from tests.support import h2_upstream, stack, tokens, wait, websocket
+from tests.support.gateway import Gateway, gateway, guarded, public
 from tests.support.grpc_upstream import GrpcUpstream, call
 from tests.support.upstreams import Upstream, running
 
@@ -119,3 +119,20 @@ def test_a_websocket_upgrade_passes_where_the_catalog_allows_it(
     assert websocket.exchange(port, "/ws/chat", "hello").status == 401
     assert websocket.exchange(port, "/plain/chat", "hello", tokens.bearer()).status == 403
     assert plain.count() == 0
+
+
+def test_an_http2_service_is_reached_over_http2_only_when_the_catalog_says_so(
+    tmp_path: Path,
+) -> None:
+    proc, port = h2_upstream.start(tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    services = [
+        public("h2", url, protocol="http2", healthcheck_endpoint="/healthz"),
+        public("h1", url),
+    ]
+    with stack.stopping(proc), gateway(tmp_path, services) as gw:
+        resp = gw.request("GET", "/h2/x")
+        assert resp.status == 200
+        assert resp.headers["x-protocol"] == "HTTP/2"
+        # The same upstream as HTTP/1.1 (the default) cannot be spoken to.
+        assert gw.request("GET", "/h1/x").status == 503

@@ -134,3 +134,18 @@ def test_the_circuit_breaker_caps_a_retry_storm(tmp_path: Path) -> None:
         assert up.count("GET") <= 10 + 3, up.count("GET")
         overflow = gw.stats("cluster.svc.upstream_rq_retry_overflow")
         assert overflow["cluster.svc.upstream_rq_retry_overflow"] >= 5, overflow
+
+
+def test_a_reset_after_the_request_was_sent_is_retried_for_get_only(tmp_path: Path) -> None:
+    policy = {**RETRY_5XX, "retry_on": ["reset"]}
+    with (
+        running("a") as (up,),
+        gateway(tmp_path, [public("svc", up.url, retry_policy=policy)]) as gw,
+    ):
+        up.behave("ok", fail_first=1, fail_mode="reset")
+        assert gw.request("GET", "/svc/r").status == 200
+        assert up.count("GET") == 2
+        # The upstream read the POST before it reset: repeating it could do it twice.
+        up.behave("ok", fail_first=1, fail_mode="reset")
+        assert gw.request("POST", "/svc/r", body=b"{}").status == 503
+        assert up.count("POST") == 1

@@ -1,0 +1,88 @@
+"""An upstream that speaks HTTP/2 only (cleartext, prior knowledge): a second Envoy with a
+direct response that tells which protocol the request came in (`x-protocol`)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from sidecar import commands
+from sidecar_shared.supervise import find_envoy
+from tests.support import stack, wait
+from tests.support.ports import free_port
+
+_TYPES = "type.googleapis.com/envoy.extensions.filters"
+
+
+def _bootstrap(port: int, admin_port: int) -> dict[str, object]:
+    manager = {
+        "@type": f"{_TYPES}.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "h2_only",
+        "codec_type": "HTTP2",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {"status": 200, "body": {"inline_string": "h2"}},
+                            "response_headers_to_add": [
+                                {"header": {"key": "x-protocol", "value": "%PROTOCOL%"}}
+                            ],
+                        }
+                    ],
+                }
+            ]
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": f"{_TYPES}.http.router.v3.Router"},
+            }
+        ],
+    }
+    address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+    return {
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "h2_only",
+                    "address": address,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def start(workdir: Path) -> tuple[stack.Proc, int]:
+    """Start it; returns the process and its port once it accepts connections."""
+    port = free_port()
+    config = workdir / "h2_upstream.json"
+    config.write_text(json.dumps(_bootstrap(port, free_port())))
+    proc = stack.start("h2-upstream", commands.envoy(find_envoy(), config, "warning"), workdir)
+    wait.wait_until(lambda: _accepts(port), timeout=20, what="the HTTP/2 upstream")
+    return proc, port
