@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.support import h2_upstream, stack, tokens, wait, websocket
+from tests.support import envoy_upstream, stack, tokens, wait, websocket
 from tests.support.gateway import Gateway, gateway, guarded, public
 from tests.support.grpc_upstream import GrpcUpstream, call
 from tests.support.upstreams import Upstream, running
@@ -124,7 +124,7 @@ def test_a_websocket_upgrade_passes_where_the_catalog_allows_it(
 def test_an_http2_service_is_reached_over_http2_only_when_the_catalog_says_so(
     tmp_path: Path,
 ) -> None:
-    proc, port = h2_upstream.start(tmp_path)
+    proc, port = envoy_upstream.start_http2_only(tmp_path)
     url = f"http://127.0.0.1:{port}"
     services = [
         public("h2", url, protocol="http2", healthcheck_endpoint="/healthz"),

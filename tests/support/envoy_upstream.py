@@ -1,5 +1,6 @@
-"""An upstream that speaks HTTP/2 only (cleartext, prior knowledge): a second Envoy with a
-direct response that tells which protocol the request came in (`x-protocol`)."""
+"""A second Envoy as an upstream that answers every request itself (direct response): fast for
+benchmarks, and, with `http2_only`, an upstream that speaks HTTP/2 only (cleartext, prior
+knowledge) and tells which protocol a request came in (`x-protocol`)."""
 
 from __future__ import annotations
 
@@ -15,25 +16,27 @@ from tests.support.ports import free_port
 _TYPES = "type.googleapis.com/envoy.extensions.filters"
 
 
-def _bootstrap(port: int, admin_port: int) -> dict[str, object]:
+def bootstrap(
+    port: int, admin_port: int, body: str = "ok", *, http2_only: bool = False
+) -> dict[str, object]:
+    route: dict[str, object] = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": body}},
+    }
+    if http2_only:
+        route["response_headers_to_add"] = [
+            {"header": {"key": "x-protocol", "value": "%PROTOCOL%"}}
+        ]
     manager = {
         "@type": f"{_TYPES}.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "h2_only",
-        "codec_type": "HTTP2",
+        "stat_prefix": "upstream",
+        "codec_type": "HTTP2" if http2_only else "AUTO",
         "route_config": {
             "virtual_hosts": [
                 {
                     "name": "all",
                     "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "direct_response": {"status": 200, "body": {"inline_string": "h2"}},
-                            "response_headers_to_add": [
-                                {"header": {"key": "x-protocol", "value": "%PROTOCOL%"}}
-                            ],
-                        }
-                    ],
+                    "routes": [route],
                 }
             ]
         },
@@ -52,7 +55,7 @@ def _bootstrap(port: int, admin_port: int) -> dict[str, object]:
         "static_resources": {
             "listeners": [
                 {
-                    "name": "h2_only",
+                    "name": "upstream",
                     "address": address,
                     "filter_chains": [
                         {
@@ -78,11 +81,12 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def start(workdir: Path) -> tuple[stack.Proc, int]:
-    """Start it; returns the process and its port once it accepts connections."""
+def start_http2_only(workdir: Path) -> tuple[stack.Proc, int]:
+    """Start one that speaks HTTP/2 only; returns the process and its port once it accepts
+    connections."""
     port = free_port()
     config = workdir / "h2_upstream.json"
-    config.write_text(json.dumps(_bootstrap(port, free_port())))
+    config.write_text(json.dumps(bootstrap(port, free_port(), "h2", http2_only=True)))
     proc = stack.start("h2-upstream", commands.envoy(find_envoy(), config, "warning"), workdir)
     wait.wait_until(lambda: _accepts(port), timeout=20, what="the HTTP/2 upstream")
     return proc, port
