@@ -124,7 +124,7 @@ def test_a_websocket_upgrade_passes_where_the_catalog_allows_it(
 def test_an_http2_service_is_reached_over_http2_only_when_the_catalog_says_so(
     tmp_path: Path,
 ) -> None:
-    proc, port = envoy_upstream.start_http2_only(tmp_path)
+    proc, port = envoy_upstream.start(tmp_path, http2_only=True)
     url = f"http://127.0.0.1:{port}"
     services = [
         public("h2", url, protocol="http2", healthcheck_endpoint="/healthz"),

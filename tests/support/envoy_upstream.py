@@ -81,12 +81,13 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def start_http2_only(workdir: Path) -> tuple[stack.Proc, int]:
-    """Start one that speaks HTTP/2 only; returns the process and its port once it accepts
-    connections."""
+def start(workdir: Path, *, http2_only: bool = False) -> tuple[stack.Proc, int]:
+    """Start one (one worker); returns the process and its port once it accepts connections."""
     port = free_port()
-    config = workdir / "h2_upstream.json"
-    config.write_text(json.dumps(bootstrap(port, free_port(), "h2", http2_only=True)))
-    proc = stack.start("h2-upstream", commands.envoy(find_envoy(), config, "warning"), workdir)
-    wait.wait_until(lambda: _accepts(port), timeout=20, what="the HTTP/2 upstream")
+    name = "h2-upstream" if http2_only else "upstream"
+    config = workdir / f"{name}.json"
+    config.write_text(json.dumps(bootstrap(port, free_port(), http2_only=http2_only)))
+    argv = commands.envoy(find_envoy(), config, "warning") + ["--concurrency", "1"]
+    proc = stack.start(name, argv, workdir)
+    wait.wait_until(lambda: _accepts(port), timeout=20, what=f"the {name}")
     return proc, port
