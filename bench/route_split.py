@@ -60,7 +60,7 @@ def start_envoy(data: dict[str, Any], workdir: Path, name: str) -> tuple[stack.P
     )
     config = workdir / f"{name}.json"
     config.write_text(json.dumps(static_bootstrap(snapshot, admin_port=admin)))
-    argv = commands.envoy(find_envoy(), config, "error") + ["--concurrency", "1"]
+    argv = [*commands.envoy(find_envoy(), config, "error"), "--concurrency", "1"]
     proc = stack.start(name, argv, workdir)
     wait.wait_until(
         lambda: (
@@ -118,16 +118,14 @@ def main() -> None:
                 p.stop()
     base = statistics.median(r.rps for r in results[next(iter(results))])
     print(f"{args.services} services, GET to the last route, {args.runs} runs x {args.duration}s")
-    print(
-        f"{'configuration':<32} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'build ms':>9}"
-    )
+    row = "{:<32} {:>9} {:>6} {:>7} {:>7} {:>9}"
+    print(row.format("configuration", "req/s", "ratio", "p50 ms", "p99 ms", "build ms"))
     for name, runs in results.items():
         rps = statistics.median(r.rps for r in runs)
         p50 = statistics.median(r.p50_ms for r in runs)
         p99 = statistics.median(r.p99_ms for r in runs)
-        print(
-            f"{name:<32} {rps:>9.0f} {rps / base:>6.2f} {p50:>7.2f} {p99:>7.2f} {builds[name]:>9.0f}"
-        )
+        numbers = (f"{rps:.0f}", f"{rps / base:.2f}", f"{p50:.2f}", f"{p99:.2f}")
+        print(row.format(name, *numbers, f"{builds[name]:.0f}"))
 
 
 if __name__ == "__main__":

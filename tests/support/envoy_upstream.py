@@ -87,7 +87,7 @@ def start(workdir: Path, *, http2_only: bool = False) -> tuple[stack.Proc, int]:
     name = "h2-upstream" if http2_only else "upstream"
     config = workdir / f"{name}.json"
     config.write_text(json.dumps(bootstrap(port, free_port(), http2_only=http2_only)))
-    argv = commands.envoy(find_envoy(), config, "warning") + ["--concurrency", "1"]
+    argv = [*commands.envoy(find_envoy(), config, "warning"), "--concurrency", "1"]
     proc = stack.start(name, argv, workdir)
     wait.wait_until(lambda: _accepts(port), timeout=20, what=f"the {name}")
     return proc, port
