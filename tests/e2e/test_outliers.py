@@ -4,7 +4,6 @@ the catalog's share of endpoints is ever ejected."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,14 @@ def test_a_failing_endpoint_is_ejected_and_traffic_moves_to_the_healthy_one(
         svc = public("svc", [good.url, bad.url], outlier_detection=outlier())
         with gateway(tmp_path, [svc]) as gw:
             bad.behave("fail")
-            got = statuses(gw, 12)
-            # Two consecutive 5xx (the catalog's number, Envoy's own default is 5) eject it.
-            assert 2 <= bad.count() <= 3, (bad.count(), got)
-            wait.wait_until(lambda: gw.ejected("svc") == {bad.port}, what="the bad one ejected")
-            before = bad.count()
-            assert statuses(gw, 10) == [200] * 10
-            assert bad.count() == before
+            for _ in range(20):
+                gw.request("GET", "/svc/x")
+                if gw.ejected("svc") == {bad.port}:
+                    break
+            # Ejected after the catalog's two 5xx in a row (Envoy's own default is 5).
+            assert gw.ejected("svc") == {bad.port}
+            assert 2 <= bad.count() <= 4, bad.count()
+            wait.wait_until(lambda: gw.avoids(bad, "/svc/x"), what="traffic on the good one only")
 
 
 def test_an_ejected_endpoint_returns_after_the_base_ejection_time(tmp_path: Path) -> None:
@@ -46,7 +46,8 @@ def test_an_ejected_endpoint_returns_after_the_base_ejection_time(tmp_path: Path
             bad.behave("fail")
             statuses(gw, 8)
             wait.wait_until(lambda: gw.ejected("svc") == {bad.port}, what="the bad one ejected")
-            ejected_at = time.monotonic()
+            # Ejected after its last failure arrived: the clock starts no later than that.
+            last_failure = bad.seen()[-1].at
             bad.behave("ok")
             bad.forget()
 
@@ -55,9 +56,9 @@ def test_an_ejected_endpoint_returns_after_the_base_ejection_time(tmp_path: Path
                 return bad.count() > 0
 
             wait.wait_until(bad_serves_again, timeout=15, what="the bad one back in rotation")
-            back_after = bad.seen()[0].at - ejected_at
-            # Not before the base ejection time (1.5 s, less our polling's lag).
-            assert back_after >= 1.3, back_after
+            back_after = bad.seen()[0].at - last_failure
+            # Not before the base ejection time (1.5 s; Envoy's own default is 30 s).
+            assert back_after >= 1.45, back_after
             assert gw.ejected("svc") == set()
 
 

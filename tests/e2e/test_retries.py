@@ -106,7 +106,7 @@ def test_the_per_try_timeout_bounds_each_attempt(tmp_path: Path) -> None:
         assert resp.status == 504
         assert up.count("GET") == 3
         # Each attempt was given its 300 ms, and the whole took far less than the 20 s total.
-        assert all(gap >= 280 for gap in up.gaps_ms("GET")), up.gaps_ms("GET")
+        assert all(gap >= 250 for gap in up.gaps_ms("GET")), up.gaps_ms("GET")
         assert 0.85 <= took < 10, took
 
         # An attempt that hangs is abandoned and the next one answers.

@@ -14,6 +14,7 @@ from typing import Any
 
 from tests.support import http, stack, wait
 from tests.support.catalogs import write_json
+from tests.support.upstreams import Upstream
 
 # Envoy's worker threads: each has its own connection pools (and may always open one connection
 # per endpoint, whatever the circuit breaker says), so tests fix their number.
@@ -55,6 +56,14 @@ class Gateway:
         """`n` requests sent together, each on its own connection."""
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             return list(pool.map(lambda _: self.request(method, path, headers), range(n)))
+
+    def avoids(self, upstream: Upstream, path: str, n: int = 10) -> bool:
+        """Whether `n` GETs to `path` in a row are answered 200 without reaching `upstream`.
+
+        Poll it: a change of health reaches Envoy's workers a moment after its admin shows it."""
+        before = upstream.count()
+        statuses = [self.request("GET", path).status for _ in range(n)]
+        return statuses == [200] * n and upstream.count() == before
 
     def stats(self, prefix: str = "") -> dict[str, int]:
         """Envoy's counters and gauges whose names start with `prefix`."""
