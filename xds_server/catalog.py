@@ -299,9 +299,6 @@ class ApiVersion(_Strict):
         return check_urls(value)
 
 
-PROTOCOLS = ("http1", "http2", "grpc")
-
-
 class Service(_Strict):
     service_name: str
     base_path: str

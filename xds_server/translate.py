@@ -20,6 +20,7 @@ from xds_server.resources.common import (
     Options,
 )
 from xds_server.resources.listener import listener
+from xds_server.resources.retries import needs_retry_filter, retry_filter
 from xds_server.resources.routes import needs_cache_filter, route_configuration
 from xds_server.snapshot import Snapshot
 
@@ -39,7 +40,8 @@ def translate(catalog: Catalog, options: Options) -> dict[str, list[tuple[str, M
     listeners: list[tuple[str, Message]] = [(LISTENER_NAME, listener(catalog, options))]
     if needs_cache_filter(catalog):
         clusters.append((SIDE, side_cluster()))
-        listeners.append((SIDE, side_listener()))
+        retries = [retry_filter()] if needs_retry_filter(catalog) else []
+        listeners.append((SIDE, side_listener(retries)))
     return {
         typeurls.CLUSTER: clusters,
         typeurls.ENDPOINT: endpoints,

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import pytest
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
@@ -21,22 +26,58 @@ from xds_server.catalog import CatalogError
 from xds_server.resources.cache import HIDE_FILTER, RESTORE_FILTER, SIDE
 from xds_server.resources.clusters import HTTP_OPTIONS
 from xds_server.resources.common import CACHE_FILTER
-from xds_server.resources.routes import IDEMPOTENT_METHODS, retry_on_before_upstream
+from xds_server.resources.retries import (
+    _LUA,
+    IDEMPOTENT_METHODS,
+    RETRY_FILTER,
+    retry_on_before_upstream,
+)
+from xds_server.snapshot import Snapshot
 from xds_server.translate import Options
 
 
-def test_retries_on_responses_apply_to_idempotent_methods_only() -> None:
-    policy = {"max_retries": 2, "retry_on": ["5xx", "retriable-4xx"], "per_try_timeout_ms": 300}
-    idempotent, rest = routes(snapshot_of(service("orders", retry_policy=policy)))
-    (method,) = idempotent.match.headers
-    assert method.name == ":method"
-    assert method.string_match.safe_regex.regex.split("|") == list(IDEMPOTENT_METHODS)
-    assert idempotent.route.retry_policy.retry_on == "5xx,retriable-4xx"
-    assert not rest.match.headers
-    assert rest.name == "orders/non-idempotent"
-    assert rest.route.retry_policy.retry_on == "connect-failure,refused-stream,reset-before-request"
-    assert rest.route.retry_policy.num_retries.value == 2
-    assert rest.route.retry_policy.per_try_timeout.ToMilliseconds() == 300
+def per_route_retries(route: route_components_pb2.Route) -> dict[str, str] | None:
+    """What the retry filter adds for idempotent methods on this route (None: it is off)."""
+    if RETRY_FILTER not in route.typed_per_filter_config:
+        return None
+    per_route = lua_pb2.LuaPerRoute()
+    route.typed_per_filter_config[RETRY_FILTER].Unpack(per_route)
+    return dict(per_route.filter_context)
+
+
+def filter_names(snap: Snapshot, listener: str = "ingress_http") -> list[str]:
+    manager = hcm_pb2.HttpConnectionManager()
+    message = snap.resources[typeurls.LISTENER][listener].message
+    assert isinstance(message, listener_pb2.Listener)
+    message.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    return [f.name for f in manager.http_filters]
+
+
+def test_retries_on_answers_are_added_for_idempotent_methods_only() -> None:
+    policy = {
+        "max_retries": 2,
+        "retry_on": ["5xx", "retriable-4xx", "unavailable"],
+        "per_try_timeout_ms": 300,
+    }
+    (route,) = routes(snapshot_of(service("orders", retry_policy=policy)))
+    # The route's own conditions hold for every method...
+    retry = route.route.retry_policy
+    assert retry.retry_on == "connect-failure,refused-stream,reset-before-request"
+    assert retry.num_retries.value == 2
+    assert retry.per_try_timeout.ToMilliseconds() == 300
+    # ...and the filter adds the rest (by header kind) when the method is idempotent.
+    assert per_route_retries(route) == {
+        "retry_on": "5xx,retriable-4xx",
+        "retry_grpc_on": "unavailable",
+    }
+    assert all(f"{m} = true" in _LUA for m in IDEMPOTENT_METHODS)
+
+
+def test_the_retry_filter_runs_right_before_the_router_only_when_needed() -> None:
+    assert RETRY_FILTER not in filter_names(snapshot_of(service("a")))
+    snap = snapshot_of(service("a", retry_policy={"retry_on": ["5xx"]}, cacheable=True))
+    for listener in ("ingress_http", SIDE):
+        assert filter_names(snap, listener)[-2:] == [RETRY_FILTER, "envoy.filters.http.router"]
 
 
 @pytest.mark.parametrize(
@@ -55,24 +96,36 @@ def test_only_conditions_before_the_upstream_saw_the_request_are_safe(
     assert retry_on_before_upstream(retry_on) == safe
 
 
-def test_no_safe_condition_means_no_retries_for_other_methods() -> None:
-    policy = {"retry_on": ["retriable-4xx"]}
-    _, rest = routes(snapshot_of(service("orders", retry_policy=policy)))
-    assert not rest.route.HasField("retry_policy")
+def test_no_safe_condition_leaves_other_methods_without_retries() -> None:
+    (route,) = routes(snapshot_of(service("orders", retry_policy={"retry_on": ["retriable-4xx"]})))
+    assert route.route.retry_policy.retry_on == ""
+    assert per_route_retries(route) == {"retry_on": "retriable-4xx"}
 
 
 @pytest.mark.parametrize(
-    "policy",
+    ("policy", "retry_on"),
     [
-        {"retry_on": ["5xx"], "retry_non_idempotent": True},
-        {"retry_on": ["connect-failure", "reset-before-request"]},
-        {"retry_on": ["5xx"], "max_retries": 0},
+        ({"retry_on": ["5xx"], "retry_non_idempotent": True}, "5xx"),
+        (
+            {"retry_on": ["connect-failure", "reset-before-request"]},
+            "connect-failure,reset-before-request",
+        ),
     ],
-    ids=["opted-in", "only-safe-conditions", "no-retries"],
+    ids=["opted-in", "only-safe-conditions"],
 )
-def test_one_route_when_retries_do_not_depend_on_the_method(policy: dict[str, object]) -> None:
-    (only,) = routes(snapshot_of(service("orders", retry_policy=policy)))
-    assert not only.match.headers
+def test_the_route_keeps_every_condition_when_retries_do_not_depend_on_the_method(
+    policy: dict[str, object], retry_on: str
+) -> None:
+    (route,) = routes(snapshot_of(service("orders", retry_policy=policy)))
+    assert route.route.retry_policy.retry_on == retry_on
+    assert per_route_retries(route) is None
+
+
+def test_no_retries_means_no_retry_policy() -> None:
+    policy = {"retry_on": ["5xx"], "max_retries": 0}
+    (route,) = routes(snapshot_of(service("orders", retry_policy=policy)))
+    assert not route.route.HasField("retry_policy")
+    assert per_route_retries(route) is None
 
 
 def test_no_panic_mode_and_health_changes_apply_at_once() -> None:

@@ -58,6 +58,7 @@ def test_route_carries_timeout_and_retry_policy_with_backoff() -> None:
                     "per_try_timeout_ms": 800,
                     "backoff_base_ms": 40,
                     "backoff_max_ms": 1200,
+                    "retry_non_idempotent": True,  # every condition on the route itself
                 },
             )
         ),

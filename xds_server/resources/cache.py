@@ -26,6 +26,8 @@ bootstrap extension (our bootstrap has it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -120,19 +122,18 @@ def cache_filters() -> list[hcm_pb2.HttpFilter]:
     ]
 
 
-def side_listener() -> listener_pb2.Listener:
-    """The internal listener the cache's fetches go through: routed like any request."""
+def side_listener(before_router: Sequence[hcm_pb2.HttpFilter] = ()) -> listener_pb2.Listener:
+    """The internal listener the cache's fetches go through: routed like any request (with the
+    main chain's `before_router` filters that act on the route, such as retries)."""
+    public_only = lua_pb2.Lua()
+    public_only.default_source_code.inline_string = PUBLIC_ONLY_LUA
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=SIDE,
         rds=hcm_pb2.Rds(config_source=ADS_SOURCE, route_config_name=ROUTE_CONFIG_NAME),
         http_filters=[
             _restore(off=False),
-            hcm_pb2.HttpFilter(
-                name=PUBLIC_ONLY_FILTER,
-                typed_config=pack(
-                    lua_pb2.Lua(default_source_code={"inline_string": PUBLIC_ONLY_LUA})
-                ),
-            ),
+            hcm_pb2.HttpFilter(name=PUBLIC_ONLY_FILTER, typed_config=pack(public_only)),
+            *before_router,
             ROUTER,
         ],
     )

@@ -34,6 +34,7 @@ from xds_server.resources.common import (
     pack,
     set_ms,
 )
+from xds_server.resources.retries import needs_retry_filter, retry_filter
 from xds_server.resources.routes import needs_cache_filter
 
 
@@ -63,10 +64,13 @@ def _ext_authz(catalog: Catalog, options: AuthzOptions) -> hcm_pb2.HttpFilter:
 
 def http_filters(catalog: Catalog, options: Options) -> list[hcm_pb2.HttpFilter]:
     """The listener's HTTP filter chain, in order: strip client identity headers, ext_authz,
-    cache (when a service is cacheable; see `resources.cache`), router."""
+    cache (when a service is cacheable; see `resources.cache`), retries by method (when a
+    service's depend on it; see `resources.retries`), router."""
     filters = [_strip_client_identity(), _ext_authz(catalog, options.authz)]
     if needs_cache_filter(catalog):
         filters.extend(cache_filters())
+    if needs_retry_filter(catalog):
+        filters.append(retry_filter())
     filters.append(
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
     )

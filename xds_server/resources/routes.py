@@ -22,56 +22,17 @@ from sidecar_shared.contract import (
     TENANT_UPSTREAM_HEADER,
 )
 from sidecar_shared.contract import encode as encode_policy
-from xds_server.catalog import Catalog, RetryPolicy, Service
+from xds_server.catalog import Catalog, Service
 from xds_server.resources.cache import set_route_cache
 from xds_server.resources.clusters import tenant_cluster_name, version_cluster_name
 from xds_server.resources.common import (
     AUTHZ_FILTER,
-    PREVIOUS_HOSTS,
     ROUTE_CONFIG_NAME,
     pack,
     set_ms,
 )
+from xds_server.resources.retries import set_retry_policy
 from xds_server.route_policy import compile_policy
-
-# Methods whose repetition has the effect of one request (RFC 9110 §9.2.2): retried on every
-# condition in the service's `retry_on`. Matched positively, so an unknown method is treated as
-# non-idempotent.
-IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE")
-_IDEMPOTENT_REGEX = "|".join(IDEMPOTENT_METHODS)
-# Conditions that fire only when the request never reached the upstream: safe for any method.
-SAFE_RETRY_CONDITIONS = frozenset({"connect-failure", "refused-stream", "reset-before-request"})
-# Broader conditions that include those (Envoy retries any reset under 5xx and gateway-error).
-_INCLUDES_SAFE = frozenset({"5xx", "gateway-error", "reset"})
-NON_IDEMPOTENT_SUFFIX = "/non-idempotent"
-
-
-def retry_on_before_upstream(retry_on: Sequence[str]) -> list[str]:
-    """The part of `retry_on` that never repeats a request the upstream may have seen."""
-    safe = {c for c in retry_on if c in SAFE_RETRY_CONDITIONS}
-    if _INCLUDES_SAFE.intersection(retry_on):
-        safe |= SAFE_RETRY_CONDITIONS
-    return sorted(safe)
-
-
-def _method_split(rp: RetryPolicy) -> bool:
-    """Whether retries must depend on the method: a route for idempotent methods with every
-    condition, then one for the rest with only the conditions safe for any method."""
-    return not rp.retry_non_idempotent and not SAFE_RETRY_CONDITIONS.issuperset(rp.retry_on)
-
-
-def _set_retry_policy(
-    rp: RetryPolicy, retry_on: Sequence[str], out: route_components_pb2.RetryPolicy
-) -> None:
-    out.retry_on = ",".join(retry_on)
-    out.num_retries.value = rp.max_retries
-    set_ms(out.retry_back_off.base_interval, rp.backoff_base_ms)
-    set_ms(out.retry_back_off.max_interval, rp.backoff_max_ms)
-    # Prefer another endpoint for the retry when there is one.
-    out.retry_host_predicate.append(PREVIOUS_HOSTS)
-    out.host_selection_retry_max_attempts = 3
-    if rp.per_try_timeout_ms is not None:
-        set_ms(out.per_try_timeout, rp.per_try_timeout_ms)
 
 
 def _authz_per_route(catalog: Catalog, svc: Service) -> any_pb2.Any:
@@ -96,8 +57,8 @@ def _add_route(
     header: tuple[str, str] | None = None,
     prefix: str | None = None,
 ) -> None:
-    """Append the route(s) for `prefix` (the service's by default) and `header` with this exact
-    value: two when retries depend on the method, idempotent methods first."""
+    """Append the route for `prefix` (the service's by default) and `header` with this exact
+    value."""
     out: route_components_pb2.Route = routes.add(name=name)
     prefix = prefix or svc.route_prefix
     if prefix == "/":
@@ -122,17 +83,8 @@ def _add_route(
         # router applies this after ext_authz, which sets nothing here.)
         out.request_headers_to_remove.append(TENANT_HEADER)
     rp = svc.retry_policy
-    if rp is None or rp.max_retries == 0:
-        return
-    if _method_split(rp):
-        rest: route_components_pb2.Route = routes.add()
-        rest.CopyFrom(out)
-        rest.name = name + NON_IDEMPOTENT_SUFFIX
-        safe = retry_on_before_upstream(rp.retry_on)
-        if safe:
-            _set_retry_policy(rp, safe, rest.route.retry_policy)
-        out.match.headers.add(name=":method").string_match.safe_regex.regex = _IDEMPOTENT_REGEX
-    _set_retry_policy(rp, rp.retry_on, out.route.retry_policy)
+    if rp is not None and rp.max_retries > 0:
+        set_retry_policy(rp, out)
 
 
 def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cache: bool) -> None:
