@@ -47,6 +47,15 @@ def test_checks_run_at_the_catalogs_interval(tmp_path: Path) -> None:
         assert time.monotonic() - since >= 7 * 0.15 * 0.9
 
 
+def test_a_health_check_slower_than_its_timeout_fails(tmp_path: Path) -> None:
+    with running("a", "b") as (a, b), gateway(tmp_path, [checked([a.url, b.url])]) as gw:
+        # 200, but after 400 ms: past the catalog's 100 ms (our default would wait 1 s).
+        a.set_healthy(True, delay_s=0.4)
+        wait.wait_until(lambda: gw.unhealthy("svc") == {a.port}, what="a timed out")
+        a.set_healthy(True)
+        wait.wait_until(lambda: not gw.unhealthy("svc"), what="a healthy again")
+
+
 def test_a_service_with_no_healthy_endpoint_answers_503_at_once(tmp_path: Path) -> None:
     with running("a", "b") as ups, gateway(tmp_path, [checked([u.url for u in ups])]) as gw:
         for u in ups:

@@ -71,6 +71,7 @@ class Upstream(ThreadingHTTPServer):
         self._active = 0
         self.max_active = 0
         self.healthy = True
+        self.health_delay_s = 0.0
         self._checks: list[tuple[float, int]] = []
         self.released = threading.Event()
         super().__init__(("127.0.0.1", port or free_port()), _Handler)
@@ -118,9 +119,10 @@ class Upstream(ThreadingHTTPServer):
             self._failed = 0
         return self
 
-    def set_healthy(self, healthy: bool) -> None:
-        """What the health endpoint answers from now on: 200, or 503."""
+    def set_healthy(self, healthy: bool, delay_s: float = 0.0) -> None:
+        """What the health endpoint answers from now on: 200, or 503; after `delay_s`."""
         self.healthy = healthy
+        self.health_delay_s = delay_s
 
     # -- what it saw -------------------------------------------------------------------------
 
@@ -190,6 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?")[0] == HEALTH_PATH:
             status = 200 if self.server.healthy else 503
             self.server._checked(status)
+            if self.server.health_delay_s:
+                self.server.released.wait(self.server.health_delay_s)
             self._answer(status, {}, 0)
             return
         if headers.get("upgrade", "").lower() == "websocket":
