@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar_shared.supervise import find_envoy
-from tests.support import http, ports, stack, tokens, wait
+from tests.support import envoy_upstream, http, ports, stack, tokens, wait
 
 PROTECTED = "/api"  # "rbac_required": false, not public: ext_authz checks the token
 OPEN = "/open"  # "public": true, no rate_limit: Envoy skips ext_authz
@@ -149,65 +149,11 @@ class Run:
 # --- processes ------------------------------------------------------------------------------
 
 
-def upstream_bootstrap(port: int, admin_port: int) -> dict[str, object]:
-    def address(p: int) -> dict[str, object]:
-        return {"socket_address": {"address": "127.0.0.1", "port_value": p}}
-
-    manager = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
-        ".v3.HttpConnectionManager",
-        "stat_prefix": "upstream",
-        "route_config": {
-            "virtual_hosts": [
-                {
-                    "name": "all",
-                    "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
-                        }
-                    ],
-                }
-            ]
-        },
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                },
-            }
-        ],
-    }
-    return {
-        "admin": {"address": address(admin_port)},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "upstream",
-                    "address": address(port),
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": manager,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ]
-        },
-    }
-
-
 def start_upstream(workdir: Path) -> tuple[stack.Proc, int]:
     """A second Envoy that answers every request with 200 "ok" (one worker)."""
     port, admin_port = ports.free_port(), ports.free_port()
     bootstrap = workdir / "upstream.json"
-    bootstrap.write_text(json.dumps(upstream_bootstrap(port, admin_port)))
+    bootstrap.write_text(json.dumps(envoy_upstream.bootstrap(port, admin_port)))
     argv = [find_envoy(), "-c", str(bootstrap), "--use-dynamic-base-id", "-l", "error"]
     proc = stack.start("upstream", [*argv, "--concurrency", "1"], workdir)
 

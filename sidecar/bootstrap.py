@@ -110,6 +110,16 @@ def render(opts: BootstrapOptions) -> dict[str, Any]:
                 _h2_cluster(AUTHZ_CLUSTER, opts.authz_host, opts.authz_port),
             ]
         },
+        # Internal listeners (the HTTP cache fetches through one; see xds_server.resources.cache).
+        "bootstrap_extensions": [
+            {
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.bootstrap."
+                    "internal_listener.v3.InternalListener"
+                },
+            }
+        ],
         "overload_manager": _overload_manager(opts),
         "layered_runtime": RUNTIME,
     }

@@ -20,7 +20,7 @@ from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import up
+from sidecar import endpoints, up
 from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.flags import add_flag, add_switch
@@ -110,7 +110,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"sidecar status: cannot reach {url}: {err}", file=sys.stderr)
         return 1
+    health, health_error = _endpoint_health(args.envoy_admin)
     if args.json:
+        if args.envoy_admin:
+            status["endpoints"] = [dataclasses.asdict(e) for e in health]
+            if health_error:
+                status["endpoints_error"] = health_error
         print(json.dumps(status, indent=2))
         return 0
     catalog = status["catalog"]
@@ -137,7 +142,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{refused['reason']} ({refused['count']} stream(s))"
         )
         worst = "REFUSED"
+    if health_error:
+        print(f"sidecar status: endpoint health unknown: {health_error}", file=sys.stderr)
+    elif args.envoy_admin:
+        print(f"endpoint health seen by the Envoy at {args.envoy_admin}:")
+        for line in endpoints.lines(health):
+            print(line)
+        for service in endpoints.without_healthy(health):
+            print(f"  NO HEALTHY ENDPOINT: {service} answers 503")
+            worst = "NO_HEALTHY_ENDPOINT"
     return 0 if worst == "SYNCED" else 2
+
+
+def _endpoint_health(admin: str) -> tuple[list[endpoints.EndpointHealth], str | None]:
+    """Per endpoint health from Envoy's admin at `admin` (nothing when it is empty), or why it
+    could not be read."""
+    if not admin:
+        return [], None
+    try:
+        return endpoints.read(endpoints.fetch(admin)), None
+    except (OSError, ValueError) as err:
+        return [], f"cannot read http://{admin}/clusters: {err}"
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -236,6 +261,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up.run(conf, catalog)
 
 
+def _add_bootstrap_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "bootstrap", help="print an Envoy bootstrap for containers (envoy/*.json are made so)"
+    )
+    p.add_argument("--xds-host", default="127.0.0.1", help="where Envoy reaches the xDS server")
+    p.add_argument("--xds-port", type=int, default=defaults.XDS_PORT, help="xDS gRPC port")
+    p.add_argument("--authz-host", default="127.0.0.1", help="where Envoy reaches ext_authz")
+    p.add_argument("--authz-port", type=int, default=defaults.AUTHZ_PORT, help="ext_authz port")
+    p.add_argument(
+        "--admin-address", default=defaults.ENVOY_ADMIN_ADDRESS, help="Envoy admin address"
+    )
+    p.add_argument("--admin-port", type=int, default=defaults.ENVOY_ADMIN_PORT, help="admin port")
+    p.add_argument("--node-id", default=defaults.NODE_ID, help="Envoy node id")
+    p.add_argument("--node-cluster", default=defaults.NODE_CLUSTER, help="Envoy node cluster")
+    p.set_defaults(func=cmd_bootstrap)
+
+
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,20 +348,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     xds_settings.add_arguments(p, environ)
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser(
-        "bootstrap", help="print an Envoy bootstrap for containers (envoy/*.json are made so)"
-    )
-    p.add_argument("--xds-host", default="127.0.0.1", help="where Envoy reaches the xDS server")
-    p.add_argument("--xds-port", type=int, default=defaults.XDS_PORT, help="xDS gRPC port")
-    p.add_argument("--authz-host", default="127.0.0.1", help="where Envoy reaches ext_authz")
-    p.add_argument("--authz-port", type=int, default=defaults.AUTHZ_PORT, help="ext_authz port")
-    p.add_argument(
-        "--admin-address", default=defaults.ENVOY_ADMIN_ADDRESS, help="Envoy admin address"
-    )
-    p.add_argument("--admin-port", type=int, default=defaults.ENVOY_ADMIN_PORT, help="admin port")
-    p.add_argument("--node-id", default=defaults.NODE_ID, help="Envoy node id")
-    p.add_argument("--node-cluster", default=defaults.NODE_CLUSTER, help="Envoy node cluster")
-    p.set_defaults(func=cmd_bootstrap)
+    _add_bootstrap_parser(sub)
 
     p = sub.add_parser("schema", help="print the catalog's JSON Schema")
     p.set_defaults(func=cmd_schema)
@@ -341,12 +370,21 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument("--timeout", type=float, default=2.0, help="seconds")
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("status", help="every connected Envoy and what it has ACKed")
+    p = sub.add_parser(
+        "status", help="every connected Envoy, what it has ACKed, and one Envoy's endpoint health"
+    )
     add_flag(
         p,
         "xds-http",
         default=f"127.0.0.1:{defaults.XDS_HTTP_PORT}",
         help="xDS status address",
+        environ=environ,
+    )
+    add_flag(
+        p,
+        "envoy-admin",
+        default=defaults.ENVOY_ADMIN,
+        help="Envoy admin host:port to read endpoint health from ('' to skip)",
         environ=environ,
     )
     p.add_argument("--json", action="store_true", help="print the raw status document")

@@ -51,12 +51,7 @@ def demo_upstreams(catalog: Catalog) -> list[str]:
     """`name=host:port` for every loopback URL in the catalog, each address once."""
     specs: dict[str, str] = {}
     for svc in catalog.services:
-        named = [(svc.service_name, u) for u in svc.urls] + [
-            (f"{svc.service_name}-{tenant}", u)
-            for tenant, urls in sorted(svc.tenant_upstreams.items())
-            for u in ([urls] if isinstance(urls, str) else urls)
-        ]
-        for name, url in named:
+        for name, url in svc.labelled_urls():
             parts = urlsplit(url)
             if parts.hostname in LOOPBACK and parts.scheme == "http":
                 specs.setdefault(f"{parts.hostname}:{parts.port}", name)

@@ -15,6 +15,7 @@ ENVOY_ADMIN_PORT: Final = 9901
 NODE_ID: Final = "sidecar-envoy"
 NODE_CLUSTER: Final = "sidecar"
 ENVOY_LOG_LEVEL: Final = "warning"
+ENVOY_ADMIN: Final = f"{ENVOY_ADMIN_ADDRESS}:{ENVOY_ADMIN_PORT}"
 MAX_DOWNSTREAM_CONNECTIONS: Final = 50_000
 # Re-opening the ADS stream: Envoy's own back-off grows to 30 s.
 ADS_RETRY_BASE_MS: Final = 50
@@ -26,6 +27,8 @@ XDS_PORT: Final = 18000
 XDS_HTTP_HOST: Final = "127.0.0.1"
 XDS_HTTP_PORT: Final = 18080
 RELOAD_DEBOUNCE_MS: Final = 20
+# The Envoys' region, then the failover order ("eu-west,eu-central"); empty: no preference.
+REGION: Final = ""
 
 # ext_authz, and how Envoy calls it
 AUTHZ_HOST: Final = "0.0.0.0"

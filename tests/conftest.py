@@ -58,6 +58,9 @@ def sample_catalog(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Path:
         for tenant in svc.get("tenant_upstreams", {}):
             port = echo(f"{svc['service_name']}-{tenant}").port
             svc["tenant_upstreams"][tenant] = f"http://127.0.0.1:{port}"
+        for version, spec in svc.get("versions", {}).items():
+            port = echo(f"{svc['service_name']}@{version}").port
+            spec["internal_url"] = f"http://127.0.0.1:{port}"
     catalog_dir = tmp_path / "catalog"
     catalog_dir.mkdir()
     path = catalog_dir / "service_catalog.json"

@@ -16,7 +16,7 @@ import json
 import re
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from sidecar_shared.contract import parse_permission
+from sidecar_shared.contract import IDENTITY_HEADERS, parse_permission
 
 # Envoy's retry_on condition names (router filter, x-envoy-retry-on and x-envoy-retry-grpc-on).
 RETRY_CONDITIONS: frozenset[str] = frozenset(
@@ -54,6 +54,11 @@ RETRY_CONDITIONS: frozenset[str] = frozenset(
     }
 )
 
+# The gRPC status conditions of retry_on (x-envoy-retry-grpc-on).
+GRPC_RETRY_CONDITIONS: frozenset[str] = frozenset(
+    {"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
+)
+
 # Upper bounds come from the Envoy field each number becomes (a test walks the models against
 # the protobuf field types): counts that become uint32 fields stop at UINT32_MAX; durations stop
 # far below Envoy's limits; rate-limit numbers stay exact in Redis' Lua (doubles, 2**53).
@@ -71,6 +76,11 @@ _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # it limits to 255 bytes).
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 MAX_HOSTNAME = 253
+MAX_WEIGHT = 10_000
+_REGION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# A version is one path segment: /orders/v2 is version v2 of /orders.
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 class _Strict(BaseModel):
@@ -87,6 +97,9 @@ class RetryPolicy(_Strict):
     per_try_timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] | None = None
     backoff_base_ms: Annotated[int, Field(gt=0, le=60_000)] = 25
     backoff_max_ms: Annotated[int, Field(gt=0, le=300_000)] = 250
+    # Whether POST, PATCH and other non-idempotent requests are retried after they may have
+    # reached the upstream (they are always retried when they never left Envoy).
+    retry_non_idempotent: bool = False
 
     @field_validator("retry_on")
     @classmethod
@@ -181,6 +194,8 @@ class Upstream:
     port: int
     tls: bool
     is_ip: bool  # an IP literal (EDS) rather than a hostname (resolved by Envoy)
+    weight: int = 1  # its share of the traffic; 0 takes it out of rotation
+    region: str | None = None
 
 
 def _is_ip(host: str) -> bool:
@@ -222,10 +237,75 @@ def _is_hostname(host: str) -> bool:
     return len(host) <= MAX_HOSTNAME and all(_HOST_LABEL.match(x) for x in host.split("."))
 
 
+class Endpoint(_Strict):
+    """An `internal_url` entry with its share of the traffic and the region it runs in."""
+
+    url: str
+    # Envoy's load_balancing_weight is a uint32 of at least 1; 0 leaves the endpoint out.
+    weight: Annotated[int, Field(ge=0, le=MAX_WEIGHT)] = 1
+    region: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parse_url(value)
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not _REGION.match(value):
+            raise ValueError("region names are 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    def upstream(self) -> Upstream:
+        return replace(parse_url(self.url), weight=self.weight, region=self.region)
+
+
+# An `internal_url`: one URL, or a list of URLs and endpoint objects.
+Urls = str | Annotated[list[str | Endpoint], Field(min_length=1)]
+
+
+def upstreams_of(urls: Urls) -> list[Upstream]:
+    """Every endpoint of an `internal_url`, parsed (weight-0 endpoints included)."""
+    entries = [urls] if isinstance(urls, str) else urls
+    return [parse_url(e) if isinstance(e, str) else e.upstream() for e in entries]
+
+
+def urls_problem(urls: Urls) -> str | None:
+    """What makes a list of endpoints unusable as a whole, if anything."""
+    ups = upstreams_of(urls)
+    if all(u.weight == 0 for u in ups):
+        return "every endpoint has weight 0: nothing would receive traffic"
+    regions = {u.region is None for u in ups}
+    if len(regions) > 1:
+        return "give a region to every endpoint or to none"
+    return None
+
+
+def check_urls(value: Urls) -> Urls:
+    """Raise ValueError naming the first bad plain URL (endpoint objects check their own)."""
+    for url in [value] if isinstance(value, str) else value:
+        if isinstance(url, str):
+            parse_url(url)
+    return value
+
+
+class ApiVersion(_Strict):
+    """A version of a service's API with its own upstreams (everything else is the service's)."""
+
+    internal_url: Urls
+
+    @field_validator("internal_url")
+    @classmethod
+    def _urls(cls, value: Urls) -> Urls:
+        return check_urls(value)
+
+
 class Service(_Strict):
     service_name: str
     base_path: str
-    internal_url: str | Annotated[list[str], Field(min_length=1)]
+    internal_url: Urls
     healthcheck_endpoint: str | None = None
     timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 15_000
     tenant_scope: Literal["global", "tenant"] = "global"
@@ -238,9 +318,11 @@ class Service(_Strict):
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     outlier_detection: OutlierDetection = Field(default_factory=OutlierDetection)
     circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
-    tenant_upstreams: dict[str, str | Annotated[list[str], Field(min_length=1)]] = Field(
-        default_factory=dict
-    )
+    tenant_upstreams: dict[str, Urls] = Field(default_factory=dict)
+    protocol: Literal["http1", "http2", "grpc"] = "http1"
+    websocket: bool = False
+    versions: dict[str, ApiVersion] = Field(default_factory=dict)
+    version_header: str = "x-api-version"
     # Edge hardening (README "Security model").
     strict_paths: bool = True
     max_request_body_bytes: Annotated[int, Field(gt=0, le=MAX_BODY_BYTES)] | None = None
@@ -269,37 +351,69 @@ class Service(_Strict):
 
     @field_validator("internal_url")
     @classmethod
-    def _urls(cls, value: str | list[str]) -> str | list[str]:
-        for url in [value] if isinstance(value, str) else value:
-            parse_url(url)
-        return value
+    def _urls(cls, value: Urls) -> Urls:
+        return check_urls(value)
 
     @field_validator("tenant_upstreams")
     @classmethod
-    def _tenant_urls(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+    def _tenant_urls(cls, value: dict[str, Urls]) -> dict[str, Urls]:
         for tenant, urls in value.items():
             if not _TENANT.match(tenant):
                 raise ValueError(f"tenant {tenant!r}: names are 1-64 letters, digits, '_' or '-'")
-            for url in [urls] if isinstance(urls, str) else urls:
-                try:
-                    parse_url(url)
-                except ValueError as err:
-                    raise ValueError(f"tenant {tenant!r}: {err}") from None
+            try:
+                check_urls(urls)
+            except ValueError as err:
+                raise ValueError(f"tenant {tenant!r}: {err}") from None
+        return value
+
+    @field_validator("versions")
+    @classmethod
+    def _version_names(cls, value: dict[str, ApiVersion]) -> dict[str, ApiVersion]:
+        for version in value:
+            if not _VERSION.match(version) or ".." in version:
+                raise ValueError(
+                    f"version {version!r}: names are one path segment of 1-32 letters, digits, "
+                    "'.', '_' or '-', starting with a letter or digit"
+                )
+        return value
+
+    @field_validator("version_header")
+    @classmethod
+    def _version_header(cls, value: str) -> str:
+        if not _HEADER_NAME.match(value):
+            raise ValueError("must be a lowercase header name (letters, digits and '-')")
+        if value in IDENTITY_HEADERS or value in ("authorization", "host"):
+            raise ValueError(f"{value!r} is set by the gateway or the client's credentials")
         return value
 
     def tenant_upstreams_of(self, tenant: str) -> list[Upstream]:
-        urls = self.tenant_upstreams[tenant]
-        return [parse_url(u) for u in ([urls] if isinstance(urls, str) else urls)]
+        return upstreams_of(self.tenant_upstreams[tenant])
 
-    @property
-    def urls(self) -> tuple[str, ...]:
-        return (
-            (self.internal_url,) if isinstance(self.internal_url, str) else tuple(self.internal_url)
-        )
+    def version_upstreams_of(self, version: str) -> list[Upstream]:
+        return upstreams_of(self.versions[version].internal_url)
+
+    def labelled_urls(self) -> list[tuple[str, str]]:
+        """(label, URL) for every endpoint: the service's, each tenant's, each version's."""
+        groups = [(self.service_name, self.internal_url)]
+        groups += [
+            (f"{self.service_name}-{t}", u) for t, u in sorted(self.tenant_upstreams.items())
+        ]
+        groups += [
+            (f"{self.service_name}@{v}", a.internal_url) for v, a in sorted(self.versions.items())
+        ]
+        return [
+            (label, e if isinstance(e, str) else e.url)
+            for label, urls in groups
+            for e in ([urls] if isinstance(urls, str) else urls)
+        ]
 
     @property
     def upstreams(self) -> list[Upstream]:
-        return [parse_url(u) for u in self.urls]
+        return upstreams_of(self.internal_url)
+
+    def version_prefix(self, version: str) -> str:
+        """The path under which `version` is chosen: `/orders/v2` for v2 of `/orders`."""
+        return f"{self.base_path.rstrip('/')}/{version}"
 
     @property
     def route_prefix(self) -> str:
@@ -362,6 +476,13 @@ def _pydantic_problems(err: ValidationError) -> list[Problem]:
         # user's JSON path, and merge the members' complaints into one message.
         loc = [p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]
         by_path.setdefault(json_path(loc), []).append(_message(e))
+    # A union member that failed on the type alone (a string was wanted) says nothing when
+    # another member got further into the value: keep the deeper complaint.
+    for path in [
+        p for p, ms in by_path.items() if all(m.startswith("Input should be ") for m in ms)
+    ]:
+        if any(q.startswith((f"{path}[", f"{path}.")) for q in by_path):
+            del by_path[path]
     problems = []
     for path, messages in by_path.items():
         if len(messages) > 1 and all(m.startswith("Input should be ") for m in messages):
@@ -372,7 +493,9 @@ def _pydantic_problems(err: ValidationError) -> list[Problem]:
     return problems
 
 
-_UNION_TAGS = frozenset({"str", "list", "function-after", "RetryPolicy", "RateLimit", "none"})
+_UNION_TAGS = frozenset(
+    {"str", "list", "function-after", "RetryPolicy", "RateLimit", "Endpoint", "none"}
+)
 
 
 def _message(e: Any) -> str:
@@ -446,6 +569,18 @@ def _semantic_problems(catalog: Catalog) -> list[Problem]:
             problems.append(
                 Problem(f"{where}.health_check.timeout_ms", "must not be above interval_ms")
             )
+        problems.extend(_traffic_problems(svc, where))
+    for i, svc in enumerate(catalog.services):
+        for version in svc.versions:
+            taken = prefixes.get(svc.version_prefix(version))
+            if taken is not None:
+                problems.append(
+                    Problem(
+                        f"services[{i}].versions.{version}",
+                        f"its path {svc.version_prefix(version)!r} is the base_path of "
+                        f"services[{taken}]",
+                    )
+                )
     for role, permissions in catalog.roles.items():
         if not _ROLE_NAME.fullmatch(role):
             problems.append(
@@ -460,6 +595,43 @@ def _semantic_problems(catalog: Catalog) -> list[Problem]:
             if reason:
                 problems.append(Problem(f"roles.{role}[{j}]", reason))
     return problems
+
+
+def _traffic_problems(svc: Service, where: str) -> list[Problem]:
+    """What one service's traffic fields ask for that makes no sense together."""
+    out = []
+    groups: list[tuple[str, Urls]] = [("internal_url", svc.internal_url)]
+    groups += [(f"tenant_upstreams.{t}", urls) for t, urls in svc.tenant_upstreams.items()]
+    groups += [(f"versions.{v}.internal_url", a.internal_url) for v, a in svc.versions.items()]
+    for path, urls in groups:
+        reason = urls_problem(urls)
+        if reason:
+            out.append(Problem(f"{where}.{path}", reason))
+    if svc.websocket and svc.protocol != "http1":
+        out.append(
+            Problem(f"{where}.websocket", f"WebSocket needs protocol http1 (got {svc.protocol!r})")
+        )
+    rp = svc.retry_policy
+    if svc.protocol == "grpc":
+        if svc.cacheable:
+            out.append(Problem(f"{where}.cacheable", "gRPC calls are POSTs, never cached"))
+        grpc = [c for c in (rp.retry_on if rp else []) if c in GRPC_RETRY_CONDITIONS]
+        if rp is not None and grpc and not rp.retry_non_idempotent:
+            out.append(
+                Problem(
+                    f"{where}.retry_policy.retry_on",
+                    f"gRPC calls are POSTs, which may have reached the upstream: "
+                    f"{', '.join(grpc)} retries nothing unless retry_non_idempotent is true",
+                )
+            )
+    if svc.versions and svc.tenant_upstreams:
+        out.append(
+            Problem(
+                f"{where}.versions",
+                "not with tenant_upstreams (which upstream would a tenant's versioned call use?)",
+            )
+        )
+    return out
 
 
 def _permission_problem(perm: str, services: Mapping[str, int]) -> str | None:

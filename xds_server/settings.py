@@ -59,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         "percent of requests Envoy starts a trace for (with OTEL_EXPORTER_OTLP_ENDPOINT set)",
         float,
     )
+    flag(
+        "region",
+        defaults.REGION,
+        "the Envoys' region, then the failover order (eu-west,eu-central): endpoints there are "
+        "preferred, in this order, over any other region's",
+    )
     flag("log-level", "info", "log level")
 
 
@@ -153,8 +159,14 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
             observability=ObservabilityOptions(
                 access_log=args.access_log, tracing=tracing_options(args, environ)
             ),
+            regions=parse_regions(args.region),
         ),
     )
+
+
+def parse_regions(text: str) -> tuple[str, ...]:
+    """'eu-west, eu-central' → ('eu-west', 'eu-central')."""
+    return tuple(r.strip() for r in text.split(",") if r.strip())
 
 
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@ from google.protobuf.message import Message
 
 from xds_server import typeurls
 from xds_server.catalog import Catalog
-from xds_server.resources.clusters import cluster, load_assignment, tenant_cluster_name, uses_dns
+from xds_server.resources.cache import SIDE, side_cluster, side_listener
+from xds_server.resources.clusters import cluster, load_assignment, service_clusters, uses_dns
 from xds_server.resources.common import (
     LISTENER_NAME,
     ROUTE_CONFIG_NAME,
@@ -20,7 +21,8 @@ from xds_server.resources.common import (
 )
 from xds_server.resources.listener import listener
 from xds_server.resources.observability import COLLECTOR_CLUSTER, collector_cluster
-from xds_server.resources.routes import route_configuration
+from xds_server.resources.retries import needs_retry_filter, retry_filter
+from xds_server.resources.routes import needs_cache_filter, route_configuration
 from xds_server.snapshot import Snapshot
 
 __all__ = ["AuthzOptions", "Options", "build_snapshot", "translate"]
@@ -32,20 +34,22 @@ def translate(catalog: Catalog, options: Options) -> dict[str, list[tuple[str, M
     clusters: list[tuple[str, Message]] = []
     endpoints: list[tuple[str, Message]] = []
     for s in services:
-        for name, ups in [(s.service_name, s.upstreams)] + [
-            (tenant_cluster_name(s.service_name, t), s.tenant_upstreams_of(t))
-            for t in sorted(s.tenant_upstreams)
-        ]:
-            clusters.append((name, cluster(s, ups, name)))
+        for name, ups in service_clusters(s):
+            clusters.append((name, cluster(s, ups, name, options.regions)))
             if not uses_dns(ups):
-                endpoints.append((name, load_assignment(name, ups)))
+                endpoints.append((name, load_assignment(name, ups, options.regions)))
     traced = options.observability.tracing
     if traced is not None:
         clusters.append((COLLECTOR_CLUSTER, collector_cluster(traced)))
+    listeners: list[tuple[str, Message]] = [(LISTENER_NAME, listener(catalog, options))]
+    if needs_cache_filter(catalog):
+        clusters.append((SIDE, side_cluster()))
+        retries = [retry_filter()] if needs_retry_filter(catalog) else []
+        listeners.append((SIDE, side_listener(retries)))
     return {
         typeurls.CLUSTER: clusters,
         typeurls.ENDPOINT: endpoints,
-        typeurls.LISTENER: [(LISTENER_NAME, listener(catalog, options))],
+        typeurls.LISTENER: listeners,
         typeurls.ROUTE: [(ROUTE_CONFIG_NAME, route_configuration(catalog))],
     }
 

@@ -65,7 +65,14 @@ urls = st.builds(
     hosts,
     mostly(st.integers(1, 65535), st.sampled_from([0, 65536, 99999])),
 )
-url_field = st.one_of(urls, st.lists(urls, min_size=1, max_size=3))
+endpoints = st.fixed_dictionaries(
+    {"url": urls},
+    optional={
+        "weight": number(0, 10_000),
+        "region": mostly(st.sampled_from(["eu-west", "us-east"]), st.just("bad region")),
+    },
+)
+url_field = st.one_of(urls, st.lists(st.one_of(urls, endpoints), min_size=1, max_size=3))
 
 
 def optional(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
@@ -79,6 +86,7 @@ retry_policies = optional(
             st.sampled_from(sorted(RETRY_CONDITIONS)), min_size=1, max_size=4, unique=True
         ),
         "per_try_timeout_ms": number(1, 3_600_000),
+        "retry_non_idempotent": st.booleans(),
         "backoff_base_ms": number(1, 60_000),
         "backoff_max_ms": number(1, 300_000),
     }
@@ -123,6 +131,16 @@ services = st.fixed_dictionaries(
                 "max_ejection_percent": number(0, 100),
             }
         ),
+        "protocol": mostly(st.sampled_from(["http1", "http2", "grpc"]), st.just("http3")),
+        "websocket": st.booleans(),
+        "versions": st.dictionaries(
+            mostly(
+                st.sampled_from(["v2", "2024-01", "beta.1"]), st.sampled_from(["", "a/b", ".."])
+            ),
+            st.fixed_dictionaries({"internal_url": url_field}),
+            max_size=2,
+        ),
+        "version_header": mostly(st.just("x-api-version"), st.sampled_from(["X-Up", "x-user-id"])),
         "circuit_breaker": optional(
             {
                 "max_connections": number(1, 2**32 - 1),

@@ -65,8 +65,10 @@ def test_render_prints_every_resource_type_as_json() -> None:
         "orders",
         "orders.acme",
         "catalog",
+        "catalog@v2",
         "status",
         "admin",
+        "sidecar_cache_side",
     }
     assert rendered["resources"]["listeners"][0]["address"]["socket_address"]["port_value"] == 10000
     assert len(rendered["version"]) == 16

@@ -34,7 +34,11 @@ def extreme_catalog(pick: int) -> dict[str, Any]:
     service: dict[str, Any] = {
         "service_name": "edge",
         "base_path": "/edge",
-        "internal_url": "http://127.0.0.1:8080",
+        # An endpoint with the extreme weight beside one with the default (all 0 is an error).
+        "internal_url": [
+            {"url": "http://127.0.0.1:8080", **of("Endpoint")},
+            "http://127.0.0.1:8081",
+        ],
         "healthcheck_endpoint": "/healthz",
         **of("Service"),
         "retry_policy": of("RetryPolicy"),

@@ -62,14 +62,15 @@ def static_bootstrap(snap: Snapshot, admin_port: int = 0) -> dict[str, Any]:
                     f.typed_config.Pack(manager)
         listeners.append(json_format.MessageToDict(lst))
     bootstrap = render(BootstrapOptions())
-    bootstrap_clusters = bootstrap["static_resources"]["clusters"]
     return {
         "layered_runtime": bootstrap["layered_runtime"],
+        "bootstrap_extensions": bootstrap["bootstrap_extensions"],
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
         },
         "static_resources": {
-            "clusters": clusters + [c for c in bootstrap_clusters if c["name"] == AUTHZ_CLUSTER],
+            "clusters": clusters
+            + [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == AUTHZ_CLUSTER],
             "listeners": listeners,
         },
     }

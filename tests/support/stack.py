@@ -97,7 +97,7 @@ def start_xds(
     env: Mapping[str, str] | None = None,
 ) -> XdsServer:
     """The xDS server (or `module`, run with the same flags) on `ports` (gRPC, HTTP, Envoy's
-    listener), by default new ones."""
+    listener), by default new ones; `args` are more flags."""
     port, http_port, listener_port = ports or (free_port(), free_port(), free_port())
     argv = commands.xds_server(
         *("--catalog", str(catalog)),
@@ -200,8 +200,10 @@ def start_envoy(
     *,
     delta: bool = False,
     wait: bool = True,
+    args: list[str] | None = None,
 ) -> Envoy:
-    """Envoy fed by `xds`; with `wait`, returned once Envoy says it is ready."""
+    """Envoy fed by `xds`; with `wait`, returned once Envoy says it is ready; `args` are more
+    command-line flags."""
     admin_port = free_port()
     bootstrap = workdir / f"{node_id}.json"
     bootstrap.write_text(
@@ -215,7 +217,8 @@ def start_envoy(
             )
         )
     )
-    proc = start(node_id, commands.envoy(supervise.find_envoy(), bootstrap, "warning"), workdir)
+    argv = commands.envoy(supervise.find_envoy(), bootstrap, "warning") + (args or [])
+    proc = start(node_id, argv, workdir)
     envoy = Envoy(proc, admin_port, xds.listener_port, node_id)
     if not wait:
         return envoy

@@ -36,6 +36,16 @@ EXPECTED = {
     "cacheable_not_boolean": ("services[0].cacheable", "valid boolean"),
     "services_missing": ("services", "required"),
     "not_json": ("", "not valid JSON"),
+    "all_weights_zero": ("services[0].internal_url", "every endpoint has weight 0"),
+    "regions_on_some_endpoints": ("services[0].internal_url", "to every endpoint or to none"),
+    "websocket_not_http1": ("services[0].websocket", "WebSocket needs protocol http1"),
+    "grpc_status_retry_without_opt_in": (
+        "services[0].retry_policy.retry_on",
+        "unavailable retries nothing unless retry_non_idempotent is true",
+    ),
+    "version_path_taken": ("services[0].versions.v2", "is the base_path of services[1]"),
+    "versions_with_tenant_upstreams": ("services[0].versions", "not with tenant_upstreams"),
+    "unknown_protocol": ("services[0].protocol", "'http1', 'http2' or 'grpc'"),
 }
 
 

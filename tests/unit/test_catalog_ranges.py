@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -52,6 +53,8 @@ ENVOY_FIELD: dict[tuple[str, str], tuple[type[Message], str] | None] = {
     ("CircuitBreaker", "max_requests"): (_THRESHOLDS, "max_requests"),
     ("CircuitBreaker", "max_retries"): (_THRESHOLDS, "max_retries"),
     ("Service", "max_request_body_bytes"): (buffer_pb2.Buffer, "max_request_bytes"),
+    # 0 leaves the endpoint out; Envoy gets 1 and above.
+    ("Endpoint", "weight"): (endpoint_components_pb2.LbEndpoint, "load_balancing_weight"),
     ("RateLimit", "requests_per_second"): None,
     ("RateLimit", "requests_per_minute"): None,
     ("RateLimit", "requests_per_hour"): None,
@@ -114,6 +117,7 @@ def test_one_past_the_highest_value_is_an_error_naming_the_field(
         "HealthCheck": service["health_check"],
         "OutlierDetection": service["outlier_detection"],
         "CircuitBreaker": service["circuit_breaker"],
+        "Endpoint": service["internal_url"][0],
     }[definition]
     if prop.startswith("requests_per_"):  # exactly one rate may be given
         del section["requests_per_second"]
@@ -127,6 +131,7 @@ def test_one_past_the_highest_value_is_an_error_naming_the_field(
         "HealthCheck": "services[0].health_check",
         "OutlierDetection": "services[0].outlier_detection",
         "CircuitBreaker": "services[0].circuit_breaker",
+        "Endpoint": "services[0].internal_url[0]",
     }[definition]
     paths = [p.path for p in caught.value.problems]
     assert f"{where}.{prop}" in paths, paths

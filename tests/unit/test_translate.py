@@ -61,6 +61,7 @@ def test_route_carries_timeout_and_retry_policy_with_backoff() -> None:
                     "per_try_timeout_ms": 800,
                     "backoff_base_ms": 40,
                     "backoff_max_ms": 1200,
+                    "retry_non_idempotent": True,  # every condition on the route itself
                 },
             )
         ),
@@ -226,7 +227,7 @@ def test_a_route_naming_a_missing_cluster_is_inconsistent() -> None:
 
 
 def _filters(snap: Snapshot) -> list[Any]:
-    (res,) = snap.resources[typeurls.LISTENER].values()
+    res = snap.resources[typeurls.LISTENER]["ingress_http"]
     manager = hcm_pb2.HttpConnectionManager()
     res.message.filter_chains[0].filters[0].typed_config.Unpack(manager)
     return list(manager.http_filters)
@@ -239,7 +240,9 @@ def test_identity_headers_are_stripped_before_ext_authz_which_fails_closed() -> 
         "envoy.filters.http.header_mutation",
         "sidecar.strip_method_override",
         "envoy.filters.http.ext_authz",
+        "sidecar.cache.hide_authorization",
         "envoy.filters.http.cache",
+        "sidecar.cache.restore_authorization",
         "envoy.filters.http.router",
     ]
     mutation = header_mutation_pb2.HeaderMutation()

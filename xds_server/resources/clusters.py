@@ -1,7 +1,11 @@
-"""Clusters and their endpoints: one cluster per service (and per tenant upstream), EDS for IP
-addresses, DNS for host names."""
+"""Clusters and their endpoints: one cluster per service (and per tenant upstream and API
+version), EDS for IP addresses, DNS for host names; endpoints weighted and, by region, in
+priorities for failover."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import (
@@ -9,6 +13,8 @@ from envoy.config.core.v3 import (
 )
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.v3 import http_pb2 as http_types_pb2
 
 from xds_server.catalog import Service, Upstream
 from xds_server.resources.common import (
@@ -16,6 +22,8 @@ from xds_server.resources.common import (
     pack,
     set_ms,
 )
+
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def uses_dns(ups: list[Upstream]) -> bool:
@@ -28,17 +36,73 @@ def tenant_cluster_name(service: str, tenant: str) -> str:
     return f"{service}.{tenant}"
 
 
-def load_assignment(name: str, ups: list[Upstream]) -> endpoint_pb2.ClusterLoadAssignment:
-    out = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    locality = out.endpoints.add()
-    for u in ups:
-        address = locality.lb_endpoints.add().endpoint.address.socket_address
-        address.address = u.host
-        address.port_value = u.port
+def service_of_cluster(name: str) -> str:
+    """The service a cluster belongs to: its name up to the first '.' (a tenant's) or '@' (a
+    version's); service names hold neither."""
+    return name.split("@", 1)[0].split(".", 1)[0]
+
+
+def version_cluster_name(service: str, version: str) -> str:
+    # '@' is in no service, tenant or version name, so this never collides.
+    return f"{service}@{version}"
+
+
+def service_clusters(svc: Service) -> list[tuple[str, list[Upstream]]]:
+    """Every cluster a service needs, by name: its own, one per tenant upstream, one per API
+    version."""
+    out = [(svc.service_name, svc.upstreams)]
+    out += [
+        (tenant_cluster_name(svc.service_name, t), svc.tenant_upstreams_of(t))
+        for t in sorted(svc.tenant_upstreams)
+    ]
+    out += [
+        (version_cluster_name(svc.service_name, v), svc.version_upstreams_of(v))
+        for v in sorted(svc.versions)
+    ]
     return out
 
 
-def cluster(svc: Service, ups: list[Upstream], name: str | None = None) -> cluster_pb2.Cluster:
+def priorities(ups: Sequence[Upstream], preference: Sequence[str]) -> list[int]:
+    """Each endpoint's priority: endpoints in the first preferred region come first, then the
+    next one's, then every other region; without regions, all the same. Numbered from 0 without
+    gaps, as Envoy requires."""
+    rank = {region: i for i, region in enumerate(preference)}
+    raw = [
+        len(preference) if u.region is None else rank.get(u.region, len(preference)) for u in ups
+    ]
+    order = sorted(set(raw))
+    return [order.index(r) for r in raw]
+
+
+def load_assignment(
+    name: str, ups: list[Upstream], regions: Sequence[str] = ()
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """Endpoints grouped by priority and region; weight-0 endpoints are left out."""
+    out = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    live = [u for u in ups if u.weight > 0]
+    groups: dict[tuple[int, str], Any] = {}
+    ranked = zip(priorities(live, regions), live, strict=True)
+    for priority, u in sorted(ranked, key=lambda pu: (pu[0], pu[1].region or "")):
+        key = (priority, u.region or "")
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = out.endpoints.add()
+            if priority:
+                group.priority = priority
+            if u.region is not None:
+                group.locality.region = u.region
+        endpoint = group.lb_endpoints.add()
+        address = endpoint.endpoint.address.socket_address
+        address.address = u.host
+        address.port_value = u.port
+        if u.weight != 1:
+            endpoint.load_balancing_weight.value = u.weight
+    return out
+
+
+def cluster(
+    svc: Service, ups: list[Upstream], name: str | None = None, regions: Sequence[str] = ()
+) -> cluster_pb2.Cluster:
     """The cluster for a service's upstreams (`name` defaults to the service's name)."""
     name = name or svc.service_name
     # Fields are set in place: nested constructor arguments would copy each subtree again.
@@ -47,6 +111,12 @@ def cluster(svc: Service, ups: list[Upstream], name: str | None = None) -> clust
     # A host the catalog no longer lists leaves at once, even while it passes health checks
     # (otherwise Envoy keeps it as pending_dynamic_removal and keeps sending it traffic).
     out.ignore_health_on_host_removal = True
+    # No panic mode: with no healthy endpoint the service answers 503 at once (Envoy's default
+    # 50 % threshold would send traffic to endpoints known to be down).
+    out.common_lb_config.healthy_panic_threshold.value = 0
+    # Health changes reach the workers at once (Envoy merges them for 1 s by default), so what
+    # `sidecar status` shows is what traffic sees.
+    out.common_lb_config.update_merge_window.SetInParent()
     cb = svc.circuit_breaker
     thresholds = out.circuit_breakers.thresholds.add(priority=base_pb2.RoutingPriority.DEFAULT)
     thresholds.max_connections.value = cb.max_connections
@@ -65,25 +135,52 @@ def cluster(svc: Service, ups: list[Upstream], name: str | None = None) -> clust
     if uses_dns(ups):
         out.type = cluster_pb2.Cluster.STRICT_DNS
         out.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
-        out.load_assignment.CopyFrom(load_assignment(name, ups))
+        out.load_assignment.CopyFrom(load_assignment(name, ups, regions))
     else:
         out.type = cluster_pb2.Cluster.EDS
         out.eds_cluster_config.eds_config.CopyFrom(ADS_SOURCE)
         out.eds_cluster_config.service_name = name
     if svc.healthcheck_endpoint is not None:
-        hc = svc.health_check
-        check = out.health_checks.add()
-        set_ms(check.timeout, hc.timeout_ms)
-        set_ms(check.interval, hc.interval_ms)
-        # Without traffic Envoy would check only once a minute.
-        set_ms(check.no_traffic_interval, hc.interval_ms)
-        check.unhealthy_threshold.value = hc.unhealthy_threshold
-        check.healthy_threshold.value = hc.healthy_threshold
-        check.http_health_check.path = svc.healthcheck_endpoint
+        _add_health_check(out, svc, svc.healthcheck_endpoint)
+    _set_protocol(out, svc, ups)
+    return out
+
+
+def _add_health_check(out: cluster_pb2.Cluster, svc: Service, endpoint: str) -> None:
+    hc = svc.health_check
+    check = out.health_checks.add()
+    set_ms(check.timeout, hc.timeout_ms)
+    set_ms(check.interval, hc.interval_ms)
+    # Without traffic Envoy would check only once a minute.
+    set_ms(check.no_traffic_interval, hc.interval_ms)
+    check.unhealthy_threshold.value = hc.unhealthy_threshold
+    check.healthy_threshold.value = hc.healthy_threshold
+    if svc.protocol == "grpc":
+        # grpc.health.v1 on the service the path names ("/" is the whole server).
+        check.grpc_health_check.service_name = endpoint.strip("/")
+        return
+    http = check.http_health_check
+    http.path = endpoint
+    if svc.protocol == "http2":
+        http.codec_client_type = http_types_pb2.HTTP2
+    # Healthy on 200-399 (as Kubernetes probes); any other answer counts towards
+    # unhealthy_threshold like a timeout does (Envoy would otherwise eject at the first).
+    http.expected_statuses.add(start=200, end=400)
+    http.retriable_statuses.add(start=100, end=200)
+    http.retriable_statuses.add(start=400, end=600)
+
+
+def _set_protocol(out: cluster_pb2.Cluster, svc: Service, ups: list[Upstream]) -> None:
+    """HTTP/2 for `http2` and `grpc` (cleartext, or TLS with ALPN h2); TLS for https URLs."""
+    h2 = svc.protocol in ("http2", "grpc")
+    if h2:
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        options.explicit_http_config.http2_protocol_options.SetInParent()
+        out.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
     tls_hosts = [u for u in ups if u.tls]
     if tls_hosts:
+        tls = tls_pb2.UpstreamTlsContext(sni=tls_hosts[0].host)
+        if h2:
+            tls.common_tls_context.alpn_protocols.append("h2")
         out.transport_socket.name = "envoy.transport_sockets.tls"
-        out.transport_socket.typed_config.CopyFrom(
-            pack(tls_pb2.UpstreamTlsContext(sni=tls_hosts[0].host))
-        )
-    return out
+        out.transport_socket.typed_config.CopyFrom(pack(tls))

@@ -81,6 +81,9 @@ class Options:
     authz: AuthzOptions = AuthzOptions()
     edge: EdgeOptions = EdgeOptions()
     observability: ObservabilityOptions = ObservabilityOptions()
+    # Where the Envoys run, then the failover order: endpoints in the first region are preferred
+    # (priority 0), then the next one's, then any other region's. Empty: no preference.
+    regions: tuple[str, ...] = ()
 
 
 def pack(msg: Message) -> any_pb2.Any:

@@ -12,14 +12,12 @@ from envoy.config.core.v3 import (
 )
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
-from envoy.extensions.filters.http.cache.v3 import cache_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.extensions.http.cache.simple_http_cache.v3 import config_pb2 as simple_cache_pb2
 from google.protobuf import wrappers_pb2
 
 from sidecar_shared.contract import (
@@ -30,11 +28,11 @@ from sidecar_shared.contract import (
 )
 from xds_server.catalog import Catalog
 from xds_server.resources import observability
+from xds_server.resources.cache import cache_filters
 from xds_server.resources.common import (
     ADS_SOURCE,
     AUTHZ_FILTER,
     BUFFER_FILTER,
-    CACHE_FILTER,
     HEADER_MUTATION_FILTER,
     LISTENER_NAME,
     METHOD_OVERRIDE_FILTER,
@@ -45,6 +43,7 @@ from xds_server.resources.common import (
     pack,
     set_ms,
 )
+from xds_server.resources.retries import needs_retry_filter, retry_filter
 from xds_server.resources.routes import needs_body_limit, needs_cache_filter
 
 
@@ -85,7 +84,8 @@ def _ext_authz(catalog: Catalog, options: AuthzOptions) -> hcm_pb2.HttpFilter:
 def http_filters(catalog: Catalog, options: Options) -> list[hcm_pb2.HttpFilter]:
     """The listener's HTTP filter chain, in order: strip client identity headers, strip
     method-override headers, ext_authz, request-body limit (when a service has one), cache
-    (when a service is cacheable), router."""
+    (when a service is cacheable; see `resources.cache`), retries by method (when a service's
+    depend on it; see `resources.retries`), router."""
     filters = [
         _strip_client_identity(),
         _strip_method_override(),
@@ -103,16 +103,9 @@ def http_filters(catalog: Catalog, options: Options) -> list[hcm_pb2.HttpFilter]
             )
         )
     if needs_cache_filter(catalog):
-        filters.append(
-            hcm_pb2.HttpFilter(
-                name=CACHE_FILTER,
-                typed_config=pack(
-                    cache_pb2.CacheConfig(
-                        typed_config=pack(simple_cache_pb2.SimpleHttpCacheConfig())
-                    )
-                ),
-            )
-        )
+        filters.extend(cache_filters())
+    if needs_retry_filter(catalog):
+        filters.append(retry_filter())
     filters.append(
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
     )

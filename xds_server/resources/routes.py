@@ -24,32 +24,20 @@ from sidecar_shared.contract import (
     TENANT_UPSTREAM_HEADER,
 )
 from sidecar_shared.contract import encode as encode_policy
-from xds_server.catalog import Catalog, RetryPolicy, Service
-from xds_server.resources.clusters import tenant_cluster_name
+from xds_server.catalog import Catalog, Service
+from xds_server.resources.cache import set_route_cache
+from xds_server.resources.clusters import tenant_cluster_name, version_cluster_name
 from xds_server.resources.common import (
     AUTHZ_FILTER,
     BUFFER_FILTER,
-    CACHE_FILTER,
     FILTER_DISABLED,
     METHOD_OVERRIDE_FILTER,
-    PREVIOUS_HOSTS,
     ROUTE_CONFIG_NAME,
     pack,
     set_ms,
 )
+from xds_server.resources.retries import set_retry_policy
 from xds_server.route_policy import compile_policy
-
-
-def _set_retry_policy(rp: RetryPolicy, out: route_components_pb2.RetryPolicy) -> None:
-    out.retry_on = ",".join(rp.retry_on)
-    out.num_retries.value = rp.max_retries
-    set_ms(out.retry_back_off.base_interval, rp.backoff_base_ms)
-    set_ms(out.retry_back_off.max_interval, rp.backoff_max_ms)
-    # Prefer another endpoint for the retry when there is one.
-    out.retry_host_predicate.append(PREVIOUS_HOSTS)
-    out.host_selection_retry_max_attempts = 3
-    if rp.per_try_timeout_ms is not None:
-        set_ms(out.per_try_timeout, rp.per_try_timeout_ms)
 
 
 def _authz_per_route(catalog: Catalog, svc: Service) -> any_pb2.Any:
@@ -63,8 +51,11 @@ def _authz_per_route(catalog: Catalog, svc: Service) -> any_pb2.Any:
     return pack(per_route)
 
 
-def _match_base_path(match: route_components_pb2.RouteMatch, svc: Service) -> None:
-    prefix = svc.route_prefix
+def _match_base_path(
+    match: route_components_pb2.RouteMatch, svc: Service, prefix: str | None = None
+) -> None:
+    """Match `prefix` (the service's base path by default) and everything below it."""
+    prefix = prefix or svc.route_prefix
     if prefix == "/":
         match.prefix = "/"
     else:
@@ -79,17 +70,26 @@ def _add_route(
     cluster_name: str,
     authz: any_pb2.Any,
     with_cache_filter: bool,
-) -> route_components_pb2.Route:
+    header: tuple[str, str] | None = None,
+    prefix: str | None = None,
+) -> None:
+    """Append the route for `prefix` (the service's by default) and `header` with this exact
+    value."""
     out: route_components_pb2.Route = routes.add(name=name)
-    _match_base_path(out.match, svc)
+    _match_base_path(out.match, svc, prefix)
+    if header is not None:
+        match = out.match.headers.add(name=header[0])
+        match.string_match.exact = header[1]
     out.route.cluster = cluster_name
     set_ms(out.route.timeout, svc.timeout_ms)
-    rp = svc.retry_policy
-    if rp is not None and rp.max_retries > 0:
-        _set_retry_policy(rp, out.route.retry_policy)
+    if svc.protocol == "grpc":
+        # A client's grpc-timeout is honoured, up to the service's timeout.
+        set_ms(out.route.max_stream_duration.grpc_timeout_header_max, svc.timeout_ms)
+    if svc.websocket:
+        out.route.upgrade_configs.add(upgrade_type="websocket")
     out.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(authz)
-    if with_cache_filter and not svc.cacheable:
-        out.typed_per_filter_config[CACHE_FILTER].CopyFrom(FILTER_DISABLED)
+    if with_cache_filter:
+        set_route_cache(out, svc.cacheable)
     if svc.method_override:
         out.typed_per_filter_config[METHOD_OVERRIDE_FILTER].CopyFrom(FILTER_DISABLED)
     if svc.max_request_body_bytes is not None:
@@ -98,13 +98,17 @@ def _add_route(
         # No verified identity on a public route: a client's tenant header goes too. (The
         # router applies this after ext_authz, which sets nothing here.)
         out.request_headers_to_remove.append(TENANT_HEADER)
-    return out
+    rp = svc.retry_policy
+    if rp is not None and rp.max_retries > 0:
+        set_retry_policy(rp, out)
 
 
 def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cache: bool) -> None:
-    """Append a service's routes to a repeated `routes` field: one per tenant with its own
-    upstream (matched on the header ext_authz sets), then the service's own. A strict service
-    with longer base paths under it first gets a route refusing their look-alikes."""
+    """Append a service's routes to a repeated `routes` field: a strict service with longer
+    base paths under it first gets a route refusing their look-alikes (and, with a body limit,
+    one refusing a declared length above it); then per API version one for its path and one for
+    its header, one per tenant with its own upstream (matched on the header ext_authz sets),
+    then the service's own."""
     authz = _authz_per_route(catalog, svc)
     for i, guard in enumerate(lookalike_regexes(svc, catalog.services)):
         refuse: route_components_pb2.Route = routes.add(name=f"{svc.service_name}.lookalike.{i}")
@@ -121,17 +125,31 @@ def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cach
         length.range_match.end = 2**63 - 1
         too_large.direct_response.status = 413
         too_large.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(AUTHZ_DISABLED)
+    # Every version's path first: a path names its version even when a header names another.
+    by_path = [(v, svc.version_prefix(v), None) for v in sorted(svc.versions)]
+    by_header = [(v, None, (svc.version_header, v)) for v in sorted(svc.versions)]
+    for version, prefix, header in by_path + by_header:
+        name = version_cluster_name(svc.service_name, version)
+        _add_route(
+            routes,
+            svc,
+            name=name,
+            cluster_name=name,
+            authz=authz,
+            with_cache_filter=with_cache,
+            header=header,
+            prefix=prefix,
+        )
     for tenant in sorted(svc.tenant_upstreams):
-        r = _add_route(
+        _add_route(
             routes,
             svc,
             name=tenant_cluster_name(svc.service_name, tenant),
             cluster_name=tenant_cluster_name(svc.service_name, tenant),
             authz=authz,
             with_cache_filter=with_cache,
+            header=(TENANT_UPSTREAM_HEADER, tenant),
         )
-        header = r.match.headers.add(name=TENANT_UPSTREAM_HEADER)
-        header.string_match.exact = tenant
     _add_route(
         routes,
         svc,
