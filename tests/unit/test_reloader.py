@@ -61,6 +61,22 @@ async def poll(check: Callable[[], bool], what: str, timeout: float = 10.0) -> N
         await asyncio.sleep(0.01)
 
 
+async def start_watch(rig: Rig, stop: asyncio.Event) -> asyncio.Task[None]:
+    """Start the watch and return once it is seen to react: the catalog's name is touched
+    (same content) until a read shows up, so no later change can fall before the watch began."""
+    watcher = asyncio.create_task(rig.reloader.watch(stop, debounce_ms=5))
+    deadline = asyncio.get_running_loop().time() + 10
+    before = rig.metric("xds_catalog_reloads_total", result="unchanged")
+    while rig.metric("xds_catalog_reloads_total", result="unchanged") == before:
+        assert asyncio.get_running_loop().time() < deadline, "the watch never reacted"
+        os.utime(rig.path, follow_symlinks=False)
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+            if rig.metric("xds_catalog_reloads_total", result="unchanged") != before:
+                break
+    return watcher
+
+
 def run(coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(coro())
 
@@ -114,8 +130,7 @@ def test_the_watch_survives_a_failing_build_and_serves_the_next_good_edit(
         await rig.reloader.load()
         good = rig.version()
         stop = asyncio.Event()
-        watcher = asyncio.create_task(rig.reloader.watch(stop, debounce_ms=5))
-        await asyncio.sleep(0.2)  # let the watch start (a missed first event only delays)
+        watcher = await start_watch(rig, stop)
         rig.fail_with = RuntimeError("injected")
         rig.write(2000)
         await poll(
@@ -139,20 +154,20 @@ def test_other_files_in_the_directory_are_not_read(tmp_path: Path) -> None:
         rig.write(1000)
         await rig.reloader.load()
         stop = asyncio.Event()
-        watcher = asyncio.create_task(rig.reloader.watch(stop, debounce_ms=5))
-        await asyncio.sleep(0.2)
+        watcher = await start_watch(rig, stop)
+        reads = rig.metric("xds_catalog_reloads_total", result="unchanged")
         audit = tmp_path / "audit.log"
         for i in range(20):
             with audit.open("a") as f:
                 f.write(f"line {i}\n")
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)  # well past the debounce: the audit lines were all seen
-        assert rig.metric("xds_catalog_reloads_total", result="unchanged") == 0
+        assert rig.metric("xds_catalog_reloads_total", result="unchanged") == reads
         # The catalog itself, same content: read (once, or twice when a busy machine splits
         # the truncate and the write into two batches), found unchanged.
         rig.write(1000)
         await poll(
-            lambda: rig.metric("xds_catalog_reloads_total", result="unchanged") >= 1,
+            lambda: rig.metric("xds_catalog_reloads_total", result="unchanged") > reads,
             "the catalog's own change",
         )
         stop.set()
@@ -177,8 +192,7 @@ def test_a_configmap_symlink_swap_is_seen(tmp_path: Path) -> None:
         await rig.reloader.load()
         first = rig.version()
         stop = asyncio.Event()
-        watcher = asyncio.create_task(rig.reloader.watch(stop, debounce_ms=5))
-        await asyncio.sleep(0.2)
+        watcher = await start_watch(rig, stop)
         version_dir("..v2", 2000)
         (tmp_path / "..data_tmp").symlink_to("..v2")
         os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
