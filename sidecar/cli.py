@@ -105,7 +105,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{len(proxies)} proxy(ies) connected")
     worst = "SYNCED"
     for proxy in proxies:
-        print(f"  {proxy['node_id']} ({proxy['node_cluster']})")
+        print(f"  {proxy['node_id']} ({proxy['node_cluster']}, {proxy.get('protocol', 'sotw')})")
         for short, t in proxy["types"].items():
             line = f"    {short:<10} {t['state']:<7} acked {t['acked_version']}"
             if t["state"] == "NACKED":
@@ -113,6 +113,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(line)
             if t["state"] != "SYNCED":
                 worst = t["state"]
+    for rejected in status.get("rejected", []):
+        back = rejected.get("rolled_back_to")
+        print(
+            f"  REJECTED version {rejected['version']} by {rejected['node_id']} "
+            f"({rejected['type']}): {rejected['error']}"
+            + (f"; every proxy rolled back to {back}" if back else "")
+        )
     for refused in status.get("refused", []):
         print(
             f"  REFUSED {refused['node_id'] or '(no node id)'} from {refused['peer']}: "
@@ -196,6 +203,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         authz_port=args.authz_port,
         authz_http_port=args.authz_http_port,
         node_id=args.node_id,
+        xds_protocol=args.xds_protocol,
         node_cluster=args.node_cluster,
         envoy_log_level=args.envoy_log_level,
         startup_timeout_s=args.startup_timeout,
@@ -228,6 +236,14 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         environ=environ,
     )
     add_flag(p, "node-id", default=defaults.NODE_ID, help="Envoy node id", environ=environ)
+    add_flag(
+        p,
+        "xds-protocol",
+        type=flags.one_of(*defaults.XDS_PROTOCOLS),
+        default=defaults.XDS_PROTOCOL,
+        help="what Envoy speaks to the xDS server: sotw (State of the World) or delta",
+        environ=environ,
+    )
     add_flag(
         p, "node-cluster", default=defaults.NODE_CLUSTER, help="Envoy node cluster", environ=environ
     )

@@ -26,6 +26,11 @@ XDS_PORT: Final = 18000
 XDS_HTTP_HOST: Final = "127.0.0.1"
 XDS_HTTP_PORT: Final = 18080
 RELOAD_DEBOUNCE_MS: Final = 20
+ROLLBACK_ON_NACK: Final = True
+# What Envoy speaks to the xDS server (the bootstrap's ads_config.api_type); the server serves
+# both at once.
+XDS_PROTOCOLS: Final = ("sotw", "delta")
+XDS_PROTOCOL: Final = "sotw"
 
 # ext_authz, and how Envoy calls it
 AUTHZ_HOST: Final = "0.0.0.0"

@@ -25,9 +25,14 @@ class XdsMetrics:
             ["reason"],
             registry=registry,
         )
+        self.rollbacks = Counter(
+            "xds_rollbacks_total",
+            "Times the fleet was moved back to the last version every proxy ACKed",
+            registry=registry,
+        )
         self.reloads = Counter(
             "xds_catalog_reloads_total",
-            "Catalog loads by result (ok, unchanged, invalid, error)",
+            "Catalog loads by result (ok, unchanged, invalid, error; rejected: by Envoy)",
             ["result"],
             registry=registry,
         )

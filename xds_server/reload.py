@@ -120,6 +120,9 @@ class Reloader:
         except CatalogError as err:
             return self._fail([str(p) for p in err.problems])
         self._metrics.snapshot_build_seconds.observe(time.perf_counter() - started)
+        rejected = self._cache.rejection(snapshot.version)
+        if rejected is not None:
+            return self._fail([rejected], result="rejected")
         self._last_digest = digest
         changed = self._cache.set(snapshot)
         self._metrics.reloads.labels("ok" if changed else "unchanged").inc()
@@ -140,6 +143,10 @@ class Reloader:
             )
             self._on_loaded(snapshot)
         return changed
+
+    def rejected_by_envoy(self, why: str) -> None:
+        """The version this reloader loaded was rejected by Envoy (`why`, Envoy's words)."""
+        self._fail([why], result="rejected")
 
     def _fail(self, problems: list[str], result: str = "invalid") -> bool:
         self._last_digest = None

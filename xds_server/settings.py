@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sidecar_shared import defaults
-from sidecar_shared.flags import add_flag
+from sidecar_shared.flags import add_flag, boolean
 from xds_server.translate import AuthzOptions, Options
 
 
@@ -23,10 +24,11 @@ class XdsSettings:
     debounce_ms: int
     log_level: str
     translate: Options
+    rollback_on_nack: bool = defaults.ROLLBACK_ON_NACK
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    def flag(name: str, default: object, help: str, type: type = str) -> None:
+    def flag(name: str, default: object, help: str, type: Callable[[str], Any] = str) -> None:
         add_flag(parser, name, default=default, help=help, type=type, environ=environ)
 
     flag("catalog", defaults.CATALOG, "catalog file")
@@ -49,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         "HTTP status Envoy answers when ext_authz cannot be reached",
         int,
     )
+    flag(
+        "rollback-on-nack",
+        defaults.ROLLBACK_ON_NACK,
+        "when Envoy rejects a version, move every proxy back to the last one all of them "
+        "accepted (true/false)",
+        boolean,
+    )
     flag("log-level", "info", "log level")
 
 
@@ -61,6 +70,7 @@ def from_args(args: argparse.Namespace) -> XdsSettings:
         http_port=args.xds_http_port,
         debounce_ms=args.reload_debounce_ms,
         log_level=args.log_level,
+        rollback_on_nack=args.rollback_on_nack,
         translate=Options(
             listener_address=args.listener_address,
             listener_port=args.listener_port,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -17,6 +18,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -29,6 +31,11 @@ class Resource:
     message: Message
     packed: any_pb2.Any
     version: str  # hash of this resource alone (Delta xDS sends it per resource)
+
+    @cached_property
+    def delta(self) -> discovery_pb2.Resource:
+        """The resource as a Delta response carries it (built once, shared by every stream)."""
+        return discovery_pb2.Resource(name=self.name, version=self.version, resource=self.packed)
 
 
 def _digest(chunks: Iterable[bytes]) -> str:

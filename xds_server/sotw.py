@@ -6,7 +6,11 @@ rules every stream keeps (`stream_state`), SotW's own:
   what was last sent (or endpoints are owed after a cluster update), so an ACK or a NACK never
   triggers a resend: a NACKed version is not sent again; the next different one is;
 - every response holds all the resources of its type that are subscribed: endpoints and routes
-  by the names Envoy asks for; clusters and listeners are wildcard unless Envoy names them.
+  by the names Envoy asks for; clusters and listeners are wildcard unless Envoy names them;
+- an answer with an error whose `version_info` is the version of the response it names is an
+  ACK of that response: Envoy keeps an error until its next request goes out but moves the
+  nonce on, so when two responses arrive before it answers, the error of the first comes with
+  the nonce and accepted version of the second.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from xds_server import typeurls
 from xds_server.cache import SnapshotSource
 from xds_server.metrics import XdsMetrics
 from xds_server.status import ProxyStatus
-from xds_server.stream_state import WAITS_FOR, StreamState
+from xds_server.stream_state import OnNack, StreamState
 
 
 def subscribed_names(type_url: str, names: list[str]) -> frozenset[str] | None:
@@ -35,10 +39,10 @@ class SotwStream:
         status: ProxyStatus,
         metrics: XdsMetrics,
         log: logging.Logger,
+        on_nack: OnNack | None = None,
     ) -> None:
         self._source = source
-        self._log = log
-        self._state = StreamState(status, metrics, log)
+        self._state = StreamState(status, metrics, log, on_nack)
 
     @property
     def status(self) -> ProxyStatus:
@@ -47,18 +51,14 @@ class SotwStream:
     def on_request(
         self, req: discovery_pb2.DiscoveryRequest
     ) -> list[discovery_pb2.DiscoveryResponse]:
-        type_url = req.type_url
-        if type_url not in WAITS_FOR:
-            self._log.warning(
-                "unsupported resource type requested",
-                extra={"fields": {"node_id": self.status.node_id, "type_url": type_url}},
-            )
+        if not self._state.admit(req):
             return []
-        if req.HasField("node"):
-            self._state.note_node(req.node.id, req.node.cluster)
+        type_url = req.type_url
         state = self._state.of(type_url)
         if req.response_nonce:
-            error = req.error_detail.message if req.HasField("error_detail") else None
+            error = self._state.error_of(req)
+            if req.response_nonce == state.nonce and req.version_info == state.sent_version:
+                error = None  # accepted; the error was about a response it replaced
             if not self._state.answer(type_url, req.response_nonce, req.version_info, error):
                 return []  # stale: answers a response that a newer one replaced
         state.names = subscribed_names(type_url, list(req.resource_names))
@@ -77,7 +77,9 @@ class SotwStream:
             if state.sent_version == version and state.sent_names == state.names and not state.owed:
                 continue
             resources = snapshot.pick(type_url, state.names)
-            nonce = self._state.sent(type_url, version)
+            nonce = self._state.sent(
+                type_url, version, snapshot.version, (r.name for r in resources)
+            )
             out.append(
                 discovery_pb2.DiscoveryResponse(
                     version_info=version,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,40 +11,14 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 from prometheus_client import CollectorRegistry
 
+from tests.support.snapshots import FakeSource, snap
 from xds_server import typeurls
-from xds_server.catalog import parse_catalog
 from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
 from xds_server.status import ProxyRegistry, ProxyStatus, state_of
-from xds_server.translate import Options, build_snapshot
 
 CDS, EDS, LDS, RDS = typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE
-
-
-class FakeSource:
-    def __init__(self, snapshot: Snapshot | None) -> None:
-        self.snapshot = snapshot
-
-    def current(self) -> Snapshot | None:
-        return self.snapshot
-
-    def subscribe(self, listener: Callable[[Snapshot], None]) -> Callable[[], None]:
-        return lambda: None
-
-
-def snap(*names: str, timeout_ms: int = 1000, connect_timeout_ms: int = 1000) -> Snapshot:
-    services = [
-        {
-            "service_name": n,
-            "base_path": f"/{n}",
-            "internal_url": f"http://127.0.0.1:{8000 + i}",
-            "timeout_ms": timeout_ms,
-            "connect_timeout_ms": connect_timeout_ms,
-        }
-        for i, n in enumerate(names)
-    ]
-    return build_snapshot(parse_catalog({"services": services}), Options())
 
 
 def req(
@@ -135,6 +108,23 @@ def test_a_nacked_version_is_recorded_and_never_resent() -> None:
     assert fixed.version_info not in (bad.version_info, resp.version_info)
     h.ack(fixed)
     assert st.nacked_version is None and st.acked_version == fixed.version_info
+
+
+def test_an_error_answered_with_the_latest_version_is_an_ack_of_it() -> None:
+    # Envoy got two responses before answering: the error is the first one's, the nonce and
+    # the version it now has are the second one's.
+    h = Harness(snap("a"))
+    (first,) = h.ask(req(CDS))
+    h.ack(first)
+    h.source.snapshot = snap("a", "bad")
+    assert len(h.stream.on_snapshot()) == 1
+    h.source.snapshot = snap("a")  # rolled back before Envoy answered
+    (back,) = h.stream.on_snapshot()
+    assert back.version_info == first.version_info
+    h.ask(req(CDS, nonce=back.nonce, version=back.version_info, error="bad cluster"))
+    st = h.status.of(CDS)
+    assert (st.acked_version, st.nacked_version) == (back.version_info, None)
+    assert state_of(st, back.version_info) == "SYNCED"
 
 
 def test_a_request_with_a_stale_nonce_is_ignored() -> None:
@@ -249,8 +239,8 @@ def test_the_registry_reports_each_proxy_state() -> None:
 
 def test_the_registry_lists_refused_streams_until_the_node_connects() -> None:
     registry = ProxyRegistry()
-    registry.refuse("edge-1", "ipv4:127.0.0.1:5", "delta_unsupported", now=10.0)
-    again = registry.refuse("edge-1", "ipv4:127.0.0.1:6", "delta_unsupported", now=11.0)
+    registry.refuse("edge-1", "ipv4:127.0.0.1:5", "no_node_id", now=10.0)
+    again = registry.refuse("edge-1", "ipv4:127.0.0.1:6", "no_node_id", now=11.0)
     assert again.count == 2
     (listed,) = registry.refusals()
     assert listed["node_id"] == "edge-1" and listed["count"] == 2 and listed["last_at"] == 11.0

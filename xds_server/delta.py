@@ -1,0 +1,185 @@
+"""Delta (incremental) ADS: the decisions of one stream, free of gRPC.
+
+`DeltaStream.on_request` and `on_snapshot` return the responses to send, in order. Besides the
+rules every stream keeps (`stream_state`: stale nonces, push order, listeners and routes held
+while clusters or endpoints are in flight or NACKed, endpoints owed after clusters), Delta's own,
+as Envoy and go-control-plane implement the xDS protocol:
+
+- Subscriptions, per type. The first request of a type that subscribes to no name is a
+  wildcard subscription ("legacy wildcard"), and so is a subscription to `*`; wildcard lasts
+  until `*` is unsubscribed, whatever names are subscribed besides. Names are subscribed and
+  unsubscribed by every request, ACKs included, even one whose nonce is stale.
+- What the client has: per resource, the version we last sent it; on a re-connect, the
+  versions it reports in `initial_resource_versions`. Versions are content hashes, the same on
+  every replica and across restarts, so a re-connected Envoy is sent nothing it already has.
+- A response holds the subscribed resources whose version differs from what the client has,
+  and in `removed_resources` the names it has that are gone. A name subscribed explicitly that
+  does not exist is answered in `removed_resources` too (that is how Delta says "does not
+  exist"). A name unsubscribed while wildcard is sent again or removed: Envoy keeps it until
+  told which.
+- `system_version_info` is the snapshot's version of the type, and an ACK records it, as in
+  SotW. A type is answered when something differs for this client or that version moved, and
+  the first answer to a wildcard subscription is sent even when empty, so that Envoy finishes
+  initializing.
+- Endpoints owed after a cluster response are the endpoints of the clusters in it, sent again
+  even when unchanged (Envoy warms an updated cluster until they arrive).
+- After a NACK, what Envoy rejected is not sent again until the type changes or the
+  subscription does (no loop); then it is offered again with the change, so that the status
+  shows a config that Envoy still rejects instead of claiming SYNCED.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from xds_server.cache import SnapshotSource
+from xds_server.metrics import XdsMetrics
+from xds_server.snapshot import Resource, Snapshot
+from xds_server.status import ProxyStatus
+from xds_server.stream_state import OnNack, StreamState, TypeState
+
+WILDCARD = "*"
+# A version no resource has: the client must be told (sent the resource, or its removal).
+UNKNOWN = ""
+
+
+@dataclass
+class Subscription:
+    """One type's subscription on a Delta stream, and what the client has of it."""
+
+    wildcard: bool
+    names: set[str] = field(default_factory=set)
+    known: dict[str, str] = field(default_factory=dict)  # name → the version the client has
+    changed: bool = False  # subscribed or unsubscribed since the last response
+    last_sent: dict[str, str] = field(default_factory=dict)  # the last response's resources
+
+    def subscribe(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.changed = True
+            if name == WILDCARD:
+                self.wildcard = True
+                continue
+            self.names.add(name)
+            self.known.setdefault(name, UNKNOWN)
+
+    def unsubscribe(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.changed = True
+            if name == WILDCARD:
+                self.wildcard = False
+                for gone in [n for n in self.known if n not in self.names]:
+                    del self.known[gone]
+                continue
+            self.names.discard(name)
+            if self.wildcard:
+                if name in self.known:
+                    self.known[name] = UNKNOWN  # still ours through wildcard, or gone: say which
+            else:
+                self.known.pop(name, None)
+
+    def diff(
+        self, resources: Mapping[str, Resource], owed: set[str]
+    ) -> tuple[list[Resource], list[str]]:
+        """What to send so that the client has exactly the resources it subscribes to: the
+        updates (by name) and the names to remove (sorted)."""
+        # The snapshot's mapping is sorted by name; under wildcard it holds every name wanted.
+        wanted: Iterable[str] = resources if self.wildcard else sorted(self.names)
+        known = self.known
+        updates = [
+            r
+            for name in wanted
+            if (r := resources.get(name)) is not None
+            and (known.get(name) != r.version or name in owed)
+        ]
+        removed = sorted(n for n in known if n not in resources)
+        return updates, removed
+
+
+class DeltaStream:
+    def __init__(
+        self,
+        source: SnapshotSource,
+        status: ProxyStatus,
+        metrics: XdsMetrics,
+        log: logging.Logger,
+        on_nack: OnNack | None = None,
+    ) -> None:
+        self._source = source
+        self._state = StreamState(status, metrics, log, on_nack)
+        self._subs: dict[str, Subscription] = {}
+
+    @property
+    def status(self) -> ProxyStatus:
+        return self._state.status
+
+    def on_request(
+        self, req: discovery_pb2.DeltaDiscoveryRequest
+    ) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        if not self._state.admit(req):
+            return []
+        type_url = req.type_url
+        state = self._state.of(type_url)
+        sub = self._subs.get(type_url)
+        if sub is None:
+            sub = Subscription(
+                wildcard=not req.resource_names_subscribe,
+                known=dict(req.initial_resource_versions),
+            )
+            self._subs[type_url] = sub
+        if req.response_nonce:
+            error = self._state.error_of(req)
+            answered = self._state.answer(
+                type_url, req.response_nonce, state.sent_version or "", error
+            )
+            if answered and error is not None:
+                # Envoy kept what it had: offer the rejected resources again with the next change.
+                for name, version in sub.last_sent.items():
+                    if sub.known.get(name) == version:
+                        sub.known[name] = UNKNOWN
+        sub.subscribe(req.resource_names_subscribe)
+        sub.unsubscribe(req.resource_names_unsubscribe)
+        return self._sendable()
+
+    def on_snapshot(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        return self._sendable()
+
+    def _sendable(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        snapshot = self._source.current()
+        if snapshot is None:
+            return []
+        out = []
+        for type_url, state in self._state.pushable():
+            resp = self._response(snapshot, type_url, state, self._subs[type_url])
+            if resp is not None:
+                out.append(resp)
+        return out
+
+    def _response(
+        self, snapshot: Snapshot, type_url: str, state: TypeState, sub: Subscription
+    ) -> discovery_pb2.DeltaDiscoveryResponse | None:
+        version = snapshot.versions[type_url]
+        if state.nacked and state.sent_version == version and not sub.changed:
+            return None  # what Envoy rejected stays unsent until something changes
+        updates, removed = sub.diff(snapshot.resources.get(type_url, {}), state.owed)
+        if not updates and not removed and state.sent_version == version:
+            state.owed.clear()
+            sub.changed = False
+            return None
+        for r in updates:
+            sub.known[r.name] = r.version
+        for name in removed:
+            del sub.known[name]
+        sub.last_sent = {r.name: r.version for r in updates}
+        sub.changed = False
+        nonce = self._state.sent(type_url, version, snapshot.version, sub.last_sent)
+        return discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=version,
+            type_url=type_url,
+            nonce=nonce,
+            resources=[r.delta for r in updates],
+            removed_resources=removed,
+        )
