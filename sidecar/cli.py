@@ -24,9 +24,9 @@ from sidecar_shared import defaults, flags
 from sidecar_shared.flags import add_flag, add_switch
 from xds_server import settings as xds_settings
 from xds_server import typeurls
-from xds_server.catalog import Catalog, CatalogError, json_schema, load_catalog
-from xds_server.reload import build_checked
-from xds_server.translate import build_snapshot
+from xds_server.builder import SnapshotBuilder
+from xds_server.catalog import Catalog, CatalogError, Problem, json_schema, load_catalog
+from xds_server.snapshot import Snapshot
 
 
 def _report(path: Path, err: CatalogError) -> None:
@@ -48,25 +48,36 @@ def _catalog_path(args: argparse.Namespace) -> Path:
     return Path(args.path or args.catalog)
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    path = _catalog_path(args)
-    catalog = _load_or_report(path)
-    if catalog is None:
-        return 1
+def _build_or_report(path: Path, args: argparse.Namespace) -> tuple[Snapshot, int] | None:
+    """The snapshot the xDS server would serve for the catalog at `path` (the same build
+    step), or None after reporting every problem."""
     try:
-        snapshot = build_checked(catalog, str(path), xds_settings.from_args(args).translate)
+        raw = path.read_bytes()
+    except OSError as err:
+        _report(path, CatalogError([Problem("", f"cannot read the file: {err}")], str(path)))
+        return None
+    try:
+        return SnapshotBuilder(xds_settings.from_args(args).translate)(raw, str(path))
     except CatalogError as err:
         _report(path, err)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    path = _catalog_path(args)
+    built = _build_or_report(path, args)
+    if built is None:
         return 1
-    print(f"{path}: valid, {len(catalog.services)} service(s), version {snapshot.version}")
+    snapshot, services = built
+    print(f"{path}: valid, {services} service(s), version {snapshot.version}")
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    catalog = _load_or_report(_catalog_path(args))
-    if catalog is None:
+    built = _build_or_report(_catalog_path(args), args)
+    if built is None:
         return 1
-    snapshot = build_snapshot(catalog, xds_settings.from_args(args).translate)
+    snapshot, _ = built
     out: dict[str, Any] = {"version": snapshot.version, "versions": {}, "resources": {}}
     for type_url in typeurls.PUSH_ORDER:
         short = typeurls.SHORT_NAMES[type_url]

@@ -180,6 +180,6 @@ class DeltaStream:
             system_version_info=version,
             type_url=type_url,
             nonce=nonce,
-            resources=[r.delta for r in updates],
+            resources=[r.delta() for r in updates],
             removed_resources=removed,
         )

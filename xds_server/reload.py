@@ -25,11 +25,12 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
+from xds_server.builder import SnapshotBuilder
 from xds_server.cache import SnapshotCache
-from xds_server.catalog import Catalog, CatalogError, Problem, decode_catalog
+from xds_server.catalog import CatalogError
 from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Snapshot
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Options
 
 
 @dataclass(frozen=True)
@@ -42,26 +43,13 @@ class ReloadState:
     at: float
 
 
-def build_checked(catalog: Catalog, source: str, options: Options) -> Snapshot:
-    """Translate a validated catalog into a snapshot that is safe to serve; raise CatalogError
-    if it is not consistent. The reloader and `sidecar validate` both go through here."""
-    snapshot = build_snapshot(catalog, options)
-    inconsistent = snapshot.consistent()
-    if inconsistent:
-        raise CatalogError([Problem("", p) for p in inconsistent], source)
-    return snapshot
-
-
 Build = Callable[[bytes, str], tuple[Snapshot, int]]
 """File contents and their source name → (snapshot, services); raises CatalogError."""
 
 
 def decode_and_build(options: Options) -> Build:
-    def build(raw: bytes, source: str) -> tuple[Snapshot, int]:
-        catalog = decode_catalog(raw, source)
-        return build_checked(catalog, source, options), len(catalog.services)
-
-    return build
+    """The build step: each call rebuilds only what changed since the last one."""
+    return SnapshotBuilder(options)
 
 
 def _file_identity(path: Path) -> tuple[int, int, int, int] | None:

@@ -1,7 +1,10 @@
 """An immutable, versioned set of resources: the unit the cache swaps and the server sends.
 
 Versions are content hashes: the same resources give the same versions on every replica, and a
-type's version changes only when that type's resources do.
+type's version changes only when that type's resources do. A snapshot keeps each resource as
+the bytes Envoy is sent, and what it names of other types (for `consistent()`); the message is
+parsed again from the bytes when asked for, so that the recent snapshots kept for rollback cost
+little (with 10,000 services the messages take several times the memory of their bytes).
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from types import MappingProxyType
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -24,17 +26,49 @@ from google.protobuf.message import Message
 
 from xds_server import typeurls
 
+Refs = tuple[tuple[str, str], ...]
+"""What a resource names of another type, as (what names it, the name): a cluster its
+endpoints, a listener its route configurations, a route configuration the clusters of its
+routes."""
+
+
+def references(message: Message) -> Refs:
+    if isinstance(message, cluster_pb2.Cluster):
+        if message.type != cluster_pb2.Cluster.EDS:
+            return ()
+        return ((message.name, message.eds_cluster_config.service_name or message.name),)
+    if isinstance(message, listener_pb2.Listener):
+        return tuple((message.name, name) for name in _route_config_names(message))
+    if isinstance(message, route_pb2.RouteConfiguration):
+        return tuple(
+            (r.name, r.route.cluster)
+            for vh in message.virtual_hosts
+            for r in vh.routes
+            if r.HasField("route") and r.route.cluster
+        )
+    return ()
+
 
 @dataclass(frozen=True)
 class Resource:
     name: str
-    message: Message
     packed: any_pb2.Any
     version: str  # hash of this resource alone (Delta xDS sends it per resource)
+    refs: Refs
 
-    @cached_property
+    @classmethod
+    def of(cls, name: str, message: Message) -> Resource:
+        packed = any_pb2.Any()
+        packed.Pack(message, deterministic=True)
+        return cls(name, packed, _digest([packed.value]), references(message))
+
+    @property
+    def message(self) -> Message:
+        """The resource, parsed from its bytes (a new message at each call)."""
+        return typeurls.MESSAGES[self.packed.type_url].FromString(self.packed.value)
+
     def delta(self) -> discovery_pb2.Resource:
-        """The resource as a Delta response carries it (built once, shared by every stream)."""
+        """The resource as a Delta response carries it."""
         return discovery_pb2.Resource(name=self.name, version=self.version, resource=self.packed)
 
 
@@ -56,16 +90,23 @@ class Snapshot:
 
     @classmethod
     def build(cls, by_type: Mapping[str, Sequence[tuple[str, Message]]]) -> Snapshot:
+        """From messages by type, each as (name, message)."""
+        return cls.of(
+            {t: [Resource.of(name, msg) for name, msg in items] for t, items in by_type.items()}
+        )
+
+    @classmethod
+    def of(cls, by_type: Mapping[str, Iterable[Resource]]) -> Snapshot:
+        """From resources already packed (by `Resource.of`; an incremental build reuses the
+        unchanged ones)."""
         resources: dict[str, Mapping[str, Resource]] = {}
         versions: dict[str, str] = {}
         for type_url in typeurls.PUSH_ORDER:
             named: dict[str, Resource] = {}
-            for name, msg in sorted(by_type.get(type_url, ()), key=lambda item: item[0]):
-                if name in named:
-                    raise ValueError(f"two {typeurls.SHORT_NAMES[type_url]} named {name!r}")
-                packed = any_pb2.Any()
-                packed.Pack(msg, deterministic=True)
-                named[name] = Resource(name, msg, packed, _digest([packed.value]))
+            for res in sorted(by_type.get(type_url, ()), key=lambda r: r.name):
+                if res.name in named:
+                    raise ValueError(f"two {typeurls.SHORT_NAMES[type_url]} named {res.name!r}")
+                named[res.name] = res
             resources[type_url] = MappingProxyType(named)
             versions[type_url] = _digest(
                 r.name.encode() + b"\0" + r.version.encode() for r in named.values()
@@ -87,36 +128,27 @@ class Snapshot:
         """Problems that would leave Envoy warming or answering 503; empty when servable."""
         problems: list[str] = []
         clusters = self.resources.get(typeurls.CLUSTER, {})
-        endpoints = self.names(typeurls.ENDPOINT)
+        endpoints = self.resources.get(typeurls.ENDPOINT, {})
         routes = self.resources.get(typeurls.ROUTE, {})
         eds_names: set[str] = set()
         for res in clusters.values():
-            c = res.message
-            assert isinstance(c, cluster_pb2.Cluster)
-            if c.type == cluster_pb2.Cluster.EDS:
-                wanted = c.eds_cluster_config.service_name or c.name
+            for cluster, wanted in res.refs:
                 eds_names.add(wanted)
                 if wanted not in endpoints:
-                    problems.append(f"cluster {c.name!r} has no endpoints {wanted!r}")
+                    problems.append(f"cluster {cluster!r} has no endpoints {wanted!r}")
         problems.extend(
-            f"endpoints {n!r} belong to no cluster" for n in sorted(endpoints - eds_names)
+            f"endpoints {n!r} belong to no cluster" for n in sorted(endpoints.keys() - eds_names)
         )
         for res in self.resources.get(typeurls.LISTENER, {}).values():
-            lst = res.message
-            assert isinstance(lst, listener_pb2.Listener)
-            for name in _route_config_names(lst):
+            for listener, name in res.refs:
                 if name not in routes:
-                    problems.append(f"listener {lst.name!r} names missing routes {name!r}")
+                    problems.append(f"listener {listener!r} names missing routes {name!r}")
         for res in routes.values():
-            rc = res.message
-            assert isinstance(rc, route_pb2.RouteConfiguration)
-            for vh in rc.virtual_hosts:
-                for r in vh.routes:
-                    if r.HasField("route") and r.route.cluster and r.route.cluster not in clusters:
-                        problems.append(
-                            f"route {r.name!r} in {rc.name!r} names missing cluster "
-                            f"{r.route.cluster!r}"
-                        )
+            for route, cluster in res.refs:
+                if cluster not in clusters:
+                    problems.append(
+                        f"route {route!r} in {res.name!r} names missing cluster {cluster!r}"
+                    )
         return problems
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from xds_server import typeurls
-from xds_server.catalog import Catalog
+from xds_server.catalog import Catalog, Service
 from xds_server.resources.clusters import cluster, load_assignment, tenant_cluster_name, uses_dns
 from xds_server.resources.common import (
     LISTENER_NAME,
@@ -22,22 +22,34 @@ from xds_server.resources.listener import listener
 from xds_server.resources.routes import route_configuration
 from xds_server.snapshot import Snapshot
 
-__all__ = ["AuthzOptions", "Options", "build_snapshot", "translate"]
+__all__ = ["AuthzOptions", "Options", "build_snapshot", "service_clusters", "translate"]
+
+
+def service_clusters(
+    s: Service,
+) -> tuple[list[tuple[str, Message]], list[tuple[str, Message]]]:
+    """A service's clusters and endpoints (its own, then one per tenant upstream), each as
+    (name, message). They depend on the service alone."""
+    clusters: list[tuple[str, Message]] = []
+    endpoints: list[tuple[str, Message]] = []
+    for name, ups in [(s.service_name, s.upstreams)] + [
+        (tenant_cluster_name(s.service_name, t), s.tenant_upstreams_of(t))
+        for t in sorted(s.tenant_upstreams)
+    ]:
+        clusters.append((name, cluster(s, ups, name)))
+        if not uses_dns(ups):
+            endpoints.append((name, load_assignment(name, ups)))
+    return clusters, endpoints
 
 
 def translate(catalog: Catalog, options: Options) -> dict[str, list[tuple[str, Message]]]:
     """Catalog → resources by type URL, each as (name, message)."""
-    services = sorted(catalog.services, key=lambda s: s.service_name)
     clusters: list[tuple[str, Message]] = []
     endpoints: list[tuple[str, Message]] = []
-    for s in services:
-        for name, ups in [(s.service_name, s.upstreams)] + [
-            (tenant_cluster_name(s.service_name, t), s.tenant_upstreams_of(t))
-            for t in sorted(s.tenant_upstreams)
-        ]:
-            clusters.append((name, cluster(s, ups, name)))
-            if not uses_dns(ups):
-                endpoints.append((name, load_assignment(name, ups)))
+    for s in sorted(catalog.services, key=lambda s: s.service_name):
+        more_clusters, more_endpoints = service_clusters(s)
+        clusters += more_clusters
+        endpoints += more_endpoints
     return {
         typeurls.CLUSTER: clusters,
         typeurls.ENDPOINT: endpoints,

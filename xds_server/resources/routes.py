@@ -114,6 +114,11 @@ def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cach
     )
 
 
+def routing_order(services: Sequence[Service]) -> list[Service]:
+    """The services in the order their routes are matched (the route configuration's)."""
+    return _sorted_for_routing(services)
+
+
 def _sorted_for_routing(services: Sequence[Service]) -> list[Service]:
     # Longest prefix first; the name breaks ties so the order never depends on file order.
     return sorted(services, key=lambda s: (-len(s.route_prefix), s.route_prefix, s.service_name))

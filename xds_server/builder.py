@@ -1,0 +1,134 @@
+"""Catalog file contents → a snapshot checked for consistency, rebuilding only what changed.
+
+`SnapshotBuilder` is the reloader's build step and `sidecar validate`'s. It remembers, by the
+content of each service's JSON (`catalog.service_key`), what the service became:
+- its validated model (`catalog.parse_catalog_cached`; the checks that span services, cheap,
+  run on every build);
+- its clusters and endpoints, packed, with their versions: they depend on the service alone;
+- its routes, serialized: they depend on the service, on the catalog's other top-level fields
+  (the roles the policy is compiled from) and on whether any service is cacheable (the cache
+  filter's per-route switch), so those are part of their key.
+The route configuration (one resource holding every route) is assembled from the routes'
+bytes into the skeleton the translator builds for a catalog without services; the listener is
+built again each time (one small message).
+
+A build from scratch and an incremental one give byte-identical resources and versions, both
+equal to `translate.build_snapshot` (a property test drives random edit sequences through all
+three). What the builder remembers is what the last successful build used, nothing more.
+
+A build allocates millions of short-lived, acyclic objects; the cyclic garbage collector would
+scan the growing heap again and again (measured with 10,000 services: a third of the time), so
+it is paused while a build runs.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from envoy.config.route.v3 import route_components_pb2
+
+from xds_server import typeurls
+from xds_server.catalog import (
+    Catalog,
+    CatalogError,
+    Problem,
+    ServiceCache,
+    decode_json,
+    parse_catalog_cached,
+    service_key,
+)
+from xds_server.resources.common import LISTENER_NAME, ROUTE_CONFIG_NAME, Options
+from xds_server.resources.listener import listener
+from xds_server.resources.routes import (
+    add_service_routes,
+    needs_cache_filter,
+    route_configuration,
+    routing_order,
+)
+from xds_server.snapshot import Resource, Snapshot
+from xds_server.translate import service_clusters
+
+
+@dataclass(frozen=True)
+class _Clusters:
+    clusters: tuple[Resource, ...]
+    endpoints: tuple[Resource, ...]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class SnapshotBuilder:
+    """Follows `reload.Build`: (file contents, source name) → (snapshot, services); raises
+    CatalogError. Calls must not overlap."""
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+        self._services: ServiceCache = {}
+        self._clusters: dict[bytes, _Clusters] = {}
+        self._routes: dict[tuple[bytes, bytes, bool], bytes] = {}
+
+    def __call__(self, raw: bytes, source: str) -> tuple[Snapshot, int]:
+        with _gc_paused():
+            data = decode_json(raw, source)
+            catalog, keys = parse_catalog_cached(data, source, self._services)
+            assert isinstance(data, dict)  # parse_catalog_cached raised otherwise
+            # Everything but the services: what routes depend on besides their service.
+            rest = service_key({k: v for k, v in data.items() if k != "services"})
+            snapshot = self._build(catalog, keys, rest)
+        problems = snapshot.consistent()
+        if problems:
+            raise CatalogError([Problem("", p) for p in problems], source)
+        return snapshot, len(catalog.services)
+
+    def _build(self, catalog: Catalog, keys: list[bytes], rest: bytes) -> Snapshot:
+        key_of = {id(svc): key for svc, key in zip(catalog.services, keys, strict=True)}
+        clusters: dict[bytes, _Clusters] = {}
+        for svc in catalog.services:
+            key = key_of[id(svc)]
+            made = self._clusters.get(key)
+            if made is None:
+                cs, es = service_clusters(svc)
+                made = _Clusters(
+                    tuple(Resource.of(n, m) for n, m in cs),
+                    tuple(Resource.of(n, m) for n, m in es),
+                )
+            clusters[key] = made
+        self._clusters = clusters
+
+        with_cache = needs_cache_filter(catalog)
+        routes: dict[tuple[bytes, bytes, bool], bytes] = {}
+        chunks = []
+        for svc in routing_order(catalog.services):
+            route_key = (key_of[id(svc)], rest, with_cache)
+            chunk = self._routes.get(route_key)
+            if chunk is None:
+                host = route_components_pb2.VirtualHost()
+                add_service_routes(host.routes, catalog, svc, with_cache=with_cache)
+                chunk = host.SerializeToString(deterministic=True)
+            routes[route_key] = chunk
+            chunks.append(chunk)
+        self._routes = routes
+        config = route_configuration(catalog.model_copy(update={"services": []}))
+        # Serialized repeated fields concatenate: merging the routes' bytes appends them.
+        config.virtual_hosts[0].MergeFromString(b"".join(chunks))
+
+        return Snapshot.of(
+            {
+                typeurls.CLUSTER: [r for c in clusters.values() for r in c.clusters],
+                typeurls.ENDPOINT: [r for c in clusters.values() for r in c.endpoints],
+                typeurls.LISTENER: [Resource.of(LISTENER_NAME, listener(catalog, self._options))],
+                typeurls.ROUTE: [Resource.of(ROUTE_CONFIG_NAME, config)],
+            }
+        )
