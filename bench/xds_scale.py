@@ -52,13 +52,14 @@ from xds_server.translate import Options
 PROTOCOLS = ("sotw", "delta")
 
 
-def make_catalog(n: int, upstream_port: int = 8080) -> dict[str, Any]:
-    """`n` services with the fields a real catalog uses; no active health checks (20,000
-    health-checked hosts that do not exist would measure Envoy's connect attempts)."""
+def make_catalog(n: int, upstream_port: int = 8080, health_checks: bool = False) -> dict[str, Any]:
+    """`n` services with the fields a real catalog uses; active health checks only if asked
+    (20,000 health-checked hosts that do not exist would measure Envoy's connect attempts)."""
     services = []
     for i in range(n):
         services.append(
             {
+                **({"healthcheck_endpoint": "/healthz"} if health_checks else {}),
                 "service_name": f"svc-{i:05d}",
                 "base_path": f"/svc/{i:05d}",
                 "internal_url": [
@@ -150,6 +151,20 @@ def workdir() -> Iterator[Path]:
         yield Path(d)
 
 
+@contextmanager
+def serving(data: dict[str, Any]) -> Iterator[tuple[stack.XdsServer, Path]]:
+    """An xDS server on `data` (loaded), and its working directory."""
+    with workdir() as d:
+        catalog = d / "catalog" / "service_catalog.json"
+        catalog.write_text(json.dumps(data))
+        xds = stack.start_xds(catalog, d)
+        try:
+            wait.wait_until(xds.version, timeout=120, what="the catalog loaded")
+            yield xds, d
+        finally:
+            xds.proc.stop()
+
+
 # 1. build ---------------------------------------------------------------------------------
 
 
@@ -186,17 +201,13 @@ def build_row(n: int, edits: int) -> BuildRow:
         assert code == 0, "sidecar validate failed"
         render_s, render_mib, code = run_cli("render", str(catalog))
         assert code == 0, "sidecar render failed"
-        xds = stack.start_xds(catalog, d)
-        try:
-            wait.wait_until(xds.version, timeout=120, what="the catalog loaded")
-            loaded, _ = rss_mib(xds.proc.popen.pid)
-            for k in range(edits):
-                before = xds.version()
-                save(catalog, edited(data, 11 * k + 3))
-                new_version(xds, before)
-            after, peak = rss_mib(xds.proc.popen.pid)
-        finally:
-            xds.proc.stop()
+    with serving(data) as (xds, _):
+        loaded, _ = rss_mib(xds.proc.popen.pid)
+        for k in range(edits):
+            before = xds.version()
+            save(xds.catalog, edited(data, 11 * k + 3))
+            new_version(xds, before)
+        after, peak = rss_mib(xds.proc.popen.pid)
     return BuildRow(
         n,
         validate_s,
@@ -283,15 +294,8 @@ def fleet_table(size: int, clients: int, edits: int) -> None:
     for protocol in PROTOCOLS:
         baseline = None
         for count in (1, clients):
-            with workdir() as d:
-                catalog = d / "catalog" / "service_catalog.json"
-                catalog.write_text(json.dumps(data))
-                xds = stack.start_xds(catalog, d)
-                try:
-                    wait.wait_until(xds.version, timeout=120, what="the catalog loaded")
-                    lat, first = asyncio.run(fleet_latencies(xds, data, protocol, count, edits))
-                finally:
-                    xds.proc.stop()
+            with serving(data) as (xds, _):
+                lat, first = asyncio.run(fleet_latencies(xds, data, protocol, count, edits))
             baseline = baseline or median(lat)
             target = "≤ 1000" if count == clients else ""
             print(
@@ -315,20 +319,13 @@ def envoy_run(
     protocol: str, data: dict[str, Any], envoys: int, edits: int
 ) -> tuple[float, dict[str, list[float]], str]:
     """First full push (s); per edited field, ms to every Envoy SYNCED; Envoy's RDS time."""
-    with workdir() as d:
-        catalog = d / "catalog" / "service_catalog.json"
-        catalog.write_text(json.dumps(data))
-        xds = stack.start_xds(catalog, d)
-        fleet: list[stack.Envoy] = []
+    with serving(data) as (xds, d):
+        started = time.monotonic()
+        fleet = [
+            stack.start_envoy(xds, d, node_id=f"edge-{i}", delta=protocol == "delta", wait=False)
+            for i in range(envoys)
+        ]
         try:
-            wait.wait_until(xds.version, timeout=120, what="the catalog loaded")
-            started = time.monotonic()
-            fleet = [
-                stack.start_envoy(
-                    xds, d, node_id=f"edge-{i}", delta=protocol == "delta", wait=False
-                )
-                for i in range(envoys)
-            ]
 
             def all_synced() -> bool:
                 return all(xds.synced(e.node_id) for e in fleet)
@@ -341,7 +338,7 @@ def envoy_run(
                 for k in range(edits):
                     before = xds.version()
                     saved = time.monotonic()
-                    save(catalog, edited(data, 17 * k + 1, field))
+                    save(xds.catalog, edited(data, 17 * k + 1, field))
                     new_version(xds, before)
                     wait.wait_until(all_synced, timeout=60, interval=0.005, what="SYNCED")
                     times.append((time.monotonic() - saved) * 1000)
@@ -349,7 +346,6 @@ def envoy_run(
         finally:
             for e in fleet:
                 e.proc.stop()
-            xds.proc.stop()
 
 
 def envoy_table(size: int, envoys: int, edits: int) -> None:
@@ -370,21 +366,14 @@ def envoy_table(size: int, envoys: int, edits: int) -> None:
 
 def new_route_run(protocol: str, size: int, port: int, edits: int) -> list[float]:
     data = make_catalog(size, upstream_port=port)
-    with workdir() as d:
-        catalog = d / "catalog" / "service_catalog.json"
-        catalog.write_text(json.dumps(data))
-        xds = stack.start_xds(catalog, d)
-        envoy = None
+    with serving(data) as (xds, d):
+        envoy = stack.start_envoy(xds, d, delta=protocol == "delta", wait=False)
         try:
-            wait.wait_until(xds.version, timeout=120, what="the catalog loaded")
-            envoy = stack.start_envoy(xds, d, delta=protocol == "delta", wait=False)
             node = envoy.node_id
             wait.wait_until(lambda: xds.synced(node), timeout=300, interval=0.1)
-            return [first_200(envoy, catalog, data, port, k) for k in range(edits)]
+            return [first_200(envoy, xds.catalog, data, port, k) for k in range(edits)]
         finally:
-            if envoy is not None:
-                envoy.proc.stop()
-            xds.proc.stop()
+            envoy.proc.stop()
 
 
 def new_route_table(size: int, edits: int) -> None:

@@ -10,7 +10,6 @@ import sys
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -78,15 +77,26 @@ def cmd_render(args: argparse.Namespace) -> int:
     if built is None:
         return 1
     snapshot, _ = built
-    out: dict[str, Any] = {"version": snapshot.version, "versions": {}, "resources": {}}
-    for type_url in typeurls.PUSH_ORDER:
-        short = typeurls.SHORT_NAMES[type_url]
-        out["versions"][short] = snapshot.versions[type_url]
-        out["resources"][short] = [
-            json_format.MessageToDict(r.message, preserving_proto_field_name=True)
+    # One resource per line: easy to grep and diff, and the json module's C encoder (an
+    # indented document takes its pure-Python one, seconds for 10,000 services).
+    versions = {typeurls.SHORT_NAMES[t]: v for t, v in snapshot.versions.items()}
+    lines = [
+        "{",
+        f'"version": {json.dumps(snapshot.version)},',
+        f'"versions": {json.dumps(versions)},',
+        '"resources": {',
+    ]
+    for i, type_url in enumerate(typeurls.PUSH_ORDER):
+        rendered = [
+            json.dumps(json_format.MessageToDict(r.message, preserving_proto_field_name=True))
             for r in snapshot.resources[type_url].values()
         ]
-    print(json.dumps(out, indent=2))
+        last = i == len(typeurls.PUSH_ORDER) - 1
+        lines.append(f'"{typeurls.SHORT_NAMES[type_url]}": [')
+        lines.append(",\n".join(rendered))
+        lines.append("]" + ("" if last else ","))
+    lines.append("}}")
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 

@@ -8,7 +8,6 @@ import logging
 import time
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
@@ -68,8 +67,8 @@ async def run(
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AdsService(cache, proxies, metrics, log, fleet.on_nack), server
+    server.add_generic_rpc_handlers(
+        (AdsService(cache, proxies, metrics, log, fleet.on_nack).handler(),)
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.host}:{settings.port}"

@@ -48,7 +48,7 @@ from xds_server.resources.routes import (
     route_configuration,
     routing_order,
 )
-from xds_server.snapshot import Resource, Snapshot
+from xds_server.snapshot import Refs, Resource, Snapshot, references, route_references
 from xds_server.translate import service_clusters
 
 
@@ -56,6 +56,12 @@ from xds_server.translate import service_clusters
 class _Clusters:
     clusters: tuple[Resource, ...]
     endpoints: tuple[Resource, ...]
+
+
+@dataclass(frozen=True)
+class _Routes:
+    serialized: bytes  # as the routes field of a virtual host
+    refs: Refs  # the clusters they name
 
 
 @contextmanager
@@ -77,20 +83,26 @@ class SnapshotBuilder:
         self._options = options
         self._services: ServiceCache = {}
         self._clusters: dict[bytes, _Clusters] = {}
-        self._routes: dict[tuple[bytes, bytes, bool], bytes] = {}
+        self._routes: dict[tuple[bytes, bytes, bool], _Routes] = {}
+        # the last route configuration, with what it was assembled from
+        self._config: tuple[bytes, list[_Routes], Resource] | None = None
 
     def __call__(self, raw: bytes, source: str) -> tuple[Snapshot, int]:
         with _gc_paused():
-            data = decode_json(raw, source)
-            catalog, keys = parse_catalog_cached(data, source, self._services)
-            assert isinstance(data, dict)  # parse_catalog_cached raised otherwise
-            # Everything but the services: what routes depend on besides their service.
-            rest = service_key({k: v for k, v in data.items() if k != "services"})
-            snapshot = self._build(catalog, keys, rest)
+            snapshot, services = self._decode_and_build(raw, source)
         problems = snapshot.consistent()
         if problems:
             raise CatalogError([Problem("", p) for p in problems], source)
-        return snapshot, len(catalog.services)
+        return snapshot, services
+
+    def _decode_and_build(self, raw: bytes, source: str) -> tuple[Snapshot, int]:
+        """(The decoded JSON is let go before the collector resumes: it would scan it.)"""
+        data = decode_json(raw, source)
+        catalog, keys = parse_catalog_cached(data, source, self._services)
+        assert isinstance(data, dict)  # parse_catalog_cached raised otherwise
+        # Everything but the services: what routes depend on besides their service.
+        rest = service_key({k: v for k, v in data.items() if k != "services"})
+        return self._build(catalog, keys, rest), len(catalog.services)
 
     def _build(self, catalog: Catalog, keys: list[bytes], rest: bytes) -> Snapshot:
         key_of = {id(svc): key for svc, key in zip(catalog.services, keys, strict=True)}
@@ -108,7 +120,7 @@ class SnapshotBuilder:
         self._clusters = clusters
 
         with_cache = needs_cache_filter(catalog)
-        routes: dict[tuple[bytes, bytes, bool], bytes] = {}
+        routes: dict[tuple[bytes, bytes, bool], _Routes] = {}
         chunks = []
         for svc in routing_order(catalog.services):
             route_key = (key_of[id(svc)], rest, with_cache)
@@ -116,19 +128,36 @@ class SnapshotBuilder:
             if chunk is None:
                 host = route_components_pb2.VirtualHost()
                 add_service_routes(host.routes, catalog, svc, with_cache=with_cache)
-                chunk = host.SerializeToString(deterministic=True)
+                chunk = _Routes(
+                    host.SerializeToString(deterministic=True), route_references(host.routes)
+                )
             routes[route_key] = chunk
             chunks.append(chunk)
         self._routes = routes
-        config = route_configuration(catalog.model_copy(update={"services": []}))
-        # Serialized repeated fields concatenate: merging the routes' bytes appends them.
-        config.virtual_hosts[0].MergeFromString(b"".join(chunks))
-
         return Snapshot.of(
             {
                 typeurls.CLUSTER: [r for c in clusters.values() for r in c.clusters],
                 typeurls.ENDPOINT: [r for c in clusters.values() for r in c.endpoints],
                 typeurls.LISTENER: [Resource.of(LISTENER_NAME, listener(catalog, self._options))],
-                typeurls.ROUTE: [Resource.of(ROUTE_CONFIG_NAME, config)],
+                typeurls.ROUTE: [self._route_config(catalog, rest, chunks)],
             }
         )
+
+    def _route_config(self, catalog: Catalog, rest: bytes, chunks: list[_Routes]) -> Resource:
+        """The route configuration: the last one when neither the catalog's other fields nor
+        any route changed (the same bytes in the same order)."""
+        last = self._config
+        if (
+            last is not None
+            and last[0] == rest
+            and len(last[1]) == len(chunks)
+            and all(a.serialized == b.serialized for a, b in zip(last[1], chunks, strict=True))
+        ):
+            return last[2]
+        config = route_configuration(catalog.model_copy(update={"services": []}))
+        refs = references(config) + tuple(r for c in chunks for r in c.refs)
+        # Serialized repeated fields concatenate: merging the routes' bytes appends them.
+        config.virtual_hosts[0].MergeFromString(b"".join(c.serialized for c in chunks))
+        made = Resource.of(ROUTE_CONFIG_NAME, config, refs)
+        self._config = (rest, chunks, made)
+        return made

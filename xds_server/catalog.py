@@ -415,16 +415,16 @@ def _semantic_problems(catalog: Catalog) -> list[Problem]:
             )
         else:
             names[svc.service_name] = i
-        if svc.route_prefix in prefixes:
+        prefix = svc.route_prefix
+        if prefix in prefixes:
             problems.append(
                 Problem(
                     f"{where}.base_path",
-                    f"base_path {svc.base_path!r} is already used by "
-                    f"services[{prefixes[svc.route_prefix]}]",
+                    f"base_path {svc.base_path!r} is already used by services[{prefixes[prefix]}]",
                 )
             )
         else:
-            prefixes[svc.route_prefix] = i
+            prefixes[prefix] = i
         rp = svc.retry_policy
         if (
             rp is not None

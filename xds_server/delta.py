@@ -1,6 +1,7 @@
 """Delta (incremental) ADS: the decisions of one stream, free of gRPC.
 
-`DeltaStream.on_request` and `on_snapshot` return the responses to send, in order. Besides the
+`DeltaStream.on_request` and `on_snapshot` return the responses to send, in order, serialized
+(`wire`). Besides the
 rules every stream keeps (`stream_state`: stale nonces, push order, listeners and routes held
 while clusters or endpoints are in flight or NACKed, endpoints owed after clusters), Delta's own,
 as Envoy and go-control-plane implement the xDS protocol:
@@ -41,6 +42,7 @@ from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Resource, Snapshot
 from xds_server.status import ProxyStatus
 from xds_server.stream_state import OnNack, StreamState, TypeState
+from xds_server.wire import Wire
 
 WILDCARD = "*"
 # A version no resource has: the client must be told (sent the resource, or its removal).
@@ -56,6 +58,9 @@ class Subscription:
     known: dict[str, str] = field(default_factory=dict)  # name → the version the client has
     changed: bool = False  # subscribed or unsubscribed since the last response
     last_sent: dict[str, str] = field(default_factory=dict)  # the last response's resources
+    # The snapshot `known` matches (for the names subscribed) since the last response; None
+    # when it may not (a NACK or a subscription changed it). The next diff starts from it.
+    base: Snapshot | None = None
 
     def subscribe(self, names: Iterable[str]) -> None:
         for name in names:
@@ -98,6 +103,22 @@ class Subscription:
         removed = sorted(n for n in known if n not in resources)
         return updates, removed
 
+    def diff_since(
+        self, base: Snapshot, snapshot: Snapshot, type_url: str, owed: set[str]
+    ) -> tuple[list[Resource], list[str]]:
+        """`diff`, when `known` is `base`'s: only what changed between the two is looked at."""
+        resources = snapshot.resources.get(type_url, {})
+        changed, gone = snapshot.changes_since(base, type_url)
+        known = self.known
+        wanted = [n for n in changed if self.wildcard or n in self.names]
+        wanted.extend(n for n in owed if n in resources and (self.wildcard or n in self.names))
+        updates = [
+            r
+            for name in sorted(set(wanted))
+            if known.get(name) != (r := resources[name]).version or name in owed
+        ]
+        return updates, [n for n in gone if n in known]
+
 
 class DeltaStream:
     def __init__(
@@ -107,18 +128,18 @@ class DeltaStream:
         metrics: XdsMetrics,
         log: logging.Logger,
         on_nack: OnNack | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self._source = source
         self._state = StreamState(status, metrics, log, on_nack)
+        self._wire = wire or Wire()
         self._subs: dict[str, Subscription] = {}
 
     @property
     def status(self) -> ProxyStatus:
         return self._state.status
 
-    def on_request(
-        self, req: discovery_pb2.DeltaDiscoveryRequest
-    ) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[bytes]:
         if not self._state.admit(req):
             return []
         type_url = req.type_url
@@ -140,14 +161,16 @@ class DeltaStream:
                 for name, version in sub.last_sent.items():
                     if sub.known.get(name) == version:
                         sub.known[name] = UNKNOWN
+                sub.base = None
         sub.subscribe(req.resource_names_subscribe)
         sub.unsubscribe(req.resource_names_unsubscribe)
         return self._sendable()
 
-    def on_snapshot(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def on_snapshot(self) -> list[bytes]:
         return self._sendable()
 
-    def _sendable(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def _sendable(self) -> list[bytes]:
+        """Serialized DeltaDiscoveryResponses."""
         snapshot = self._source.current()
         if snapshot is None:
             return []
@@ -160,11 +183,17 @@ class DeltaStream:
 
     def _response(
         self, snapshot: Snapshot, type_url: str, state: TypeState, sub: Subscription
-    ) -> discovery_pb2.DeltaDiscoveryResponse | None:
+    ) -> bytes | None:
         version = snapshot.versions[type_url]
-        if state.nacked and state.sent_version == version and not sub.changed:
-            return None  # what Envoy rejected stays unsent until something changes
-        updates, removed = sub.diff(snapshot.resources.get(type_url, {}), state.owed)
+        if state.sent_version == version and not sub.changed and (state.nacked or not state.owed):
+            # Nothing moved for this client (an ACK, another type's change); and what Envoy
+            # rejected stays unsent until something changes.
+            return None
+        if sub.base is not None and not sub.changed:
+            updates, removed = sub.diff_since(sub.base, snapshot, type_url, state.owed)
+        else:
+            updates, removed = sub.diff(snapshot.resources.get(type_url, {}), state.owed)
+        sub.base = snapshot
         if not updates and not removed and state.sent_version == version:
             state.owed.clear()
             sub.changed = False
@@ -176,10 +205,4 @@ class DeltaStream:
         sub.last_sent = {r.name: r.version for r in updates}
         sub.changed = False
         nonce = self._state.sent(type_url, version, snapshot.version, sub.last_sent)
-        return discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=version,
-            type_url=type_url,
-            nonce=nonce,
-            resources=[r.delta() for r in updates],
-            removed_resources=removed,
-        )
+        return self._wire.delta(version, type_url, nonce, updates, removed)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol, TypeVar, cast
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import SnapshotSource
 from xds_server.delta import DeltaStream
@@ -25,6 +25,9 @@ from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
 from xds_server.status import ProxyRegistry, ProxyStatus
 from xds_server.stream_state import OnNack
+from xds_server.wire import Wire
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 Q = TypeVar("Q")  # a request of the stream's protocol
 R = TypeVar("R")  # a response
@@ -55,7 +58,7 @@ _SNAPSHOT_CHANGED = object()
 _CLOSED = object()
 
 
-class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+class AdsService:
     def __init__(
         self,
         source: SnapshotSource,
@@ -69,14 +72,34 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         self._metrics = metrics
         self._log = log
         self._on_nack = on_nack
+        self._wire = Wire()  # responses serialized once, shared by the streams
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service for a gRPC server. Streams answer with serialized responses (`wire`),
+        so responses are sent as they are; requests are parsed as usual."""
+        return grpc.method_handlers_generic_handler(
+            ADS_SERVICE,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self.StreamAggregatedResources,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self.DeltaAggregatedResources,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                ),
+            },
+        )
 
     async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    ) -> AsyncIterator[bytes]:
         def make(status: ProxyStatus) -> SotwStream:
-            return SotwStream(self._source, status, self._metrics, self._log, self._on_nack)
+            return SotwStream(
+                self._source, status, self._metrics, self._log, self._on_nack, self._wire
+            )
 
         async for resp in self.serve(request_iterator, make, context, "sotw"):
             yield resp
@@ -85,9 +108,11 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         self,
         request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+    ) -> AsyncIterator[bytes]:
         def make(status: ProxyStatus) -> DeltaStream:
-            return DeltaStream(self._source, status, self._metrics, self._log, self._on_nack)
+            return DeltaStream(
+                self._source, status, self._metrics, self._log, self._on_nack, self._wire
+            )
 
         async for resp in self.serve(request_iterator, make, context, "delta"):
             yield resp

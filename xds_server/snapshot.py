@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 from types import MappingProxyType
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -40,13 +40,15 @@ def references(message: Message) -> Refs:
     if isinstance(message, listener_pb2.Listener):
         return tuple((message.name, name) for name in _route_config_names(message))
     if isinstance(message, route_pb2.RouteConfiguration):
-        return tuple(
-            (r.name, r.route.cluster)
-            for vh in message.virtual_hosts
-            for r in vh.routes
-            if r.HasField("route") and r.route.cluster
-        )
+        return tuple(ref for vh in message.virtual_hosts for ref in route_references(vh.routes))
     return ()
+
+
+def route_references(routes: Iterable[route_components_pb2.Route]) -> Refs:
+    """The clusters `routes` name, by route."""
+    return tuple(
+        (r.name, r.route.cluster) for r in routes if r.HasField("route") and r.route.cluster
+    )
 
 
 @dataclass(frozen=True)
@@ -57,19 +59,20 @@ class Resource:
     refs: Refs
 
     @classmethod
-    def of(cls, name: str, message: Message) -> Resource:
+    def of(cls, name: str, message: Message, refs: Refs | None = None) -> Resource:
+        """`refs`: what the message names, when the caller already knows it."""
         packed = any_pb2.Any()
         packed.Pack(message, deterministic=True)
-        return cls(name, packed, _digest([packed.value]), references(message))
+        refs = references(message) if refs is None else refs
+        return cls(name, packed, _digest([packed.value]), refs)
 
     @property
     def message(self) -> Message:
         """The resource, parsed from its bytes (a new message at each call)."""
         return typeurls.MESSAGES[self.packed.type_url].FromString(self.packed.value)
 
-    def delta(self) -> discovery_pb2.Resource:
-        """The resource as a Delta response carries it."""
-        return discovery_pb2.Resource(name=self.name, version=self.version, resource=self.packed)
+
+_name = attrgetter("name")
 
 
 def _digest(chunks: Iterable[bytes]) -> str:
@@ -87,6 +90,10 @@ class Snapshot:
     version: str
     resources: Mapping[str, Mapping[str, Resource]]
     versions: Mapping[str, str]
+    # (an earlier snapshot's version, type) → `changes_since` it, computed once for every stream
+    _changes: dict[tuple[str, str], tuple[list[str], list[str]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(cls, by_type: Mapping[str, Sequence[tuple[str, Message]]]) -> Snapshot:
@@ -102,14 +109,17 @@ class Snapshot:
         resources: dict[str, Mapping[str, Resource]] = {}
         versions: dict[str, str] = {}
         for type_url in typeurls.PUSH_ORDER:
-            named: dict[str, Resource] = {}
-            for res in sorted(by_type.get(type_url, ()), key=lambda r: r.name):
-                if res.name in named:
-                    raise ValueError(f"two {typeurls.SHORT_NAMES[type_url]} named {res.name!r}")
-                named[res.name] = res
+            ordered = sorted(by_type.get(type_url, ()), key=_name)
+            named = {r.name: r for r in ordered}
+            if len(named) != len(ordered):
+                twice = sorted(
+                    {r.name for r in ordered if sum(o.name == r.name for o in ordered) > 1}
+                )
+                raise ValueError(f"two {typeurls.SHORT_NAMES[type_url]} named {twice[0]!r}")
             resources[type_url] = MappingProxyType(named)
+            # Names are catalog names and versions hex: "\0" and "\n" cannot occur in them.
             versions[type_url] = _digest(
-                r.name.encode() + b"\0" + r.version.encode() for r in named.values()
+                ["\n".join(f"{r.name}\0{r.version}" for r in ordered).encode()]
             )
         version = _digest(versions[t].encode() for t in typeurls.PUSH_ORDER)
         return cls(version, MappingProxyType(resources), MappingProxyType(versions))
@@ -122,7 +132,28 @@ class Snapshot:
         of_type = self.resources.get(type_url, {})
         if names is None:
             return list(of_type.values())
-        return [of_type[n] for n in sorted(names) if n in of_type]
+        if len(names) < len(of_type) // 8:
+            return [of_type[n] for n in sorted(names) if n in of_type]
+        return [r for n, r in of_type.items() if n in names]  # the mapping is sorted by name
+
+    def changes_since(self, earlier: Snapshot, type_url: str) -> tuple[list[str], list[str]]:
+        """The names of `type_url` added or changed since `earlier`, and those removed, each by
+        name. Computed once per pair: every Delta stream that had `earlier` asks."""
+        key = (earlier.version, type_url)
+        found = self._changes.get(key)
+        if found is None:
+            new = self.resources.get(type_url, {})
+            old = earlier.resources.get(type_url, {})
+            changed = [
+                n
+                for n, r in new.items()
+                if (o := old.get(n)) is None or (o is not r and o.version != r.version)
+            ]
+            found = (changed, [n for n in old if n not in new])
+            if len(self._changes) >= 64:
+                self._changes.clear()
+            self._changes[key] = found
+        return found
 
     def consistent(self) -> list[str]:
         """Problems that would leave Envoy warming or answering 503; empty when servable."""

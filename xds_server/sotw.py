@@ -1,6 +1,7 @@
 """State-of-the-World ADS: the decisions of one stream, free of gRPC.
 
-`SotwStream.on_request` and `on_snapshot` return the responses to send, in order. Besides the
+`SotwStream.on_request` and `on_snapshot` return the responses to send, in order, serialized
+(`wire`). Besides the
 rules every stream keeps (`stream_state`), SotW's own:
 - a type is sent only when the snapshot's version for it, or the names subscribed, differ from
   what was last sent (or endpoints are owed after a cluster update), so an ACK or a NACK never
@@ -24,6 +25,7 @@ from xds_server.cache import SnapshotSource
 from xds_server.metrics import XdsMetrics
 from xds_server.status import ProxyStatus
 from xds_server.stream_state import OnNack, StreamState
+from xds_server.wire import Wire
 
 
 def subscribed_names(type_url: str, names: list[str]) -> frozenset[str] | None:
@@ -40,17 +42,17 @@ class SotwStream:
         metrics: XdsMetrics,
         log: logging.Logger,
         on_nack: OnNack | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self._source = source
         self._state = StreamState(status, metrics, log, on_nack)
+        self._wire = wire or Wire()
 
     @property
     def status(self) -> ProxyStatus:
         return self._state.status
 
-    def on_request(
-        self, req: discovery_pb2.DiscoveryRequest
-    ) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_request(self, req: discovery_pb2.DiscoveryRequest) -> list[bytes]:
         if not self._state.admit(req):
             return []
         type_url = req.type_url
@@ -61,31 +63,25 @@ class SotwStream:
                 error = None  # accepted; the error was about a response it replaced
             if not self._state.answer(type_url, req.response_nonce, req.version_info, error):
                 return []  # stale: answers a response that a newer one replaced
-        state.names = subscribed_names(type_url, list(req.resource_names))
+        names = subscribed_names(type_url, list(req.resource_names))
+        if names != state.names:
+            state.names = names  # a new object only when different: compared by identity below
         return self._sendable()
 
-    def on_snapshot(self) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_snapshot(self) -> list[bytes]:
         return self._sendable()
 
-    def _sendable(self) -> list[discovery_pb2.DiscoveryResponse]:
+    def _sendable(self) -> list[bytes]:
+        """Serialized DiscoveryResponses."""
         snapshot = self._source.current()
         if snapshot is None:
             return []
         out = []
         for type_url, state in self._state.pushable():
             version = snapshot.versions[type_url]
-            if state.sent_version == version and state.sent_names == state.names and not state.owed:
+            if state.sent_version == version and state.sent_names is state.names and not state.owed:
                 continue
-            resources = snapshot.pick(type_url, state.names)
-            nonce = self._state.sent(
-                type_url, version, snapshot.version, (r.name for r in resources)
-            )
-            out.append(
-                discovery_pb2.DiscoveryResponse(
-                    version_info=version,
-                    type_url=type_url,
-                    nonce=nonce,
-                    resources=[r.packed for r in resources],
-                )
-            )
+            body, names = self._wire.sotw_body(snapshot, type_url, state.names)
+            nonce = self._state.sent(type_url, version, snapshot.version, names)
+            out.append(self._wire.sotw(body, nonce))
         return out

@@ -93,7 +93,6 @@ class AdsClient:
         self._rds_wanted: set[str] = set()
         self._asked: set[str] = set()  # types whose first request went out
         self._nonces: dict[str, str] = {}  # SotW: the last nonce per type
-        self._names: dict[bytes, str] = {}  # SotW: a resource's bytes → its name
 
     async def run(self) -> None:
         """Stream until cancelled; raises `grpc.aio.AioRpcError` when the server ends it."""
@@ -194,9 +193,7 @@ class AdsClient:
         resources: dict[str, bytes] = {}
         for any_ in resp.resources:
             raw: bytes = any_.value
-            name = self._names.get(raw)
-            if name is None:
-                name = self._names[raw] = _name_of(resp.type_url, raw)
+            name = _name_of(resp.type_url, raw)
             old = seen.resources.get(name)
             resources[name] = old if old is not None and old == raw else raw
         self._follow(resp.type_url, resources)
@@ -241,7 +238,17 @@ class AdsClient:
 
 
 def _name_of(type_url: str, raw: bytes) -> str:
-    """A SotW resource's name (Delta responses carry it beside the resource)."""
+    """A SotW resource's name (Delta responses carry it beside the resource). It is field 1
+    of every type we serve, serialized first: read it without parsing the rest (a route
+    configuration can be megabytes)."""
+    if raw[:1] == b"\x0a":
+        size, at = 0, 1
+        for shift in range(0, 35, 7):
+            byte = raw[at]
+            at += 1
+            size |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return raw[at : at + size].decode()
     message = typeurls.MESSAGES[type_url].FromString(raw)
     name: str = message.cluster_name if type_url == EDS else message.name
     return name

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any
 
+import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from tests.support.snapshots import FakeSource, snap
 from xds_server import typeurls
-from xds_server.delta import DeltaStream
+from xds_server.delta import DeltaStream, Subscription
 from xds_server.metrics import XdsMetrics
-from xds_server.snapshot import Snapshot
+from xds_server.snapshot import Resource, Snapshot
 from xds_server.status import ProxyRegistry, ProxyStatus, state_of
 from xds_server.stream_state import Nack
 
@@ -46,6 +50,11 @@ def req(
     return out
 
 
+def parsed(sent: list[bytes]) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    """Responses as Envoy reads them (streams send them serialized)."""
+    return [discovery_pb2.DeltaDiscoveryResponse.FromString(b) for b in sent]
+
+
 class Harness:
     def __init__(self, snapshot: Snapshot | None) -> None:
         self.source = FakeSource(snapshot)
@@ -68,11 +77,15 @@ class Harness:
     def ask(
         self, r: discovery_pb2.DeltaDiscoveryRequest
     ) -> list[discovery_pb2.DeltaDiscoveryResponse]:
-        return self.stream.on_request(r)
+        return parsed(self.stream.on_request(r))
+
+    def changed(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        """What the stream sends after the snapshot changed."""
+        return parsed(self.stream.on_snapshot())
 
     def push(self, snapshot: Snapshot) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         self.source.snapshot = snapshot
-        return self.stream.on_snapshot()
+        return self.changed()
 
     def ack(
         self, resp: discovery_pb2.DeltaDiscoveryResponse
@@ -210,7 +223,7 @@ def test_an_ack_records_the_version_and_triggers_no_resend() -> None:
     (resp,) = h.ask(req(CDS))
     assert h.ack(resp) == []
     assert h.status.of(CDS).acked_version == h.snapshot.versions[CDS]
-    assert h.stream.on_snapshot() == []
+    assert h.changed() == []
 
 
 def test_a_nacked_resource_is_not_resent_until_the_type_changes_again() -> None:
@@ -226,7 +239,7 @@ def test_a_nacked_resource_is_not_resent_until_the_type_changes_again() -> None:
         h.snapshot.version,
         "edge-1",
     )
-    assert h.stream.on_snapshot() == []
+    assert h.changed() == []
     # The next change of clusters offers b again with it: Envoy's answer covers both.
     cds, _ = h.push(snap("a", "b", "c"))
     assert names(cds) == ["b", "c"]
@@ -287,7 +300,7 @@ def test_routes_wait_while_clusters_are_nacked() -> None:
     cds, eds = h.push(snap("a", "b"))
     h.ack(eds)
     assert h.ask(req(CDS, nonce=cds.nonce, error="bad cluster")) == []
-    assert h.stream.on_snapshot() == []
+    assert h.changed() == []
     cds, eds = h.push(snap("a", "c"))
     assert (names(cds), list(cds.removed_resources)) == (["c"], ["b"])
     assert h.ack(cds) == []
@@ -297,3 +310,68 @@ def test_routes_wait_while_clusters_are_nacked() -> None:
 def test_an_unknown_type_is_ignored() -> None:
     h = Harness(snap("a"))
     assert h.ask(req("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret")) == []
+
+
+def full_diff_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(
+        self: Subscription, base: Snapshot, snapshot: Snapshot, type_url: str, owed: set[str]
+    ) -> tuple[list[Resource], list[str]]:
+        return self.diff(snapshot.resources.get(type_url, {}), owed)
+
+    monkeypatch.setattr(Subscription, "diff_since", full)
+
+
+def summary(resps: list[discovery_pb2.DeltaDiscoveryResponse]) -> list[tuple[object, ...]]:
+    return [
+        (
+            r.type_url,
+            r.system_version_info,
+            [(x.name, x.version) for x in r.resources],
+            list(r.removed_resources),
+        )
+        for r in resps
+    ]
+
+
+SERVICES = ["a", "b", "c", "d"]
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> Snapshot:
+    names = draw(st.lists(st.sampled_from(SERVICES), unique=True, max_size=4))
+    edits = {n: {"connect_timeout_ms": draw(st.integers(1, 3))} for n in names}
+    return snap(*names, timeout_ms=draw(st.integers(1, 2)), edits=edits)
+
+
+steps = st.one_of(
+    st.tuples(st.just("snapshot"), snapshots()),
+    st.tuples(st.sampled_from(["ack", "nack"]), st.sampled_from([CDS, EDS])),
+    st.tuples(st.sampled_from(["subscribe", "unsubscribe"]), st.sampled_from(SERVICES)),
+)
+
+
+def replay(first: Snapshot, script: list[tuple[str, Any]]) -> list[tuple[object, ...]]:
+    h = Harness(first)
+    out = summary(h.ask(req(CDS, node="n")) + h.ask(req(EDS, ["a", "b"])))
+    for step, arg in script:
+        if step == "snapshot":
+            out += summary(h.push(arg))
+        elif step in ("ack", "nack"):
+            nonce = h.stream._state.of(arg).nonce
+            out += summary(h.ask(req(arg, nonce=nonce, error="bad" if step == "nack" else None)))
+        elif step == "subscribe":
+            out += summary(h.ask(req(EDS, [arg])))
+        else:
+            out += summary(h.ask(req(EDS, unsubscribe=[arg])))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(snapshots(), st.lists(steps, max_size=12))
+def test_diffs_from_the_last_snapshot_equal_full_diffs(
+    first: Snapshot, script: list[tuple[str, Any]]
+) -> None:
+    incremental = replay(first, script)
+    with pytest.MonkeyPatch.context() as patch:
+        full_diff_only(patch)
+        assert replay(first, script) == incremental

@@ -121,7 +121,12 @@ def routing_order(services: Sequence[Service]) -> list[Service]:
 
 def _sorted_for_routing(services: Sequence[Service]) -> list[Service]:
     # Longest prefix first; the name breaks ties so the order never depends on file order.
-    return sorted(services, key=lambda s: (-len(s.route_prefix), s.route_prefix, s.service_name))
+    return sorted(services, key=_routing_key)
+
+
+def _routing_key(s: Service) -> tuple[int, str, str]:
+    prefix = s.route_prefix
+    return (-len(prefix), prefix, s.service_name)
 
 
 def route_configuration(catalog: Catalog) -> route_pb2.RouteConfiguration:
