@@ -102,17 +102,26 @@ def rss_mib(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+# Runs a command and prints its peak memory: a small parent, since a child forked from this
+# process would count this process's memory as its own until it execs.
+_PEAK = (
+    "import os, subprocess, sys, time\n"
+    "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "print(usage.ru_maxrss, os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def run_cli(*args: str) -> tuple[float, float, int]:
     """A `sidecar` command: (seconds, peak MiB, exit status)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - started, usage.ru_maxrss / 1024, proc.returncode
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return time.perf_counter() - started, int(out[0]) / 1024, int(out[1])
 
 
 def timed(fn: Callable[[], object], runs: int) -> float:

@@ -27,7 +27,7 @@ class SnapshotSource(Protocol):
 
 
 class SnapshotCache:
-    def __init__(self, history: int = 16) -> None:
+    def __init__(self, history: int = 8) -> None:
         self._snapshot: Snapshot | None = None
         self._history: OrderedDict[str, Snapshot] = OrderedDict()
         self._history_size = history

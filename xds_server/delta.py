@@ -1,10 +1,9 @@
 """Delta (incremental) ADS: the decisions of one stream, free of gRPC.
 
 `DeltaStream.on_request` and `on_snapshot` return the responses to send, in order, serialized
-(`wire`). Besides the
-rules every stream keeps (`stream_state`: stale nonces, push order, listeners and routes held
-while clusters or endpoints are in flight or NACKed, endpoints owed after clusters), Delta's own,
-as Envoy and go-control-plane implement the xDS protocol:
+(`wire`). Besides the rules every stream keeps (`stream_state`: stale nonces, push order,
+listeners and routes held while clusters or endpoints are in flight or NACKed, endpoints owed
+after clusters), Delta's own, as Envoy and go-control-plane implement the xDS protocol:
 
 - Subscriptions, per type. The first request of a type that subscribes to no name is a
   wildcard subscription ("legacy wildcard"), and so is a subscription to `*`; wildcard lasts

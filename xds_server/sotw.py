@@ -1,8 +1,7 @@
 """State-of-the-World ADS: the decisions of one stream, free of gRPC.
 
 `SotwStream.on_request` and `on_snapshot` return the responses to send, in order, serialized
-(`wire`). Besides the
-rules every stream keeps (`stream_state`), SotW's own:
+(`wire`). Besides the rules every stream keeps (`stream_state`), SotW's own:
 - a type is sent only when the snapshot's version for it, or the names subscribed, differ from
   what was last sent (or endpoints are owed after a cluster update), so an ACK or a NACK never
   triggers a resend: a NACKed version is not sent again; the next different one is;

@@ -18,7 +18,7 @@ State = Literal["SYNCED", "STALE", "NACKED"]
 
 
 # ACKed versions remembered per proxy and type (as many as the cache keeps snapshots).
-ACKED_KEPT = 16
+ACKED_KEPT = 8
 
 
 @dataclass
