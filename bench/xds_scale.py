@@ -319,9 +319,8 @@ def fleet_table(size: int, clients: int, edits: int) -> None:
 def envoy_rds_ms(envoy: stack.Envoy) -> str:
     stats = envoy.admin("/stats?filter=rds.ingress_routes.update_duration").body.decode()
     _, _, values = stats.partition(": ")
-    if "P50(" not in values:
-        return "n/a"
-    return values.split("P50(", 1)[1].split(",", 1)[0]
+    p50 = values.split("P50(", 1)[1].split(",", 1)[0] if "P50(" in values else "nan"
+    return "n/a" if p50 == "nan" else p50
 
 
 def envoy_run(

@@ -26,6 +26,8 @@ after clusters), Delta's own, as Envoy and go-control-plane implement the xDS pr
 - After a NACK, what Envoy rejected is not sent again until the type changes or the
   subscription does (no loop); then it is offered again with the change, so that the status
   shows a config that Envoy still rejects instead of claiming SYNCED.
+- A stream that subscribes to more names of a type than twice its resources plus
+  `SPARE_NAMES` is refused (`Refused`): the names it subscribes to are kept, existing or not.
 """
 
 from __future__ import annotations
@@ -40,10 +42,14 @@ from xds_server.cache import SnapshotSource
 from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Resource, Snapshot
 from xds_server.status import ProxyStatus
-from xds_server.stream_state import OnNack, StreamState, TypeState
+from xds_server.stream_state import OnNack, Refused, StreamState, TypeState
 from xds_server.wire import Wire
 
 WILDCARD = "*"
+# A stream may subscribe to at most this many names of a type beyond twice the resources the
+# type has: names that do not exist are remembered (Envoy asks for endpoints before they
+# exist), so without a bound a client could grow the server's memory without end.
+SPARE_NAMES = 1000
 # A version no resource has: the client must be told (sent the resource, or its removal).
 UNKNOWN = ""
 
@@ -163,6 +169,13 @@ class DeltaStream:
                 sub.base = None
         sub.subscribe(req.resource_names_subscribe)
         sub.unsubscribe(req.resource_names_unsubscribe)
+        snapshot = self._source.current()
+        limit = 2 * len(snapshot.resources.get(type_url, {}) if snapshot else {}) + SPARE_NAMES
+        if len(sub.names) > limit:
+            raise Refused(
+                "too_many_names",
+                f"subscribed to {len(sub.names)} names of {type_url}; at most {limit} are served",
+            )
         return self._sendable()
 
     def on_snapshot(self) -> list[bytes]:

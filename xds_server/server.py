@@ -4,7 +4,8 @@ the stream's responses back to Envoy. It depends on the cache's `SnapshotSource`
 are the two stream kinds, served at once on the same port.
 
 A stream whose first request does not say which node it comes from (`node.id`) is refused:
-the operator could not tell which proxy it is, and nothing it ACKs could be shown.
+the operator could not tell which proxy it is, and nothing it ACKs could be shown. So is one
+whose stream object refuses it (`stream_state.Refused`: a client past a limit).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
 from xds_server.status import ProxyRegistry, ProxyStatus
-from xds_server.stream_state import OnNack
+from xds_server.stream_state import OnNack, Refused
 from xds_server.wire import Wire
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -36,7 +37,8 @@ R_co = TypeVar("R_co", covariant=True)
 
 
 class Stream(Protocol[Q_contra, R_co]):
-    """The decisions of one ADS stream: what to send after each request or snapshot change."""
+    """The decisions of one ADS stream: what to send after each request or snapshot change.
+    `on_request` raises `stream_state.Refused` to end the stream."""
 
     @property
     def status(self) -> ProxyStatus: ...
@@ -152,7 +154,17 @@ class AdsService:
                     responses = stream.on_snapshot()
                 else:
                     first = not status.node_id
-                    responses = stream.on_request(cast(Q, event))
+                    try:
+                        responses = stream.on_request(cast(Q, event))
+                    except Refused as refused:
+                        await self._refuse(
+                            context,
+                            status.node_id,
+                            refused.reason,
+                            str(refused),
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        )
+                        return
                     if first and not status.node_id:
                         await self._refuse(
                             context,

@@ -63,6 +63,15 @@ class Nack:
 OnNack = Callable[[Nack], None]
 
 
+class Refused(Exception):
+    """The stream must end: the client went past a limit that protects the server. `reason`
+    labels the refusal (metric, status); the message tells the client."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class StreamState:
     def __init__(
         self,

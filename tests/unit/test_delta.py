@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from tests.support.snapshots import FakeSource, snap
 from xds_server import typeurls
-from xds_server.delta import DeltaStream, Subscription
+from xds_server.delta import SPARE_NAMES, DeltaStream, Subscription
 from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Resource, Snapshot
 from xds_server.status import ProxyRegistry, ProxyStatus, state_of
-from xds_server.stream_state import Nack
+from xds_server.stream_state import Nack, Refused
 
 CDS, EDS, LDS, RDS = typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE
 
@@ -305,6 +305,16 @@ def test_routes_wait_while_clusters_are_nacked() -> None:
     assert (names(cds), list(cds.removed_resources)) == (["c"], ["b"])
     assert h.ack(cds) == []
     assert [r.type_url for r in h.ack(eds)] == [RDS]
+
+
+def test_a_stream_that_subscribes_to_too_many_names_is_refused() -> None:
+    h = Harness(snap("a", "b"))
+    # Envoy's own subscriptions (every endpoint, some not there yet) stay well below the limit.
+    h.ask(req(EDS, ["a", "b", *(f"soon-{i}" for i in range(SPARE_NAMES))]))
+    with pytest.raises(Refused) as refused:
+        h.ask(req(EDS, ["x", "y", "one-too-many"]))
+    assert refused.value.reason == "too_many_names"
+    assert f"at most {2 * 2 + SPARE_NAMES}" in str(refused.value)
 
 
 def test_an_unknown_type_is_ignored() -> None:

@@ -18,6 +18,7 @@ from xds_server.metrics import XdsMetrics
 from xds_server.server import AdsService
 from xds_server.snapshot import Snapshot
 from xds_server.status import ProxyRegistry, ProxyStatus
+from xds_server.stream_state import Refused
 from xds_server.translate import Options, build_snapshot
 
 
@@ -157,3 +158,31 @@ def test_a_stream_whose_first_request_names_no_node_is_refused_and_listed() -> N
     assert (refused["node_id"], refused["reason"]) == ("", "no_node_id")
     assert registry.get_sample_value("xds_refused_streams_total", {"reason": "no_node_id"}) == 1
     assert len(proxies) == 0
+
+
+def test_a_stream_that_refuses_a_request_is_ended_counted_and_listed() -> None:
+    cache = SnapshotCache()
+    registry = CollectorRegistry()
+    proxies = ProxyRegistry()
+    service = AdsService(cache, proxies, XdsMetrics(registry), logging.getLogger("test"))
+    context = RefusingContext()
+
+    class Greedy(FakeStream):
+        def on_request(self, req: str) -> Sequence[str]:
+            if req == "subscribe a million":
+                raise Refused("too_many_names", "subscribed to 1000000 names")
+            return super().on_request(req)
+
+    async def requests() -> AsyncIterator[str]:
+        yield "cds"
+        yield "subscribe a million"
+
+    async def scenario() -> list[str]:
+        return [r async for r in service.serve(requests(), Greedy, context, "delta")]
+
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(scenario())
+    assert context.aborted == [(grpc.StatusCode.RESOURCE_EXHAUSTED, "subscribed to 1000000 names")]
+    (refused,) = proxies.refusals()
+    assert (refused["node_id"], refused["reason"]) == ("edge-1", "too_many_names")
+    assert registry.get_sample_value("xds_refused_streams_total", {"reason": "too_many_names"}) == 1
