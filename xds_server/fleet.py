@@ -1,9 +1,13 @@
 """What happens when Envoy rejects a config: the fleet never stays split.
 
 When a proxy NACKs a response:
-- the snapshot the response came from is marked rejected, and so is the snapshot served now if
-  it holds the same rejected content (a later edit that kept it); a rejected version is never
-  served again (the reloader refuses it, saying why), so the fleet does not churn on it;
+- if another proxy has ACKed that very content, the fault is the proxy's (its listener port is
+  taken, say), not the version's: the NACK shows on that proxy (status, log, metric) and the
+  fleet goes on;
+- otherwise the snapshot the response came from is marked rejected, and so is the snapshot
+  served now if it holds the same rejected content (a later edit that kept it); a rejected
+  version is never served again (the reloader refuses it, saying why), so the fleet does not
+  churn on it;
 - Envoy's message is logged by the stream, counted (`xds_nacks_total`), shown per proxy in
   the status, and here listed under the rejected versions, and the reload that produced the
   version served now is reported "rejected by Envoy";
@@ -88,6 +92,12 @@ class Fleet:
         self._rejections: OrderedDict[str, Rejection] = OrderedDict()
 
     def on_nack(self, nack: Nack) -> None:
+        if any(nack.version in acked.get(nack.type_url, ()) for acked in self._proxies.acked()):
+            self._log.warning(
+                "a proxy rejected what others accepted; the version stays",
+                extra={"fields": {"node_id": nack.node_id, "version": nack.snapshot_version}},
+            )
+            return
         current = self._cache.current()
         holding = [nack.snapshot_version]
         if (
