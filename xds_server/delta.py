@@ -217,4 +217,4 @@ class DeltaStream:
         sub.last_sent = {r.name: r.version for r in updates}
         sub.changed = False
         nonce = self._state.sent(type_url, version, snapshot.version, sub.last_sent)
-        return self._wire.delta(version, type_url, nonce, updates, removed)
+        return self._wire.delta(snapshot, type_url, nonce, updates, removed)

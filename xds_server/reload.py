@@ -1,9 +1,14 @@
 """Watch the catalog file → validate → build → check → swap.
 
 A catalog that fails any step leaves the served snapshot as it was; the problems are logged
-with their JSON paths and counted. Editors save in place, write a temp file and rename it, or
-delete and recreate: the whole directory is watched (not recursively), so each of these, and a
-Kubernetes ConfigMap's symlink swap, is seen. A change elsewhere in the directory re-reads
+with their JSON paths and counted. So does one that builds into a version Envoy rejected
+before (`SnapshotCache.rejection`, counted as `result="rejected"`); `rejected_by_envoy` reports
+that the version this reloader loaded was rejected after it was served (`fleet.Fleet`). Builds
+are incremental (`builder.SnapshotBuilder`).
+
+Editors save in place, write a temp file and rename it, or delete and recreate: the whole
+directory is watched (not recursively), so each of these, and a Kubernetes ConfigMap's symlink
+swap, is seen. A change elsewhere in the directory re-reads
 nothing unless the catalog's file (after symlinks) changed; content that did not change is not
 rebuilt.
 

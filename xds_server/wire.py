@@ -42,9 +42,18 @@ def field(number: int, payload: bytes) -> bytes:
 
 
 class Wire:
+    """What was serialized for the snapshot streams send now (streams send the current
+    snapshot only, so what another snapshot needed is let go)."""
+
     def __init__(self, kept: int = 32) -> None:
         self._kept = kept
+        self._snapshot = ""
         self._recent: OrderedDict[Hashable, tuple[bytes, list[str]]] = OrderedDict()
+
+    def _for(self, snapshot_version: str) -> None:
+        if snapshot_version != self._snapshot:
+            self._snapshot = snapshot_version
+            self._recent.clear()
 
     def _remember(self, key: Hashable, value: tuple[bytes, list[str]]) -> None:
         self._recent[key] = value
@@ -56,7 +65,8 @@ class Wire:
     ) -> tuple[bytes, list[str]]:
         """A SotW response without its nonce (`sotw`), for the names subscribed (None: all);
         and the names of the resources it holds."""
-        key = ("sotw", snapshot.version, type_url, names)
+        self._for(snapshot.version)
+        key = ("sotw", type_url, names)
         found = self._recent.get(key)
         if found is None:
             resources = snapshot.pick(type_url, names)
@@ -77,12 +87,15 @@ class Wire:
 
     def delta(
         self,
-        version: str,
+        snapshot: Snapshot,
         type_url: str,
         nonce: str,
         updates: Sequence[Resource],
         removed: Sequence[str],
     ) -> bytes:
+        """A Delta response of `type_url` from `snapshot`."""
+        self._for(snapshot.version)
+        version = snapshot.versions[type_url]
         rest = discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version,
             type_url=type_url,
@@ -95,7 +108,7 @@ class Wire:
         kept: bytes | None = r.__dict__.get("_delta_field")
         if kept is not None:
             return kept
-        key = ("delta", r.packed.type_url, r.name, r.version)
+        key = ("delta", r.packed.type_url, r.name)
         found = self._recent.get(key)
         if found is not None:
             self._recent.move_to_end(key)
