@@ -17,31 +17,13 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+from bench import xds_scale
 from xds_server.catalog import parse_catalog
 from xds_server.translate import Options, build_snapshot
 
 
 def make_catalog(n: int) -> dict[str, Any]:
-    services = []
-    for i in range(n):
-        services.append(
-            {
-                "service_name": f"svc-{i:05d}",
-                "base_path": f"/svc/{i:05d}",
-                "internal_url": [
-                    f"http://10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}:8080",
-                    f"http://10.{(i // 65536 + 100) % 256}.{i // 256 % 256}.{i % 256}:8080",
-                ],
-                "healthcheck_endpoint": "/healthz",
-                "timeout_ms": 3000,
-                "tenant_scope": "tenant" if i % 2 else "global",
-                "cacheable": i % 3 == 0,
-                "retry_policy": {"max_retries": 2, "retry_on": ["5xx", "reset"]},
-                "rbac_required": True,
-                "rate_limit": {"requests_per_minute": 600},
-            }
-        )
-    return {"services": services, "roles": {"admin": ["*"], "reader": ["*:read"]}}
+    return xds_scale.make_catalog(n, health_checks=True)
 
 
 def median_ms(fn: Callable[[], object], runs: int) -> float:

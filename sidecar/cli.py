@@ -26,9 +26,9 @@ from sidecar_shared import defaults, flags
 from sidecar_shared.flags import add_flag, add_switch
 from xds_server import settings as xds_settings
 from xds_server import typeurls
-from xds_server.catalog import Catalog, CatalogError, json_schema, load_catalog
-from xds_server.reload import build_checked
-from xds_server.translate import build_snapshot
+from xds_server.builder import SnapshotBuilder
+from xds_server.catalog import Catalog, CatalogError, Problem, json_schema, load_catalog
+from xds_server.snapshot import Snapshot
 
 
 def _report(path: Path, err: CatalogError) -> None:
@@ -50,34 +50,56 @@ def _catalog_path(args: argparse.Namespace) -> Path:
     return Path(args.path or args.catalog)
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    path = _catalog_path(args)
-    catalog = _load_or_report(path)
-    if catalog is None:
-        return 1
+def _build_or_report(path: Path, args: argparse.Namespace) -> tuple[Snapshot, int] | None:
+    """The snapshot the xDS server would serve for the catalog at `path` (the same build
+    step), or None after reporting every problem."""
     try:
-        snapshot = build_checked(catalog, str(path), xds_settings.from_args(args).translate)
+        raw = path.read_bytes()
+    except OSError as err:
+        _report(path, CatalogError([Problem("", f"cannot read the file: {err}")], str(path)))
+        return None
+    try:
+        return SnapshotBuilder(xds_settings.from_args(args).translate)(raw, str(path))
     except CatalogError as err:
         _report(path, err)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    path = _catalog_path(args)
+    built = _build_or_report(path, args)
+    if built is None:
         return 1
-    print(f"{path}: valid, {len(catalog.services)} service(s), version {snapshot.version}")
+    snapshot, services = built
+    print(f"{path}: valid, {services} service(s), version {snapshot.version}")
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    catalog = _load_or_report(_catalog_path(args))
-    if catalog is None:
+    built = _build_or_report(_catalog_path(args), args)
+    if built is None:
         return 1
-    snapshot = build_snapshot(catalog, xds_settings.from_args(args).translate)
-    out: dict[str, Any] = {"version": snapshot.version, "versions": {}, "resources": {}}
-    for type_url in typeurls.PUSH_ORDER:
-        short = typeurls.SHORT_NAMES[type_url]
-        out["versions"][short] = snapshot.versions[type_url]
-        out["resources"][short] = [
-            json_format.MessageToDict(r.message, preserving_proto_field_name=True)
+    snapshot, _ = built
+    # One resource per line: easy to grep and diff, and the json module's C encoder (an
+    # indented document takes its pure-Python one, seconds for 10,000 services).
+    versions = {typeurls.SHORT_NAMES[t]: v for t, v in snapshot.versions.items()}
+    lines = [
+        "{",
+        f'"version": {json.dumps(snapshot.version)},',
+        f'"versions": {json.dumps(versions)},',
+        '"resources": {',
+    ]
+    for i, type_url in enumerate(typeurls.PUSH_ORDER):
+        rendered = [
+            json.dumps(json_format.MessageToDict(r.message, preserving_proto_field_name=True))
             for r in snapshot.resources[type_url].values()
         ]
-    print(json.dumps(out, indent=2))
+        last = i == len(typeurls.PUSH_ORDER) - 1
+        lines.append(f'"{typeurls.SHORT_NAMES[type_url]}": [')
+        lines.append(",\n".join(rendered))
+        lines.append("]" + ("" if last else ","))
+    lines.append("}}")
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 
@@ -128,7 +150,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{len(proxies)} proxy(ies) connected")
     worst = "SYNCED"
     for proxy in proxies:
-        print(f"  {proxy['node_id']} ({proxy['node_cluster']})")
+        print(f"  {proxy['node_id']} ({proxy['node_cluster']}, {proxy.get('protocol', 'sotw')})")
         for short, t in proxy["types"].items():
             line = f"    {short:<10} {t['state']:<7} acked {t['acked_version']}"
             if t["state"] == "NACKED":
@@ -136,6 +158,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(line)
             if t["state"] != "SYNCED":
                 worst = t["state"]
+    for rejected in status.get("rejected", []):
+        back = rejected.get("rolled_back_to")
+        print(
+            f"  REJECTED version {rejected['version']} by {rejected['node_id']} "
+            f"({rejected['type']}): {rejected['error']}"
+            + (f"; every proxy rolled back to {back}" if back else "")
+        )
     for refused in status.get("refused", []):
         print(
             f"  REFUSED {refused['node_id'] or '(no node id)'} from {refused['peer']}: "
@@ -245,6 +274,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         authz_port=args.authz_port,
         authz_http_port=args.authz_http_port,
         node_id=args.node_id,
+        xds_protocol=args.xds_protocol,
         node_cluster=args.node_cluster,
         envoy_log_level=args.envoy_log_level,
         startup_timeout_s=args.startup_timeout,
@@ -301,6 +331,14 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         environ=environ,
     )
     add_flag(p, "node-id", default=defaults.NODE_ID, help="Envoy node id", environ=environ)
+    add_flag(
+        p,
+        "xds-protocol",
+        type=flags.one_of(*defaults.XDS_PROTOCOLS),
+        default=defaults.XDS_PROTOCOL,
+        help="what Envoy speaks to the xDS server: sotw (State of the World) or delta",
+        environ=environ,
+    )
     add_flag(
         p, "node-cluster", default=defaults.NODE_CLUSTER, help="Envoy node cluster", environ=environ
     )

@@ -39,6 +39,7 @@ class UpSettings:
     authz_http_port: int
     node_id: str
     node_cluster: str
+    xds_protocol: str  # sotw or delta
     envoy_log_level: str
     startup_timeout_s: float
     key_configured: bool  # a JWT secret, secret file or JWKS was given, or an issuer to discover
@@ -189,6 +190,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
                 BootstrapOptions(
                     node_id=conf.node_id,
                     node_cluster=conf.node_cluster,
+                    delta=conf.xds_protocol == "delta",
                     xds_port=conf.xds_port,
                     authz_port=conf.authz_port,
                     admin_port=conf.admin_port,

@@ -29,6 +29,11 @@ XDS_HTTP_PORT: Final = 18080
 RELOAD_DEBOUNCE_MS: Final = 20
 # The Envoys' region, then the failover order ("eu-west,eu-central"); empty: no preference.
 REGION: Final = ""
+ROLLBACK_ON_NACK: Final = True
+# What Envoy speaks to the xDS server (the bootstrap's ads_config.api_type); the server serves
+# both at once.
+XDS_PROTOCOLS: Final = ("sotw", "delta")
+XDS_PROTOCOL: Final = "sotw"
 
 # ext_authz, and how Envoy calls it
 AUTHZ_HOST: Final = "0.0.0.0"

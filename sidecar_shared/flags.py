@@ -34,6 +34,31 @@ def add_flag(
     parser.add_argument(f"--{flag}", type=type, default=default, help=f"{help} (env {name})")
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def boolean(text: str) -> bool:
+    """A flag's on/off value: true/false, yes/no, on/off or 1/0."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    """A flag's value that must be one of `choices`."""
+
+    def choice(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    choice.__name__ = "/".join(choices)
+    return choice
+
+
 def add_switch(
     parser: argparse.ArgumentParser,
     flag: str,
@@ -42,7 +67,7 @@ def add_switch(
     environ: Mapping[str, str] = os.environ,
 ) -> None:
     name = env_name(flag)
-    default = environ.get(name, "").lower() in ("1", "true", "yes", "on")
+    default = environ.get(name, "").lower() in _TRUE
     parser.add_argument(
         f"--{flag}", action="store_true", default=default, help=f"{help} (env {name}=1)"
     )

@@ -83,7 +83,16 @@ def authz(tmp_path: Path) -> Iterator[stack.Authz]:
 
 
 @pytest.fixture
-def envoy(xds: stack.XdsServer, authz: stack.Authz, tmp_path: Path) -> Iterator[stack.Envoy]:
-    proxy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
+def protocol() -> str:
+    """The xDS protocol the `envoy` fixture speaks; a test parametrizes it with
+    `stack.PROTOCOLS` to run with each."""
+    return "sotw"
+
+
+@pytest.fixture
+def envoy(
+    xds: stack.XdsServer, authz: stack.Authz, tmp_path: Path, protocol: str
+) -> Iterator[stack.Envoy]:
+    proxy = stack.start_envoy(xds, tmp_path, authz_port=authz.port, delta=protocol == "delta")
     yield proxy
     proxy.proc.stop()

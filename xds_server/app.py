@@ -8,7 +8,6 @@ import logging
 import time
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
@@ -16,6 +15,7 @@ from sidecar_shared import health as grpc_health
 from sidecar_shared import ops_http
 from sidecar_shared.contract import XDS_HEALTH_SERVICE
 from xds_server.cache import SnapshotCache
+from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import ProxyStates, XdsMetrics
 from xds_server.reload import Build, Reloader, decode_and_build
 from xds_server.server import AdsService
@@ -55,6 +55,11 @@ async def run(
         on_loaded,
     )
 
+    def on_rejected(rejection: Rejection) -> None:
+        reloader.rejected_by_envoy(rejection.describe())
+
+    fleet = Fleet(cache, proxies, metrics, log, settings.rollback_on_nack, on_rejected)
+
     server = grpc.aio.server(
         options=[
             ("grpc.keepalive_time_ms", 30_000),
@@ -63,8 +68,8 @@ async def run(
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AdsService(cache, proxies, metrics, log), server
+    server.add_generic_rpc_handlers(
+        (AdsService(cache, proxies, metrics, log, fleet.on_nack).handler(),)
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.host}:{settings.port}"
@@ -87,6 +92,8 @@ async def run(
             },
             "proxies": proxies.report(current),
             "refused": proxies.refusals(),
+            "rollback_on_nack": fleet.rollback,
+            "rejected": fleet.report(),
             "time": time.time(),
         }
         return 200, "application/json", json.dumps(body, indent=2).encode() + b"\n"

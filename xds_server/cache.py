@@ -3,13 +3,14 @@
 The server depends on `SnapshotSource` only. `SnapshotCache` is its implementation; it must be
 used from the event loop's thread. It keeps the last `history` snapshots served, newest last,
 so that the version every connected proxy has ACKed can be found again (`last_acked_by_all`),
-to roll a fleet back to it.
+to roll a fleet back to it, and it remembers which versions Envoy rejected (`reject`), so that
+they are not served again.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Protocol
 
 from xds_server.snapshot import Snapshot
@@ -26,12 +27,13 @@ class SnapshotSource(Protocol):
 
 
 class SnapshotCache:
-    def __init__(self, history: int = 16) -> None:
+    def __init__(self, history: int = 8) -> None:
         self._snapshot: Snapshot | None = None
         self._history: OrderedDict[str, Snapshot] = OrderedDict()
         self._history_size = history
         self._listeners: dict[int, Listener] = {}
         self._next_id = 0
+        self._rejected: OrderedDict[str, str] = OrderedDict()  # version → why
 
     def current(self) -> Snapshot | None:
         return self._snapshot
@@ -62,17 +64,37 @@ class SnapshotCache:
             listener(snapshot)
         return True
 
-    def last_acked_by_all(self, acked: Iterable[Mapping[str, str]]) -> Snapshot | None:
-        """The newest snapshot still kept whose version of every type each proxy has ACKed.
+    def reject(self, version: str, why: str) -> None:
+        """Envoy rejected `version`: remember it (the most recent `4 * history` are kept)."""
+        self._rejected.setdefault(version, why)
+        while len(self._rejected) > 4 * self._history_size:
+            self._rejected.popitem(last=False)
 
-        `acked` holds, per connected proxy, the version it ACKed of each type it subscribes to.
-        None when no kept snapshot fits them all (or nothing was served yet).
+    def rejection(self, version: str) -> str | None:
+        """Why Envoy rejected `version`, or None if it did not."""
+        return self._rejected.get(version)
+
+    def last_acked_by_all(
+        self,
+        acked: Iterable[Mapping[str, Collection[str]]],
+        where: Callable[[Snapshot], bool] = lambda _: True,
+    ) -> Snapshot | None:
+        """The newest snapshot still kept, not rejected and fitting `where`, whose version of
+        every type each proxy has ACKed.
+
+        `acked` holds, per connected proxy, the versions it ACKed recently of each type it has
+        ACKed (a type a proxy has not ACKed yet does not constrain it). None when no kept
+        snapshot fits them all (or nothing was served yet).
         """
         proxies = list(acked)
         for snapshot in reversed(self._history.values()):
-            if all(
-                all(snapshot.versions.get(t) == v for t, v in versions.items())
-                for versions in proxies
+            if (
+                snapshot.version not in self._rejected
+                and where(snapshot)
+                and all(
+                    all(snapshot.versions.get(t) in vs for t, vs in versions.items())
+                    for versions in proxies
+                )
             ):
                 return snapshot
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import marshal
 import re
 import socket
 from collections.abc import Iterable, Mapping
@@ -470,11 +471,20 @@ def json_path(loc: Iterable[int | str]) -> str:
 
 
 def _pydantic_problems(err: ValidationError) -> list[Problem]:
+    return _problems_of(err.errors(include_url=False))
+
+
+def _problems_of(errors: Iterable[Any], prefix: tuple[int | str, ...] = ()) -> list[Problem]:
+    """Problems from pydantic's errors, their locations under `prefix`."""
     by_path: dict[str, list[str]] = {}
-    for e in err.errors(include_url=False):
+    for e in errors:
         # A union adds each member's type to the location; drop it so the path stays the
         # user's JSON path, and merge the members' complaints into one message.
-        loc = [p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]
+        loc = [
+            p
+            for p in (*prefix, *e["loc"])
+            if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))
+        ]
         by_path.setdefault(json_path(loc), []).append(_message(e))
     # A union member that failed on the type alone (a string was wanted) says nothing when
     # another member got further into the value: keep the deeper complaint.
@@ -535,16 +545,16 @@ def _semantic_problems(catalog: Catalog) -> list[Problem]:
             )
         else:
             names[svc.service_name] = i
-        if svc.route_prefix in prefixes:
+        prefix = svc.route_prefix
+        if prefix in prefixes:
             problems.append(
                 Problem(
                     f"{where}.base_path",
-                    f"base_path {svc.base_path!r} is already used by "
-                    f"services[{prefixes[svc.route_prefix]}]",
+                    f"base_path {svc.base_path!r} is already used by services[{prefixes[prefix]}]",
                 )
             )
         else:
-            prefixes[svc.route_prefix] = i
+            prefixes[prefix] = i
         rp = svc.retry_policy
         if (
             rp is not None
@@ -656,10 +666,67 @@ def parse_catalog(data: object, source: str = "") -> Catalog:
     return catalog
 
 
-def decode_catalog(raw: bytes, source: str = "") -> Catalog:
-    """Decode and validate catalog file contents; raise CatalogError on any problem."""
+ServiceCache = dict[bytes, "Service | list[Any]"]
+"""A service's JSON content (`service_key`) → the service it validated into, or pydantic's
+errors for it."""
+
+
+def service_key(item: Any) -> bytes:
+    """What identifies a service's JSON: its content with every type and key order (marshal
+    tells `1` from `true` and `1.0`, unlike ==, and is several times cheaper than json.dumps)."""
+    return marshal.dumps(item, 2)
+
+
+# The order pydantic reports the catalog's own fields in (unknown fields come last).
+_FIELD_ORDER = {"$schema": 0, "services": 1, "roles": 2}
+
+
+def parse_catalog_cached(
+    data: object, source: str, cache: ServiceCache
+) -> tuple[Catalog, list[bytes]]:
+    """`parse_catalog`, validating again only the services whose JSON `cache` does not hold;
+    also returns each service's `service_key`. The same data gives the same catalog, or the
+    same problems, as `parse_catalog`; the checks that span services always run. On success
+    `cache` holds exactly this catalog's services."""
+    if not isinstance(data, dict) or not isinstance(data.get("services"), list):
+        return parse_catalog(data, source), []  # raises: the shape is wrong
+    items: list[Any] = data["services"]
+    keys = [service_key(item) for item in items]
+    used: ServiceCache = {}
+    services: list[Service] = []
+    problems: list[Problem] = []
+    for i, (item, key) in enumerate(zip(items, keys, strict=True)):
+        found = cache.get(key)
+        if found is None:
+            try:
+                found = Service.model_validate(item)
+            except ValidationError as err:
+                found = err.errors(include_url=False)
+        used[key] = found
+        if isinstance(found, Service):
+            services.append(found)
+        else:
+            problems.extend(_problems_of(found, ("services", i)))
     try:
-        data = json.loads(raw.decode("utf-8"))
+        top = Catalog.model_validate({**data, "services": []})
+    except ValidationError as err:
+        problems.extend(_pydantic_problems(err))
+    if problems:
+        problems.sort(key=lambda p: _FIELD_ORDER.get(re.split(r"[.\[]", p.path)[0], 3))
+        raise CatalogError(problems, source)
+    catalog = top.model_copy(update={"services": services})
+    semantic = _semantic_problems(catalog)
+    if semantic:
+        raise CatalogError(semantic, source)
+    cache.clear()
+    cache.update(used)
+    return catalog, keys
+
+
+def decode_json(raw: bytes, source: str = "") -> object:
+    """Catalog file contents → JSON data; raise CatalogError if they are not UTF-8 JSON."""
+    try:
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise CatalogError([Problem("", f"not UTF-8: {err}")], source) from None
     except json.JSONDecodeError as err:
@@ -667,7 +734,11 @@ def decode_catalog(raw: bytes, source: str = "") -> Catalog:
             [Problem("", f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}")],
             source,
         ) from None
-    return parse_catalog(data, source)
+
+
+def decode_catalog(raw: bytes, source: str = "") -> Catalog:
+    """Decode and validate catalog file contents; raise CatalogError on any problem."""
+    return parse_catalog(decode_json(raw, source), source)
 
 
 def load_catalog(path: str | Path) -> Catalog:

@@ -39,9 +39,14 @@ class XdsMetrics:
         self.snapshot = Info(
             "xds_snapshot", "The snapshot being served (content-hash version)", registry=registry
         )
+        self.rollbacks = Counter(
+            "xds_rollbacks_total",
+            "Times the fleet was moved back to the last version every proxy ACKed",
+            registry=registry,
+        )
         self.reloads = Counter(
             "xds_catalog_reloads_total",
-            "Catalog loads by result (ok, unchanged, invalid, error)",
+            "Catalog loads by result (ok, unchanged, invalid, error; rejected: by Envoy)",
             ["result"],
             registry=registry,
         )

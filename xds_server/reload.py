@@ -1,9 +1,14 @@
 """Watch the catalog file → validate → build → check → swap.
 
 A catalog that fails any step leaves the served snapshot as it was; the problems are logged
-with their JSON paths and counted. Editors save in place, write a temp file and rename it, or
-delete and recreate: the whole directory is watched (not recursively), so each of these, and a
-Kubernetes ConfigMap's symlink swap, is seen. A change elsewhere in the directory re-reads
+with their JSON paths and counted. So does one that builds into a version Envoy rejected
+before (`SnapshotCache.rejection`, counted as `result="rejected"`); `rejected_by_envoy` reports
+that the version this reloader loaded was rejected after it was served (`fleet.Fleet`). Builds
+are incremental (`builder.SnapshotBuilder`).
+
+Editors save in place, write a temp file and rename it, or delete and recreate: the whole
+directory is watched (not recursively), so each of these, and a Kubernetes ConfigMap's symlink
+swap, is seen. A change elsewhere in the directory re-reads
 nothing unless the catalog's file (after symlinks) changed; content that did not change is not
 rebuilt.
 
@@ -25,11 +30,12 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
+from xds_server.builder import SnapshotBuilder
 from xds_server.cache import SnapshotCache
-from xds_server.catalog import Catalog, CatalogError, Problem, decode_catalog
+from xds_server.catalog import CatalogError
 from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Snapshot
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Options
 
 
 @dataclass(frozen=True)
@@ -42,26 +48,13 @@ class ReloadState:
     at: float
 
 
-def build_checked(catalog: Catalog, source: str, options: Options) -> Snapshot:
-    """Translate a validated catalog into a snapshot that is safe to serve; raise CatalogError
-    if it is not consistent. The reloader and `sidecar validate` both go through here."""
-    snapshot = build_snapshot(catalog, options)
-    inconsistent = snapshot.consistent()
-    if inconsistent:
-        raise CatalogError([Problem("", p) for p in inconsistent], source)
-    return snapshot
-
-
 Build = Callable[[bytes, str], tuple[Snapshot, int]]
 """File contents and their source name → (snapshot, services); raises CatalogError."""
 
 
 def decode_and_build(options: Options) -> Build:
-    def build(raw: bytes, source: str) -> tuple[Snapshot, int]:
-        catalog = decode_catalog(raw, source)
-        return build_checked(catalog, source, options), len(catalog.services)
-
-    return build
+    """The build step: each call rebuilds only what changed since the last one."""
+    return SnapshotBuilder(options)
 
 
 def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -120,6 +113,9 @@ class Reloader:
         except CatalogError as err:
             return self._fail([str(p) for p in err.problems])
         self._metrics.snapshot_build_seconds.observe(time.perf_counter() - started)
+        rejected = self._cache.rejection(snapshot.version)
+        if rejected is not None:
+            return self._fail([rejected], result="rejected")
         self._last_digest = digest
         changed = self._cache.set(snapshot)
         self._metrics.reloads.labels("ok" if changed else "unchanged").inc()
@@ -141,6 +137,10 @@ class Reloader:
             )
             self._on_loaded(snapshot)
         return changed
+
+    def rejected_by_envoy(self, why: str) -> None:
+        """The version this reloader loaded was rejected by Envoy (`why`, Envoy's words)."""
+        self._fail([why], result="rejected")
 
     def _fail(self, problems: list[str], result: str = "invalid") -> bool:
         self._last_digest = None

@@ -1,26 +1,34 @@
 """The ADS gRPC service: moves Envoy's requests and snapshot changes into a stream object, and
 the stream's responses back to Envoy. It depends on the cache's `SnapshotSource` and on the
-`Stream` protocol only: State of the World (`sotw.SotwStream`) is one stream kind; Delta is the
-next, beside it.
+`Stream` protocol only: State of the World (`sotw.SotwStream`) and Delta (`delta.DeltaStream`)
+are the two stream kinds, served at once on the same port.
+
+A stream whose first request does not say which node it comes from (`node.id`) is refused:
+the operator could not tell which proxy it is, and nothing it ACKs could be shown. So is one
+whose stream object refuses it (`stream_state.Refused`: a client past a limit).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol, TypeVar, cast
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import SnapshotSource
+from xds_server.delta import DeltaStream
 from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
 from xds_server.status import ProxyRegistry, ProxyStatus
+from xds_server.stream_state import OnNack, Refused
+from xds_server.wire import Wire
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 Q = TypeVar("Q")  # a request of the stream's protocol
 R = TypeVar("R")  # a response
@@ -29,7 +37,8 @@ R_co = TypeVar("R_co", covariant=True)
 
 
 class Stream(Protocol[Q_contra, R_co]):
-    """The decisions of one ADS stream: what to send after each request or snapshot change."""
+    """The decisions of one ADS stream: what to send after each request or snapshot change.
+    `on_request` raises `stream_state.Refused` to end the stream."""
 
     @property
     def status(self) -> ProxyStatus: ...
@@ -51,28 +60,63 @@ _SNAPSHOT_CHANGED = object()
 _CLOSED = object()
 
 
-class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+class AdsService:
     def __init__(
         self,
         source: SnapshotSource,
         registry: ProxyRegistry,
         metrics: XdsMetrics,
         log: logging.Logger,
+        on_nack: OnNack | None = None,
     ) -> None:
         self._source = source
         self._registry = registry
         self._metrics = metrics
         self._log = log
+        self._on_nack = on_nack
+        self._wire = Wire()  # responses serialized once, shared by the streams
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service for a gRPC server. Streams answer with serialized responses (`wire`),
+        so responses are sent as they are; requests are parsed as usual."""
+        return grpc.method_handlers_generic_handler(
+            ADS_SERVICE,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self.StreamAggregatedResources,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self.DeltaAggregatedResources,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                ),
+            },
+        )
 
     async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    ) -> AsyncIterator[bytes]:
         def make(status: ProxyStatus) -> SotwStream:
-            return SotwStream(self._source, status, self._metrics, self._log)
+            return SotwStream(
+                self._source, status, self._metrics, self._log, self._on_nack, self._wire
+            )
 
-        async for resp in self.serve(request_iterator, make, context):
+        async for resp in self.serve(request_iterator, make, context, "sotw"):
+            yield resp
+
+    async def DeltaAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
+        def make(status: ProxyStatus) -> DeltaStream:
+            return DeltaStream(
+                self._source, status, self._metrics, self._log, self._on_nack, self._wire
+            )
+
+        async for resp in self.serve(request_iterator, make, context, "delta"):
             yield resp
 
     async def serve(
@@ -80,10 +124,11 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         requests: AsyncIterator[Q],
         make: Callable[[ProxyStatus], Stream[Q, R]],
         context: Context,
+        protocol: str = "sotw",
     ) -> AsyncIterator[R]:
         """Run one stream until Envoy closes it: each request and each new snapshot goes to the
         stream, in arrival order, and its responses to Envoy."""
-        status = self._registry.open()
+        status = self._registry.open(protocol)
         stream = make(status)
         events: asyncio.Queue[object] = asyncio.Queue()
 
@@ -109,12 +154,37 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                     responses = stream.on_snapshot()
                 else:
                     first = not status.node_id
-                    responses = stream.on_request(cast(Q, event))
-                    if first and status.node_id:
+                    try:
+                        responses = stream.on_request(cast(Q, event))
+                    except Refused as refused:
+                        await self._refuse(
+                            context,
+                            status.node_id,
+                            refused.reason,
+                            str(refused),
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        )
+                        return
+                    if first and not status.node_id:
+                        await self._refuse(
+                            context,
+                            "",
+                            "no_node_id",
+                            "the first request of a stream must name its node (node.id)",
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                        )
+                        return
+                    if first:
                         self._registry.accepted(status.node_id)
                         self._log.info(
                             "proxy connected",
-                            extra={"fields": {"node_id": status.node_id, "peer": context.peer()}},
+                            extra={
+                                "fields": {
+                                    "node_id": status.node_id,
+                                    "peer": context.peer(),
+                                    "protocol": protocol,
+                                }
+                            },
                         )
                 for resp in responses:
                     yield resp
@@ -123,26 +193,12 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             unsubscribe()
             self._registry.close(status)
             self._metrics.connected_proxies.dec()
-            self._log.info("proxy disconnected", extra={"fields": {"node_id": status.node_id}})
+            if status.node_id:
+                self._log.info("proxy disconnected", extra={"fields": {"node_id": status.node_id}})
 
-    async def DeltaAggregatedResources(
-        self,
-        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        node_id = ""
-        with contextlib.suppress(TimeoutError, StopAsyncIteration, grpc.RpcError):
-            first = await asyncio.wait_for(anext(aiter(request_iterator)), timeout=5)
-            node_id = first.node.id
-        await self._refuse(
-            context,
-            node_id,
-            "delta_unsupported",
-            "Delta xDS is not served; set ads_config.api_type to GRPC (State of the World)",
-        )
-        yield discovery_pb2.DeltaDiscoveryResponse()  # pragma: no cover (abort raises)
-
-    async def _refuse(self, context: Context, node_id: str, reason: str, message: str) -> None:
+    async def _refuse(
+        self, context: Context, node_id: str, reason: str, message: str, code: grpc.StatusCode
+    ) -> None:
         """Refuse a stream so that the operator sees it: listed in status, counted, and logged
         (the first time per node and reason, then once a minute)."""
         now = time.time()
@@ -162,4 +218,4 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                     }
                 },
             )
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+        await context.abort(code, message)

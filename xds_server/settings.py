@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar_shared import defaults, tracing
-from sidecar_shared.flags import add_flag
+from sidecar_shared.flags import add_flag, boolean
 from xds_server.resources.common import EdgeOptions, ObservabilityOptions, TracingOptions
 from xds_server.translate import AuthzOptions, Options
 
@@ -25,10 +26,11 @@ class XdsSettings:
     debounce_ms: int
     log_level: str
     translate: Options
+    rollback_on_nack: bool = defaults.ROLLBACK_ON_NACK
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    def flag(name: str, default: object, help: str, type: type = str) -> None:
+    def flag(name: str, default: object, help: str, type: Callable[[str], Any] = str) -> None:
         add_flag(parser, name, default=default, help=help, type=type, environ=environ)
 
     flag("catalog", defaults.CATALOG, "catalog file")
@@ -64,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         defaults.REGION,
         "the Envoys' region, then the failover order (eu-west,eu-central): endpoints there are "
         "preferred, in this order, over any other region's",
+    )
+    flag(
+        "rollback-on-nack",
+        defaults.ROLLBACK_ON_NACK,
+        "when Envoy rejects a version, move every proxy back to the last one all of them "
+        "accepted (true/false)",
+        boolean,
     )
     flag("log-level", "info", "log level")
 
@@ -149,6 +158,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         http_port=args.xds_http_port,
         debounce_ms=args.reload_debounce_ms,
         log_level=args.log_level,
+        rollback_on_nack=args.rollback_on_nack,
         translate=Options(
             listener_address=args.listener_address,
             listener_port=args.listener_port,

@@ -1,12 +1,16 @@
 """State-of-the-World ADS: the decisions of one stream, free of gRPC.
 
-`SotwStream.on_request` and `on_snapshot` return the responses to send, in order. Besides the
-rules every stream keeps (`stream_state`), SotW's own:
+`SotwStream.on_request` and `on_snapshot` return the responses to send, in order, serialized
+(`wire`). Besides the rules every stream keeps (`stream_state`), SotW's own:
 - a type is sent only when the snapshot's version for it, or the names subscribed, differ from
   what was last sent (or endpoints are owed after a cluster update), so an ACK or a NACK never
   triggers a resend: a NACKed version is not sent again; the next different one is;
 - every response holds all the resources of its type that are subscribed: endpoints and routes
-  by the names Envoy asks for; clusters and listeners are wildcard unless Envoy names them.
+  by the names Envoy asks for; clusters and listeners are wildcard unless Envoy names them;
+- an answer with an error whose `version_info` is the version of the response it names is an
+  ACK of that response: Envoy keeps an error until its next request goes out but moves the
+  nonce on, so when two responses arrive before it answers, the error of the first comes with
+  the nonce and accepted version of the second.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from xds_server import typeurls
 from xds_server.cache import SnapshotSource
 from xds_server.metrics import XdsMetrics
 from xds_server.status import ProxyStatus
-from xds_server.stream_state import WAITS_FOR, StreamState
+from xds_server.stream_state import OnNack, StreamState
+from xds_server.wire import Wire
 
 
 def subscribed_names(type_url: str, names: list[str]) -> frozenset[str] | None:
@@ -35,55 +40,47 @@ class SotwStream:
         status: ProxyStatus,
         metrics: XdsMetrics,
         log: logging.Logger,
+        on_nack: OnNack | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self._source = source
-        self._log = log
-        self._state = StreamState(status, metrics, log)
+        self._state = StreamState(status, metrics, log, on_nack)
+        self._wire = wire or Wire()
 
     @property
     def status(self) -> ProxyStatus:
         return self._state.status
 
-    def on_request(
-        self, req: discovery_pb2.DiscoveryRequest
-    ) -> list[discovery_pb2.DiscoveryResponse]:
-        type_url = req.type_url
-        if type_url not in WAITS_FOR:
-            self._log.warning(
-                "unsupported resource type requested",
-                extra={"fields": {"node_id": self.status.node_id, "type_url": type_url}},
-            )
+    def on_request(self, req: discovery_pb2.DiscoveryRequest) -> list[bytes]:
+        if not self._state.admit(req):
             return []
-        if req.HasField("node"):
-            self._state.note_node(req.node.id, req.node.cluster)
+        type_url = req.type_url
         state = self._state.of(type_url)
         if req.response_nonce:
-            error = req.error_detail.message if req.HasField("error_detail") else None
+            error = self._state.error_of(req)
+            if req.response_nonce == state.nonce and req.version_info == state.sent_version:
+                error = None  # accepted; the error was about a response it replaced
             if not self._state.answer(type_url, req.response_nonce, req.version_info, error):
                 return []  # stale: answers a response that a newer one replaced
-        state.names = subscribed_names(type_url, list(req.resource_names))
+        names = subscribed_names(type_url, list(req.resource_names))
+        if names != state.names:
+            state.names = names  # a new object only when different: compared by identity below
         return self._sendable()
 
-    def on_snapshot(self) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_snapshot(self) -> list[bytes]:
         return self._sendable()
 
-    def _sendable(self) -> list[discovery_pb2.DiscoveryResponse]:
+    def _sendable(self) -> list[bytes]:
+        """Serialized DiscoveryResponses."""
         snapshot = self._source.current()
         if snapshot is None:
             return []
         out = []
         for type_url, state in self._state.pushable():
             version = snapshot.versions[type_url]
-            if state.sent_version == version and state.sent_names == state.names and not state.owed:
+            if state.sent_version == version and state.sent_names is state.names and not state.owed:
                 continue
-            resources = snapshot.pick(type_url, state.names)
-            nonce = self._state.sent(type_url, version)
-            out.append(
-                discovery_pb2.DiscoveryResponse(
-                    version_info=version,
-                    type_url=type_url,
-                    nonce=nonce,
-                    resources=[r.packed for r in resources],
-                )
-            )
+            body, names = self._wire.sotw_body(snapshot, type_url, state.names)
+            nonce = self._state.sent(type_url, version, snapshot.version, names)
+            out.append(self._wire.sotw(body, nonce))
         return out

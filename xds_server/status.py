@@ -17,17 +17,31 @@ from xds_server.snapshot import Snapshot
 State = Literal["SYNCED", "STALE", "NACKED"]
 
 
+# ACKed versions remembered per proxy and type (as many as the cache keeps snapshots).
+ACKED_KEPT = 8
+
+
 @dataclass
 class TypeStatus:
     sent_version: str | None = None
     acked_version: str | None = None
     nacked_version: str | None = None
     error: str | None = None
+    # the versions ACKed recently, newest last (rollback targets are among them)
+    acked_recent: list[str] = field(default_factory=list)
+
+    def acked(self, version: str) -> None:
+        self.acked_version = version
+        if version in self.acked_recent:
+            self.acked_recent.remove(version)
+        self.acked_recent.append(version)
+        del self.acked_recent[:-ACKED_KEPT]
 
 
 @dataclass
 class ProxyStatus:
     stream_id: int
+    protocol: str = "sotw"  # or "delta"
     node_id: str = ""
     node_cluster: str = ""
     connected_at: float = field(default_factory=time.time)
@@ -102,9 +116,9 @@ class ProxyRegistry:
             for r in sorted(self._refusals.values(), key=lambda r: (r.node_id, r.reason))
         ]
 
-    def open(self) -> ProxyStatus:
+    def open(self, protocol: str = "sotw") -> ProxyStatus:
         self._next_id += 1
-        status = ProxyStatus(self._next_id)
+        status = ProxyStatus(self._next_id, protocol)
         self._proxies[status.stream_id] = status
         return status
 
@@ -129,11 +143,13 @@ class ProxyRegistry:
             counts[worst] += 1
         return counts
 
-    def acked(self) -> list[dict[str, str]]:
-        """Per connected proxy: the version it ACKed of each type it has ACKed."""
+    def acked(self) -> list[dict[str, frozenset[str]]]:
+        """Per connected proxy that told us its node: the versions it ACKed recently of each
+        type it has ACKed."""
         return [
-            {t: st.acked_version for t, st in p.types.items() if st.acked_version is not None}
+            {t: frozenset(st.acked_recent) for t, st in p.types.items() if st.acked_recent}
             for p in self
+            if p.node_id
         ]
 
     def report(self, snapshot: Snapshot | None) -> list[dict[str, Any]]:
@@ -155,6 +171,7 @@ class ProxyRegistry:
                 {
                     "node_id": proxy.node_id,
                     "node_cluster": proxy.node_cluster,
+                    "protocol": proxy.protocol,
                     "connected_at": proxy.connected_at,
                     "types": types,
                 }

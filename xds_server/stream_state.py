@@ -10,15 +10,19 @@ Rules kept here, for every protocol:
   routes wait while clusters or endpoints are in flight or NACKed, so a route never names a
   cluster Envoy is still warming or has rejected;
 - endpoints are owed again after every cluster response: Envoy warms an updated cluster until
-  it receives that cluster's endpoints, changed or not (go-control-plane #59, #526).
+  it receives that cluster's endpoints, changed or not (go-control-plane #59, #526). The names
+  of the clusters sent are owed (SotW sends every endpoint again; Delta those of the clusters);
+- a NACK is reported (`on_nack`) with the snapshot the rejected response came from, so the
+  fleet can be rolled back (`fleet.Fleet`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from xds_server import typeurls
 from xds_server.metrics import XdsMetrics
@@ -35,31 +39,77 @@ WAITS_FOR: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class TypeState:
-    names: frozenset[str] | None = None  # the subscription; None: wildcard
+    names: frozenset[str] | None = None  # the SotW subscription; None: wildcard
     sent_version: str | None = None
+    sent_snapshot: str | None = None  # the snapshot version the last response came from
     sent_names: frozenset[str] | None = None
     nonce: str = ""
     in_flight: bool = False
     nacked: bool = False  # the last response was rejected and nothing since was accepted
-    owed: bool = False  # send even if unchanged (endpoints after a cluster update)
+    # resources to send even if unchanged (endpoints of the clusters just sent)
+    owed: set[str] = field(default_factory=set)
     sent_at: float = 0.0  # monotonic time of the last response
 
 
+@dataclass(frozen=True)
+class Nack:
+    """Envoy rejected a response: what, from which snapshot, and Envoy's message."""
+
+    node_id: str
+    type_url: str
+    version: str  # the type's version that was rejected
+    snapshot_version: str
+    error: str
+
+
+OnNack = Callable[[Nack], None]
+
+
+class Refused(Exception):
+    """The stream must end: the client went past a limit that protects the server. `reason`
+    labels the refusal (metric, status); the message tells the client."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class StreamState:
-    def __init__(self, status: ProxyStatus, metrics: XdsMetrics, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        status: ProxyStatus,
+        metrics: XdsMetrics,
+        log: logging.Logger,
+        on_nack: OnNack | None = None,
+    ) -> None:
         self.status = status
         self._metrics = metrics
         self._log = log
+        self._on_nack = on_nack
         self.types: dict[str, TypeState] = {}
         self._nonce = 0
 
     def of(self, type_url: str) -> TypeState:
         return self.types.setdefault(type_url, TypeState())
 
-    def note_node(self, node_id: str, node_cluster: str) -> None:
-        if not self.status.node_id:
-            self.status.node_id = node_id
-            self.status.node_cluster = node_cluster
+    def admit(self, req: Any) -> bool:
+        """Note the node a request names (the first one that does); False (and logged) when
+        it asks for a type we do not serve. `req`: a SotW or Delta discovery request."""
+        if req.type_url not in WAITS_FOR:
+            self._log.warning(
+                "unsupported resource type requested",
+                extra={"fields": {"node_id": self.status.node_id, "type_url": req.type_url}},
+            )
+            return False
+        if req.HasField("node") and not self.status.node_id:
+            self.status.node_id = req.node.id
+            self.status.node_cluster = req.node.cluster
+        return True
+
+    @staticmethod
+    def error_of(req: Any) -> str | None:
+        """Envoy's message when a request NACKs, else None."""
+        return req.error_detail.message if req.HasField("error_detail") else None
 
     def answer(self, type_url: str, nonce: str, version: str, error: str | None) -> bool:
         """Envoy answered a response of `type_url`; False (and nothing recorded) when the
@@ -87,8 +137,18 @@ class StreamState:
                     }
                 },
             )
+            if self._on_nack is not None and state.sent_version and state.sent_snapshot:
+                self._on_nack(
+                    Nack(
+                        self.status.node_id,
+                        type_url,
+                        state.sent_version,
+                        state.sent_snapshot,
+                        error,
+                    )
+                )
         else:
-            st.acked_version = version
+            st.acked(version)
             if st.nacked_version is not None and st.nacked_version != version:
                 st.nacked_version = None
                 st.error = None
@@ -106,19 +166,20 @@ class StreamState:
         state = self.types.get(type_url)
         return state is not None and (state.in_flight or state.nacked)
 
-    def sent(self, type_url: str, version: str) -> str:
-        """Record a response of `type_url` at `version` for the current subscription; returns
-        its nonce."""
+    def sent(self, type_url: str, version: str, snapshot_version: str, names: Iterable[str]) -> str:
+        """Record a response of `type_url` at `version`, from the snapshot `snapshot_version`,
+        holding the resources `names`, for the current subscription; returns its nonce."""
         state = self.of(type_url)
         self._nonce += 1
         state.nonce = str(self._nonce)
         state.sent_version = version
+        state.sent_snapshot = snapshot_version
         state.sent_names = state.names
         state.in_flight = True
-        state.owed = False
+        state.owed.clear()
         state.sent_at = time.monotonic()
         self.status.of(type_url).sent_version = version
         self._metrics.responses.labels(typeurls.SHORT_NAMES[type_url]).inc()
         if type_url == typeurls.CLUSTER and typeurls.ENDPOINT in self.types:
-            self.types[typeurls.ENDPOINT].owed = True
+            self.types[typeurls.ENDPOINT].owed.update(names)
         return state.nonce

@@ -2,6 +2,12 @@
 
 from typing import Final
 
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from google.protobuf.message import Message
+
 CLUSTER: Final = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT: Final = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER: Final = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -19,4 +25,12 @@ SHORT_NAMES: Final = {
     ENDPOINT: "endpoints",
     LISTENER: "listeners",
     ROUTE: "routes",
+}
+
+# The message each type URL names.
+MESSAGES: Final[dict[str, type[Message]]] = {
+    CLUSTER: cluster_pb2.Cluster,
+    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    LISTENER: listener_pb2.Listener,
+    ROUTE: route_pb2.RouteConfiguration,
 }

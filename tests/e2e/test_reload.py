@@ -44,6 +44,7 @@ def save_by_delete_and_recreate(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
+@pytest.mark.parametrize("protocol", stack.PROTOCOLS)
 @pytest.mark.parametrize(
     "save", [save_in_place, save_by_rename, save_by_delete_and_recreate], ids=lambda f: f.__name__
 )
@@ -69,6 +70,7 @@ def test_a_new_service_is_reachable_without_a_restart(
     assert envoy.proc.alive() and xds.proc.alive()
 
 
+@pytest.mark.parametrize("protocol", stack.PROTOCOLS)
 def test_a_bad_edit_keeps_traffic_unchanged_and_is_reported(
     envoy: stack.Envoy, xds: stack.XdsServer, echo: Callable[[str], EchoServer]
 ) -> None:
@@ -95,6 +97,7 @@ def test_a_bad_edit_keeps_traffic_unchanged_and_is_reported(
     assert xds.status()["catalog"]["valid"] is True
 
 
+@pytest.mark.parametrize("protocol", stack.PROTOCOLS)
 def test_a_deleted_catalog_keeps_the_last_good_config(
     envoy: stack.Envoy, xds: stack.XdsServer
 ) -> None:
@@ -107,6 +110,7 @@ def test_a_deleted_catalog_keeps_the_last_good_config(
     wait.wait_until(lambda: xds.status()["catalog"]["valid"], what="the file back")
 
 
+@pytest.mark.parametrize("protocol", stack.PROTOCOLS)
 def test_a_timeout_edit_changes_only_the_routes_version(
     envoy: stack.Envoy, xds: stack.XdsServer
 ) -> None:

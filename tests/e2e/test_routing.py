@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support import http, stack, tokens, wait
 from tests.support.catalogs import sample_data
+from xds_server import typeurls
+
+CDS = typeurls.CLUSTER
 
 
 def served(envoy: stack.Envoy, path: str) -> http.Response:
@@ -14,6 +19,7 @@ def served(envoy: stack.Envoy, path: str) -> http.Response:
     return wait.wait_until(ok, what=f"200 on {path}")
 
 
+@pytest.mark.parametrize("protocol", stack.PROTOCOLS)
 def test_every_sample_service_answers_at_its_base_path(envoy: stack.Envoy) -> None:
     for svc in sample_data()["services"]:
         resp = served(envoy, svc["base_path"] + "/items/7")
@@ -22,12 +28,14 @@ def test_every_sample_service_answers_at_its_base_path(envoy: stack.Envoy) -> No
         assert seen["path"] == svc["base_path"] + "/items/7"
 
 
+@pytest.mark.parametrize("protocol", stack.PROTOCOLS)
 def test_the_longest_base_path_wins(envoy: stack.Envoy) -> None:
     assert served(envoy, "/orders/admin/x").json()["service"] == "admin"
     assert served(envoy, "/orders/administrator").json()["service"] == "orders"
     assert served(envoy, "/orders").json()["service"] == "orders"
 
 
+@pytest.mark.parametrize("protocol", stack.PROTOCOLS)
 def test_unknown_path_is_404(envoy: stack.Envoy) -> None:
     served(envoy, "/orders/1")
     assert http.get(envoy.url + "/nowhere", tokens.bearer()).status == 404
@@ -35,6 +43,7 @@ def test_unknown_path_is_404(envoy: stack.Envoy) -> None:
     assert http.get(envoy.url + "/nowhere").status == 404
 
 
+@pytest.mark.parametrize("protocol", stack.PROTOCOLS)
 def test_envoy_acks_the_content_hash_version(envoy: stack.Envoy, xds: stack.XdsServer) -> None:
     version = wait.wait_until(xds.version, what="a version")
     status = wait.wait_until(
@@ -47,22 +56,26 @@ def test_envoy_acks_the_content_hash_version(envoy: stack.Envoy, xds: stack.XdsS
     )
     assert status["proxies"][0]["node_id"] == envoy.node_id
     assert set(status["proxies"][0]["types"]) == {"clusters", "endpoints", "listeners", "routes"}
-    route_version = status["versions"][
-        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-    ]
-    assert envoy.route_version() == route_version
+    # The versions are content hashes: a build of the same catalog here gives them too.
+    expected = xds.snapshot()
+    assert status["versions"] == dict(expected.versions)
+    assert version == status["version"] == expected.version
+    assert envoy.clusters_version() == expected.versions[CDS]
+    assert envoy.route_version() == xds.route_version_for(envoy)
     dump = envoy.config_dump()
     cluster_versions = {
-        c["version_info"]
+        c["cluster"]["name"]: c["version_info"]
         for section in dump["configs"]
         for c in section.get("dynamic_active_clusters", [])
     }
+    # Under Delta each cluster carries its own version; under SotW, the type's.
     assert cluster_versions == {
-        status["versions"]["type.googleapis.com/envoy.config.cluster.v3.Cluster"]
+        name: r.version if envoy.delta else expected.versions[CDS]
+        for name, r in expected.resources[CDS].items()
     }
-    assert version == status["version"]
 
 
+@pytest.mark.parametrize("protocol", stack.PROTOCOLS)
 def test_route_timeout_and_retries_reach_the_upstream_as_envoy_headers(
     envoy: stack.Envoy,
 ) -> None:

@@ -80,10 +80,12 @@ class Up:
 
 
 @pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
+def up(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Up]:
+    """`sidecar up --demo`; parametrized with the xDS protocol Envoy speaks (sotw)."""
     port, xds_http_port = ports.free_port(), ports.free_port()
     log = tmp_path / "up.log"
     env = up_env(port, xds_http_port)
+    env["SIDECAR_XDS_PROTOCOL"] = getattr(request, "param", "sotw")
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "up", "--demo", "--catalog", str(SAMPLE)],
@@ -109,9 +111,12 @@ def up(tmp_path: Path) -> Iterator[Up]:
             proc.wait(timeout=20)
 
 
+@pytest.mark.parametrize("up", ["sotw", "delta"], indirect=True)
 def test_up_demo_serves_every_sample_service_and_prints_a_working_curl(
-    up: Up,
+    up: Up, request: pytest.FixtureRequest
 ) -> None:
+    (proxy,) = http.get(f"http://127.0.0.1:{up.xds_http_port}/status").json()["proxies"]
+    assert proxy["protocol"] == request.node.callspec.params["up"]
     port, lines = up.port, up.lines
     with_token, without = [line.strip() for line in lines if line.strip().startswith("curl")]
     url = re.search(r"http://\S+", with_token)
@@ -245,15 +250,27 @@ def test_up_fails_with_envoys_reason_when_the_listener_port_is_taken(tmp_path: P
     assert "curl" not in result.stdout
 
 
-def test_up_refuses_an_invalid_catalog_and_says_where(tmp_path: Path) -> None:
-    bad = tmp_path / "c.json"
-    bad.write_text('{"services": [{"service_name": "x", "base_path": "x", "internal_url": "h"}]}')
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "up", "--catalog", str(bad)],
+def run_up(catalog: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`sidecar up` expected to refuse to start."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "up", "--catalog", str(catalog)],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
+        env=env,
     )
+
+
+def test_up_refuses_an_invalid_catalog_and_says_where(tmp_path: Path) -> None:
+    bad = tmp_path / "c.json"
+    bad.write_text('{"services": [{"service_name": "x", "base_path": "x", "internal_url": "h"}]}')
+    result = run_up(bad)
     assert result.returncode == 1
     assert "services[0].base_path: must start with '/'" in result.stderr
+
+
+def test_up_refuses_an_unknown_xds_protocol_and_names_the_variable() -> None:
+    result = run_up(SAMPLE, {**os.environ, "SIDECAR_XDS_PROTOCOL": "grpc"})
+    assert result.returncode == 2
+    assert "SIDECAR_XDS_PROTOCOL='grpc': 'grpc' is not one of sotw, delta" in result.stderr

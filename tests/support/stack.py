@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,14 @@ from tests.support.http import Response, get, try_get
 from tests.support.ports import free_port
 from tests.support.tokens import TEST_SECRET
 from tests.support.wait import wait_until
+from xds_server import typeurls
+from xds_server.catalog import load_catalog
+from xds_server.resources.common import ROUTE_CONFIG_NAME
+from xds_server.snapshot import Snapshot
+from xds_server.translate import Options, build_snapshot
+
+# The xDS protocols an Envoy can speak: tests that exercise xDS run with each.
+PROTOCOLS = ("sotw", "delta")
 
 
 @dataclass
@@ -75,6 +84,37 @@ class XdsServer:
     def version(self) -> str | None:
         version: str | None = self.status()["version"]
         return version
+
+    def status_command(self) -> subprocess.CompletedProcess[str]:
+        """`sidecar status` against this server, as an operator runs it."""
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sidecar",
+                "status",
+                "--xds-http",
+                f"127.0.0.1:{self.http_port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    def snapshot(self, catalog: Path | None = None) -> Snapshot:
+        """The snapshot the catalog file (or `catalog`) becomes, built here: versions are
+        content hashes, so these are the versions the server serves for it."""
+        options = Options(listener_address="127.0.0.1", listener_port=self.listener_port)
+        return build_snapshot(load_catalog(catalog or self.catalog), options)
+
+    def route_version_for(self, envoy: Envoy, snapshot: Snapshot | None = None) -> str:
+        """What `envoy.route_version()` shows once it has the routes of `snapshot` (by default
+        the catalog file's)."""
+        snapshot = snapshot or self.snapshot()
+        if envoy.delta:
+            return snapshot.resources[typeurls.ROUTE][ROUTE_CONFIG_NAME].version
+        return snapshot.versions[typeurls.ROUTE]
 
     def synced(self, node_id: str) -> bool:
         """Whether `node_id` is connected and has ACKed the current version of every type."""
@@ -172,6 +212,7 @@ class Envoy:
     admin_port: int
     listener_port: int
     node_id: str
+    delta: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -185,9 +226,19 @@ class Envoy:
         return self.admin("/config_dump").json()
 
     def route_version(self) -> str | None:
+        """The version Envoy shows for its route configuration: the type's version under
+        SotW, the resource's own under Delta (`XdsServer.route_version_for` says which)."""
         for section in self.config_dump()["configs"]:
             for rc in section.get("dynamic_route_configs", []):
                 version: str = rc["version_info"]
+                return version
+        return None
+
+    def clusters_version(self) -> str | None:
+        """The clusters' version Envoy last accepted (the type's version, either protocol)."""
+        for section in self.config_dump()["configs"]:
+            if section["@type"].endswith("ClustersConfigDump"):
+                version: str | None = section.get("version_info")
                 return version
         return None
 
@@ -219,7 +270,7 @@ def start_envoy(
     )
     argv = commands.envoy(supervise.find_envoy(), bootstrap, "warning") + (args or [])
     proc = start(node_id, argv, workdir)
-    envoy = Envoy(proc, admin_port, xds.listener_port, node_id)
+    envoy = Envoy(proc, admin_port, xds.listener_port, node_id, delta)
     if not wait:
         return envoy
 

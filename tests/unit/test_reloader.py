@@ -163,13 +163,17 @@ def test_other_files_in_the_directory_are_not_read(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)  # well past the debounce: the audit lines were all seen
         assert rig.metric("xds_catalog_reloads_total", result="unchanged") == reads
-        # The catalog itself, same content: read (once, or twice when a busy machine splits
-        # the truncate and the write into two batches), found unchanged.
-        rig.write(1000)
+        # The catalog itself, same content: read (once, or twice when its change is also seen
+        # through a batch of the other file's changes), never rebuilt. Saved in one step: an
+        # in-place write can be read half-written.
+        tmp = tmp_path / "next.tmp"
+        tmp.write_text(rig.path.read_text())
+        os.replace(tmp, rig.path)
         await poll(
             lambda: rig.metric("xds_catalog_reloads_total", result="unchanged") > reads,
             "the catalog's own change",
         )
+        assert rig.builds == 1
         stop.set()
         await watcher
 
@@ -199,5 +203,45 @@ def test_a_configmap_symlink_swap_is_seen(tmp_path: Path) -> None:
         await poll(lambda: rig.version() != first, "the swapped catalog")
         stop.set()
         await watcher
+
+    run(scenario)
+
+
+def test_a_version_envoy_rejected_is_not_served_again_and_the_next_edit_is(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+
+    async def scenario() -> None:
+        rig.write(1000)
+        assert await rig.reloader.load()
+        good = rig.cache.current()
+        rig.write(2000)
+        assert await rig.reloader.load()
+        bad = rig.version()
+        assert good is not None and bad is not None and bad != good.version
+        # Envoy rejected it and the fleet went back (what `fleet.Fleet` does).
+        rig.cache.reject(bad, f"version {bad} was rejected by Envoy (node n, clusters): boom")
+        rig.cache.set(good)
+        rig.reloader.rejected_by_envoy(f"version {bad} was rejected by Envoy: boom")
+        assert rig.reloader.state.ok is False
+        assert rig.metric("xds_catalog_reloads_total", result="rejected") == 1
+        assert rig.metric("xds_catalog_valid") == 0
+        rig.write(1000)
+        assert await rig.reloader.load() is False  # the good version again: nothing changes
+        # The rejected content saved again (formatted differently) is refused, saying why.
+        data = sample_data()
+        data["services"][3]["timeout_ms"] = 2000
+        rig.path.write_text(json.dumps(data, indent=4))
+        assert await rig.reloader.load() is False
+        assert rig.reloader.state.problems == (
+            f"version {bad} was rejected by Envoy (node n, clusters): boom",
+        )
+        assert rig.metric("xds_catalog_reloads_total", result="rejected") == 2
+        # Any other edit moves forward.
+        rig.write(3000)
+        assert await rig.reloader.load()
+        assert rig.version() not in (good.version, bad)
+        assert rig.reloader.state.ok
 
     run(scenario)

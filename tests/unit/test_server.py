@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+import pytest
 from prometheus_client import CollectorRegistry
 
 from xds_server.cache import SnapshotCache
@@ -17,6 +18,7 @@ from xds_server.metrics import XdsMetrics
 from xds_server.server import AdsService
 from xds_server.snapshot import Snapshot
 from xds_server.status import ProxyRegistry, ProxyStatus
+from xds_server.stream_state import Refused
 from xds_server.translate import Options, build_snapshot
 
 
@@ -99,13 +101,88 @@ def test_the_cache_knows_the_newest_version_every_proxy_acked() -> None:
     first, second, third = snap(1000), snap(2000), snap(3000)
     for s in (first, second, third):
         cache.set(s)
-    on_second = dict(second.versions)
-    on_third = dict(third.versions)
-    assert cache.last_acked_by_all([on_third, on_third]) is third
-    assert cache.last_acked_by_all([on_third, on_second]) is None  # routes differ
-    lagging = {t: v for t, v in on_second.items() if not t.endswith("RouteConfiguration")}
+
+    def acked(*snapshots: Snapshot) -> dict[str, frozenset[str]]:
+        return {t: frozenset(s.versions[t] for s in snapshots) for t in third.versions}
+
+    assert cache.last_acked_by_all([acked(third), acked(second, third)]) is third
+    assert cache.last_acked_by_all([acked(third), acked(second)]) is None  # routes differ
+    lagging = {t: v for t, v in acked(second).items() if not t.endswith("RouteConfiguration")}
     # A proxy that ACKed second's clusters but no routes yet fits second and third alike.
-    assert cache.last_acked_by_all([lagging, on_second]) is second
+    assert cache.last_acked_by_all([lagging, acked(first, second)]) is second
+    # A rejected version is never a target; nor one that `where` excludes.
+    cache.reject(third.version, "rejected by Envoy")
+    assert cache.last_acked_by_all([acked(second, third)]) is second
+    assert cache.last_acked_by_all([acked(first, second)], where=lambda s: s is not second) is first
     cache.set(snap(4000))
     cache.set(snap(5000))
-    assert cache.last_acked_by_all([on_second]) is None, "only the last 3 are kept"
+    assert cache.last_acked_by_all([acked(second)]) is None, "only the last 3 are kept"
+
+
+class RefusingContext(FakeContext):
+    def __init__(self) -> None:
+        self.aborted: list[tuple[grpc.StatusCode, str]] = []
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted.append((code, details))
+        raise grpc.aio.AbortError()
+
+
+def test_a_stream_whose_first_request_names_no_node_is_refused_and_listed() -> None:
+    cache = SnapshotCache()
+    cache.set(snap(1000))
+    registry = CollectorRegistry()
+    proxies = ProxyRegistry()
+    service = AdsService(cache, proxies, XdsMetrics(registry), logging.getLogger("test"))
+    context = RefusingContext()
+
+    class Anonymous(FakeStream):
+        def on_request(self, req: str) -> Sequence[str]:
+            return [f"answer to {req}"]
+
+    async def requests() -> AsyncIterator[str]:
+        yield "cds"
+
+    async def scenario() -> list[str]:
+        return [r async for r in service.serve(requests(), Anonymous, context, "delta")]
+
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(scenario())
+    assert context.aborted == [
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the first request of a stream must name its node (node.id)",
+        )
+    ]
+    (refused,) = proxies.refusals()
+    assert (refused["node_id"], refused["reason"]) == ("", "no_node_id")
+    assert registry.get_sample_value("xds_refused_streams_total", {"reason": "no_node_id"}) == 1
+    assert len(proxies) == 0
+
+
+def test_a_stream_that_refuses_a_request_is_ended_counted_and_listed() -> None:
+    cache = SnapshotCache()
+    registry = CollectorRegistry()
+    proxies = ProxyRegistry()
+    service = AdsService(cache, proxies, XdsMetrics(registry), logging.getLogger("test"))
+    context = RefusingContext()
+
+    class Greedy(FakeStream):
+        def on_request(self, req: str) -> Sequence[str]:
+            if req == "subscribe a million":
+                raise Refused("too_many_names", "subscribed to 1000000 names")
+            return super().on_request(req)
+
+    async def requests() -> AsyncIterator[str]:
+        yield "cds"
+        yield "subscribe a million"
+
+    async def scenario() -> list[str]:
+        return [r async for r in service.serve(requests(), Greedy, context, "delta")]
+
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(scenario())
+    assert context.aborted == [(grpc.StatusCode.RESOURCE_EXHAUSTED, "subscribed to 1000000 names")]
+    (refused,) = proxies.refusals()
+    assert (refused["node_id"], refused["reason"]) == ("edge-1", "too_many_names")
+    assert registry.get_sample_value("xds_refused_streams_total", {"reason": "too_many_names"}) == 1

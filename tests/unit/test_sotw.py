@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,40 +11,14 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 from prometheus_client import CollectorRegistry
 
+from tests.support.snapshots import FakeSource, snap
 from xds_server import typeurls
-from xds_server.catalog import parse_catalog
 from xds_server.metrics import ProxyStates, XdsMetrics
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
 from xds_server.status import ProxyRegistry, ProxyStatus, state_of
-from xds_server.translate import Options, build_snapshot
 
 CDS, EDS, LDS, RDS = typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE
-
-
-class FakeSource:
-    def __init__(self, snapshot: Snapshot | None) -> None:
-        self.snapshot = snapshot
-
-    def current(self) -> Snapshot | None:
-        return self.snapshot
-
-    def subscribe(self, listener: Callable[[Snapshot], None]) -> Callable[[], None]:
-        return lambda: None
-
-
-def snap(*names: str, timeout_ms: int = 1000, connect_timeout_ms: int = 1000) -> Snapshot:
-    services = [
-        {
-            "service_name": n,
-            "base_path": f"/{n}",
-            "internal_url": f"http://127.0.0.1:{8000 + i}",
-            "timeout_ms": timeout_ms,
-            "connect_timeout_ms": connect_timeout_ms,
-        }
-        for i, n in enumerate(names)
-    ]
-    return build_snapshot(parse_catalog({"services": services}), Options())
 
 
 def req(
@@ -67,6 +40,11 @@ def req(
     return out
 
 
+def parsed(sent: list[bytes]) -> list[discovery_pb2.DiscoveryResponse]:
+    """Responses as Envoy reads them (streams send them serialized)."""
+    return [discovery_pb2.DiscoveryResponse.FromString(b) for b in sent]
+
+
 class Harness:
     def __init__(self, snapshot: Snapshot | None) -> None:
         self.source = FakeSource(snapshot)
@@ -78,7 +56,11 @@ class Harness:
         )
 
     def ask(self, r: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
-        return self.stream.on_request(r)
+        return parsed(self.stream.on_request(r))
+
+    def changed(self) -> list[discovery_pb2.DiscoveryResponse]:
+        """What the stream sends after the snapshot changed."""
+        return parsed(self.stream.on_snapshot())
 
     def ack(self, resp: discovery_pb2.DiscoveryResponse, names: tuple[str, ...] = ()) -> Any:
         return self.ask(req(resp.type_url, names, nonce=resp.nonce, version=resp.version_info))
@@ -97,7 +79,7 @@ def test_nothing_is_sent_before_a_valid_catalog() -> None:
     h = Harness(None)
     assert h.ask(req(CDS)) == []
     h.source.snapshot = snap("a")
-    assert [r.type_url for r in h.stream.on_snapshot()] == [CDS]
+    assert [r.type_url for r in h.changed()] == [CDS]
 
 
 def test_endpoints_are_sent_only_for_the_names_subscribed() -> None:
@@ -122,7 +104,7 @@ def test_a_nacked_version_is_recorded_and_never_resent() -> None:
     (resp,) = h.ask(req(CDS))
     h.ack(resp)
     h.source.snapshot = snap("a", "b")
-    (bad,) = h.stream.on_snapshot()
+    (bad,) = h.changed()
     again = h.ask(req(CDS, nonce=bad.nonce, version=resp.version_info, error="bad cluster"))
     assert again == []
     st = h.status.of(CDS)
@@ -132,17 +114,34 @@ def test_a_nacked_version_is_recorded_and_never_resent() -> None:
     assert h.ask(req(CDS, nonce=bad.nonce, version=resp.version_info)) == []
     # A different version is sent.
     h.source.snapshot = snap("a", "c")
-    (fixed,) = h.stream.on_snapshot()
+    (fixed,) = h.changed()
     assert fixed.version_info not in (bad.version_info, resp.version_info)
     h.ack(fixed)
     assert st.nacked_version is None and st.acked_version == fixed.version_info
+
+
+def test_an_error_answered_with_the_latest_version_is_an_ack_of_it() -> None:
+    # Envoy got two responses before answering: the error is the first one's, the nonce and
+    # the version it now has are the second one's.
+    h = Harness(snap("a"))
+    (first,) = h.ask(req(CDS))
+    h.ack(first)
+    h.source.snapshot = snap("a", "bad")
+    assert len(h.changed()) == 1
+    h.source.snapshot = snap("a")  # rolled back before Envoy answered
+    (back,) = h.changed()
+    assert back.version_info == first.version_info
+    h.ask(req(CDS, nonce=back.nonce, version=back.version_info, error="bad cluster"))
+    st = h.status.of(CDS)
+    assert (st.acked_version, st.nacked_version) == (back.version_info, None)
+    assert state_of(st, back.version_info) == "SYNCED"
 
 
 def test_a_request_with_a_stale_nonce_is_ignored() -> None:
     h = Harness(snap("a"))
     (first,) = h.ask(req(CDS))
     h.source.snapshot = snap("a", "b")
-    (second,) = h.stream.on_snapshot()
+    (second,) = h.changed()
     # Envoy NACKs the first response after the second was sent: stale, ignored.
     assert h.ask(req(CDS, nonce=first.nonce, error="late")) == []
     assert h.status.of(CDS).nacked_version is None
@@ -166,7 +165,7 @@ def test_routes_wait_for_clusters_in_flight() -> None:
     h = Harness(snap("a"))
     synced(h)
     h.source.snapshot = snap("a", "b")
-    sent = h.stream.on_snapshot()
+    sent = h.changed()
     assert [r.type_url for r in sent] == [CDS, EDS]  # routes wait for the new cluster
     cds2, eds2 = sent
     assert h.ack(cds2) == []  # endpoints still in flight
@@ -181,7 +180,7 @@ def test_endpoints_are_sent_again_after_a_cluster_only_change() -> None:
     before = h.source.snapshot
     h.source.snapshot = snap("a", connect_timeout_ms=2500)
     assert h.source.snapshot.versions[EDS] == before.versions[EDS]  # type: ignore[union-attr]
-    cds, eds = h.stream.on_snapshot()
+    cds, eds = h.changed()
     assert (cds.type_url, eds.type_url) == (CDS, EDS)
     assert len(eds.resources) == 1
     # Envoy's re-request for the warming cluster carries the nonce it had: stale, ignored.
@@ -203,14 +202,14 @@ def test_routes_wait_while_clusters_are_nacked() -> None:
     h = Harness(snap("a"))
     synced(h)
     h.source.snapshot = snap("a", "b")
-    cds, eds = h.stream.on_snapshot()
+    cds, eds = h.changed()
     h.ack(eds, ("a",))
     # Envoy rejects the clusters: routes naming cluster b must not follow.
     assert h.ask(req(CDS, nonce=cds.nonce, version="old", error="bad cluster")) == []
-    assert h.stream.on_snapshot() == []
+    assert h.changed() == []
     # A fixed catalog: clusters go out; once ACKed, the routes follow.
     h.source.snapshot = snap("a", "c")
-    cds2, eds2 = h.stream.on_snapshot()
+    cds2, eds2 = h.changed()
     assert (cds2.type_url, eds2.type_url) == (CDS, EDS)
     assert h.ack(cds2) == []  # endpoints still in flight
     sent = h.ack(eds2, ("a",))
@@ -222,7 +221,7 @@ def test_order_is_clusters_endpoints_listeners_routes() -> None:
     for t, names in ((RDS, ("ingress_routes",)), (LDS, ()), (EDS, ("a",)), (CDS, ())):
         h.ask(req(t, names))
     h.source.snapshot = snap("a")
-    assert [r.type_url for r in h.stream.on_snapshot()] == [CDS, EDS]
+    assert [r.type_url for r in h.changed()] == [CDS, EDS]
 
 
 @pytest.mark.parametrize("names", [(), ("*",)])
@@ -250,8 +249,8 @@ def test_the_registry_reports_each_proxy_state() -> None:
 
 def test_the_registry_lists_refused_streams_until_the_node_connects() -> None:
     registry = ProxyRegistry()
-    registry.refuse("edge-1", "ipv4:127.0.0.1:5", "delta_unsupported", now=10.0)
-    again = registry.refuse("edge-1", "ipv4:127.0.0.1:6", "delta_unsupported", now=11.0)
+    registry.refuse("edge-1", "ipv4:127.0.0.1:5", "no_node_id", now=10.0)
+    again = registry.refuse("edge-1", "ipv4:127.0.0.1:6", "no_node_id", now=11.0)
     assert again.count == 2
     (listed,) = registry.refusals()
     assert listed["node_id"] == "edge-1" and listed["count"] == 2 and listed["last_at"] == 11.0
@@ -268,7 +267,7 @@ def test_push_to_ack_time_and_proxy_states_are_measured() -> None:
     assert count == 1
     assert h.metrics.get_sample_value("xds_proxies", {"state": "synced"}) == 1
     h.source.snapshot = snap("a", "b")
-    (bad,) = h.stream.on_snapshot()
+    (bad,) = h.changed()
     h.ask(req(CDS, nonce=bad.nonce, version=cds.version_info, error="no"))
     assert h.metrics.get_sample_value("xds_proxies", {"state": "nacked"}) == 1
     assert h.metrics.get_sample_value("xds_proxies", {"state": "synced"}) == 0

@@ -8,6 +8,7 @@ of another's, the longer path wins. Paths reach the upstream unchanged.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -103,14 +104,21 @@ def _add_route(
         set_retry_policy(rp, out)
 
 
-def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cache: bool) -> None:
+def add_service_routes(
+    routes: Any,
+    catalog: Catalog,
+    svc: Service,
+    *,
+    with_cache: bool,
+    under: Sequence[str],
+) -> None:
     """Append a service's routes to a repeated `routes` field: a strict service with longer
     base paths under it first gets a route refusing their look-alikes (and, with a body limit,
     one refusing a declared length above it); then per API version one for its path and one for
     its header, one per tenant with its own upstream (matched on the header ext_authz sets),
     then the service's own."""
     authz = _authz_per_route(catalog, svc)
-    for i, guard in enumerate(lookalike_regexes(svc, catalog.services)):
+    for i, guard in enumerate(lookalike_regexes(svc, under)):
         refuse: route_components_pb2.Route = routes.add(name=f"{svc.service_name}.lookalike.{i}")
         refuse.match.safe_regex.regex = guard
         refuse.direct_response.status = 400
@@ -160,9 +168,19 @@ def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cach
     )
 
 
+def routing_order(services: Sequence[Service]) -> list[Service]:
+    """The services in the order their routes are matched (the route configuration's)."""
+    return _sorted_for_routing(services)
+
+
 def _sorted_for_routing(services: Sequence[Service]) -> list[Service]:
     # Longest prefix first; the name breaks ties so the order never depends on file order.
-    return sorted(services, key=lambda s: (-len(s.route_prefix), s.route_prefix, s.service_name))
+    return sorted(services, key=_routing_key)
+
+
+def _routing_key(s: Service) -> tuple[int, str, str]:
+    prefix = s.route_prefix
+    return (-len(prefix), prefix, s.service_name)
 
 
 def route_configuration(catalog: Catalog) -> route_pb2.RouteConfiguration:
@@ -172,8 +190,10 @@ def route_configuration(catalog: Catalog) -> route_pb2.RouteConfiguration:
         name=ROUTE_CONFIG_NAME, validate_clusters=wrappers_pb2.BoolValue(value=True)
     )
     host = out.virtual_hosts.add(name="services", domains=["*"])
+    prefixes = sorted_prefixes(catalog.services)
     for svc in _sorted_for_routing(catalog.services):
-        add_service_routes(host.routes, catalog, svc, with_cache=with_cache)
+        under = paths_under(prefixes, svc)
+        add_service_routes(host.routes, catalog, svc, with_cache=with_cache, under=under)
     return out
 
 
@@ -218,7 +238,23 @@ def _lookalike_path(suffix: str) -> str:
     return "/".join(segments) + "(?:/.*)?"
 
 
-def lookalike_regexes(svc: Service, services: Sequence[Service]) -> list[str]:
+def sorted_prefixes(services: Sequence[Service]) -> list[str]:
+    """Every service's route prefix, sorted (for `paths_under`)."""
+    return sorted({s.route_prefix for s in services})
+
+
+def paths_under(prefixes: Sequence[str], svc: Service) -> tuple[str, ...]:
+    """The longer base paths under `svc`'s, as suffixes (`/admin` under `/orders`): a service's
+    routes depend on these and on nothing else of other services. `prefixes` is
+    `sorted_prefixes(...)`; strings starting with `base/` sit together in sorted order, between
+    `base/` and `base0` ('0' follows '/'), so this costs two bisections."""
+    base = svc.route_prefix.rstrip("/")
+    lo = bisect.bisect_left(prefixes, base + "/")
+    hi = bisect.bisect_left(prefixes, base + "0")
+    return tuple(p[len(base) :] for p in prefixes[lo:hi] if p != svc.route_prefix)
+
+
+def lookalike_regexes(svc: Service, under: Sequence[str]) -> list[str]:
     """One regex (RE2, case-insensitive) per longer base path under `svc`, matching its
     look-alikes; none when `svc` is not strict. The longer services' own routes come first, so
     their exact paths never reach these. (RE2 sizes grow with the path: the bootstrap raises
@@ -226,11 +262,4 @@ def lookalike_regexes(svc: Service, services: Sequence[Service]) -> list[str]:
     if not svc.strict_paths:
         return []
     base = svc.route_prefix.rstrip("/")
-    under = sorted(
-        {
-            other.route_prefix[len(base) :]
-            for other in services
-            if other.route_prefix.startswith(base + "/") and other.route_prefix != svc.route_prefix
-        }
-    )
     return [f"(?i){re.escape(base)}/{_lookalike_path(suffix)}" for suffix in under]

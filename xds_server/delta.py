@@ -1,0 +1,220 @@
+"""Delta (incremental) ADS: the decisions of one stream, free of gRPC.
+
+`DeltaStream.on_request` and `on_snapshot` return the responses to send, in order, serialized
+(`wire`). Besides the rules every stream keeps (`stream_state`: stale nonces, push order,
+listeners and routes held while clusters or endpoints are in flight or NACKed, endpoints owed
+after clusters), Delta's own, as Envoy and go-control-plane implement the xDS protocol:
+
+- Subscriptions, per type. The first request of a type that subscribes to no name is a
+  wildcard subscription ("legacy wildcard"), and so is a subscription to `*`; wildcard lasts
+  until `*` is unsubscribed, whatever names are subscribed besides. Names are subscribed and
+  unsubscribed by every request, ACKs included, even one whose nonce is stale.
+- What the client has: per resource, the version we last sent it; on a re-connect, the
+  versions it reports in `initial_resource_versions`. Versions are content hashes, the same on
+  every replica and across restarts, so a re-connected Envoy is sent nothing it already has.
+- A response holds the subscribed resources whose version differs from what the client has,
+  and in `removed_resources` the names it has that are gone. A name subscribed explicitly that
+  does not exist is answered in `removed_resources` too (that is how Delta says "does not
+  exist"). A name unsubscribed while wildcard is sent again or removed: Envoy keeps it until
+  told which.
+- `system_version_info` is the snapshot's version of the type, and an ACK records it, as in
+  SotW. A type is answered when something differs for this client or that version moved, and
+  the first answer to a wildcard subscription is sent even when empty, so that Envoy finishes
+  initializing.
+- Endpoints owed after a cluster response are the endpoints of the clusters in it, sent again
+  even when unchanged (Envoy warms an updated cluster until they arrive).
+- After a NACK, what Envoy rejected is not sent again until the type changes or the
+  subscription does (no loop); then it is offered again with the change, so that the status
+  shows a config that Envoy still rejects instead of claiming SYNCED.
+- A stream that subscribes to more names of a type than twice its resources plus
+  `SPARE_NAMES` is refused (`Refused`): the names it subscribes to are kept, existing or not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from xds_server.cache import SnapshotSource
+from xds_server.metrics import XdsMetrics
+from xds_server.snapshot import Resource, Snapshot
+from xds_server.status import ProxyStatus
+from xds_server.stream_state import OnNack, Refused, StreamState, TypeState
+from xds_server.wire import Wire
+
+WILDCARD = "*"
+# A stream may subscribe to at most this many names of a type beyond twice the resources the
+# type has: names that do not exist are remembered (Envoy asks for endpoints before they
+# exist), so without a bound a client could grow the server's memory without end.
+SPARE_NAMES = 1000
+# A version no resource has: the client must be told (sent the resource, or its removal).
+UNKNOWN = ""
+
+
+@dataclass
+class Subscription:
+    """One type's subscription on a Delta stream, and what the client has of it."""
+
+    wildcard: bool
+    names: set[str] = field(default_factory=set)
+    known: dict[str, str] = field(default_factory=dict)  # name → the version the client has
+    changed: bool = False  # subscribed or unsubscribed since the last response
+    last_sent: dict[str, str] = field(default_factory=dict)  # the last response's resources
+    # The snapshot `known` matches (for the names subscribed) since the last response; None
+    # when it may not (a NACK or a subscription changed it). The next diff starts from it.
+    base: Snapshot | None = None
+
+    def subscribe(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.changed = True
+            if name == WILDCARD:
+                self.wildcard = True
+                continue
+            self.names.add(name)
+            self.known.setdefault(name, UNKNOWN)
+
+    def unsubscribe(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.changed = True
+            if name == WILDCARD:
+                self.wildcard = False
+                for gone in [n for n in self.known if n not in self.names]:
+                    del self.known[gone]
+                continue
+            self.names.discard(name)
+            if self.wildcard:
+                if name in self.known:
+                    self.known[name] = UNKNOWN  # still ours through wildcard, or gone: say which
+            else:
+                self.known.pop(name, None)
+
+    def diff(
+        self, resources: Mapping[str, Resource], owed: set[str]
+    ) -> tuple[list[Resource], list[str]]:
+        """What to send so that the client has exactly the resources it subscribes to: the
+        updates (by name) and the names to remove (sorted)."""
+        # The snapshot's mapping is sorted by name; under wildcard it holds every name wanted.
+        wanted: Iterable[str] = resources if self.wildcard else sorted(self.names)
+        known = self.known
+        updates = [
+            r
+            for name in wanted
+            if (r := resources.get(name)) is not None
+            and (known.get(name) != r.version or name in owed)
+        ]
+        removed = sorted(n for n in known if n not in resources)
+        return updates, removed
+
+    def diff_since(
+        self, base: Snapshot, snapshot: Snapshot, type_url: str, owed: set[str]
+    ) -> tuple[list[Resource], list[str]]:
+        """`diff`, when `known` is `base`'s: only what changed between the two is looked at."""
+        resources = snapshot.resources.get(type_url, {})
+        changed, gone = snapshot.changes_since(base, type_url)
+        known = self.known
+        wanted = [n for n in changed if self.wildcard or n in self.names]
+        wanted.extend(n for n in owed if n in resources and (self.wildcard or n in self.names))
+        updates = [
+            r
+            for name in sorted(set(wanted))
+            if known.get(name) != (r := resources[name]).version or name in owed
+        ]
+        return updates, [n for n in gone if n in known]
+
+
+class DeltaStream:
+    def __init__(
+        self,
+        source: SnapshotSource,
+        status: ProxyStatus,
+        metrics: XdsMetrics,
+        log: logging.Logger,
+        on_nack: OnNack | None = None,
+        wire: Wire | None = None,
+    ) -> None:
+        self._source = source
+        self._state = StreamState(status, metrics, log, on_nack)
+        self._wire = wire or Wire()
+        self._subs: dict[str, Subscription] = {}
+
+    @property
+    def status(self) -> ProxyStatus:
+        return self._state.status
+
+    def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[bytes]:
+        if not self._state.admit(req):
+            return []
+        type_url = req.type_url
+        state = self._state.of(type_url)
+        sub = self._subs.get(type_url)
+        if sub is None:
+            sub = Subscription(
+                wildcard=not req.resource_names_subscribe,
+                known=dict(req.initial_resource_versions),
+            )
+            self._subs[type_url] = sub
+        if req.response_nonce:
+            error = self._state.error_of(req)
+            answered = self._state.answer(
+                type_url, req.response_nonce, state.sent_version or "", error
+            )
+            if answered and error is not None:
+                # Envoy kept what it had: offer the rejected resources again with the next change.
+                for name, version in sub.last_sent.items():
+                    if sub.known.get(name) == version:
+                        sub.known[name] = UNKNOWN
+                sub.base = None
+        sub.subscribe(req.resource_names_subscribe)
+        sub.unsubscribe(req.resource_names_unsubscribe)
+        snapshot = self._source.current()
+        limit = 2 * len(snapshot.resources.get(type_url, {}) if snapshot else {}) + SPARE_NAMES
+        if len(sub.names) > limit:
+            raise Refused(
+                "too_many_names",
+                f"subscribed to {len(sub.names)} names of {type_url}; at most {limit} are served",
+            )
+        return self._sendable()
+
+    def on_snapshot(self) -> list[bytes]:
+        return self._sendable()
+
+    def _sendable(self) -> list[bytes]:
+        """Serialized DeltaDiscoveryResponses."""
+        snapshot = self._source.current()
+        if snapshot is None:
+            return []
+        out = []
+        for type_url, state in self._state.pushable():
+            resp = self._response(snapshot, type_url, state, self._subs[type_url])
+            if resp is not None:
+                out.append(resp)
+        return out
+
+    def _response(
+        self, snapshot: Snapshot, type_url: str, state: TypeState, sub: Subscription
+    ) -> bytes | None:
+        version = snapshot.versions[type_url]
+        if state.sent_version == version and not sub.changed and (state.nacked or not state.owed):
+            # Nothing moved for this client (an ACK, another type's change); and what Envoy
+            # rejected stays unsent until something changes.
+            return None
+        if sub.base is not None and not sub.changed:
+            updates, removed = sub.diff_since(sub.base, snapshot, type_url, state.owed)
+        else:
+            updates, removed = sub.diff(snapshot.resources.get(type_url, {}), state.owed)
+        sub.base = snapshot
+        if not updates and not removed and state.sent_version == version:
+            state.owed.clear()
+            sub.changed = False
+            return None
+        for r in updates:
+            sub.known[r.name] = r.version
+        for name in removed:
+            del sub.known[name]
+        sub.last_sent = {r.name: r.version for r in updates}
+        sub.changed = False
+        nonce = self._state.sent(type_url, version, snapshot.version, sub.last_sent)
+        return self._wire.delta(snapshot, type_url, nonce, updates, removed)
