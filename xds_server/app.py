@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 
 import grpc
@@ -12,7 +13,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from sidecar_shared import health as grpc_health
-from sidecar_shared import ops_http
+from sidecar_shared import ops_http, tracing
 from sidecar_shared.contract import XDS_HEALTH_SERVICE
 from xds_server.cache import SnapshotCache
 from xds_server.fleet import Fleet, Rejection
@@ -31,6 +32,8 @@ async def run(
     the catalog → snapshot step (tests use it to make configs Envoy rejects)."""
     registry = CollectorRegistry()
     metrics = XdsMetrics(registry)
+    provider = tracing.tracer_provider("xds-server", os.environ)
+    tracer = provider.get_tracer("xds_server") if provider is not None else None
     cache = SnapshotCache()
     proxies = ProxyRegistry()
     registry.register(ProxyStates(lambda: proxies.states(cache.current())))
@@ -53,6 +56,7 @@ async def run(
         metrics,
         log,
         on_loaded,
+        tracer,
     )
 
     def on_rejected(rejection: Rejection) -> None:
@@ -69,7 +73,7 @@ async def run(
         ]
     )
     server.add_generic_rpc_handlers(
-        (AdsService(cache, proxies, metrics, log, fleet.on_nack).handler(),)
+        (AdsService(cache, proxies, metrics, log, fleet.on_nack, tracer).handler(),)
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.host}:{settings.port}"
@@ -128,5 +132,7 @@ async def run(
         await grpc_health.set_aio(health_servicer, [XDS_HEALTH_SERVICE], grpc_health.NOT_SERVING)
         http.close()
         await server.stop(grace=2)
+        if provider is not None:
+            provider.shutdown()
         await watcher
         log.info("xds server stopped")

@@ -27,8 +27,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from watchfiles import Change, awatch
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 from xds_server.builder import SnapshotBuilder
 from xds_server.cache import SnapshotCache
@@ -75,7 +79,10 @@ class Reloader:
         metrics: XdsMetrics,
         log: logging.Logger,
         on_loaded: Callable[[Snapshot], None] = lambda _: None,
+        tracer: Tracer | None = None,
     ) -> None:
+        """`tracer`: one span per attempt ("catalog reload"); a push it causes is its child."""
+        self._tracer = tracer
         self._path = path
         self._build = build
         self._cache = cache
@@ -88,6 +95,19 @@ class Reloader:
 
     async def load(self) -> bool:
         """One attempt; True when a new snapshot is being served. Never raises."""
+        if self._tracer is None:
+            return await self._guarded_load()
+        with self._tracer.start_as_current_span("catalog reload") as span:
+            changed = await self._guarded_load()
+            span.set_attribute("sidecar.catalog.valid", self.state.ok)
+            span.set_attribute("sidecar.catalog.changed", changed)
+            if self.state.version is not None:
+                span.set_attribute("sidecar.snapshot.version", self.state.version)
+            if not self.state.ok:
+                span.set_attribute("sidecar.catalog.errors", list(self.state.problems[:20]))
+            return changed
+
+    async def _guarded_load(self) -> bool:
         try:
             return await self._load()
         except Exception as err:

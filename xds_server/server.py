@@ -14,10 +14,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol, TypeVar, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from opentelemetry import context as otel_context
 
 from xds_server.cache import SnapshotSource
 from xds_server.delta import DeltaStream
@@ -27,6 +29,9 @@ from xds_server.sotw import SotwStream
 from xds_server.status import ProxyRegistry, ProxyStatus
 from xds_server.stream_state import OnNack, Refused
 from xds_server.wire import Wire
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
@@ -56,7 +61,11 @@ class Context(Protocol):
     async def abort(self, code: grpc.StatusCode, details: str) -> None: ...
 
 
-_SNAPSHOT_CHANGED = object()
+@dataclass(frozen=True)
+class _SnapshotChanged:
+    context: Any  # the OpenTelemetry context of the reload that made it (None: not traced)
+
+
 _CLOSED = object()
 
 
@@ -68,7 +77,11 @@ class AdsService:
         metrics: XdsMetrics,
         log: logging.Logger,
         on_nack: OnNack | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
+        """`tracer`: a span per push of a new snapshot to a proxy ("xds push"), the child of
+        the reload that made the snapshot."""
+        self._tracer = tracer
         self._source = source
         self._registry = registry
         self._metrics = metrics
@@ -133,7 +146,10 @@ class AdsService:
         events: asyncio.Queue[object] = asyncio.Queue()
 
         def on_snapshot(_: Snapshot) -> None:
-            events.put_nowait(_SNAPSHOT_CHANGED)
+            # Called inside the reload (and its span): remember it for the push's span.
+            events.put_nowait(
+                _SnapshotChanged(otel_context.get_current() if self._tracer else None)
+            )
 
         async def read() -> None:
             try:
@@ -150,8 +166,8 @@ class AdsService:
                 event = await events.get()
                 if event is _CLOSED:
                     break
-                if event is _SNAPSHOT_CHANGED:
-                    responses = stream.on_snapshot()
+                if isinstance(event, _SnapshotChanged):
+                    responses = self._push(stream, status, protocol, event)
                 else:
                     first = not status.node_id
                     try:
@@ -195,6 +211,25 @@ class AdsService:
             self._metrics.connected_proxies.dec()
             if status.node_id:
                 self._log.info("proxy disconnected", extra={"fields": {"node_id": status.node_id}})
+
+    def _push(
+        self,
+        stream: Stream[Q, R],
+        status: ProxyStatus,
+        protocol: str,
+        event: _SnapshotChanged,
+    ) -> Sequence[R]:
+        if self._tracer is None:
+            return stream.on_snapshot()
+        with self._tracer.start_as_current_span("xds push", context=event.context) as span:
+            responses = stream.on_snapshot()
+            span.set_attribute("sidecar.node_id", status.node_id)
+            span.set_attribute("sidecar.xds_protocol", protocol)
+            span.set_attribute("sidecar.responses", len(responses))
+            current = self._source.current()
+            if current is not None:
+                span.set_attribute("sidecar.snapshot.version", current.version)
+        return responses
 
     async def _refuse(
         self, context: Context, node_id: str, reason: str, message: str, code: grpc.StatusCode

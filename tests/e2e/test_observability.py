@@ -27,7 +27,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 @pytest.fixture
 def traced(
     receiver: OtlpReceiver, tmp_path: Path, echo: Callable[[str], EchoServer]
-) -> Iterator[tuple[stack.Envoy, stack.Authz]]:
+) -> Iterator[tuple[stack.Envoy, stack.Authz, stack.XdsServer]]:
     catalog = tmp_path / "catalog" / "service_catalog.json"
     catalog.parent.mkdir()
     upstream = echo("orders")
@@ -48,15 +48,15 @@ def traced(
     xds = stack.start_xds(catalog, tmp_path, args=["--envoy-trace-sampling", "100"], env=otel)
     authz = stack.start_authz(tmp_path, env=otel)
     envoy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
-    yield envoy, authz
+    yield envoy, authz, xds
     for proc in (envoy.proc, authz.proc, xds.proc):
         proc.stop()
 
 
 def test_one_request_is_one_trace_across_envoy_ext_authz_and_the_upstream(
-    traced: tuple[stack.Envoy, stack.Authz], receiver: OtlpReceiver
+    traced: tuple[stack.Envoy, stack.Authz, stack.XdsServer], receiver: OtlpReceiver
 ) -> None:
-    envoy, authz = traced
+    envoy, authz, _ = traced
     resp = wait.wait_until(
         lambda: (r := http.try_get(envoy.url + "/orders/1", tokens.bearer())) and r.status == 200,
         what="the traced route",
@@ -108,9 +108,9 @@ def test_one_request_is_one_trace_across_envoy_ext_authz_and_the_upstream(
 
 
 def test_the_access_log_never_holds_a_query_string(
-    traced: tuple[stack.Envoy, stack.Authz],
+    traced: tuple[stack.Envoy, stack.Authz, stack.XdsServer],
 ) -> None:
-    envoy, _ = traced
+    envoy, _, _ = traced
     wait.wait_until(
         lambda: (r := http.try_get(envoy.url + "/orders/1", tokens.bearer())) and r.status == 200,
         what="the route",
@@ -120,3 +120,36 @@ def test_the_access_log_never_holds_a_query_string(
         lambda: '"/orders/3"' in envoy.proc.output(), what="the request's access log line"
     )
     assert "secret-in-query" not in envoy.proc.output()
+
+
+def test_a_catalog_edit_is_a_reload_span_with_a_push_span_per_proxy(
+    traced: tuple[stack.Envoy, stack.Authz, stack.XdsServer], receiver: OtlpReceiver
+) -> None:
+    envoy, _, xds = traced
+    wait.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
+    before = xds.version()
+    data = json.loads(xds.catalog.read_text())
+    data["services"][0]["timeout_ms"] = 4321
+    write_json(xds.catalog, data)
+    version = wait.wait_until(
+        lambda: (v := xds.version()) != before and xds.synced(envoy.node_id) and v,
+        what="the edit synced",
+    )
+
+    def pushed() -> tuple[Span, Span] | None:
+        spans = receiver.spans()
+        reloads = {
+            s.span_id: s
+            for s in spans
+            if s.name == "catalog reload"
+            and s.attributes.get("sidecar.snapshot.version") == version
+        }
+        for push in spans:
+            if push.name == "xds push" and push.parent_span_id in reloads:
+                return reloads[push.parent_span_id], push
+        return None
+
+    reload, push = wait.wait_until(pushed, timeout=20, what="the reload and push spans")
+    assert reload.service == push.service == "xds-server"
+    assert push.attributes["sidecar.node_id"] == envoy.node_id
+    assert push.trace_id == reload.trace_id
