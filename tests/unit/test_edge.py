@@ -115,7 +115,8 @@ def test_every_local_reply_has_the_json_denial_body() -> None:
     first = config["mappers"][0]
     assert first["bodyFormatOverride"]["jsonFormat"]["error"] == "authz_unavailable"
     # ext_authz's own denials keep their body.
-    assert config["mappers"][1]["bodyFormatOverride"]["textFormat"] == "%LOCAL_REPLY_BODY%"
+    kept = config["mappers"][1]["bodyFormatOverride"]
+    assert kept["textFormatSource"]["inlineString"] == "%LOCAL_REPLY_BODY%"  # not deprecated
 
 
 def test_a_failure_status_that_ext_authz_itself_answers_is_refused() -> None:

@@ -208,7 +208,7 @@ def local_reply_config(failure_status: int) -> hcm_pb2.LocalReplyConfig:
     )
     denied = config.mappers.add()
     denied.filter.CopyFrom(_from_ext_authz())
-    denied.body_format_override.text_format = "%LOCAL_REPLY_BODY%"
+    denied.body_format_override.text_format_source.inline_string = "%LOCAL_REPLY_BODY%"
     denied.body_format_override.content_type = "application/json"
     for code, error, message in _LOCAL_REPLIES:
         mapper = config.mappers.add()
