@@ -84,3 +84,11 @@ def test_route_timeout_and_retries_reach_the_upstream_as_envoy_headers(
     assert headers["x-envoy-expected-rq-timeout-ms"] == "2000"
     headers = served(envoy, "/orders/admin/1").json()["headers"]
     assert headers["x-envoy-expected-rq-timeout-ms"] == "10000"
+
+
+def test_envoy_finds_nothing_deprecated_in_our_config(
+    envoy: stack.Envoy, xds: stack.XdsServer
+) -> None:
+    wait.wait_until(lambda: xds.synced(envoy.node_id), what="every resource ACKed")
+    # A deprecated field works today and is removed in a later Envoy: none may creep in.
+    assert "Deprecated field" not in envoy.proc.output()
