@@ -267,7 +267,7 @@ def start_stack(config: Config, catalog: Path, workdir: Path, started: list[stac
         args=[*AUDIT_ARGS, *config.authz_args.args],
     )
     started.append(authz.proc)
-    envoy = stack.start_envoy(xds, workdir, node_id=f"gw-{config.name}", authz_port=authz.port)
+    envoy = stack.start_envoy(xds, workdir, node_id=f"gw-{config.name}", authz=authz)
     started.append(envoy.proc)
     tokens_file = workdir / f"tokens-{config.name}.txt"
     write_tokens(tokens_file, config.token_source.users)

@@ -2,7 +2,9 @@
 
 `build_authorizer` is the one place that chooses the key sources, the rate-limit backend, and
 the observers; every resource it opens is registered on the caller's `ExitStack`, so a failure
-at any later step (a port already taken, say) releases what was opened before it.
+at any later step (a port already taken, say) releases what was opened before it. `run` serves
+both transports, whichever of them Envoy is configured to call: gRPC (the contract, and the
+health probes) and HTTP (the fast one).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import contextlib
 import logging
 import sys
 import threading
-from typing import TextIO
+from dataclasses import dataclass
+from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
@@ -20,28 +23,49 @@ from ext_authz.core import Authorizer
 from ext_authz.keys import KeySource
 from ext_authz.metrics import AuthzMetrics
 from ext_authz.observers import AuditObserver, MetricsObserver
-from ext_authz.ratelimit import GuardedLimiter, Limiter, MemoryLimiter
+from ext_authz.ratelimit import (
+    AsyncLimiter,
+    GuardedAsyncLimiter,
+    GuardedLimiter,
+    Limiter,
+    MemoryLimiter,
+)
 from ext_authz.settings import AuthzSettings
 from ext_authz.tokens import TokenVerifier
 from ext_authz.transports import Transport
 from ext_authz.transports.grpc import GrpcTransport
+from ext_authz.transports.http import LOOP as HTTP_LOOP
+from ext_authz.transports.http import HttpTransport
 from sidecar_shared import ops_http
 
 
-def make_backend(settings: AuthzSettings, stack: contextlib.ExitStack) -> Limiter:
+@dataclass(frozen=True)
+class Backend:
+    """The rate-limit store, for threads (`sync`) and, when it waits on I/O, for the HTTP
+    transport's event loop (`async_`)."""
+
+    sync: Limiter
+    async_: AsyncLimiter | None = None
+
+
+def make_backend(settings: AuthzSettings, stack: contextlib.ExitStack) -> Backend:
     """The one place that chooses the rate-limit backend (the Redis client is imported only
     when Redis is chosen)."""
     if settings.rate_limit_backend == "redis":
-        from ext_authz.ratelimit.redis_backend import RedisLimiter  # noqa: PLC0415
-
-        limiter = RedisLimiter.from_url(
-            settings.redis_url,
-            timeout_ms=settings.redis_timeout_ms,
-            prefix=settings.redis_key_prefix,
+        from ext_authz.ratelimit.redis_backend import (  # noqa: PLC0415
+            AsyncRedisLimiter,
+            RedisLimiter,
         )
+
+        options: dict[str, Any] = {
+            "timeout_ms": settings.redis_timeout_ms,
+            "prefix": settings.redis_key_prefix,
+        }
+        limiter = RedisLimiter.from_url(settings.redis_url, **options)
         stack.callback(limiter.close)
-        return limiter
-    return MemoryLimiter()
+        on_loop = AsyncRedisLimiter.from_url(settings.redis_url, **options)
+        return Backend(limiter, on_loop)
+    return Backend(MemoryLimiter())
 
 
 def _audit_stream(settings: AuthzSettings, stack: contextlib.ExitStack) -> TextIO:
@@ -62,8 +86,9 @@ def build_authorizer(
     keys = KeySource(settings.keys, log)
     keys.start()
     stack.callback(keys.stop)
+    backend = make_backend(settings, stack)
     limiter = GuardedLimiter(
-        make_backend(settings, stack),
+        backend.sync,
         fail_open=settings.rate_limit_fail_open,
         log=log,
         on_outage=metrics.rate_limit_outages.inc,
@@ -77,6 +102,7 @@ def build_authorizer(
         log,
         limits=settings.limits,
         guard=settings.guard,
+        async_limiter=GuardedAsyncLimiter(backend.async_, limiter) if backend.async_ else None,
     )
 
 
@@ -86,7 +112,10 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
         registry = CollectorRegistry()
         authorizer = build_authorizer(settings, log, registry, stack)
         transports: list[Transport] = [
-            GrpcTransport(authorizer, settings.host, settings.port, settings.workers)
+            GrpcTransport(authorizer, settings.host, settings.port, settings.workers),
+            HttpTransport(
+                authorizer, settings.host, settings.http_check_port, on_stop=[authorizer.aclose]
+            ),
         ]
         serving = threading.Event()
         ops = ops_http.serve_in_thread(
@@ -111,6 +140,7 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
             extra={
                 "fields": {
                     "grpc": f"{settings.host}:{settings.port}",
+                    "http_check": f"{settings.host}:{settings.http_check_port} ({HTTP_LOOP})",
                     "ops": f"{settings.http_host}:{settings.http_port}",
                     "hmac": settings.keys.secret is not None
                     or settings.keys.secret_file is not None,

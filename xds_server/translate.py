@@ -42,7 +42,7 @@ def translate(catalog: Catalog, options: Options) -> dict[str, list[tuple[str, M
         typeurls.CLUSTER: clusters,
         typeurls.ENDPOINT: endpoints,
         typeurls.LISTENER: [(LISTENER_NAME, listener(catalog, options))],
-        typeurls.ROUTE: [(ROUTE_CONFIG_NAME, route_configuration(catalog))],
+        typeurls.ROUTE: [(ROUTE_CONFIG_NAME, route_configuration(catalog, options.authz))],
     }
 
 

@@ -14,7 +14,15 @@ from typing import Protocol
 
 from sidecar_shared.contract import Limit
 
-__all__ = ["DEFAULT_CLOCK", "Clock", "Decision", "Limit", "Limiter", "LimiterUnavailable"]
+__all__ = [
+    "DEFAULT_CLOCK",
+    "AsyncLimiter",
+    "Clock",
+    "Decision",
+    "Limit",
+    "Limiter",
+    "LimiterUnavailable",
+]
 
 Clock = Callable[[], float]
 """Seconds, monotonic or wall; injected everywhere so tests control time."""
@@ -56,4 +64,17 @@ class Limiter(Protocol):
 
         Raises :class:`LimiterUnavailable` if the backend cannot decide.
         """
+        ...
+
+
+class AsyncLimiter(Protocol):
+    """A :class:`Limiter` for an event loop: the same rule and store, awaited instead of
+    blocking (the Redis backend; the memory backend never waits and needs none)."""
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        """As :meth:`Limiter.hit`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections (on the loop that used them)."""
         ...

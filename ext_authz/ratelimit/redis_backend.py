@@ -23,6 +23,8 @@ import hashlib
 from collections.abc import Sequence
 
 import redis
+import redis.asyncio as redis_async
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
@@ -124,21 +126,11 @@ class RedisLimiter:
     def hit(self, key: str, limit: Limit) -> Decision:
         """Count one request for ``key`` if allowed, in one round trip (after the first load)."""
         now_ms = to_ms(self._clock())
-        args = (
-            str(bucket_of(now_ms, limit.window_s)),
-            N_BUCKETS,
-            limit.capacity,
-            expiry_ms(limit.window_s) + TTL_SLACK_MS,
-        )
         try:
-            raw = self._run(self.key_for(key, limit.window_s), args)
+            raw = self._run(self.key_for(key, limit.window_s), script_args(now_ms, limit))
         except (RedisError, OSError) as e:
             raise LimiterUnavailable(f"redis rate limit check failed: {_describe(e)}") from e
-        counted, buckets = _parse(raw)
-        decision, _ = decide(buckets, now_ms, limit)
-        if decision.allowed != counted:
-            raise LimiterUnavailable("redis rate limit script disagrees with the window rule")
-        return decision
+        return to_decision(raw, now_ms, limit)
 
     def _run(self, rkey: str, args: tuple[str, int, int, int]) -> object:
         if not self._loaded:
@@ -149,6 +141,80 @@ class RedisLimiter:
         except NoScriptError:  # script cache flushed or failover to a fresh server
             self._client.script_load(WINDOW_SCRIPT)
             return self._client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
+
+
+class AsyncRedisLimiter:
+    """:class:`RedisLimiter` on redis-py's asyncio client: the same keys, script and
+    decisions, awaited on an event loop (one EVALSHA per check). Use it on one loop only.
+    Raises only :class:`LimiterUnavailable`."""
+
+    def __init__(
+        self, client: redis_async.Redis, clock: Clock = DEFAULT_CLOCK, prefix: str = DEFAULT_PREFIX
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._prefix = prefix
+        self._loaded = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout_ms: int = 5,
+        prefix: str = DEFAULT_PREFIX,
+        clock: Clock = DEFAULT_CLOCK,
+    ) -> AsyncRedisLimiter:
+        """As :meth:`RedisLimiter.from_url`; connects on the first :meth:`hit`."""
+        timeout_s = timeout_ms / 1000
+        client = redis_async.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry_on_timeout=False,
+            retry=AsyncRetry(NoBackoff(), 0),
+        )
+        return cls(client, clock=clock, prefix=prefix)
+
+    async def aclose(self) -> None:
+        """Close the client's connections (on the loop that used them)."""
+        await self._client.aclose()
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        now_ms = to_ms(self._clock())
+        rkey = redis_key(self._prefix, key, limit.window_s)
+        args = script_args(now_ms, limit)
+        try:
+            if not self._loaded:
+                await self._client.script_load(WINDOW_SCRIPT)
+                self._loaded = True
+            try:
+                raw = await self._client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
+            except NoScriptError:
+                await self._client.script_load(WINDOW_SCRIPT)
+                raw = await self._client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
+        except (RedisError, OSError, TimeoutError) as e:
+            raise LimiterUnavailable(f"redis rate limit check failed: {_describe(e)}") from e
+        return to_decision(raw, now_ms, limit)
+
+
+def script_args(now_ms: int, limit: Limit) -> tuple[str, int, int, int]:
+    """ARGV of the window script for a check at ``now_ms``."""
+    return (
+        str(bucket_of(now_ms, limit.window_s)),
+        N_BUCKETS,
+        limit.capacity,
+        expiry_ms(limit.window_s) + TTL_SLACK_MS,
+    )
+
+
+def to_decision(raw: object, now_ms: int, limit: Limit) -> Decision:
+    """The decision of the script's reply, checked against the window rule."""
+    counted, buckets = _parse(raw)
+    decision, _ = decide(buckets, now_ms, limit)
+    if decision.allowed != counted:
+        raise LimiterUnavailable("redis rate limit script disagrees with the window rule")
+    return decision
 
 
 def _describe(e: BaseException) -> str:

@@ -12,8 +12,8 @@ from tests.support import stack, wait
 def test_two_envoys_converge_on_every_version(
     xds: stack.XdsServer, authz: stack.Authz, tmp_path: Path
 ) -> None:
-    first = stack.start_envoy(xds, tmp_path, node_id="edge-a", authz_port=authz.port)
-    second = stack.start_envoy(xds, tmp_path, node_id="edge-b", authz_port=authz.port)
+    first = stack.start_envoy(xds, tmp_path, node_id="edge-a", authz=authz)
+    second = stack.start_envoy(xds, tmp_path, node_id="edge-b", authz=authz)
     with stack.stopping(first.proc, second.proc):
 
         def synced_on(version: str) -> bool:

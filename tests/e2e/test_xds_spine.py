@@ -188,7 +188,7 @@ def test_routes_are_held_while_envoy_rejects_the_clusters_they_name(
     echo: Callable[[str], EchoServer],
 ) -> None:
     xds = faulty_xds
-    envoy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
+    envoy = stack.start_envoy(xds, tmp_path, authz=authz)
     with stack.stopping(envoy.proc):
         wait.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
         routes_before = envoy.route_version()
@@ -265,7 +265,7 @@ def test_a_proxy_we_cannot_serve_is_logged_counted_and_listed(
 def test_envoy_resyncs_within_a_second_or_two_after_the_control_plane_restarts(
     xds: stack.XdsServer, authz: stack.Authz, tmp_path: Path
 ) -> None:
-    envoy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
+    envoy = stack.start_envoy(xds, tmp_path, authz=authz)
     with stack.stopping(envoy.proc):
         wait.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
         ports = (xds.port, xds.http_port, xds.listener_port)

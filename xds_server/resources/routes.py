@@ -18,13 +18,12 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
 from sidecar_shared.contract import (
-    POLICY_KEY,
-    SERVICE_KEY,
     TENANT_HEADER,
     TENANT_UPSTREAM_HEADER,
 )
 from sidecar_shared.contract import encode as encode_policy
 from xds_server.catalog import Catalog, RetryPolicy, Service
+from xds_server.resources.authz import per_route as authz_per_route
 from xds_server.resources.clusters import tenant_cluster_name
 from xds_server.resources.common import (
     AUTHZ_FILTER,
@@ -34,10 +33,13 @@ from xds_server.resources.common import (
     METHOD_OVERRIDE_FILTER,
     PREVIOUS_HOSTS,
     ROUTE_CONFIG_NAME,
+    AuthzOptions,
     pack,
     set_ms,
 )
 from xds_server.route_policy import compile_policy
+
+DEFAULT_AUTHZ = AuthzOptions()
 
 
 def _set_retry_policy(rp: RetryPolicy, out: route_components_pb2.RetryPolicy) -> None:
@@ -52,15 +54,12 @@ def _set_retry_policy(rp: RetryPolicy, out: route_components_pb2.RetryPolicy) ->
         set_ms(out.per_try_timeout, rp.per_try_timeout_ms)
 
 
-def _authz_per_route(catalog: Catalog, svc: Service) -> any_pb2.Any:
+def _authz_per_route(catalog: Catalog, svc: Service, authz: AuthzOptions) -> any_pb2.Any:
     """The service's policy for ext_authz, or ext_authz off for public routes with no limit."""
     if svc.public and svc.rate_limit is None:
-        return pack(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
-    per_route = ext_authz_pb2.ExtAuthzPerRoute()
-    context = per_route.check_settings.context_extensions
-    context[SERVICE_KEY] = svc.service_name
-    context[POLICY_KEY] = encode_policy(compile_policy(catalog, svc))
-    return pack(per_route)
+        return AUTHZ_DISABLED
+    policy = encode_policy(compile_policy(catalog, svc))
+    return pack(authz_per_route(authz, svc.service_name, policy))
 
 
 def _match_base_path(match: route_components_pb2.RouteMatch, svc: Service) -> None:
@@ -101,11 +100,18 @@ def _add_route(
     return out
 
 
-def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cache: bool) -> None:
+def add_service_routes(
+    routes: Any,
+    catalog: Catalog,
+    svc: Service,
+    *,
+    with_cache: bool,
+    authz: AuthzOptions = DEFAULT_AUTHZ,
+) -> None:
     """Append a service's routes to a repeated `routes` field: one per tenant with its own
     upstream (matched on the header ext_authz sets), then the service's own. A strict service
     with longer base paths under it first gets a route refusing their look-alikes."""
-    authz = _authz_per_route(catalog, svc)
+    policy = _authz_per_route(catalog, svc, authz)
     for i, guard in enumerate(lookalike_regexes(svc, catalog.services)):
         refuse: route_components_pb2.Route = routes.add(name=f"{svc.service_name}.lookalike.{i}")
         refuse.match.safe_regex.regex = guard
@@ -127,7 +133,7 @@ def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cach
             svc,
             name=tenant_cluster_name(svc.service_name, tenant),
             cluster_name=tenant_cluster_name(svc.service_name, tenant),
-            authz=authz,
+            authz=policy,
             with_cache_filter=with_cache,
         )
         header = r.match.headers.add(name=TENANT_UPSTREAM_HEADER)
@@ -137,7 +143,7 @@ def add_service_routes(routes: Any, catalog: Catalog, svc: Service, *, with_cach
         svc,
         name=svc.service_name,
         cluster_name=svc.service_name,
-        authz=authz,
+        authz=policy,
         with_cache_filter=with_cache,
     )
 
@@ -147,7 +153,9 @@ def _sorted_for_routing(services: Sequence[Service]) -> list[Service]:
     return sorted(services, key=lambda s: (-len(s.route_prefix), s.route_prefix, s.service_name))
 
 
-def route_configuration(catalog: Catalog) -> route_pb2.RouteConfiguration:
+def route_configuration(
+    catalog: Catalog, authz: AuthzOptions = DEFAULT_AUTHZ
+) -> route_pb2.RouteConfiguration:
     with_cache = needs_cache_filter(catalog)
     # Envoy rejects (NACKs) routes naming a cluster it does not have instead of answering 503.
     out = route_pb2.RouteConfiguration(
@@ -155,7 +163,7 @@ def route_configuration(catalog: Catalog) -> route_pb2.RouteConfiguration:
     )
     host = out.virtual_hosts.add(name="services", domains=["*"])
     for svc in _sorted_for_routing(catalog.services):
-        add_service_routes(host.routes, catalog, svc, with_cache=with_cache)
+        add_service_routes(host.routes, catalog, svc, with_cache=with_cache, authz=authz)
     return out
 
 
