@@ -95,6 +95,8 @@ def build_authorizer(
         on_error=metrics.rate_limit_backend_errors.inc,
     )
     audit = AuditLog(_audit_stream(settings, stack), settings.audit_allow_sample)
+    audit.start()
+    stack.callback(audit.close)
     return Authorizer(
         TokenVerifier(settings.verifier, keys),
         limiter,

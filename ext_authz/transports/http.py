@@ -164,10 +164,9 @@ class CheckProtocol(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except _TooLarge:
-            self._fail(TOO_LARGE)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade, UnicodeDecodeError):
-            self._fail(BAD_REQUEST)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as err:
+            # httptools wraps what a callback raised
+            self._fail(TOO_LARGE if isinstance(err.__context__, _TooLarge) else BAD_REQUEST)
         self._flush()
 
     # httptools callbacks
