@@ -14,6 +14,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 from ext_authz.audit import AuditLog, AuditRecord, SuppressedRecord
 from ext_authz.decision import Decision
@@ -24,10 +25,17 @@ from sidecar_shared import defaults
 class MetricsObserver:
     def __init__(self, metrics: AuthzMetrics) -> None:
         self._metrics = metrics
+        # Counter children by (status, reason), looked up once each: `labels()` costs more
+        # than the rest of this observer. Reasons are a fixed set of codes, so it stays small.
+        self._checks: dict[tuple[int, str], Any] = {}
 
     def observe(self, decision: Decision) -> None:
         outcome = decision.outcome
-        self._metrics.checks.labels(str(outcome.status), outcome.reason).inc()
+        key = (outcome.status, outcome.reason)
+        child = self._checks.get(key)
+        if child is None:
+            child = self._checks[key] = self._metrics.checks.labels(str(key[0]), key[1])
+        child.inc()
 
 
 # W3C Trace Context: version-traceid-parentid-flags, lowercase hex; version ff is invalid;

@@ -30,7 +30,7 @@ Clock = Callable[[], float]
 DEFAULT_CLOCK: Clock = time.time
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: cheaper to build, once per check; treat as immutable
 class Decision:
     """The outcome of one :meth:`Limiter.hit`.
 

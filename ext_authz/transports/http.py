@@ -178,22 +178,27 @@ class CheckProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._grow(len(url))
+        self._size += len(url)
+        if self._size > self._max_bytes:
+            raise _TooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow(len(name) + len(value))
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
+        self._size += len(name) + len(value)
+        if self._size > self._max_bytes:
+            raise _TooLarge
+        key = name.lower().decode("latin-1")
         headers = self._headers
-        if key in headers:
-            headers[key] = headers[key] + "," + text  # as Envoy joins them for gRPC
+        if key in headers:  # joined, as Envoy joins them for gRPC
+            headers[key] += "," + value.decode("latin-1")
         else:
-            if len(headers) >= self._max_headers:
+            headers[key] = value.decode("latin-1")
+            if len(headers) > self._max_headers:
                 raise _TooLarge
-            headers[key] = text
 
     def on_body(self, body: bytes) -> None:
-        self._grow(len(body))  # Envoy sends none; a body only counts against the bound
+        self._size += len(body)  # Envoy sends none; a body only counts against the bound
+        if self._size > self._max_bytes:
+            raise _TooLarge
 
     def on_message_complete(self) -> None:
         headers = self._headers
@@ -225,11 +230,6 @@ class CheckProtocol(asyncio.Protocol):
             self._closing = True
 
     # internals
-
-    def _grow(self, n: int) -> None:
-        self._size += n
-        if self._size > self._max_bytes:
-            raise _TooLarge
 
     def _defer(self, pending: Awaitable[Outcome], keep_alive: bool) -> None:
         async def answer() -> bytes:
