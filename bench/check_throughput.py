@@ -1,22 +1,29 @@
-"""Requests per second through a real Envoy, with and without our ext_authz, in one run.
+"""Requests per second through a real Envoy, with and without our ext_authz, over each of its
+transports, in one run: the issue-9 table with its targets.
 
     python -m bench.check_throughput [--runs 3] [--duration 5] [--threads 1] [--connections 16]
-                                     [--configs no-auth,authz-1-token]
+                                     [--configs no-auth,http-1-token,...] [--p50-rounds 3]
+                                     [--rss-users 1250000]
 
-Each configuration in CONFIGS gets its own xDS server, ext_authz and gateway Envoy (from
-`tests.harness`; Envoy at default concurrency, 2 workers on 2 cores), so token caches, CPU counts
+Each configuration in CONFIGS gets its own xDS server (telling Envoy which transport to use),
+ext_authz (its own process, `python -m ext_authz`, as the `ext-authz` container runs it) and
+gateway Envoy (Envoy at default concurrency, 2 workers on 2 cores), so token caches, CPU counts
 and listener ports never mix; all share one fast upstream (a second Envoy answering 200 "ok"
-from a `direct_response`, --concurrency 1). wrk drives every configuration through the same
-Lua script, which rotates through a file of bearer tokens (none, one, or 10,000 distinct
-users). Warm-up repeats 1 s of load until every token was sent once, so the 10k-user runs
-measure a warm token cache (10,000 entries by default). Runs are interleaved (A, B, C, A, B,
-C, ...) so noise hits all configurations alike.
+from a `direct_response`, --concurrency 1). The baseline `no-auth` is a public route that
+skips ext_authz: Envoy alone. The others use a route with JWT + RBAC + tenant scope + a rate
+limit too high to reach (so every check counts it), with metrics on and 1 % of allows audited.
+wrk drives every configuration through the same Lua script, which rotates through a file of
+bearer tokens (none, one, or 10,000 distinct users; with 10,000 the token cache is cut to
+1,000 so that every check verifies its token). Warm-up repeats 1 s of load until every token
+was sent once. Runs are interleaved (A, B, C, A, B, C, ...) so noise hits all alike.
 
 Prints the wrk command, then one line per run and a table of medians: requests/s, latency p50
-and p99 (wrk --latency), the ratio to `no-auth`, ext_authz CPU µs per Check and gateway Envoy
+and p99 (wrk --latency), the ratio to `no-auth`, ext_authz CPU µs per check and gateway Envoy
 CPU µs per request (utime + stime from /proc/PID/stat over the run, divided by the requests wrk
-completed). Non-2xx responses and socket errors are printed in capitals: a benchmark of 401s
-is worthless. Needs `wrk` on PATH (`apt-get install -y wrk`).
+completed). Then the p50 that `http-1-token` adds at one connection, ext_authz's RSS after
+`--rss-users` distinct users through the memory limiter, and the issue's targets beside the
+measured numbers. Non-2xx responses and socket errors are printed in capitals: a benchmark of
+401s is worthless. Needs `wrk` on PATH (`apt-get install -y wrk`).
 """
 
 from __future__ import annotations
