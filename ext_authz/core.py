@@ -1,7 +1,9 @@
 """The decision core, shared by every transport: request attributes in, `Outcome` out.
 
 Order: route policy → header room → failure budget → token (public routes: none) → role and
-tenant → rate limit → allow. Every failure is a precise denial; no exception escapes
+tenant → rate limit → allow. `check` runs it all on the caller's thread (gRPC's workers);
+`check_or_defer` is for an event loop: everything before the rate limit runs at once, and when
+the limiter waits on I/O (Redis) the answer is an awaitable, so the loop never blocks. Every failure is a precise denial; no exception escapes
 `Authorizer.check`: an unexpected one becomes a 500 denial (fail closed) and is logged without
 the request's headers.
 
@@ -210,11 +212,6 @@ class Authorizer:
 
     def _deny(self, status: int, reason: str, message: str, request_id: str) -> Outcome:
         return denial(status, reason, message, request_id, self._verbose)
-
-    @property
-    def defers(self) -> bool:
-        """Whether `check_or_defer` may return an awaitable (a limiter that waits on I/O)."""
-        return self._async_limiter is not None
 
     async def aclose(self) -> None:
         """Release the asynchronous limiter's connections (on the loop that used them)."""
