@@ -1,7 +1,7 @@
 """The HTTP transport: Envoy's HTTP ext_authz protocol ↔ the decision core, on a raw asyncio
 server with httptools' parser (and uvloop's loop when it is installed), in a thread of its own.
 
-The protocol (what the xDS server configures, `xds_server/resources/listener.py`): Envoy sends
+The protocol (what the xDS server configures, `xds_server/resources/authz.py`): Envoy sends
 the client's method, `CHECK_PATH_PREFIX` + the client's path, and the client's headers, plus
 the route's policy in `POLICY_HEADER` (Envoy sets it from the route's config, overwriting any
 copy a client sent). ext_authz answers 200 to allow, with the identity headers (Envoy copies
@@ -12,8 +12,11 @@ denial the client gets, with its headers and JSON body.
 The server: HTTP/1.1 keep-alive; pipelined requests are answered in order; a request is at
 most `max_request_bytes` (request line, headers and any body) and `max_headers` headers (431
 above, then the connection is closed); anything that does not parse is a 400 with a JSON body,
-then the connection is closed. Checks run on the event loop: the core never blocks (keys are
-fetched in the background, the Redis limiter is awaited, audit lines are written by a thread).
+then the connection is closed; a request still incomplete `REQUEST_TIMEOUT_S` after it began
+is a 408, then the connection is closed (a slow client cannot hold connections open by
+trickling bytes; an idle kept-alive connection, which is how Envoy waits, stays). Checks run
+on the event loop: the core never blocks (keys are fetched in the background, the Redis
+limiter is awaited, audit lines are written by a thread).
 """
 
 from __future__ import annotations
@@ -49,12 +52,14 @@ except ImportError:  # pragma: no cover - depends on the platform
 
 MAX_REQUEST_BYTES = 128 * 1024  # Envoy's own header limit is 60 KiB; no body is sent
 MAX_HEADERS = 256  # Envoy forwards at most its max_request_headers (100) and a few of its own
+REQUEST_TIMEOUT_S = 10  # Envoy sends a check in one write; only a slow client takes longer
 
 _REASONS = {
     200: b"OK",
     400: b"Bad Request",
     401: b"Unauthorized",
     403: b"Forbidden",
+    408: b"Request Timeout",
     413: b"Payload Too Large",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
@@ -82,6 +87,15 @@ def _protocol_error(status: int, error: str, message: str) -> bytes:
 
 BAD_REQUEST = _protocol_error(400, "bad_request", "not an HTTP/1.1 check request")
 TOO_LARGE = _protocol_error(431, "headers_too_large", "the check request is too large")
+TIMED_OUT = _protocol_error(408, "request_timeout", "the check request took too long to arrive")
+
+
+class Ticker:
+    """Whole seconds since the server started, advanced by the server's loop: what a
+    connection reads to note when its request began costs one attribute lookup."""
+
+    def __init__(self) -> None:
+        self.now = 0
 
 
 def _header_lines(headers: Sequence[tuple[str, str]]) -> bytes:
@@ -128,9 +142,12 @@ class CheckProtocol(asyncio.Protocol):
         connections: set[CheckProtocol],
         max_request_bytes: int = MAX_REQUEST_BYTES,
         max_headers: int = MAX_HEADERS,
+        ticker: Ticker | None = None,
     ) -> None:
         self._authorizer = authorizer
         self._connections = connections
+        self._ticker = ticker or Ticker()
+        self._begun = 0  # the ticker's second when the request in progress began
         self._max_bytes = max_request_bytes
         self._max_headers = max_headers
         self._parser = httptools.HttpRequestParser(self)
@@ -146,6 +163,16 @@ class CheckProtocol(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return not self._queue and not self._size
+
+    def stalled(self, now: int, timeout_s: int) -> bool:
+        """Whether a request began at least `timeout_s` seconds ago and is still incomplete."""
+        return self._size > 0 and now - self._begun >= timeout_s
+
+    def time_out(self) -> None:
+        """Answer the incomplete request with 408 (after what is owed), then close."""
+        self._size = 0
+        self._fail(TIMED_OUT)
+        self._flush()
 
     # asyncio.Protocol
 
@@ -175,6 +202,7 @@ class CheckProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = {}
         self._size = 1
+        self._begun = self._ticker.now
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -275,6 +303,14 @@ class CheckProtocol(asyncio.Protocol):
         self._flush()
 
 
+def time_out_stalled(
+    connections: set[CheckProtocol], now: int, timeout_s: int = REQUEST_TIMEOUT_S
+) -> None:
+    """408 and close every connection whose request has been arriving for `timeout_s`."""
+    for conn in [c for c in connections if c.stalled(now, timeout_s)]:
+        conn.time_out()
+
+
 class _TooLarge(Exception):
     """The request passed `max_request_bytes` or `max_headers`."""
 
@@ -302,6 +338,7 @@ class HttpTransport:
         self._max_request_bytes = max_request_bytes
         self._on_stop = tuple(on_stop)
         self._connections: set[CheckProtocol] = set()
+        self._ticker = Ticker()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -319,7 +356,14 @@ class HttpTransport:
         ready: asyncio.Future[asyncio.Server] = loop.create_future()
 
         def protocol() -> CheckProtocol:
-            return CheckProtocol(self._authorizer, self._connections, self._max_request_bytes)
+            return CheckProtocol(
+                self._authorizer, self._connections, self._max_request_bytes, ticker=self._ticker
+            )
+
+        def tick() -> None:
+            self._ticker.now += 1
+            time_out_stalled(self._connections, self._ticker.now)
+            loop.call_later(1, tick)
 
         async def serve() -> None:
             try:
@@ -329,6 +373,7 @@ class HttpTransport:
 
         def run() -> None:
             asyncio.set_event_loop(loop)
+            loop.call_later(1, tick)
             loop.run_until_complete(serve())
             loop.run_forever()
             loop.run_until_complete(loop.shutdown_asyncgens())

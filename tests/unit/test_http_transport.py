@@ -15,7 +15,7 @@ from ext_authz.core import Authorizer
 from ext_authz.observers import AuditObserver
 from ext_authz.ratelimit import Decision, GuardedAsyncLimiter, GuardedLimiter, Limit, MemoryLimiter
 from ext_authz.tokens import TokenVerifier, VerifierSettings
-from ext_authz.transports.http import CheckProtocol
+from ext_authz.transports.http import REQUEST_TIMEOUT_S, CheckProtocol, Ticker, time_out_stalled
 from sidecar_shared.contract import POLICY_HEADER, RoutePolicy, encode
 from tests.support.authorizers import key_source, make_authorizer
 
@@ -203,3 +203,26 @@ def test_answers_that_wait_for_the_limiter_keep_the_requests_order() -> None:
         return [r[1].get("x-user-id", str(r[0])) for r in responses(transport.written)]
 
     assert asyncio.run(scenario()) == ["slow", "401", "fast"]
+
+
+def test_a_request_that_trickles_in_is_a_408_after_the_timeout_and_closes() -> None:
+    authorizer, _, _ = wired()
+    ticker = Ticker()
+    connections: set[CheckProtocol] = set()
+    slow, slow_transport = CheckProtocol(authorizer, connections, ticker=ticker), FakeTransport()
+    idle, idle_transport = CheckProtocol(authorizer, connections, ticker=ticker), FakeTransport()
+    slow.connection_made(slow_transport)  # type: ignore[arg-type]
+    idle.connection_made(idle_transport)  # type: ignore[arg-type]
+    idle.data_received(check("alice"))  # answered; now a kept-alive connection, as Envoy keeps
+    slow.data_received(check("bob")[:40])
+    for second in range(1, REQUEST_TIMEOUT_S):
+        ticker.now = second
+        time_out_stalled(connections, ticker.now)
+        slow.data_received(b"x")  # one byte a second keeps no connection open for good
+    assert not slow_transport.closed
+    ticker.now = REQUEST_TIMEOUT_S
+    time_out_stalled(connections, ticker.now)
+    ((status, _, body),) = responses(slow_transport.written)
+    assert status == 408 and json.loads(body)["error"] == "request_timeout"
+    assert slow_transport.closed
+    assert not idle_transport.closed
