@@ -220,3 +220,22 @@ def test_a_client_sending_the_policy_header_changes_no_decision(
         what="the audit record",
     )
     assert (record["service"], record["reason"]) == ("orders", "ok")
+
+
+def test_the_clients_trace_id_reaches_the_audit_line(
+    envoy: stack.Envoy, authz: stack.Authz
+) -> None:
+    # Every client header reaches ext_authz (in HTTP mode Envoy forwards only a few unless
+    # told otherwise): the trace id here, the header count for the 431 guard too.
+    ready(envoy)
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    resp = call(
+        envoy, "/orders/1", {**tokens.bearer(), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+    )
+    assert resp.status == 200
+    request_id = resp.json()["headers"]["x-request-id"]
+    record = wait.wait_until(
+        lambda: next((a for a in authz.audit_lines() if a["request_id"] == request_id), None),
+        what="the audit record",
+    )
+    assert record["trace_id"] == trace

@@ -7,11 +7,13 @@ for either transport (`AuthzOptions.transport`).
   path) on the filter and on each route, the route's carrying its policy in
   `authorization_request.headers_to_add` (`POLICY_HEADER`). Envoy sets that header on the check
   request from the route's config, overwriting a client's copy, so a client cannot choose a
-  policy. Every client header is forwarded (ext_authz counts them to answer 431 before
-  Envoy's header limit would turn its allow into a 500, and reads the trace ids); ext_authz's
-  answer is read through three lists: the identity headers onto the upstream request
-  (overwriting), the rate-limit headers to the client on success, the denial's own headers
-  to the client on denial. Removals travel in `REMOVE_HEADERS_HEADER`.
+  policy. Every client header is forwarded (the filter's `allowed_headers`; without a list
+  Envoy forwards only a few, and `authorization_request.allowed_headers` is deprecated in
+  Envoy 1.40): ext_authz counts them to answer 431 before Envoy's header limit would turn its
+  allow into a 500, and reads the trace ids. ext_authz's answer is read through three lists:
+  the identity headers onto the upstream request (overwriting), the rate-limit headers to the
+  client on success, the denial's own headers to the client on denial. Removals travel in
+  `REMOVE_HEADERS_HEADER`.
 """
 
 from __future__ import annotations
@@ -45,10 +47,8 @@ def http_service(options: AuthzOptions, policy: str | None = None) -> ext_authz_
     service.server_uri.uri = f"http://{options.cluster}"
     service.server_uri.cluster = options.cluster
     set_ms(service.server_uri.timeout, options.timeout_ms)
-    request = service.authorization_request
-    # Every header: an empty prefix is not allowed, a regex that matches anything is.
-    request.allowed_headers.patterns.add().safe_regex.regex = ".*"
     if policy is not None:
+        request = service.authorization_request
         request.headers_to_add.append(base_pb2.HeaderValue(key=POLICY_HEADER, value=policy))
     response = service.authorization_response
     _exact(UPSTREAM_HEADERS, response.allowed_upstream_headers)
@@ -66,6 +66,8 @@ def filter_config(options: AuthzOptions, clear_route_cache: bool) -> ext_authz_p
     )
     if options.transport == "http":
         config.http_service.CopyFrom(http_service(options))
+        # Every header: an empty prefix is not allowed, a regex that matches anything is.
+        config.allowed_headers.patterns.add().safe_regex.regex = ".*"
     else:
         config.grpc_service.envoy_grpc.cluster_name = options.cluster
         set_ms(config.grpc_service.timeout, options.timeout_ms)
