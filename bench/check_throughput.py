@@ -14,7 +14,9 @@ skips ext_authz: Envoy alone. The others use a route with JWT + RBAC + tenant sc
 limit too high to reach (so every check counts it), with metrics on and 1 % of allows audited.
 wrk drives every configuration through the same Lua script, which rotates through a file of
 bearer tokens (none, one, or 10,000 distinct users; with 10,000 the token cache is cut to
-1,000 so that every check verifies its token). Warm-up repeats 1 s of load until every token
+1,000 so that every check verifies its token). `http-floor` puts `bench.floor_authz` (an
+HTTP ext_authz server that decides nothing) where ext_authz would be: what the loop and the
+sockets cost under the same load. Warm-up repeats 1 s of load until every token
 was sent once. Runs are interleaved (A, B, C, A, B, C, ...) so noise hits all alike.
 
 Prints the wrk command, then one line per run and a table of medians: requests/s, latency p50
@@ -39,6 +41,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -92,6 +95,7 @@ class Config:
     token_source: TokenSource
     authz_args: AuthzArgs = field(default_factory=AuthzArgs)
     transport: str = "http"  # how Envoy calls ext_authz (--authz-transport)
+    floor: bool = False  # Envoy calls bench.floor_authz (decides nothing) instead of ext_authz
 
 
 ONE = TokenSource(1, "acme")
@@ -104,6 +108,7 @@ CONFIGS = [
     Config("http-redis-10k-users", SECURE + "/x", MANY, AuthzArgs(MISSES, REDIS)),
     Config("grpc-1-token", SECURE + "/x", ONE, transport="grpc"),
     Config("grpc-10k-users", SECURE + "/x", MANY, AuthzArgs(MISSES), "grpc"),
+    Config("http-floor", SECURE + "/x", ONE, floor=True),
 ]
 # Older rows (no RBAC, no tenant, no limit unless named so): --configs selects them.
 EXTRA_CONFIGS = [
@@ -318,12 +323,15 @@ def start_stack(config: Config, catalog: Path, workdir: Path, started: list[stac
     port (SO_REUSEPORT) would split wrk's connections between them."""
     xds = stack.start_xds(catalog, workdir, name=f"xds-{config.name}", transport=config.transport)
     started.append(xds.proc)
-    authz = stack.start_authz(
-        workdir,
-        name=f"authz-{config.name}",
-        env=config.authz_args.env,
-        args=[*AUDIT_ARGS, *config.authz_args.args],
-    )
+    if config.floor:
+        authz = start_floor(workdir, config.name)
+    else:
+        authz = stack.start_authz(
+            workdir,
+            name=f"authz-{config.name}",
+            env=config.authz_args.env,
+            args=[*AUDIT_ARGS, *config.authz_args.args],
+        )
     started.append(authz.proc)
     envoy = stack.start_envoy(xds, workdir, node_id=f"gw-{config.name}", authz=authz)
     started.append(envoy.proc)
@@ -338,6 +346,22 @@ def start_stack(config: Config, catalog: Path, workdir: Path, started: list[stac
 
     wait.wait_until(answers, timeout=30, what=f"200 on {config.path} ({config.name})")
     return Stack(config, authz, envoy, tokens_file)
+
+
+def start_floor(workdir: Path, name: str) -> stack.Authz:
+    """bench.floor_authz, standing where ext_authz would (it has no gRPC port)."""
+    check_port, metrics_port = ports.free_port(), ports.free_port()
+    argv = [sys.executable, "-m", "bench.floor_authz", str(check_port), str(metrics_port)]
+    proc = stack.start(f"floor-{name}", argv, workdir)
+
+    def up() -> bool:
+        if not proc.alive():
+            raise SystemExit(f"the floor server exited:\n{proc.output()}")
+        resp = http.try_get(f"http://127.0.0.1:{metrics_port}/ready")
+        return resp is not None and resp.status == 200
+
+    wait.wait_until(up, timeout=20, what="the floor server")
+    return stack.Authz(proc, 0, metrics_port, check_port)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -538,6 +562,11 @@ def targets_table(
             value /= base
         ok = value >= goal if sense == ">=" else value <= goal
         row(what, f"{sense} {goal:g}", f"{value:.2f}" if measure == "ratio" else f"{value:.1f}", ok)
+    if "http-floor" in runs:
+        floor = median_of(runs["http-floor"], "cpu_us")
+        ratio = median_of(runs["http-floor"], "rps") / base
+        row("  (floor: a do-nothing HTTP server, CPU/check)", "-", f"{floor:.1f}", None)
+        row("  (floor: a do-nothing HTTP server, throughput)", "-", f"{ratio:.2f}", None)
     if added_p50_ms is None:
         row("added p50 latency at one connection, HTTP", "<= 0.15 ms", "not run", None)
     else:
