@@ -264,16 +264,23 @@ def start_upstream(workdir: Path) -> tuple[stack.Proc, int]:
     bootstrap = workdir / "upstream.json"
     bootstrap.write_text(json.dumps(upstream_bootstrap(port, admin_port)))
     argv = [find_envoy(), "-c", str(bootstrap), "--use-dynamic-base-id", "-l", "error"]
-    proc = stack.start("upstream", [*argv, "--concurrency", "1"], workdir)
+    argv += ["--concurrency", "1"]
+    proc = start_answering("upstream", argv, workdir, f"http://127.0.0.1:{port}/")
+    return proc, port
+
+
+def start_answering(name: str, argv: list[str], workdir: Path, url: str) -> stack.Proc:
+    """Start a process and wait until `url` answers 200 (exit if the process dies first)."""
+    proc = stack.start(name, argv, workdir)
 
     def up() -> bool:
         if not proc.alive():
-            raise SystemExit(f"upstream Envoy exited:\n{proc.output()}")
-        resp = http.try_get(f"http://127.0.0.1:{port}/")
+            raise SystemExit(f"{name} exited:\n{proc.output()}")
+        resp = http.try_get(url)
         return resp is not None and resp.status == 200
 
-    wait.wait_until(up, timeout=20, what="the upstream Envoy")
-    return proc, port
+    wait.wait_until(up, timeout=20, what=name)
+    return proc
 
 
 def write_catalog(workdir: Path, upstream_port: int) -> Path:
@@ -352,15 +359,8 @@ def start_floor(workdir: Path, name: str) -> stack.Authz:
     """bench.floor_authz, standing where ext_authz would (it has no gRPC port)."""
     check_port, metrics_port = ports.free_port(), ports.free_port()
     argv = [sys.executable, "-m", "bench.floor_authz", str(check_port), str(metrics_port)]
-    proc = stack.start(f"floor-{name}", argv, workdir)
-
-    def up() -> bool:
-        if not proc.alive():
-            raise SystemExit(f"the floor server exited:\n{proc.output()}")
-        resp = http.try_get(f"http://127.0.0.1:{metrics_port}/ready")
-        return resp is not None and resp.status == 200
-
-    wait.wait_until(up, timeout=20, what="the floor server")
+    ready = f"http://127.0.0.1:{metrics_port}/ready"
+    proc = start_answering(f"floor-{name}", argv, workdir, ready)
     return stack.Authz(proc, 0, metrics_port, check_port)
 
 
