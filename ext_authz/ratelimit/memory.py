@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 
 from ext_authz.ratelimit.base import DEFAULT_CLOCK, Clock, Decision, Limit
-from ext_authz.ratelimit.window import decide, is_idle, prune, to_ms
+from ext_authz.ratelimit.window import decide, oldest_counted, prune, to_ms
 
 _Key = tuple[str, int]
 
@@ -72,7 +72,8 @@ class MemoryLimiter:
         """Drop idle keys among the least recently used few. Caller holds the lock."""
         idle = []
         for k, buckets in itertools.islice(self._state.items(), self._sweep_per_call):
-            if not is_idle(buckets, now_ms, k[1]):
+            # Counts here are never below 1, so a key is idle when its newest bucket is.
+            if buckets and max(buckets) >= oldest_counted(now_ms, k[1]):
                 break
             idle.append(k)
         for k in idle:

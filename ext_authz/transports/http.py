@@ -99,7 +99,7 @@ class Ticker:
 
 
 def _header_lines(headers: Sequence[tuple[str, str]]) -> bytes:
-    return "".join(f"{k}: {v}\r\n" for k, v in headers).encode()
+    return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode()
 
 
 def encode_outcome(outcome: Outcome, keep_alive: bool = True) -> bytes:
@@ -220,8 +220,10 @@ class CheckProtocol(asyncio.Protocol):
             headers[key] += "," + value.decode("latin-1")
         else:
             headers[key] = value.decode("latin-1")
-            if len(headers) > self._max_headers:
-                raise _TooLarge
+
+    def on_headers_complete(self) -> None:
+        if len(self._headers) > self._max_headers:  # the byte bound held while they came
+            raise _TooLarge
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)  # Envoy sends none; a body only counts against the bound
