@@ -214,6 +214,7 @@ def test_a_client_sending_the_policy_header_changes_no_decision(
     allowed = call(envoy, "/orders/1", {**customer, **forged})
     assert allowed.status == 200
     assert allowed.json()["headers"]["x-user-id"] == "alice"
+    assert POLICY_HEADER not in allowed.json()["headers"]  # nor does it reach the upstream
     request_id = allowed.json()["headers"]["x-request-id"]
     record = wait.wait_until(
         lambda: next((a for a in authz.audit_lines() if a["request_id"] == request_id), None),

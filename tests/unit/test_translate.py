@@ -247,7 +247,7 @@ def test_identity_headers_are_stripped_before_ext_authz_which_fails_closed(trans
     mutation = header_mutation_pb2.HeaderMutation()
     filters[0].typed_config.Unpack(mutation)
     removed = {m.remove for m in mutation.mutations.request_mutations}
-    assert removed == {"x-user-id", "x-user-roles", "x-tenant-upstream"}
+    assert removed == {"x-user-id", "x-user-roles", "x-tenant-upstream", "x-sidecar-route-policy"}
     config = ext_authz_pb2.ExtAuthz()
     filters[2].typed_config.Unpack(config)
     assert config.failure_mode_allow is False

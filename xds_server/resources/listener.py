@@ -22,6 +22,7 @@ from google.protobuf import wrappers_pb2
 
 from sidecar_shared.contract import (
     METHOD_OVERRIDE_HEADERS,
+    POLICY_HEADER,
     ROLES_HEADER,
     TENANT_UPSTREAM_HEADER,
     USER_HEADER,
@@ -47,12 +48,13 @@ from xds_server.resources.routes import needs_body_limit, needs_cache_filter
 
 
 def _strip_client_identity() -> hcm_pb2.HttpFilter:
-    """Removes identity headers a client sent, before ext_authz or routing sees them.
+    """Removes identity headers (and the route-policy header) a client sent, before ext_authz or
+    routing sees them.
 
     `x-tenant-id` stays for ext_authz to compare with the token (it overwrites or removes it
     on allow; public routes remove it at the router)."""
     mutation = header_mutation_pb2.HeaderMutation()
-    for name in (USER_HEADER, ROLES_HEADER, TENANT_UPSTREAM_HEADER):
+    for name in (USER_HEADER, ROLES_HEADER, TENANT_UPSTREAM_HEADER, POLICY_HEADER):
         mutation.mutations.request_mutations.add(remove=name)
     return hcm_pb2.HttpFilter(name=HEADER_MUTATION_FILTER, typed_config=pack(mutation))
 
