@@ -14,9 +14,9 @@ skips ext_authz: Envoy alone. The others use a route with JWT + RBAC + tenant sc
 limit too high to reach (so every check counts it), with metrics on and 1 % of allows audited.
 wrk drives every configuration through the same Lua script, which rotates through a file of
 bearer tokens (none, one, or 10,000 distinct users; with 10,000 the token cache is cut to
-1,000 so that every check verifies its token). `http-floor` puts `bench.floor_authz` (an
-HTTP ext_authz server that decides nothing) where ext_authz would be: what the loop and the
-sockets cost under the same load. Warm-up repeats 1 s of load until every token
+1,000 so that every check verifies its token). `http-floor` and `grpc-floor` put
+`bench.floor_authz` (an ext_authz server of that transport that decides nothing) where
+ext_authz would be: what the transport itself costs under the same load. Warm-up repeats 1 s of load until every token
 was sent once. Runs are interleaved (A, B, C, A, B, C, ...) so noise hits all alike.
 
 Prints the wrk command, then one line per run and a table of medians: requests/s, latency p50
@@ -109,6 +109,7 @@ CONFIGS = [
     Config("grpc-1-token", SECURE + "/x", ONE, transport="grpc"),
     Config("grpc-10k-users", SECURE + "/x", MANY, AuthzArgs(MISSES), "grpc"),
     Config("http-floor", SECURE + "/x", ONE, floor=True),
+    Config("grpc-floor", SECURE + "/x", ONE, transport="grpc", floor=True),
 ]
 # Older rows (no RBAC, no tenant, no limit unless named so): --configs selects them.
 EXTRA_CONFIGS = [
@@ -331,7 +332,7 @@ def start_stack(config: Config, catalog: Path, workdir: Path, started: list[stac
     xds = stack.start_xds(catalog, workdir, name=f"xds-{config.name}", transport=config.transport)
     started.append(xds.proc)
     if config.floor:
-        authz = start_floor(workdir, config.name)
+        authz = start_floor(workdir, config.name, config.transport)
     else:
         authz = stack.start_authz(
             workdir,
@@ -355,13 +356,13 @@ def start_stack(config: Config, catalog: Path, workdir: Path, started: list[stac
     return Stack(config, authz, envoy, tokens_file)
 
 
-def start_floor(workdir: Path, name: str) -> stack.Authz:
-    """bench.floor_authz, standing where ext_authz would (it has no gRPC port)."""
+def start_floor(workdir: Path, name: str, transport: str) -> stack.Authz:
+    """bench.floor_authz for `transport`, standing where ext_authz would."""
     check_port, metrics_port = ports.free_port(), ports.free_port()
-    argv = [sys.executable, "-m", "bench.floor_authz", str(check_port), str(metrics_port)]
+    argv = [sys.executable, "-m", "bench.floor_authz", transport, str(check_port)]
     ready = f"http://127.0.0.1:{metrics_port}/ready"
-    proc = start_answering(f"floor-{name}", argv, workdir, ready)
-    return stack.Authz(proc, 0, metrics_port, check_port)
+    proc = start_answering(f"floor-{name}", [*argv, str(metrics_port)], workdir, ready)
+    return stack.Authz(proc, check_port, metrics_port, check_port)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -562,11 +563,12 @@ def targets_table(
             value /= base
         ok = value >= goal if sense == ">=" else value <= goal
         row(what, f"{sense} {goal:g}", f"{value:.2f}" if measure == "ratio" else f"{value:.1f}", ok)
-    if "http-floor" in runs:
-        floor = median_of(runs["http-floor"], "cpu_us")
-        ratio = median_of(runs["http-floor"], "rps") / base
-        row("  (floor: a do-nothing HTTP server, CPU/check)", "-", f"{floor:.1f}", None)
-        row("  (floor: a do-nothing HTTP server, throughput)", "-", f"{ratio:.2f}", None)
+    for name, what in (("http-floor", "HTTP"), ("grpc-floor", "gRPC")):
+        if name in runs:
+            floor = median_of(runs[name], "cpu_us")
+            ratio = median_of(runs[name], "rps") / base
+            row(f"  (floor: a do-nothing {what} server, throughput)", "-", f"{ratio:.2f}", None)
+            row(f"  (floor: a do-nothing {what} server, CPU/check)", "-", f"{floor:.1f}", None)
     if added_p50_ms is None:
         row("added p50 latency at one connection, HTTP", "<= 0.15 ms", "not run", None)
     else:

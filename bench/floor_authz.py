@@ -1,10 +1,11 @@
-"""The floor for the HTTP transport: a server that speaks Envoy's HTTP ext_authz protocol and
-decides nothing (raw asyncio + httptools on uvloop, as ext_authz's HTTP transport): every
-check is a 200 with fixed identity headers. Run under the same load as ext_authz, its CPU per
-check is what the event loop and the sockets cost; ext_authz's minus it is what our parsing,
-decision and answer cost.
+"""The floor of each transport: a server that speaks Envoy's ext_authz protocol and decides
+nothing, on the same machinery as ext_authz's transport: `http` (raw asyncio + httptools on
+uvloop; every check a 200 with fixed identity headers) or `grpc` (grpcio's sync server with 4
+worker threads; every Check an OK with the same headers). Run under the same load as ext_authz,
+its CPU per check is what the transport itself costs; ext_authz's minus it is what our
+parsing, decision and answer cost.
 
-    python -m bench.floor_authz CHECK_PORT METRICS_PORT
+    python -m bench.floor_authz http|grpc CHECK_PORT METRICS_PORT
 
 `GET /metrics` on METRICS_PORT gives `ext_authz_checks_total` (as ext_authz's page does, so
 the benchmark counts its checks the same way) and `GET /ready` answers 200.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import httptools
 import uvloop
@@ -25,7 +27,7 @@ ALLOW = (
 
 
 class Counter:
-    checks = 0
+    checks = 0  # (+= from grpc's worker threads may lose a count: a benchmark's tolerance)
 
 
 class Check(asyncio.Protocol):
@@ -59,12 +61,39 @@ async def ops(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Non
     writer.close()
 
 
-async def main(check_port: int, metrics_port: int) -> None:
+def grpc_server(port: int) -> Any:
+    """grpcio's sync server answering every Check with OK and the identity headers."""
+    from concurrent import futures  # noqa: PLC0415
+
+    import grpc  # noqa: PLC0415
+    from envoy.config.core.v3 import base_pb2  # noqa: PLC0415
+    from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc  # noqa: PLC0415
+
+    ok = external_auth_pb2.CheckResponse()
+    for key, value in (("x-user-id", "user"), ("x-user-roles", "reader"), ("x-tenant-id", "acme")):
+        ok.ok_response.headers.add(header=base_pb2.HeaderValue(key=key, value=value))
+
+    class Allow(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+        def Check(self, request: Any, context: Any) -> Any:
+            Counter.checks += 1
+            return ok
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Allow(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server
+
+
+async def main(transport: str, check_port: int, metrics_port: int) -> None:
     loop = asyncio.get_running_loop()
-    await loop.create_server(Check, "127.0.0.1", check_port)
+    if transport == "grpc":
+        keep = grpc_server(check_port)  # noqa: F841 (serves from its own threads)
+    else:
+        await loop.create_server(Check, "127.0.0.1", check_port)
     server = await asyncio.start_server(ops, "127.0.0.1", metrics_port)
     await server.serve_forever()
 
 
 if __name__ == "__main__":
-    uvloop.run(main(int(sys.argv[1]), int(sys.argv[2])))
+    uvloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
