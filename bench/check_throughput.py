@@ -16,8 +16,9 @@ wrk drives every configuration through the same Lua script, which rotates throug
 bearer tokens (none, one, or 10,000 distinct users; with 10,000 the token cache is cut to
 1,000 so that every check verifies its token). `http-floor` and `grpc-floor` put
 `bench.floor_authz` (an ext_authz server of that transport that decides nothing) where
-ext_authz would be: what the transport itself costs under the same load. Warm-up repeats 1 s of load until every token
-was sent once. Runs are interleaved (A, B, C, A, B, C, ...) so noise hits all alike.
+ext_authz would be: what the transport itself costs under the same load. Warm-up repeats 1 s
+of load until every token was sent once. Runs are interleaved (A, B, C, A, B, C, ...) so noise
+hits all alike.
 
 Prints the wrk command, then one line per run and a table of medians: requests/s, latency p50
 and p99 (wrk --latency), the ratio to `no-auth`, ext_authz CPU µs per check and gateway Envoy
