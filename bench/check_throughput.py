@@ -1,45 +1,64 @@
-"""Requests per second through a real Envoy, with and without our ext_authz, in one run.
+"""Requests per second through a real Envoy, with and without our ext_authz, over each of its
+transports, in one run: the issue-9 table with its targets.
 
     python -m bench.check_throughput [--runs 3] [--duration 5] [--threads 1] [--connections 16]
-                                     [--configs no-auth,authz-1-token]
+                                     [--configs no-auth,http-1-token,...] [--p50-rounds 3]
+                                     [--rss-users 1250000]
 
-Each configuration in CONFIGS gets its own xDS server, ext_authz and gateway Envoy (from
-`tests.harness`; Envoy at default concurrency, 2 workers on 2 cores), so token caches, CPU counts
+Each configuration in CONFIGS gets its own xDS server (telling Envoy which transport to use),
+ext_authz (its own process, `python -m ext_authz`, as the `ext-authz` container runs it) and
+gateway Envoy (Envoy at default concurrency, 2 workers on 2 cores), so token caches, CPU counts
 and listener ports never mix; all share one fast upstream (a second Envoy answering 200 "ok"
-from a `direct_response`, --concurrency 1). wrk drives every configuration through the same
-Lua script, which rotates through a file of bearer tokens (none, one, or 10,000 distinct
-users). Warm-up repeats 1 s of load until every token was sent once, so the 10k-user runs
-measure a warm token cache (10,000 entries by default). Runs are interleaved (A, B, C, A, B,
-C, ...) so noise hits all configurations alike.
+from a `direct_response`, --concurrency 1). The baseline `no-auth` is a public route that
+skips ext_authz: Envoy alone. The others use a route with JWT + RBAC + tenant scope + a rate
+limit too high to reach (so every check counts it), with metrics on and 1 % of allows audited.
+wrk drives every configuration through the same Lua script, which rotates through a file of
+bearer tokens (none, one, or 10,000 distinct users; with 10,000 the token cache is cut to
+1,000 so that every check verifies its token). `http-floor` and `grpc-floor` put
+`bench.floor_authz` (an ext_authz server of that transport that decides nothing) where
+ext_authz would be: what the transport itself costs under the same load. Warm-up repeats 1 s
+of load until every token was sent once. Runs are interleaved (A, B, C, A, B, C, ...) so noise
+hits all alike.
 
 Prints the wrk command, then one line per run and a table of medians: requests/s, latency p50
-and p99 (wrk --latency), the ratio to `no-auth`, ext_authz CPU µs per Check and gateway Envoy
+and p99 (wrk --latency), the ratio to `no-auth`, ext_authz CPU µs per check and gateway Envoy
 CPU µs per request (utime + stime from /proc/PID/stat over the run, divided by the requests wrk
-completed). Non-2xx responses and socket errors are printed in capitals: a benchmark of 401s
-is worthless. Needs `wrk` on PATH (`apt-get install -y wrk`).
+completed). Then the p50 that `http-1-token` adds at one connection, ext_authz's RSS after
+`--rss-users` distinct users through the memory limiter, and the issue's targets beside the
+measured numbers. Non-2xx responses and socket errors are printed in capitals: a benchmark of
+401s is worthless. Needs `wrk` on PATH (`apt-get install -y wrk`).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar_shared.contract import POLICY_HEADER, Limit, RoutePolicy, encode
 from sidecar_shared.supervise import find_envoy
 from tests.support import envoy_upstream, http, ports, stack, tokens, wait
 
 PROTECTED = "/api"  # "rbac_required": false, not public: ext_authz checks the token
 OPEN = "/open"  # "public": true, no rate_limit: Envoy skips ext_authz
 LIMITED = "/limited"  # like /api, with a rate limit too high to reach: every Check counts
+# What the issue's targets are measured on: JWT + RBAC (role reader) + tenant scope + a rate
+# limit too high to reach (every check counts, in memory unless the config says Redis).
+SECURE = "/secure"
 REDIS = {
     "SIDECAR_RATE_LIMIT_BACKEND": "redis",
     # Keys expire by themselves (1 s windows); the prefix keeps them apart from anything else.
@@ -47,7 +66,10 @@ REDIS = {
     # Long enough that a busy machine does not turn Redis calls into fail-open shortcuts.
     "SIDECAR_REDIS_TIMEOUT_MS": "100",
 }
-AUDIT_ARGS = ("--audit-allow-sample", "0")  # denials are still audited
+# Allows audited at 1 % (a production sampling); denials always are. Metrics are always on.
+AUDIT_ARGS = ("--audit-allow-sample", "0.01")
+# A token cache smaller than the users, visited round robin: every check verifies its token.
+MISSES = ("--token-cache-size", "1000")
 TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
 
 
@@ -56,6 +78,7 @@ class TokenSource:
     """How many distinct users wrk sends bearer tokens for; 0 sends no Authorization header."""
 
     users: int
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,15 +95,49 @@ class Config:
     path: str
     token_source: TokenSource
     authz_args: AuthzArgs = field(default_factory=AuthzArgs)
+    transport: str = "http"  # how Envoy calls ext_authz (--authz-transport)
+    floor: bool = False  # Envoy calls bench.floor_authz (decides nothing) instead of ext_authz
 
 
+ONE = TokenSource(1, "acme")
+MANY = TokenSource(10_000, "acme")
 # The first configuration is the baseline (ratio 1.00). Add rows here; --configs filters them.
 CONFIGS = [
     Config("no-auth", OPEN + "/x", TokenSource(0)),
-    Config("authz-1-token", PROTECTED + "/x", TokenSource(1)),
-    Config("authz-10k-users", PROTECTED + "/x", TokenSource(10_000)),
-    Config("limit-memory-10k-users", LIMITED + "/x", TokenSource(10_000)),
-    Config("limit-redis-10k-users", LIMITED + "/x", TokenSource(10_000), AuthzArgs(env=REDIS)),
+    Config("http-1-token", SECURE + "/x", ONE),
+    Config("http-10k-users", SECURE + "/x", MANY, AuthzArgs(MISSES)),
+    Config("http-redis-10k-users", SECURE + "/x", MANY, AuthzArgs(MISSES, REDIS)),
+    Config("grpc-1-token", SECURE + "/x", ONE, transport="grpc"),
+    Config("grpc-10k-users", SECURE + "/x", MANY, AuthzArgs(MISSES), "grpc"),
+    Config("http-floor", SECURE + "/x", ONE, floor=True),
+    Config("grpc-floor", SECURE + "/x", ONE, transport="grpc", floor=True),
+]
+# Older rows (no RBAC, no tenant, no limit unless named so): --configs selects them.
+EXTRA_CONFIGS = [
+    Config("authz-1-token", PROTECTED + "/x", TokenSource(1), transport="grpc"),
+    Config("authz-10k-users", PROTECTED + "/x", TokenSource(10_000), transport="grpc"),
+    Config("limit-memory-10k-users", LIMITED + "/x", TokenSource(10_000), transport="grpc"),
+    Config(
+        "limit-redis-10k-users",
+        LIMITED + "/x",
+        TokenSource(10_000),
+        AuthzArgs(env=REDIS),
+        transport="grpc",
+    ),
+]
+# The issue's table: (what, config, measure, target, how the target reads)
+TARGETS = [
+    ("throughput, HTTP transport, one cached token", "http-1-token", "ratio", 0.55, ">="),
+    ("throughput, HTTP transport, 10,000 users (misses)", "http-10k-users", "ratio", 0.40, ">="),
+    (
+        "throughput, HTTP transport, Redis, 10,000 users",
+        "http-redis-10k-users",
+        "ratio",
+        0.40,
+        ">=",
+    ),
+    ("throughput, gRPC transport, one cached token", "grpc-1-token", "ratio", 0.27, ">="),
+    ("ext_authz CPU per check, HTTP transport, cached", "http-1-token", "cpu_us", 20.0, "<="),
 ]
 
 LUA = """\
@@ -155,16 +212,23 @@ def start_upstream(workdir: Path) -> tuple[stack.Proc, int]:
     bootstrap = workdir / "upstream.json"
     bootstrap.write_text(json.dumps(envoy_upstream.bootstrap(port, admin_port)))
     argv = [find_envoy(), "-c", str(bootstrap), "--use-dynamic-base-id", "-l", "error"]
-    proc = stack.start("upstream", [*argv, "--concurrency", "1"], workdir)
+    argv += ["--concurrency", "1"]
+    proc = start_answering("upstream", argv, workdir, f"http://127.0.0.1:{port}/")
+    return proc, port
+
+
+def start_answering(name: str, argv: list[str], workdir: Path, url: str) -> stack.Proc:
+    """Start a process and wait until `url` answers 200 (exit if the process dies first)."""
+    proc = stack.start(name, argv, workdir)
 
     def up() -> bool:
         if not proc.alive():
-            raise SystemExit(f"upstream Envoy exited:\n{proc.output()}")
-        resp = http.try_get(f"http://127.0.0.1:{port}/")
+            raise SystemExit(f"{name} exited:\n{proc.output()}")
+        resp = http.try_get(url)
         return resp is not None and resp.status == 200
 
-    wait.wait_until(up, timeout=20, what="the upstream Envoy")
-    return proc, port
+    wait.wait_until(up, timeout=20, what=name)
+    return proc
 
 
 def write_catalog(workdir: Path, upstream_port: int) -> Path:
@@ -184,18 +248,26 @@ def write_catalog(workdir: Path, upstream_port: int) -> Path:
             "rbac_required": False,
             "rate_limit": {"requests_per_second": 1_000_000},
         },
+        {
+            "service_name": "secure",
+            "base_path": SECURE,
+            "internal_url": url,
+            "tenant_scope": "tenant",
+            "rate_limit": {"requests_per_second": 1_000_000},
+        },
     ]
     catalog_dir = workdir / "catalog"  # its own directory: the xDS server watches it
     catalog_dir.mkdir()
     catalog = catalog_dir / "service_catalog.json"
-    catalog.write_text(json.dumps({"services": services, "roles": {"reader": ["api:read"]}}))
+    roles = {"reader": ["api:read", "secure:read"]}
+    catalog.write_text(json.dumps({"services": services, "roles": roles}))
     return catalog
 
 
-def write_tokens(path: Path, users: int) -> None:
+def write_tokens(path: Path, source: TokenSource) -> None:
     lines = [
-        tokens.token(sub=f"user-{i}", roles=["reader"], tenant=None, ttl_s=3600)
-        for i in range(users)
+        tokens.token(sub=f"user-{i}", roles=["reader"], tenant=source.tenant, ttl_s=3600)
+        for i in range(source.users)
     ]
     path.write_text("".join(line + "\n" for line in lines))
 
@@ -204,19 +276,22 @@ def start_stack(config: Config, catalog: Path, workdir: Path, started: list[stac
     """xDS server + ext_authz + gateway Envoy for one configuration; each process goes into
     `started`. Its own xDS server gives its Envoy its own listener port: Envoys sharing one
     port (SO_REUSEPORT) would split wrk's connections between them."""
-    xds = stack.start_xds(catalog, workdir, name=f"xds-{config.name}")
+    xds = stack.start_xds(catalog, workdir, name=f"xds-{config.name}", transport=config.transport)
     started.append(xds.proc)
-    authz = stack.start_authz(
-        workdir,
-        name=f"authz-{config.name}",
-        env=config.authz_args.env,
-        args=[*AUDIT_ARGS, *config.authz_args.args],
-    )
+    if config.floor:
+        authz = start_floor(workdir, config.name, config.transport)
+    else:
+        authz = stack.start_authz(
+            workdir,
+            name=f"authz-{config.name}",
+            env=config.authz_args.env,
+            args=[*AUDIT_ARGS, *config.authz_args.args],
+        )
     started.append(authz.proc)
-    envoy = stack.start_envoy(xds, workdir, node_id=f"gw-{config.name}", authz_port=authz.port)
+    envoy = stack.start_envoy(xds, workdir, node_id=f"gw-{config.name}", authz=authz)
     started.append(envoy.proc)
     tokens_file = workdir / f"tokens-{config.name}.txt"
-    write_tokens(tokens_file, config.token_source.users)
+    write_tokens(tokens_file, config.token_source)
     first = tokens_file.read_text().split("\n", 1)[0]
     headers = tokens.bearer(first) if first else {}
 
@@ -226,6 +301,15 @@ def start_stack(config: Config, catalog: Path, workdir: Path, started: list[stac
 
     wait.wait_until(answers, timeout=30, what=f"200 on {config.path} ({config.name})")
     return Stack(config, authz, envoy, tokens_file)
+
+
+def start_floor(workdir: Path, name: str, transport: str) -> stack.Authz:
+    """bench.floor_authz for `transport`, standing where ext_authz would."""
+    check_port, metrics_port = ports.free_port(), ports.free_port()
+    argv = [sys.executable, "-m", "bench.floor_authz", transport, str(check_port)]
+    ready = f"http://127.0.0.1:{metrics_port}/ready"
+    proc = start_answering(f"floor-{name}", [*argv, str(metrics_port)], workdir, ready)
+    return stack.Authz(proc, check_port, metrics_port, check_port)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -397,6 +481,137 @@ def table(configs: list[Config], runs: dict[str, list[Run]]) -> list[str]:
     return lines
 
 
+def median_of(runs: list[Run], measure: str) -> float:
+    if measure == "cpu_us":
+        return float(statistics.median(r.authz_us_per_req for r in runs))
+    return float(statistics.median(r.wrk.rps for r in runs))
+
+
+def targets_table(
+    configs: list[Config],
+    runs: dict[str, list[Run]],
+    added_p50_ms: float | None,
+    rss: list[tuple[int, float]],
+) -> list[str]:
+    """The issue's table: each target beside the number measured in this run."""
+    base = median_of(runs[configs[0].name], "rps")
+    lines = [f"{'what':<52} {'target':>10} {'measured':>10}  ", "-" * 80]
+
+    def row(what: str, target: str, value: str, ok: bool | None) -> None:
+        verdict = "" if ok is None else ("met" if ok else "MISSED")
+        lines.append(f"{what:<52} {target:>10} {value:>10}  {verdict}")
+
+    for what, name, measure, goal, sense in TARGETS:
+        if name not in runs:
+            row(what, f"{sense} {goal:g}", "not run", None)
+            continue
+        value = median_of(runs[name], measure)
+        if measure == "ratio":
+            value /= base
+        ok = value >= goal if sense == ">=" else value <= goal
+        row(what, f"{sense} {goal:g}", f"{value:.2f}" if measure == "ratio" else f"{value:.1f}", ok)
+    for name, what in (("http-floor", "HTTP"), ("grpc-floor", "gRPC")):
+        if name in runs:
+            floor = median_of(runs[name], "cpu_us")
+            ratio = median_of(runs[name], "rps") / base
+            row(f"  (floor: a do-nothing {what} server, throughput)", "-", f"{ratio:.2f}", None)
+            row(f"  (floor: a do-nothing {what} server, CPU/check)", "-", f"{floor:.1f}", None)
+    if added_p50_ms is None:
+        row("added p50 latency at one connection, HTTP", "<= 0.15 ms", "not run", None)
+    else:
+        row(
+            "added p50 latency at one connection, HTTP",
+            "<= 0.15 ms",
+            f"{added_p50_ms:.3f}",
+            added_p50_ms <= 0.15,
+        )
+    for users, mb in rss:
+        row(
+            f"ext_authz RSS after {users:,} distinct users (memory)",
+            "flat >cap",
+            f"{mb:.0f} MiB",
+            None,
+        )
+    return lines
+
+
+def added_p50(script: Path, base: Stack, other: Stack, seconds: float, rounds: int) -> float:
+    """Median over alternating rounds of (p50 through `other` - p50 through `base`), wrk with
+    one connection: the latency a check adds when nothing queues."""
+    one = Wrk(1, 1, script)
+    diffs = []
+    for _ in range(rounds):
+        a = one.run_stack(base, seconds).p50_ms
+        b = one.run_stack(other, seconds).p50_ms
+        diffs.append(b - a)
+    return float(statistics.median(diffs))
+
+
+# --- ext_authz's memory under many users ----------------------------------------------------
+
+RSS_POLICY = encode(RoutePolicy(service="rss", rbac_required=False, rate_limit=Limit(10, 3600)))
+_HS256_HEAD = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+
+
+def fast_token(user: int, exp: int) -> bytes:
+    """An HS256 token for `user` signed with the test secret (PyJWT is slower than the server
+    under test; this is the same bytes it would make)."""
+    payload = json.dumps({"sub": f"u{user}", "exp": exp}, separators=(",", ":")).encode()
+    signing = _HS256_HEAD + b"." + base64.urlsafe_b64encode(payload).rstrip(b"=")
+    mac = hmac.new(tokens.TEST_SECRET, signing, hashlib.sha256).digest()
+    return signing + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_after_users(workdir: Path, users: int, checkpoints: int) -> list[tuple[int, float]]:
+    """ext_authz (its own process, `python -m ext_authz`) answers one check for each of `users`
+    distinct users on a route limited per hour, so each user stays a key of the memory limiter
+    (capped at 1,000,000 keys); its RSS at `checkpoints` evenly spaced counts. Checks go
+    straight to its HTTP check port, pipelined 500 at a time on one connection."""
+    authz = stack.start_authz(workdir, name="authz-rss", args=list(AUDIT_ARGS))
+    out: list[tuple[int, float]] = []
+    exp = int(time.time()) + 3600
+    step = max(1, users // checkpoints)
+    batch = 500
+    try:
+        with socket.create_connection(("127.0.0.1", authz.check_port), timeout=60) as sock:
+            for start in range(0, users, batch):
+                n = min(batch, users - start)
+                sock.sendall(
+                    b"".join(
+                        b"GET /sidecar-check/rss HTTP/1.1\r\nhost: x\r\n"
+                        + POLICY_HEADER.encode()
+                        + b": "
+                        + RSS_POLICY.encode()
+                        + b"\r\nauthorization: Bearer "
+                        + fast_token(u, exp)
+                        + b"\r\n\r\n"
+                        for u in range(start, start + n)
+                    )
+                )
+                got = b""
+                while got.count(b"HTTP/1.1 ") < n:
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        raise SystemExit("ext_authz closed the connection")
+                    got += chunk
+                if got.count(b"HTTP/1.1 200 ") != n:
+                    raise SystemExit(f"!!! not every check was allowed: {got[:300]!r}")
+                done = start + n
+                if done % step < batch or done == users:
+                    out.append((done, rss_mib(authz.proc.popen.pid)))
+                    print(f"  {done:>9,} users: ext_authz RSS {out[-1][1]:.0f} MiB", flush=True)
+    finally:
+        authz.proc.stop()
+    return out
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -407,14 +622,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--threads", type=int, default=1, help="wrk -t")
     parser.add_argument("--connections", type=int, default=16, help="wrk -c")
+    extra = ",".join(c.name for c in EXTRA_CONFIGS)
     parser.add_argument(
-        "--configs", default=names, help=f"comma-separated; the first is the baseline ({names})"
+        "--configs",
+        default=names,
+        help=f"comma-separated; the first is the baseline ({names}; also {extra})",
+    )
+    parser.add_argument(
+        "--p50-rounds", type=int, default=3, help="rounds of the one-connection latency (0: skip)"
+    )
+    parser.add_argument(
+        "--rss-users",
+        type=int,
+        default=1_250_000,
+        help="distinct users sent to one ext_authz for its RSS (0: skip)",
     )
     return parser.parse_args()
 
 
 def select(spec: str) -> list[Config]:
-    by_name = {c.name: c for c in CONFIGS}
+    by_name = {c.name: c for c in [*CONFIGS, *EXTRA_CONFIGS]}
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in wanted if n not in by_name]
     if unknown or not wanted:
@@ -438,14 +665,18 @@ def main() -> None:
         started.append(upstream)
         catalog = write_catalog(workdir, upstream_port)
         stacks = [start_stack(c, catalog, workdir, started) for c in configs]
-        print(f"ext_authz flags: {' '.join(AUDIT_ARGS)} (allows not audited; denials are)")
-        print("per configuration: its own xDS server, ext_authz (default --token-cache-size")
-        print("  10000) and gateway Envoy (default concurrency: 2 workers on this 2-core machine);")
+        print(f"ext_authz flags: {' '.join(AUDIT_ARGS)} (1 % of allows audited; every denial),")
+        print(f"  metrics on; *-10k-users add {' '.join(MISSES)}: every check verifies its token")
+        print("per configuration: its own xDS server, ext_authz (its own process, as `ext-authz`")
+        print("  in a container: python -m ext_authz) and gateway Envoy (default concurrency:")
+        print("  2 workers on this 2-core machine); the route is JWT + RBAC + tenant scope + a")
+        print("  rate limit too high to reach (memory, or Redis where named);")
         print("  shared upstream: one Envoy, --concurrency 1, direct_response 200;")
         print(f"  wrk -t{args.threads} -c{args.connections} runs on the same 2 cores")
         print("wrk command (URL and token file differ per configuration):")
         print("  " + " ".join(wrk.stack_argv(stacks[-1], args.duration)))
-        print("  token files: one bearer token per line, sub user-0..user-N-1, role reader")
+        print("  token files: one bearer token per line, sub user-0..user-N-1, role reader,")
+        print("  tenant acme")
         print("warm-up (1 s runs until every token was sent once):")
         for stack in stacks:
             print("  " + warm_up(wrk, stack))
@@ -463,6 +694,20 @@ def main() -> None:
         print(f"medians of {args.runs} runs x {args.duration:g} s, interleaved; ratio = req/s")
         print(f"over {configs[0].name}; CPU µs = (utime+stime delta) / requests wrk completed")
         for line in table(configs, runs):
+            print(line)
+        by_name = {st.config.name: st for st in stacks}
+        p50: float | None = None
+        if args.p50_rounds and "http-1-token" in by_name:
+            p50 = added_p50(
+                wrk.script, stacks[0], by_name["http-1-token"], args.duration, args.p50_rounds
+            )
+            print(f"\nadded p50 at one connection (http-1-token - {configs[0].name}): {p50:.3f} ms")
+        rss: list[tuple[int, float]] = []
+        if args.rss_users:
+            print(f"\nRSS: {args.rss_users:,} distinct users through the memory limiter")
+            rss = rss_after_users(workdir, args.rss_users, 5)
+        print()
+        for line in targets_table(configs, runs, p50, rss):
             print(line)
         for stack in stacks:
             errors = metric_total(stack.authz, "ext_authz_rate_limit_backend_errors_total")

@@ -170,7 +170,7 @@ def main() -> None:
                 args=["--audit-allow-sample", "0", "--trusted-proxy-hops", "1"],
             )
             started.append(authz.proc)
-            envoy = stack.start_envoy(xds, workdir, node_id="gw-flood", authz_port=authz.port)
+            envoy = stack.start_envoy(xds, workdir, node_id="gw-flood", authz=authz)
             started.append(envoy.proc)
             token = tokens.token(sub="valid-user", roles=["reader"], tenant=None, ttl_s=3600)
             path = PROTECTED + "/x"

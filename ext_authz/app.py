@@ -2,7 +2,9 @@
 
 `build_authorizer` is the one place that chooses the key sources, the rate-limit backend, and
 the observers; every resource it opens is registered on the caller's `ExitStack`, so a failure
-at any later step (a port already taken, say) releases what was opened before it.
+at any later step (a port already taken, say) releases what was opened before it. Both
+transports always run: gRPC (the contract, and gRPC health) and HTTP checks; Envoy is
+configured to use one of them (`--authz-transport`, read by the xDS server and the bootstrap).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry
@@ -23,32 +26,65 @@ from ext_authz.decision import DecisionObserver
 from ext_authz.keys import KeySource
 from ext_authz.metrics import AuthzMetrics, KeyMetrics, TokenCacheStats
 from ext_authz.observers import AuditObserver, MetricsObserver, TracingObserver
-from ext_authz.ratelimit import GuardedLimiter, Limiter, MemoryLimiter
+from ext_authz.ratelimit import (
+    AsyncLimiter,
+    GuardedAsyncLimiter,
+    GuardedLimiter,
+    Limiter,
+    MemoryLimiter,
+    ThreadedAsyncLimiter,
+)
 from ext_authz.settings import AuthzSettings
 from ext_authz.tokens import TokenVerifier
 from ext_authz.transports import Transport
 from ext_authz.transports.grpc import GrpcTransport
+from ext_authz.transports.http import LOOP as HTTP_LOOP
+from ext_authz.transports.http import HttpTransport
 from sidecar_shared import ops_http, tracing
 
 
-def make_backend(
-    settings: AuthzSettings, stack: contextlib.ExitStack
-) -> tuple[Limiter, str | None]:
-    """The one place that chooses the rate-limit backend (the Redis client is imported only
-    when Redis is chosen), and why it cannot be reached right now (None: it can). Raises
-    BackendConfigError when it cannot be used as configured."""
-    if settings.rate_limit_backend == "redis":
-        from ext_authz.ratelimit.redis_backend import RedisLimiter, check_backend  # noqa: PLC0415
+@dataclass(frozen=True)
+class Backend:
+    """The rate-limit store, for threads (`sync`) and for the HTTP transport's event loop
+    (`async_`; None when `sync` never waits on I/O), and why it cannot be reached right now
+    (`unreachable`; None: it can)."""
 
-        unreachable = check_backend(settings.redis_url, settings.redis_key_prefix)
-        limiter = RedisLimiter.from_url(
+    sync: Limiter
+    async_: AsyncLimiter | None = None
+    unreachable: str | None = None
+
+
+def make_backend(settings: AuthzSettings, stack: contextlib.ExitStack) -> Backend:
+    """The one place that chooses the rate-limit backend (the Redis client is imported only
+    when Redis is chosen). Raises BackendConfigError when it cannot be used as configured.
+
+    On the event loop a single Redis server is reached through redis-py's asyncio client
+    (checks of one loop turn pipelined); Cluster and Sentinel go through the same client the
+    threads use, each call on a worker thread, so the loop never waits on a socket."""
+    if settings.rate_limit_backend != "redis":
+        return Backend(MemoryLimiter())
+    from ext_authz.ratelimit.redis_backend import (  # noqa: PLC0415
+        AsyncRedisLimiter,
+        RedisLimiter,
+        check_backend,
+    )
+    from ext_authz.ratelimit.redis_url import parse_redis_url  # noqa: PLC0415
+
+    unreachable = check_backend(settings.redis_url, settings.redis_key_prefix)
+    limiter = RedisLimiter.from_url(
+        settings.redis_url, timeout_ms=settings.redis_timeout_ms, prefix=settings.redis_key_prefix
+    )
+    stack.callback(limiter.close)
+    on_loop: AsyncLimiter
+    if parse_redis_url(settings.redis_url).kind == "single":
+        on_loop = AsyncRedisLimiter.from_url(
             settings.redis_url,
             timeout_ms=settings.redis_timeout_ms,
             prefix=settings.redis_key_prefix,
         )
-        stack.callback(limiter.close)
-        return limiter, unreachable
-    return MemoryLimiter(), None
+    else:
+        on_loop = ThreadedAsyncLimiter(limiter)
+    return Backend(limiter, on_loop, unreachable)
 
 
 def _audit_stream(settings: AuthzSettings, stack: contextlib.ExitStack) -> TextIO:
@@ -71,20 +107,22 @@ def build_authorizer(
     keys = KeySource(settings.keys, log, metrics=KeyMetrics(registry))
     keys.start()
     stack.callback(keys.stop)
-    backend, unreachable = make_backend(settings, stack)
+    backend = make_backend(settings, stack)
     limiter = GuardedLimiter(
-        backend,
+        backend.sync,
         fail_open=settings.rate_limit_fail_open,
         log=log,
         on_outage=metrics.rate_limit_outages.inc,
         on_error=metrics.rate_limit_backend_errors.inc,
     )
-    if unreachable is not None:
-        limiter.report_unavailable(unreachable)
+    if backend.unreachable is not None:
+        limiter.report_unavailable(backend.unreachable)
     metrics.rate_limit_backend_available.set_function(lambda: 1.0 if limiter.available else 0.0)
     verifier = TokenVerifier(settings.verifier, keys, log=log)
     registry.register(TokenCacheStats(verifier.cache))
     audit = AuditLog(_audit_stream(settings, stack), settings.audit_allow_sample)
+    audit.start()
+    stack.callback(audit.close)
     return Authorizer(
         verifier,
         limiter,
@@ -96,6 +134,7 @@ def build_authorizer(
         log,
         limits=settings.limits,
         guard=settings.guard,
+        async_limiter=GuardedAsyncLimiter(backend.async_, limiter) if backend.async_ else None,
     )
 
 
@@ -119,14 +158,15 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
             stack.callback(provider.shutdown)
             observers.append(TracingObserver(provider.get_tracer("ext_authz")))
         authorizer = build_authorizer(settings, log, registry, stack, observers)
+        traced = provider is not None
         transports: list[Transport] = [
-            GrpcTransport(
+            GrpcTransport(authorizer, settings.host, settings.port, settings.workers, traced),
+            HttpTransport(
                 authorizer,
                 settings.host,
-                settings.port,
-                settings.workers,
-                traced=provider is not None,
-            )
+                settings.http_check_port,
+                on_stop=[authorizer.aclose],
+            ),
         ]
         serving = threading.Event()
         ops = ops_http.serve_in_thread(
@@ -152,6 +192,7 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
             extra={
                 "fields": {
                     "grpc": f"{settings.host}:{settings.port}",
+                    "http_check": f"{settings.host}:{settings.http_check_port} ({HTTP_LOOP})",
                     "ops": f"{settings.http_host}:{settings.http_port}",
                     "hmac": settings.keys.secret is not None
                     or settings.keys.secret_file is not None,

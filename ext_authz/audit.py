@@ -2,6 +2,11 @@
 
 Denials are always written; allows are written with probability `allow_sample`. A record never
 holds a token, a secret, or a query string (which can carry either).
+
+Lines are buffered, never written on a check's thread or event loop: `start()` runs a writer
+thread that writes what accumulated at most every `interval_s` (50 ms), and `close()` writes
+the rest. At most `max_buffered` lines wait; beyond that (a stream that cannot keep up) lines
+are dropped, counted, and reported by one `{"decision":"dropped","dropped":N}` line.
 """
 
 from __future__ import annotations
@@ -50,11 +55,63 @@ class AuditLog:
         stream: TextIO,
         allow_sample: float = 1.0,
         rand: Callable[[], float] = random.random,
+        max_buffered: int = 100_000,
     ) -> None:
         self._stream = stream
         self._allow_sample = allow_sample
         self._rand = rand
-        self._lock = threading.Lock()
+        self._max_buffered = max_buffered
+        self._lines: list[str] = []
+        self._dropped = 0
+        self._lock = threading.Lock()  # the buffer
+        self._write_lock = threading.Lock()  # the stream
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, interval_s: float = 0.05) -> None:
+        """Write buffered lines from a thread, at most every `interval_s`."""
+
+        def run() -> None:
+            while not self._stopping.is_set():
+                self._wake.wait()
+                self._wake.clear()
+                self.flush()
+                self._stopping.wait(interval_s)
+            self.flush()
+
+        self._thread = threading.Thread(target=run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the writer (if started) and write every buffered line."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered lines now."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            lines.append(
+                _line(
+                    {
+                        "time": _iso(time.time()),
+                        "decision": "dropped",
+                        "dropped": dropped,
+                        "audit": True,
+                    }
+                )
+            )
+        if not lines:
+            return
+        with self._write_lock:
+            self._stream.write("".join(lines))
+            self._stream.flush()
 
     def wants(self, allowed: bool) -> bool:
         """Whether to record this decision: every denial, and a sample of the allows."""
@@ -83,7 +140,16 @@ class AuditLog:
         )
 
     def _emit(self, data: dict[str, object]) -> None:
-        line = json.dumps(data, separators=(",", ":")) + "\n"
+        line = _line(data)
         with self._lock:
-            self._stream.write(line)
-            self._stream.flush()
+            if len(self._lines) >= self._max_buffered:
+                self._dropped += 1
+                return
+            self._lines.append(line)
+            first = len(self._lines) == 1
+        if first:
+            self._wake.set()
+
+
+def _line(data: dict[str, object]) -> str:
+    return json.dumps(data, separators=(",", ":")) + "\n"

@@ -1,9 +1,11 @@
 """The decision core, shared by every transport: request attributes in, `Outcome` out.
 
 Order: route policy → header room → failure budget → token (public routes: none) → role and
-tenant → rate limit → allow. Every failure is a precise denial; no exception escapes
-`Authorizer.check`: an unexpected one becomes a 500 denial (fail closed) and is logged without
-the request's headers.
+tenant → rate limit → allow. `check` runs it all on the caller's thread (gRPC's workers);
+`check_or_defer` is for an event loop: everything before the rate limit runs at once, and when
+the limiter waits on I/O (Redis) the answer is an awaitable, so the loop never blocks. Every
+failure is a precise denial; no exception escapes either: an unexpected one becomes a 500
+denial (fail closed) and is logged without the request's headers.
 
 What a denied client sees is terse by default (an `error` code, a generic message per status,
 the request id); the precise reason is the `reason` code in the audit line and the metrics.
@@ -29,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ext_authz.budget import FailureBudget
@@ -42,7 +44,8 @@ from ext_authz.limits import (
     user_key,
 )
 from ext_authz.policy import Verdict, authorize
-from ext_authz.ratelimit import Limiter
+from ext_authz.ratelimit import AsyncLimiter, Limiter
+from ext_authz.ratelimit import Decision as LimitDecision
 from ext_authz.tokens import Identity, TokenError, TokenVerifier
 from sidecar_shared import defaults
 from sidecar_shared.contract import (
@@ -55,6 +58,7 @@ from sidecar_shared.contract import (
     TENANT_HEADER,
     TENANT_UPSTREAM_HEADER,
     USER_HEADER,
+    Limit,
     PolicyError,
     RoutePolicy,
     decode,
@@ -154,6 +158,30 @@ class GuardSettings:
     max_request_headers: int = defaults.EDGE_MAX_REQUEST_HEADERS  # Envoy's (the same setting)
 
 
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs more to build, on every check
+class _Done:
+    """A check answered before (or without) the rate limit."""
+
+    request: CheckInput
+    outcome: Outcome
+    identity: Identity | None
+    policy: RoutePolicy | None
+    address: str
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A check that only waits for the route's limit to count it."""
+
+    request: CheckInput
+    policy: RoutePolicy
+    key: str
+    limit: Limit
+    request_id: str
+    identity: Identity | None
+    address: str
+
+
 class Authorizer:
     def __init__(
         self,
@@ -164,14 +192,19 @@ class Authorizer:
         clock: Callable[[], float] = time.time,
         limits: LimitSettings = LimitSettings(),
         guard: GuardSettings = GuardSettings(),
+        async_limiter: AsyncLimiter | None = None,
     ) -> None:
-        """`limiter` must not raise (wrap a backend in `GuardedLimiter`); nor may observers."""
+        """`limiter` must not raise (wrap a backend in `GuardedLimiter`); nor may observers.
+        `async_limiter`, when given, counts for `check_or_defer` (the event-loop transports)
+        against the same store as `limiter`."""
         self._verifier = verifier
         self._limiter = limiter
+        self._async_limiter = async_limiter
         self._observers = tuple(observers)
         self._log = log
         self._clock = clock
-        self._limits = limits
+        self._header_style = limits.header_style
+        self._trusted_hops = limits.trusted_hops
         self._policies = PolicyCache()
         self._verbose = guard.verbose_denials
         self._header_room = guard.max_request_headers - _ADDED_HEADERS
@@ -180,30 +213,69 @@ class Authorizer:
     def _deny(self, status: int, reason: str, message: str, request_id: str) -> Outcome:
         return denial(status, reason, message, request_id, self._verbose)
 
+    async def aclose(self) -> None:
+        """Release the asynchronous limiter's connections (on the loop that used them)."""
+        if self._async_limiter is not None:
+            await self._async_limiter.aclose()
+
     def check(self, req: CheckInput) -> Outcome:
+        """Decide, counting against the synchronous limiter (gRPC's worker threads)."""
         started = time.perf_counter_ns()
-        request_id = req.headers.get(REQUEST_ID_HEADER) or str(uuid.uuid4())
-        identity: Identity | None = None
-        policy: RoutePolicy | None = None
-        address = client_address(req.headers, req.client_ip, self._limits.trusted_hops)
+        step = self._begin(req)
+        if isinstance(step, _Pending):
+            return self._finish(step, self._limiter.hit, started)
+        return self._observed(step, started)
+
+    def check_or_defer(self, req: CheckInput) -> Outcome | Awaitable[Outcome]:
+        """Decide on an event loop: the outcome at once, or, when the route's limit must be
+        counted by the asynchronous limiter (Redis), an awaitable of it. Never blocks."""
+        started = time.perf_counter_ns()
+        step = self._begin(req)
+        if not isinstance(step, _Pending):
+            return self._observed(step, started)
+        if self._async_limiter is None:
+            return self._finish(step, self._limiter.hit, started)
+        return self._finish_async(step, self._async_limiter, started)
+
+    async def _finish_async(self, step: _Pending, limiter: AsyncLimiter, started: int) -> Outcome:
         try:
-            policy = self._policies.get(req.context.get(POLICY_KEY, ""))
-            outcome, identity = self._decide(req, policy, request_id, address)
-        except PolicyError as err:
-            outcome = self._deny(403, "no_policy", "this route has no usable policy", request_id)
-            self._log.error("route policy unusable", extra={"fields": {"error": str(err)}})
+            decision = await limiter.hit(step.key, step.limit)
         except Exception:
-            self._log.exception("check failed", extra={"fields": {"request_id": request_id}})
-            outcome = self._deny(500, "internal_error", "authorization failed", request_id)
+            return self._observed(
+                self._failed(step.request, step.request_id, step.address), started
+            )
+        return self._finish(step, lambda _k, _l: decision, started)
+
+    def _finish(
+        self, step: _Pending, hit: Callable[[str, Limit], LimitDecision], started: int
+    ) -> Outcome:
+        try:
+            outcome = self._limited(step, hit(step.key, step.limit))
+        except Exception:
+            return self._observed(
+                self._failed(step.request, step.request_id, step.address), started
+            )
+        return self._observed(
+            _Done(step.request, outcome, step.identity, step.policy, step.address), started
+        )
+
+    def _failed(self, req: CheckInput, request_id: str, address: str) -> _Done:
+        self._log.exception("check failed", extra={"fields": {"request_id": request_id}})
+        outcome = self._deny(500, "internal_error", "authorization failed", request_id)
+        return _Done(req, outcome, None, None, address)
+
+    def _observed(self, done: _Done, started: int) -> Outcome:
+        outcome = done.outcome
         if self._observers:
+            req, policy = done.request, done.policy
             decision = Decision(
                 req,
                 outcome,
-                identity,
+                done.identity,
                 policy.service if policy else req.context.get(SERVICE_KEY),
                 self._clock(),
                 (time.perf_counter_ns() - started) // 1000,
-                address,
+                done.address,
                 policy is not None
                 and policy.rate_limit is not None
                 and outcome.status in (200, 429),
@@ -212,42 +284,82 @@ class Authorizer:
                 observer.observe(decision)
         return outcome
 
+    def _begin(self, req: CheckInput) -> _Done | _Pending:
+        """Everything up to the rate limit; never raises."""
+        request_id = req.headers.get(REQUEST_ID_HEADER) or str(uuid.uuid4())
+        address = ""
+        policy: RoutePolicy | None = None
+        try:
+            address = client_address(req.headers, req.client_ip, self._trusted_hops)
+            policy = self._policies.get(req.context.get(POLICY_KEY, ""))
+            return self._decide(req, policy, request_id, address)
+        except PolicyError as err:
+            self._log.error("route policy unusable", extra={"fields": {"error": str(err)}})
+            outcome = self._deny(403, "no_policy", "this route has no usable policy", request_id)
+            return _Done(req, outcome, None, None, address)
+        except Exception:
+            return self._failed(req, request_id, address)
+
     def _decide(
         self, req: CheckInput, policy: RoutePolicy, request_id: str, address: str
-    ) -> tuple[Outcome, Identity | None]:
+    ) -> _Done | _Pending:
+        def done(outcome: Outcome, identity: Identity | None = None) -> _Done:
+            return _Done(req, outcome, identity, policy, address)
+
         if policy.public:
             if len(req.headers) > self._header_room + _ADDED_HEADERS:
-                return self._too_many_headers(request_id), None
-            return self._limited(policy, address_key(policy.service, address), request_id, None)
+                return done(self._too_many_headers(request_id))
+            return self._pending(
+                req, policy, address_key(policy.service, address), request_id, None, address
+            )
         if len(req.headers) > self._header_room:
-            return self._too_many_headers(request_id), None
+            return done(self._too_many_headers(request_id))
         token = bearer_token(req.headers)
         retry_after = self._budget.blocked(address)
         if retry_after and not (token and self._verifier.cached(token)):
             out = self._deny(
                 429, "auth_failures", "too many failed authentications; wait", request_id
             )
-            return replace(
-                out, response_headers=(*out.response_headers, ("retry-after", str(retry_after)))
-            ), None
+            return done(
+                replace(
+                    out,
+                    response_headers=(*out.response_headers, ("retry-after", str(retry_after))),
+                )
+            )
         if token is None:
             self._budget.fail(address)
-            return self._deny(401, "missing_token", "a bearer token is required", request_id), None
+            return done(self._deny(401, "missing_token", "a bearer token is required", request_id))
         if not token:
             self._budget.fail(address)
-            return self._deny(
-                401, "malformed", "the Authorization header is not Bearer", request_id
-            ), None
+            return done(
+                self._deny(401, "malformed", "the Authorization header is not Bearer", request_id)
+            )
         try:
             identity = self._verifier.verify(token)
         except TokenError as err:
             self._budget.fail(address)
-            return self._deny(401, err.reason, err.detail, request_id), None
+            return done(self._deny(401, err.reason, err.detail, request_id))
         verdict = self._authorize(policy, req, identity)
         if not verdict.allowed:
-            return self._deny(403, verdict.reason, verdict.message, request_id), identity
+            return done(self._deny(403, verdict.reason, verdict.message, request_id), identity)
         key = user_key(policy.service, identity.tenant, identity.user)
-        return self._limited(policy, key, request_id, identity)
+        return self._pending(req, policy, key, request_id, identity, address)
+
+    def _pending(
+        self,
+        req: CheckInput,
+        policy: RoutePolicy,
+        key: str,
+        request_id: str,
+        identity: Identity | None,
+        address: str,
+    ) -> _Done | _Pending:
+        """The request needs counting against the route's limit, or, with none, an answer."""
+        if policy.rate_limit is None:
+            return _Done(
+                req, self._answer(policy, request_id, identity, ()), identity, policy, address
+            )
+        return _Pending(req, policy, key, policy.rate_limit, request_id, identity, address)
 
     def _too_many_headers(self, request_id: str) -> Outcome:
         return self._deny(
@@ -273,20 +385,24 @@ class Authorizer:
                         return verdict
         return verdict
 
-    def _limited(
-        self, policy: RoutePolicy, key: str, request_id: str, identity: Identity | None
-    ) -> tuple[Outcome, Identity | None]:
-        """Count the request against the route's limit (if any) and answer."""
-        headers: Headers = ()
-        limit = policy.rate_limit
-        if limit is not None:
-            decision = self._limiter.hit(key, limit)
-            headers = rate_headers(policy.service, limit, decision, self._limits.header_style)
-            if not decision.allowed:
-                out = self._deny(
-                    429, "rate_limited", f"too many requests to {policy.service}", request_id
-                )
-                return replace(out, response_headers=out.response_headers + headers), identity
+    def _limited(self, step: _Pending, decision: LimitDecision) -> Outcome:
+        """The answer once the request was counted against the route's limit."""
+        policy = step.policy
+        headers = rate_headers(policy.service, step.limit, decision, self._header_style)
+        if not decision.allowed:
+            out = self._deny(
+                429, "rate_limited", f"too many requests to {policy.service}", step.request_id
+            )
+            return replace(out, response_headers=out.response_headers + headers)
+        return self._answer(policy, step.request_id, step.identity, headers)
+
+    def _answer(
+        self,
+        policy: RoutePolicy,
+        request_id: str,
+        identity: Identity | None,
+        response_headers: Headers,
+    ) -> Outcome:
         if identity is None:
             return Outcome(
                 200,
@@ -294,9 +410,9 @@ class Authorizer:
                 "allowed",
                 request_id,
                 remove_headers=IDENTITY_HEADERS,
-                response_headers=headers,
-            ), None
-        return self._allow(identity, policy, request_id, headers), identity
+                response_headers=response_headers,
+            )
+        return self._allow(identity, policy, request_id, response_headers)
 
     @staticmethod
     def _allow(

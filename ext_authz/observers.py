@@ -32,8 +32,12 @@ class MetricsObserver:
 
     def __init__(self, metrics: AuthzMetrics) -> None:
         self._metrics = metrics
+        # Counter children by label set, looked up once each: `labels()` costs more than the
+        # rest of this observer. Reasons are a fixed set of codes and services the catalog's,
+        # so these stay small.
         self._checks: dict[tuple[int, str, str | None], Any] = {}
         self._limits: dict[tuple[str | None, bool], Any] = {}
+        self._seconds = metrics.check_seconds
 
     def observe(self, decision: Decision) -> None:
         outcome = decision.outcome
@@ -41,19 +45,19 @@ class MetricsObserver:
         child = self._checks.get(key)
         if child is None:
             decided = "allow" if outcome.allowed else "deny"
-            child = self._metrics.checks.labels(
+            child = self._checks[key] = self._metrics.checks.labels(
                 decided, str(outcome.status), outcome.reason, decision.service or ""
             )
-            self._checks[key] = child
         child.inc()
-        self._metrics.check_seconds.observe(decision.latency_us / 1_000_000)
+        self._seconds.observe(decision.latency_us / 1_000_000)
         if decision.limited:
             limit_key = (decision.service, outcome.allowed)
             limit = self._limits.get(limit_key)
             if limit is None:
                 result = "allowed" if outcome.allowed else "limited"
-                limit = self._metrics.rate_limit_decisions.labels(decision.service or "", result)
-                self._limits[limit_key] = limit
+                limit = self._limits[limit_key] = self._metrics.rate_limit_decisions.labels(
+                    decision.service or "", result
+                )
             limit.inc()
 
 

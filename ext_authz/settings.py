@@ -30,6 +30,7 @@ class SettingsError(Exception):
 class AuthzSettings:
     host: str
     port: int
+    http_check_port: int
     http_host: str
     http_port: int
     workers: int
@@ -75,7 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         add_flag(parser, name, default=default, help=help, type=type, environ=environ)
 
     flag("authz-host", defaults.AUTHZ_HOST, "gRPC address")
-    flag("authz-port", defaults.AUTHZ_PORT, "gRPC port", int)
+    flag("authz-port", defaults.AUTHZ_PORT, "gRPC port (Check and health)", int)
+    flag(
+        "authz-http-check-port",
+        defaults.AUTHZ_HTTP_CHECK_PORT,
+        "HTTP port for Envoy's HTTP ext_authz checks (on --authz-host)",
+        int,
+    )
     flag("authz-http-host", defaults.AUTHZ_HTTP_HOST, "metrics/ready address")
     flag("authz-http-port", defaults.AUTHZ_HTTP_PORT, "metrics/ready port", int)
     flag("authz-workers", defaults.AUTHZ_WORKERS, "gRPC worker threads", int)
@@ -187,6 +194,7 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
     return AuthzSettings(
         host=args.authz_host,
         port=args.authz_port,
+        http_check_port=args.authz_http_check_port,
         http_host=args.authz_http_host,
         http_port=args.authz_http_port,
         workers=args.authz_workers,

@@ -42,6 +42,7 @@ import base64
 import copy
 import hashlib
 import hmac
+import json
 import logging
 import re
 import threading
@@ -144,6 +145,17 @@ def _fits(alg: str, key: Jwk) -> bool:
 
 
 _HMAC_HASH = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+
+
+def _json_part(part: str, what: str) -> dict[str, Any]:
+    """One base64url JSON object of a compact token (its header or payload)."""
+    try:
+        value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except ValueError:  # bad base64, bad UTF-8 and bad JSON all are
+        raise TokenError("malformed", f"the token's {what} is not valid") from None
+    if not isinstance(value, dict):
+        raise TokenError("malformed", f"the token's {what} is not valid")
+    return value
 
 
 def _check_hmac(token: str, secret: bytes, alg: str) -> None:
@@ -354,10 +366,10 @@ class TokenVerifier:
             )
         if token.index(".") > MAX_HEADER_CHARS:
             raise TokenError("malformed", "the token's header is too long")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise TokenError("malformed", "the token's header is not valid") from None
+        header_part, payload_part, _ = token.split(".")
+        header = _json_part(header_part, "header")
+        if "crit" in header or "b64" in header:  # no JWS extension is supported here
+            raise TokenError("malformed", "the token's header is not valid")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in HMAC_ALGS | ASYMMETRIC_ALGS:
             raise TokenError("unsupported_alg", "the token's algorithm is not accepted")
@@ -367,8 +379,44 @@ class TokenVerifier:
         key = self._key_for(keys, alg, kid)
         if alg in HMAC_ALGS:
             _check_hmac(token, key, alg)  # a forged HMAC costs one digest, not a decode
+            # The signature is proven: read the claims without PyJWT verifying it again.
+            claims = self._registered_claims(_json_part(payload_part, "payload"))
+        else:
+            claims = self._decode_asymmetric(token, key, alg)
+        exp = validate_times(claims, now, self._settings.leeway_s)
+        return validate_identity(self._identity(claims, exp))
+
+    def _registered_claims(self, claims: dict[str, Any]) -> dict[str, Any]:
+        """What PyJWT's decode checks of the claims (with times left to `validate_times`):
+        `exp` present, `iss` and `aud` when configured, `sub` and `jti` strings."""
+        s = self._settings
+        if "exp" not in claims:
+            raise TokenError("missing_claim", "the token has no 'exp' claim")
+        for name in ("sub", "jti"):
+            if name in claims and not isinstance(claims[name], str):
+                raise TokenError("malformed", "the token is not valid")
+        if s.issuer is not None:
+            if "iss" not in claims:
+                raise TokenError("missing_claim", "the token has no 'iss' claim")
+            if claims["iss"] != s.issuer:
+                raise TokenError("wrong_issuer", "the token's issuer is not accepted")
+        if s.audience is not None:
+            if "aud" not in claims:
+                raise TokenError("missing_claim", "the token has no 'aud' claim")
+            aud = claims["aud"]
+            audiences = [aud] if isinstance(aud, str) else aud
+            if (
+                not isinstance(audiences, list)
+                or not all(isinstance(a, str) for a in audiences)
+                or s.audience not in audiences
+            ):
+                raise TokenError("wrong_audience", "the token's audience is not accepted")
+        return claims
+
+    def _decode_asymmetric(self, token: str, key: Any, alg: str) -> dict[str, Any]:
+        s = self._settings
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=[alg],
@@ -396,8 +444,7 @@ class TokenVerifier:
             raise TokenError("bad_signature", "the token's key cannot be used") from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise TokenError("malformed", "the token is not valid") from None
-        exp = validate_times(claims, now, self._settings.leeway_s)
-        return validate_identity(self._identity(claims, exp))
+        return claims
 
     def _identity(self, claims: Mapping[str, Any], exp: float) -> Identity:
         try:

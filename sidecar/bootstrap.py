@@ -1,5 +1,7 @@
-"""Envoy bootstrap for the sidecar: ADS over HTTP/2 to the xDS server, an HTTP/2 cluster for
-ext_authz (its address is per deployment, so it lives here, not in xDS), admin on loopback."""
+"""Envoy bootstrap for the sidecar: ADS over HTTP/2 to the xDS server, a cluster for ext_authz
+(its address is per deployment, so it lives here, not in xDS): HTTP/1.1 to its HTTP check
+port, or HTTP/2 to its gRPC port, as `authz_transport` says (the xDS server must say the same);
+admin on loopback."""
 
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ class BootstrapOptions:
     admin_address: str = defaults.ENVOY_ADMIN_ADDRESS
     admin_port: int = defaults.ENVOY_ADMIN_PORT
     authz_host: str = "127.0.0.1"
-    authz_port: int = defaults.AUTHZ_PORT
+    authz_port: int = defaults.AUTHZ_PORT  # gRPC
+    authz_http_check_port: int = defaults.AUTHZ_HTTP_CHECK_PORT
+    authz_transport: str = defaults.AUTHZ_TRANSPORT
     delta: bool = False
     max_downstream_connections: int = defaults.MAX_DOWNSTREAM_CONNECTIONS
     # The overload manager's heap monitor: shrink the heap at 95 %, refuse new requests at 98 %.
@@ -41,10 +45,7 @@ def _seconds(ms: int) -> str:
 def _h2_cluster(name: str, host: str, port: int) -> dict[str, Any]:
     """A static cluster that speaks HTTP/2 (gRPC) to one address."""
     return {
-        "name": name,
-        "type": "STRICT_DNS",
-        "connect_timeout": "1s",
-        "dns_lookup_family": "V4_PREFERRED",
+        **_h1_cluster(name, host, port),
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/"
@@ -56,6 +57,16 @@ def _h2_cluster(name: str, host: str, port: int) -> dict[str, Any]:
                 },
             }
         },
+    }
+
+
+def _h1_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+    """A static cluster that speaks HTTP/1.1 (kept-alive connections) to one address."""
+    return {
+        "name": name,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "dns_lookup_family": "V4_PREFERRED",
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
@@ -71,6 +82,12 @@ def _h2_cluster(name: str, host: str, port: int) -> dict[str, Any]:
             ],
         },
     }
+
+
+def _authz_cluster(opts: BootstrapOptions) -> dict[str, Any]:
+    if opts.authz_transport == "http":
+        return _h1_cluster(AUTHZ_CLUSTER, opts.authz_host, opts.authz_http_check_port)
+    return _h2_cluster(AUTHZ_CLUSTER, opts.authz_host, opts.authz_port)
 
 
 def render(opts: BootstrapOptions) -> dict[str, Any]:
@@ -107,7 +124,7 @@ def render(opts: BootstrapOptions) -> dict[str, Any]:
         "static_resources": {
             "clusters": [
                 _h2_cluster(XDS_CLUSTER, opts.xds_host, opts.xds_port),
-                _h2_cluster(AUTHZ_CLUSTER, opts.authz_host, opts.authz_port),
+                _authz_cluster(opts),
             ]
         },
         # Internal listeners (the HTTP cache fetches through one; see xds_server.resources.cache).

@@ -114,6 +114,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         authz_host=args.authz_host,
         authz_port=args.authz_port,
+        authz_http_check_port=args.authz_http_check_port,
+        authz_transport=xds_settings.authz_transport(args),
     )
     sys.stdout.write(render_json(options))
     return 0
@@ -272,6 +274,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         xds_port=args.xds_port,
         xds_http_port=args.xds_http_port,
         authz_port=args.authz_port,
+        authz_http_check_port=args.authz_http_check_port,
+        authz_transport=xds_settings.authz_transport(args),
         authz_http_port=args.authz_http_port,
         node_id=args.node_id,
         xds_protocol=args.xds_protocol,
@@ -291,14 +295,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up.run(conf, catalog)
 
 
-def _add_bootstrap_parser(sub: Any) -> None:
+def _add_bootstrap_parser(sub: Any, environ: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "bootstrap", help="print an Envoy bootstrap for containers (envoy/*.json are made so)"
     )
     p.add_argument("--xds-host", default="127.0.0.1", help="where Envoy reaches the xDS server")
     p.add_argument("--xds-port", type=int, default=defaults.XDS_PORT, help="xDS gRPC port")
     p.add_argument("--authz-host", default="127.0.0.1", help="where Envoy reaches ext_authz")
-    p.add_argument("--authz-port", type=int, default=defaults.AUTHZ_PORT, help="ext_authz port")
+    p.add_argument(
+        "--authz-port", type=int, default=defaults.AUTHZ_PORT, help="ext_authz gRPC port"
+    )
+    p.add_argument(
+        "--authz-http-check-port",
+        type=int,
+        default=defaults.AUTHZ_HTTP_CHECK_PORT,
+        help="ext_authz HTTP check port",
+    )
+    xds_settings.add_transport_argument(p, environ)
     p.add_argument(
         "--admin-address", default=defaults.ENVOY_ADMIN_ADDRESS, help="Envoy admin address"
     )
@@ -386,7 +399,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     xds_settings.add_arguments(p, environ)
     p.set_defaults(func=cmd_render)
 
-    _add_bootstrap_parser(sub)
+    _add_bootstrap_parser(sub, environ)
 
     p = sub.add_parser("schema", help="print the catalog's JSON Schema")
     p.set_defaults(func=cmd_schema)

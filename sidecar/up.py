@@ -36,6 +36,8 @@ class UpSettings:
     xds_port: int
     xds_http_port: int
     authz_port: int
+    authz_http_check_port: int
+    authz_transport: str  # how Envoy calls ext_authz: "http" or "grpc"
     authz_http_port: int
     node_id: str
     node_cluster: str
@@ -135,7 +137,11 @@ def _banner(
     out(f"Envoy:        {base}")
     out(f"Envoy admin:  http://127.0.0.1:{conf.admin_port}")
     out(f"xDS status:   http://127.0.0.1:{conf.xds_http_port}/status")
-    out(f"ext_authz:    127.0.0.1:{conf.authz_port} (metrics :{conf.authz_http_port})")
+    out(
+        f"ext_authz:    gRPC 127.0.0.1:{conf.authz_port}, HTTP checks "
+        f"127.0.0.1:{conf.authz_http_check_port} (Envoy uses {conf.authz_transport}; "
+        f"metrics :{conf.authz_http_port})"
+    )
     out(f"catalog:      {conf.catalog} (edits apply live)")
     if secret is not None and catalog.services:
         path, tok = _demo_token(secret, catalog)
@@ -193,6 +199,8 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
                     delta=conf.xds_protocol == "delta",
                     xds_port=conf.xds_port,
                     authz_port=conf.authz_port,
+                    authz_http_check_port=conf.authz_http_check_port,
+                    authz_transport=conf.authz_transport,
                     admin_port=conf.admin_port,
                     max_downstream_connections=conf.max_downstream_connections,
                     max_heap_bytes=conf.envoy_max_heap_bytes,

@@ -54,6 +54,33 @@ def decode_roles(value: str) -> list[str]:
 # The cluster in Envoy's bootstrap that reaches ext_authz (its address is per deployment).
 AUTHZ_CLUSTER: Final = "ext_authz"
 
+# How Envoy calls ext_authz: gRPC `Authorization/Check` (policy in `context_extensions`) or
+# Envoy's HTTP ext_authz protocol (policy in `POLICY_HEADER`, which Envoy sets on every check
+# request from the route's config, overwriting any copy a client sent).
+AUTHZ_TRANSPORTS: Final = ("grpc", "http")
+POLICY_HEADER: Final = "x-sidecar-route-policy"
+# Envoy's HTTP check requests go to this path prefix followed by the client's path.
+CHECK_PATH_PREFIX: Final = "/sidecar-check"
+# In HTTP mode: headers of ext_authz's answer that Envoy copies (overwriting) onto the upstream
+# request, removes from it (listed in REMOVE_HEADERS_HEADER), or passes to the client.
+UPSTREAM_HEADERS: Final = (
+    USER_HEADER,
+    ROLES_HEADER,
+    TENANT_HEADER,
+    TENANT_UPSTREAM_HEADER,
+    REQUEST_ID_HEADER,
+)
+REMOVE_HEADERS_HEADER: Final = "x-envoy-auth-headers-to-remove"
+RATE_LIMIT_HEADERS: Final = (
+    "ratelimit-policy",
+    "ratelimit",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "retry-after",
+)
+DENIAL_HEADERS: Final = ("content-type", "www-authenticate", *RATE_LIMIT_HEADERS)
+
 # gRPC health service names each server answers (besides "", the whole server).
 XDS_HEALTH_SERVICE: Final = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 AUTHZ_HEALTH_SERVICE: Final = "envoy.service.auth.v3.Authorization"

@@ -37,7 +37,9 @@ XDS_PROTOCOL: Final = "sotw"
 
 # ext_authz, and how Envoy calls it
 AUTHZ_HOST: Final = "0.0.0.0"
-AUTHZ_PORT: Final = 9191
+AUTHZ_PORT: Final = 9191  # gRPC: Check and health
+AUTHZ_HTTP_CHECK_PORT: Final = 9193  # Envoy's HTTP ext_authz protocol
+AUTHZ_TRANSPORT: Final = "http"  # which of the two Envoy calls (xDS server and bootstrap)
 AUTHZ_HTTP_HOST: Final = "127.0.0.1"
 AUTHZ_HTTP_PORT: Final = 9192
 AUTHZ_WORKERS: Final = 4

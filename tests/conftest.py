@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.echo import EchoServer
+from sidecar_shared import defaults
 from tests.support import ports, stack
 from tests.support.catalogs import sample_data, write_json
 
@@ -69,8 +70,15 @@ def sample_catalog(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Path:
 
 
 @pytest.fixture
-def xds(sample_catalog: Path, tmp_path: Path) -> Iterator[stack.XdsServer]:
-    server = stack.start_xds(sample_catalog, tmp_path)
+def transport() -> str:
+    """How Envoy calls ext_authz in this test (the default; the decision suites parametrize
+    it over both: `pytestmark = pytest.mark.parametrize("transport", TRANSPORTS)`)."""
+    return defaults.AUTHZ_TRANSPORT
+
+
+@pytest.fixture
+def xds(sample_catalog: Path, tmp_path: Path, transport: str) -> Iterator[stack.XdsServer]:
+    server = stack.start_xds(sample_catalog, tmp_path, transport=transport)
     yield server
     server.proc.stop()
 
@@ -93,6 +101,6 @@ def protocol() -> str:
 def envoy(
     xds: stack.XdsServer, authz: stack.Authz, tmp_path: Path, protocol: str
 ) -> Iterator[stack.Envoy]:
-    proxy = stack.start_envoy(xds, tmp_path, authz_port=authz.port, delta=protocol == "delta")
+    proxy = stack.start_envoy(xds, tmp_path, authz=authz, delta=protocol == "delta")
     yield proxy
     proxy.proc.stop()

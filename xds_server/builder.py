@@ -135,7 +135,14 @@ class SnapshotBuilder:
             chunk = self._routes.get(route_key)
             if chunk is None:
                 host = route_components_pb2.VirtualHost()
-                add_service_routes(host.routes, catalog, svc, with_cache=with_cache, under=under)
+                add_service_routes(
+                    host.routes,
+                    catalog,
+                    svc,
+                    with_cache=with_cache,
+                    under=under,
+                    authz=self._options.authz,
+                )
                 chunk = _Routes(
                     host.SerializeToString(deterministic=True), route_references(host.routes)
                 )
@@ -164,7 +171,9 @@ class SnapshotBuilder:
             and all(a.serialized == b.serialized for a, b in zip(last[1], chunks, strict=True))
         ):
             return last[2]
-        config = route_configuration(catalog.model_copy(update={"services": []}))
+        config = route_configuration(
+            catalog.model_copy(update={"services": []}), self._options.authz
+        )
         refs = references(config) + tuple(r for c in chunks for r in c.refs)
         # Serialized repeated fields concatenate: merging the routes' bytes appends them.
         config.virtual_hosts[0].MergeFromString(b"".join(c.serialized for c in chunks))

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar_shared import defaults, tracing
+from sidecar_shared.contract import AUTHZ_TRANSPORTS
 from sidecar_shared.flags import add_flag, boolean
 from xds_server.resources.common import EdgeOptions, ObservabilityOptions, TracingOptions
 from xds_server.translate import AuthzOptions, Options
@@ -53,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         "HTTP status Envoy answers when ext_authz cannot be reached",
         int,
     )
+    add_transport_argument(parser, environ)
     add_edge_arguments(parser, environ)
     flag("access-log", defaults.ACCESS_LOG, "Envoy's JSON access log: '-' stdout, 'off', or a path")
     flag(
@@ -75,6 +77,27 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         boolean,
     )
     flag("log-level", "info", "log level")
+
+
+def add_transport_argument(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """`--authz-transport`: which of ext_authz's servers Envoy calls. The xDS server configures
+    the ext_authz filter for it; the bootstrap points the ext_authz cluster at it."""
+    add_flag(
+        parser,
+        "authz-transport",
+        default=defaults.AUTHZ_TRANSPORT,
+        help="how Envoy calls ext_authz: http (its HTTP check port) or grpc (its gRPC port)",
+        environ=environ,
+    )
+
+
+def authz_transport(args: argparse.Namespace) -> str:
+    if args.authz_transport not in AUTHZ_TRANSPORTS:
+        raise SystemExit(
+            f"--authz-transport must be {' or '.join(AUTHZ_TRANSPORTS)}, "
+            f"not {args.authz_transport!r}"
+        )
+    return str(args.authz_transport)
 
 
 def add_edge_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -163,7 +186,9 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
             listener_address=args.listener_address,
             listener_port=args.listener_port,
             authz=AuthzOptions(
-                timeout_ms=args.authz_timeout_ms, failure_status=args.authz_failure_status
+                timeout_ms=args.authz_timeout_ms,
+                failure_status=args.authz_failure_status,
+                transport=authz_transport(args),
             ),
             edge=edge_options(args),
             observability=ObservabilityOptions(

@@ -77,7 +77,7 @@ def translate(catalog: Catalog, options: Options) -> dict[str, Named]:
         typeurls.CLUSTER: clusters + wide_clusters,
         typeurls.ENDPOINT: endpoints,
         typeurls.LISTENER: listeners,
-        typeurls.ROUTE: [(ROUTE_CONFIG_NAME, route_configuration(catalog))],
+        typeurls.ROUTE: [(ROUTE_CONFIG_NAME, route_configuration(catalog, options.authz))],
     }
 
 

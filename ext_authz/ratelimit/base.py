@@ -7,6 +7,7 @@ Backends raise :class:`LimiterUnavailable` (and nothing else) when they cannot d
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,12 +17,14 @@ from sidecar_shared.contract import Limit
 
 __all__ = [
     "DEFAULT_CLOCK",
+    "AsyncLimiter",
     "BackendConfigError",
     "Clock",
     "Decision",
     "Limit",
     "Limiter",
     "LimiterUnavailable",
+    "ThreadedAsyncLimiter",
 ]
 
 Clock = Callable[[], float]
@@ -30,7 +33,7 @@ Clock = Callable[[], float]
 DEFAULT_CLOCK: Clock = time.time
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: cheaper to build, once per check; treat as immutable
 class Decision:
     """The outcome of one :meth:`Limiter.hit`.
 
@@ -69,3 +72,31 @@ class Limiter(Protocol):
         Raises :class:`LimiterUnavailable` if the backend cannot decide.
         """
         ...
+
+
+class AsyncLimiter(Protocol):
+    """A :class:`Limiter` for an event loop: the same rule and store, awaited instead of
+    blocking (the Redis backend; the memory backend never waits and needs none)."""
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        """As :meth:`Limiter.hit`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections (on the loop that used them)."""
+        ...
+
+
+class ThreadedAsyncLimiter:
+    """An :class:`AsyncLimiter` over a blocking :class:`Limiter`: each call runs on a worker
+    thread, so an event loop never waits on the backend's socket (Redis Cluster and Sentinel,
+    whose asyncio clients we do not use)."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self._limiter = limiter
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        return await asyncio.to_thread(self._limiter.hit, key, limit)
+
+    async def aclose(self) -> None:
+        """Nothing of its own: the blocking limiter's owner closes it."""

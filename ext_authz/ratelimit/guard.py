@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ext_authz.ratelimit.base import Decision, Limit, Limiter, LimiterUnavailable
+from ext_authz.ratelimit.base import AsyncLimiter, Decision, Limit, Limiter, LimiterUnavailable
 
 
 def _noop() -> None:
@@ -99,3 +99,26 @@ class GuardedLimiter:
                 allowed=True, limit=limit.limit, remaining=limit.limit, reset_s=0, retry_after_s=0
             )
         return Decision(allowed=False, limit=limit.limit, remaining=0, reset_s=1, retry_after_s=1)
+
+
+class GuardedAsyncLimiter:
+    """:class:`GuardedLimiter`'s policy around an :class:`AsyncLimiter`. Give it the
+    synchronous guard of the same store, so that both paths share one outage state (one
+    warning and one outage count per outage, whichever path saw it)."""
+
+    def __init__(self, backend: AsyncLimiter, guard: GuardedLimiter) -> None:
+        self._backend = backend
+        self._guard = guard
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        try:
+            decision = await self._backend.hit(key, limit)
+        except LimiterUnavailable as e:
+            self._guard._failed(e)
+            return self._guard._fallback(limit)
+        if self._guard._in_outage:
+            self._guard._succeeded()
+        return decision
+
+    async def aclose(self) -> None:
+        await self._backend.aclose()

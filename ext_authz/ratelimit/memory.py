@@ -2,8 +2,9 @@
 
 Memory is bounded two ways: an LRU capped at ``max_keys`` entries (the least recently used key
 is evicted, which forgets its usage), and idle keys (no bucket left in the counted range) are
-dropped, lazily when touched and by a sweep of the ``sweep_per_call`` least recently used
-entries on every call (bounded work per call).
+dropped, lazily when touched and by a sweep on every call of up to ``sweep_per_call`` least
+recently used entries, which stops at the first that still counts (bounded work per call; in
+the steady state one look).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 from collections import OrderedDict
 
 from ext_authz.ratelimit.base import DEFAULT_CLOCK, Clock, Decision, Limit
-from ext_authz.ratelimit.window import decide, is_idle, prune, to_ms
+from ext_authz.ratelimit.window import decide, oldest_counted, prune, to_ms
 
 _Key = tuple[str, int]
 
@@ -53,10 +54,13 @@ class MemoryLimiter:
                 buckets = self._state[state_key] = {}
             else:
                 self._state.move_to_end(state_key)
-                prune(buckets, now_ms, limit.window_s)
             decision, increment = decide(buckets, now_ms, limit)
             if increment is not None:
-                buckets[increment] = buckets.get(increment, 0) + 1
+                if increment in buckets:
+                    buckets[increment] += 1
+                else:  # a new bucket: drop those that can never count again
+                    prune(buckets, now_ms, limit.window_s)
+                    buckets[increment] = 1
             elif not buckets:
                 del self._state[state_key]
             while len(self._state) > self._max_keys:
@@ -66,7 +70,11 @@ class MemoryLimiter:
 
     def _sweep(self, now_ms: int) -> None:
         """Drop idle keys among the least recently used few. Caller holds the lock."""
-        oldest = itertools.islice(self._state.items(), self._sweep_per_call)
-        idle = [k for k, buckets in oldest if is_idle(buckets, now_ms, k[1])]
+        idle = []
+        for k, buckets in itertools.islice(self._state.items(), self._sweep_per_call):
+            # Counts here are never below 1, so a key is idle when its newest bucket is.
+            if buckets and max(buckets) >= oldest_counted(now_ms, k[1]):
+                break
+            idle.append(k)
         for k in idle:
             del self._state[k]

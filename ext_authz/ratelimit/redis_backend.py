@@ -30,6 +30,7 @@ exception type escapes this module.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -37,6 +38,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
+import redis.asyncio as redis_async
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (
@@ -220,21 +223,11 @@ class RedisLimiter:
     def hit(self, key: str, limit: Limit) -> Decision:
         """Count one request for ``key`` if allowed, in one round trip (after the first load)."""
         now_ms = to_ms(self._clock())
-        args = (
-            str(bucket_of(now_ms, limit.window_s)),
-            N_BUCKETS,
-            limit.capacity,
-            expiry_ms(limit.window_s) + TTL_SLACK_MS,
-        )
         try:
-            raw = self._run(self.key_for(key, limit.window_s), args)
+            raw = self._run(self.key_for(key, limit.window_s), script_args(now_ms, limit))
         except _FAILURES as e:
             raise LimiterUnavailable(f"redis rate limit check failed: {_describe(e)}") from e
-        counted, buckets = _parse(raw)
-        decision, _ = decide(buckets, now_ms, limit)
-        if decision.allowed != counted:
-            raise LimiterUnavailable("redis rate limit script disagrees with the window rule")
-        return decision
+        return to_decision(raw, now_ms, limit)
 
     def _run(self, rkey: str, args: tuple[str, int, int, int]) -> object:
         client = self._ready_client()
@@ -307,6 +300,126 @@ def _unusable(e: BaseException, target: RedisTarget, prefix: str) -> str | None:
     if isinstance(e, ResponseError) and "unknown command" in text.lower():
         return f"the server refuses a command rate limiting needs: {text}"
     return None
+
+
+class AsyncRedisLimiter:
+    """:class:`RedisLimiter` on redis-py's asyncio client: the same keys, script and
+    decisions, awaited on an event loop. Checks that arrive in the same turn of the loop go to
+    Redis together, as one pipeline of EVALSHAs (one round trip, and a fraction of redis-py's
+    cost per command: about 17 µs of CPU each in a pipeline of 8 against 50 to 70 alone); each
+    check is still one atomic script. Use it on one loop only. Raises only
+    :class:`LimiterUnavailable`."""
+
+    def __init__(
+        self,
+        client: redis_async.Redis,
+        clock: Clock = DEFAULT_CLOCK,
+        prefix: str = DEFAULT_PREFIX,
+        max_batch: int = 64,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._prefix = prefix
+        self._max_batch = max_batch
+        self._sha: str | None = None  # set by SCRIPT LOAD
+        self._batch: list[tuple[str, tuple[str, int, int, int], asyncio.Future[object]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout_ms: int = 5,
+        prefix: str = DEFAULT_PREFIX,
+        clock: Clock = DEFAULT_CLOCK,
+    ) -> AsyncRedisLimiter:
+        """As :meth:`RedisLimiter.from_url`; connects on the first :meth:`hit`."""
+        timeout_s = timeout_ms / 1000
+        client = redis_async.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry_on_timeout=False,
+            retry=AsyncRetry(NoBackoff(), 0),
+        )
+        return cls(client, clock=clock, prefix=prefix)
+
+    async def aclose(self) -> None:
+        """Close the client's connections (on the loop that used them)."""
+        await self._client.aclose()
+
+    async def hit(self, key: str, limit: Limit) -> Decision:
+        now_ms = to_ms(self._clock())
+        answer: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._batch.append(
+            (redis_key(self._prefix, key, limit.window_s), script_args(now_ms, limit), answer)
+        )
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        elif len(self._batch) >= self._max_batch:
+            self._flush()
+        return to_decision(await answer, now_ms, limit)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            task = asyncio.ensure_future(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(
+        self, batch: list[tuple[str, tuple[str, int, int, int], asyncio.Future[object]]]
+    ) -> None:
+        try:
+            if self._sha is None:
+                self._sha = str(await self._client.script_load(WINDOW_SCRIPT))
+            replies = await self._evalshas(batch, self._sha)
+            if any(isinstance(r, NoScriptError) for r in replies):  # cache flushed, failover
+                self._sha = str(await self._client.script_load(WINDOW_SCRIPT))
+                replies = await self._evalshas(batch, self._sha)
+        except (RedisError, OSError, TimeoutError) as e:
+            failed = LimiterUnavailable(f"redis rate limit check failed: {_describe(e)}")
+            for *_, answer in batch:
+                if not answer.done():
+                    answer.set_exception(failed)
+            return
+        for (*_, answer), reply in zip(batch, replies, strict=True):
+            if answer.done():
+                continue
+            if isinstance(reply, Exception):
+                answer.set_exception(
+                    LimiterUnavailable(f"redis rate limit check failed: {_describe(reply)}")
+                )
+            else:
+                answer.set_result(reply)
+
+    async def _evalshas(
+        self, batch: list[tuple[str, tuple[str, int, int, int], asyncio.Future[object]]], sha: str
+    ) -> list[object]:
+        pipe = self._client.pipeline(transaction=False)
+        for rkey, args, _ in batch:
+            pipe.evalsha(sha, 1, rkey, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+def script_args(now_ms: int, limit: Limit) -> tuple[str, int, int, int]:
+    """ARGV of the window script for a check at ``now_ms``."""
+    return (
+        str(bucket_of(now_ms, limit.window_s)),
+        N_BUCKETS,
+        limit.capacity,
+        expiry_ms(limit.window_s) + TTL_SLACK_MS,
+    )
+
+
+def to_decision(raw: object, now_ms: int, limit: Limit) -> Decision:
+    """The decision of the script's reply, checked against the window rule."""
+    counted, buckets = _parse(raw)
+    decision, _ = decide(buckets, now_ms, limit)
+    if decision.allowed != counted:
+        raise LimiterUnavailable("redis rate limit script disagrees with the window rule")
+    return decision
 
 
 def _describe(e: BaseException) -> str:

@@ -81,7 +81,7 @@ def prune(buckets: MutableMapping[int, int], now_ms: int, window_s: int) -> None
 
 def is_idle(buckets: Mapping[int, int], now_ms: int, window_s: int) -> bool:
     """True if no non-empty bucket is at or above ``b(now) - N`` (the state can be dropped)."""
-    lo = oldest_counted(now_ms, window_s)
+    lo = now_ms // (window_s * 1000 // N_BUCKETS) - N_BUCKETS  # oldest_counted, inlined
     return all(idx < lo or count <= 0 for idx, count in buckets.items())
 
 
@@ -95,28 +95,24 @@ def decide(buckets: Mapping[int, int], now_ms: int, limit: Limit) -> tuple[Decis
     Returns the decision and the bucket index to increment (``None`` when denied). Buckets
     outside ``[b(now) - N, b(now)]`` are ignored, so callers need not prune first.
     """
-    w = bucket_width_ms(limit.window_s)
+    w = limit.window_s * 1000 // N_BUCKETS  # bucket_width_ms, inlined: this runs per check
     b = now_ms // w
-    counted = sorted(
-        (idx, count) for idx, count in buckets.items() if b - N_BUCKETS <= idx <= b and count > 0
-    )
-    used = sum(count for _, count in counted)
+    lo = b - N_BUCKETS
+    used = 0
+    for idx, count in buckets.items():
+        if lo <= idx <= b and count > 0:
+            used += count
     capacity = limit.capacity
+    if used < capacity:
+        # reset: until bucket b is no longer counted (as leaves_in_ms(b) below)
+        reset_ms = (b + N_BUCKETS + 1) * w - now_ms
+        return Decision(True, limit.limit, capacity - used - 1, _ceil_s(reset_ms), 0), b
 
     def leaves_in_ms(idx: int) -> int:
         """ms from now until bucket ``idx`` is no longer counted (``b(t) > idx + N``)."""
         return (idx + N_BUCKETS + 1) * w - now_ms
 
-    if used < capacity:
-        allowed = Decision(
-            allowed=True,
-            limit=limit.limit,
-            remaining=capacity - used - 1,
-            reset_s=_ceil_s(leaves_in_ms(b)),
-            retry_after_s=0,
-        )
-        return allowed, b
-
+    counted = sorted((idx, count) for idx, count in buckets.items() if lo <= idx <= b and count > 0)
     # Denied: wait until the oldest buckets holding at least `used - capacity + 1` requests
     # have left the counted range.
     must_drain = used - capacity + 1

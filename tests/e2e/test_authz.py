@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from sidecar_shared.contract import AUTHZ_TRANSPORTS, POLICY_HEADER, RoutePolicy, encode
 from tests.support import http, stack, tokens, wait
 
 SPOOFED = {
@@ -13,6 +16,9 @@ SPOOFED = {
     "x-user-roles": "admin",
     "x-tenant-upstream": "acme",
 }
+
+# Every decision, through both of Envoy's ways of calling ext_authz.
+pytestmark = pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
 
 
 def call(
@@ -144,7 +150,7 @@ def test_envoy_fails_closed_with_503_when_ext_authz_is_down_and_recovers(
     wait.wait_until(lambda: xds.version() != old, what="the edited catalog")
 
     authz = stack.start_authz(tmp_path, name="authz-1")
-    envoy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
+    envoy = stack.start_envoy(xds, tmp_path, authz=authz)
     with stack.stopping(envoy.proc):
         ready(envoy)
         authz.proc.stop()
@@ -153,7 +159,9 @@ def test_envoy_fails_closed_with_503_when_ext_authz_is_down_and_recovers(
         assert public.status == 200
         for name in [*SPOOFED, "x-tenant-id"]:  # stripped even with ext_authz off here
             assert name not in public.json()["headers"], name
-        again = stack.start_authz(tmp_path, name="authz-2", port=authz.port)
+        again = stack.start_authz(
+            tmp_path, name="authz-2", port=authz.port, check_port=authz.check_port
+        )
         with stack.stopping(again.proc):
             ready(envoy)
 
@@ -190,3 +198,45 @@ def test_every_decision_is_one_audit_line_without_secrets(
     assert tok not in output and "hunter2" not in output
     assert tokens.TEST_SECRET.decode() not in output
     json.dumps(record)
+
+
+def test_a_client_sending_the_policy_header_changes_no_decision(
+    envoy: stack.Envoy, authz: stack.Authz
+) -> None:
+    ready(envoy)
+    # A policy that would let anyone in, sent by the client under the header Envoy uses to
+    # carry the route's real policy in HTTP mode (and that means nothing in gRPC mode).
+    forged = {POLICY_HEADER: encode(RoutePolicy(service="orders", public=True))}
+    no_token = call(envoy, "/orders/1", forged)
+    assert no_token.status == 401
+    customer = tokens.bearer(roles=["customer"], tenant="globex")
+    assert call(envoy, "/orders/1", {**customer, **forged}, method="DELETE").status == 403
+    allowed = call(envoy, "/orders/1", {**customer, **forged})
+    assert allowed.status == 200
+    assert allowed.json()["headers"]["x-user-id"] == "alice"
+    assert POLICY_HEADER not in allowed.json()["headers"]  # nor does it reach the upstream
+    request_id = allowed.json()["headers"]["x-request-id"]
+    record = wait.wait_until(
+        lambda: next((a for a in authz.audit_lines() if a["request_id"] == request_id), None),
+        what="the audit record",
+    )
+    assert (record["service"], record["reason"]) == ("orders", "ok")
+
+
+def test_the_clients_trace_id_reaches_the_audit_line(
+    envoy: stack.Envoy, authz: stack.Authz
+) -> None:
+    # Every client header reaches ext_authz (in HTTP mode Envoy forwards only a few unless
+    # told otherwise): the trace id here, the header count for the 431 guard too.
+    ready(envoy)
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    resp = call(
+        envoy, "/orders/1", {**tokens.bearer(), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+    )
+    assert resp.status == 200
+    request_id = resp.json()["headers"]["x-request-id"]
+    record = wait.wait_until(
+        lambda: next((a for a in authz.audit_lines() if a["request_id"] == request_id), None),
+        what="the audit record",
+    )
+    assert record["trace_id"] == trace

@@ -13,11 +13,15 @@ from pathlib import Path
 import pytest
 
 from sidecar.echo import EchoServer
+from sidecar_shared.contract import AUTHZ_TRANSPORTS
 from tests.support import http, stack, tokens, wait
 from tests.support.catalogs import sample_data, write_json
 from tests.support.ports import free_port
 
 TIMEOUT_MS = 1000  # request-headers and idle timeouts for this test's Envoy
+
+# Every decision, through both of Envoy's ways of calling ext_authz.
+pytestmark = pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
 
 
 @pytest.fixture
@@ -37,16 +41,19 @@ def edge_catalog(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Path:
 
 
 @pytest.fixture
-def edge(edge_catalog: Path, authz: stack.Authz, tmp_path: Path) -> Iterator[stack.Envoy]:
+def edge(
+    edge_catalog: Path, authz: stack.Authz, tmp_path: Path, transport: str
+) -> Iterator[stack.Envoy]:
     xds = stack.start_xds(
         edge_catalog,
         tmp_path,
+        transport=transport,
         args=[
             *("--request-headers-timeout-ms", str(TIMEOUT_MS)),
             *("--idle-timeout-ms", str(TIMEOUT_MS)),
         ],
     )
-    proxy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
+    proxy = stack.start_envoy(xds, tmp_path, authz=authz)
     try:
         wait.wait_until(
             lambda: (
@@ -189,9 +196,9 @@ def test_a_body_above_the_services_limit_is_413(edge: stack.Envoy) -> None:
 
 
 def test_an_unreachable_ext_authz_is_503_with_a_json_body(
-    edge_catalog: Path, tmp_path: Path
+    edge_catalog: Path, tmp_path: Path, transport: str
 ) -> None:
-    xds = stack.start_xds(edge_catalog, tmp_path, name="xds-alone")
+    xds = stack.start_xds(edge_catalog, tmp_path, name="xds-alone", transport=transport)
     proxy = stack.start_envoy(xds, tmp_path, node_id="no-authz", authz_port=free_port())
     try:
 

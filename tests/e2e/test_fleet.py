@@ -61,9 +61,7 @@ def fleet(
 ) -> Iterator[list[stack.Envoy]]:
     protocols: tuple[str, ...] = request.param
     envoys = [
-        stack.start_envoy(
-            xds, tmp_path, node_id=f"edge-{i}", authz_port=authz.port, delta=p == "delta"
-        )
+        stack.start_envoy(xds, tmp_path, node_id=f"edge-{i}", authz=authz, delta=p == "delta")
         for i, p in enumerate(protocols)
     ]
     yield envoys

@@ -64,7 +64,7 @@ def start(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Iterator[Callabl
             },
         )
         procs.append(authz.proc)
-        envoy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
+        envoy = stack.start_envoy(xds, tmp_path, authz=authz)
         procs.append(envoy.proc)
         stack.wait_for_route(envoy, "/orders/1")
         return Rig(envoy, claims, idp_tokens.sign(claims, rsa_key()))

@@ -47,7 +47,7 @@ def traced(
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
     xds = stack.start_xds(catalog, tmp_path, args=["--envoy-trace-sampling", "100"], env=otel)
     authz = stack.start_authz(tmp_path, env=otel)
-    envoy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
+    envoy = stack.start_envoy(xds, tmp_path, authz=authz)
     yield envoy, authz, xds
     for proc in (envoy.proc, authz.proc, xds.proc):
         proc.stop()

@@ -12,11 +12,15 @@ import pytest
 import redis
 
 from sidecar.echo import EchoServer
+from sidecar_shared.contract import AUTHZ_TRANSPORTS
 from tests.support import http, stack, tcp_proxy, tokens, wait
 from tests.support.catalogs import write_json
 
 # api: 5 a minute plus a burst of 1, so 6 requests pass in any minute.
 API_CAPACITY = 6
+
+# Every decision, through both of Envoy's ways of calling ext_authz.
+pytestmark = pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
 
 
 @dataclass
@@ -33,7 +37,7 @@ class Stack:
         return server
 
     def envoy(self, authz: stack.Authz, node_id: str) -> stack.Envoy:
-        proxy = stack.start_envoy(self.xds, self.workdir, node_id=node_id, authz_port=authz.port)
+        proxy = stack.start_envoy(self.xds, self.workdir, node_id=node_id, authz=authz)
         self.procs.append(proxy.proc)
         wait.wait_until(
             lambda: (
@@ -45,7 +49,7 @@ class Stack:
 
 
 @pytest.fixture
-def rig(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Iterator[Stack]:
+def rig(tmp_path: Path, echo: Callable[[str], EchoServer], transport: str) -> Iterator[Stack]:
     upstream = echo("api")
     catalog = tmp_path / "catalog" / "service_catalog.json"
     catalog.parent.mkdir()
@@ -71,7 +75,7 @@ def rig(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Iterator[Stack]:
             ]
         },
     )
-    xds = stack.start_xds(catalog, tmp_path)
+    xds = stack.start_xds(catalog, tmp_path, transport=transport)
     s = Stack(xds, tmp_path, [xds.proc])
     yield s
     for p in reversed(s.procs):

@@ -78,7 +78,7 @@ def test_every_user_gets_exactly_its_limit_across_the_cluster(
             ],
         )
         procs.append(authz.proc)
-        envoy = stack.start_envoy(xds, tmp_path, authz_port=authz.port)
+        envoy = stack.start_envoy(xds, tmp_path, authz=authz)
         procs.append(envoy.proc)
         stack.wait_for_route(envoy, "/api/x")
         statuses = {}

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from sidecar_shared import defaults
+from sidecar_shared.contract import AUTHZ_TRANSPORTS
 from tests.support import http, ports, tokens, wait
 from tests.support.catalogs import SAMPLE, sample_data
 
@@ -58,7 +60,9 @@ def child_running(parent: int, module: str) -> int | None:
     return None
 
 
-def up_env(listener_port: int, xds_http_port: int) -> dict[str, str]:
+def up_env(
+    listener_port: int, xds_http_port: int, transport: str = defaults.AUTHZ_TRANSPORT
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_JWT", "SIDECAR_JWKS"))}
     env.update(
         SIDECAR_LISTENER_PORT=str(listener_port),
@@ -67,6 +71,8 @@ def up_env(listener_port: int, xds_http_port: int) -> dict[str, str]:
         SIDECAR_XDS_HTTP_PORT=str(xds_http_port),
         SIDECAR_AUTHZ_PORT=str(ports.free_port()),
         SIDECAR_AUTHZ_HTTP_PORT=str(ports.free_port()),
+        SIDECAR_AUTHZ_HTTP_CHECK_PORT=str(ports.free_port()),
+        SIDECAR_AUTHZ_TRANSPORT=transport,
     )
     return env
 
@@ -80,12 +86,23 @@ class Up:
 
 
 @pytest.fixture
-def up(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Up]:
-    """`sidecar up --demo`; parametrized with the xDS protocol Envoy speaks (sotw)."""
+def transport() -> str:
+    return defaults.AUTHZ_TRANSPORT
+
+
+@pytest.fixture
+def xds_protocol() -> str:
+    return "sotw"
+
+
+@pytest.fixture
+def up(tmp_path: Path, transport: str, xds_protocol: str) -> Iterator[Up]:
+    """`sidecar up --demo`, Envoy calling ext_authz over `transport` and speaking
+    `xds_protocol` to the xDS server (each a fixture a test may parametrize)."""
     port, xds_http_port = ports.free_port(), ports.free_port()
     log = tmp_path / "up.log"
-    env = up_env(port, xds_http_port)
-    env["SIDECAR_XDS_PROTOCOL"] = getattr(request, "param", "sotw")
+    env = up_env(port, xds_http_port, transport)
+    env["SIDECAR_XDS_PROTOCOL"] = xds_protocol
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "up", "--demo", "--catalog", str(SAMPLE)],
@@ -111,13 +128,19 @@ def up(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Up]:
             proc.wait(timeout=20)
 
 
-@pytest.mark.parametrize("up", ["sotw", "delta"], indirect=True)
+@pytest.mark.parametrize(
+    ("transport", "xds_protocol"),
+    [(t, "sotw") for t in AUTHZ_TRANSPORTS] + [(defaults.AUTHZ_TRANSPORT, "delta")],
+)
 def test_up_demo_serves_every_sample_service_and_prints_a_working_curl(
-    up: Up, request: pytest.FixtureRequest
+    up: Up, transport: str, xds_protocol: str
 ) -> None:
     (proxy,) = http.get(f"http://127.0.0.1:{up.xds_http_port}/status").json()["proxies"]
-    assert proxy["protocol"] == request.node.callspec.params["up"]
+    assert proxy["protocol"] == xds_protocol
     port, lines = up.port, up.lines
+    # Envoy's ext_authz filter (xDS) and cluster (bootstrap) both follow the setting: a
+    # mismatch would answer 503 below.
+    assert any(f"Envoy uses {transport}" in line for line in lines)
     with_token, without = [line.strip() for line in lines if line.strip().startswith("curl")]
     url = re.search(r"http://\S+", with_token)
     token = re.search(r"Authorization: Bearer (\S+)'", with_token)

@@ -200,7 +200,7 @@ def test_routes_are_held_while_envoy_rejects_the_clusters_they_name(
 ) -> None:
     # Rollback off: the fleet stays on the rejected version, so what is held shows.
     xds = start_faulty_xds(sample_catalog, tmp_path, "--rollback-on-nack", "false")
-    envoy = stack.start_envoy(xds, tmp_path, authz_port=authz.port, delta=protocol == "delta")
+    envoy = stack.start_envoy(xds, tmp_path, authz=authz, delta=protocol == "delta")
     with stack.stopping(envoy.proc, xds.proc):
         wait.wait_until(lambda: xds.synced(envoy.node_id), what="initial sync")
         routes_before = envoy.route_version()
@@ -288,7 +288,9 @@ def test_envoy_resyncs_within_a_second_or_two_after_the_control_plane_restarts(
         killed = time.monotonic()
         xds.proc.stop(sig=9)
         assert ok(envoy, "/orders/1"), "Envoy serves its last config while the server is away"
-        restarted = stack.start_xds(xds.catalog, tmp_path, name="xds-again", ports=ports)
+        restarted = stack.start_xds(
+            xds.catalog, tmp_path, name="xds-again", ports=ports, transport=xds.transport
+        )
         back = time.monotonic()
         with stack.stopping(restarted.proc):
             wait.wait_until(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import jwt
 
+from sidecar_shared.contract import POLICY_HEADER
 from tests.support import ports, stack, tokens, wait
-from tests.support.authz_client import check
+from tests.support.authz_client import OPEN_POLICY, check
 from tests.support.keys import ec_key, rsa_key, write_jwks
 
 
@@ -85,3 +88,39 @@ def test_a_key_added_to_the_jwks_file_is_accepted_without_a_restart(tmp_path: Pa
             what="the rotated key accepted",
         )
         assert server.proc.alive()
+
+
+def http_check(port: int, raw: bytes) -> bytes:
+    """Send raw bytes to the HTTP check port; everything it answers until it closes or 2 s."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(raw)
+        sock.settimeout(2)
+        out = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := sock.recv(65536):
+                out += chunk
+        return out
+
+
+def http_request(authorization: str, extra: str = "") -> bytes:
+    return (
+        f"GET /sidecar-check/svc/1 HTTP/1.1\r\nhost: x\r\n{POLICY_HEADER}: {OPEN_POLICY}\r\n"
+        f"authorization: {authorization}\r\n{extra}\r\n"
+    ).encode()
+
+
+def test_the_http_check_port_answers_envoys_protocol(authz: stack.Authz) -> None:
+    allowed = http_check(
+        authz.check_port, http_request(f"Bearer {tokens.token()}", "connection: close\r\n")
+    )
+    assert allowed.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nx-user-id: alice\r\n" in allowed
+    # Pipelined on one kept-alive connection; the 64 KiB token is a quick 401.
+    both = http_check(
+        authz.check_port,
+        http_request("Bearer " + "a" * 65536) + http_request("Basic x", "connection: close\r\n"),
+    )
+    assert both.count(b"HTTP/1.1 401 Unauthorized\r\n") == 2
+    garbage = http_check(authz.check_port, b"\x00\x01 hello\r\n\r\n")
+    assert garbage.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b'"error":"bad_request"' in garbage
+    assert authz.proc.alive()

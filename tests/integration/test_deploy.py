@@ -69,6 +69,8 @@ def test_compose_runs_the_envoy_we_test_with_on_the_bootstrap_we_render() -> Non
     xds_env, authz_env = services["xds-server"]["environment"], services["ext-authz"]["environment"]
     assert int(xds_env["SIDECAR_XDS_PORT"]) == expected.xds_port == defaults.XDS_PORT
     assert int(authz_env["SIDECAR_AUTHZ_PORT"]) == expected.authz_port == defaults.AUTHZ_PORT
+    check_port = int(authz_env["SIDECAR_AUTHZ_HTTP_CHECK_PORT"])
+    assert check_port == expected.authz_http_check_port == defaults.AUTHZ_HTTP_CHECK_PORT
     assert {"xds-server", "ext-authz"} <= set(envoy["depends_on"])
 
 

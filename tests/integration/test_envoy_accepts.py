@@ -9,12 +9,13 @@ import pytest
 
 from sidecar import deployfiles
 from sidecar.bootstrap import BootstrapOptions, render, render_json
+from sidecar_shared.contract import AUTHZ_CLUSTER, AUTHZ_TRANSPORTS
 from tests.support.catalog_edges import extreme_catalog
 from tests.support.catalogs import ROOT, SAMPLE
 from tests.support.envoy import envoy_validate, static_bootstrap
 from xds_server.catalog import load_catalog, parse_catalog
 from xds_server.resources.common import ObservabilityOptions, TracingOptions
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import AuthzOptions, Options, build_snapshot
 
 
 @pytest.mark.parametrize("name", ["sidecar.json", "compose.json"])
@@ -26,18 +27,34 @@ def test_the_shipped_bootstraps_are_valid_and_current(name: str) -> None:
     assert shipped.read_text() == render_json(options), "run: python -m sidecar.deployfiles"
 
 
+@pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
 @pytest.mark.parametrize("delta", [False, True])
-def test_a_rendered_bootstrap_is_valid(tmp_path: Path, delta: bool) -> None:
+def test_a_rendered_bootstrap_is_valid(tmp_path: Path, delta: bool, transport: str) -> None:
     path = tmp_path / "b.json"
-    path.write_text(render_json(BootstrapOptions(node_id="n", xds_port=1234, delta=delta)))
+    options = BootstrapOptions(node_id="n", xds_port=1234, delta=delta, authz_transport=transport)
+    path.write_text(render_json(options))
     result = envoy_validate(path)
     assert result.returncode == 0, result.stdout + result.stderr
+    (cluster,) = [
+        c for c in render(options)["static_resources"]["clusters"] if c["name"] == AUTHZ_CLUSTER
+    ]
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    h2 = "typed_extension_protocol_options" in cluster
+    if transport == "http":  # HTTP/1.1 to the HTTP check port
+        assert (h2, address["socket_address"]["port_value"]) == (
+            False,
+            options.authz_http_check_port,
+        )
+    else:  # gRPC: HTTP/2 to the gRPC port
+        assert (h2, address["socket_address"]["port_value"]) == (True, options.authz_port)
 
 
-def test_envoy_accepts_the_sample_catalog_translation(tmp_path: Path) -> None:
-    snapshot = build_snapshot(load_catalog(SAMPLE), Options())
+@pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
+def test_envoy_accepts_the_sample_catalog_translation(tmp_path: Path, transport: str) -> None:
+    options = Options(authz=AuthzOptions(transport=transport))
+    snapshot = build_snapshot(load_catalog(SAMPLE), options)
     path = tmp_path / "static.json"
-    path.write_text(json.dumps(static_bootstrap(snapshot)))
+    path.write_text(json.dumps(static_bootstrap(snapshot, transport=transport)))
     result = envoy_validate(path)
     assert result.returncode == 0, result.stdout + result.stderr
 

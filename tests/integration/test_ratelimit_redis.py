@@ -6,6 +6,7 @@ its keys afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from redis.exceptions import RedisError
 
 from ext_authz.ratelimit import Decision, Limit, LimiterUnavailable
-from ext_authz.ratelimit.redis_backend import RedisLimiter
+from ext_authz.ratelimit.redis_backend import AsyncRedisLimiter, RedisLimiter
 from tests.support.fakes import FakeClock, hammer
 from tests.support.ratelimit_model import (
     Scenario,
@@ -261,3 +262,90 @@ def test_a_redis_error_reply_is_reported_as_unavailable(client: redis.Redis, pre
     limiter = RedisLimiter(client, clock=FakeClock(EDGE), prefix=prefix)
     client.set(limiter.key_for("k", 60), "not a hash")
     assert_unavailable_quickly(limiter)
+
+
+# --- the asynchronous limiter (the HTTP transport's event loop) ------------------------------
+
+
+def async_limiter(prefix: str, clock: FakeClock, **kw: Any) -> AsyncRedisLimiter:
+    return AsyncRedisLimiter.from_url(URL, timeout_ms=500, prefix=prefix, clock=clock, **kw)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scenarios())
+def test_the_async_limiter_gives_exactly_the_reference_decisions(
+    client: redis.Redis, scenario: Scenario
+) -> None:
+    clock = FakeClock(EDGE)
+    p = unique_prefix()
+
+    async def replay() -> list[tuple[str, Limit, int, Decision]]:
+        limiter = async_limiter(p, clock)
+        try:
+            got = []
+            for key, limit, now_ms in scenario.timeline():
+                clock.now = now_ms / 1000
+                got.append((key, limit, now_ms, await limiter.hit(key, limit)))
+            return got
+        finally:
+            await limiter.aclose()
+
+    try:
+        got = asyncio.run(replay())
+    finally:
+        delete_keys(client, p)
+    assert got == replay_reference(scenario)
+
+
+def test_concurrent_checks_go_to_redis_as_one_pipeline_and_hold_the_limit(prefix: str) -> None:
+    limit = Limit(limit=8, window_s=60, burst=2)
+
+    async def burst() -> tuple[list[bool], int]:
+        limiter = async_limiter(prefix, FakeClock(EDGE))
+        pipelines = 0
+        real = limiter._client.pipeline
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            nonlocal pipelines
+            pipelines += 1
+            return real(*args, **kw)
+
+        limiter._client.pipeline = counted  # type: ignore[method-assign]
+        try:
+            decisions = await asyncio.gather(*(limiter.hit("k", limit) for _ in range(25)))
+            return [d.allowed for d in decisions], pipelines
+        finally:
+            await limiter.aclose()
+
+    allowed, pipelines = asyncio.run(burst())
+    assert allowed == [True] * limit.capacity + [False] * (25 - limit.capacity)
+    assert pipelines == 1
+
+
+def test_the_async_limiter_reloads_a_flushed_script(prefix: str) -> None:
+    async def run() -> list[int]:
+        limiter = async_limiter(prefix, FakeClock(EDGE))
+        try:
+            first = await limiter.hit("k", Limit(limit=3, window_s=60))
+            limiter._sha = "0" * 40  # as after SCRIPT FLUSH or a failover: NOSCRIPT
+            second = await limiter.hit("k", Limit(limit=3, window_s=60))
+            return [first.remaining, second.remaining]
+        finally:
+            await limiter.aclose()
+
+    assert asyncio.run(run()) == [2, 1]
+
+
+def test_an_unreachable_redis_is_unavailable_to_the_async_limiter_too() -> None:
+    async def run() -> None:
+        limiter = AsyncRedisLimiter.from_url(f"redis://{HOST}:{free_port()}/0", timeout_ms=50)
+        try:
+            for _ in range(2):
+                started = time.monotonic()
+                with pytest.raises(LimiterUnavailable):
+                    await limiter.hit("k", Limit(limit=1, window_s=60))
+                assert time.monotonic() - started < 1.0
+        finally:
+            await limiter.aclose()
+
+    asyncio.run(run())

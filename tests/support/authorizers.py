@@ -47,6 +47,13 @@ class Wired:
     authorizer: Authorizer
     audit: io.StringIO = field(default_factory=io.StringIO)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    audit_log: AuditLog | None = None
+
+    def audit_text(self) -> str:
+        """Every audit line so far (the log buffers them)."""
+        if self.audit_log is not None:
+            self.audit_log.flush()
+        return self.audit.getvalue()
 
 
 def make_authorizer(
@@ -59,14 +66,15 @@ def make_authorizer(
     guard: GuardSettings | None = None,
 ) -> Wired:
     audit = io.StringIO()
+    audit_log = AuditLog(audit, audit_sample)
     registry = CollectorRegistry()
     authorizer = Authorizer(
         verifier,
         limiter if limiter is not None else MemoryLimiter(clock=clock),
-        [MetricsObserver(AuthzMetrics(registry)), AuditObserver(AuditLog(audit, audit_sample))],
+        [MetricsObserver(AuthzMetrics(registry)), AuditObserver(audit_log)],
         logging.getLogger("test"),
         clock,
         limits or LimitSettings(),
         guard or GuardSettings(),
     )
-    return Wired(authorizer, audit, registry)
+    return Wired(authorizer, audit, registry, audit_log)

@@ -17,6 +17,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 
 from sidecar.bootstrap import BootstrapOptions, render
+from sidecar_shared import defaults
 from sidecar_shared.contract import AUTHZ_CLUSTER
 from sidecar_shared.supervise import find_envoy
 from xds_server import typeurls
@@ -33,7 +34,9 @@ def envoy_validate(config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def static_bootstrap(snap: Snapshot, admin_port: int = 0) -> dict[str, Any]:
+def static_bootstrap(
+    snap: Snapshot, admin_port: int = 0, transport: str = defaults.AUTHZ_TRANSPORT
+) -> dict[str, Any]:
     endpoints = snap.resources[typeurls.ENDPOINT]
     routes = snap.resources[typeurls.ROUTE]
     clusters = []
@@ -61,7 +64,7 @@ def static_bootstrap(snap: Snapshot, admin_port: int = 0) -> dict[str, Any]:
                     manager.route_config.CopyFrom(rc)
                     f.typed_config.Pack(manager)
         listeners.append(json_format.MessageToDict(lst))
-    bootstrap = render(BootstrapOptions())
+    bootstrap = render(BootstrapOptions(authz_transport=transport))
     return {
         "layered_runtime": bootstrap["layered_runtime"],
         "bootstrap_extensions": bootstrap["bootstrap_extensions"],

@@ -126,7 +126,7 @@ def gateway(
         checker = stack.start_authz(tmp_path) if authz else None
         if checker is not None:
             stop.callback(checker.proc.stop)
-        envoy = stack.start_envoy(xds, tmp_path, authz_port=checker.port if checker else 9191)
+        envoy = stack.start_envoy(xds, tmp_path, authz=checker)
         stop.callback(envoy.proc.stop)
         wait.wait_until(lambda: xds.synced(envoy.node_id), what="Envoy synced")
         yield Gateway(xds, envoy, checker, catalog)

@@ -20,7 +20,7 @@ from typing import Any
 
 from sidecar import commands
 from sidecar.bootstrap import BootstrapOptions, render_json
-from sidecar_shared import supervise
+from sidecar_shared import defaults, supervise
 from tests.support.http import Response, get, try_get
 from tests.support.ports import free_port
 from tests.support.tokens import TEST_SECRET
@@ -74,6 +74,7 @@ class XdsServer:
     http_port: int
     listener_port: int
     catalog: Path
+    transport: str = defaults.AUTHZ_TRANSPORT  # how its Envoys call ext_authz
 
     def status(self) -> Any:
         return get(f"http://127.0.0.1:{self.http_port}/status").json()
@@ -135,20 +136,23 @@ def start_xds(
     ports: tuple[int, int, int] | None = None,
     args: list[str] | None = None,
     env: Mapping[str, str] | None = None,
+    transport: str = defaults.AUTHZ_TRANSPORT,
 ) -> XdsServer:
     """The xDS server (or `module`, run with the same flags) on `ports` (gRPC, HTTP, Envoy's
-    listener), by default new ones; `args` are more flags."""
+    listener), by default new ones, with more flags in `args` and variables in `env`,
+    configuring Envoy to call ext_authz over `transport`."""
     port, http_port, listener_port = ports or (free_port(), free_port(), free_port())
     argv = commands.xds_server(
         *("--catalog", str(catalog)),
         *("--xds-host", "127.0.0.1", "--xds-port", str(port)),
         *("--xds-http-port", str(http_port)),
         *("--listener-address", "127.0.0.1", "--listener-port", str(listener_port)),
+        *("--authz-transport", transport),
         *(args or []),
         module=module,
     )
     proc = start(name, argv, workdir, env={**os.environ, **(env or {})})
-    server = XdsServer(proc, port, http_port, listener_port, catalog)
+    server = XdsServer(proc, port, http_port, listener_port, catalog, transport)
 
     def up() -> bool:
         if not proc.alive():
@@ -162,8 +166,13 @@ def start_xds(
 @dataclass
 class Authz:
     proc: Proc
-    port: int
-    http_port: int
+    port: int  # gRPC
+    http_port: int  # metrics and ready
+    check_port: int  # HTTP checks
+
+    def port_for(self, transport: str) -> int:
+        """The port Envoy calls for checks over `transport`."""
+        return self.check_port if transport == "http" else self.port
 
     def metrics(self) -> str:
         return get(f"http://127.0.0.1:{self.http_port}/metrics").body.decode()
@@ -182,16 +191,20 @@ def start_authz(
     env: Mapping[str, str] | None = None,
     port: int | None = None,
     args: list[str] | None = None,
+    check_port: int | None = None,
 ) -> Authz:
-    """ext_authz with the test secret (unless `env` or `args` configure other keys)."""
+    """ext_authz with the test secret (unless `env` or `args` configure other keys), serving
+    gRPC on `port` and HTTP checks on `check_port` (by default new ones)."""
     port = port or free_port()
     http_port = free_port()
+    check_port = check_port or free_port()
     full_env = dict(os.environ)
     full_env.setdefault("SIDECAR_JWT_SECRET", TEST_SECRET.decode())
     full_env.update(env or {})
     argv = commands.ext_authz(
         *("--authz-host", "127.0.0.1", "--authz-port", str(port)),
         *("--authz-http-port", str(http_port)),
+        *("--authz-http-check-port", str(check_port)),
         *(args or []),
     )
     proc = start(name, argv, workdir, env=full_env)
@@ -203,7 +216,7 @@ def start_authz(
         return resp is not None and resp.status == 200
 
     wait_until(up, timeout=20, what="ext_authz to be ready")
-    return Authz(proc, port, http_port)
+    return Authz(proc, port, http_port, check_port)
 
 
 @dataclass
@@ -247,14 +260,18 @@ def start_envoy(
     xds: XdsServer,
     workdir: Path,
     node_id: str = "test-envoy",
-    authz_port: int = 9191,
+    authz: Authz | None = None,
     *,
+    authz_port: int | None = None,
     delta: bool = False,
     wait: bool = True,
     args: list[str] | None = None,
 ) -> Envoy:
-    """Envoy fed by `xds`; with `wait`, returned once Envoy says it is ready; `args` are more
-    command-line flags."""
+    """Envoy fed by `xds`, calling `authz` (or whatever listens on `authz_port`) over the
+    transport `xds` configures; with `wait`, returned once Envoy says it is ready; `args` are
+    more command-line flags."""
+    if authz_port is None:
+        authz_port = authz.port_for(xds.transport) if authz is not None else free_port()
     admin_port = free_port()
     bootstrap = workdir / f"{node_id}.json"
     bootstrap.write_text(
@@ -264,6 +281,8 @@ def start_envoy(
                 xds_port=xds.port,
                 admin_port=admin_port,
                 authz_port=authz_port,
+                authz_http_check_port=authz_port,
+                authz_transport=xds.transport,
                 delta=delta,
             )
         )

@@ -16,10 +16,18 @@ from hypothesis import strategies as st
 from xds_server import typeurls
 from xds_server.builder import SnapshotBuilder
 from xds_server.catalog import CatalogError, parse_catalog, parse_catalog_cached
+from xds_server.resources.common import ObservabilityOptions, TracingOptions
 from xds_server.snapshot import Snapshot
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import AuthzOptions, Options, build_snapshot
 
 OPTIONS = Options(listener_address="127.0.0.1", listener_port=10000)
+# Every option that changes what a service's resources become, so the cache keys must hold it.
+OPTION_SETS = [
+    OPTIONS,
+    Options(authz=AuthzOptions(transport="grpc")),
+    Options(regions=("eu-west", "eu-central")),
+    Options(observability=ObservabilityOptions(tracing=TracingOptions("collector", 4317))),
+]
 NAMES = ["a", "b", "c", "d", "e", "orders", "orders-admin"]
 ACTIONS = ["read", "write", "delete", "*"]
 
@@ -120,10 +128,10 @@ def edit(draw: Callable[[st.SearchStrategy[Any]], Any], data: dict[str, Any]) ->
         data["roles"] = draw(roles)
 
 
-def reference(data: dict[str, Any]) -> Snapshot | tuple[str, ...]:
+def reference(data: dict[str, Any], options: Options = OPTIONS) -> Snapshot | tuple[str, ...]:
     """The plain path: whole-catalog validation, then translation of everything."""
     try:
-        snapshot = build_snapshot(parse_catalog(data), OPTIONS)
+        snapshot = build_snapshot(parse_catalog(data), options)
     except CatalogError as err:
         return tuple(str(p) for p in err.problems)
     return (snapshot.consistent() and tuple(snapshot.consistent())) or snapshot
@@ -153,15 +161,18 @@ def same(a: Snapshot | tuple[str, ...], b: Snapshot | tuple[str, ...]) -> None:
         assert mine == theirs, typeurls.SHORT_NAMES[type_url]
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_incremental_builds_equal_builds_from_scratch_on_random_edits(data: st.DataObject) -> None:
+@pytest.mark.parametrize("options", OPTION_SETS, ids=["default", "grpc", "regions", "traced"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_incremental_builds_equal_builds_from_scratch_on_random_edits(
+    options: Options, data: st.DataObject
+) -> None:
     catalog = {"services": data.draw(st.lists(services(), max_size=5)), "roles": data.draw(roles)}
-    incremental = SnapshotBuilder(OPTIONS)
+    incremental = SnapshotBuilder(options)
     for _ in range(data.draw(st.integers(1, 8))):
-        expected = reference(catalog)
+        expected = reference(catalog, options)
         same(built(incremental, catalog), expected)
-        same(built(SnapshotBuilder(OPTIONS), catalog), expected)
+        same(built(SnapshotBuilder(options), catalog), expected)
         edit(data.draw, catalog)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import jwt
@@ -12,16 +11,16 @@ from ext_authz.core import Authorizer
 from ext_authz.decision import CheckInput, Outcome
 from ext_authz.tokens import TokenVerifier, VerifierSettings
 from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
-from tests.support.authorizers import key_source, make_authorizer
+from tests.support.authorizers import Wired, key_source, make_authorizer
 
 SECRET = b"core-test-secret-that-is-long-enough-0123456789"
 NOW = 1_800_000_000.0
 
 
-def make(audit_sample: float = 1.0) -> tuple[Authorizer, io.StringIO, CollectorRegistry]:
+def make(audit_sample: float = 1.0) -> tuple[Authorizer, Wired, CollectorRegistry]:
     verifier = TokenVerifier(VerifierSettings(), key_source(SECRET), lambda: NOW)
     wired = make_authorizer(verifier, lambda: NOW, audit_sample=audit_sample)
-    return wired.authorizer, wired.audit, wired.registry
+    return wired.authorizer, wired, wired.registry
 
 
 def tok(**claims: object) -> str:
@@ -118,7 +117,7 @@ def test_denials_are_always_audited_and_allows_are_sampled() -> None:
         },
         method="POST",
     )
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    lines = [json.loads(line) for line in stream.audit_text().splitlines()]
     assert [(r["decision"], r["status"]) for r in lines] == [("deny", 403)]
     record = lines[0]
     assert record["trace_id"] == "a" * 32

@@ -8,7 +8,6 @@ import re
 from typing import Any
 
 from envoy.config.core.v3 import protocol_pb2
-from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -18,6 +17,7 @@ from google.protobuf import json_format
 from sidecar.bootstrap import BootstrapOptions, render
 from sidecar_shared import defaults
 from sidecar_shared.contract import decode
+from tests.support import authz_config
 from xds_server import settings, typeurls
 from xds_server.catalog import parse_catalog
 from xds_server.translate import Options, build_snapshot
@@ -217,6 +217,4 @@ def test_a_service_that_honours_method_overrides_keeps_them_and_its_policy_says_
     by_name = {r.name: r for r in routes}
     assert "sidecar.strip_method_override" in by_name["legacy"].typed_per_filter_config
     assert "sidecar.strip_method_override" not in by_name["new"].typed_per_filter_config
-    per_route = ext_authz_pb2.ExtAuthzPerRoute()
-    by_name["legacy"].typed_per_filter_config["envoy.filters.http.ext_authz"].Unpack(per_route)
-    assert decode(per_route.check_settings.context_extensions["policy"]).method_override
+    assert decode(authz_config.route_policy(by_name["legacy"])).method_override

@@ -10,7 +10,7 @@ from typing import Any
 
 import jwt
 
-from ext_authz.audit import AuditLog
+from ext_authz.audit import AuditLog, SuppressedRecord
 from ext_authz.core import GuardSettings
 from ext_authz.decision import CheckInput, Outcome
 from ext_authz.limits import address_key, user_key
@@ -162,7 +162,8 @@ def test_trace_ids_are_kept_only_when_valid() -> None:
 def test_denials_of_one_address_are_audited_at_a_bounded_rate_and_summarized() -> None:
     clock = FakeClock(NOW)
     stream = io.StringIO()
-    observer = AuditObserver(AuditLog(stream), denials_per_address=5)
+    log = AuditLog(stream)
+    observer = AuditObserver(log, denials_per_address=5)
     w = wired(clock, failure_budget=0)
     w.authorizer._observers = (*w.authorizer._observers, observer)
     big = {"x-b3-traceid": "a" * 4000, "x-request-id": "r" * 4000}
@@ -170,6 +171,7 @@ def test_denials_of_one_address_are_audited_at_a_bounded_rate_and_summarized() -
         check(w, big)
     clock.now += 1
     check(w, {})
+    log.flush()
     lines = [json.loads(x) for x in stream.getvalue().splitlines()]
     denials = [x for x in lines if x["decision"] == "deny"]
     summaries = [x for x in lines if x["decision"] == "suppressed"]
@@ -188,3 +190,19 @@ def test_denials_of_one_address_are_audited_at_a_bounded_rate_and_summarized() -
     # Metrics still count every denial.
     count = total(w.registry, "ext_authz_checks_total", status="401", reason="missing_token")
     assert count == 1001
+
+
+def test_audit_lines_wait_in_a_bounded_buffer_for_the_writer_thread() -> None:
+    stream = io.StringIO()
+    log = AuditLog(stream, max_buffered=3)
+    for n in range(5):
+        log.write_suppressed(SuppressedRecord(NOW, f"10.0.0.{n}", 1))
+    assert stream.getvalue() == ""  # nothing written on the caller's thread
+    log.flush()
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert [x.get("client") for x in lines[:3]] == ["10.0.0.0", "10.0.0.1", "10.0.0.2"]
+    assert lines[3]["decision"] == "dropped" and lines[3]["dropped"] == 2
+    log.start(interval_s=0.01)
+    log.write_suppressed(SuppressedRecord(NOW, "10.0.0.9", 1))
+    log.close()
+    assert json.loads(stream.getvalue().splitlines()[-1])["client"] == "10.0.0.9"

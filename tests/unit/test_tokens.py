@@ -319,3 +319,50 @@ def test_verification_is_cached_per_token() -> None:
     token = hs(claims())
     first = verifier.verify(token)
     assert verifier.verify(token) is first
+
+
+# Claims an HMAC token may carry, each checked by our own reading of the claims (the signature
+# already proven) as PyJWT's decode would check it: same accept or refuse, same reason.
+CLAIM_CASES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "audience_in_a_list": {"aud": ["other", "sidecar"]},
+    "audience_list_without_ours": {"aud": ["other"]},
+    "audience_not_strings": {"aud": [1, "sidecar"]},
+    "audience_a_number": {"aud": 7},
+    "no_audience": {"aud": None},
+    "no_issuer": {"iss": None},
+    "issuer_a_list": {"iss": ["https://issuer.test"]},
+    "issuer_a_number": {"iss": 7},
+    "subject_a_number": {"sub": 42},
+    "jti_a_number": {"jti": 42},
+    "jti_a_string": {"jti": "abc"},
+    "no_exp": {"exp": None},
+}
+PYJWT_REASON = {
+    jwt.InvalidAudienceError: "wrong_audience",
+    jwt.InvalidIssuerError: "wrong_issuer",
+    jwt.MissingRequiredClaimError: "missing_claim",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLAIM_CASES))
+def test_hmac_claims_are_judged_as_pyjwt_would(name: str) -> None:
+    token = hs_raw(claims(**CLAIM_CASES[name]), SECRET)  # PyJWT would not sign some of them
+    try:
+        jwt.decode(
+            token,
+            SECRET,
+            algorithms=["HS256"],
+            audience="sidecar",
+            issuer="https://issuer.test",
+            options={"require": ["exp"], "verify_exp": False, "verify_iat": False},
+        )
+        expected = "ok"
+    except jwt.PyJWTError as err:
+        expected = PYJWT_REASON.get(type(err), "malformed")
+    try:
+        make_verifier().verify(token)
+        got = "ok"
+    except TokenError as err:
+        got = err.reason
+    assert got == expected

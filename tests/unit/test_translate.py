@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -15,13 +16,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from sidecar_shared.contract import decode
+from sidecar_shared.contract import AUTHZ_TRANSPORTS, decode
+from tests.support import authz_config
 from tests.support.catalogs import SAMPLE
 from xds_server import typeurls
 from xds_server.catalog import load_catalog, parse_catalog
 from xds_server.resources.common import ObservabilityOptions, TracingOptions
 from xds_server.snapshot import Snapshot
-from xds_server.translate import Options, build_snapshot, translate
+from xds_server.translate import AuthzOptions, Options, build_snapshot, translate
 
 
 def catalog(*services: dict[str, Any], roles: dict[str, list[str]] | None = None) -> Any:
@@ -233,8 +235,11 @@ def _filters(snap: Snapshot) -> list[Any]:
     return list(manager.http_filters)
 
 
-def test_identity_headers_are_stripped_before_ext_authz_which_fails_closed() -> None:
-    snap = build_snapshot(catalog(svc("a", "/a", cacheable=True)), Options())
+@pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
+def test_identity_headers_are_stripped_before_ext_authz_which_fails_closed(transport: str) -> None:
+    snap = build_snapshot(
+        catalog(svc("a", "/a", cacheable=True)), Options(authz=AuthzOptions(transport=transport))
+    )
     filters = _filters(snap)
     assert [f.name for f in filters] == [
         "envoy.filters.http.header_mutation",
@@ -248,48 +253,83 @@ def test_identity_headers_are_stripped_before_ext_authz_which_fails_closed() -> 
     mutation = header_mutation_pb2.HeaderMutation()
     filters[0].typed_config.Unpack(mutation)
     removed = {m.remove for m in mutation.mutations.request_mutations}
-    assert removed == {"x-user-id", "x-user-roles", "x-tenant-upstream"}
+    assert removed == {"x-user-id", "x-user-roles", "x-tenant-upstream", "x-sidecar-route-policy"}
     config = ext_authz_pb2.ExtAuthz()
     filters[2].typed_config.Unpack(config)
     assert config.failure_mode_allow is False
     assert config.status_on_error.code == 503
-    assert config.grpc_service.envoy_grpc.cluster_name == "ext_authz"
-    assert config.grpc_service.timeout.ToMilliseconds() == 200
+    if transport == "grpc":
+        assert config.grpc_service.envoy_grpc.cluster_name == "ext_authz"
+        assert config.grpc_service.timeout.ToMilliseconds() == 200
+    else:
+        uri = config.http_service.server_uri
+        assert (uri.cluster, uri.timeout.ToMilliseconds()) == ("ext_authz", 200)
 
 
-def _per_route(route: route_components_pb2.Route) -> Any:
-    out = ext_authz_pb2.ExtAuthzPerRoute()
-    route.typed_per_filter_config["envoy.filters.http.ext_authz"].Unpack(out)
-    return out
+def test_in_http_mode_envoy_forwards_every_header_and_reads_only_ours() -> None:
+    options = Options(authz=AuthzOptions(transport="http"))
+    snap = build_snapshot(catalog(svc("a", "/a")), options)
+    config = ext_authz_pb2.ExtAuthz()
+    _filters(snap)[2].typed_config.Unpack(config)
+    service = config.http_service
+    assert service.path_prefix == "/sidecar-check"
+    # The filter's own list (the HttpService's is deprecated in Envoy 1.40); without one, Envoy
+    # forwards only a few headers and a trace id or the header count would be lost.
+    (everything,) = config.allowed_headers.patterns
+    assert everything.safe_regex.regex == ".*"
+    assert not service.authorization_request.allowed_headers.patterns
+    response = service.authorization_response
+
+    def names(matcher: Any) -> set[str]:
+        return {p.exact for p in matcher.patterns}
+
+    assert names(response.allowed_upstream_headers) == {
+        "x-user-id",
+        "x-user-roles",
+        "x-tenant-id",
+        "x-tenant-upstream",
+        "x-request-id",
+    }
+    assert "ratelimit" in names(response.allowed_client_headers_on_success)
+    assert {"www-authenticate", "retry-after", "content-type"} <= names(
+        response.allowed_client_headers
+    )
+    # The route's own service replaces the filter's, with the policy added.
+    route_service = authz_config.per_route(route_named(snap, "a")).check_settings.http_service
+    assert route_service.server_uri == service.server_uri
+    assert authz_config.route_policy(route_named(snap, "a"))
 
 
-def test_each_route_carries_its_services_policy() -> None:
+@pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
+def test_each_route_carries_its_services_policy(transport: str) -> None:
     snap = build_snapshot(
         catalog(
             svc("orders", "/orders", tenant_scope="tenant", rate_limit={"requests_per_second": 5}),
             roles={"clerk": ["orders:read"]},
         ),
-        Options(),
+        Options(authz=AuthzOptions(transport=transport)),
     )
-    context = _per_route(route_named(snap, "orders")).check_settings.context_extensions
-    assert context["service"] == "orders"
-    policy = decode(context["policy"])
+    policy = decode(authz_config.route_policy(route_named(snap, "orders")))
+    assert policy.service == "orders"
     assert policy.allowed_roles["read"] == {"clerk"}
     assert policy.tenant_scope == "tenant"
     assert policy.rate_limit is not None and policy.rate_limit.limit == 5
 
 
-def test_public_routes_skip_ext_authz_unless_limited_and_drop_the_tenant_header() -> None:
+@pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
+def test_public_routes_skip_ext_authz_unless_limited_and_drop_the_tenant_header(
+    transport: str,
+) -> None:
     snap = build_snapshot(
         catalog(
             svc("open", "/open", public=True),
             svc("limited", "/limited", public=True, rate_limit={"requests_per_minute": 5}),
         ),
-        Options(),
+        Options(authz=AuthzOptions(transport=transport)),
     )
-    assert _per_route(route_named(snap, "open")).disabled is True
-    limited = _per_route(route_named(snap, "limited"))
-    assert not limited.disabled and limited.check_settings.context_extensions["policy"]
+    assert authz_config.per_route(route_named(snap, "open")).disabled is True
+    assert not authz_config.per_route(route_named(snap, "limited")).disabled
+    assert authz_config.route_policy(route_named(snap, "limited"))
     assert list(route_named(snap, "open").request_headers_to_remove) == ["x-tenant-id"]
 
 

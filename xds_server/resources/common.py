@@ -37,6 +37,8 @@ class AuthzOptions:
     timeout_ms: int = defaults.AUTHZ_TIMEOUT_MS
     # answered when ext_authz cannot be reached (fail closed)
     failure_status: int = defaults.AUTHZ_FAILURE_STATUS
+    # "grpc" or "http": which of ext_authz's servers Envoy calls (the bootstrap's cluster agrees)
+    transport: str = defaults.AUTHZ_TRANSPORT
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,11 @@ from __future__ import annotations
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import (
     address_pb2,
-    config_source_pb2,
     protocol_pb2,
     substitution_format_string_pb2,
 )
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
-from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -22,12 +20,14 @@ from google.protobuf import wrappers_pb2
 
 from sidecar_shared.contract import (
     METHOD_OVERRIDE_HEADERS,
+    POLICY_HEADER,
     ROLES_HEADER,
     TENANT_UPSTREAM_HEADER,
     USER_HEADER,
 )
 from xds_server.catalog import Catalog
 from xds_server.resources import observability
+from xds_server.resources.authz import filter_config as authz_filter_config
 from xds_server.resources.cache import cache_filters
 from xds_server.resources.common import (
     ADS_SOURCE,
@@ -48,12 +48,13 @@ from xds_server.resources.routes import needs_body_limit, needs_cache_filter
 
 
 def _strip_client_identity() -> hcm_pb2.HttpFilter:
-    """Removes identity headers a client sent, before ext_authz or routing sees them.
+    """Removes identity headers (and the route-policy header) a client sent, before ext_authz or
+    routing sees them.
 
     `x-tenant-id` stays for ext_authz to compare with the token (it overwrites or removes it
     on allow; public routes remove it at the router)."""
     mutation = header_mutation_pb2.HeaderMutation()
-    for name in (USER_HEADER, ROLES_HEADER, TENANT_UPSTREAM_HEADER):
+    for name in (USER_HEADER, ROLES_HEADER, TENANT_UPSTREAM_HEADER, POLICY_HEADER):
         mutation.mutations.request_mutations.add(remove=name)
     return hcm_pb2.HttpFilter(name=HEADER_MUTATION_FILTER, typed_config=pack(mutation))
 
@@ -69,15 +70,8 @@ def _strip_method_override() -> hcm_pb2.HttpFilter:
 
 
 def _ext_authz(catalog: Catalog, options: AuthzOptions) -> hcm_pb2.HttpFilter:
-    config = ext_authz_pb2.ExtAuthz(
-        transport_api_version=config_source_pb2.ApiVersion.V3,
-        failure_mode_allow=False,
-        # Routing may depend on the headers ext_authz sets (tenant upstreams).
-        clear_route_cache=any(s.tenant_upstreams for s in catalog.services),
-    )
-    config.grpc_service.envoy_grpc.cluster_name = options.cluster
-    set_ms(config.grpc_service.timeout, options.timeout_ms)
-    config.status_on_error.code = options.failure_status
+    # Routing may depend on the headers ext_authz sets (tenant upstreams).
+    config = authz_filter_config(options, any(s.tenant_upstreams for s in catalog.services))
     return hcm_pb2.HttpFilter(name=AUTHZ_FILTER, typed_config=pack(config))
 
 

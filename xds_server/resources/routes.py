@@ -19,13 +19,12 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
 from sidecar_shared.contract import (
-    POLICY_KEY,
-    SERVICE_KEY,
     TENANT_HEADER,
     TENANT_UPSTREAM_HEADER,
 )
 from sidecar_shared.contract import encode as encode_policy
 from xds_server.catalog import Catalog, Service
+from xds_server.resources.authz import per_route as authz_per_route
 from xds_server.resources.cache import set_route_cache
 from xds_server.resources.clusters import tenant_cluster_name, version_cluster_name
 from xds_server.resources.common import (
@@ -34,22 +33,22 @@ from xds_server.resources.common import (
     FILTER_DISABLED,
     METHOD_OVERRIDE_FILTER,
     ROUTE_CONFIG_NAME,
+    AuthzOptions,
     pack,
     set_ms,
 )
 from xds_server.resources.retries import set_retry_policy
 from xds_server.route_policy import compile_policy
 
+DEFAULT_AUTHZ = AuthzOptions()
 
-def _authz_per_route(catalog: Catalog, svc: Service) -> any_pb2.Any:
+
+def _authz_per_route(catalog: Catalog, svc: Service, authz: AuthzOptions) -> any_pb2.Any:
     """The service's policy for ext_authz, or ext_authz off for public routes with no limit."""
     if svc.public and svc.rate_limit is None:
-        return pack(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
-    per_route = ext_authz_pb2.ExtAuthzPerRoute()
-    context = per_route.check_settings.context_extensions
-    context[SERVICE_KEY] = svc.service_name
-    context[POLICY_KEY] = encode_policy(compile_policy(catalog, svc))
-    return pack(per_route)
+        return AUTHZ_DISABLED
+    policy = encode_policy(compile_policy(catalog, svc))
+    return pack(authz_per_route(authz, svc.service_name, policy))
 
 
 def _match_base_path(
@@ -111,13 +110,14 @@ def add_service_routes(
     *,
     with_cache: bool,
     under: Sequence[str],
+    authz: AuthzOptions = DEFAULT_AUTHZ,
 ) -> None:
     """Append a service's routes to a repeated `routes` field: a strict service with longer
     base paths under it first gets a route refusing their look-alikes (and, with a body limit,
     one refusing a declared length above it); then per API version one for its path and one for
     its header, one per tenant with its own upstream (matched on the header ext_authz sets),
     then the service's own."""
-    authz = _authz_per_route(catalog, svc)
+    policy = _authz_per_route(catalog, svc, authz)
     for i, guard in enumerate(lookalike_regexes(svc, under)):
         refuse: route_components_pb2.Route = routes.add(name=f"{svc.service_name}.lookalike.{i}")
         refuse.match.safe_regex.regex = guard
@@ -143,7 +143,7 @@ def add_service_routes(
             svc,
             name=name,
             cluster_name=name,
-            authz=authz,
+            authz=policy,
             with_cache_filter=with_cache,
             header=header,
             prefix=prefix,
@@ -154,7 +154,7 @@ def add_service_routes(
             svc,
             name=tenant_cluster_name(svc.service_name, tenant),
             cluster_name=tenant_cluster_name(svc.service_name, tenant),
-            authz=authz,
+            authz=policy,
             with_cache_filter=with_cache,
             header=(TENANT_UPSTREAM_HEADER, tenant),
         )
@@ -163,7 +163,7 @@ def add_service_routes(
         svc,
         name=svc.service_name,
         cluster_name=svc.service_name,
-        authz=authz,
+        authz=policy,
         with_cache_filter=with_cache,
     )
 
@@ -183,7 +183,9 @@ def _routing_key(s: Service) -> tuple[int, str, str]:
     return (-len(prefix), prefix, s.service_name)
 
 
-def route_configuration(catalog: Catalog) -> route_pb2.RouteConfiguration:
+def route_configuration(
+    catalog: Catalog, authz: AuthzOptions = DEFAULT_AUTHZ
+) -> route_pb2.RouteConfiguration:
     with_cache = needs_cache_filter(catalog)
     # Envoy rejects (NACKs) routes naming a cluster it does not have instead of answering 503.
     out = route_pb2.RouteConfiguration(
@@ -193,7 +195,9 @@ def route_configuration(catalog: Catalog) -> route_pb2.RouteConfiguration:
     prefixes = sorted_prefixes(catalog.services)
     for svc in _sorted_for_routing(catalog.services):
         under = paths_under(prefixes, svc)
-        add_service_routes(host.routes, catalog, svc, with_cache=with_cache, under=under)
+        add_service_routes(
+            host.routes, catalog, svc, with_cache=with_cache, under=under, authz=authz
+        )
     return out
 
 
