@@ -417,7 +417,8 @@ class KeySource:
 
     def start(self) -> None:
         """Keep the keys current from a daemon thread until `stop`."""
-        self._next_jwks = self._last_jwks_load + self._jwks_interval
+        if self._jwks_source is not None:  # else never: nothing to fetch
+            self._next_jwks = self._last_jwks_load + self._jwks_interval
         self._thread = threading.Thread(target=self._run, name="key-refresh", daemon=True)
         self._thread.start()
 

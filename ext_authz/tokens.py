@@ -51,7 +51,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import jwt
 
@@ -60,6 +60,8 @@ from ext_authz.keys import KID, Jwk, KeySet, KeySource
 from sidecar_shared import defaults
 from sidecar_shared.contract import encode_roles
 
+K = TypeVar("K")
+V = TypeVar("V")
 Clock = Callable[[], float]
 
 HMAC_ALGS = frozenset({"HS256", "HS384", "HS512"})
@@ -219,24 +221,21 @@ def validate_identity(identity: Identity) -> Identity:
     return identity
 
 
-class NegativeCache:
-    """A thread-safe, bounded LRU of recently refused tokens (by hash) and why. It keeps the
-    reason and sentence, never the exception (whose traceback would hold the token)."""
+class _BoundedLRU(Generic[K, V]):
+    """A thread-safe mapping of at most `size` entries; the least recently stored or found
+    goes first. Nothing is kept when `size` is 0."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._items: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, token: str) -> TokenError | None:
-        found = self._items.get(hash(token))
-        return None if found is None else TokenError(*found)
-
-    def put(self, token: str, error: TokenError) -> None:
-        if self._size <= 0 or error.reason in _CURABLE:
+    def _store(self, key: K, value: V) -> None:
+        if self._size <= 0:
             return
         with self._lock:
-            self._items[hash(token)] = (error.reason, error.detail)
+            self._items[key] = value
+            self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
@@ -248,13 +247,24 @@ class NegativeCache:
         return len(self._items)
 
 
-class TokenCache:
-    """A thread-safe LRU of verified identities keyed by token."""
+class NegativeCache(_BoundedLRU[int, tuple[str, str]]):
+    """Recently refused tokens (by hash) and why. It keeps the reason and sentence, never the
+    exception (whose traceback would hold the token)."""
+
+    def get(self, token: str) -> TokenError | None:
+        found = self._items.get(hash(token))
+        return None if found is None else TokenError(*found)
+
+    def put(self, token: str, error: TokenError) -> None:
+        if error.reason not in _CURABLE:
+            self._store(hash(token), (error.reason, error.detail))
+
+
+class TokenCache(_BoundedLRU[str, Identity]):
+    """Verified identities keyed by token, each used until its `expires_at`."""
 
     def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[str, Identity] = OrderedDict()
-        self._lock = threading.Lock()
+        super().__init__(size)
         self.hits = 0  # lookups, counted under the lock (read by metrics at scrape time)
         self.misses = 0
 
@@ -272,20 +282,7 @@ class TokenCache:
             return found
 
     def put(self, token: str, identity: Identity) -> None:
-        if self._size <= 0:
-            return
-        with self._lock:
-            self._items[token] = identity
-            self._items.move_to_end(token)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
+        self._store(token, identity)
 
 
 class TokenVerifier:

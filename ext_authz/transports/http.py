@@ -247,13 +247,7 @@ class CheckProtocol(asyncio.Protocol):
         self._size = 0
         result = self._authorizer.check_or_defer(request)
         if isinstance(result, Outcome):
-            answer = encode_outcome(result, keep_alive)
-            if self._queue:
-                done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-                done.set_result(answer)
-                self._queue.append(done)
-            else:
-                self._out.append(answer)
+            self._answer(encode_outcome(result, keep_alive))
         else:
             self._defer(result, keep_alive)
         if not keep_alive:
@@ -289,15 +283,19 @@ class CheckProtocol(asyncio.Protocol):
         if self._closing and not self._queue:
             transport.close()
 
-    def _fail(self, answer: bytes) -> None:
-        """Answer a request that cannot be checked after those before it, then close."""
-        self._closing = True
+    def _answer(self, answer: bytes) -> None:
+        """Send `answer` after every answer still owed to earlier requests (pipelining)."""
         if self._queue:
             done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             done.set_result(answer)
             self._queue.append(done)
         else:
             self._out.append(answer)
+
+    def _fail(self, answer: bytes) -> None:
+        """Answer a request that cannot be checked after those before it, then close."""
+        self._closing = True
+        self._answer(answer)
 
     def close_when_idle(self) -> None:
         """Close once the answers already owed are written (at once when none are)."""

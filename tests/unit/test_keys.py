@@ -5,6 +5,7 @@ and `Cache-Control: max-age` paces refreshes within bounds."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from ext_authz.keys import KeyConfigError, KeySettings, KeySource, max_age
 from ext_authz.metrics import KeyMetrics
 from tests.support.fakes import FakeClock
 from tests.support.keys import ec_key, rsa_key, write_jwks
+from tests.support.wait import wait_until
 
 LOG = "test-keys"
 
@@ -119,3 +121,30 @@ def test_a_ca_file_that_is_not_a_pem_bundle_is_refused(tmp_path: Path) -> None:
     bad.write_text("not a certificate")
     with pytest.raises(KeyConfigError, match=r"SIDECAR_JWKS_CA_FILE=.*ca\.pem: not a readable"):
         KeySource(KeySettings(jwks="https://idp.invalid/jwks", jwks_ca_file=bad))
+
+
+@pytest.mark.parametrize("with_jwks", [False, True])
+def test_the_refresher_wakes_about_once_per_interval_and_never_spins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_jwks: bool
+) -> None:
+    # A busy refresher thread takes the GIL from every check: ext_authz slowed tenfold once
+    # a secret-only setup passed its first refresh interval.
+    jwks = str(write_jwks(tmp_path / "jwks.json", rsa_key())) if with_jwks else None
+    settings = KeySettings(secret=b"s" * 40, jwks=jwks, refresh_s=0.05, refresh_min_s=0.05)
+    keys = KeySource(settings, logging.getLogger("test"))
+    calls: list[float] = []
+    real = keys.refresh
+
+    def counted(**kw: bool) -> bool:
+        calls.append(time.monotonic())
+        return real(**kw)
+
+    monkeypatch.setattr(keys, "refresh", counted)
+    keys.start()
+    try:
+        wait_until(lambda: len(calls) >= 4, timeout=10, what="four refreshes")
+    finally:
+        keys.stop()
+    # Four refreshes (the secret and the JWKS may fall due apart) took at least an interval:
+    # the loop waited between them. A spinning loop makes them microseconds apart.
+    assert calls[3] - calls[0] >= 0.05 * 0.9
