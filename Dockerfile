@@ -9,7 +9,12 @@ COPY sidecar_shared ./sidecar_shared
 COPY xds_server ./xds_server
 COPY ext_authz ./ext_authz
 COPY sidecar ./sidecar
+# xds-protos ships older copies of opentelemetry-proto's modules; put opentelemetry-proto's back
+# so the OTLP exporter loads.
 RUN pip install --no-cache-dir . \
+    && pip install --no-cache-dir --force-reinstall --no-deps \
+        "opentelemetry-proto==$(python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
+    && python -c 'from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter' \
     && useradd --system --uid 10001 sidecar
 USER 10001
 

@@ -16,6 +16,15 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
 
+def _installed(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "<version>"
+
+
 def enabled(environ: Mapping[str, str]) -> bool:
     endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -28,9 +37,17 @@ def tracer_provider(service_name: str, environ: Mapping[str, str]) -> TracerProv
     down (which flushes what is buffered)."""
     if not enabled(environ):
         return None
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
-        OTLPSpanExporter,
-    )
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter,
+        )
+    except ImportError as exc:
+        raise SystemExit(
+            f"tracing is on but the OTLP exporter does not load ({exc}). xds-protos ships older"
+            " copies of opentelemetry-proto's modules and pip may have let them win; repair with:"
+            " pip install --force-reinstall --no-deps opentelemetry-proto=="
+            + _installed("opentelemetry-proto")
+        ) from exc
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415

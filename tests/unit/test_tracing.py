@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -87,3 +89,20 @@ def test_the_traceparent_parser_follows_the_w3c_rules() -> None:
 )
 def test_tracing_is_off_unless_an_endpoint_is_set(environ: dict[str, str], on: bool) -> None:
     assert tracing.enabled(environ) is on
+
+
+def test_the_otlp_exporter_loads_in_this_install() -> None:
+    """xds-protos ships older copies of opentelemetry-proto's modules; whichever pip installs
+    last wins. `./dev` and the Dockerfile put opentelemetry-proto's back."""
+    provider = tracing.tracer_provider("t", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
+    assert provider is not None
+    provider.shutdown()
+
+
+def test_an_exporter_that_does_not_load_stops_startup_with_the_repair(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
+    with pytest.raises(SystemExit) as stopped:
+        tracing.tracer_provider("t", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
+    assert "pip install --force-reinstall --no-deps opentelemetry-proto==1." in str(stopped.value)
