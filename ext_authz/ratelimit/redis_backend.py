@@ -142,7 +142,7 @@ def connect(target: RedisTarget, timeout_s: float) -> Client:
         )
     if target.kind == "sentinel":
         assert target.service is not None
-        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             list(target.nodes),
             sentinel_kwargs={
                 "socket_timeout": timeout_s,
@@ -151,7 +151,7 @@ def connect(target: RedisTarget, timeout_s: float) -> Client:
                 "password": target.options.get("sentinel_password"),
             },
         )
-        client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call,unused-ignore]
             target.service, db=target.db, retry=Retry(NoBackoff(), 1), **common
         )
         return client
