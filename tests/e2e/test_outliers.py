@@ -1,6 +1,7 @@
-"""Outlier detection through a real Envoy: an endpoint that keeps answering 5xx leaves rotation
-after the catalog's number of errors, comes back after the base ejection time, and no more than
-the catalog's share of endpoints is ever ejected."""
+"""Outlier detection through a real Envoy: an endpoint that keeps answering 5xx (or gateway
+failures, counted on their own) leaves rotation after the catalog's number of errors, comes back
+after the base ejection time, and no more than the catalog's share of endpoints is ever
+ejected."""
 
 from __future__ import annotations
 
@@ -79,3 +80,23 @@ def test_no_more_than_the_max_ejection_percent_is_ejected(
             wait.wait_until(lambda: len(gw.ejected("svc")) == ejected, what=f"{ejected} ejected")
             statuses(gw, 8)
             assert len(gw.ejected("svc")) == ejected
+
+
+@pytest.mark.parametrize("gateway_status", [502, 504])
+def test_gateway_failures_eject_on_their_own_count(tmp_path: Path, gateway_status: int) -> None:
+    # consecutive_5xx is out of reach, so only the gateway-failure rule can eject (Envoy enforces
+    # it at 0 % unless told otherwise).
+    with running("good", "bad") as (good, bad):
+        svc = public(
+            "svc",
+            [good.url, bad.url],
+            outlier_detection=outlier(consecutive_5xx=1000, consecutive_gateway_failure=2),
+        )
+        with gateway(tmp_path, [svc]) as gw:
+            bad.behave("fail", status=gateway_status)
+            for _ in range(20):
+                gw.request("GET", "/svc/x")
+                if gw.ejected("svc") == {bad.port}:
+                    break
+            assert gw.ejected("svc") == {bad.port}
+            assert 2 <= bad.count() <= 4, bad.count()
