@@ -12,8 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from sidecar_shared import grpc_ports, ops_http, tracing
 from sidecar_shared import health as grpc_health
-from sidecar_shared import ops_http, tracing
 from sidecar_shared.contract import XDS_HEALTH_SERVICE
 from xds_server.cache import SnapshotCache
 from xds_server.fleet import Fleet, Rejection
@@ -35,6 +35,9 @@ async def run(
     provider = tracing.tracer_provider("xds-server", os.environ)
     tracer = provider.get_tracer("xds_server") if provider is not None else None
     cache = SnapshotCache()
+    # `xds_snapshot_info` names the version served, whatever changed it: a reload, or a
+    # rollback after a NACK (`Fleet`).
+    cache.subscribe(lambda snapshot: metrics.snapshot.info({"version": snapshot.version}))
     proxies = ProxyRegistry()
     registry.register(ProxyStates(lambda: proxies.states(cache.current())))
     health_servicer = health.aio.HealthServicer()
@@ -77,8 +80,7 @@ async def run(
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.host}:{settings.port}"
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot listen on {address}")
+    grpc_ports.listen(server, address)
 
     def status_page() -> ops_http.Page:
         current = cache.current()

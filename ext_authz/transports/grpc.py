@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from ext_authz.core import Authorizer
 from ext_authz.decision import CheckInput, Headers, Outcome
+from sidecar_shared import grpc_ports
 from sidecar_shared import health as grpc_health
 from sidecar_shared.contract import AUTHZ_HEALTH_SERVICE
 
@@ -115,8 +116,7 @@ class GrpcTransport:
         grpc_health.set_sync(self._health, [AUTHZ_HEALTH_SERVICE], grpc_health.NOT_SERVING)
 
     def start(self) -> None:
-        if self._server.add_insecure_port(self.address) == 0:
-            raise OSError(f"cannot listen on {self.address}")
+        grpc_ports.listen(self._server, self.address)
         self._server.start()
 
     def set_serving(self, serving: bool) -> None:

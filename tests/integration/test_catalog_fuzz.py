@@ -1,8 +1,9 @@
 """Generated catalogs, at and beyond every edge of the schema: each one is either refused with
 errors that name a JSON path, or translated into resources that Envoy itself accepts.
 
-CI runs a few examples; `SIDECAR_FUZZ_EXAMPLES=500 ./dev test tests/unit/test_catalog_fuzz.py`
-runs a larger search on demand.
+CI runs a few examples;
+`SIDECAR_FUZZ_EXAMPLES=500 ./dev test tests/integration/test_catalog_fuzz.py` runs a larger
+search on demand.
 """
 
 from __future__ import annotations
