@@ -1,22 +1,34 @@
 """The edge through a real Envoy, driven as an attacker would: header spellings, slow and idle
-clients, too many headers, method overrides, early uploads, look-alike paths, big bodies, and
-an unreachable ext_authz. Every answer Envoy makes for us is a JSON denial."""
+clients, too many headers, method overrides, early uploads (HTTP/1.1 and h2c), look-alike
+paths, big bodies, and an unreachable ext_authz. Every answer Envoy makes for us is a JSON
+denial."""
 
 from __future__ import annotations
 
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import (
+    DataReceived,
+    InformationalResponseReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+)
 
 from sidecar.echo import EchoServer
 from sidecar_shared.contract import AUTHZ_TRANSPORTS
 from tests.support import http, stack, tokens, wait
 from tests.support.catalogs import sample_data, write_json
 from tests.support.ports import free_port
+from tests.support.upstreams import Upstream
 
 TIMEOUT_MS = 1000  # request-headers and idle timeouts for this test's Envoy
 
@@ -25,8 +37,17 @@ pytestmark = pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
 
 
 @pytest.fixture
-def edge_catalog(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Path:
-    """The sample catalog on echo upstreams; the public `status` service takes at most 1 KiB."""
+def uploads() -> Iterator[Upstream]:
+    """The `uploads` service's upstream: it records every request that reaches it."""
+    upstream = Upstream("uploads").start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def edge_catalog(tmp_path: Path, echo: Callable[[str], EchoServer], uploads: Upstream) -> Path:
+    """The sample catalog on echo upstreams; the public `status` service takes at most 1 KiB.
+    A protected `uploads` service without a body limit sits on the recording `uploads`."""
     data = sample_data()
     for svc in data["services"]:
         svc["internal_url"] = f"http://127.0.0.1:{echo(svc['service_name']).port}"
@@ -34,6 +55,15 @@ def edge_catalog(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Path:
             svc["tenant_upstreams"][tenant] = f"http://127.0.0.1:{echo(tenant).port}"
         if svc["service_name"] == "status":
             svc["max_request_body_bytes"] = 1024
+    data["services"].append(
+        {
+            "service_name": "uploads",
+            "base_path": "/uploads",
+            "internal_url": uploads.url,
+            "timeout_ms": 5000,
+            "rbac_required": False,
+        }
+    )
     path = tmp_path / "catalog" / "service_catalog.json"
     path.parent.mkdir()
     write_json(path, data)
@@ -153,6 +183,99 @@ def test_a_denied_request_is_never_invited_to_upload_its_body(edge: stack.Envoy)
         )
         first = sock.recv(65536)
     assert first.startswith(b"HTTP/1.1 401"), first[:200]
+
+
+@dataclass
+class H2Upload:
+    """What an HTTP/2 client that honours `expect: 100-continue` saw: the interim statuses
+    before the final answer, the final answer, and whether it was invited to send its body."""
+
+    interim: list[int] = field(default_factory=list)
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    sent_body: bool = False
+
+
+def _decoded(headers: Iterable[tuple[bytes, bytes]] | None) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in headers or ()}
+
+
+def h2_upload(envoy: stack.Envoy, path: str, headers: dict[str, str], body: bytes) -> H2Upload:
+    """POST `body` to `path` over h2c (prior knowledge) with `expect: 100-continue`, as a
+    client that sends the body only after a 100 and stops at the final answer. The body goes
+    in one DATA frame: at most 16 KiB, within the default frame size and stream window."""
+    out = H2Upload()
+    conn = H2Connection(H2Configuration(client_side=True))
+    with socket.create_connection(("127.0.0.1", envoy.listener_port), timeout=15) as sock:
+        conn.initiate_connection()
+        request = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "x"),
+            (":path", path),
+            ("content-type", "application/octet-stream"),
+            ("content-length", str(len(body))),
+            ("expect", "100-continue"),
+            *headers.items(),
+        ]
+        conn.send_headers(1, request)
+        sock.sendall(conn.data_to_send())
+        done = False
+        while not done:
+            data = sock.recv(65536)
+            assert data, f"connection closed before the answer ended: {out}"
+            for event in conn.receive_data(data):
+                if isinstance(event, InformationalResponseReceived):
+                    out.interim.append(int(_decoded(event.headers)[":status"]))
+                    if out.interim[-1] == 100 and out.status is None and not out.sent_body:
+                        conn.send_data(1, body, end_stream=True)
+                        out.sent_body = True
+                elif isinstance(event, ResponseReceived):
+                    out.headers = _decoded(event.headers)
+                    out.status = int(out.headers[":status"])
+                elif isinstance(event, DataReceived):
+                    out.body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, StreamEnded | StreamReset):
+                    done = True
+            sock.sendall(conn.data_to_send())
+    return out
+
+
+def test_a_denied_h2_request_is_never_invited_to_upload_its_body(
+    edge: stack.Envoy, uploads: Upstream
+) -> None:
+    body = b"x" * 16_000
+    forged = tokens.bearer(secret=b"not-the-secret-but-long-enough-for-hs256!!")
+    for auth in ({}, tokens.bearer("not-a-token"), tokens.bearer(ttl_s=-3600), forged):
+        seen = h2_upload(edge, "/uploads/denied", auth, body)
+        assert seen.status == 401, seen
+        assert seen.interim == [], seen  # no 100 Continue before the denial
+        assert not seen.sent_body
+        assert seen.headers["content-type"] == "application/json"
+        assert set(json.loads(seen.body)) == {"error", "message", "request_id"}
+    # An allowed request after the denials reaches the upstream (which records a request
+    # before answering it); the denied ones never did.
+    barrier = http.http("GET", edge.url + "/uploads/barrier", tokens.bearer())
+    assert barrier.status == 200, barrier.body
+    assert [(s.method, s.path) for s in uploads.seen()] == [("GET", "/uploads/barrier")]
+
+
+def test_an_allowed_h2_request_is_invited_then_answered(
+    edge: stack.Envoy, uploads: Upstream
+) -> None:
+    body = b"x" * 16_000
+    seen = h2_upload(edge, "/uploads/allowed", tokens.bearer(), body)
+    assert seen.interim == [100], seen
+    assert seen.sent_body
+    assert seen.status == 200, seen
+    # The upstream answers only once it has read the whole declared body.
+    assert json.loads(seen.body)["headers"]["content-length"] == str(len(body))
+    [request] = uploads.seen()
+    assert (request.method, request.path) == ("POST", "/uploads/allowed")
+    # The 100 is the upstream's, which Envoy forwarded only after ext_authz allowed the request.
+    assert request.headers["expect"] == "100-continue"
 
 
 @pytest.mark.parametrize(
