@@ -11,7 +11,8 @@ gateway Envoy (Envoy at default concurrency, 2 workers on 2 cores), so token cac
 and listener ports never mix; all share one fast upstream (a second Envoy answering 200 "ok"
 from a `direct_response`, --concurrency 1). The baseline `no-auth` is a public route that
 skips ext_authz: Envoy alone. The others use a route with JWT + RBAC + tenant scope + a rate
-limit too high to reach (so every check counts it), with metrics on and 1 % of allows audited.
+limit too high to reach (so every check counts it), with metrics on, 1 % of allows audited
+and tracing configured but never sampled (--no-tracing: unconfigured).
 wrk drives every configuration through the same Lua script, which rotates through a file of
 bearer tokens (none, one, or 10,000 distinct users; with 10,000 the token cache is cut to
 1,000 so that every check verifies its token). `http-floor` and `grpc-floor` put
@@ -68,6 +69,20 @@ REDIS = {
 }
 # Allows audited at 1 % (a production sampling); denials always are. Metrics are always on.
 AUDIT_ARGS = ("--audit-allow-sample", "0.01")
+
+
+# Tracing configured but not sampled, as in production: Envoy starts no trace (0 %) and passes
+# an unsampled traceparent, ext_authz follows its parent. The collector port answers nothing,
+# and nothing is sent to it. --no-tracing leaves OTEL_* unset.
+def tracing_env(collector_port: int) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0",
+    }
+
+
+TRACING_XDS_ARGS = ("--envoy-trace-sampling", "0")
 # A token cache smaller than the users, visited round robin: every check verifies its token.
 MISSES = ("--token-cache-size", "1000")
 TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
@@ -272,11 +287,25 @@ def write_tokens(path: Path, source: TokenSource) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def start_stack(config: Config, catalog: Path, workdir: Path, started: list[stack.Proc]) -> Stack:
+def start_stack(
+    config: Config,
+    catalog: Path,
+    workdir: Path,
+    started: list[stack.Proc],
+    trace_env: Mapping[str, str],
+) -> Stack:
     """xDS server + ext_authz + gateway Envoy for one configuration; each process goes into
     `started`. Its own xDS server gives its Envoy its own listener port: Envoys sharing one
-    port (SO_REUSEPORT) would split wrk's connections between them."""
-    xds = stack.start_xds(catalog, workdir, name=f"xds-{config.name}", transport=config.transport)
+    port (SO_REUSEPORT) would split wrk's connections between them. `trace_env` (OTEL_*) goes
+    to the xDS server, which configures Envoy's tracer from it, and to ext_authz."""
+    xds = stack.start_xds(
+        catalog,
+        workdir,
+        name=f"xds-{config.name}",
+        transport=config.transport,
+        args=list(TRACING_XDS_ARGS) if trace_env else None,
+        env=trace_env,
+    )
     started.append(xds.proc)
     if config.floor:
         authz = start_floor(workdir, config.name, config.transport)
@@ -284,7 +313,7 @@ def start_stack(config: Config, catalog: Path, workdir: Path, started: list[stac
         authz = stack.start_authz(
             workdir,
             name=f"authz-{config.name}",
-            env=config.authz_args.env,
+            env={**trace_env, **config.authz_args.env},
             args=[*AUDIT_ARGS, *config.authz_args.args],
         )
     started.append(authz.proc)
@@ -637,6 +666,11 @@ def parse_args() -> argparse.Namespace:
         default=1_250_000,
         help="distinct users sent to one ext_authz for its RSS (0: skip)",
     )
+    parser.add_argument(
+        "--no-tracing",
+        action="store_true",
+        help="leave tracing unconfigured (by default it is configured, never sampled)",
+    )
     return parser.parse_args()
 
 
@@ -664,8 +698,14 @@ def main() -> None:
         upstream, upstream_port = start_upstream(workdir)
         started.append(upstream)
         catalog = write_catalog(workdir, upstream_port)
-        stacks = [start_stack(c, catalog, workdir, started) for c in configs]
+        trace_env = {} if args.no_tracing else tracing_env(ports.free_port())
+        stacks = [start_stack(c, catalog, workdir, started, trace_env) for c in configs]
         print(f"ext_authz flags: {' '.join(AUDIT_ARGS)} (1 % of allows audited; every denial),")
+        print(
+            "  tracing: off (--no-tracing)"
+            if args.no_tracing
+            else "  tracing configured, never sampled (Envoy 0 %, ext_authz follows its parent);"
+        )
         print(f"  metrics on; *-10k-users add {' '.join(MISSES)}: every check verifies its token")
         print("per configuration: its own xDS server, ext_authz (its own process, as `ext-authz`")
         print("  in a container: python -m ext_authz) and gateway Envoy (default concurrency:")
