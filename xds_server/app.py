@@ -35,9 +35,6 @@ async def run(
     provider = tracing.tracer_provider("xds-server", os.environ)
     tracer = provider.get_tracer("xds_server") if provider is not None else None
     cache = SnapshotCache()
-    # `xds_snapshot_info` names the version served, whatever changed it: a reload, or a
-    # rollback after a NACK (`Fleet`).
-    cache.subscribe(lambda snapshot: metrics.snapshot.info({"version": snapshot.version}))
     proxies = ProxyRegistry()
     registry.register(ProxyStates(lambda: proxies.states(cache.current())))
     health_servicer = health.aio.HealthServicer()

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,10 @@ def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+# More than the cache's history, so every version a rollback can return to is known.
+_SERVICE_COUNTS_KEPT = 64
+
+
 class Reloader:
     def __init__(
         self,
@@ -92,6 +97,16 @@ class Reloader:
         self._last_digest: bytes | None = None
         self._last_identity: tuple[int, int, int, int] | None = None
         self.state = ReloadState(None, False, ("not loaded yet",), time.time())
+        # Services per version built, for the gauges of whatever is served: a reload's
+        # snapshot, or an older one a rollback after a NACK (`Fleet`) brings back.
+        self._services_of: OrderedDict[str, int] = OrderedDict()
+        cache.subscribe(self._served)
+
+    def _served(self, snapshot: Snapshot) -> None:
+        self._metrics.snapshot.info({"version": snapshot.version})
+        services = self._services_of.get(snapshot.version)
+        if services is not None:
+            self._metrics.catalog_services.set(services)
 
     async def load(self) -> bool:
         """One attempt; True when a new snapshot is being served. Never raises."""
@@ -137,11 +152,13 @@ class Reloader:
         if rejected is not None:
             return self._fail([rejected], result="rejected")
         self._last_digest = digest
+        self._services_of[snapshot.version] = services
+        self._services_of.move_to_end(snapshot.version)
+        while len(self._services_of) > _SERVICE_COUNTS_KEPT:
+            self._services_of.popitem(last=False)
         changed = self._cache.set(snapshot)
         self._metrics.reloads.labels("ok" if changed else "unchanged").inc()
-        self._metrics.catalog_services.set(services)
         self._metrics.catalog_valid.set(1)
-        self._metrics.snapshot.info({"version": snapshot.version})
         self.state = ReloadState(snapshot.version, True, (), time.time())
         if changed:
             self._log.info(

@@ -69,6 +69,10 @@ def fleet(
         e.proc.stop()
 
 
+def log_records(xds: stack.XdsServer) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in xds.proc.output().splitlines() if line.startswith("{")]
+
+
 FLEETS = [("sotw", "sotw"), ("delta", "delta"), ("sotw", "delta")]
 
 
@@ -109,6 +113,13 @@ def test_a_version_envoy_rejects_rolls_the_fleet_back_and_the_next_edit_moves_it
     assert rejected["type"] == "clusters" and "255" in rejected["error"]
     assert rejected["rolled_back_to"] == good
     bad = rejected["version"]
+    # Each proxy's NACK is logged with who, what and Envoy's reason.
+    nacks = wait.wait_until(
+        lambda: [r for r in log_records(xds) if r["message"] == "envoy rejected a config"],
+        what="the NACK logged",
+    )
+    assert {r["node_id"] for r in nacks} <= {f"edge-{i}" for i in range(len(fleet))}
+    assert all(r["type"] == "clusters" and "255" in r["error"] for r in nacks), nacks
     wait.wait_until(lambda: converged(xds, fleet, expected), what="every proxy back on good")
     status = xds.status()
     assert status["catalog"]["valid"] is False

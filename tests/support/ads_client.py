@@ -28,7 +28,8 @@ from xds_server import typeurls
 CDS, EDS, LDS, RDS = typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE
 PROTOCOLS = ("sotw", "delta")
 
-# A response's resources → an error message to NACK it with, or None to ACK it.
+# A response's type and the resources the client would hold with it (all of them, in Delta
+# too) → an error message to NACK it with, or None to ACK it.
 Reject = Callable[[str, Mapping[str, bytes]], str | None]
 
 
@@ -137,8 +138,11 @@ class AdsClient:
         self._node(req)
         self._outbox.put_nowait(req)
 
-    def _answer(self, seen: TypeSeen, resp: Any, version: str) -> str | None:
-        error = self.reject(resp.type_url, seen.resources)
+    def _answer(
+        self, seen: TypeSeen, resp: Any, version: str, resources: Mapping[str, bytes]
+    ) -> str | None:
+        """ACK (record `version`) or NACK a response that gives the client `resources`."""
+        error = self.reject(resp.type_url, resources)
         if error is None:
             seen.version = version
             seen.acked_at.setdefault(version, time.monotonic())
@@ -199,7 +203,7 @@ class AdsClient:
         self._follow(resp.type_url, resources)
         seen.resources = resources
         self._nonces[resp.type_url] = resp.nonce
-        error = self._answer(seen, resp, resp.version_info)
+        error = self._answer(seen, resp, resp.version_info, resources)
         names = {CDS: (), LDS: (), EDS: self._eds_wanted, RDS: self._rds_wanted}[resp.type_url]
         ack = discovery_pb2.DiscoveryRequest(
             type_url=resp.type_url,
@@ -221,7 +225,7 @@ class AdsClient:
         for name in resp.removed_resources:
             resources.pop(name, None)
             seen.versions.pop(name, None)
-        error = self._answer(seen, resp, resp.system_version_info)
+        error = self._answer(seen, resp, resp.system_version_info, resources)
         if error is None:
             self._follow(resp.type_url, resources)
             seen.resources = resources
