@@ -201,7 +201,11 @@ class TracingObserver:
 
     def observe(self, decision: Decision) -> None:
         req = decision.request
-        parent = parse_traceparent(req.trace_parent or req.headers.get("traceparent"))
+        # A malformed context from the transport is ignored, as if absent (as `_trace_id_of`
+        # does for the audit line): the span and the audit line name the same trace.
+        parent = parse_traceparent(req.trace_parent) or parse_traceparent(
+            req.headers.get("traceparent")
+        )
         if parent is None or not parent.sampled:
             return
         trace = self._trace
