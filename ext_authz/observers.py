@@ -76,6 +76,9 @@ class TraceParent:
     sampled: bool
 
 
+_SAMPLED_DIGITS = frozenset("13579bdf")  # a flags byte's last hex digit with the sampled bit
+
+
 def parse_traceparent(value: str | None) -> TraceParent | None:
     """A W3C `traceparent` as the specification defines it (lengths, lowercase hex, non-zero
     ids, version ff invalid, version 00 exactly four fields), or None."""
@@ -201,11 +204,17 @@ class TracingObserver:
 
     def observe(self, decision: Decision) -> None:
         req = decision.request
-        # A malformed context from the transport is ignored, as if absent (as `_trace_id_of`
-        # does for the audit line): the span and the audit line name the same trace.
-        parent = parse_traceparent(req.trace_parent) or parse_traceparent(
-            req.headers.get("traceparent")
-        )
+        header = req.headers.get("traceparent")
+        if req.trace_parent is None:
+            # The common case, settled without parsing: every version keeps the flags at
+            # 53-54, and an even last digit is an unsampled trace.
+            if header is None or len(header) < 55 or header[54] not in _SAMPLED_DIGITS:
+                return
+            parent = parse_traceparent(header)
+        else:
+            # A malformed context from the transport is ignored, as if absent (as the audit
+            # line's trace id is): the span and the audit line name the same trace.
+            parent = parse_traceparent(req.trace_parent) or parse_traceparent(header)
         if parent is None or not parent.sampled:
             return
         trace = self._trace

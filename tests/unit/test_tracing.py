@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -69,6 +71,25 @@ def test_without_envoys_context_the_clients_sampled_traceparent_is_the_parent(
     observer.observe(decide(None, {"traceparent": f"00-{TRACE}-{ENVOY_SPAN}-01"}))
     (span,) = exporter.get_finished_spans()
     assert format(span.context.trace_id, "032x") == TRACE
+
+
+@given(
+    version=st.sampled_from(["00", "01", "cc", "ff", "0g"]),
+    flags=st.text("0123456789abcdefABCDEF", min_size=2, max_size=2),
+    tail=st.sampled_from(["", "-what-follows", "x"]),
+    trace=st.sampled_from([TRACE, "0" * 32, TRACE[:-1]]),
+)
+def test_a_header_makes_a_span_exactly_when_the_full_parser_says_sampled(
+    version: str, flags: str, tail: str, trace: str
+) -> None:
+    # The observer settles most headers without parsing; it must agree with the parser.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    header = f"{version}-{trace}-{ENVOY_SPAN}-{flags}{tail}"
+    TracingObserver(provider.get_tracer("test")).observe(decide(None, {"traceparent": header}))
+    parsed = parse_traceparent(header)
+    assert len(exporter.get_finished_spans()) == (1 if parsed and parsed.sampled else 0), header
 
 
 def test_the_traceparent_parser_follows_the_w3c_rules() -> None:
