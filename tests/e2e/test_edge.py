@@ -1,7 +1,7 @@
 """The edge through a real Envoy, driven as an attacker would: header spellings, slow and idle
 clients, too many headers, method overrides, early uploads (HTTP/1.1 and h2c), look-alike
-paths, big bodies, and an unreachable ext_authz. Every answer Envoy makes for us is a JSON
-denial."""
+paths, big bodies (and an allowed upload within a body limit invited at once), and an
+unreachable ext_authz. Every answer Envoy makes for us is a JSON denial."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from h2.events import (
     ResponseReceived,
     StreamEnded,
     StreamReset,
+    WindowUpdated,
 )
 
 from sidecar.echo import EchoServer
@@ -31,6 +33,9 @@ from tests.support.ports import free_port
 from tests.support.upstreams import Upstream
 
 TIMEOUT_MS = 1000  # request-headers and idle timeouts for this test's Envoy
+# The `capped` service's max_request_body_bytes: well above the listener's per-connection
+# buffer (32 KiB), which holds what arrives while ext_authz decides.
+CAP = 256 * 1024
 
 # Every decision, through both of Envoy's ways of calling ext_authz.
 pytestmark = pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
@@ -47,14 +52,15 @@ def uploads() -> Iterator[Upstream]:
 @pytest.fixture
 def edge_catalog(tmp_path: Path, echo: Callable[[str], EchoServer], uploads: Upstream) -> Path:
     """The sample catalog on echo upstreams; the public `status` service takes at most 1 KiB.
-    A protected `uploads` service without a body limit sits on the recording `uploads`."""
+    A protected `uploads` service without a body limit sits on the recording `uploads`; a
+    protected `capped` service on an echo upstream takes at most `CAP` bytes."""
     data = sample_data()
     for svc in data["services"]:
         svc["internal_url"] = f"http://127.0.0.1:{echo(svc['service_name']).port}"
         for tenant in svc.get("tenant_upstreams", {}):
             svc["tenant_upstreams"][tenant] = f"http://127.0.0.1:{echo(tenant).port}"
         if svc["service_name"] == "status":
-            svc["max_request_body_bytes"] = 1024
+            svc["max_request_body_bytes"] = CAP
     data["services"].append(
         {
             "service_name": "uploads",
@@ -62,6 +68,16 @@ def edge_catalog(tmp_path: Path, echo: Callable[[str], EchoServer], uploads: Ups
             "internal_url": uploads.url,
             "timeout_ms": 5000,
             "rbac_required": False,
+        }
+    )
+    data["services"].append(
+        {
+            "service_name": "capped",
+            "base_path": "/capped",
+            "internal_url": f"http://127.0.0.1:{echo('capped').port}",
+            "timeout_ms": 5000,
+            "rbac_required": False,
+            "max_request_body_bytes": CAP,
         }
     )
     path = tmp_path / "catalog" / "service_catalog.json"
@@ -201,12 +217,43 @@ def _decoded(headers: Iterable[tuple[bytes, bytes]] | None) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in headers or ()}
 
 
-def h2_upload(envoy: stack.Envoy, path: str, headers: dict[str, str], body: bytes) -> H2Upload:
+def h2_upload(
+    envoy: stack.Envoy,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    declare_length: bool = True,
+    expect: bool = True,
+) -> H2Upload:
     """POST `body` to `path` over h2c (prior knowledge) with `expect: 100-continue`, as a
-    client that sends the body only after a 100 and stops at the final answer. The body goes
-    in one DATA frame: at most 16 KiB, within the default frame size and stream window."""
+    client that sends the body only after a 100 and stops at the final answer (sending no more
+    of its body). The body goes in DATA frames as Envoy's flow-control windows allow. Without
+    `declare_length` no content-length is added (`headers` may hold one); without `expect` the
+    body follows the headers at once. No answer (or no 100) within the socket's timeout (15 s)
+    fails the test."""
     out = H2Upload()
     conn = H2Connection(H2Configuration(client_side=True))
+    unsent = b""  # what the windows have not let through yet
+    done = False
+
+    def send_more() -> None:
+        nonlocal unsent
+        while unsent and out.status is None and not done:
+            size = min(len(unsent), conn.local_flow_control_window(1), conn.max_outbound_frame_size)
+            if size == 0:
+                return  # until a WINDOW_UPDATE
+            conn.send_data(1, unsent[:size], end_stream=size == len(unsent))
+            unsent = unsent[size:]
+
+    def send_body() -> None:
+        nonlocal unsent
+        out.sent_body = True
+        if not body:
+            conn.end_stream(1)
+        unsent = body
+        send_more()
+
     with socket.create_connection(("127.0.0.1", envoy.listener_port), timeout=15) as sock:
         conn.initiate_connection()
         request = [
@@ -215,28 +262,33 @@ def h2_upload(envoy: stack.Envoy, path: str, headers: dict[str, str], body: byte
             (":authority", "x"),
             (":path", path),
             ("content-type", "application/octet-stream"),
-            ("content-length", str(len(body))),
-            ("expect", "100-continue"),
+            *([("content-length", str(len(body)))] if declare_length else []),
+            *([("expect", "100-continue")] if expect else []),
             *headers.items(),
         ]
         conn.send_headers(1, request)
+        if not expect:
+            send_body()
         sock.sendall(conn.data_to_send())
-        done = False
         while not done:
-            data = sock.recv(65536)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                pytest.fail(f"no answer (or no 100 Continue) within the socket's timeout: {out}")
             assert data, f"connection closed before the answer ended: {out}"
             for event in conn.receive_data(data):
                 if isinstance(event, InformationalResponseReceived):
                     out.interim.append(int(_decoded(event.headers)[":status"]))
                     if out.interim[-1] == 100 and out.status is None and not out.sent_body:
-                        conn.send_data(1, body, end_stream=True)
-                        out.sent_body = True
+                        send_body()
                 elif isinstance(event, ResponseReceived):
                     out.headers = _decoded(event.headers)
                     out.status = int(out.headers[":status"])
                 elif isinstance(event, DataReceived):
                     out.body += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, WindowUpdated):
+                    send_more()
                 elif isinstance(event, StreamEnded | StreamReset):
                     done = True
             sock.sendall(conn.data_to_send())
@@ -312,10 +364,144 @@ def test_paths_that_merely_start_alike_still_reach_the_shorter_service(edge: sta
 
 
 def test_a_body_above_the_services_limit_is_413(edge: stack.Envoy) -> None:
-    ok = http.http("POST", edge.url + "/status/x", {}, b"x" * 1024)
+    ok = http.http("POST", edge.url + "/status/x", {}, b"x" * CAP)
     assert ok.status == 200
-    assert ok.json()["body_bytes"] == 1024
-    assert_json_denial(http.http("POST", edge.url + "/status/x", {}, b"x" * 4096), 413)
+    assert ok.json()["body_bytes"] == CAP
+    assert_json_denial(http.http("POST", edge.url + "/status/x", {}, b"x" * (CAP + 1)), 413)
+
+
+class _Responses:
+    """HTTP/1.1 responses read off a raw socket, one head (interim or final) at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffered = b""
+
+    def _more(self) -> None:
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            pytest.fail(f"nothing within the socket's timeout after {self.buffered!r}")
+        assert chunk, f"connection closed after {self.buffered!r}"
+        self.buffered += chunk
+
+    def head(self) -> tuple[int, dict[str, str]]:
+        while b"\r\n\r\n" not in self.buffered:
+            self._more()
+        head, _, self.buffered = self.buffered.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode().split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(status_line.split()[1]), headers
+
+    def body(self, headers: dict[str, str]) -> bytes:
+        length = int(headers["content-length"])
+        while len(self.buffered) < length:
+            self._more()
+        out, self.buffered = self.buffered[:length], self.buffered[length:]
+        return out
+
+
+def _expect_continue(path: str, length: int, headers: dict[str, str]) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: x",
+        f"Content-Length: {length}",
+        "Content-Type: application/octet-stream",
+        "Expect: 100-continue",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_an_allowed_upload_within_the_body_limit_is_invited_before_its_body(
+    edge: stack.Envoy,
+) -> None:
+    # The client sends its body only after the 100: were the request held until its body
+    # arrived (a buffered body limit), no 100 would come and the socket's timeout fails this.
+    body = b"x" * CAP  # the limit itself is allowed
+    with _raw(edge) as sock:
+        sock.sendall(_expect_continue("/capped/h1", len(body), tokens.bearer()))
+        answers = _Responses(sock)
+        status, _ = answers.head()
+        assert status == 100, status
+        sock.sendall(body)
+        status, headers = answers.head()
+        assert status == 200, (status, answers.buffered)
+        echoed = json.loads(answers.body(headers))
+    assert echoed["service"] == "capped"
+    assert echoed["body_bytes"] == len(body)
+    # The 100 is the upstream's, which Envoy forwarded only after ext_authz allowed the request.
+    assert echoed["headers"]["expect"] == "100-continue"
+
+
+def test_an_allowed_h2_upload_within_the_body_limit_is_invited_before_its_body(
+    edge: stack.Envoy,
+) -> None:
+    body = b"x" * CAP
+    seen = h2_upload(edge, "/capped/h2", tokens.bearer(), body)
+    assert seen.interim == [100], seen
+    assert seen.sent_body
+    assert seen.status == 200, seen
+    echoed = json.loads(seen.body)
+    assert (echoed["service"], echoed["body_bytes"]) == ("capped", len(body))
+    assert echoed["headers"]["expect"] == "100-continue"
+
+
+def test_a_declared_length_above_the_body_limit_is_413_and_never_invited(
+    edge: stack.Envoy,
+) -> None:
+    too_long = {**tokens.bearer(), "content-length": str(CAP + 1)}
+    seen = h2_upload(edge, "/capped/h2", too_long, b"x", declare_length=False)
+    assert (seen.status, seen.interim, seen.sent_body) == (413, [], False), seen
+    assert json.loads(seen.body)["error"] == "payload_too_large"
+    with _raw(edge) as sock:
+        sock.sendall(_expect_continue("/capped/h1", CAP + 1, tokens.bearer()))
+        answers = _Responses(sock)
+        status, headers = answers.head()
+        assert status == 413, status
+        assert json.loads(answers.body(headers))["error"] == "payload_too_large"
+
+
+def _chunked_post(envoy: stack.Envoy, path: str, body: bytes) -> http.Response:
+    """POST `body` with `Transfer-Encoding: chunked` (no declared length), in 16 KiB chunks."""
+    conn = HTTPConnection("127.0.0.1", envoy.listener_port, timeout=15)
+    try:
+        chunks = (body[i : i + 16384] for i in range(0, len(body), 16384))
+        conn.request("POST", path, body=chunks, headers=tokens.bearer(), encode_chunked=True)
+        resp = conn.getresponse()
+        return http.Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def test_a_body_without_a_declared_length_is_held_to_the_limit(edge: stack.Envoy) -> None:
+    ok = _chunked_post(edge, "/capped/chunked", b"x" * CAP)
+    assert ok.status == 200, ok.body
+    assert ok.json()["body_bytes"] == CAP  # buffered whole, then sent with its length
+    assert_json_denial(_chunked_post(edge, "/capped/chunked", b"x" * (CAP + 1)), 413)
+    # The same over h2 without a content-length (sent without waiting for an invitation).
+    bearer = tokens.bearer()
+    seen = h2_upload(edge, "/capped/h2", bearer, b"x" * CAP, declare_length=False, expect=False)
+    assert seen.status == 200, seen
+    assert json.loads(seen.body)["body_bytes"] == CAP
+    seen = h2_upload(
+        edge, "/capped/h2", bearer, b"x" * (CAP + 1), declare_length=False, expect=False
+    )
+    assert seen.status == 413, seen
+    assert json.loads(seen.body)["error"] == "payload_too_large"
+
+
+def test_an_h2_body_longer_than_its_declared_length_is_refused(edge: stack.Envoy) -> None:
+    # A declared length within the limit skips the buffer: Envoy's codec holds the body to it
+    # (the stream is reset; the upstream never answers).
+    declared = {**tokens.bearer(), "content-length": "1000"}
+    seen = h2_upload(edge, "/capped/h2", declared, b"x" * 16384, declare_length=False)
+    assert seen.interim == [100], seen
+    assert seen.sent_body
+    assert seen.status != 200, seen
 
 
 def test_an_unreachable_ext_authz_is_503_with_a_json_body(

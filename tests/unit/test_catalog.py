@@ -46,6 +46,10 @@ EXPECTED = {
     "version_path_taken": ("services[0].versions.v2", "is the base_path of services[1]"),
     "versions_with_tenant_upstreams": ("services[0].versions", "not with tenant_upstreams"),
     "unknown_protocol": ("services[0].protocol", "'http1', 'http2' or 'grpc'"),
+    "body_limit_below_the_minimum": (
+        "services[0].max_request_body_bytes",
+        "must be at least 262144 (got 65536)",
+    ),
 }
 
 

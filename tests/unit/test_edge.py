@@ -8,10 +8,15 @@ import re
 from typing import Any
 
 from envoy.config.core.v3 import protocol_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.type.matcher.v3 import http_inputs_pb2
 from google.protobuf import json_format
 
 from sidecar.bootstrap import BootstrapOptions, render
@@ -19,7 +24,7 @@ from sidecar_shared import defaults
 from sidecar_shared.contract import decode
 from tests.support import authz_config
 from xds_server import settings, typeurls
-from xds_server.catalog import parse_catalog
+from xds_server.catalog import MIN_BODY_BYTES, parse_catalog
 from xds_server.translate import Options, build_snapshot
 
 CATALOG = parse_catalog(
@@ -202,14 +207,82 @@ def test_the_root_service_guards_every_service_and_deeper_paths_are_covered() ->
 
 
 def test_a_body_limit_refuses_a_declared_length_first_and_buffers_the_rest() -> None:
-    routes = _routes([_svc("up", "/up", max_request_body_bytes=1024), _svc("other", "/o")])
+    routes = _routes(
+        [_svc("up", "/up", max_request_body_bytes=MIN_BODY_BYTES), _svc("other", "/o")]
+    )
     by_name = {r.name: r for r in routes}
     too_large = by_name["up.too_large"]
     assert too_large.direct_response.status == 413
     (length,) = too_large.match.headers
-    assert (length.name, length.range_match.start) == ("content-length", 1025)
+    assert (length.name, length.range_match.start) == ("content-length", MIN_BODY_BYTES + 1)
     assert "envoy.filters.http.buffer" in by_name["up"].typed_per_filter_config
     assert "envoy.filters.http.buffer" not in by_name["other"].typed_per_filter_config
+
+
+BUFFER = "envoy.filters.http.buffer"
+
+
+def _body_limited(services: list[dict[str, Any]]) -> tuple[hcm_pb2.HttpConnectionManager, Any]:
+    """The listener's connection manager and the routes for `services`."""
+    snap = build_snapshot(parse_catalog({"services": services}), Options())
+    (listener,) = snap.resources[typeurls.LISTENER].values()
+    manager = hcm_pb2.HttpConnectionManager()
+    listener.message.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    (routes,) = snap.resources[typeurls.ROUTE].values()
+    return manager, {r.name: r for r in routes.message.virtual_hosts[0].routes}
+
+
+def test_the_body_limit_is_skipped_for_a_request_that_declares_its_length() -> None:
+    manager, routes = _body_limited(
+        [
+            _svc(
+                "up",
+                "/up",
+                max_request_body_bytes=MIN_BODY_BYTES,
+                versions={"v2": {"internal_url": "http://127.0.0.1:2"}},
+            ),
+            _svc("o", "/o"),
+        ]
+    )
+    names = [f.name for f in manager.http_filters]
+    # After ext_authz (only an allowed request's body is read), off unless a route turns it on.
+    assert names.index(BUFFER) == names.index("envoy.filters.http.ext_authz") + 1
+    limit = manager.http_filters[names.index(BUFFER)]
+    assert limit.disabled
+    wrapped = extension_matcher_pb2.ExtensionWithMatcher()
+    assert limit.typed_config.Unpack(wrapped)
+    assert wrapped.extension_config.name == BUFFER
+    assert wrapped.extension_config.typed_config.Unpack(buffer_pb2.Buffer())
+    # One rule: a request whose content-length is a number skips the filter; nothing else does.
+    assert not wrapped.HasField("matcher")
+    assert not wrapped.xds_matcher.HasField("on_no_match")
+    (rule,) = wrapped.xds_matcher.matcher_list.matchers
+    declared = rule.predicate.single_predicate
+    header = http_inputs_pb2.HttpRequestHeaderMatchInput()
+    assert declared.input.typed_config.Unpack(header)
+    assert header.header_name == "content-length"
+    assert rule.on_match.action.typed_config.Unpack(skip_action_pb2.SkipFilter())
+    # RE2 matches the whole value; these patterns mean the same in Python's `re`.
+    pattern = re.compile(declared.value_match.safe_regex.regex)
+    for value in ("0", "1024", "10485760", "4294967296", "9" * 18):
+        assert pattern.fullmatch(value), value
+    # Anything the `too_large` route's range match (int64) might not have read is buffered.
+    for value in ("", "9" * 19, "1, 1", "-1", " 5", "0x10", "1e3"):
+        assert not pattern.fullmatch(value), value
+    assert int("9" * 18) < routes["up.too_large"].match.headers[0].range_match.end
+    # Each of the service's routes turns the filter on with its limit; others leave it off.
+    for name in ("up", "up@v2"):
+        enabled = route_components_pb2.FilterConfig()
+        assert routes[name].typed_per_filter_config[BUFFER].Unpack(enabled)
+        per_route = buffer_pb2.BufferPerRoute()
+        assert enabled.config.Unpack(per_route) and not enabled.disabled
+        assert per_route.buffer.max_request_bytes.value == MIN_BODY_BYTES
+    assert BUFFER not in routes["o"].typed_per_filter_config
+
+
+def test_without_a_body_limit_there_is_no_buffer_filter() -> None:
+    manager, _ = _body_limited([_svc("o", "/o")])
+    assert BUFFER not in [f.name for f in manager.http_filters]
 
 
 def test_a_service_that_honours_method_overrides_keeps_them_and_its_policy_says_so() -> None:

@@ -10,12 +10,15 @@ from envoy.config.core.v3 import (
     substitution_format_string_pb2,
 )
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.type.matcher.v3 import http_inputs_pb2
 from google.protobuf import wrappers_pb2
 
 from sidecar_shared.contract import (
@@ -75,27 +78,49 @@ def _ext_authz(catalog: Catalog, options: AuthzOptions) -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=AUTHZ_FILTER, typed_config=pack(config))
 
 
+# A declared length the buffer filter may skip: digits, at most 18 of them (below 2^63, so the
+# `<svc>.too_large` route's range match has read it and refused one above the limit first). A
+# longer or odd value is buffered like a body without a declared length.
+DECLARED_LENGTH = "[0-9]{1,18}"
+
+
+def _body_limit() -> hcm_pb2.HttpFilter:
+    """The buffer filter, off unless a route turns it on with its service's
+    max_request_body_bytes, and skipped for a request that declares its length: one above the
+    limit never gets here (`<svc>.too_large`) and Envoy's codecs hold the body to the declared
+    length, so it streams to the upstream, whose `100 Continue` then reaches the client at
+    once. Only a body without a declared length (chunked HTTP/1.1, h2 without content-length)
+    is buffered up to the limit."""
+    buffer = buffer_pb2.Buffer(max_request_bytes=wrappers_pb2.UInt32Value(value=1 << 20))
+    wrapped = extension_matcher_pb2.ExtensionWithMatcher()
+    wrapped.extension_config.name = BUFFER_FILTER
+    wrapped.extension_config.typed_config.CopyFrom(pack(buffer))
+    rule = wrapped.xds_matcher.matcher_list.matchers.add()
+    declared = rule.predicate.single_predicate
+    declared.input.name = "content-length"
+    declared.input.typed_config.CopyFrom(
+        pack(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name="content-length"))
+    )
+    declared.value_match.safe_regex.google_re2.SetInParent()
+    declared.value_match.safe_regex.regex = DECLARED_LENGTH
+    rule.on_match.action.name = "skip"
+    rule.on_match.action.typed_config.CopyFrom(pack(skip_action_pb2.SkipFilter()))
+    return hcm_pb2.HttpFilter(name=BUFFER_FILTER, disabled=True, typed_config=pack(wrapped))
+
+
 def http_filters(catalog: Catalog, options: Options) -> list[hcm_pb2.HttpFilter]:
     """The listener's HTTP filter chain, in order: strip client identity headers, strip
-    method-override headers, ext_authz, request-body limit (when a service has one), cache
-    (when a service is cacheable; see `resources.cache`), retries by method (when a service's
-    depend on it; see `resources.retries`), router."""
+    method-override headers, ext_authz, request-body limit (when a service has one; skipped for
+    a request that declares its length), cache (when a service is cacheable; see
+    `resources.cache`), retries by method (when a service's depend on it; see
+    `resources.retries`), router."""
     filters = [
         _strip_client_identity(),
         _strip_method_override(),
         _ext_authz(catalog, options.authz),
     ]
     if needs_body_limit(catalog):
-        # Off unless a route turns it on with its service's max_request_body_bytes.
-        filters.append(
-            hcm_pb2.HttpFilter(
-                name=BUFFER_FILTER,
-                disabled=True,
-                typed_config=pack(
-                    buffer_pb2.Buffer(max_request_bytes=wrappers_pb2.UInt32Value(value=1 << 20))
-                ),
-            )
-        )
+        filters.append(_body_limit())
     if needs_cache_filter(catalog):
         filters.extend(cache_filters())
     if needs_retry_filter(catalog):

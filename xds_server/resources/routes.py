@@ -124,8 +124,9 @@ def add_service_routes(
         refuse.direct_response.status = 400
         refuse.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(AUTHZ_DISABLED)
     if svc.max_request_body_bytes is not None:
-        # A declared length above the limit is refused before anything is read or checked;
-        # a chunked body meets the buffer filter once ext_authz allowed it.
+        # A declared length above the limit is refused before anything is read or checked
+        # (one within it streams through: the buffer filter skips it); a chunked body meets
+        # the buffer filter once ext_authz allowed it.
         too_large: route_components_pb2.Route = routes.add(name=f"{svc.service_name}.too_large")
         _match_base_path(too_large.match, svc)
         length = too_large.match.headers.add(name="content-length")
@@ -211,7 +212,8 @@ def needs_body_limit(catalog: Catalog) -> bool:
 
 def body_limit(max_bytes: int) -> any_pb2.Any:
     """The buffer filter (off by default in the chain) on for a route: 413 above `max_bytes`.
-    It runs after ext_authz, so only an allowed request's body is read."""
+    It runs after ext_authz, so only an allowed request's body is read, and only for a body
+    without a declared length (the chain skips it for the others: `listener._body_limit`)."""
     per_route = buffer_pb2.BufferPerRoute()
     per_route.buffer.max_request_bytes.value = max_bytes
     # Wrapped in a FilterConfig: that is what turns a filter that is off by default on.
