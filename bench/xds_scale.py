@@ -320,7 +320,8 @@ def envoy_rds_ms(envoy: stack.Envoy) -> str:
     stats = envoy.admin("/stats?filter=rds.ingress_routes.update_duration").body.decode()
     _, _, values = stats.partition(": ")
     p50 = values.split("P50(", 1)[1].split(",", 1)[0] if "P50(" in values else "nan"
-    return "n/a" if p50 == "nan" else p50
+    # Envoy prints its histogram's interpolated quantiles with float noise (495.00000000000006).
+    return "n/a" if p50 == "nan" else f"{float(p50):.0f}"
 
 
 def envoy_run(
