@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import wait
 from tests.support.gateway import Gateway, gateway, public
-from tests.support.upstreams import running
+from tests.support.upstreams import Upstream, running
 
 
 def outlier(**fields: Any) -> dict[str, Any]:
@@ -23,6 +23,17 @@ def statuses(gw: Gateway, n: int, path: str = "/svc/x") -> list[int]:
     return [gw.request("GET", path).status for _ in range(n)]
 
 
+def assert_ejected_after_two_to_four(gw: Gateway, bad: Upstream) -> None:
+    """Requests (round robin over two endpoints) until `bad` is ejected: it must be, having
+    answered 2 to 4 of them (the catalog's 2 in a row, plus ejection reaching the workers)."""
+    for _ in range(20):
+        gw.request("GET", "/svc/x")
+        if gw.ejected("svc") == {bad.port}:
+            break
+    assert gw.ejected("svc") == {bad.port}
+    assert 2 <= bad.count() <= 4, bad.count()
+
+
 def test_a_failing_endpoint_is_ejected_and_traffic_moves_to_the_healthy_one(
     tmp_path: Path,
 ) -> None:
@@ -30,13 +41,8 @@ def test_a_failing_endpoint_is_ejected_and_traffic_moves_to_the_healthy_one(
         svc = public("svc", [good.url, bad.url], outlier_detection=outlier())
         with gateway(tmp_path, [svc]) as gw:
             bad.behave("fail")
-            for _ in range(20):
-                gw.request("GET", "/svc/x")
-                if gw.ejected("svc") == {bad.port}:
-                    break
             # Ejected after the catalog's two 5xx in a row (Envoy's own default is 5).
-            assert gw.ejected("svc") == {bad.port}
-            assert 2 <= bad.count() <= 4, bad.count()
+            assert_ejected_after_two_to_four(gw, bad)
             wait.wait_until(lambda: gw.avoids(bad, "/svc/x"), what="traffic on the good one only")
 
 
@@ -94,9 +100,4 @@ def test_gateway_failures_eject_on_their_own_count(tmp_path: Path, gateway_statu
         )
         with gateway(tmp_path, [svc]) as gw:
             bad.behave("fail", status=gateway_status)
-            for _ in range(20):
-                gw.request("GET", "/svc/x")
-                if gw.ejected("svc") == {bad.port}:
-                    break
-            assert gw.ejected("svc") == {bad.port}
-            assert 2 <= bad.count() <= 4, bad.count()
+            assert_ejected_after_two_to_four(gw, bad)

@@ -13,8 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,15 +22,6 @@ from tests.support import ports, redis_servers, stack, tokens, wait
 
 PORT_FLAGS = ("--authz-port", "--authz-http-check-port", "--authz-http-port")
 SECRET = {"SIDECAR_JWT_SECRET": tokens.TEST_SECRET.decode()}
-
-
-@contextmanager
-def taken_port() -> Iterator[int]:
-    """A loopback port someone else is listening on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield int(sock.getsockname()[1])
 
 
 def listen_args(flag: str, taken: int) -> list[str]:
@@ -75,7 +64,7 @@ def open_files() -> set[str]:
 
 @pytest.mark.parametrize("flag", PORT_FLAGS)
 def test_a_port_already_in_use_is_a_start_up_error_naming_the_address(flag: str) -> None:
-    with taken_port() as port:
+    with ports.taken_port() as port:
         result = stack.run_authz_to_exit(SECRET, *listen_args(flag, port))
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -90,7 +79,7 @@ def test_a_failed_start_releases_everything_it_opened(flag: str, tmp_path: Path)
     redis = redis_servers.start_redis(tmp_path)
     audit = tmp_path / "audit.jsonl"
     try:
-        with taken_port() as port:
+        with ports.taken_port() as port:
             args = listen_args(flag, port)
             conf = settings.parse(
                 [

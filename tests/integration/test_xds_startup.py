@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,17 +15,9 @@ from tests.support import ports
 SAMPLE = Path(__file__).resolve().parents[2] / "service_catalog.json"
 
 
-@contextmanager
-def taken_port() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("flag", ["--xds-port", "--xds-http-port"])
 def test_a_port_already_in_use_is_a_start_up_error_naming_the_address(flag: str) -> None:
-    with taken_port() as taken:
+    with ports.taken_port() as taken:
         chosen = {"--xds-port": ports.free_port(), "--xds-http-port": ports.free_port()}
         chosen[flag] = taken
         argv = commands.xds_server(
