@@ -308,7 +308,9 @@ def run_authz_to_exit(env: Mapping[str, str], *args: str) -> subprocess.Complete
     that should fail: its exit status and what it printed."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
     argv = commands.ext_authz(
-        *("--authz-port", str(free_port()), "--authz-http-port", str(free_port())), *args
+        *("--authz-port", str(free_port()), "--authz-http-port", str(free_port())),
+        *("--authz-http-check-port", str(free_port())),
+        *args,
     )
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=30, env={**base, **env}, check=False
