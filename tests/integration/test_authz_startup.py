@@ -73,7 +73,6 @@ def test_a_port_already_in_use_is_a_start_up_error_naming_the_address(flag: str)
     assert names_address(said[0], port), said[0]
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="open files are read from /proc")
 @pytest.mark.parametrize("flag", PORT_FLAGS)
 def test_a_failed_start_releases_everything_it_opened(flag: str, tmp_path: Path) -> None:
     redis = redis_servers.start_redis(tmp_path)
