@@ -52,7 +52,7 @@ from pathlib import Path
 
 from sidecar_shared.contract import POLICY_HEADER, Limit, RoutePolicy, encode
 from sidecar_shared.supervise import find_envoy
-from tests.support import envoy_upstream, http, ports, stack, tokens, wait
+from tests.support import envoy_upstream, http, metrics, ports, stack, tokens, wait
 
 PROTECTED = "/api"  # "rbac_required": false, not public: ext_authz checks the token
 OPEN = "/open"  # "public": true, no rate_limit: Envoy skips ext_authz
@@ -353,11 +353,7 @@ def cpu_ticks(pid: int) -> int:
 
 def metric_total(authz: stack.Authz, name: str) -> int:
     """The sum of a counter's samples on ext_authz's metrics page."""
-    total = 0.0
-    for line in authz.metrics().splitlines():
-        if line.startswith((name + "{", name + " ")):
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    return int(metrics.scraped(authz.metrics(), name))
 
 
 def checks_total(authz: stack.Authz) -> int:

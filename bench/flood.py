@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bench.check_throughput import PROTECTED, start_upstream, write_catalog
 from tests.support import http as test_http
-from tests.support import stack, tokens, wait
+from tests.support import metrics, stack, tokens, wait
 
 LUA = """\
 -- wrk -s this.lua URL -- TOKEN_BYTES MODE: distinct, well-formed, never validly signed tokens.
@@ -139,11 +139,8 @@ def rss_mb(pid: int) -> float:
 
 def statuses(authz: stack.Authz) -> Counter[str]:
     out: Counter[str] = Counter()
-    for line in authz.metrics().splitlines():
-        if line.startswith("ext_authz_checks_total{"):
-            labels = line[line.index("{") + 1 : line.index("}")]
-            fields = dict(part.split("=", 1) for part in labels.split(","))
-            out[fields["status"].strip('"')] += int(float(line.rsplit(" ", 1)[1]))
+    for sample in metrics.scraped_samples(authz.metrics(), "ext_authz_checks_total"):
+        out[sample.labels["status"]] += int(sample.value)
     return out
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import idp_tokens, ports, stack, wait
+from tests.support import idp_tokens, metrics, ports, stack, wait
 from tests.support.authz_client import allowed
 from tests.support.keys import KeyPair, ec_key, rsa_key
 from tests.support.oidc_server import OidcServer
@@ -64,10 +64,9 @@ def messages(authz: stack.Authz, pattern: str) -> list[dict[str, Any]]:
 
 
 def metric(authz: stack.Authz, name: str) -> float:
-    for line in authz.metrics().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
+    samples = metrics.scraped_samples(authz.metrics(), name)
+    assert samples, f"no metric {name}"
+    return sum(s.value for s in samples)
 
 
 def test_only_the_issuer_and_a_ca_file_are_needed(
