@@ -22,7 +22,7 @@ from xds_server.reload import Build, Reloader, decode_and_build
 from xds_server.server import AdsService
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
-from xds_server.status import ProxyRegistry
+from xds_server.proxies import ProxyRegistry
 
 
 async def run(

@@ -32,7 +32,7 @@ from typing import Any
 from xds_server import typeurls
 from xds_server.cache import SnapshotCache
 from xds_server.metrics import XdsMetrics
-from xds_server.status import ProxyRegistry
+from xds_server.proxies import ProxyRegistry
 from xds_server.stream_state import Nack
 
 KEPT = 64  # rejected versions listed in the status

@@ -26,7 +26,7 @@ from xds_server.delta import DeltaStream
 from xds_server.metrics import XdsMetrics
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
-from xds_server.status import ProxyRegistry, ProxyStatus
+from xds_server.proxies import ProxyRegistry, ProxyStatus
 from xds_server.stream_state import OnNack, Refused
 from xds_server.wire import Wire
 

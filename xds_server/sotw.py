@@ -22,7 +22,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from xds_server import typeurls
 from xds_server.cache import SnapshotSource
 from xds_server.metrics import XdsMetrics
-from xds_server.status import ProxyStatus
+from xds_server.proxies import ProxyStatus
 from xds_server.stream_state import OnNack, StreamState
 from xds_server.wire import Wire
 

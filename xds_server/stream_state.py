@@ -26,7 +26,7 @@ from typing import Any
 
 from xds_server import typeurls
 from xds_server.metrics import XdsMetrics
-from xds_server.status import ProxyStatus
+from xds_server.proxies import ProxyStatus
 
 # A type waits while any of these is in flight or NACKed.
 WAITS_FOR: dict[str, tuple[str, ...]] = {

@@ -16,7 +16,7 @@ from xds_server import typeurls
 from xds_server.metrics import ProxyStates, XdsMetrics
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
-from xds_server.status import ProxyRegistry, ProxyStatus, state_of
+from xds_server.proxies import ProxyRegistry, ProxyStatus, state_of
 
 CDS, EDS, LDS, RDS = typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE
 
