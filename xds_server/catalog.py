@@ -4,9 +4,12 @@
 `Catalog` that passed every check or raise `CatalogError` listing every problem found, each
 with its JSON path (``services[2].retry_policy.max_retries``) and the reason.
 
-Validation runs in two passes. The first checks shape and types (pydantic); the second checks
-what spans fields (duplicate names and paths, per-try timeout above the total, permissions that
-name unknown services). The second pass runs only when the first one found nothing.
+Decoding refuses an object that names a key twice (JSON would let the last one win, so a
+merge leftover could change policy unseen). Validation runs in two passes. The first checks
+shape and types (pydantic), each service on its own; the second checks what spans fields
+(duplicate names and paths, per-try timeout above the total, permissions that name unknown
+services) over every service that passed the first, so one broken service hides no other
+problem.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import marshal
 import re
 import socket
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -535,11 +539,19 @@ def _message(e: Any) -> str:
     return str(e["msg"])
 
 
-def _semantic_problems(catalog: Catalog) -> list[Problem]:
+def _semantic_problems(
+    services: Iterable[tuple[int, Service]],
+    roles: Mapping[str, list[str]],
+    unparsed_names: Mapping[str, int],
+) -> list[Problem]:
+    """The checks that span fields, over `services` (each with its index in the file) and
+    `roles`. `unparsed_names`: names of services that failed the first pass, so that a
+    permission naming one of them is not reported as naming an unknown service."""
     problems: list[Problem] = []
     names: dict[str, int] = {}
     prefixes: dict[str, int] = {}
-    for i, svc in enumerate(catalog.services):
+    services = list(services)
+    for i, svc in services:
         where = f"services[{i}]"
         if svc.service_name in names:
             problems.append(
@@ -586,7 +598,7 @@ def _semantic_problems(catalog: Catalog) -> list[Problem]:
                 Problem(f"{where}.health_check.timeout_ms", "must not be above interval_ms")
             )
         problems.extend(_traffic_problems(svc, where))
-    for i, svc in enumerate(catalog.services):
+    for i, svc in services:
         for version in svc.versions:
             taken = prefixes.get(svc.version_prefix(version))
             if taken is not None:
@@ -597,7 +609,8 @@ def _semantic_problems(catalog: Catalog) -> list[Problem]:
                         f"services[{taken}]",
                     )
                 )
-    for role, permissions in catalog.roles.items():
+    known = {**unparsed_names, **names}
+    for role, permissions in roles.items():
         if not _ROLE_NAME.fullmatch(role):
             problems.append(
                 Problem(
@@ -607,7 +620,7 @@ def _semantic_problems(catalog: Catalog) -> list[Problem]:
                 )
             )
         for j, perm in enumerate(permissions):
-            reason = _permission_problem(perm, names)
+            reason = _permission_problem(perm, known)
             if reason:
                 problems.append(Problem(f"roles.{role}[{j}]", reason))
     return problems
@@ -662,14 +675,7 @@ def _permission_problem(perm: str, services: Mapping[str, int]) -> str | None:
 
 def parse_catalog(data: object, source: str = "") -> Catalog:
     """Validate decoded JSON; raise CatalogError with every problem found."""
-    try:
-        catalog = Catalog.model_validate(data)
-    except ValidationError as err:
-        raise CatalogError(_pydantic_problems(err), source) from None
-    problems = _semantic_problems(catalog)
-    if problems:
-        raise CatalogError(problems, source)
-    return catalog
+    return parse_catalog_cached(data, source, {})[0]
 
 
 ServiceCache = dict[bytes, "Service | list[Any]"]
@@ -695,11 +701,15 @@ def parse_catalog_cached(
     same problems, as `parse_catalog`; the checks that span services always run. On success
     `cache` holds exactly this catalog's services."""
     if not isinstance(data, dict) or not isinstance(data.get("services"), list):
-        return parse_catalog(data, source), []  # raises: the shape is wrong
+        try:  # the shape is wrong: this raises
+            return Catalog.model_validate(data), []
+        except ValidationError as err:
+            raise CatalogError(_pydantic_problems(err), source) from None
     items: list[Any] = data["services"]
     keys = [service_key(item) for item in items]
     used: ServiceCache = {}
-    services: list[Service] = []
+    services: list[tuple[int, Service]] = []
+    unparsed: dict[str, int] = {}
     problems: list[Problem] = []
     for i, (item, key) in enumerate(zip(items, keys, strict=True)):
         found = cache.get(key)
@@ -710,29 +720,76 @@ def parse_catalog_cached(
                 found = err.errors(include_url=False)
         used[key] = found
         if isinstance(found, Service):
-            services.append(found)
+            services.append((i, found))
         else:
             problems.extend(_problems_of(found, ("services", i)))
+            name = item.get("service_name") if isinstance(item, dict) else None
+            if isinstance(name, str):
+                unparsed.setdefault(name, i)
+    top: Catalog | None = None
     try:
         top = Catalog.model_validate({**data, "services": []})
     except ValidationError as err:
         problems.extend(_pydantic_problems(err))
-    if problems:
-        problems.sort(key=lambda p: _FIELD_ORDER.get(re.split(r"[.\[]", p.path)[0], 3))
+    roles = top.roles if top is not None else _roles_that_parse(data.get("roles"))
+    problems.sort(key=lambda p: _FIELD_ORDER.get(re.split(r"[.\[]", p.path)[0], 3))
+    problems.extend(_semantic_problems(services, roles, unparsed))
+    if problems or top is None:
         raise CatalogError(problems, source)
-    catalog = top.model_copy(update={"services": services})
-    semantic = _semantic_problems(catalog)
-    if semantic:
-        raise CatalogError(semantic, source)
+    catalog = top.model_copy(update={"services": [svc for _, svc in services]})
     cache.clear()
     cache.update(used)
     return catalog, keys
 
 
+def _roles_that_parse(roles: object) -> dict[str, list[str]]:
+    """The roles of a catalog whose top level failed validation, as far as they have the
+    right shape (the rest was reported by the first pass)."""
+    if not isinstance(roles, dict):
+        return {}
+    return {
+        role: perms
+        for role, perms in roles.items()
+        if isinstance(role, str)
+        and isinstance(perms, list)
+        and all(isinstance(p, str) for p in perms)
+    }
+
+
+class _Duplicated(dict[str, Any]):
+    """A decoded JSON object that named `keys` more than once (only made when it did)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        counts = Counter(k for k, _ in pairs)
+        self.keys_twice = sorted(k for k, n in counts.items() if n > 1)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    return found if len(found) == len(pairs) else _Duplicated(pairs)
+
+
+def _duplicate_keys(data: object, loc: tuple[int | str, ...] = ()) -> Iterable[Problem]:
+    if isinstance(data, dict):
+        if isinstance(data, _Duplicated):
+            for key in data.keys_twice:
+                yield Problem(
+                    json_path((*loc, key)),
+                    "the key is given more than once (JSON would keep only the last)",
+                )
+        for key, value in data.items():
+            yield from _duplicate_keys(value, (*loc, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _duplicate_keys(value, (*loc, i))
+
+
 def decode_json(raw: bytes, source: str = "") -> object:
-    """Catalog file contents → JSON data; raise CatalogError if they are not UTF-8 JSON."""
+    """Catalog file contents → JSON data; raise CatalogError if they are not UTF-8 JSON, or if
+    an object names a key twice (each such key is a problem with its JSON path)."""
     try:
-        return json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_object)
     except UnicodeDecodeError as err:
         raise CatalogError([Problem("", f"not UTF-8: {err}")], source) from None
     except json.JSONDecodeError as err:
@@ -740,6 +797,12 @@ def decode_json(raw: bytes, source: str = "") -> object:
             [Problem("", f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}")],
             source,
         ) from None
+    except RecursionError:
+        raise CatalogError([Problem("", "not valid JSON: nested too deeply")], source) from None
+    duplicates = list(_duplicate_keys(data))
+    if duplicates:
+        raise CatalogError(duplicates, source)
+    return data
 
 
 def decode_catalog(raw: bytes, source: str = "") -> Catalog:

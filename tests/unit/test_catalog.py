@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.catalogs import ROOT, SAMPLE
-from xds_server.catalog import CatalogError, Service, json_schema, load_catalog, parse_catalog
+from xds_server.catalog import (
+    CatalogError,
+    Service,
+    decode_catalog,
+    json_schema,
+    load_catalog,
+    parse_catalog,
+)
 
 BAD = Path(__file__).resolve().parent.parent / "fixtures" / "bad_catalogs"
 
@@ -46,6 +53,8 @@ EXPECTED = {
     "version_path_taken": ("services[0].versions.v2", "is the base_path of services[1]"),
     "versions_with_tenant_upstreams": ("services[0].versions", "not with tenant_upstreams"),
     "unknown_protocol": ("services[0].protocol", "'http1', 'http2' or 'grpc'"),
+    "duplicate_key": ("services[0].timeout_ms", "given more than once"),
+    "duplicate_role": ("roles.viewer", "given more than once"),
     "body_limit_below_the_minimum": (
         "services[0].max_request_body_bytes",
         "must be at least 262144 (got 65536)",
@@ -79,6 +88,53 @@ def test_every_problem_is_reported_at_once() -> None:
         "services[0].timeout_ms",
         "services[0].base_path",
     }
+
+
+def test_a_broken_service_hides_none_of_the_checks_that_span_services() -> None:
+    ok = {"service_name": "a", "base_path": "/a", "internal_url": "http://127.0.0.1:1"}
+    data = {
+        "services": [
+            {**ok, "timeout_ms": -5},  # fails the first pass
+            ok,
+            {**ok, "internal_url": "http://127.0.0.1:2"},  # same name and base path as [1]
+            {"service_name": "b", "base_path": "/b", "internal_url": "ftp://h:1"},  # first pass
+        ],
+        "roles": {"r": ["b:read", "a:read", "nope:read"], "s": ["a:fly"]},
+    }
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(data)
+    assert {p.path for p in caught.value.problems} == {
+        "services[0].timeout_ms",
+        "services[3].internal_url",
+        "services[2].service_name",
+        "services[2].base_path",
+        "roles.r[2]",  # names no service; "b" failed the first pass but exists
+        "roles.s[0]",
+    }
+
+
+def test_a_broken_top_level_still_checks_the_services() -> None:
+    ok = {"service_name": "a", "base_path": "/a", "internal_url": "http://127.0.0.1:1"}
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog({"services": [ok, ok], "extra": 1, "roles": {"r": ["x:read"]}})
+    assert {p.path for p in caught.value.problems} == {
+        "extra",
+        "services[1].service_name",
+        "services[1].base_path",
+        "roles.r[0]",
+    }
+
+
+def test_duplicate_keys_are_refused_at_every_depth() -> None:
+    raw = b'{"services": [{"a": 1, "a": 2, "b": {"c": 1, "c": 1}}], "x": 1, "x": 1}'
+    with pytest.raises(CatalogError) as caught:
+        decode_catalog(raw, "cat.json")
+    assert [p.path for p in caught.value.problems] == [
+        "x",
+        "services[0].a",
+        "services[0].b.c",
+    ]
+    assert str(caught.value).startswith("cat.json: invalid catalog (3 problem(s))")
 
 
 def test_json_error_names_line_and_column() -> None:
