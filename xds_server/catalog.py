@@ -217,26 +217,37 @@ def _is_ip(host: str) -> bool:
     return False
 
 
+def shown_url(url: str) -> str:
+    """`url` as it may be printed: anything before an `@` in it (credentials someone put in
+    the URL) is replaced by `***`, so no error message, log line or status page repeats it."""
+    scheme, sep, rest = url.partition("//")
+    if not sep:
+        scheme, rest = "", url
+    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}" if "@" in rest else url
+
+
 @functools.lru_cache(maxsize=65536)
 def parse_url(url: str) -> Upstream:
-    """Parse an `http(s)://host:port` URL; raise ValueError saying what is wrong."""
+    """Parse an `http(s)://host:port` URL; raise ValueError saying what is wrong (the URL
+    shown without any credentials it holds)."""
+    shown = repr(shown_url(url))
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{url!r} is not http(s)://host:port: scheme must be http or https")
+        raise ValueError(f"{shown} is not http(s)://host:port: scheme must be http or https")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{url!r} is not http(s)://host:port: bad port") from None
+        raise ValueError(f"{shown} is not http(s)://host:port: bad port") from None
     if not parts.hostname or port is None or port == 0:
-        raise ValueError(f"{url!r} is not http(s)://host:port: host and port are required")
+        raise ValueError(f"{shown} is not http(s)://host:port: host and port are required")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise ValueError(f"{url!r} is not http(s)://host:port: no user, query or fragment")
+        raise ValueError(f"{shown} is not http(s)://host:port: no user, query or fragment")
     if parts.path not in ("", "/"):
-        raise ValueError(f"{url!r} is not http(s)://host:port: no path allowed")
+        raise ValueError(f"{shown} is not http(s)://host:port: no path allowed")
     is_ip = _is_ip(parts.hostname)
     if not is_ip and not _is_hostname(parts.hostname):
         raise ValueError(
-            f"{url!r}: host must be an IP address or a DNS name (labels of 1-63 letters, "
+            f"{shown}: host must be an IP address or a DNS name (labels of 1-63 letters, "
             f"digits, '-' or '_'; at most {MAX_HOSTNAME} characters)"
         )
     return Upstream(parts.hostname, port, parts.scheme == "https", is_ip)

@@ -35,12 +35,25 @@ def test_validate_lists_every_error_with_its_path(tmp_path: Path) -> None:
     result = sidecar("validate", str(path))
     assert result.returncode == 1
     assert "services[1].base_path: must start with '/'" in result.stderr
-    # Cross-field checks run once the shape is right.
+    # A service that fails its own checks hides none of the checks that span fields.
+    assert "services[0].retry_policy.per_try_timeout_ms: per-try timeout 1500 ms" in result.stderr
     data["services"][1]["base_path"] = "/users"
     path.write_text(json.dumps(data))
     result = sidecar("validate", str(path))
     assert result.returncode == 1
     assert "services[0].retry_policy.per_try_timeout_ms: per-try timeout 1500 ms" in result.stderr
+
+
+def test_validate_never_prints_credentials_put_in_a_url(tmp_path: Path) -> None:
+    data = json.loads(SAMPLE.read_text())
+    data["services"][0]["internal_url"] = "http://admin:s3cr3t@10.0.0.1:8080/path"
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    result = sidecar("validate", str(path))
+    assert result.returncode == 1
+    assert "services[0].internal_url: 'http://***@10.0.0.1:8080/path'" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.stdout
+    assert "admin:" not in result.stderr + result.stdout
 
 
 def test_validate_names_a_number_too_large_for_envoy_without_a_traceback(tmp_path: Path) -> None:

@@ -137,6 +137,25 @@ def test_duplicate_keys_are_refused_at_every_depth() -> None:
     assert str(caught.value).startswith("cat.json: invalid catalog (3 problem(s))")
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://u:pw@10.0.0.1:80", "http://***@10.0.0.1:80"),
+        ("http://pw@h:1/x", "http://***@h:1/x"),
+        ("https://u:p@ss/w@h:99999", "https://***@h:99999"),
+        ("ftp://u:pw@h:1", "ftp://***@h:1"),
+        ("u:pw@h:1", "***@h:1"),
+    ],
+)
+def test_a_url_with_credentials_is_refused_without_repeating_them(url: str, shown: str) -> None:
+    svc = {"service_name": "a", "base_path": "/a", "internal_url": url}
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog({"services": [svc], "roles": {}})
+    if "@" in url:
+        assert "pw" not in str(caught.value) and "u:" not in str(caught.value)
+    assert repr(shown) in str(caught.value)
+
+
 def test_json_error_names_line_and_column() -> None:
     with pytest.raises(CatalogError) as caught:
         load_catalog(BAD / "not_json.json")
