@@ -31,6 +31,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -85,11 +86,37 @@ _TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # it limits to 255 bytes).
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 MAX_HOSTNAME = 253
+_UNSAFE_IN_URL = re.compile(r"[\x00-\x20\x7f-\x9f]")
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_PORT = r"0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+# What parse_url accepts, as far as a regular expression can say it (not: the length of a host
+# name, whether a bracketed IPv6 address is one). The JSON Schema carries it for editors.
+_URL = re.compile(
+    rf"^[Hh][Tt][Tt][Pp][Ss]?://(\[[0-9A-Fa-f:.]+\]|{_LABEL}(\.{_LABEL})*):{_PORT}/?$"
+)
 MAX_WEIGHT = 10_000
 _REGION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # A version is one path segment: /orders/v2 is version v2 of /orders.
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 _HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+def _pattern(regex: str | re.Pattern[str]) -> Any:
+    """The JSON Schema of a string field that a validator holds to `regex` (schema only:
+    the validator gives the error message)."""
+    return Field(json_schema_extra={"pattern": regex if isinstance(regex, str) else regex.pattern})
+
+
+def _keys(regex: str | re.Pattern[str]) -> Any:
+    """The JSON Schema of an object whose keys a validator holds to `regex`."""
+    pattern = regex if isinstance(regex, str) else regex.pattern
+    return Field(json_schema_extra={"propertyNames": {"pattern": pattern}})
+
+
+_PATH_SCHEMA = r"^(?!.*//)/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
+_VERSION_SCHEMA = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
+_ROLE_SCHEMA = rf"^{_ROLE_NAME.pattern}$"
+UrlString = Annotated[str, WithJsonSchema({"type": "string", "pattern": _URL.pattern})]
 
 
 class _Strict(BaseModel):
@@ -100,9 +127,13 @@ class RetryPolicy(_Strict):
     """How Envoy retries a failed request (router retry_policy, exponential back-off)."""
 
     max_retries: Annotated[int, Field(ge=0, le=10)] = 1
-    retry_on: Annotated[list[str], Field(min_length=1)] = Field(
-        default_factory=lambda: ["connect-failure", "reset", "5xx"]
-    )
+    retry_on: Annotated[
+        list[str],
+        Field(
+            min_length=1,
+            json_schema_extra={"items": {"enum": sorted(RETRY_CONDITIONS)}, "uniqueItems": True},
+        ),
+    ] = Field(default_factory=lambda: ["connect-failure", "reset", "5xx"])
     per_try_timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] | None = None
     backoff_base_ms: Annotated[int, Field(gt=0, le=60_000)] = 25
     backoff_max_ms: Annotated[int, Field(gt=0, le=300_000)] = 250
@@ -132,6 +163,15 @@ class RetryPolicy(_Strict):
 
 class RateLimit(_Strict):
     """A per-user budget: exactly one of the three rates, plus an optional burst."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": [rate], "properties": {rate: {"type": "integer"}}}
+                for rate in ("requests_per_second", "requests_per_minute", "requests_per_hour")
+            ]
+        }
+    )
 
     requests_per_second: Annotated[int, Field(gt=0, le=MAX_RATE)] | None = None
     requests_per_minute: Annotated[int, Field(gt=0, le=MAX_RATE)] | None = None
@@ -231,6 +271,9 @@ def parse_url(url: str) -> Upstream:
     """Parse an `http(s)://host:port` URL; raise ValueError saying what is wrong (the URL
     shown without any credentials it holds)."""
     shown = repr(shown_url(url))
+    if _UNSAFE_IN_URL.search(url):
+        # urlsplit would drop tabs and line breaks silently: refuse what it would change.
+        raise ValueError(f"{shown} is not http(s)://host:port: no spaces or control characters")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"{shown} is not http(s)://host:port: scheme must be http or https")
@@ -244,26 +287,30 @@ def parse_url(url: str) -> Upstream:
         raise ValueError(f"{shown} is not http(s)://host:port: no user, query or fragment")
     if parts.path not in ("", "/"):
         raise ValueError(f"{shown} is not http(s)://host:port: no path allowed")
+    if any(c in url for c in "@?#"):  # urlsplit lets an empty user, query or fragment pass
+        raise ValueError(f"{shown} is not http(s)://host:port: no user, query or fragment")
     is_ip = _is_ip(parts.hostname)
     if not is_ip and not _is_hostname(parts.hostname):
         raise ValueError(
             f"{shown}: host must be an IP address or a DNS name (labels of 1-63 letters, "
             f"digits, '-' or '_'; at most {MAX_HOSTNAME} characters)"
         )
+    if not _URL.fullmatch(url):
+        raise ValueError(f"{shown} is not http(s)://host:port")
     return Upstream(parts.hostname, port, parts.scheme == "https", is_ip)
 
 
 def _is_hostname(host: str) -> bool:
-    return len(host) <= MAX_HOSTNAME and all(_HOST_LABEL.match(x) for x in host.split("."))
+    return len(host) <= MAX_HOSTNAME and all(_HOST_LABEL.fullmatch(x) for x in host.split("."))
 
 
 class Endpoint(_Strict):
     """An `internal_url` entry with its share of the traffic and the region it runs in."""
 
-    url: str
+    url: UrlString
     # Envoy's load_balancing_weight is a uint32 of at least 1; 0 leaves the endpoint out.
     weight: Annotated[int, Field(ge=0, le=MAX_WEIGHT)] = 1
-    region: str | None = None
+    region: Annotated[str, _pattern(_REGION)] | None = None
 
     @field_validator("url")
     @classmethod
@@ -274,7 +321,7 @@ class Endpoint(_Strict):
     @field_validator("region")
     @classmethod
     def _region(cls, value: str | None) -> str | None:
-        if value is not None and not _REGION.match(value):
+        if value is not None and not _REGION.fullmatch(value):
             raise ValueError("region names are 1-64 letters, digits, '.', '_' or '-'")
         return value
 
@@ -283,7 +330,7 @@ class Endpoint(_Strict):
 
 
 # An `internal_url`: one URL, or a list of URLs and endpoint objects.
-Urls = str | Annotated[list[str | Endpoint], Field(min_length=1)]
+Urls = UrlString | Annotated[list[UrlString | Endpoint], Field(min_length=1)]
 
 
 def upstreams_of(urls: Urls) -> list[Upstream]:
@@ -323,10 +370,10 @@ class ApiVersion(_Strict):
 
 
 class Service(_Strict):
-    service_name: str
-    base_path: str
+    service_name: Annotated[str, _pattern(_SERVICE_NAME)]
+    base_path: Annotated[str, _pattern(_PATH_SCHEMA)]
     internal_url: Urls
-    healthcheck_endpoint: str | None = None
+    healthcheck_endpoint: Annotated[str, _pattern(_PATH_SCHEMA)] | None = None
     timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 15_000
     tenant_scope: Literal["global", "tenant"] = "global"
     cacheable: bool = False
@@ -338,11 +385,19 @@ class Service(_Strict):
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     outlier_detection: OutlierDetection = Field(default_factory=OutlierDetection)
     circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
-    tenant_upstreams: dict[str, Urls] = Field(default_factory=dict)
+    tenant_upstreams: Annotated[dict[str, Urls], _keys(_TENANT)] = Field(default_factory=dict)
     protocol: Literal["http1", "http2", "grpc"] = "http1"
     websocket: bool = False
-    versions: dict[str, ApiVersion] = Field(default_factory=dict)
-    version_header: str = "x-api-version"
+    versions: Annotated[dict[str, ApiVersion], _keys(_VERSION_SCHEMA)] = Field(default_factory=dict)
+    version_header: Annotated[
+        str,
+        Field(
+            json_schema_extra={
+                "pattern": _HEADER_NAME.pattern,
+                "not": {"enum": sorted({*IDENTITY_HEADERS, "authorization", "host"})},
+            }
+        ),
+    ] = "x-api-version"
     # Edge hardening (README "Security model").
     strict_paths: bool = True
     max_request_body_bytes: Annotated[int, Field(ge=MIN_BODY_BYTES, le=MAX_BODY_BYTES)] | None = (
@@ -353,7 +408,7 @@ class Service(_Strict):
     @field_validator("service_name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _SERVICE_NAME.match(value):
+        if not _SERVICE_NAME.fullmatch(value):
             raise ValueError(
                 "must be 1-63 lowercase letters, digits, '-' or '_', "
                 "starting and ending with a letter or digit"
@@ -367,7 +422,7 @@ class Service(_Strict):
             return value
         if not value.startswith("/"):
             raise ValueError("must start with '/'")
-        if not _PATH.match(value) or "//" in value:
+        if not _PATH.fullmatch(value) or "//" in value:
             raise ValueError("must be a plain URL path (no query, fragment, spaces or '//')")
         return value
 
@@ -380,7 +435,7 @@ class Service(_Strict):
     @classmethod
     def _tenant_urls(cls, value: dict[str, Urls]) -> dict[str, Urls]:
         for tenant, urls in value.items():
-            if not _TENANT.match(tenant):
+            if not _TENANT.fullmatch(tenant):
                 raise ValueError(f"tenant {tenant!r}: names are 1-64 letters, digits, '_' or '-'")
             try:
                 check_urls(urls)
@@ -392,7 +447,7 @@ class Service(_Strict):
     @classmethod
     def _version_names(cls, value: dict[str, ApiVersion]) -> dict[str, ApiVersion]:
         for version in value:
-            if not _VERSION.match(version) or ".." in version:
+            if not _VERSION.fullmatch(version) or ".." in version:
                 raise ValueError(
                     f"version {version!r}: names are one path segment of 1-32 letters, digits, "
                     "'.', '_' or '-', starting with a letter or digit"
@@ -402,7 +457,7 @@ class Service(_Strict):
     @field_validator("version_header")
     @classmethod
     def _version_header(cls, value: str) -> str:
-        if not _HEADER_NAME.match(value):
+        if not _HEADER_NAME.fullmatch(value):
             raise ValueError("must be a lowercase header name (letters, digits and '-')")
         if value in IDENTITY_HEADERS or value in ("authorization", "host"):
             raise ValueError(f"{value!r} is set by the gateway or the client's credentials")
@@ -448,7 +503,7 @@ class Catalog(_Strict):
 
     schema_ref: str | None = Field(default=None, alias="$schema")
     services: list[Service]
-    roles: dict[str, list[str]] = Field(default_factory=dict)
+    roles: Annotated[dict[str, list[str]], _keys(_ROLE_SCHEMA)] = Field(default_factory=dict)
 
     def service(self, name: str) -> Service:
         for svc in self.services:

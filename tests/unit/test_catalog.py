@@ -156,6 +156,28 @@ def test_a_url_with_credentials_is_refused_without_repeating_them(url: str, show
     assert repr(shown) in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("service_name", "orders\n"),
+        ("base_path", "/orders\n"),
+        ("healthcheck_endpoint", "/health\n"),
+        ("internal_url", "http://h\n:1"),
+        ("internal_url", "http://h:1?"),
+        ("internal_url", "http://@h:1"),
+        ("version_header", "x-v\n"),
+        ("tenant_upstreams", {"acme\n": "http://h:2"}),
+        ("versions", {"v2\n": {"internal_url": "http://h:2"}}),
+        ("internal_url", [{"url": "http://h:1", "region": "eu\n"}]),
+    ],
+)
+def test_a_trailing_line_break_or_an_empty_url_part_is_refused(field: str, value: object) -> None:
+    svc = {"service_name": "a", "base_path": "/a", "internal_url": "http://h:1", field: value}
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog({"services": [svc]})
+    assert [p.path.split(".")[1].split("[")[0] for p in caught.value.problems] == [field]
+
+
 def test_json_error_names_line_and_column() -> None:
     with pytest.raises(CatalogError) as caught:
         load_catalog(BAD / "not_json.json")
