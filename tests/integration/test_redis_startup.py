@@ -57,7 +57,8 @@ def test_an_acl_user_without_the_scripting_commands_is_a_start_up_error(tmp_path
             admin.acl_setuser(
                 "reader", enabled=True, passwords=["+pw"], keys=["*"], commands=["+get", "+ping"]
             )
-            # What the README says a limiter's ACL user needs, less one command its script runs.
+            # What docs/rate-limits.md says a limiter's ACL user needs, less one command its
+            # script runs.
             needed = ["+evalsha", "+script|load", "+hgetall", "+hdel", "+hincrby", "+pexpire"]
             admin.acl_setuser(
                 "almost",

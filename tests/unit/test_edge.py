@@ -1,5 +1,5 @@
 """Envoy's edge-proxy best practices are in the translated listener and the bootstrap, each at
-its documented default (`sidecar_shared.defaults`, README "Security model"), and each setting
+its documented default (`sidecar_shared.defaults`, docs/security.md), and each setting
 overrides its value."""
 
 from __future__ import annotations
