@@ -1,5 +1,6 @@
 """Every default port, address and timeout, written once. Settings modules, the bootstrap and
-`sidecar up` read them from here; the README documents the same values."""
+`sidecar up` read them from here; the README documents the
+ports, docs/ the rest."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ RESTART_BACKOFF_BASE_S: Final = 0.1
 RESTART_BACKOFF_MAX_S: Final = 10.0
 
 # Envoy's edge: the values of Envoy's "Configuring Envoy as an edge proxy" page, or stricter
-# (README "Security model" says why each one is what it is).
+# (docs/security.md says why each one is what it is).
 EDGE_REQUEST_HEADERS_TIMEOUT_MS: Final = 10_000  # slowloris: the whole header block in 10 s
 EDGE_STREAM_IDLE_TIMEOUT_MS: Final = 300_000  # a stream that moves no byte for 5 min
 EDGE_REQUEST_TIMEOUT_MS: Final = 300_000  # a whole request (body included) in 5 min

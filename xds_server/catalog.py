@@ -398,7 +398,7 @@ class Service(_Strict):
             }
         ),
     ] = "x-api-version"
-    # Edge hardening (README "Security model").
+    # Edge hardening (docs/security.md).
     strict_paths: bool = True
     max_request_body_bytes: Annotated[int, Field(ge=MIN_BODY_BYTES, le=MAX_BODY_BYTES)] | None = (
         None

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.catalogs import BAD, SAMPLE
+from tests.support.catalogs import BAD, ROOT, SAMPLE
 
 
 def sidecar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -42,6 +42,25 @@ def test_validate_lists_every_error_with_its_path(tmp_path: Path) -> None:
     result = sidecar("validate", str(path))
     assert result.returncode == 1
     assert "services[0].retry_policy.per_try_timeout_ms: per-try timeout 1500 ms" in result.stderr
+
+
+def test_validate_prints_the_sample_output_the_catalog_docs_show(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "catalog.md").read_text()
+    shown = doc.split("service_catalog.json: invalid", 1)[1].split("```", 1)[0]
+    data = json.loads(SAMPLE.read_text())
+    data["services"][1]["retry_policy"]["max_retries"] = 11
+    data["roles"]["auditor"][0] = "billing:read"
+    (tmp_path / "service_catalog.json").write_text(json.dumps(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "validate", "service_catalog.json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr == "service_catalog.json: invalid" + shown
 
 
 def test_validate_never_prints_credentials_put_in_a_url(tmp_path: Path) -> None:
