@@ -1,6 +1,5 @@
 """Every default port, address and timeout, written once. Settings modules, the bootstrap and
-`sidecar up` read them from here; the README documents the
-ports, docs/ the rest."""
+`sidecar up` read them from here; the README documents the ports, docs/ the rest."""
 
 from __future__ import annotations
 
