@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry
 from xds_server.cache import SnapshotCache
 from xds_server.catalog import parse_catalog
 from xds_server.metrics import XdsMetrics
+from xds_server.proxies import ProxyRegistry, ProxyStatus
 from xds_server.server import AdsService
 from xds_server.snapshot import Snapshot
-from xds_server.proxies import ProxyRegistry, ProxyStatus
 from xds_server.stream_state import Refused
 from xds_server.translate import Options, build_snapshot
 
