@@ -55,7 +55,7 @@ def document(*proxies: ProxyReport, **changes: Any) -> StatusDocument:
 
 
 # The JSON `/status` answered before it had types, for one document with every kind of entry.
-TODAYS_JSON = {
+TODAYS_JSON: dict[str, Any] = {
     "version": "v1",
     "fleet_acked_version": "v0",
     "versions": {CDS: "c1", LDS: "l1"},
