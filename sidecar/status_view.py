@@ -66,7 +66,7 @@ def _proxy_lines(proxy: ProxyReport) -> list[str]:
 def _type_line(short: str, report: TypeReport) -> str:
     line = f"    {short:<10} {report.state:<7} acked {report.acked_version}"
     if report.state is State.NACKED:
-        line += f"  error: {report.nacked.error if report.nacked else None}"
+        line += f"  error: {report.error}"
     return line
 
 

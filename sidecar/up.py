@@ -95,8 +95,7 @@ def envoy_synced(document: StatusDocument, node_id: str) -> bool:
     for proxy in mine:
         for short, report in proxy.types.items():
             if report.state is State.NACKED:
-                error = report.nacked.error if report.nacked else None
-                raise RuntimeError(f"Envoy rejected its {short}: {error}")
+                raise RuntimeError(f"Envoy rejected its {short}: {report.error}")
     return any(
         all(short in proxy.types for short in REQUIRED_TYPES) and proxy.state is State.SYNCED
         for proxy in mine

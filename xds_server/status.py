@@ -114,6 +114,11 @@ class TypeReport:
     current_version: str | None  # the version of this type served now
     nacked: Nacked | None = None
 
+    @property
+    def error(self) -> str | None:
+        """Envoy's message while a NACK of this type stands."""
+        return self.nacked.error if self.nacked is not None else None
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "state": self.state.value,
@@ -247,22 +252,25 @@ def from_json(document: object) -> StatusDocument:
     """The document `StatusDocument.to_json` wrote (after a JSON round trip); raises
     StatusFormatError naming the first field that is missing or of the wrong type."""
     top = _Fields(document, "")
-    catalog = top.fields("catalog")
     return StatusDocument(
         version=top.text_or_none("version"),
         fleet_acked_version=top.text_or_none("fleet_acked_version"),
         versions={key: _text(value, path) for key, value, path in top.members("versions")},
-        catalog=CatalogStatus(
-            path=catalog.text("path"),
-            valid=catalog.flag("valid"),
-            errors=tuple(_text(e, path) for e, path in catalog.items("errors")),
-            checked_at=catalog.number("checked_at"),
-        ),
+        catalog=_catalog(top.fields("catalog")),
         proxies=tuple(_proxy(_Fields(p, path)) for p, path in top.items("proxies")),
         refused=tuple(_refusal(_Fields(r, path)) for r, path in top.items("refused", [])),
         rollback_on_nack=top.flag("rollback_on_nack"),
         rejected=tuple(_rejection(_Fields(r, path)) for r, path in top.items("rejected", [])),
         time=top.number("time"),
+    )
+
+
+def _catalog(catalog: _Fields) -> CatalogStatus:
+    return CatalogStatus(
+        path=catalog.text("path"),
+        valid=catalog.flag("valid"),
+        errors=tuple(_text(e, path) for e, path in catalog.items("errors")),
+        checked_at=catalog.number("checked_at"),
     )
 
 
@@ -277,13 +285,12 @@ def _proxy(proxy: _Fields) -> ProxyReport:
 
 
 def _type(entry: _Fields) -> TypeReport:
+    state = entry.state("state")
+    acked_version = entry.text_or_none("acked_version")
+    current_version = entry.text_or_none("current_version")
     nacked_version = entry.text_or_none("nacked_version", None)
-    return TypeReport(
-        state=entry.state("state"),
-        acked_version=entry.text_or_none("acked_version"),
-        current_version=entry.text_or_none("current_version"),
-        nacked=None if nacked_version is None else Nacked(nacked_version, entry.text("error")),
-    )
+    nacked = None if nacked_version is None else Nacked(nacked_version, entry.text("error"))
+    return TypeReport(state, acked_version, current_version, nacked)
 
 
 def _refusal(refused: _Fields) -> RefusalReport:
