@@ -20,12 +20,12 @@ from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import endpoints, up
+from sidecar import endpoints, status_view, up
 from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.flags import add_flag, add_switch
 from xds_server import settings as xds_settings
-from xds_server import typeurls
+from xds_server import status, typeurls
 from xds_server.builder import SnapshotBuilder
 from xds_server.catalog import Catalog, CatalogError, Problem, json_schema, load_catalog
 from xds_server.snapshot import Snapshot
@@ -130,59 +130,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = f"http://{args.xds_http}/status"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
-            status = json.load(resp)
+            raw = json.load(resp)
     except OSError as err:
         print(f"sidecar status: cannot reach {url}: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:
+        print(f"sidecar status: {url} did not answer JSON: {err}", file=sys.stderr)
+        return 1
+    try:
+        document = status.from_json(raw)
+    except status.StatusFormatError as err:
+        print(
+            f"sidecar status: cannot read the status document from {url} "
+            f"(a server of another version?): {err}",
+            file=sys.stderr,
+        )
+        return 1
     health, health_error = _endpoint_health(args.envoy_admin)
     if args.json:
+        # The document as the server wrote it (keys this version does not know included).
         if args.envoy_admin:
-            status["endpoints"] = [dataclasses.asdict(e) for e in health]
+            raw["endpoints"] = [dataclasses.asdict(e) for e in health]
             if health_error:
-                status["endpoints_error"] = health_error
-        print(json.dumps(status, indent=2))
+                raw["endpoints_error"] = health_error
+        print(json.dumps(raw, indent=2))
         return 0
-    catalog = status["catalog"]
-    print(f"serving version {status['version']} from {catalog['path']}")
-    if not catalog["valid"]:
-        print("catalog on disk is INVALID; still serving the last good version:")
-        for e in catalog["errors"]:
-            print(f"  {e}")
-    proxies = status["proxies"]
-    print(f"{len(proxies)} proxy(ies) connected")
-    worst = "SYNCED"
-    for proxy in proxies:
-        print(f"  {proxy['node_id']} ({proxy['node_cluster']}, {proxy.get('protocol', 'sotw')})")
-        for short, t in proxy["types"].items():
-            line = f"    {short:<10} {t['state']:<7} acked {t['acked_version']}"
-            if t["state"] == "NACKED":
-                line += f"  error: {t.get('error')}"
-            print(line)
-            if t["state"] != "SYNCED":
-                worst = t["state"]
-    for rejected in status.get("rejected", []):
-        back = rejected.get("rolled_back_to")
-        print(
-            f"  REJECTED version {rejected['version']} by {rejected['node_id']} "
-            f"({rejected['type']}): {rejected['error']}"
-            + (f"; every proxy rolled back to {back}" if back else "")
-        )
-    for refused in status.get("refused", []):
-        print(
-            f"  REFUSED {refused['node_id'] or '(no node id)'} from {refused['peer']}: "
-            f"{refused['reason']} ({refused['count']} stream(s))"
-        )
-        worst = "REFUSED"
+    for line in status_view.sync_lines(document):
+        print(line)
     if health_error:
         print(f"sidecar status: endpoint health unknown: {health_error}", file=sys.stderr)
     elif args.envoy_admin:
-        print(f"endpoint health seen by the Envoy at {args.envoy_admin}:")
-        for line in endpoints.lines(health):
+        for line in status_view.health_lines(args.envoy_admin, health):
             print(line)
-        for service in endpoints.without_healthy(health):
-            print(f"  NO HEALTHY ENDPOINT: {service} answers 503")
-            worst = "NO_HEALTHY_ENDPOINT"
-    return 0 if worst == "SYNCED" else 2
+    return status_view.exit_code(document, health)
 
 
 def _endpoint_health(admin: str) -> tuple[list[endpoints.EndpointHealth], str | None]:

@@ -14,7 +14,6 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from ext_authz.tokens import mint
@@ -23,6 +22,7 @@ from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar_shared import defaults
 from sidecar_shared.supervise import Supervisor, find_envoy
 from xds_server.catalog import Catalog
+from xds_server.status import State, StatusDocument, from_json
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -88,17 +88,16 @@ def _http_ok(url: str) -> bool:
 REQUIRED_TYPES = ("clusters", "listeners", "routes")
 
 
-def envoy_synced(status: Mapping[str, Any], node_id: str) -> bool:
+def envoy_synced(document: StatusDocument, node_id: str) -> bool:
     """Whether our Envoy has ACKed every type of the version served; raises RuntimeError with
     Envoy's own message when it rejected one (a listener that cannot bind, say)."""
-    mine = [p for p in status.get("proxies", []) if p.get("node_id") == node_id]
+    mine = [p for p in document.proxies if p.node_id == node_id]
     for proxy in mine:
-        for short, state in proxy["types"].items():
-            if state["state"] == "NACKED":
-                raise RuntimeError(f"Envoy rejected its {short}: {state.get('error')}")
+        for short, report in proxy.types.items():
+            if report.state is State.NACKED:
+                raise RuntimeError(f"Envoy rejected its {short}: {report.error}")
     return any(
-        all(short in proxy["types"] for short in REQUIRED_TYPES)
-        and all(t["state"] == "SYNCED" for t in proxy["types"].values())
+        all(short in proxy.types for short in REQUIRED_TYPES) and proxy.state is State.SYNCED
         for proxy in mine
     )
 
@@ -116,7 +115,13 @@ def _listening(admin_port: int) -> bool:
 
 def _envoy_ready(conf: UpSettings) -> bool:
     raw = _http_get(f"http://127.0.0.1:{conf.xds_http_port}/status")
-    if raw is None or not envoy_synced(json.loads(raw), conf.node_id):
+    if raw is None:
+        return False
+    try:
+        document = from_json(json.loads(raw))
+    except ValueError as err:
+        raise RuntimeError(f"cannot read the xDS server's status: {err}") from None
+    if not envoy_synced(document, conf.node_id):
         return False
     return _listening(conf.admin_port)
 

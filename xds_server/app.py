@@ -23,6 +23,7 @@ from xds_server.reload import Build, Reloader, decode_and_build
 from xds_server.server import AdsService
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
+from xds_server.status import CatalogStatus, StatusDocument
 
 
 async def run(
@@ -81,25 +82,22 @@ async def run(
 
     def status_page() -> ops_http.Page:
         current = cache.current()
+        # the newest version every connected proxy has ACKed (a rollback target)
         common = cache.last_acked_by_all(proxies.acked()) if len(proxies) else None
-        body = {
-            "version": current.version if current else None,
-            # the newest version every connected proxy has ACKed (a rollback target)
-            "fleet_acked_version": common.version if common else None,
-            "versions": dict(current.versions) if current else {},
-            "catalog": {
-                "path": str(settings.catalog),
-                "valid": reloader.state.ok,
-                "errors": list(reloader.state.problems),
-                "checked_at": reloader.state.at,
-            },
-            "proxies": proxies.report(current),
-            "refused": proxies.refusals(),
-            "rollback_on_nack": fleet.rollback,
-            "rejected": fleet.report(),
-            "time": time.time(),
-        }
-        return 200, "application/json", json.dumps(body, indent=2).encode() + b"\n"
+        loaded = reloader.state
+        document = StatusDocument(
+            version=current.version if current else None,
+            fleet_acked_version=common.version if common else None,
+            versions=dict(current.versions) if current else {},
+            catalog=CatalogStatus(str(settings.catalog), loaded.ok, loaded.problems, loaded.at),
+            proxies=proxies.report(current),
+            refused=proxies.refusals(),
+            rollback_on_nack=fleet.rollback,
+            rejected=fleet.report(),
+            time=time.time(),
+        )
+        body = json.dumps(document.to_json(), indent=2).encode() + b"\n"
+        return 200, "application/json", body
 
     http = await ops_http.serve(
         settings.http_host,

@@ -27,12 +27,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from xds_server import typeurls
 from xds_server.cache import SnapshotCache
 from xds_server.metrics import XdsMetrics
 from xds_server.proxies import ProxyRegistry
+from xds_server.status import RejectionReport
 from xds_server.stream_state import Nack
 
 KEPT = 64  # rejected versions listed in the status
@@ -60,15 +60,15 @@ class Rejection:
             return f"{head}; rollback is off"
         return f"{head}; no version every proxy accepted to roll back to"
 
-    def report(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "node_id": self.node_id,
-            "type": typeurls.SHORT_NAMES.get(self.type_url, self.type_url),
-            "error": self.error,
-            "at": self.at,
-            "rolled_back_to": self.rolled_back_to,
-        }
+    def report(self) -> RejectionReport:
+        return RejectionReport(
+            self.version,
+            self.node_id,
+            typeurls.SHORT_NAMES.get(self.type_url, self.type_url),
+            self.error,
+            self.at,
+            self.rolled_back_to,
+        )
 
 
 class Fleet:
@@ -129,10 +129,10 @@ class Fleet:
                 self._metrics.rollbacks.inc()
         self._log.error(
             "a version was rejected by Envoy",
-            extra={"fields": {**rejection.report(), "detail": rejection.describe()}},
+            extra={"fields": {**rejection.report().to_json(), "detail": rejection.describe()}},
         )
         self._on_rejected(rejection)
 
-    def report(self) -> list[dict[str, Any]]:
+    def report(self) -> tuple[RejectionReport, ...]:
         """The rejected versions still remembered, newest first."""
-        return [r.report() for r in reversed(self._rejections.values())]
+        return tuple(r.report() for r in reversed(self._rejections.values()))

@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from xds_server.status import State
+
 
 class XdsMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -70,7 +72,7 @@ class ProxyStates(Collector):
     """`xds_proxies{state}`: connected proxies by the worst state of their resource types
     (synced, stale, nacked), computed when Prometheus scrapes."""
 
-    def __init__(self, states: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, states: Callable[[], Mapping[State, int]]) -> None:
         self._states = states
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -78,6 +80,6 @@ class ProxyStates(Collector):
             "xds_proxies", "Connected proxies by sync state", labels=["state"]
         )
         counts = self._states()
-        for state in ("synced", "stale", "nacked"):
-            family.add_metric([state], counts.get(state, 0))
+        for state in State:
+            family.add_metric([state.lower()], counts.get(state, 0))
         yield family

@@ -9,13 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from xds_server import typeurls
 from xds_server.snapshot import Snapshot
-
-State = Literal["SYNCED", "STALE", "NACKED"]
-
+from xds_server.status import Nacked, ProxyReport, RefusalReport, State, TypeReport
 
 # ACKed versions remembered per proxy and type (as many as the cache keeps snapshots).
 ACKED_KEPT = 8
@@ -52,11 +49,12 @@ class ProxyStatus:
 
 
 def state_of(status: TypeStatus, current: str | None) -> State:
+    """A type's state when `current` is the version of it served now."""
     if current is not None and status.acked_version == current:
-        return "SYNCED"
+        return State.SYNCED
     if current is not None and status.nacked_version == current:
-        return "NACKED"
-    return "STALE"
+        return State.NACKED
+    return State.STALE
 
 
 @dataclass
@@ -103,18 +101,12 @@ class ProxyRegistry:
         for key in [k for k in self._refusals if k[0] == node_id]:
             del self._refusals[key]
 
-    def refusals(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "node_id": r.node_id,
-                "peer": r.peer,
-                "reason": r.reason,
-                "count": r.count,
-                "first_at": r.first_at,
-                "last_at": r.last_at,
-            }
+    def refusals(self) -> tuple[RefusalReport, ...]:
+        """The refused streams remembered, by node and reason."""
+        return tuple(
+            RefusalReport(r.node_id, r.peer, r.reason, r.count, r.first_at, r.last_at)
             for r in sorted(self._refusals.values(), key=lambda r: (r.node_id, r.reason))
-        ]
+        )
 
     def open(self, protocol: str = "sotw") -> ProxyStatus:
         self._next_id += 1
@@ -131,15 +123,14 @@ class ProxyRegistry:
     def __len__(self) -> int:
         return len(self._proxies)
 
-    def states(self, snapshot: Snapshot | None) -> dict[str, int]:
-        """Proxies by their worst type state: "nacked", else "stale", else "synced"."""
-        counts = {"synced": 0, "stale": 0, "nacked": 0}
+    def states(self, snapshot: Snapshot | None) -> dict[State, int]:
+        """Proxies by the worst state of their types (every state present, 0 when none)."""
+        counts = dict.fromkeys(State, 0)
         for proxy in self:
-            states = {
+            worst = State.worst(
                 state_of(st, snapshot.versions.get(t) if snapshot else None)
                 for t, st in proxy.types.items()
-            }
-            worst = "nacked" if "NACKED" in states else "stale" if "STALE" in states else "synced"
+            )
             counts[worst] += 1
         return counts
 
@@ -152,28 +143,25 @@ class ProxyRegistry:
             if p.node_id
         ]
 
-    def report(self, snapshot: Snapshot | None) -> list[dict[str, Any]]:
+    def report(self, snapshot: Snapshot | None) -> tuple[ProxyReport, ...]:
+        """Every connected proxy's state of each type against `snapshot` (the one served now),
+        by node id and connection time."""
         out = []
         for proxy in self:
             types = {}
             for type_url, st in proxy.types.items():
                 current = snapshot.versions.get(type_url) if snapshot else None
-                entry: dict[str, Any] = {
-                    "state": state_of(st, current),
-                    "acked_version": st.acked_version,
-                    "current_version": current,
-                }
-                if st.nacked_version is not None:
-                    entry["nacked_version"] = st.nacked_version
-                    entry["error"] = st.error
-                types[typeurls.SHORT_NAMES.get(type_url, type_url)] = entry
+                nacked = (
+                    Nacked(st.nacked_version, st.error or "")
+                    if st.nacked_version is not None
+                    else None
+                )
+                types[typeurls.SHORT_NAMES.get(type_url, type_url)] = TypeReport(
+                    state_of(st, current), st.acked_version, current, nacked
+                )
             out.append(
-                {
-                    "node_id": proxy.node_id,
-                    "node_cluster": proxy.node_cluster,
-                    "protocol": proxy.protocol,
-                    "connected_at": proxy.connected_at,
-                    "types": types,
-                }
+                ProxyReport(
+                    proxy.node_id, proxy.node_cluster, proxy.protocol, proxy.connected_at, types
+                )
             )
-        return sorted(out, key=lambda p: (p["node_id"], p["connected_at"]))
+        return tuple(sorted(out, key=lambda p: (p.node_id, p.connected_at)))

@@ -1,11 +1,16 @@
-"""`sidecar validate`, `render` and `schema` as a user runs them."""
+"""`sidecar validate`, `render`, `schema` and `status` as a user runs them."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from tests.support.catalogs import BAD, ROOT, SAMPLE
 
@@ -110,3 +115,94 @@ def test_schema_prints_the_shipped_schema() -> None:
     result = sidecar("schema")
     shipped = json.loads((SAMPLE.parent / "service_catalog.schema.json").read_text())
     assert json.loads(result.stdout) == shipped
+
+
+# A status document as the xDS server writes it: one proxy with its clusters SYNCED.
+STATUS: dict[str, Any] = {
+    "version": "v1",
+    "fleet_acked_version": "v1",
+    "versions": {},
+    "catalog": {"path": "/etc/catalog.json", "valid": True, "errors": [], "checked_at": 1.0},
+    "proxies": [
+        {
+            "node_id": "edge-1",
+            "node_cluster": "edge",
+            "protocol": "sotw",
+            "connected_at": 1.0,
+            "types": {
+                "clusters": {"state": "SYNCED", "acked_version": "c1", "current_version": "c1"}
+            },
+        }
+    ],
+    "refused": [],
+    "rollback_on_nack": True,
+    "rejected": [],
+    "time": 2.0,
+}
+
+
+@contextmanager
+def status_page(body: bytes) -> Iterator[str]:
+    """An HTTP server on loopback answering `body` at /status; yields its host:port."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def status(address: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    return sidecar("status", "--xds-http", address, "--envoy-admin", "", *flags)
+
+
+def test_status_prints_each_proxys_state_and_exits_0_when_all_is_synced() -> None:
+    with status_page(json.dumps(STATUS).encode()) as address:
+        result = status(address)
+    assert result.returncode == 0, result.stderr
+    assert "    clusters   SYNCED  acked c1" in result.stdout.splitlines()
+
+
+def test_status_json_prints_the_document_as_the_server_wrote_it() -> None:
+    sent = {**STATUS, "added_by_a_newer_server": [1, 2]}
+    with status_page(json.dumps(sent).encode()) as address:
+        result = status(address, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == sent
+
+
+def test_status_from_a_server_of_another_version_names_the_field_it_cannot_read() -> None:
+    sent = json.loads(json.dumps(STATUS))
+    sent["proxies"][0]["types"]["clusters"]["state"] = "DRIFTING"
+    for flags in ((), ("--json",)):
+        with status_page(json.dumps(sent).encode()) as address:
+            result = status(address, *flags)
+        assert result.returncode == 1
+        assert (
+            "proxies[0].types.clusters.state: expected one of SYNCED, STALE, NACKED, "
+            "got 'DRIFTING'" in result.stderr
+        )
+        assert "Traceback" not in result.stderr
+
+
+def test_status_from_a_page_that_is_not_json_says_so() -> None:
+    with status_page(b"<html>not the xDS server</html>") as address:
+        result = status(address)
+    assert result.returncode == 1
+    assert f"http://{address}/status did not answer JSON" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -63,3 +63,9 @@ def test_the_contract_needs_only_the_standard_library() -> None:
     baseline = loaded("json", walk=False)
     extra = packages(loaded("sidecar_shared.contract", walk=False) - baseline)
     assert extra - set(sys.stdlib_module_names) == {"sidecar_shared"}
+
+
+def test_the_status_document_needs_only_the_standard_library() -> None:
+    baseline = loaded("json", walk=False)
+    extra = packages(loaded("xds_server.status", walk=False) - baseline)
+    assert extra - set(sys.stdlib_module_names) == {"xds_server"}

@@ -72,7 +72,7 @@ def test_a_rejected_version_moves_every_proxy_back_to_the_newest_one_all_acked()
     assert rig.cache.rejection(V3.version) is not None
     assert rig.registry.get_sample_value("xds_rollbacks_total") == 1
     (listed,) = rig.fleet.report()
-    assert listed == {
+    assert listed.to_json() == {
         "version": V3.version,
         "node_id": "edge-b",
         "type": "clusters",
@@ -117,7 +117,7 @@ def test_rejecting_what_another_proxy_accepted_is_that_proxys_fault() -> None:
     rig.nack("broken", V2, LDS)
     assert rig.current() == V2.version
     assert rig.cache.rejection(V2.version) is None
-    assert rig.told == [] and rig.fleet.report() == []
+    assert rig.told == [] and rig.fleet.report() == ()
 
 
 def test_a_rejection_that_going_back_would_not_change_does_not_roll_back() -> None:
@@ -136,7 +136,7 @@ def test_a_rejection_of_a_version_no_longer_served_changes_nothing_served() -> N
     rig.nack("edge-a", V3)
     assert rig.current() == V2.version
     assert rig.told == []
-    assert [r["version"] for r in rig.fleet.report()] == [V3.version]
+    assert [r.version for r in rig.fleet.report()] == [V3.version]
 
 
 def test_every_proxy_rejecting_the_same_version_rolls_back_once() -> None:

@@ -155,7 +155,7 @@ def test_a_stream_whose_first_request_names_no_node_is_refused_and_listed() -> N
         )
     ]
     (refused,) = proxies.refusals()
-    assert (refused["node_id"], refused["reason"]) == ("", "no_node_id")
+    assert (refused.node_id, refused.reason) == ("", "no_node_id")
     assert registry.get_sample_value("xds_refused_streams_total", {"reason": "no_node_id"}) == 1
     assert len(proxies) == 0
 
@@ -184,5 +184,5 @@ def test_a_stream_that_refuses_a_request_is_ended_counted_and_listed() -> None:
         asyncio.run(scenario())
     assert context.aborted == [(grpc.StatusCode.RESOURCE_EXHAUSTED, "subscribed to 1000000 names")]
     (refused,) = proxies.refusals()
-    assert (refused["node_id"], refused["reason"]) == ("edge-1", "too_many_names")
+    assert (refused.node_id, refused.reason) == ("edge-1", "too_many_names")
     assert registry.get_sample_value("xds_refused_streams_total", {"reason": "too_many_names"}) == 1

@@ -241,10 +241,10 @@ def test_the_registry_reports_each_proxy_state() -> None:
     (resp,) = h.ask(req(CDS, node="edge-1"))
     h.ack(resp)
     (report,) = h.registry.report(h.source.snapshot)
-    assert report["node_id"] == "edge-1"
-    assert report["types"]["clusters"]["state"] == "SYNCED"
+    assert report.node_id == "edge-1"
+    assert report.types["clusters"].state == "SYNCED"
     h.registry.close(h.status)
-    assert h.registry.report(h.source.snapshot) == []
+    assert h.registry.report(h.source.snapshot) == ()
 
 
 def test_the_registry_lists_refused_streams_until_the_node_connects() -> None:
@@ -253,9 +253,9 @@ def test_the_registry_lists_refused_streams_until_the_node_connects() -> None:
     again = registry.refuse("edge-1", "ipv4:127.0.0.1:6", "no_node_id", now=11.0)
     assert again.count == 2
     (listed,) = registry.refusals()
-    assert listed["node_id"] == "edge-1" and listed["count"] == 2 and listed["last_at"] == 11.0
+    assert listed.node_id == "edge-1" and listed.count == 2 and listed.last_at == 11.0
     registry.accepted("edge-1")
-    assert registry.refusals() == []
+    assert registry.refusals() == ()
 
 
 def test_push_to_ack_time_and_proxy_states_are_measured() -> None:

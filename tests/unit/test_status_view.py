@@ -1,0 +1,134 @@
+"""`sidecar status` as text, from hand-built status documents: the lines and the exit code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar import status_view
+from sidecar.endpoints import EndpointHealth
+from xds_server.status import (
+    CatalogStatus,
+    Nacked,
+    ProxyReport,
+    RefusalReport,
+    RejectionReport,
+    State,
+    StatusDocument,
+    TypeReport,
+)
+
+GOOD = CatalogStatus("/etc/catalog.json", True, (), 5.0)
+
+
+def document(*proxies: ProxyReport, **changes: Any) -> StatusDocument:
+    fields: dict[str, Any] = {
+        "version": "v1",
+        "fleet_acked_version": "v1",
+        "versions": {},
+        "catalog": GOOD,
+        "proxies": proxies,
+        "refused": (),
+        "rollback_on_nack": True,
+        "rejected": (),
+        "time": 10.0,
+    }
+    return StatusDocument(**{**fields, **changes})
+
+
+def proxy(node_id: str, protocol: str = "sotw", **types: TypeReport) -> ProxyReport:
+    return ProxyReport(node_id, "edge", protocol, 1.0, types)
+
+
+SYNCED = TypeReport(State.SYNCED, "c1", "c1")
+STALE = TypeReport(State.STALE, "c0", "c1")
+NACKED = TypeReport(State.NACKED, "c0", "c1", Nacked("c1", "port 80 taken"))
+
+
+def endpoint(service: str, port: int, health: str = "HEALTHY") -> EndpointHealth:
+    reasons = () if health == "HEALTHY" else ("fails its health check",)
+    return EndpointHealth(service, service, f"127.0.0.1:{port}", health, reasons, 1, "", 0)
+
+
+def test_every_proxy_is_listed_with_each_types_state() -> None:
+    doc = document(
+        proxy("edge-1", clusters=SYNCED, listeners=NACKED),
+        proxy("edge-2", "delta", routes=STALE),
+    )
+    assert status_view.sync_lines(doc) == [
+        "serving version v1 from /etc/catalog.json",
+        "2 proxy(ies) connected",
+        "  edge-1 (edge, sotw)",
+        "    clusters   SYNCED  acked c1",
+        "    listeners  NACKED  acked c0  error: port 80 taken",
+        "  edge-2 (edge, delta)",
+        "    routes     STALE   acked c0",
+    ]
+
+
+def test_an_invalid_catalog_is_shown_with_its_errors() -> None:
+    bad = CatalogStatus("/etc/catalog.json", False, ("services[0].timeout_ms: too big",), 5.0)
+    assert status_view.sync_lines(document(catalog=bad, version=None)) == [
+        "serving version None from /etc/catalog.json",
+        "catalog on disk is INVALID; still serving the last good version:",
+        "  services[0].timeout_ms: too big",
+        "0 proxy(ies) connected",
+    ]
+
+
+def test_rejected_versions_and_refused_streams_follow_the_proxies() -> None:
+    doc = document(
+        rejected=(
+            RejectionReport("v3", "edge-1", "clusters", "boom", 6.0, "v2"),
+            RejectionReport("v2", "edge-1", "listeners", "bang", 5.0, None),
+        ),
+        refused=(
+            RefusalReport("", "ipv4:127.0.0.1:5", "no_node_id", 2, 3.0, 4.0),
+            RefusalReport("edge-9", "ipv4:127.0.0.1:6", "too_many_names", 1, 3.0, 3.0),
+        ),
+    )
+    assert status_view.sync_lines(doc)[2:] == [
+        "  REJECTED version v3 by edge-1 (clusters): boom; every proxy rolled back to v2",
+        "  REJECTED version v2 by edge-1 (listeners): bang",
+        "  REFUSED (no node id) from ipv4:127.0.0.1:5: no_node_id (2 stream(s))",
+        "  REFUSED edge-9 from ipv4:127.0.0.1:6: too_many_names (1 stream(s))",
+    ]
+
+
+def test_endpoint_health_ends_with_each_service_that_has_no_healthy_endpoint() -> None:
+    health = [endpoint("down", 8001, "UNHEALTHY"), endpoint("svc", 8000)]
+    assert status_view.health_lines("127.0.0.1:9901", health) == [
+        "endpoint health seen by the Envoy at 127.0.0.1:9901:",
+        "  down",
+        "    down             127.0.0.1:8001         UNHEALTHY  fails its health check",
+        "  svc",
+        "    svc              127.0.0.1:8000         HEALTHY",
+        "  NO HEALTHY ENDPOINT: down answers 503",
+    ]
+
+
+def test_all_is_well_when_every_type_is_synced_and_every_service_has_a_healthy_endpoint() -> None:
+    doc = document(proxy("edge-1", clusters=SYNCED, listeners=SYNCED))
+    assert status_view.exit_code(doc, [endpoint("svc", 8000)]) == status_view.ALL_WELL == 0
+    assert status_view.exit_code(document(), []) == 0
+
+
+def test_a_nacked_type_then_a_stale_one_needs_attention() -> None:
+    doc = document(proxy("edge-1", clusters=NACKED), proxy("edge-2", clusters=STALE))
+    assert status_view.exit_code(doc, []) == status_view.NEEDS_ATTENTION == 2
+
+
+def test_a_refused_stream_needs_attention_even_when_every_proxy_is_synced() -> None:
+    refused = (RefusalReport("", "ipv4:127.0.0.1:5", "no_node_id", 1, 3.0, 3.0),)
+    doc = document(proxy("edge-1", clusters=SYNCED), refused=refused)
+    assert status_view.exit_code(doc, []) == 2
+
+
+def test_a_service_without_a_healthy_endpoint_needs_attention() -> None:
+    doc = document(proxy("edge-1", clusters=SYNCED))
+    assert status_view.exit_code(doc, [endpoint("down", 8001, "UNHEALTHY")]) == 2
+
+
+def test_a_rejected_version_alone_does_not_change_the_exit_code() -> None:
+    rejected = (RejectionReport("v3", "edge-1", "clusters", "boom", 6.0, "v2"),)
+    doc = document(proxy("edge-1", clusters=SYNCED), rejected=rejected)
+    assert status_view.exit_code(doc, []) == 0
