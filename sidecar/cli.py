@@ -149,20 +149,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     health, health_error = _endpoint_health(args.envoy_admin)
     if args.json:
         # The document as the server wrote it (keys this version does not know included).
+        # ensure_ascii: every control character a peer sent is escaped by the JSON itself.
         if args.envoy_admin:
             raw["endpoints"] = [dataclasses.asdict(e) for e in health]
             if health_error:
                 raw["endpoints_error"] = health_error
-        print(json.dumps(raw, indent=2))
-        return 0
-    for line in status_view.sync_lines(document):
-        print(line)
-    if health_error:
-        print(f"sidecar status: endpoint health unknown: {health_error}", file=sys.stderr)
-    elif args.envoy_admin:
-        for line in status_view.health_lines(args.envoy_admin, health):
+        print(json.dumps(raw, indent=2, ensure_ascii=True))
+    else:
+        for line in status_view.sync_lines(document):
             print(line)
-    return status_view.exit_code(document, health)
+        if health_error:
+            print(f"sidecar status: endpoint health unknown: {health_error}", file=sys.stderr)
+        elif args.envoy_admin:
+            for line in status_view.health_lines(args.envoy_admin, health):
+                print(line)
+    return status_view.exit_code(document, health, health_error is not None)
 
 
 def _endpoint_health(admin: str) -> tuple[list[endpoints.EndpointHealth], str | None]:
@@ -425,7 +426,14 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`sidecar status | head`): end quietly, as a shell tool does.
+        # Python flushes stdout again at exit; point it at /dev/null so that flush says nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support.catalogs import BAD, ROOT, SAMPLE
 
@@ -206,3 +209,59 @@ def test_status_from_a_page_that_is_not_json_says_so() -> None:
     assert result.returncode == 1
     assert f"http://{address}/status did not answer JSON" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(json.dumps(STATUS))
+    doc.update(changes)
+    return doc
+
+
+NACKED = {"state": "NACKED", "acked_version": "c0", "current_version": "c1"}
+
+
+@pytest.mark.parametrize(
+    ("document", "code"),
+    [
+        (STATUS, 0),
+        (_with(proxies=[]), 3),  # Envoy gone: nothing is known to serve
+        (_with(version=None), 3),  # no valid catalog was ever loaded
+        (
+            _with(proxies=[{**STATUS["proxies"][0], "types": {"listeners": NACKED}}]),
+            2,
+        ),
+        (_with(catalog={**STATUS["catalog"], "valid": False, "errors": ["x: bad"]}), 2),
+    ],
+    ids=["synced", "no-proxy", "no-version", "nacked", "invalid-on-disk"],
+)
+def test_status_exits_alike_in_text_and_json(document: dict[str, Any], code: int) -> None:
+    with status_page(json.dumps(document).encode()) as address:
+        text, as_json = status(address), status(address, "--json")
+    assert (text.returncode, as_json.returncode) == (code, code), text.stdout + text.stderr
+
+
+def test_status_json_escapes_what_a_peer_sent() -> None:
+    hostile = _with(proxies=[{**STATUS["proxies"][0], "node_id": "\x1b]52;c;ZXZpbA==\x07\x9b"}])
+    with status_page(json.dumps(hostile, ensure_ascii=False).encode()) as address:
+        result = status(address, "--json")
+    assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in result.stdout)
+    assert json.loads(result.stdout)["proxies"][0]["node_id"] == "\x1b]52;c;ZXZpbA==\x07\x9b"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    read, write = os.pipe()
+    os.close(read)  # every write to stdout now fails with EPIPE, as under `| head` once it quits
+    try:
+        with status_page(json.dumps(STATUS).encode()) as address:
+            result = subprocess.run(
+                [sys.executable, "-m", "sidecar", "status", "--xds-http", address],
+                stdout=write,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+    finally:
+        os.close(write)
+    assert result.returncode == 1
+    assert result.stderr == ""

@@ -65,14 +65,59 @@ def test_every_proxy_is_listed_with_each_types_state() -> None:
     ]
 
 
+BAD = CatalogStatus("/etc/catalog.json", False, ("services[0].timeout_ms: too big",), 5.0)
+
+
 def test_an_invalid_catalog_is_shown_with_its_errors() -> None:
-    bad = CatalogStatus("/etc/catalog.json", False, ("services[0].timeout_ms: too big",), 5.0)
-    assert status_view.sync_lines(document(catalog=bad, version=None)) == [
-        "serving version None from /etc/catalog.json",
+    assert status_view.sync_lines(document(catalog=BAD)) == [
+        "serving version v1 from /etc/catalog.json",
         "catalog on disk is INVALID; still serving the last good version:",
         "  services[0].timeout_ms: too big",
         "0 proxy(ies) connected",
     ]
+
+
+def test_an_invalid_catalog_with_nothing_loaded_before_never_claims_a_last_good_version() -> None:
+    assert status_view.sync_lines(document(catalog=BAD, version=None))[:3] == [
+        "serving nothing: no valid catalog was loaded from /etc/catalog.json",
+        "catalog on disk is INVALID:",
+        "  services[0].timeout_ms: too big",
+    ]
+
+
+def test_a_rejected_version_served_is_never_called_the_last_good_one() -> None:
+    rejected = (RejectionReport("v1", "edge-1", "listeners", "boom", 6.0, None),)
+    lines = status_view.sync_lines(document(catalog=BAD, rejected=rejected))
+    assert lines[1] == "catalog on disk is INVALID; serving a version Envoy rejected:"
+    lines = status_view.sync_lines(document(rejected=rejected))
+    assert lines[1] == "version v1 was rejected by Envoy (see REJECTED below)"
+
+
+def test_text_a_peer_sent_cannot_reach_the_terminal_as_control_sequences() -> None:
+    hostile = "\x1b[2K\x1b]0;pwned\x07\x1b]52;c;ZXZpbA==\x07\x9b1A\u202e\r(all SYNCED)\n\\x1b"
+    doc = document(
+        ProxyReport(hostile, hostile, hostile, 1.0, {"clusters": nacked_by(hostile)}),
+        rejected=(RejectionReport("v3", hostile, hostile, hostile, 6.0, hostile),),
+        refused=(RefusalReport(hostile, hostile, hostile, 1, 3.0, 3.0),),
+    )
+    text = "\n".join(status_view.sync_lines(doc))
+    assert not any(ord(c) < 0x20 and c != "\n" for c in text)
+    assert not any(0x7F <= ord(c) <= 0x9F or c == "\u202e" for c in text)
+    assert len(text.splitlines()) == len(status_view.sync_lines(doc))
+    escaped = status_view.shown(hostile)
+    assert escaped.startswith("\\x1b[2K\\x1b]0;pwned\\x07")
+    assert escaped.endswith("\\x9b1A\\u202e\\x0d(all SYNCED)\\x0a\\\\x1b")
+    assert status_view.shown("edge-1 é ü 東京") == "edge-1 é ü 東京"
+
+
+def nacked_by(error: str) -> TypeReport:
+    return TypeReport(State.NACKED, "c0", "c1", Nacked("c1", error))
+
+
+def test_two_streams_with_one_node_id_are_marked() -> None:
+    doc = document(proxy("edge-1", clusters=SYNCED), proxy("edge-1", clusters=SYNCED))
+    lines = status_view.sync_lines(doc)
+    assert lines.count("  edge-1 (edge, sotw)  DUPLICATE node id: another stream names it too") == 2
 
 
 def test_rejected_versions_and_refused_streams_follow_the_proxies() -> None:
@@ -109,7 +154,18 @@ def test_endpoint_health_ends_with_each_service_that_has_no_healthy_endpoint() -
 def test_all_is_well_when_every_type_is_synced_and_every_service_has_a_healthy_endpoint() -> None:
     doc = document(proxy("edge-1", clusters=SYNCED, listeners=SYNCED))
     assert status_view.exit_code(doc, [endpoint("svc", 8000)]) == status_view.ALL_WELL == 0
-    assert status_view.exit_code(document(), []) == 0
+
+
+def test_nothing_serves_without_a_proxy_or_without_a_version() -> None:
+    assert status_view.exit_code(document(), []) == status_view.NOTHING_SERVES == 3
+    synced = proxy("edge-1", clusters=SYNCED)
+    assert status_view.exit_code(document(synced, version=None), []) == 3
+
+
+def test_an_invalid_catalog_or_unknown_health_needs_attention() -> None:
+    synced = proxy("edge-1", clusters=SYNCED)
+    assert status_view.exit_code(document(synced, catalog=BAD), []) == 2
+    assert status_view.exit_code(document(synced), [], health_unknown=True) == 2
 
 
 def test_a_nacked_type_then_a_stale_one_needs_attention() -> None:
