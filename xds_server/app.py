@@ -18,11 +18,11 @@ from sidecar_shared.contract import XDS_HEALTH_SERVICE
 from xds_server.cache import SnapshotCache
 from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import ProxyStates, XdsMetrics
+from xds_server.proxies import ProxyRegistry
 from xds_server.reload import Build, Reloader, decode_and_build
 from xds_server.server import AdsService
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
-from xds_server.proxies import ProxyRegistry
 
 
 async def run(

@@ -40,8 +40,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import SnapshotSource
 from xds_server.metrics import XdsMetrics
-from xds_server.snapshot import Resource, Snapshot
 from xds_server.proxies import ProxyStatus
+from xds_server.snapshot import Resource, Snapshot
 from xds_server.stream_state import OnNack, Refused, StreamState, TypeState
 from xds_server.wire import Wire
 

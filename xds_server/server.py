@@ -24,9 +24,9 @@ from opentelemetry import context as otel_context
 from xds_server.cache import SnapshotSource
 from xds_server.delta import DeltaStream
 from xds_server.metrics import XdsMetrics
+from xds_server.proxies import ProxyRegistry, ProxyStatus
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
-from xds_server.proxies import ProxyRegistry, ProxyStatus
 from xds_server.stream_state import OnNack, Refused
 from xds_server.wire import Wire
 

@@ -19,8 +19,8 @@ from tests.support.snapshots import FakeSource, snap
 from xds_server import typeurls
 from xds_server.delta import SPARE_NAMES, DeltaStream, Subscription
 from xds_server.metrics import XdsMetrics
-from xds_server.snapshot import Resource, Snapshot
 from xds_server.proxies import ProxyRegistry, ProxyStatus, state_of
+from xds_server.snapshot import Resource, Snapshot
 from xds_server.stream_state import Nack, Refused
 
 CDS, EDS, LDS, RDS = typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE

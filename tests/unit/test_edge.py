@@ -23,9 +23,10 @@ from sidecar.bootstrap import BootstrapOptions, render
 from sidecar_shared import defaults
 from sidecar_shared.contract import decode
 from tests.support import authz_config
+from tests.support.translation import build_snapshot
 from xds_server import settings, typeurls
 from xds_server.catalog import MIN_BODY_BYTES, parse_catalog
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Options
 
 CATALOG = parse_catalog(
     {"services": [{"service_name": "a", "base_path": "/a", "internal_url": "http://127.0.0.1:1"}]}

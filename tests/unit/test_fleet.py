@@ -12,8 +12,8 @@ from xds_server import typeurls
 from xds_server.cache import SnapshotCache
 from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import XdsMetrics
-from xds_server.snapshot import Snapshot
 from xds_server.proxies import ProxyRegistry, ProxyStatus
+from xds_server.snapshot import Snapshot
 from xds_server.stream_state import Nack
 
 CDS, LDS = typeurls.CLUSTER, typeurls.LISTENER

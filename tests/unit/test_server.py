@@ -12,14 +12,15 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.support.translation import build_snapshot
 from xds_server.cache import SnapshotCache
 from xds_server.catalog import parse_catalog
 from xds_server.metrics import XdsMetrics
+from xds_server.proxies import ProxyRegistry, ProxyStatus
 from xds_server.server import AdsService
 from xds_server.snapshot import Snapshot
-from xds_server.proxies import ProxyRegistry, ProxyStatus
 from xds_server.stream_state import Refused
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Options
 
 
 def snap(timeout_ms: int) -> Snapshot:

@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 from tests.support.snapshots import FakeSource, snap
 from xds_server import typeurls
 from xds_server.metrics import ProxyStates, XdsMetrics
+from xds_server.proxies import ProxyRegistry, ProxyStatus, state_of
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
-from xds_server.proxies import ProxyRegistry, ProxyStatus, state_of
 
 CDS, EDS, LDS, RDS = typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE
 
