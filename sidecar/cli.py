@@ -23,6 +23,7 @@ from ext_authz.tokens import mint
 from sidecar import endpoints, up
 from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar_shared import defaults, flags
+from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, add_switch
 from xds_server import settings as xds_settings
 from xds_server import typeurls
@@ -445,7 +446,11 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except SettingsError as err:
+        print(f"sidecar: {err}", file=sys.stderr)
+        return 2
     return result
 
 
