@@ -23,11 +23,19 @@ from xds_server.snapshot import Snapshot
 from xds_server.translate import Options
 
 
+class Rejected(dict[str, str]):
+    """The versions Envoy rejected, as the fleet reports them: version → why."""
+
+    def rejection(self, version: str) -> str | None:
+        return self.get(version)
+
+
 class Rig:
     def __init__(self, directory: Path) -> None:
         self.path = directory / "service_catalog.json"
         self.registry = CollectorRegistry()
         self.cache = SnapshotCache()
+        self.rejected = Rejected()
         self.fail_with: Exception | None = None
         self.builds = 0
         real = decode_and_build(Options())
@@ -39,7 +47,12 @@ class Rig:
             return real(raw, source)
 
         self.reloader = Reloader(
-            self.path, build, self.cache, XdsMetrics(self.registry), logging.getLogger("test")
+            self.path,
+            build,
+            self.cache,
+            self.rejected,
+            XdsMetrics(self.registry),
+            logging.getLogger("test"),
         )
 
     def write(self, timeout_ms: int) -> None:
@@ -230,7 +243,7 @@ def test_a_version_envoy_rejected_is_not_served_again_and_the_next_edit_is(
         bad = rig.version()
         assert good is not None and bad is not None and bad != good.version
         # Envoy rejected it and the fleet went back (what `fleet.Fleet` does).
-        rig.cache.reject(bad, f"version {bad} was rejected by Envoy (node n, clusters): boom")
+        rig.rejected[bad] = f"version {bad} was rejected by Envoy (node n, clusters): boom"
         rig.cache.set(good)
         rig.reloader.rejected_by_envoy(f"version {bad} was rejected by Envoy: boom")
         assert rig.reloader.state.ok is False
