@@ -18,8 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import xds_scale
+from tests.support.translation import build_snapshot
 from xds_server.catalog import parse_catalog
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Options
 
 
 def make_catalog(n: int) -> dict[str, Any]:

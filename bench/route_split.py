@@ -28,8 +28,9 @@ from sidecar import commands
 from sidecar_shared.supervise import find_envoy
 from tests.support import envoy_upstream, http, ports, stack, wait
 from tests.support.envoy import static_bootstrap
+from tests.support.translation import build_snapshot
 from xds_server.catalog import parse_catalog
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Options
 
 
 def catalog(n: int, upstream_port: int, opt_in: bool) -> dict[str, Any]:

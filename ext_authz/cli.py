@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from ext_authz import app, settings
 from ext_authz.keys import KeyConfigError
 from ext_authz.ratelimit import BackendConfigError
+from sidecar_shared.errors import SettingsError
 from sidecar_shared.jsonlog import make_logger
 
 
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         app.run(conf, log, stop)
-    except (KeyConfigError, BackendConfigError, OSError) as err:
+    except (KeyConfigError, BackendConfigError, SettingsError, OSError) as err:
         return _cannot_start(log, err)
     return 0
 

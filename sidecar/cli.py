@@ -23,6 +23,7 @@ from ext_authz.tokens import mint
 from sidecar import endpoints, status_view, up
 from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar_shared import defaults, flags
+from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, add_switch
 from xds_server import settings as xds_settings
 from xds_server import status, typeurls
@@ -434,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python flushes stdout again at exit; point it at /dev/null so that flush says nothing.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except SettingsError as err:
+        print(f"sidecar: {err}", file=sys.stderr)
+        return 2
     return result
 
 

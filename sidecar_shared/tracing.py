@@ -4,13 +4,16 @@ unless an OTLP endpoint is set: `OTEL_EXPORTER_OTLP_ENDPOINT` or
 headers, protocol details and service name follow the SDK's own variables
 (`OTEL_TRACES_SAMPLER`, `OTEL_SERVICE_NAME`, ...). Spans go out over OTLP gRPC in batches.
 
-The SDK is imported only when tracing is on, so a server without it pays nothing.
+The SDK is imported only when tracing is on, so a server without it pays nothing. Tracing that
+is on but cannot work raises `SettingsError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+
+from sidecar_shared.errors import SettingsError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -34,7 +37,8 @@ def enabled(environ: Mapping[str, str]) -> bool:
 
 def tracer_provider(service_name: str, environ: Mapping[str, str]) -> TracerProvider | None:
     """A provider exporting over OTLP gRPC, or None when tracing is off. The caller shuts it
-    down (which flushes what is buffered)."""
+    down (which flushes what is buffered). Raises SettingsError when the exporter does not
+    load."""
     if not enabled(environ):
         return None
     try:
@@ -42,7 +46,7 @@ def tracer_provider(service_name: str, environ: Mapping[str, str]) -> TracerProv
             OTLPSpanExporter,
         )
     except ImportError as exc:
-        raise SystemExit(
+        raise SettingsError(
             f"tracing is on but the OTLP exporter does not load ({exc}). xds-protos ships older"
             " copies of opentelemetry-proto's modules and pip may have let them win; repair with:"
             " pip install --force-reinstall --no-deps opentelemetry-proto=="

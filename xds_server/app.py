@@ -1,12 +1,21 @@
-"""Composition of the xDS server: cache, reloader, ADS, health and the HTTP status page."""
+"""Composition of the xDS server: cache, fleet, reloader, ADS, health and the HTTP status page.
+
+Start-up has two steps. `build` makes every object and wires them, with no I/O: nothing is
+bound, read or started. `serve` then binds the ports, loads the catalog, starts the servers and
+waits for `stop`; everything it starts is closed by the `AsyncExitStack` that `run` owns, in
+the reverse order, whatever fails and wherever.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -18,6 +27,7 @@ from sidecar_shared.contract import XDS_HEALTH_SERVICE
 from xds_server.cache import SnapshotCache
 from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import ProxyStates, XdsMetrics
+from xds_server.observers import LogObserver, MetricsObserver, Observers, TracingObserver
 from xds_server.proxies import ProxyRegistry
 from xds_server.reload import Build, Reloader, decode_and_build
 from xds_server.server import AdsService
@@ -26,21 +36,46 @@ from xds_server.snapshot import Snapshot
 from xds_server.status import CatalogStatus, StatusDocument
 
 
+@dataclass(frozen=True)
+class XdsServer:
+    """Everything the xDS server is made of, built and wired, nothing started."""
+
+    settings: XdsSettings
+    log: logging.Logger
+    grpc_server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    reloader: Reloader
+    pages: Mapping[str, ops_http.Handler]
+
+
 async def run(
     settings: XdsSettings, log: logging.Logger, stop: asyncio.Event, build: Build | None = None
 ) -> None:
     """Serve until `stop` is set, then shut down with a short grace period. `build` replaces
-    the catalog → snapshot step (tests use it to make configs Envoy rejects)."""
+    the catalog → snapshot step (tests use it to make configs Envoy rejects). Raises
+    SettingsError (tracing on but unusable) or OSError (a port cannot be bound)."""
+    async with contextlib.AsyncExitStack() as stack:
+        await serve(build_server(settings, log, stack, build), stop, stack)
+    log.info("xds server stopped")
+
+
+def build_server(
+    settings: XdsSettings,
+    log: logging.Logger,
+    stack: contextlib.AsyncExitStack,
+    build: Build | None = None,
+) -> XdsServer:
+    """Every object of the server, wired; no I/O. What must be closed goes on `stack`."""
     registry = CollectorRegistry()
     metrics = XdsMetrics(registry)
     provider = tracing.tracer_provider("xds-server", os.environ)
+    if provider is not None:
+        stack.callback(provider.shutdown)  # flushes the spans still buffered
     tracer = provider.get_tracer("xds_server") if provider is not None else None
     cache = SnapshotCache()
     proxies = ProxyRegistry()
     registry.register(ProxyStates(lambda: proxies.states(cache.current())))
     health_servicer = health.aio.HealthServicer()
-    await grpc_health.set_aio(health_servicer, [XDS_HEALTH_SERVICE], grpc_health.NOT_SERVING)
-
     pending: set[asyncio.Task[None]] = set()
 
     def on_loaded(_: Snapshot) -> None:
@@ -50,20 +85,24 @@ async def run(
         pending.add(task)
         task.add_done_callback(pending.discard)
 
+    def on_rejected(rejection: Rejection) -> None:
+        reloader.rejected_by_envoy(rejection.describe())
+
+    fleet = Fleet(cache, metrics, log, settings.rollback_on_nack, on_rejected)
     reloader = Reloader(
         settings.catalog,
         build or decode_and_build(settings.translate),
         cache,
+        fleet,
         metrics,
         log,
         on_loaded,
         tracer,
+        kept=fleet.bounds.versions,
     )
-
-    def on_rejected(rejection: Rejection) -> None:
-        reloader.rejected_by_envoy(rejection.describe())
-
-    fleet = Fleet(cache, proxies, metrics, log, settings.rollback_on_nack, on_rejected)
+    observers = [MetricsObserver(metrics), LogObserver(log), fleet]
+    if tracer is not None:
+        observers.append(TracingObserver(tracer))
 
     server = grpc.aio.server(
         options=[
@@ -73,17 +112,13 @@ async def run(
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
-    server.add_generic_rpc_handlers(
-        (AdsService(cache, proxies, metrics, log, fleet.on_nack, tracer).handler(),)
-    )
+    server.add_generic_rpc_handlers((AdsService(cache, proxies, Observers(*observers)).handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"{settings.host}:{settings.port}"
-    grpc_ports.listen(server, address)
 
     def status_page() -> ops_http.Page:
         current = cache.current()
         # the newest version every connected proxy has ACKed (a rollback target)
-        common = cache.last_acked_by_all(proxies.acked()) if len(proxies) else None
+        common = fleet.last_acked_by_all() if len(proxies) else None
         loaded = reloader.state
         document = StatusDocument(
             version=current.version if current else None,
@@ -99,20 +134,39 @@ async def run(
         body = json.dumps(document.to_json(), indent=2).encode() + b"\n"
         return 200, "application/json", body
 
-    http = await ops_http.serve(
-        settings.http_host,
-        settings.http_port,
-        {
-            "/status": status_page,
-            "/metrics": ops_http.metrics_page(registry),
-            "/ready": ops_http.ready_page(
-                lambda: "no valid catalog loaded" if cache.current() is None else None
-            ),
-        },
+    pages = {
+        "/status": status_page,
+        "/metrics": ops_http.metrics_page(registry),
+        "/ready": ops_http.ready_page(
+            lambda: "no valid catalog loaded" if cache.current() is None else None
+        ),
+    }
+    return XdsServer(settings, log, server, health_servicer, reloader, pages)
+
+
+async def serve(xds: XdsServer, stop: asyncio.Event, stack: contextlib.AsyncExitStack) -> None:
+    """Bind, load the catalog, start, and wait for `stop`; each thing started is stopped by
+    `stack`, in reverse: health NOT_SERVING first, then the watcher, gRPC with a 2 s grace,
+    the HTTP server. Raises OSError when a port cannot be bound."""
+    settings, log = xds.settings, xds.log
+    await grpc_health.set_aio(xds.health, [XDS_HEALTH_SERVICE], grpc_health.NOT_SERVING)
+    address = f"{settings.host}:{settings.port}"
+    grpc_ports.listen(xds.grpc_server, address)
+    http = await ops_http.serve(settings.http_host, settings.http_port, xds.pages)
+    stack.callback(http.close)
+    await xds.reloader.load()
+    await xds.grpc_server.start()
+    stack.push_async_callback(xds.grpc_server.stop, 2)
+    watcher = asyncio.create_task(xds.reloader.watch(stop, settings.debounce_ms))
+
+    async def end_watch() -> None:
+        stop.set()  # (already set, unless serving ended another way)
+        await watcher
+
+    stack.push_async_callback(end_watch)
+    stack.push_async_callback(
+        grpc_health.set_aio, xds.health, [XDS_HEALTH_SERVICE], grpc_health.NOT_SERVING
     )
-    await reloader.load()
-    await server.start()
-    watcher = asyncio.create_task(reloader.watch(stop, settings.debounce_ms))
     log.info(
         "xds server started",
         extra={
@@ -123,13 +177,4 @@ async def run(
             }
         },
     )
-    try:
-        await stop.wait()
-    finally:
-        await grpc_health.set_aio(health_servicer, [XDS_HEALTH_SERVICE], grpc_health.NOT_SERVING)
-        http.close()
-        await server.stop(grace=2)
-        if provider is not None:
-            provider.shutdown()
-        await watcher
-        log.info("xds server stopped")
+    await stop.wait()

@@ -15,8 +15,9 @@ bytes into the skeleton the translator builds for a catalog without services; th
 built again each time (a few small messages, with the other resources no one service owns).
 
 A build from scratch and an incremental one give byte-identical resources and versions, both
-equal to `translate.build_snapshot` (a property test drives random edit sequences through all
-three). What the builder remembers is what the last successful build used, nothing more.
+equal to translating the whole catalog in one pass (`tests/support/translation.py`; a property
+test drives random edit sequences through all three). What the builder remembers is what the
+last successful build used, nothing more.
 
 A build allocates millions of short-lived, acyclic objects; the cyclic garbage collector would
 scan the growing heap again and again (measured with 10,000 services: a third of the time), so

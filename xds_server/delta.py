@@ -32,17 +32,16 @@ after clusters), Delta's own, as Envoy and go-control-plane implement the xDS pr
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import SnapshotSource
-from xds_server.metrics import XdsMetrics
+from xds_server.observers import XdsObserver
 from xds_server.proxies import ProxyStatus
 from xds_server.snapshot import Resource, Snapshot
-from xds_server.stream_state import OnNack, Refused, StreamState, TypeState
+from xds_server.stream_state import ObservedStream, Refused, TypeState
 from xds_server.wire import Wire
 
 WILDCARD = "*"
@@ -125,27 +124,17 @@ class Subscription:
         return updates, [n for n in gone if n in known]
 
 
-class DeltaStream:
+class DeltaStream(ObservedStream):
+    """`ObservedStream(source, status, observer, wire)` speaking Delta."""
+
     def __init__(
-        self,
-        source: SnapshotSource,
-        status: ProxyStatus,
-        metrics: XdsMetrics,
-        log: logging.Logger,
-        on_nack: OnNack | None = None,
-        wire: Wire | None = None,
+        self, source: SnapshotSource, status: ProxyStatus, observer: XdsObserver, wire: Wire
     ) -> None:
-        self._source = source
-        self._state = StreamState(status, metrics, log, on_nack)
-        self._wire = wire or Wire()
+        super().__init__(source, status, observer, wire)
         self._subs: dict[str, Subscription] = {}
 
-    @property
-    def status(self) -> ProxyStatus:
-        return self._state.status
-
     def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[bytes]:
-        if not self._state.admit(req):
+        if not self._admit(req):
             return []
         type_url = req.type_url
         state = self._state.of(type_url)
@@ -158,9 +147,7 @@ class DeltaStream:
             self._subs[type_url] = sub
         if req.response_nonce:
             error = self._state.error_of(req)
-            answered = self._state.answer(
-                type_url, req.response_nonce, state.sent_version or "", error
-            )
+            answered = self._answer(type_url, req.response_nonce, state.sent_version or "", error)
             if answered and error is not None:
                 # Envoy kept what it had: offer the rejected resources again with the next change.
                 for name, version in sub.last_sent.items():
@@ -176,9 +163,6 @@ class DeltaStream:
                 "too_many_names",
                 f"subscribed to {len(sub.names)} names of {type_url}; at most {limit} are served",
             )
-        return self._sendable()
-
-    def on_snapshot(self) -> list[bytes]:
         return self._sendable()
 
     def _sendable(self) -> list[bytes]:
@@ -216,5 +200,5 @@ class DeltaStream:
             del sub.known[name]
         sub.last_sent = {r.name: r.version for r in updates}
         sub.changed = False
-        nonce = self._state.sent(type_url, version, snapshot.version, sub.last_sent)
+        nonce = self._sent(type_url, version, snapshot.version, sub.last_sent)
         return self._wire.delta(snapshot, type_url, nonce, updates, removed)

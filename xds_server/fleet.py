@@ -8,34 +8,61 @@ When a proxy NACKs a response:
   served now if it holds the same rejected content (a later edit that kept it); a rejected
   version is never served again (the reloader refuses it, saying why), so the fleet does not
   churn on it;
-- Envoy's message is logged by the stream, counted (`xds_nacks_total`), shown per proxy in
-  the status, and here listed under the rejected versions, and the reload that produced the
-  version served now is reported "rejected by Envoy";
+- Envoy's message is logged and counted by the other observers (`xds_nacks_total`), shown per
+  proxy in the status, and here listed under the rejected versions, and the reload that
+  produced the version served now is reported "rejected by Envoy";
 - with rollback on (the default), when the version served now is rejected, every proxy is moved
   back to the newest kept version that every connected proxy has ACKed, that was not rejected,
   and whose version of the rejected type differs from the one rejected (otherwise rolling back
   would send again what was rejected: a fault of one proxy, not of the catalog). With no such
   version the fleet holds where it is. The next valid edit moves every proxy forward again.
 
-All of it runs on the event loop's thread, like the streams and the cache.
+The fleet is the one owner of its history: the snapshots served recently (the rollback
+targets), the versions each connected proxy ACKed recently, and the versions Envoy rejected
+(listed in the status; the reloader asks `rejection` before serving a build). Their bounds
+all derive from one number, the snapshots kept (`Bounds`).
+
+It learns what happens from the streams as an observer (`observers.XdsObserver`: ACKs,
+NACKs, closed streams) and what is served from the cache it subscribes to. All of it runs on
+the event loop's thread, like the streams and the cache.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
+from sidecar_shared.bounded import BoundedMap
 from xds_server import typeurls
 from xds_server.cache import SnapshotCache
 from xds_server.metrics import XdsMetrics
-from xds_server.proxies import ProxyRegistry
+from xds_server.observers import Ack, Nack, Observer, StreamEvent
+from xds_server.snapshot import Snapshot
 from xds_server.status import RejectionReport
-from xds_server.stream_state import Nack
 
-KEPT = 64  # rejected versions listed in the status
+HISTORY = 8  # snapshots kept to roll back to: every other bound of the history follows
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How much of its history the fleet keeps, from the number of snapshots kept."""
+
+    snapshots: int = HISTORY
+
+    @property
+    def acked(self) -> int:
+        """ACKed versions kept per stream and type: each snapshot served adds at most one
+        version of a type to ACK, so as many as the snapshots kept."""
+        return self.snapshots
+
+    @property
+    def versions(self) -> int:
+        """Rejected versions kept (listed in the status, refused by the reloader); and what
+        the reloader keeps per version built (`reload.Reloader`), which must cover every kept
+        snapshot however often rollbacks reorder them."""
+        return 8 * self.snapshots
 
 
 @dataclass
@@ -47,6 +74,8 @@ class Rejection:
     at: float
     rollback: bool  # whether rollback was on
     rolled_back_to: str | None = None
+    # What a reload that builds this version again is told: the description at rejection.
+    refusal: str = ""
 
     def describe(self) -> str:
         short = typeurls.SHORT_NAMES.get(self.type_url, self.type_url)
@@ -71,57 +100,107 @@ class Rejection:
         )
 
 
-class Fleet:
+class Fleet(Observer):
     def __init__(
         self,
         cache: SnapshotCache,
-        proxies: ProxyRegistry,
         metrics: XdsMetrics,
         log: logging.Logger,
         rollback: bool,
         on_rejected: Callable[[Rejection], None] = lambda _: None,
         clock: Callable[[], float] = time.time,
+        bounds: Bounds = Bounds(),
     ) -> None:
         self._cache = cache
-        self._proxies = proxies
         self._metrics = metrics
         self._log = log
         self.rollback = rollback
         self._on_rejected = on_rejected
         self._clock = clock
-        self._rejections: OrderedDict[str, Rejection] = OrderedDict()
+        self.bounds = bounds
+        self._snapshots: BoundedMap[str, Snapshot] = BoundedMap(bounds.snapshots)
+        # stream → type → the versions it ACKed recently, newest last
+        self._acked: dict[int, dict[str, BoundedMap[str, None]]] = {}
+        self._rejections: BoundedMap[str, Rejection] = BoundedMap(bounds.versions)
+        current = cache.current()
+        if current is not None:
+            self._served(current)
+        cache.subscribe(self._served)
 
-    def on_nack(self, nack: Nack) -> None:
-        if any(nack.version in acked.get(nack.type_url, ()) for acked in self._proxies.acked()):
+    def _served(self, snapshot: Snapshot) -> None:
+        self._snapshots[snapshot.version] = snapshot
+
+    def acked(self, event: Ack) -> None:
+        if not event.node_id:
+            return
+        types = self._acked.setdefault(event.stream_id, {})
+        versions = types.get(event.type_url)
+        if versions is None:
+            versions = types[event.type_url] = BoundedMap(self.bounds.acked)
+        versions[event.version] = None
+
+    def closed(self, event: StreamEvent) -> None:
+        self._acked.pop(event.stream_id, None)
+
+    def _proxies_acked(self) -> list[Mapping[str, Collection[str]]]:
+        """Per connected proxy: the versions it ACKed recently of each type it has ACKed."""
+        return [types for types in self._acked.values() if types]
+
+    def rejection(self, version: str) -> str | None:
+        """Why Envoy rejected `version`, or None if it did not (or it is forgotten)."""
+        found = self._rejections.get(version)
+        return found.refusal if found is not None else None
+
+    def last_acked_by_all(
+        self, where: Callable[[Snapshot], bool] = lambda _: True
+    ) -> Snapshot | None:
+        """The newest snapshot still kept, not rejected and fitting `where`, whose version of
+        every type each connected proxy has ACKed (a type a proxy has not ACKed yet does not
+        constrain it). None when no kept snapshot fits them all (or nothing was served yet).
+        """
+        proxies = self._proxies_acked()
+        for snapshot in reversed(self._snapshots.values()):
+            if (
+                snapshot.version not in self._rejections
+                and where(snapshot)
+                and all(
+                    all(snapshot.versions.get(t) in vs for t, vs in versions.items())
+                    for versions in proxies
+                )
+            ):
+                return snapshot
+        return None
+
+    def nacked(self, event: Nack) -> None:
+        if not event.version or not event.snapshot_version:
+            return  # no response of ours was answered
+        if any(event.version in acked.get(event.type_url, ()) for acked in self._proxies_acked()):
             self._log.warning(
                 "a proxy rejected what others accepted; the version stays",
-                extra={"fields": {"node_id": nack.node_id, "version": nack.snapshot_version}},
+                extra={"fields": {"node_id": event.node_id, "version": event.snapshot_version}},
             )
             return
         current = self._cache.current()
-        holding = [nack.snapshot_version]
+        holding = [event.snapshot_version]
         if (
             current is not None
-            and current.version != nack.snapshot_version
-            and current.versions.get(nack.type_url) == nack.version
+            and current.version != event.snapshot_version
+            and current.versions.get(event.type_url) == event.version
         ):
             holding.append(current.version)
         fresh = [v for v in holding if v not in self._rejections]
         for version in fresh:
             rejection = Rejection(
-                version, nack.node_id, nack.type_url, nack.error, self._clock(), self.rollback
+                version, event.node_id, event.type_url, event.error, self._clock(), self.rollback
             )
+            rejection.refusal = rejection.describe()
             self._rejections[version] = rejection
-            self._cache.reject(version, rejection.describe())
-        while len(self._rejections) > KEPT:
-            self._rejections.popitem(last=False)
         if current is None or current.version not in fresh:
             return  # not what is served now, or already handled at another proxy's NACK
         rejection = self._rejections[current.version]
         if self.rollback:
-            target = self._cache.last_acked_by_all(
-                self._proxies.acked(),
-                where=lambda s: s.versions.get(nack.type_url) != nack.version,
+            target = self.last_acked_by_all(
+                where=lambda s: s.versions.get(event.type_url) != event.version
             )
             if target is not None:
                 rejection.rolled_back_to = target.version

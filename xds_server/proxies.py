@@ -1,7 +1,9 @@
-"""What each connected Envoy has: per resource type, the version it ACKed or the one it NACKed.
+"""What each connected Envoy has: per resource type, the version it ACKed or the one it NACKed;
+and the streams refused.
 
 Streams write their own `ProxyStatus`; `ProxyRegistry.report` reads them all. Both run on the
-event loop's thread.
+event loop's thread. The versions a proxy ACKed before its latest are the fleet's history
+(`fleet.Fleet`).
 """
 
 from __future__ import annotations
@@ -10,12 +12,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from sidecar_shared.bounded import BoundedMap
 from xds_server import typeurls
 from xds_server.snapshot import Snapshot
 from xds_server.status import Nacked, ProxyReport, RefusalReport, State, TypeReport
-
-# ACKed versions remembered per proxy and type (as many as the cache keeps snapshots).
-ACKED_KEPT = 8
 
 
 @dataclass
@@ -24,15 +24,9 @@ class TypeStatus:
     acked_version: str | None = None
     nacked_version: str | None = None
     error: str | None = None
-    # the versions ACKed recently, newest last (rollback targets are among them)
-    acked_recent: list[str] = field(default_factory=list)
 
     def acked(self, version: str) -> None:
         self.acked_version = version
-        if version in self.acked_recent:
-            self.acked_recent.remove(version)
-        self.acked_recent.append(version)
-        del self.acked_recent[:-ACKED_KEPT]
 
 
 @dataclass
@@ -67,7 +61,6 @@ class Refusal:
     first_at: float
     last_at: float
     count: int = 1
-    logged_at: float = 0.0
 
 
 MAX_REFUSALS = 1000
@@ -77,23 +70,21 @@ class ProxyRegistry:
     def __init__(self) -> None:
         self._proxies: dict[int, ProxyStatus] = {}
         self._next_id = 0
-        self._refusals: dict[tuple[str, str], Refusal] = {}
+        self._refusals: BoundedMap[tuple[str, str], Refusal] = BoundedMap(MAX_REFUSALS)
 
     def refuse(self, node_id: str, peer: str, reason: str, now: float) -> Refusal:
         """Record a refused stream; returns its record (`count` 1 on the first of its kind).
 
         Keeps the `MAX_REFUSALS` most recent (node, reason) pairs."""
         key = (node_id, reason)
-        found = self._refusals.pop(key, None)
+        found = self._refusals.get(key)
         if found is None:
             found = Refusal(node_id, peer, reason, now, now)
         else:
             found.count += 1
             found.last_at = now
             found.peer = peer
-        self._refusals[key] = found
-        while len(self._refusals) > MAX_REFUSALS:
-            del self._refusals[next(iter(self._refusals))]
+        self._refusals[key] = found  # now the newest
         return found
 
     def accepted(self, node_id: str) -> None:
@@ -133,15 +124,6 @@ class ProxyRegistry:
             )
             counts[worst] += 1
         return counts
-
-    def acked(self) -> list[dict[str, frozenset[str]]]:
-        """Per connected proxy that told us its node: the versions it ACKed recently of each
-        type it has ACKed."""
-        return [
-            {t: frozenset(st.acked_recent) for t, st in p.types.items() if st.acked_recent}
-            for p in self
-            if p.node_id
-        ]
 
     def report(self, snapshot: Snapshot | None) -> tuple[ProxyReport, ...]:
         """Every connected proxy's state of each type against `snapshot` (the one served now),

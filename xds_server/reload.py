@@ -2,15 +2,14 @@
 
 A catalog that fails any step leaves the served snapshot as it was; the problems are logged
 with their JSON paths and counted. So does one that builds into a version Envoy rejected
-before (`SnapshotCache.rejection`, counted as `result="rejected"`); `rejected_by_envoy` reports
-that the version this reloader loaded was rejected after it was served (`fleet.Fleet`). Builds
-are incremental (`builder.SnapshotBuilder`).
+before (the fleet says which and why, `Rejections`; counted as `result="rejected"`);
+`rejected_by_envoy` reports that the version this reloader loaded was rejected after it was
+served (`fleet.Fleet` calls it). Builds are incremental (`builder.SnapshotBuilder`).
 
 Editors save in place, write a temp file and rename it, or delete and recreate: the whole
 directory is watched (not recursively), so each of these, and a Kubernetes ConfigMap's symlink
-swap, is seen. A change elsewhere in the directory re-reads
-nothing unless the catalog's file (after symlinks) changed; content that did not change is not
-rebuilt.
+swap, is seen. A change elsewhere in the directory re-reads nothing unless the catalog's file
+(after symlinks) changed; content that did not change is not rebuilt.
 
 The reloader cannot die: an exception anywhere in a reload, a bug included, is a failed reload
 (logged with its traceback, counted as `result="error"`, `xds_catalog_valid` 0, the last good
@@ -24,23 +23,24 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from watchfiles import Change, awatch
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
+from sidecar_shared.bounded import BoundedMap
 from xds_server.builder import SnapshotBuilder
 from xds_server.cache import SnapshotCache
 from xds_server.catalog import CatalogError
+from xds_server.fleet import Bounds
 from xds_server.metrics import XdsMetrics
+from xds_server.resources.common import Options
 from xds_server.snapshot import Snapshot
-from xds_server.translate import Options
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,11 @@ def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-# More than the cache's history, so every version a rollback can return to is known.
-_SERVICE_COUNTS_KEPT = 64
+class Rejections(Protocol):
+    """The versions Envoy rejected (`fleet.Fleet`)."""
+
+    def rejection(self, version: str) -> str | None:
+        """Why Envoy rejected `version`, or None if it did not."""
 
 
 class Reloader:
@@ -81,16 +84,21 @@ class Reloader:
         path: Path,
         build: Build,
         cache: SnapshotCache,
+        rejections: Rejections,
         metrics: XdsMetrics,
         log: logging.Logger,
         on_loaded: Callable[[Snapshot], None] = lambda _: None,
         tracer: Tracer | None = None,
+        kept: int = Bounds().versions,
     ) -> None:
-        """`tracer`: one span per attempt ("catalog reload"); a push it causes is its child."""
+        """`tracer`: one span per attempt ("catalog reload"); a push it causes is its child.
+        `kept`: versions whose service count is remembered; more than the fleet's history
+        (`fleet.Bounds.versions`), so that any version a rollback returns to is known."""
         self._tracer = tracer
         self._path = path
         self._build = build
         self._cache = cache
+        self._rejections = rejections
         self._metrics = metrics
         self._log = log
         self._on_loaded = on_loaded
@@ -99,7 +107,7 @@ class Reloader:
         self.state = ReloadState(None, False, ("not loaded yet",), time.time())
         # Services per version built, for the gauges of whatever is served: a reload's
         # snapshot, or an older one a rollback after a NACK (`Fleet`) brings back.
-        self._services_of: OrderedDict[str, int] = OrderedDict()
+        self._services_of: BoundedMap[str, int] = BoundedMap(kept)
         cache.subscribe(self._served)
 
     def _served(self, snapshot: Snapshot) -> None:
@@ -148,14 +156,11 @@ class Reloader:
         except CatalogError as err:
             return self._fail([str(p) for p in err.problems])
         self._metrics.snapshot_build_seconds.observe(time.perf_counter() - started)
-        rejected = self._cache.rejection(snapshot.version)
+        rejected = self._rejections.rejection(snapshot.version)
         if rejected is not None:
             return self._fail([rejected], result="rejected")
         self._last_digest = digest
-        self._services_of[snapshot.version] = services
-        self._services_of.move_to_end(snapshot.version)
-        while len(self._services_of) > _SERVICE_COUNTS_KEPT:
-            self._services_of.popitem(last=False)
+        self._services_of[snapshot.version] = services  # now the newest
         changed = self._cache.set(snapshot)
         self._metrics.reloads.labels("ok" if changed else "unchanged").inc()
         self._metrics.catalog_valid.set(1)

@@ -1,7 +1,9 @@
 """The ADS gRPC service: moves Envoy's requests and snapshot changes into a stream object, and
-the stream's responses back to Envoy. It depends on the cache's `SnapshotSource` and on the
-`Stream` protocol only: State of the World (`sotw.SotwStream`) and Delta (`delta.DeltaStream`)
-are the two stream kinds, served at once on the same port.
+the stream's responses back to Envoy. It depends on the cache's `SnapshotSource`, the `Stream`
+protocol and an `observers.XdsObserver` only: State of the World (`sotw.SotwStream`) and Delta
+(`delta.DeltaStream`) are the two stream kinds, served at once on the same port. What happens
+on a stream (opened, connected, refused, pushed, closed) is told to the observer, which counts,
+logs, traces and rolls the fleet back; the service itself does none of it.
 
 A stream whose first request does not say which node it comes from (`node.id`) is refused:
 the operator could not tell which proxy it is, and nothing it ACKs could be shown. So is one
@@ -11,27 +13,23 @@ whose stream object refuses it (`stream_state.Refused`: a client past a limit).
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextvars
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
-from opentelemetry import context as otel_context
 
 from xds_server.cache import SnapshotSource
 from xds_server.delta import DeltaStream
-from xds_server.metrics import XdsMetrics
+from xds_server.observers import Push, StreamEvent, StreamRefused, XdsObserver
 from xds_server.proxies import ProxyRegistry, ProxyStatus
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
-from xds_server.stream_state import OnNack, Refused
+from xds_server.stream_state import Refused
 from xds_server.wire import Wire
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import Tracer
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
@@ -63,7 +61,7 @@ class Context(Protocol):
 
 @dataclass(frozen=True)
 class _SnapshotChanged:
-    context: Any  # the OpenTelemetry context of the reload that made it (None: not traced)
+    context: contextvars.Context  # where the change was made (the reload, and its span)
 
 
 _CLOSED = object()
@@ -71,22 +69,12 @@ _CLOSED = object()
 
 class AdsService:
     def __init__(
-        self,
-        source: SnapshotSource,
-        registry: ProxyRegistry,
-        metrics: XdsMetrics,
-        log: logging.Logger,
-        on_nack: OnNack | None = None,
-        tracer: Tracer | None = None,
+        self, source: SnapshotSource, registry: ProxyRegistry, observer: XdsObserver
     ) -> None:
-        """`tracer`: a span per push of a new snapshot to a proxy ("xds push"), the child of
-        the reload that made the snapshot."""
-        self._tracer = tracer
+        """`observer` is told of every stream's events (`observers`)."""
         self._source = source
         self._registry = registry
-        self._metrics = metrics
-        self._log = log
-        self._on_nack = on_nack
+        self._observer = observer
         self._wire = Wire()  # responses serialized once, shared by the streams
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -112,9 +100,7 @@ class AdsService:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         def make(status: ProxyStatus) -> SotwStream:
-            return SotwStream(
-                self._source, status, self._metrics, self._log, self._on_nack, self._wire
-            )
+            return SotwStream(self._source, status, self._observer, self._wire)
 
         async for resp in self.serve(request_iterator, make, context, "sotw"):
             yield resp
@@ -125,9 +111,7 @@ class AdsService:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         def make(status: ProxyStatus) -> DeltaStream:
-            return DeltaStream(
-                self._source, status, self._metrics, self._log, self._on_nack, self._wire
-            )
+            return DeltaStream(self._source, status, self._observer, self._wire)
 
         async for resp in self.serve(request_iterator, make, context, "delta"):
             yield resp
@@ -146,10 +130,8 @@ class AdsService:
         events: asyncio.Queue[object] = asyncio.Queue()
 
         def on_snapshot(_: Snapshot) -> None:
-            # Called inside the reload (and its span): remember it for the push's span.
-            events.put_nowait(
-                _SnapshotChanged(otel_context.get_current() if self._tracer else None)
-            )
+            # Called inside the reload (and its span): its context goes with the push.
+            events.put_nowait(_SnapshotChanged(contextvars.copy_context()))
 
         async def read() -> None:
             try:
@@ -160,97 +142,76 @@ class AdsService:
 
         unsubscribe = self._source.subscribe(on_snapshot)
         reader = asyncio.create_task(read())
-        self._metrics.connected_proxies.inc()
+        self._observer.opened(StreamEvent(status.stream_id, protocol))
         try:
             while True:
                 event = await events.get()
                 if event is _CLOSED:
                     break
                 if isinstance(event, _SnapshotChanged):
-                    responses = self._push(stream, status, protocol, event)
+                    current = self._source.current()
+                    push = Push(
+                        status.node_id,
+                        protocol,
+                        current.version if current is not None else None,
+                        event.context,
+                    )
+                    responses = self._observer.push(push, stream.on_snapshot)
                 else:
-                    first = not status.node_id
-                    try:
-                        responses = stream.on_request(cast(Q, event))
-                    except Refused as refused:
-                        await self._refuse(
-                            context,
-                            status.node_id,
-                            refused.reason,
-                            str(refused),
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        )
+                    answered = await self._request(stream, cast(Q, event), protocol, context)
+                    if answered is None:
                         return
-                    if first and not status.node_id:
-                        await self._refuse(
-                            context,
-                            "",
-                            "no_node_id",
-                            "the first request of a stream must name its node (node.id)",
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                        )
-                        return
-                    if first:
-                        self._registry.accepted(status.node_id)
-                        self._log.info(
-                            "proxy connected",
-                            extra={
-                                "fields": {
-                                    "node_id": status.node_id,
-                                    "peer": context.peer(),
-                                    "protocol": protocol,
-                                }
-                            },
-                        )
+                    responses = answered
                 for resp in responses:
                     yield resp
         finally:
             reader.cancel()
             unsubscribe()
             self._registry.close(status)
-            self._metrics.connected_proxies.dec()
-            if status.node_id:
-                self._log.info("proxy disconnected", extra={"fields": {"node_id": status.node_id}})
+            self._observer.closed(StreamEvent(status.stream_id, protocol, status.node_id))
 
-    def _push(
-        self,
-        stream: Stream[Q, R],
-        status: ProxyStatus,
-        protocol: str,
-        event: _SnapshotChanged,
-    ) -> Sequence[R]:
-        if self._tracer is None:
-            return stream.on_snapshot()
-        with self._tracer.start_as_current_span("xds push", context=event.context) as span:
-            responses = stream.on_snapshot()
-            span.set_attribute("sidecar.node_id", status.node_id)
-            span.set_attribute("sidecar.xds_protocol", protocol)
-            span.set_attribute("sidecar.responses", len(responses))
-            current = self._source.current()
-            if current is not None:
-                span.set_attribute("sidecar.snapshot.version", current.version)
+    async def _request(
+        self, stream: Stream[Q, R], req: Q, protocol: str, context: Context
+    ) -> Sequence[R] | None:
+        """The stream's responses to `req`; None when the stream is refused (aborted): the
+        stream refuses it, or the stream's first request names no node."""
+        status = stream.status
+        first = not status.node_id
+        try:
+            responses = stream.on_request(req)
+        except Refused as refused:
+            await self._refuse(
+                context,
+                status.node_id,
+                refused.reason,
+                str(refused),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+            return None
+        if first and not status.node_id:
+            await self._refuse(
+                context,
+                "",
+                "no_node_id",
+                "the first request of a stream must name its node (node.id)",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+            return None
+        if first:
+            self._registry.accepted(status.node_id)
+            self._observer.connected(
+                StreamEvent(status.stream_id, protocol, status.node_id, context.peer())
+            )
         return responses
 
     async def _refuse(
         self, context: Context, node_id: str, reason: str, message: str, code: grpc.StatusCode
     ) -> None:
-        """Refuse a stream so that the operator sees it: listed in status, counted, and logged
-        (the first time per node and reason, then once a minute)."""
+        """Refuse a stream so that the operator sees it: listed in status, and told to the
+        observer (counted and logged)."""
         now = time.time()
         refusal = self._registry.refuse(node_id, context.peer(), reason, now)
-        self._metrics.refused_streams.labels(reason).inc()
-        if refusal.count == 1 or now - refusal.logged_at >= 60:
-            refusal.logged_at = now
-            self._log.warning(
-                "refused a proxy's stream",
-                extra={
-                    "fields": {
-                        "node_id": node_id,
-                        "peer": context.peer(),
-                        "reason": reason,
-                        "detail": message,
-                        "refused_so_far": refusal.count,
-                    }
-                },
-            )
+        self._observer.refused(
+            StreamRefused(node_id, context.peer(), reason, message, refusal.count, now)
+        )
         await context.abort(code, message)

@@ -1,4 +1,5 @@
-"""The xDS server's settings: built once from flags and `SIDECAR_*` variables, passed down."""
+"""The xDS server's settings: built once from flags and `SIDECAR_*` variables, passed down.
+A value that cannot work raises `SettingsError`, naming the setting."""
 
 from __future__ import annotations
 
@@ -12,9 +13,15 @@ from urllib.parse import urlsplit
 
 from sidecar_shared import defaults, tracing
 from sidecar_shared.contract import AUTHZ_TRANSPORTS
+from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, boolean
-from xds_server.resources.common import EdgeOptions, ObservabilityOptions, TracingOptions
-from xds_server.translate import AuthzOptions, Options
+from xds_server.resources.common import (
+    AuthzOptions,
+    EdgeOptions,
+    ObservabilityOptions,
+    Options,
+    TracingOptions,
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ def add_transport_argument(parser: argparse.ArgumentParser, environ: Mapping[str
 
 def authz_transport(args: argparse.Namespace) -> str:
     if args.authz_transport not in AUTHZ_TRANSPORTS:
-        raise SystemExit(
+        raise SettingsError(
             f"--authz-transport must be {' or '.join(AUTHZ_TRANSPORTS)}, "
             f"not {args.authz_transport!r}"
         )
@@ -126,7 +133,7 @@ def add_edge_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, st
 
 def edge_options(args: argparse.Namespace) -> EdgeOptions:
     if args.underscore_headers not in ("reject", "drop"):
-        raise SystemExit(
+        raise SettingsError(
             f"--underscore-headers must be reject or drop, not {args.underscore_headers!r}"
         )
     return EdgeOptions(
@@ -158,9 +165,9 @@ def tracing_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Tra
     )
     parts = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
     if not parts.hostname:
-        raise SystemExit(f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint!r}: no host")
+        raise SettingsError(f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint!r}: no host")
     if not 0 <= args.envoy_trace_sampling <= 100:
-        raise SystemExit("--envoy-trace-sampling must be a percentage (0 to 100)")
+        raise SettingsError("--envoy-trace-sampling must be a percentage (0 to 100)")
     return TracingOptions(parts.hostname, parts.port or 4317, args.envoy_trace_sampling)
 
 
@@ -169,7 +176,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         args.authz_failure_status in _AUTHZ_OWN_STATUSES
         or not 200 <= args.authz_failure_status < 600
     ):
-        raise SystemExit(
+        raise SettingsError(
             f"--authz-failure-status {args.authz_failure_status}: must be an HTTP status other "
             f"than {', '.join(map(str, _AUTHZ_OWN_STATUSES))} (ext_authz's own answers)"
         )

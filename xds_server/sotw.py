@@ -15,16 +15,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server import typeurls
-from xds_server.cache import SnapshotSource
-from xds_server.metrics import XdsMetrics
-from xds_server.proxies import ProxyStatus
-from xds_server.stream_state import OnNack, StreamState
-from xds_server.wire import Wire
+from xds_server.stream_state import ObservedStream
 
 
 def subscribed_names(type_url: str, names: list[str]) -> frozenset[str] | None:
@@ -33,26 +27,11 @@ def subscribed_names(type_url: str, names: list[str]) -> frozenset[str] | None:
     return frozenset(names)
 
 
-class SotwStream:
-    def __init__(
-        self,
-        source: SnapshotSource,
-        status: ProxyStatus,
-        metrics: XdsMetrics,
-        log: logging.Logger,
-        on_nack: OnNack | None = None,
-        wire: Wire | None = None,
-    ) -> None:
-        self._source = source
-        self._state = StreamState(status, metrics, log, on_nack)
-        self._wire = wire or Wire()
-
-    @property
-    def status(self) -> ProxyStatus:
-        return self._state.status
+class SotwStream(ObservedStream):
+    """`ObservedStream(source, status, observer, wire)` speaking State of the World."""
 
     def on_request(self, req: discovery_pb2.DiscoveryRequest) -> list[bytes]:
-        if not self._state.admit(req):
+        if not self._admit(req):
             return []
         type_url = req.type_url
         state = self._state.of(type_url)
@@ -60,14 +39,11 @@ class SotwStream:
             error = self._state.error_of(req)
             if req.response_nonce == state.nonce and req.version_info == state.sent_version:
                 error = None  # accepted; the error was about a response it replaced
-            if not self._state.answer(type_url, req.response_nonce, req.version_info, error):
+            if not self._answer(type_url, req.response_nonce, req.version_info, error):
                 return []  # stale: answers a response that a newer one replaced
         names = subscribed_names(type_url, list(req.resource_names))
         if names != state.names:
             state.names = names  # a new object only when different: compared by identity below
-        return self._sendable()
-
-    def on_snapshot(self) -> list[bytes]:
         return self._sendable()
 
     def _sendable(self) -> list[bytes]:
@@ -81,6 +57,6 @@ class SotwStream:
             if state.sent_version == version and state.sent_names is state.names and not state.owed:
                 continue
             body, names = self._wire.sotw_body(snapshot, type_url, state.names)
-            nonce = self._state.sent(type_url, version, snapshot.version, names)
+            nonce = self._sent(type_url, version, snapshot.version, names)
             out.append(self._wire.sotw(body, nonce))
         return out

@@ -5,28 +5,32 @@ flight or was rejected, and the ordering rules that follow from them.
 Rules kept here, for every protocol:
 - a response answered with a nonce other than the last one sent for its type is stale;
 - an answer is an ACK, or a NACK when it carries `error_detail`; both are recorded in the
-  proxy's status, counted, and NACKs logged with Envoy's message;
+  proxy's status and returned (`Ack`, `Nack`), and `ObservedStream` tells its observer;
 - types are pushed in the order clusters → endpoints → listeners → routes, and listeners and
   routes wait while clusters or endpoints are in flight or NACKed, so a route never names a
   cluster Envoy is still warming or has rejected;
 - endpoints are owed again after every cluster response: Envoy warms an updated cluster until
   it receives that cluster's endpoints, changed or not (go-control-plane #59, #526). The names
   of the clusters sent are owed (SotW sends every endpoint again; Delta those of the clusters);
-- a NACK is reported (`on_nack`) with the snapshot the rejected response came from, so the
-  fleet can be rolled back (`fleet.Fleet`).
+- a NACK names the snapshot the rejected response came from, so the fleet can be rolled
+  back (`fleet.Fleet`, an observer).
+
+`StreamState` records and decides; it counts, logs and reports nothing. `ObservedStream` is
+what SotW and Delta streams share: their collaborators, and the observer told of each outcome.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from xds_server import typeurls
-from xds_server.metrics import XdsMetrics
+from xds_server.cache import SnapshotSource
+from xds_server.observers import Ack, Nack, Sent, Unsupported, XdsObserver
 from xds_server.proxies import ProxyStatus
+from xds_server.wire import Wire
 
 # A type waits while any of these is in flight or NACKed.
 WAITS_FOR: dict[str, tuple[str, ...]] = {
@@ -51,20 +55,6 @@ class TypeState:
     sent_at: float = 0.0  # monotonic time of the last response
 
 
-@dataclass(frozen=True)
-class Nack:
-    """Envoy rejected a response: what, from which snapshot, and Envoy's message."""
-
-    node_id: str
-    type_url: str
-    version: str  # the type's version that was rejected
-    snapshot_version: str
-    error: str
-
-
-OnNack = Callable[[Nack], None]
-
-
 class Refused(Exception):
     """The stream must end: the client went past a limit that protects the server. `reason`
     labels the refusal (metric, status); the message tells the client."""
@@ -75,17 +65,8 @@ class Refused(Exception):
 
 
 class StreamState:
-    def __init__(
-        self,
-        status: ProxyStatus,
-        metrics: XdsMetrics,
-        log: logging.Logger,
-        on_nack: OnNack | None = None,
-    ) -> None:
+    def __init__(self, status: ProxyStatus) -> None:
         self.status = status
-        self._metrics = metrics
-        self._log = log
-        self._on_nack = on_nack
         self.types: dict[str, TypeState] = {}
         self._nonce = 0
 
@@ -93,13 +74,9 @@ class StreamState:
         return self.types.setdefault(type_url, TypeState())
 
     def admit(self, req: Any) -> bool:
-        """Note the node a request names (the first one that does); False (and logged) when
-        it asks for a type we do not serve. `req`: a SotW or Delta discovery request."""
+        """Note the node a request names (the first one that does); False when it asks for a
+        type we do not serve. `req`: a SotW or Delta discovery request."""
         if req.type_url not in WAITS_FOR:
-            self._log.warning(
-                "unsupported resource type requested",
-                extra={"fields": {"node_id": self.status.node_id, "type_url": req.type_url}},
-            )
             return False
         if req.HasField("node") and not self.status.node_id:
             self.status.node_id = req.node.id
@@ -111,49 +88,34 @@ class StreamState:
         """Envoy's message when a request NACKs, else None."""
         return req.error_detail.message if req.HasField("error_detail") else None
 
-    def answer(self, type_url: str, nonce: str, version: str, error: str | None) -> bool:
-        """Envoy answered a response of `type_url`; False (and nothing recorded) when the
-        answer is stale."""
+    def answer(
+        self, type_url: str, nonce: str, version: str, error: str | None
+    ) -> Ack | Nack | None:
+        """Envoy answered a response of `type_url`: recorded, and returned as an ACK or (with
+        `error`) a NACK; None (and nothing recorded) when the answer is stale."""
         state = self.of(type_url)
         if nonce != state.nonce:
-            return False
+            return None
         state.in_flight = False
         state.nacked = error is not None
         st = self.status.of(type_url)
-        short = typeurls.SHORT_NAMES[type_url]
-        self._metrics.push_ack_seconds.labels(short).observe(time.monotonic() - state.sent_at)
+        seconds = time.monotonic() - state.sent_at
         if error is not None:
             st.nacked_version = st.sent_version
             st.error = error
-            self._metrics.nacks.labels(short).inc()
-            self._log.warning(
-                "envoy rejected a config",
-                extra={
-                    "fields": {
-                        "node_id": self.status.node_id,
-                        "type": short,
-                        "version": st.sent_version,
-                        "error": error,
-                    }
-                },
+            return Nack(
+                self.status.node_id,
+                type_url,
+                state.sent_version or "",
+                state.sent_snapshot or "",
+                error,
+                seconds,
             )
-            if self._on_nack is not None and state.sent_version and state.sent_snapshot:
-                self._on_nack(
-                    Nack(
-                        self.status.node_id,
-                        type_url,
-                        state.sent_version,
-                        state.sent_snapshot,
-                        error,
-                    )
-                )
-        else:
-            st.acked(version)
-            if st.nacked_version is not None and st.nacked_version != version:
-                st.nacked_version = None
-                st.error = None
-            self._metrics.acks.labels(short).inc()
-        return True
+        st.acked(version)
+        if st.nacked_version is not None and st.nacked_version != version:
+            st.nacked_version = None
+            st.error = None
+        return Ack(self.status.stream_id, self.status.node_id, type_url, version, seconds)
 
     def pushable(self) -> Iterator[tuple[str, TypeState]]:
         """The subscribed types, in push order, that nothing they depend on holds back."""
@@ -179,7 +141,52 @@ class StreamState:
         state.owed.clear()
         state.sent_at = time.monotonic()
         self.status.of(type_url).sent_version = version
-        self._metrics.responses.labels(typeurls.SHORT_NAMES[type_url]).inc()
         if type_url == typeurls.CLUSTER and typeurls.ENDPOINT in self.types:
             self.types[typeurls.ENDPOINT].owed.update(names)
         return state.nonce
+
+
+class ObservedStream:
+    """The part SotW and Delta streams share: the snapshot source, the stream's state, the
+    observer told of what the state records, and the serializer they share with the other
+    streams. A subclass implements `_sendable` (and `on_request`)."""
+
+    def __init__(
+        self, source: SnapshotSource, status: ProxyStatus, observer: XdsObserver, wire: Wire
+    ) -> None:
+        self._source = source
+        self._state = StreamState(status)
+        self._observer = observer
+        self._wire = wire
+
+    @property
+    def status(self) -> ProxyStatus:
+        return self._state.status
+
+    def on_snapshot(self) -> list[bytes]:
+        return self._sendable()
+
+    def _sendable(self) -> list[bytes]:
+        raise NotImplementedError
+
+    def _admit(self, req: Any) -> bool:
+        if self._state.admit(req):
+            return True
+        self._observer.unsupported(Unsupported(self.status.node_id, req.type_url))
+        return False
+
+    def _answer(self, type_url: str, nonce: str, version: str, error: str | None) -> bool:
+        """`StreamState.answer`, told to the observer; False when the answer is stale."""
+        answer = self._state.answer(type_url, nonce, version, error)
+        if isinstance(answer, Nack):
+            self._observer.nacked(answer)
+        elif answer is not None:
+            self._observer.acked(answer)
+        return answer is not None
+
+    def _sent(
+        self, type_url: str, version: str, snapshot_version: str, names: Iterable[str]
+    ) -> str:
+        nonce = self._state.sent(type_url, version, snapshot_version, names)
+        self._observer.sent(Sent(self.status.node_id, type_url, version))
+        return nonce

@@ -12,19 +12,20 @@ most of an edit's time.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from sidecar_shared.bounded import BoundedMap
 from xds_server.snapshot import Resource, Snapshot
 
 # DiscoveryResponse.nonce and DeltaDiscoveryResponse.resources (field numbers).
 _SOTW_NONCE = 5
 _DELTA_RESOURCES = 2
-# Delta resource fields up to this size are kept on the resource (every snapshot that holds it
-# shares them); larger ones (a route configuration) are kept here, for the recent ones only.
-_KEEP_ON_RESOURCE = 64 * 1024
+# Delta resource fields up to this size are kept by name and version for as long as the
+# snapshot served holds that name (every snapshot that holds the resource shares them); larger
+# ones (a route configuration) are kept for the snapshot served only, the recent ones only.
+_KEEP_BY_NAME = 64 * 1024
 
 
 def _varint(n: int) -> bytes:
@@ -46,28 +47,29 @@ class Wire:
     snapshot only, so what another snapshot needed is let go)."""
 
     def __init__(self, kept: int = 32) -> None:
-        self._kept = kept
         self._snapshot = ""
-        self._recent: OrderedDict[Hashable, tuple[bytes, list[str]]] = OrderedDict()
+        self._recent: BoundedMap[Hashable, tuple[bytes, list[str]]] = BoundedMap(kept)
+        # type URL → name → (the resource's version, its Delta field), for small fields
+        self._fields: dict[str, dict[str, tuple[str, bytes]]] = {}
 
-    def _for(self, snapshot_version: str) -> None:
-        if snapshot_version != self._snapshot:
-            self._snapshot = snapshot_version
-            self._recent.clear()
-
-    def _remember(self, key: Hashable, value: tuple[bytes, list[str]]) -> None:
-        self._recent[key] = value
-        while len(self._recent) > self._kept:
-            self._recent.popitem(last=False)
+    def _for(self, snapshot: Snapshot) -> None:
+        if snapshot.version == self._snapshot:
+            return
+        self._snapshot = snapshot.version
+        self._recent.clear()
+        for type_url, fields in self._fields.items():
+            resources = snapshot.resources.get(type_url, {})
+            for gone in [name for name in fields if name not in resources]:
+                del fields[gone]
 
     def sotw_body(
         self, snapshot: Snapshot, type_url: str, names: frozenset[str] | None
     ) -> tuple[bytes, list[str]]:
         """A SotW response without its nonce (`sotw`), for the names subscribed (None: all);
         and the names of the resources it holds."""
-        self._for(snapshot.version)
+        self._for(snapshot)
         key = ("sotw", type_url, names)
-        found = self._recent.get(key)
+        found = self._recent.touch(key)
         if found is None:
             resources = snapshot.pick(type_url, names)
             body = discovery_pb2.DiscoveryResponse(
@@ -76,9 +78,7 @@ class Wire:
                 resources=[r.packed for r in resources],
             ).SerializeToString()
             found = (body, [r.name for r in resources])
-            self._remember(key, found)
-        else:
-            self._recent.move_to_end(key)
+            self._recent[key] = found
         return found
 
     @staticmethod
@@ -94,7 +94,7 @@ class Wire:
         removed: Sequence[str],
     ) -> bytes:
         """A Delta response of `type_url` from `snapshot`."""
-        self._for(snapshot.version)
+        self._for(snapshot)
         version = snapshot.versions[type_url]
         rest = discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version,
@@ -105,13 +105,13 @@ class Wire:
         return b"".join([*(self._delta_resource(r) for r in updates), rest])
 
     def _delta_resource(self, r: Resource) -> bytes:
-        kept: bytes | None = r.__dict__.get("_delta_field")
-        if kept is not None:
-            return kept
+        fields = self._fields.setdefault(r.packed.type_url, {})
+        kept = fields.get(r.name)
+        if kept is not None and kept[0] == r.version:
+            return kept[1]
         key = ("delta", r.packed.type_url, r.name)
-        found = self._recent.get(key)
+        found = self._recent.touch(key)
         if found is not None:
-            self._recent.move_to_end(key)
             return found[0]
         made = field(
             _DELTA_RESOURCES,
@@ -119,8 +119,8 @@ class Wire:
                 name=r.name, version=r.version, resource=r.packed
             ).SerializeToString(),
         )
-        if len(made) <= _KEEP_ON_RESOURCE:
-            object.__setattr__(r, "_delta_field", made)  # the resource is immutable otherwise
+        if len(made) <= _KEEP_BY_NAME:
+            fields[r.name] = (r.version, made)
         else:
-            self._remember(key, (made, []))
+            self._recent[key] = (made, [])
         return made

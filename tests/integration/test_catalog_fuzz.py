@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.envoy import envoy_validate, static_bootstrap
+from tests.support.translation import build_snapshot
 from xds_server.catalog import RETRY_CONDITIONS, CatalogError, parse_catalog
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Options
 
 EXAMPLES = int(os.environ.get("SIDECAR_FUZZ_EXAMPLES", "25"))
 

@@ -13,9 +13,10 @@ from sidecar_shared.contract import AUTHZ_CLUSTER, AUTHZ_TRANSPORTS
 from tests.support.catalog_edges import extreme_catalog
 from tests.support.catalogs import ROOT, SAMPLE
 from tests.support.envoy import envoy_validate, static_bootstrap
+from tests.support.translation import build_snapshot
 from xds_server.catalog import load_catalog, parse_catalog
 from xds_server.resources.common import ObservabilityOptions, TracingOptions
-from xds_server.translate import AuthzOptions, Options, build_snapshot
+from xds_server.translate import AuthzOptions, Options
 
 
 @pytest.mark.parametrize("name", ["sidecar.json", "compose.json"])

@@ -12,11 +12,11 @@ import sys
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from tests.support.translation import translate
 from xds_server import cli, typeurls
 from xds_server.catalog import CatalogError, Problem, decode_catalog
 from xds_server.settings import parse
 from xds_server.snapshot import Snapshot
-from xds_server.translate import translate
 
 REJECTED_PREFIX = "envoy-rejects-"
 

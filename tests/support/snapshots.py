@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tests.support.translation import build_snapshot
 from xds_server.catalog import parse_catalog
 from xds_server.snapshot import Snapshot
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Options
 
 
 class FakeSource:

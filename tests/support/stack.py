@@ -24,12 +24,13 @@ from sidecar_shared import defaults, supervise
 from tests.support.http import Response, get, try_get
 from tests.support.ports import free_port
 from tests.support.tokens import TEST_SECRET
+from tests.support.translation import build_snapshot
 from tests.support.wait import wait_until
 from xds_server import typeurls
 from xds_server.catalog import load_catalog
 from xds_server.resources.common import ROUTE_CONFIG_NAME
 from xds_server.snapshot import Snapshot
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Options
 
 # The xDS protocols an Envoy can speak: tests that exercise xDS run with each.
 PROTOCOLS = ("sotw", "delta")

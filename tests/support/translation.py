@@ -1,4 +1,5 @@
-"""Catalogs built in a line and the resources they translate to, for unit tests."""
+"""Catalogs built in a line, the whole-catalog translation the snapshot builder must equal, and
+the resources they translate to, for tests."""
 
 from __future__ import annotations
 
@@ -10,8 +11,33 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 
 from xds_server import typeurls
 from xds_server.catalog import Catalog, parse_catalog
+from xds_server.resources.common import ROUTE_CONFIG_NAME
+from xds_server.resources.routes import route_configuration
 from xds_server.snapshot import Snapshot
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Named, Options, catalog_wide, service_resources
+
+
+def translate(catalog: Catalog, options: Options) -> dict[str, Named]:
+    """Catalog → resources by type URL, each as (name, message), in one pass: the reference
+    `builder.SnapshotBuilder` (incremental) is checked against."""
+    clusters: Named = []
+    endpoints: Named = []
+    for s in sorted(catalog.services, key=lambda s: s.service_name):
+        more_clusters, more_endpoints = service_resources(s, options)
+        clusters += more_clusters
+        endpoints += more_endpoints
+    wide_clusters, listeners = catalog_wide(catalog, options)
+    return {
+        typeurls.CLUSTER: clusters + wide_clusters,
+        typeurls.ENDPOINT: endpoints,
+        typeurls.LISTENER: listeners,
+        typeurls.ROUTE: [(ROUTE_CONFIG_NAME, route_configuration(catalog, options.authz))],
+    }
+
+
+def build_snapshot(catalog: Catalog, options: Options) -> Snapshot:
+    """Translate and package; the caller checks `consistent()` before serving it."""
+    return Snapshot.build(translate(catalog, options))
 
 
 def service(name: str, url: Any = "http://127.0.0.1:8080", **fields: Any) -> dict[str, Any]:

@@ -13,12 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.translation import build_snapshot
 from xds_server import typeurls
 from xds_server.builder import SnapshotBuilder
 from xds_server.catalog import CatalogError, parse_catalog, parse_catalog_cached
 from xds_server.resources.common import ObservabilityOptions, TracingOptions
 from xds_server.snapshot import Snapshot
-from xds_server.translate import AuthzOptions, Options, build_snapshot
+from xds_server.translate import AuthzOptions, Options
 
 OPTIONS = Options(listener_address="127.0.0.1", listener_port=10000)
 # Every option that changes what a service's resources become, so the cache keys must hold it.

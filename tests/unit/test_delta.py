@@ -3,7 +3,6 @@ re-connects with `initial_resource_versions`, ACK/NACK and the rules shared with
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -19,9 +18,11 @@ from tests.support.snapshots import FakeSource, snap
 from xds_server import typeurls
 from xds_server.delta import SPARE_NAMES, DeltaStream, Subscription
 from xds_server.metrics import XdsMetrics
+from xds_server.observers import MetricsObserver, Nack, Observer, Observers
 from xds_server.proxies import ProxyRegistry, ProxyStatus, state_of
 from xds_server.snapshot import Resource, Snapshot
-from xds_server.stream_state import Nack, Refused
+from xds_server.stream_state import Refused
+from xds_server.wire import Wire
 
 CDS, EDS, LDS, RDS = typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE
 
@@ -61,12 +62,17 @@ class Harness:
         self.registry = ProxyRegistry()
         self.status: ProxyStatus = self.registry.open("delta")
         self.nacks: list[Nack] = []
+        nacks = self.nacks
+
+        class NackRecorder(Observer):
+            def nacked(self, event: Nack) -> None:
+                nacks.append(event)
+
         self.stream = DeltaStream(
             self.source,
             self.status,
-            XdsMetrics(CollectorRegistry()),
-            logging.getLogger("test"),
-            self.nacks.append,
+            Observers(MetricsObserver(XdsMetrics(CollectorRegistry())), NackRecorder()),
+            Wire(),
         )
 
     @property

@@ -22,10 +22,12 @@ from google.protobuf import json_format
 from sidecar.bootstrap import BootstrapOptions, render
 from sidecar_shared import defaults
 from sidecar_shared.contract import decode
+from sidecar_shared.errors import SettingsError
 from tests.support import authz_config
+from tests.support.translation import build_snapshot
 from xds_server import settings, typeurls
 from xds_server.catalog import MIN_BODY_BYTES, parse_catalog
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Options
 
 CATALOG = parse_catalog(
     {"services": [{"service_name": "a", "base_path": "/a", "internal_url": "http://127.0.0.1:1"}]}
@@ -128,7 +130,7 @@ def test_a_failure_status_that_ext_authz_itself_answers_is_refused() -> None:
     for status in ("401", "403", "429", "500"):
         try:
             settings.parse(["--authz-failure-status", status], environ={})
-        except SystemExit as err:
+        except SettingsError as err:
             assert "ext_authz's own answers" in str(err)
         else:
             raise AssertionError(f"{status} was accepted")

@@ -10,11 +10,10 @@ from prometheus_client import CollectorRegistry
 from tests.support.snapshots import snap
 from xds_server import typeurls
 from xds_server.cache import SnapshotCache
-from xds_server.fleet import Fleet, Rejection
+from xds_server.fleet import Bounds, Fleet, Rejection
 from xds_server.metrics import XdsMetrics
-from xds_server.proxies import ProxyRegistry, ProxyStatus
+from xds_server.observers import Ack, Nack, StreamEvent
 from xds_server.snapshot import Snapshot
-from xds_server.stream_state import Nack
 
 CDS, LDS = typeurls.CLUSTER, typeurls.LISTENER
 
@@ -26,31 +25,30 @@ V3 = snap("a", "b", "bad")  # the version Envoy rejects
 class Rig:
     def __init__(self, *served: Snapshot, rollback: bool = True) -> None:
         self.cache = SnapshotCache()
-        for s in served:
-            self.cache.set(s)
-        self.proxies = ProxyRegistry()
         self.registry = CollectorRegistry()
         self.told: list[Rejection] = []
         self.fleet = Fleet(
             self.cache,
-            self.proxies,
             XdsMetrics(self.registry),
             logging.getLogger("test"),
             rollback,
             self.told.append,
             clock=lambda: 100.0,
         )
+        for s in served:
+            self.cache.set(s)
+        self.streams = 0
 
-    def proxy(self, node_id: str, *acked: Snapshot) -> ProxyStatus:
-        status = self.proxies.open()
-        status.node_id = node_id
+    def proxy(self, node_id: str, *acked: Snapshot) -> int:
+        """A connected proxy that ACKed `acked`, in order; returns its stream's id."""
+        self.streams += 1
         for s in acked:
             for type_url, version in s.versions.items():
-                status.of(type_url).acked(version)
-        return status
+                self.fleet.acked(Ack(self.streams, node_id, type_url, version))
+        return self.streams
 
     def nack(self, node_id: str, s: Snapshot, type_url: str = CDS) -> None:
-        self.fleet.on_nack(Nack(node_id, type_url, s.versions[type_url], s.version, "boom"))
+        self.fleet.nacked(Nack(node_id, type_url, s.versions[type_url], s.version, "boom"))
 
     def current(self) -> str | None:
         current = self.cache.current()
@@ -69,7 +67,7 @@ def test_a_rejected_version_moves_every_proxy_back_to_the_newest_one_all_acked()
         f"version {V3.version} was rejected by Envoy (node edge-b, clusters): boom; "
         f"every proxy was rolled back to {V2.version}"
     )
-    assert rig.cache.rejection(V3.version) is not None
+    assert rig.fleet.rejection(V3.version) is not None
     assert rig.registry.get_sample_value("xds_rollbacks_total") == 1
     (listed,) = rig.fleet.report()
     assert listed.to_json() == {
@@ -97,7 +95,7 @@ def test_with_rollback_off_the_version_is_marked_and_the_fleet_stays() -> None:
     assert rig.current() == V3.version
     (told,) = rig.told
     assert told.rolled_back_to is None and told.describe().endswith("; rollback is off")
-    assert rig.cache.rejection(V3.version) is not None
+    assert rig.fleet.rejection(V3.version) is not None
 
 
 def test_with_no_version_every_proxy_acked_the_fleet_holds() -> None:
@@ -116,7 +114,7 @@ def test_rejecting_what_another_proxy_accepted_is_that_proxys_fault() -> None:
     rig.proxy("broken", V1)
     rig.nack("broken", V2, LDS)
     assert rig.current() == V2.version
-    assert rig.cache.rejection(V2.version) is None
+    assert rig.fleet.rejection(V2.version) is None
     assert rig.told == [] and rig.fleet.report() == ()
 
 
@@ -126,7 +124,7 @@ def test_a_rejection_that_going_back_would_not_change_does_not_roll_back() -> No
     rig.proxy("only")
     rig.nack("only", V2, LDS)
     assert rig.current() == V2.version
-    assert rig.cache.rejection(V2.version) is not None
+    assert rig.fleet.rejection(V2.version) is not None
     assert rig.registry.get_sample_value("xds_rollbacks_total") == 0
 
 
@@ -148,3 +146,17 @@ def test_every_proxy_rejecting_the_same_version_rolls_back_once() -> None:
     assert rig.current() == V2.version
     assert len(rig.told) == 1
     assert rig.registry.get_sample_value("xds_rollbacks_total") == 1
+
+
+def test_a_proxy_that_disconnected_no_longer_holds_the_fleet_back() -> None:
+    rig = Rig(V1, V2, V3)
+    rig.proxy("edge-a", V1, V2)
+    slow = rig.proxy("slow", V1)
+    rig.fleet.closed(StreamEvent(slow, "sotw", "slow"))
+    rig.nack("edge-a", V3)
+    assert rig.current() == V2.version
+
+
+def test_the_history_bounds_derive_from_the_snapshots_kept() -> None:
+    bounds = Bounds(snapshots=3)
+    assert (bounds.snapshots, bounds.acked, bounds.versions) == (3, 3, 24)

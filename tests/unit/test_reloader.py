@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from watchfiles import Change
 
 from tests.support.catalogs import sample_data
+from tests.support.wait import wait_until_async
 from xds_server.cache import SnapshotCache
 from xds_server.metrics import XdsMetrics
 from xds_server.reload import Reloader, decode_and_build
@@ -21,11 +23,19 @@ from xds_server.snapshot import Snapshot
 from xds_server.translate import Options
 
 
+class Rejected(dict[str, str]):
+    """The versions Envoy rejected, as the fleet reports them: version → why."""
+
+    def rejection(self, version: str) -> str | None:
+        return self.get(version)
+
+
 class Rig:
     def __init__(self, directory: Path) -> None:
         self.path = directory / "service_catalog.json"
         self.registry = CollectorRegistry()
         self.cache = SnapshotCache()
+        self.rejected = Rejected()
         self.fail_with: Exception | None = None
         self.builds = 0
         real = decode_and_build(Options())
@@ -37,7 +47,12 @@ class Rig:
             return real(raw, source)
 
         self.reloader = Reloader(
-            self.path, build, self.cache, XdsMetrics(self.registry), logging.getLogger("test")
+            self.path,
+            build,
+            self.cache,
+            self.rejected,
+            XdsMetrics(self.registry),
+            logging.getLogger("test"),
         )
 
     def write(self, timeout_ms: int) -> None:
@@ -51,14 +66,6 @@ class Rig:
     def version(self) -> str | None:
         current = self.cache.current()
         return current.version if current else None
-
-
-async def poll(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def start_watch(rig: Rig, stop: asyncio.Event) -> asyncio.Task[None]:
@@ -133,22 +140,33 @@ def test_the_watch_survives_a_failing_build_and_serves_the_next_good_edit(
         watcher = await start_watch(rig, stop)
         rig.fail_with = RuntimeError("injected")
         rig.write(2000)
-        await poll(
+        await wait_until_async(
             lambda: rig.metric("xds_catalog_reloads_total", result="error") >= 1,
-            "the failed reload",
+            what="the failed reload",
         )
         assert not watcher.done()
         rig.fail_with = None
         rig.write(3000)
-        await poll(lambda: rig.version() not in (None, good), "the next good edit")
+        await wait_until_async(lambda: rig.version() not in (None, good), what="the next good edit")
         stop.set()
         await watcher
 
     run(scenario)
 
 
-def test_other_files_in_the_directory_are_not_read(tmp_path: Path) -> None:
+def test_other_files_in_the_directory_are_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rig = Rig(tmp_path)
+    # The names in each batch of changes the watcher has handled.
+    handled: list[set[str]] = []
+    catalog_changed = rig.reloader._catalog_changed
+
+    def spy(changes: set[tuple[Change, str]]) -> bool:
+        handled.append({Path(p).name for _, p in changes})
+        return catalog_changed(changes)
+
+    monkeypatch.setattr(rig.reloader, "_catalog_changed", spy)
 
     async def scenario() -> None:
         rig.write(1000)
@@ -161,7 +179,11 @@ def test_other_files_in_the_directory_are_not_read(tmp_path: Path) -> None:
             with audit.open("a") as f:
                 f.write(f"line {i}\n")
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # well past the debounce: the audit lines were all seen
+        # A file made after the audit lines: once its batch is handled, so are theirs.
+        (tmp_path / "marker").write_text("after the audit lines")
+        await wait_until_async(
+            lambda: any("marker" in names for names in handled), what="the marker's batch"
+        )
         assert rig.metric("xds_catalog_reloads_total", result="unchanged") == reads
         # The catalog itself, same content: read (once, or twice when its change is also seen
         # through a batch of the other file's changes), never rebuilt. Saved in one step: an
@@ -169,9 +191,9 @@ def test_other_files_in_the_directory_are_not_read(tmp_path: Path) -> None:
         tmp = tmp_path / "next.tmp"
         tmp.write_text(rig.path.read_text())
         os.replace(tmp, rig.path)
-        await poll(
+        await wait_until_async(
             lambda: rig.metric("xds_catalog_reloads_total", result="unchanged") > reads,
-            "the catalog's own change",
+            what="the catalog's own change",
         )
         assert rig.builds == 1
         stop.set()
@@ -200,7 +222,7 @@ def test_a_configmap_symlink_swap_is_seen(tmp_path: Path) -> None:
         version_dir("..v2", 2000)
         (tmp_path / "..data_tmp").symlink_to("..v2")
         os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
-        await poll(lambda: rig.version() != first, "the swapped catalog")
+        await wait_until_async(lambda: rig.version() != first, what="the swapped catalog")
         stop.set()
         await watcher
 
@@ -221,7 +243,7 @@ def test_a_version_envoy_rejected_is_not_served_again_and_the_next_edit_is(
         bad = rig.version()
         assert good is not None and bad is not None and bad != good.version
         # Envoy rejected it and the fleet went back (what `fleet.Fleet` does).
-        rig.cache.reject(bad, f"version {bad} was rejected by Envoy (node n, clusters): boom")
+        rig.rejected[bad] = f"version {bad} was rejected by Envoy (node n, clusters): boom"
         rig.cache.set(good)
         rig.reloader.rejected_by_envoy(f"version {bad} was rejected by Envoy: boom")
         assert rig.reloader.state.ok is False

@@ -1,25 +1,32 @@
 """The ADS service's loop, with a fake stream and no gRPC: requests and snapshot changes reach
 the stream in order, its responses reach Envoy, and the proxy is registered while connected.
-And the cache's memory of what the whole fleet has ACKed."""
+And the fleet's memory of what every connected proxy has ACKed."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.support.translation import build_snapshot
+from xds_server import typeurls
 from xds_server.cache import SnapshotCache
 from xds_server.catalog import parse_catalog
+from xds_server.fleet import Bounds, Fleet
 from xds_server.metrics import XdsMetrics
+from xds_server.observers import Ack, MetricsObserver, Nack, StreamEvent
 from xds_server.proxies import ProxyRegistry, ProxyStatus
 from xds_server.server import AdsService
 from xds_server.snapshot import Snapshot
 from xds_server.stream_state import Refused
-from xds_server.translate import Options, build_snapshot
+from xds_server.translate import Options
+
+CDS = typeurls.CLUSTER
 
 
 def snap(timeout_ms: int) -> Snapshot:
@@ -63,7 +70,7 @@ def test_requests_and_snapshot_changes_reach_the_stream_and_its_answers_reach_en
     cache = SnapshotCache()
     registry = CollectorRegistry()
     proxies = ProxyRegistry()
-    service = AdsService(cache, proxies, XdsMetrics(registry), logging.getLogger("test"))
+    service = AdsService(cache, proxies, MetricsObserver(XdsMetrics(registry)))
     streams: list[FakeStream] = []
 
     def make(status: ProxyStatus) -> FakeStream:
@@ -96,27 +103,44 @@ def test_requests_and_snapshot_changes_reach_the_stream_and_its_answers_reach_en
     assert registry.get_sample_value("xds_connected_proxies") == 0
 
 
-def test_the_cache_knows_the_newest_version_every_proxy_acked() -> None:
-    cache = SnapshotCache(history=3)
+def test_the_fleet_knows_the_newest_version_every_proxy_acked() -> None:
+    cache = SnapshotCache()
+    fleet = Fleet(
+        cache, XdsMetrics(CollectorRegistry()), logging.getLogger("test"), False, bounds=Bounds(3)
+    )
     first, second, third = snap(1000), snap(2000), snap(3000)
     for s in (first, second, third):
         cache.set(s)
+    streams = itertools.count(1)
+    connected: list[int] = []
+
+    def proxies(*acked: Mapping[str, Collection[str]]) -> Fleet:
+        """The fleet, with one connected proxy per mapping that ACKed those versions."""
+        while connected:
+            fleet.closed(StreamEvent(connected.pop(), "sotw"))
+        for versions in acked:
+            stream = next(streams)
+            connected.append(stream)
+            for type_url, vs in versions.items():
+                for v in vs:
+                    fleet.acked(Ack(stream, "edge", type_url, v))
+        return fleet
 
     def acked(*snapshots: Snapshot) -> dict[str, frozenset[str]]:
         return {t: frozenset(s.versions[t] for s in snapshots) for t in third.versions}
 
-    assert cache.last_acked_by_all([acked(third), acked(second, third)]) is third
-    assert cache.last_acked_by_all([acked(third), acked(second)]) is None  # routes differ
+    assert proxies(acked(third), acked(second, third)).last_acked_by_all() is third
+    assert proxies(acked(third), acked(second)).last_acked_by_all() is None  # routes differ
     lagging = {t: v for t, v in acked(second).items() if not t.endswith("RouteConfiguration")}
     # A proxy that ACKed second's clusters but no routes yet fits second and third alike.
-    assert cache.last_acked_by_all([lagging, acked(first, second)]) is second
+    assert proxies(lagging, acked(first, second)).last_acked_by_all() is second
     # A rejected version is never a target; nor one that `where` excludes.
-    cache.reject(third.version, "rejected by Envoy")
-    assert cache.last_acked_by_all([acked(second, third)]) is second
-    assert cache.last_acked_by_all([acked(first, second)], where=lambda s: s is not second) is first
+    proxies().nacked(Nack("edge", CDS, third.versions[CDS], third.version, "rejected by Envoy"))
+    assert proxies(acked(second, third)).last_acked_by_all() is second
+    assert proxies(acked(first, second)).last_acked_by_all(where=lambda s: s is not second) is first
     cache.set(snap(4000))
     cache.set(snap(5000))
-    assert cache.last_acked_by_all([acked(second)]) is None, "only the last 3 are kept"
+    assert proxies(acked(second)).last_acked_by_all() is None, "only the last 3 are kept"
 
 
 class RefusingContext(FakeContext):
@@ -133,7 +157,7 @@ def test_a_stream_whose_first_request_names_no_node_is_refused_and_listed() -> N
     cache.set(snap(1000))
     registry = CollectorRegistry()
     proxies = ProxyRegistry()
-    service = AdsService(cache, proxies, XdsMetrics(registry), logging.getLogger("test"))
+    service = AdsService(cache, proxies, MetricsObserver(XdsMetrics(registry)))
     context = RefusingContext()
 
     class Anonymous(FakeStream):
@@ -164,7 +188,7 @@ def test_a_stream_that_refuses_a_request_is_ended_counted_and_listed() -> None:
     cache = SnapshotCache()
     registry = CollectorRegistry()
     proxies = ProxyRegistry()
-    service = AdsService(cache, proxies, XdsMetrics(registry), logging.getLogger("test"))
+    service = AdsService(cache, proxies, MetricsObserver(XdsMetrics(registry)))
     context = RefusingContext()
 
     class Greedy(FakeStream):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytest
@@ -14,9 +13,11 @@ from prometheus_client import CollectorRegistry
 from tests.support.snapshots import FakeSource, snap
 from xds_server import typeurls
 from xds_server.metrics import ProxyStates, XdsMetrics
+from xds_server.observers import MetricsObserver
 from xds_server.proxies import ProxyRegistry, ProxyStatus, state_of
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
+from xds_server.wire import Wire
 
 CDS, EDS, LDS, RDS = typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE
 
@@ -52,7 +53,7 @@ class Harness:
         self.status: ProxyStatus = self.registry.open()
         self.metrics = CollectorRegistry()
         self.stream = SotwStream(
-            self.source, self.status, XdsMetrics(self.metrics), logging.getLogger("test")
+            self.source, self.status, MetricsObserver(XdsMetrics(self.metrics)), Wire()
         )
 
     def ask(self, r: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:

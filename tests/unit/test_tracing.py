@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from ext_authz.decision import CheckInput, Decision, Outcome
 from ext_authz.observers import TracingObserver, parse_traceparent
 from sidecar_shared import tracing
+from sidecar_shared.errors import SettingsError
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 ENVOY_SPAN = "00f067aa0ba902b7"
@@ -124,6 +125,6 @@ def test_an_exporter_that_does_not_load_stops_startup_with_the_repair(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(SettingsError) as stopped:
         tracing.tracer_provider("t", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
     assert "pip install --force-reinstall --no-deps opentelemetry-proto==1." in str(stopped.value)

@@ -19,11 +19,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from sidecar_shared.contract import AUTHZ_TRANSPORTS, decode
 from tests.support import authz_config
 from tests.support.catalogs import SAMPLE
+from tests.support.translation import build_snapshot, translate
 from xds_server import typeurls
 from xds_server.catalog import load_catalog, parse_catalog
 from xds_server.resources.common import ObservabilityOptions, TracingOptions
 from xds_server.snapshot import Snapshot
-from xds_server.translate import AuthzOptions, Options, build_snapshot, translate
+from xds_server.translate import AuthzOptions, Options
 
 
 def catalog(*services: dict[str, Any], roles: dict[str, list[str]] | None = None) -> Any:
