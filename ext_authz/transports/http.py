@@ -349,7 +349,8 @@ class HttpTransport:
         return self._port
 
     def start(self) -> None:
-        sock = socket.create_server((self._host, self._port), backlog=1024)
+        # Never SO_REUSEPORT: a second server on this port fails to bind instead of sharing it.
+        sock = socket.create_server((self._host, self._port), backlog=1024, reuse_port=False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._port = sock.getsockname()[1]
         loop = _new_loop()
