@@ -190,6 +190,8 @@ class CheckProtocol(asyncio.Protocol):
         self._queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
         rest: bytes | memoryview = data
         while rest and not self._closing:
             try:
