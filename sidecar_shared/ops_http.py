@@ -67,7 +67,9 @@ async def serve(host: str, port: int, pages: Mapping[str, Handler]) -> asyncio.S
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host, port)
+    # Never SO_REUSEPORT: a second server on this port (ours or anyone's) fails to bind, with
+    # asyncio's OSError naming the address, instead of taking a share of the connections.
+    return await asyncio.start_server(handle, host, port, reuse_port=False)
 
 
 class ThreadedOpsServer:

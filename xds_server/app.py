@@ -106,6 +106,7 @@ def build_server(
 
     server = grpc.aio.server(
         options=[
+            *grpc_ports.EXCLUSIVE,
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),

@@ -106,7 +106,7 @@ class GrpcTransport:
         self.address = f"{host}:{port}"
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check"),
-            options=[("grpc.so_reuseport", 0)],
+            options=grpc_ports.EXCLUSIVE,
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
             AuthorizationService(authorizer, traced), self._server

@@ -9,7 +9,10 @@ copy a client sent). ext_authz answers 200 to allow, with the identity headers (
 `REMOVE_HEADERS_HEADER`, and the rate-limit headers for the client; any other status is the
 denial the client gets, with its headers and JSON body.
 
-The server: HTTP/1.1 keep-alive; pipelined requests are answered in order; a request is at
+The server: HTTP/1.1 keep-alive; pipelined requests are answered in order; a request's
+`Connection: Upgrade` and `Upgrade` (Envoy forwards a websocket request's) are headers of the
+check like any other: it is answered once and the connection stays open (it closes after the
+answer when bytes follow the upgrade request's head: a declared body, a CONNECT); a request is at
 most `max_request_bytes` (request line, headers and any body) and `max_headers` headers (431
 above, then the connection is closed); anything that does not parse is a 400 with a JSON body,
 then the connection is closed; a request still incomplete `REQUEST_TIMEOUT_S` after it began
@@ -189,11 +192,18 @@ class CheckProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        try:
-            self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as err:
-            # httptools wraps what a callback raised
-            self._fail(TOO_LARGE if isinstance(err.__context__, _TooLarge) else BAD_REQUEST)
+        rest: bytes | memoryview = data
+        while rest and not self._closing:
+            try:
+                self._parser.feed_data(rest)
+                rest = b""
+            except httptools.HttpParserUpgrade as upgrade:
+                # `Upgrade` is data of the check: `on_message_complete` has answered the request
+                # already, and the parser, resumed, reads what follows as the next request.
+                rest = memoryview(rest)[upgrade.args[0] :]
+            except httptools.HttpParserError as err:
+                # httptools wraps what a callback raised
+                self._fail(TOO_LARGE if isinstance(err.__context__, _TooLarge) else BAD_REQUEST)
         self._flush()
 
     # httptools callbacks
@@ -236,14 +246,20 @@ class CheckProtocol(asyncio.Protocol):
         url = self._url
         if url.startswith(_PREFIX):
             url = url[len(_PREFIX) :] or b"/"
+        method = self._parser.get_method().decode("latin-1")
         request = CheckInput(
-            method=self._parser.get_method().decode("latin-1"),
+            method=method,
             path=url.decode("latin-1"),
             headers=headers,
             context={POLICY_KEY: policy},
             client_ip=client_peer(headers),
         )
         keep_alive = self._parser.should_keep_alive()
+        if keep_alive and self._parser.should_upgrade() and _streams_after(method, headers):
+            # The parser hands what follows an upgrade request's head over as the upgraded
+            # stream: a body or tunnel that cannot be told from a next request. The answer is
+            # the last on this connection.
+            keep_alive = False
         self._size = 0
         result = self._authorizer.check_or_defer(request)
         if isinstance(result, Outcome):
@@ -303,6 +319,12 @@ class CheckProtocol(asyncio.Protocol):
         self._flush()
 
 
+def _streams_after(method: str, headers: dict[str, str]) -> bool:
+    """Whether bytes of this request follow its head (a declared body, or CONNECT's tunnel)."""
+    declared = headers.get("content-length", "0").strip() not in ("", "0")
+    return method == "CONNECT" or declared or "transfer-encoding" in headers
+
+
 def time_out_stalled(
     connections: set[CheckProtocol], now: int, timeout_s: int = REQUEST_TIMEOUT_S
 ) -> None:
@@ -349,7 +371,8 @@ class HttpTransport:
         return self._port
 
     def start(self) -> None:
-        sock = socket.create_server((self._host, self._port), backlog=1024)
+        # Never SO_REUSEPORT: a second server on this port fails to bind instead of sharing it.
+        sock = socket.create_server((self._host, self._port), backlog=1024, reuse_port=False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._port = sock.getsockname()[1]
         loop = _new_loop()

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from sidecar_shared.contract import AUTHZ_CLUSTER
 from tests.support import envoy_upstream, stack, tokens, wait, websocket
 from tests.support.gateway import Gateway, gateway, guarded, public
 from tests.support.grpc_upstream import GrpcUpstream, call
@@ -127,6 +128,28 @@ def test_a_websocket_upgrade_passes_where_the_catalog_allows_it(
     assert websocket.exchange(port, "/ws/chat", "hello").status == 401
     assert websocket.exchange(port, "/plain/chat", "hello", tokens.bearer()).status == 403
     assert plain.count() == 0
+
+
+def test_checks_of_websocket_upgrades_are_answered_once_on_kept_connections(
+    sockets: tuple[Gateway, Upstream, Upstream],
+) -> None:
+    # Envoy forwards the client's Connection: Upgrade and Upgrade to the HTTP check.
+    gw, _, _ = sockets
+    workers = gw.stats("server.concurrency")["server.concurrency"]
+    checks = workers + 4  # more checks than Envoy has connection pools to ext_authz
+    port = gw.envoy.listener_port
+    for i in range(checks):
+        assert websocket.exchange(port, "/ws/chat", f"m{i}", tokens.bearer()).reply == f"m{i}"
+    assert websocket.exchange(port, "/ws/chat", "hello").status == 401
+    prefix = f"cluster.{AUTHZ_CLUSTER}."
+    wait.wait_until(
+        lambda: gw.stats(prefix).get(prefix + "upstream_rq_total", 0) > checks,
+        what="the checks counted",
+    )
+    stats = gw.stats(prefix)
+    assert stats[prefix + "upstream_cx_protocol_error"] == 0
+    assert stats[prefix + "upstream_cx_destroy"] == 0  # every connection kept
+    assert stats[prefix + "upstream_cx_total"] <= workers  # and reused
 
 
 def test_an_http2_service_is_reached_over_http2_only_when_the_catalog_says_so(

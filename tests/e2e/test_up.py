@@ -273,6 +273,38 @@ def test_up_fails_with_envoys_reason_when_the_listener_port_is_taken(tmp_path: P
     assert "curl" not in result.stdout
 
 
+def test_a_second_up_on_the_same_listener_port_refuses_to_start_and_the_first_keeps_the_traffic(
+    up: Up, tmp_path: Path
+) -> None:
+    # Another stack: its own servers, catalog key and ports, but the first one's listener port.
+    env = {**up_env(up.port, ports.free_port()), "SIDECAR_JWT_SECRET": "another-stacks-key-" * 3}
+    log = tmp_path / "second.log"
+    with admin_load(up) as load:
+        wait.wait_until(lambda: len(load.statuses) >= 5, what="traffic flowing")
+        with log.open("w") as err:
+            second = subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "up", "--catalog", str(SAMPLE)],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=env,
+            )
+        try:
+            wait.wait_until(lambda: second.poll() is not None, timeout=45, what="it to give up")
+        finally:
+            if second.poll() is None:
+                second.send_signal(signal.SIGTERM)
+            out, _ = second.communicate(timeout=20)
+        mark = len(load.statuses)
+        wait.wait_until(lambda: len(load.statuses) >= mark + 5, what="traffic after it")
+    said = [line for line in log.read_text().splitlines() if line.startswith("sidecar up: ")]
+    assert second.returncode == 1, log.read_text()
+    assert "curl" not in out
+    assert len(said) == 1 and f":{up.port}" in said[0], said
+    # Every request reached the first stack's Envoy and ext_authz: none met the other key.
+    assert set(load.statuses) == {200}, load.statuses
+
+
 def run_up(catalog: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`sidecar up` expected to refuse to start."""
     return subprocess.run(

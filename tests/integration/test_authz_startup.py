@@ -1,8 +1,8 @@
 """ext-authz that cannot start says why and leaves nothing behind: an address already in use is
-named in one line on stderr (no traceback) and the exit status is 1; what `app.run` opened before
-the failure (the audit file, the Redis client, the servers already listening, their threads) is
-released through its ExitStack. Two secrets at once are refused the same way by the server and
-by `sidecar token`."""
+named in one line on stderr (no traceback) and the exit status is 1, whether what holds it lets
+others share the port or not; what `app.run` opened before the failure (the audit file, the
+Redis client, the servers already listening, their threads) is released through its ExitStack.
+Two secrets at once are refused the same way by the server and by `sidecar token`."""
 
 from __future__ import annotations
 
@@ -62,9 +62,12 @@ def open_files() -> set[str]:
     return found
 
 
+@pytest.mark.parametrize("holder", ports.HOLDERS)
 @pytest.mark.parametrize("flag", PORT_FLAGS)
-def test_a_port_already_in_use_is_a_start_up_error_naming_the_address(flag: str) -> None:
-    with ports.taken_port() as port:
+def test_a_port_already_in_use_is_a_start_up_error_naming_the_address(
+    flag: str, holder: str
+) -> None:
+    with ports.taken_port(holder) as port:
         result = stack.run_authz_to_exit(SECRET, *listen_args(flag, port))
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr

@@ -24,10 +24,17 @@ def free_port() -> int:
             return port
 
 
+HOLDERS = ("plain", "sharing")  # what `taken_port` may hold a port with
+
+
 @contextmanager
-def taken_port() -> Iterator[int]:
-    """A loopback port something else is listening on, for as long as the block runs."""
+def taken_port(holder: str = "plain") -> Iterator[int]:
+    """A loopback port something else is listening on, for as long as the block runs. A
+    "sharing" holder sets SO_REUSEPORT, as a second copy of a server that sets it does: a
+    server that set it too would bind the same port without an error."""
     with socket.socket() as sock:
+        if holder == "sharing":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield int(sock.getsockname()[1])

@@ -28,7 +28,7 @@ from tests.support.translation import build_snapshot
 from tests.support.wait import wait_until
 from xds_server import typeurls
 from xds_server.catalog import load_catalog
-from xds_server.resources.common import ROUTE_CONFIG_NAME
+from xds_server.resources.common import LISTENER_NAME, ROUTE_CONFIG_NAME
 from xds_server.snapshot import Snapshot
 from xds_server.translate import Options
 
@@ -138,11 +138,18 @@ def start_xds(
     args: list[str] | None = None,
     env: Mapping[str, str] | None = None,
     transport: str = defaults.AUTHZ_TRANSPORT,
+    fleet: bool = False,
 ) -> XdsServer:
     """The xDS server (or `module`, run with the same flags) on `ports` (gRPC, HTTP, Envoy's
     listener), by default new ones, with more flags in `args` and variables in `env`,
-    configuring Envoy to call ext_authz over `transport`."""
+    configuring Envoy to call ext_authz over `transport`.
+
+    `fleet`: for several Envoys on this host at once. Envoy's listener port is its alone, so
+    they cannot share one: the listener's port is 0 and each Envoy binds one the OS chooses
+    (`start_envoy` reads it from the Envoy's admin)."""
     port, http_port, listener_port = ports or (free_port(), free_port(), free_port())
+    if fleet:
+        listener_port = 0
     argv = commands.xds_server(
         *("--catalog", str(catalog)),
         *("--xds-host", "127.0.0.1", "--xds-port", str(port)),
@@ -269,8 +276,9 @@ def start_envoy(
     args: list[str] | None = None,
 ) -> Envoy:
     """Envoy fed by `xds`, calling `authz` (or whatever listens on `authz_port`) over the
-    transport `xds` configures; with `wait`, returned once Envoy says it is ready; `args` are
-    more command-line flags."""
+    transport `xds` configures; with `wait`, returned once Envoy says it is ready (and, under a
+    `fleet` xDS server, once its listener is bound: `listener_port` is the port it chose, and 0
+    without `wait`); `args` are more command-line flags."""
     if authz_port is None:
         authz_port = authz.port_for(xds.transport) if authz is not None else free_port()
     admin_port = free_port()
@@ -301,7 +309,23 @@ def start_envoy(
         return resp is not None and resp.status == 200
 
     wait_until(ready, timeout=20, what="Envoy to be ready")
+    if envoy.listener_port == 0:
+        envoy.listener_port = wait_until(
+            lambda: bound_port(admin_port), timeout=20, what="Envoy's listener bound"
+        )
     return envoy
+
+
+def bound_port(admin_port: int) -> int | None:
+    """The port Envoy's listener is bound to, from its admin; None before it is."""
+    resp = try_get(f"http://127.0.0.1:{admin_port}/listeners?format=json")
+    if resp is None or resp.status != 200:
+        return None
+    for listener in resp.json().get("listener_statuses", []):
+        if listener.get("name") == LISTENER_NAME:
+            port = int(listener["local_address"]["socket_address"].get("port_value", 0))
+            return port or None
+    return None
 
 
 def run_authz_to_exit(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -166,6 +166,35 @@ def test_connection_close_is_honoured_after_the_answer() -> None:
     assert transport.closed
 
 
+def test_an_upgrade_request_is_a_check_answered_once_on_a_connection_kept_open() -> None:
+    # Envoy forwards a websocket request's Connection and Upgrade headers to the check.
+    authorizer, _, _ = wired()
+    protocol, transport = connect(authorizer)
+    upgrade = {"connection": "Upgrade", "upgrade": "websocket"}
+    protocol.data_received(check("alice", **upgrade) + check("bob", **upgrade))
+    protocol.data_received(check("carol"))
+    answers = responses(transport.written)
+    assert [(status, headers["x-user-id"]) for status, headers, _ in answers] == [
+        (200, "alice"),
+        (200, "bob"),
+        (200, "carol"),
+    ]
+    assert all("connection" not in headers for _, headers, _ in answers)
+    assert not transport.closed
+
+
+def test_an_upgrade_request_with_a_body_is_answered_once_then_the_connection_closes() -> None:
+    # The parser hands what follows an upgrade's headers over as the upgraded stream: the body
+    # cannot be told from a next request, so the connection ends after the one answer.
+    authorizer, _, _ = wired()
+    protocol, transport = connect(authorizer)
+    raw = check("alice", connection="Upgrade", upgrade="websocket", **{"content-length": "5"})
+    protocol.data_received(raw + b"hello")
+    ((status, headers, _),) = responses(transport.written)
+    assert (status, headers["x-user-id"], headers["connection"]) == (200, "alice", "close")
+    assert transport.closed
+
+
 class SlowFirst:
     """An asynchronous limiter whose answer for `slow` arrives after the others'."""
 

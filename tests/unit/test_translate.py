@@ -183,6 +183,14 @@ def test_the_listener_binds_the_configured_port() -> None:
     assert (address.address, address.port_value) == ("127.0.0.1", 12345)
 
 
+def test_the_listener_port_is_envoys_alone() -> None:
+    # Unset, Envoy sets SO_REUSEPORT on Linux and a second Envoy would share the port.
+    snap = build_snapshot(catalog(svc("a", "/a")), Options())
+    (res,) = snap.resources[typeurls.LISTENER].values()
+    assert res.message.HasField("enable_reuse_port")
+    assert res.message.enable_reuse_port.value is False
+
+
 def test_same_catalog_gives_byte_identical_resources_and_version() -> None:
     one = build_snapshot(load_catalog(SAMPLE), Options())
     two = build_snapshot(load_catalog(SAMPLE), Options())

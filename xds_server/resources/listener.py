@@ -150,6 +150,13 @@ def listener(catalog: Catalog, options: Options) -> listener_pb2.Listener:
         manager.tracing.CopyFrom(observability.tracing(options.observability.tracing))
     return listener_pb2.Listener(
         name=LISTENER_NAME,
+        # The port is this Envoy's alone. Left unset, Envoy sets SO_REUSEPORT on Linux and a
+        # second Envoy (or any process of the same user that sets it) binds the same port
+        # without an error and takes a share of the connections; with it off, that bind fails
+        # (Envoy NACKs the listener: "cannot bind ...: Address already in use"). Envoy refuses
+        # to change this on a live listener ("reuse port cannot be changed during an update"),
+        # and a hot restart hands the old process's socket on as it is, options included.
+        enable_reuse_port=wrappers_pb2.BoolValue(value=False),
         per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(
             value=options.edge.connection_buffer_bytes
         ),
