@@ -43,8 +43,7 @@ from ext_authz.limits import (
     user_key,
 )
 from ext_authz.policy import Verdict, authorize
-from ext_authz.ratelimit import AsyncLimiter, Limiter
-from ext_authz.ratelimit import Decision as LimitDecision
+from ext_authz.ratelimit import AsyncLimiter, LimitDecision, Limiter
 from ext_authz.tokens import Identity, TokenError, TokenVerifier
 from sidecar_shared import defaults
 from sidecar_shared.bounded import BoundedMap

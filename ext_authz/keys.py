@@ -40,6 +40,7 @@ import jwt
 
 from ext_authz.metrics import KeyMetrics
 from sidecar_shared import defaults
+from sidecar_shared.outage import Outage
 
 KID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MIN_SECRET_BYTES = 32
@@ -235,12 +236,6 @@ def _same_jwks(a: Mapping[str, Jwk], b: Mapping[str, Jwk]) -> bool:
     return {k: v.raw for k, v in a.items()} == {k: v.raw for k, v in b.items()}
 
 
-@dataclass
-class _Outage:
-    since: float
-    failures: int = 1
-
-
 class KeySource:
     def __init__(
         self,
@@ -303,7 +298,7 @@ class KeySource:
                 self._count_failure()
                 raise
         self._keys = KeySet(secret, jwks)
-        self._failing: dict[str, _Outage] = {}
+        self._outages: dict[str, Outage] = {}  # by source
         self._asked_kid: str | None = None
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -384,25 +379,25 @@ class KeySource:
         try:
             value = load()
         except KeyConfigError as err:
-            outage = self._failing.get(source)
-            if outage is not None:
-                outage.failures += 1
-                return None
-            self._failing[source] = _Outage(self._clock())
-            self._log.error(
-                "cannot reload verification keys; the last good ones stay in use",
-                extra={"fields": {"source": source, "error": str(err)}},
-            )
+            outage = self._outages.get(source)
+            if outage is None:
+                outage = self._outages[source] = Outage(self._clock)
+            if outage.failed():
+                self._log.error(
+                    "cannot reload verification keys; the last good ones stay in use",
+                    extra={"fields": {"source": source, "error": str(err)}},
+                )
             return None
-        outage = self._failing.pop(source, None)
-        if outage is not None:
+        outage = self._outages.get(source)
+        ended = outage.succeeded() if outage is not None else None
+        if ended is not None:
             self._log.warning(
                 "verification keys readable again",
                 extra={
                     "fields": {
                         "source": source,
-                        "failures": outage.failures,
-                        "outage_s": round(self._clock() - outage.since, 3),
+                        "failures": ended.failures,
+                        "outage_s": round(ended.duration_s, 3),
                     }
                 },
             )

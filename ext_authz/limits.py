@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from ext_authz.ratelimit import Decision, Limit
+from ext_authz.ratelimit import Limit, LimitDecision
 
 HeaderStyle = Literal["draft", "legacy"]
 Headers = tuple[tuple[str, str], ...]
@@ -44,7 +44,7 @@ def address_key(service: str, address: str) -> str:
     return f"{len(service)}:{service}|ip|{len(address)}:{address}"
 
 
-def rate_headers(name: str, limit: Limit, decision: Decision, style: HeaderStyle) -> Headers:
+def rate_headers(name: str, limit: Limit, decision: LimitDecision, style: HeaderStyle) -> Headers:
     remaining = max(0, decision.remaining - limit.burst)
     if style == "legacy":
         out: tuple[tuple[str, str], ...] = (

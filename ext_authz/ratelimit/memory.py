@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 
-from ext_authz.ratelimit.base import DEFAULT_CLOCK, Clock, Decision, Limit
+from ext_authz.ratelimit.base import DEFAULT_CLOCK, Clock, Limit, LimitDecision
 from ext_authz.ratelimit.window import decide, oldest_counted, prune, to_ms
 from sidecar_shared.bounded import BoundedMap
 
@@ -41,7 +41,7 @@ class MemoryLimiter:
         with self._lock:
             return len(self._state)
 
-    def hit(self, key: str, limit: Limit) -> Decision:
+    def hit(self, key: str, limit: Limit) -> LimitDecision:
         """Count one request for ``key`` if allowed (see :func:`window.decide`)."""
         state_key = (key, limit.window_s)
         with self._lock:

@@ -7,7 +7,7 @@ from collections import defaultdict
 import pytest
 from hypothesis import given, settings
 
-from ext_authz.ratelimit import Decision, Limit
+from ext_authz.ratelimit import Limit, LimitDecision
 from ext_authz.ratelimit.window import decide, is_idle, prune, to_ms
 from tests.support.ratelimit_model import (
     N,
@@ -19,7 +19,7 @@ from tests.support.ratelimit_model import (
 )
 
 
-def replay_pure(scenario: Scenario) -> list[tuple[str, Limit, int, Decision]]:
+def replay_pure(scenario: Scenario) -> list[tuple[str, Limit, int, LimitDecision]]:
     """Run the scenario through window.decide/prune on plain dicts."""
     store: dict[tuple[str, int], dict[int, int]] = defaultdict(dict)
     out = []
@@ -61,7 +61,7 @@ def test_a_request_is_denied_only_if_capacity_was_used_within_one_window_plus_on
             assert len(recent) >= limit.capacity
 
 
-def run(times_ms: list[int], limit: Limit) -> list[Decision]:
+def run(times_ms: list[int], limit: Limit) -> list[LimitDecision]:
     buckets: dict[int, int] = {}
     out = []
     for t in times_ms:
