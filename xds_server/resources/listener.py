@@ -31,7 +31,6 @@ from sidecar_shared.contract import (
 from xds_server.catalog import Catalog
 from xds_server.resources import observability
 from xds_server.resources.authz import filter_config as authz_filter_config
-from xds_server.resources.cache import cache_filters
 from xds_server.resources.common import (
     ADS_SOURCE,
     AUTHZ_FILTER,
@@ -46,6 +45,7 @@ from xds_server.resources.common import (
     pack,
     set_ms,
 )
+from xds_server.resources.http_cache import cache_filters
 from xds_server.resources.retries import needs_retry_filter, retry_filter
 from xds_server.resources.routes import needs_body_limit, needs_cache_filter
 
