@@ -106,6 +106,7 @@ def build_authorizer(
     BackendConfigError when the rate-limit backend cannot."""
     metrics = AuthzMetrics(registry)
     keys = KeySource(settings.keys, log, metrics=KeyMetrics(registry))
+    keys.load()
     keys.start()
     stack.callback(keys.stop)
     backend = make_backend(settings, stack)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from ext_authz import app, settings
 from ext_authz.keys import KeyConfigError
 from ext_authz.ratelimit import BackendConfigError
+from sidecar_shared.errors import SettingsError
 from sidecar_shared.jsonlog import make_logger
 
 
@@ -18,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = make_logger("ext_authz")
     try:
         conf = settings.parse(argv)
-    except settings.SettingsError as err:
+    except SettingsError as err:
         return _cannot_start(log, err)
     log.setLevel(conf.log_level.upper())
     stop = threading.Event()
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         app.run(conf, log, stop)
-    except (KeyConfigError, BackendConfigError, OSError) as err:
+    except (SettingsError, KeyConfigError, BackendConfigError, OSError) as err:
         return _cannot_start(log, err)
     return 0
 

@@ -19,11 +19,8 @@ from ext_authz.core import GuardSettings, LimitSettings
 from ext_authz.keys import KeySettings
 from ext_authz.tokens import ClaimNames, VerifierSettings
 from sidecar_shared import defaults
+from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, add_switch
-
-
-class SettingsError(Exception):
-    """A setting has a value that cannot work."""
 
 
 @dataclass(frozen=True)
