@@ -79,12 +79,6 @@ def prune(buckets: MutableMapping[int, int], now_ms: int, window_s: int) -> None
         del buckets[idx]
 
 
-def is_idle(buckets: Mapping[int, int], now_ms: int, window_s: int) -> bool:
-    """True if no non-empty bucket is at or above ``b(now) - N`` (the state can be dropped)."""
-    lo = now_ms // (window_s * 1000 // N_BUCKETS) - N_BUCKETS  # oldest_counted, inlined
-    return all(idx < lo or count <= 0 for idx, count in buckets.items())
-
-
 def _ceil_s(ms: int) -> int:
     return max(0, -(-ms // 1000))
 
