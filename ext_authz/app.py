@@ -151,8 +151,8 @@ def _backend_note(settings: AuthzSettings, limiter: GuardedLimiter) -> str | Non
 
 
 def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> None:
-    """Serve until `stop` is set. Raises KeyConfigError, BackendConfigError or OSError when it
-    cannot start."""
+    """Serve until `stop` is set. Raises SettingsError (tracing), KeyConfigError,
+    BackendConfigError or OSError when it cannot start."""
     with contextlib.ExitStack() as stack:
         registry = CollectorRegistry()
         provider = tracing.tracer_provider("ext-authz", os.environ)

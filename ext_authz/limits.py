@@ -35,7 +35,7 @@ def client_address(headers: Mapping[str, str], peer: str, trusted_hops: int) -> 
 
 def user_key(service: str, tenant: str | None, user: str) -> str:
     """Each part is length-prefixed, so no two (service, tenant, user) share a key whatever
-    characters they hold (`a|b`,`c` and `a`,`b|c` once did). The same key in memory and Redis."""
+    characters they hold (`a|b`,`c` and `a`,`b|c` differ). The same key in memory and Redis."""
     tenant = tenant or ""
     return f"{len(service)}:{service}|u|{len(tenant)}:{tenant}|{len(user)}:{user}"
 

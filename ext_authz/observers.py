@@ -1,5 +1,5 @@
-"""The side effects of a decision, one observer each: Prometheus metrics and the audit line.
-Tracing will be one more. The core calls every observer once per check.
+"""The side effects of a decision, one observer each: Prometheus metrics, the audit line, and
+tracing spans. The core calls every observer once per check.
 
 The audit log cannot be turned into a disk filler: every field a client chooses is cut to
 `AUDIT_MAX_FIELD_CHARS`, a trace id is kept only when it is a valid W3C or B3 id, and denials

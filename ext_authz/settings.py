@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     def flag(name: str, default: object, help: str, type: type = str) -> None:
         add_flag(parser, name, default=default, help=help, type=type, environ=environ)
 
-    flag("authz-host", defaults.AUTHZ_HOST, "gRPC address")
+    flag("authz-host", defaults.AUTHZ_HOST, "address of the gRPC and HTTP check servers")
     flag("authz-port", defaults.AUTHZ_PORT, "gRPC port (Check and health)", int)
     flag(
         "authz-http-check-port",

@@ -2,9 +2,9 @@
 
 Memory is bounded two ways: an LRU capped at ``max_keys`` entries (the least recently used key
 is evicted, which forgets its usage), and idle keys (no bucket left in the counted range) are
-dropped, lazily when touched and by a sweep on every call of up to ``sweep_per_call`` least
-recently used entries, which stops at the first that still counts (bounded work per call; in
-the steady state one look).
+dropped by a sweep on every call of up to ``sweep_per_call`` least recently used entries, which
+stops at the first that still counts (bounded work per call; in the steady state one look). A
+key's buckets that can no longer count are pruned when it opens a new one.
 """
 
 from __future__ import annotations
