@@ -27,31 +27,29 @@ class Outage:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._since: float | None = None
+        # True from the first failure of an outage until the success that ends it. Read it,
+        # never set it: a plain attribute, because owners read it on every call they guard.
+        self.ongoing = False
+        self._since = 0.0
         self._failures = 0
-
-    @property
-    def ongoing(self) -> bool:
-        """True from the first failure of an outage until the success that ends it."""
-        return self._since is not None
 
     def failed(self) -> bool:
         """Count a failure; True when it begins an outage (the one failure to log)."""
         with self._lock:
             self._failures += 1
-            if self._since is not None:
+            if self.ongoing:
                 return False
-            self._since = self._clock()
+            self.ongoing, self._since = True, self._clock()
             return True
 
     def succeeded(self) -> OutageEnded | None:
         """Note a success: the outage it ends, or None when none was on (the common case,
         answered without taking the lock)."""
-        if self._since is None:
+        if not self.ongoing:
             return None
         with self._lock:
-            since, failures = self._since, self._failures
-            if since is None:  # another thread's success ended it first
+            if not self.ongoing:  # another thread's success ended it first
                 return None
-            self._since, self._failures = None, 0
+            since, failures = self._since, self._failures
+            self.ongoing, self._failures = False, 0
         return OutageEnded(failures, self._clock() - since)

@@ -59,7 +59,8 @@ class GuardedLimiter:
             decision = self._backend.hit(key, limit)
         except LimiterUnavailable as e:
             return self.fallback(e, limit)
-        self.succeeded()
+        if self._outage.ongoing:
+            self.succeeded()
         return decision
 
     def report_unavailable(self, error: str) -> None:
@@ -80,7 +81,7 @@ class GuardedLimiter:
 
     def succeeded(self) -> None:
         """Note that the backend answered: the outage, if one is on, ends now."""
-        if self._outage.succeeded() is not None:
+        if self._outage.ongoing and self._outage.succeeded() is not None:
             self._log.warning(
                 "rate limiter recovered", extra={"fields": {"event": "ratelimit_recovered"}}
             )
