@@ -151,3 +151,16 @@ def test_the_refresher_wakes_about_once_per_interval_and_never_spins(
     # Four refreshes (the secret and the JWKS may fall due apart) took at least an interval:
     # the loop waited between them. A spinning loop makes them microseconds apart.
     assert calls[3] - calls[0] >= 0.05 * 0.9
+
+
+def test_a_key_source_reads_nothing_until_it_is_loaded(tmp_path: Path) -> None:
+    # Construction only checks the settings; the fetch (and its refusal) is load()'s.
+    missing = tmp_path / "not-yet.json"
+    keys = KeySource(KeySettings(jwks=str(missing)), logging.getLogger(LOG))
+    assert keys.current().jwks == {} and keys.current().secret is None
+    with pytest.raises(RuntimeError, match="before load"):
+        keys.start()
+    with pytest.raises(KeyConfigError, match="cannot load JWKS"):
+        keys.load()
+    loaded = KeySource(KeySettings(jwks=str(write_jwks(tmp_path / "jwks.json", rsa_key()))))
+    assert loaded.load() is loaded.current() and len(loaded.current().jwks) == 1
