@@ -65,8 +65,10 @@ def verifier(env: dict[str, str]) -> tuple[TokenVerifier, ClaimExtractor]:
     )
     log = logging.getLogger("bench")
     log.disabled = True
+    keys = KeySource(conf.keys, log)
+    keys.load()
     return (
-        TokenVerifier(conf.verifier, KeySource(conf.keys, log), log=log),
+        TokenVerifier(conf.verifier, keys, log=log),
         ClaimExtractor(conf.verifier.claims.mapping(), log),
     )
 

@@ -99,12 +99,14 @@ def build_authorizer(
     registry: CollectorRegistry,
     stack: contextlib.ExitStack,
     observers: Sequence[DecisionObserver] = (),
-) -> Authorizer:
+) -> tuple[Authorizer, GuardedLimiter]:
     """The decision core with its keys (refreshed in the background), limiter, metrics and
-    audit, then `observers` (tracing). Raises KeyConfigError when the keys cannot be used,
+    audit, then `observers` (tracing); and its guarded limiter, whose `available` says whether
+    the rate-limit backend answers. Raises KeyConfigError when the keys cannot be used,
     BackendConfigError when the rate-limit backend cannot."""
     metrics = AuthzMetrics(registry)
     keys = KeySource(settings.keys, log, metrics=KeyMetrics(registry))
+    keys.load()
     keys.start()
     stack.callback(keys.stop)
     backend = make_backend(settings, stack)
@@ -123,7 +125,7 @@ def build_authorizer(
     audit = AuditLog(_audit_stream(settings, stack), settings.audit_allow_sample)
     audit.start()
     stack.callback(audit.close)
-    return Authorizer(
+    authorizer = Authorizer(
         verifier,
         limiter,
         [
@@ -136,20 +138,21 @@ def build_authorizer(
         guard=settings.guard,
         async_limiter=GuardedAsyncLimiter(backend.async_, limiter) if backend.async_ else None,
     )
+    return authorizer, limiter
 
 
-def _backend_note(settings: AuthzSettings, registry: CollectorRegistry) -> str | None:
+def _backend_note(settings: AuthzSettings, limiter: GuardedLimiter) -> str | None:
     """What /ready adds while the rate-limit backend is unavailable (checks go on meanwhile,
     under the failure policy)."""
-    if registry.get_sample_value("ext_authz_rate_limit_backend_available") != 0:
+    if limiter.available:
         return None
     policy = "open" if settings.rate_limit_fail_open else "closed"
     return f"rate-limit backend unavailable: failing {policy} until it answers"
 
 
 def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> None:
-    """Serve until `stop` is set. Raises KeyConfigError, BackendConfigError or OSError when it
-    cannot start."""
+    """Serve until `stop` is set. Raises SettingsError (tracing), KeyConfigError,
+    BackendConfigError or OSError when it cannot start."""
     with contextlib.ExitStack() as stack:
         registry = CollectorRegistry()
         provider = tracing.tracer_provider("ext-authz", os.environ)
@@ -157,7 +160,7 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
         if provider is not None:
             stack.callback(provider.shutdown)
             observers.append(TracingObserver(provider.get_tracer("ext_authz")))
-        authorizer = build_authorizer(settings, log, registry, stack, observers)
+        authorizer, limiter = build_authorizer(settings, log, registry, stack, observers)
         traced = provider is not None
         transports: list[Transport] = [
             GrpcTransport(authorizer, settings.host, settings.port, settings.workers, traced),
@@ -176,7 +179,7 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
                 "/metrics": ops_http.metrics_page(registry),
                 "/ready": ops_http.ready_page(
                     lambda: None if serving.is_set() else "not serving checks yet",
-                    lambda: _backend_note(settings, registry),
+                    lambda: _backend_note(settings, limiter),
                 ),
             },
         )

@@ -13,8 +13,9 @@ the number of addresses.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
+
+from sidecar_shared.bounded import BoundedMap
 
 
 class FailureBudget:
@@ -24,9 +25,8 @@ class FailureBudget:
         self._limit = limit
         self._window_s = window_s
         self._clock = clock
-        self._max_keys = max_keys
         # address -> (window index, failures in it)
-        self._failures: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._failures: BoundedMap[str, tuple[int, int]] = BoundedMap(max_keys)
         self._lock = threading.Lock()
 
     def blocked(self, address: str) -> int:
@@ -48,10 +48,8 @@ class FailureBudget:
             return
         window = int(self._clock() // self._window_s)
         with self._lock:
-            seen, count = self._failures.pop(address, (window, 0))
+            seen, count = self._failures.get(address, (window, 0))
             self._failures[address] = (window, count + 1 if seen == window else 1)
-            if len(self._failures) > self._max_keys:
-                self._failures.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._failures)

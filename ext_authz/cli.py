@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = make_logger("ext_authz")
     try:
         conf = settings.parse(argv)
-    except settings.SettingsError as err:
+    except SettingsError as err:
         return _cannot_start(log, err)
     log.setLevel(conf.log_level.upper())
     stop = threading.Event()

@@ -30,7 +30,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -44,10 +43,10 @@ from ext_authz.limits import (
     user_key,
 )
 from ext_authz.policy import Verdict, authorize
-from ext_authz.ratelimit import AsyncLimiter, Limiter
-from ext_authz.ratelimit import Decision as LimitDecision
+from ext_authz.ratelimit import AsyncLimiter, LimitDecision, Limiter
 from ext_authz.tokens import Identity, TokenError, TokenVerifier
 from sidecar_shared import defaults
+from sidecar_shared.bounded import BoundedMap
 from sidecar_shared.contract import (
     IDENTITY_HEADERS,
     METHOD_OVERRIDE_HEADERS,
@@ -113,11 +112,11 @@ def denial(
 
 
 class PolicyCache:
-    """Decoded route policies by their wire string: a route's policy is parsed once."""
+    """Decoded route policies by their wire string: a route's policy is parsed once. At most
+    `size` are kept (the first stored goes first)."""
 
     def __init__(self, size: int = 4096) -> None:
-        self._size = size
-        self._items: OrderedDict[str, RoutePolicy] = OrderedDict()
+        self._items: BoundedMap[str, RoutePolicy] = BoundedMap(size)
         self._lock = threading.Lock()
 
     def get(self, text: str) -> RoutePolicy:
@@ -127,8 +126,6 @@ class PolicyCache:
         policy = decode(text)
         with self._lock:
             self._items[text] = policy
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
         return policy
 
 

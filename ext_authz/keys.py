@@ -1,8 +1,9 @@
 """Verification keys and their rotation: the HMAC secret (given, or read from a file) and the
 JWKS (a file, an https URL, or the `jwks_uri` an issuer's OpenID configuration names).
 
-`KeySource` loads every configured source once at start (raising `KeyConfigError` when a key
-cannot be used: startup refuses to continue), then keeps them current from a background thread:
+`KeySource(settings)` only checks that the settings fit together; its `load()` reads every
+configured source once at start (raising `KeyConfigError` when a key cannot be used: startup
+refuses to continue), and `start()` then keeps them current from a background thread:
 the secret file every `refresh_s` when it changes; the JWKS every `refresh_s`, sooner when its
 server answers with a shorter `Cache-Control: max-age` (never sooner than `refresh_min_s`), and
 soon after a token names an unknown `kid` (at most every `refresh_min_s`). Nothing here ever runs
@@ -40,6 +41,7 @@ import jwt
 
 from ext_authz.metrics import KeyMetrics
 from sidecar_shared import defaults
+from sidecar_shared.outage import Outage
 
 KID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MIN_SECRET_BYTES = 32
@@ -235,12 +237,6 @@ def _same_jwks(a: Mapping[str, Jwk], b: Mapping[str, Jwk]) -> bool:
     return {k: v.raw for k, v in a.items()} == {k: v.raw for k, v in b.items()}
 
 
-@dataclass
-class _Outage:
-    since: float
-    failures: int = 1
-
-
 class KeySource:
     def __init__(
         self,
@@ -249,7 +245,9 @@ class KeySource:
         clock: Callable[[], float] = time.monotonic,
         metrics: KeyMetrics | None = None,
     ) -> None:
-        """Load every configured key now; raises KeyConfigError when one cannot be used."""
+        """A source of the configured keys, holding none yet (`load` reads them; nothing here
+        reads a file or the network). Raises KeyConfigError when the settings cannot work
+        together."""
         if (
             settings.secret is None
             and settings.secret_file is None
@@ -275,25 +273,40 @@ class KeySource:
         self._log = log or logging.getLogger(__name__)
         self._clock = clock
         self._metrics = metrics
+        self._tls: ssl.SSLContext | None = None
+        self._secret_mtime: int | None = None
+        self._jwks_source = settings.jwks
+        self._jwks_interval = settings.refresh_s
+        self._last_jwks_load = self._last_jwks_ok = 0.0
+        self._next_jwks = math.inf
+        self._keys = KeySet(None)
+        self._loaded = False
+        self._outages: dict[str, Outage] = {}  # by source
+        self._asked_kid: str | None = None
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def load(self) -> KeySet:
+        """Read every configured key now (the secret file, the OpenID configuration when the
+        JWKS is to be discovered, the JWKS) and return them; raises KeyConfigError when one
+        cannot be used. Called once, before `start`."""
+        settings = self._settings
         self._tls = tls_context(settings.jwks_ca_file)
         secret = settings.secret
         if secret is not None:
             _check_secret(secret)
-        self._secret_mtime: int | None = None
         if settings.secret_file is not None:
             self._secret_mtime = self._mtime(settings.secret_file)
             secret = read_secret(settings.secret_file)
-        self._jwks_source = settings.jwks
         if self._jwks_source is None and settings.discover_from is not None:
             self._jwks_source = discover_jwks_uri(settings.discover_from, self._tls)
             self._log.info(
                 "JWKS discovered",
                 extra={"fields": {"issuer": settings.discover_from, "jwks": self._jwks_source}},
             )
-        self._jwks_interval = settings.refresh_s
-        self._last_jwks_load = clock()
+        self._last_jwks_load = self._clock()
         self._last_jwks_ok = self._last_jwks_load
-        self._next_jwks = math.inf
         jwks: Mapping[str, Jwk] = {}
         if self._jwks_source is not None:
             self._count_fetch()
@@ -303,20 +316,13 @@ class KeySource:
                 self._count_failure()
                 raise
         self._keys = KeySet(secret, jwks)
-        self._failing: dict[str, _Outage] = {}
-        self._asked_kid: str | None = None
-        self._wake = threading.Event()
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-        if metrics is not None and self._jwks_source is not None:
-            metrics.jwks_age.set_function(self.jwks_age_s)
-
-    @property
-    def jwks_source(self) -> str | None:
-        """The JWKS file or URL in use (discovered, when only the issuer was given)."""
-        return self._jwks_source
+        self._loaded = True
+        if self._metrics is not None and self._jwks_source is not None:
+            self._metrics.jwks_age.set_function(self.jwks_age_s)
+        return self._keys
 
     def current(self) -> KeySet:
+        """The keys in force: none until `load`."""
         return self._keys
 
     def jwks_age_s(self) -> float:
@@ -384,25 +390,25 @@ class KeySource:
         try:
             value = load()
         except KeyConfigError as err:
-            outage = self._failing.get(source)
-            if outage is not None:
-                outage.failures += 1
-                return None
-            self._failing[source] = _Outage(self._clock())
-            self._log.error(
-                "cannot reload verification keys; the last good ones stay in use",
-                extra={"fields": {"source": source, "error": str(err)}},
-            )
+            outage = self._outages.get(source)
+            if outage is None:
+                outage = self._outages[source] = Outage(self._clock)
+            if outage.failed():
+                self._log.error(
+                    "cannot reload verification keys; the last good ones stay in use",
+                    extra={"fields": {"source": source, "error": str(err)}},
+                )
             return None
-        outage = self._failing.pop(source, None)
-        if outage is not None:
+        outage = self._outages.get(source)
+        ended = outage.succeeded() if outage is not None else None
+        if ended is not None:
             self._log.warning(
                 "verification keys readable again",
                 extra={
                     "fields": {
                         "source": source,
-                        "failures": outage.failures,
-                        "outage_s": round(self._clock() - outage.since, 3),
+                        "failures": ended.failures,
+                        "outage_s": round(ended.duration_s, 3),
                     }
                 },
             )
@@ -416,7 +422,9 @@ class KeySource:
             return None
 
     def start(self) -> None:
-        """Keep the keys current from a daemon thread until `stop`."""
+        """Keep the keys current from a daemon thread until `stop`. Requires `load`."""
+        if not self._loaded:
+            raise RuntimeError("KeySource.start() before load()")
         if self._jwks_source is not None:  # else never: nothing to fetch
             self._next_jwks = self._last_jwks_load + self._jwks_interval
         self._thread = threading.Thread(target=self._run, name="key-refresh", daemon=True)

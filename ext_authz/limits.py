@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from ext_authz.ratelimit import Decision, Limit
+from ext_authz.ratelimit import Limit, LimitDecision
 
 HeaderStyle = Literal["draft", "legacy"]
 Headers = tuple[tuple[str, str], ...]
@@ -35,7 +35,7 @@ def client_address(headers: Mapping[str, str], peer: str, trusted_hops: int) -> 
 
 def user_key(service: str, tenant: str | None, user: str) -> str:
     """Each part is length-prefixed, so no two (service, tenant, user) share a key whatever
-    characters they hold (`a|b`,`c` and `a`,`b|c` once did). The same key in memory and Redis."""
+    characters they hold (`a|b`,`c` and `a`,`b|c` differ). The same key in memory and Redis."""
     tenant = tenant or ""
     return f"{len(service)}:{service}|u|{len(tenant)}:{tenant}|{len(user)}:{user}"
 
@@ -44,7 +44,7 @@ def address_key(service: str, address: str) -> str:
     return f"{len(service)}:{service}|ip|{len(address)}:{address}"
 
 
-def rate_headers(name: str, limit: Limit, decision: Decision, style: HeaderStyle) -> Headers:
+def rate_headers(name: str, limit: Limit, decision: LimitDecision, style: HeaderStyle) -> Headers:
     remaining = max(0, decision.remaining - limit.burst)
     if style == "legacy":
         out: tuple[tuple[str, str], ...] = (

@@ -1,5 +1,5 @@
-"""The side effects of a decision, one observer each: Prometheus metrics and the audit line.
-Tracing will be one more. The core calls every observer once per check.
+"""The side effects of a decision, one observer each: Prometheus metrics, the audit line, and
+tracing spans. The core calls every observer once per check.
 
 The audit log cannot be turned into a disk filler: every field a client chooses is cut to
 `AUDIT_MAX_FIELD_CHARS`, a trace id is kept only when it is a valid W3C or B3 id, and denials
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from ext_authz.audit import AuditLog, AuditRecord, SuppressedRecord
 from ext_authz.decision import CheckInput, Decision
 from ext_authz.metrics import AuthzMetrics
 from sidecar_shared import defaults
+from sidecar_shared.bounded import BoundedMap
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -126,9 +126,8 @@ class DenialRate:
 
     def __init__(self, per_second: int, max_keys: int = 100_000) -> None:
         self._per_second = per_second
-        self._max_keys = max_keys
         # address -> (second, written in it, suppressed since the last written line)
-        self._state: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
+        self._state: BoundedMap[str, tuple[int, int, int]] = BoundedMap(max_keys)
         self._lock = threading.Lock()
 
     def admit(self, address: str, now: float) -> tuple[bool, int]:
@@ -137,7 +136,7 @@ class DenialRate:
             return True, 0
         second = int(now)
         with self._lock:
-            seen, written, suppressed = self._state.pop(address, (second, 0, 0))
+            seen, written, suppressed = self._state.get(address, (second, 0, 0))
             if seen != second:
                 written = 0
             if written >= self._per_second:
@@ -146,8 +145,6 @@ class DenialRate:
             else:
                 self._state[address] = (second, written + 1, 0)
                 admitted, report = True, suppressed
-            if len(self._state) > self._max_keys:
-                self._state.popitem(last=False)
         return admitted, report
 
 

@@ -19,11 +19,8 @@ from ext_authz.core import GuardSettings, LimitSettings
 from ext_authz.keys import KeySettings
 from ext_authz.tokens import ClaimNames, VerifierSettings
 from sidecar_shared import defaults
+from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, add_switch
-
-
-class SettingsError(Exception):
-    """A setting has a value that cannot work."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     def flag(name: str, default: object, help: str, type: type = str) -> None:
         add_flag(parser, name, default=default, help=help, type=type, environ=environ)
 
-    flag("authz-host", defaults.AUTHZ_HOST, "gRPC address")
+    flag("authz-host", defaults.AUTHZ_HOST, "address of the gRPC and HTTP check servers")
     flag("authz-port", defaults.AUTHZ_PORT, "gRPC port (Check and health)", int)
     flag(
         "authz-http-check-port",

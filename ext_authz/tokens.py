@@ -47,21 +47,19 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import jwt
 
 from ext_authz.claims import ClaimError, ClaimExtractor, ClaimMapping, set_claim
 from ext_authz.keys import KID, Jwk, KeySet, KeySource
 from sidecar_shared import defaults
+from sidecar_shared.bounded import BoundedMap
 from sidecar_shared.contract import encode_roles
 
-K = TypeVar("K")
-V = TypeVar("V")
 Clock = Callable[[], float]
 
 HMAC_ALGS = frozenset({"HS256", "HS384", "HS512"})
@@ -221,23 +219,23 @@ def validate_identity(identity: Identity) -> Identity:
     return identity
 
 
-class _BoundedLRU(Generic[K, V]):
-    """A thread-safe mapping of at most `size` entries; the least recently stored or found
-    goes first. Nothing is kept when `size` is 0."""
+class NegativeCache:
+    """Recently refused tokens (by hash) and why, at most `size` (the least recently stored
+    goes first). It keeps the reason and sentence, never the exception (whose traceback would
+    hold the token). Thread-safe."""
 
     def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
+        self._items: BoundedMap[int, tuple[str, str]] = BoundedMap(size)
         self._lock = threading.Lock()
 
-    def _store(self, key: K, value: V) -> None:
-        if self._size <= 0:
-            return
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+    def get(self, token: str) -> TokenError | None:
+        found = self._items.get(hash(token))
+        return None if found is None else TokenError(*found)
+
+    def put(self, token: str, error: TokenError) -> None:
+        if error.reason not in _CURABLE:
+            with self._lock:
+                self._items[hash(token)] = (error.reason, error.detail)
 
     def clear(self) -> None:
         with self._lock:
@@ -247,30 +245,19 @@ class _BoundedLRU(Generic[K, V]):
         return len(self._items)
 
 
-class NegativeCache(_BoundedLRU[int, tuple[str, str]]):
-    """Recently refused tokens (by hash) and why. It keeps the reason and sentence, never the
-    exception (whose traceback would hold the token)."""
-
-    def get(self, token: str) -> TokenError | None:
-        found = self._items.get(hash(token))
-        return None if found is None else TokenError(*found)
-
-    def put(self, token: str, error: TokenError) -> None:
-        if error.reason not in _CURABLE:
-            self._store(hash(token), (error.reason, error.detail))
-
-
-class TokenCache(_BoundedLRU[str, Identity]):
-    """Verified identities keyed by token, each used until its `expires_at`."""
+class TokenCache:
+    """Verified identities keyed by token, each used until its `expires_at`; at most `size`
+    (the least recently stored or found goes first). Thread-safe."""
 
     def __init__(self, size: int) -> None:
-        super().__init__(size)
+        self._items: BoundedMap[str, Identity] = BoundedMap(size)
+        self._lock = threading.Lock()
         self.hits = 0  # lookups, counted under the lock (read by metrics at scrape time)
         self.misses = 0
 
     def get(self, token: str, now: float) -> Identity | None:
         with self._lock:
-            found = self._items.get(token)
+            found = self._items.touch(token)
             if found is not None and found.expires_at <= now:
                 del self._items[token]
                 found = None
@@ -278,11 +265,18 @@ class TokenCache(_BoundedLRU[str, Identity]):
                 self.misses += 1
                 return None
             self.hits += 1
-            self._items.move_to_end(token)
             return found
 
     def put(self, token: str, identity: Identity) -> None:
-        self._store(token, identity)
+        with self._lock:
+            self._items[token] = identity
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class TokenVerifier:

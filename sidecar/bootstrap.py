@@ -127,7 +127,7 @@ def render(opts: BootstrapOptions) -> dict[str, Any]:
                 _authz_cluster(opts),
             ]
         },
-        # Internal listeners (the HTTP cache fetches through one; see xds_server.resources.cache).
+        # Internal listeners (the HTTP cache fetches through one: xds_server.resources.http_cache).
         "bootstrap_extensions": [
             {
                 "name": "envoy.bootstrap.internal_listener",

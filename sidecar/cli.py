@@ -212,7 +212,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         claims = authz_settings.claim_names(args)
         if args.role and not claims.roles:
             raise ValueError(f"{args.idp} tokens carry no roles: set SIDECAR_CLAIM_ROLES")
-        secret = KeySource(keys).current().secret if keys.secret or keys.secret_file else None
+        secret = KeySource(keys).load().secret if keys.secret or keys.secret_file else None
     except (KeyConfigError, ValueError) as err:
         print(f"sidecar token: {err}", file=sys.stderr)
         return 1

@@ -14,8 +14,8 @@ from envoy.admin.v3 import clusters_pb2
 from envoy.config.core.v3 import health_check_pb2
 from google.protobuf import json_format
 
-from xds_server.resources.cache import SIDE
 from xds_server.resources.clusters import service_of_cluster
+from xds_server.resources.http_cache import SIDE
 
 _EDS_FINE = (health_check_pb2.HEALTHY, health_check_pb2.UNKNOWN)
 

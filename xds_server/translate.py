@@ -12,9 +12,9 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from xds_server.catalog import Catalog, Service
-from xds_server.resources.cache import SIDE, side_cluster, side_listener
 from xds_server.resources.clusters import cluster, load_assignment, service_clusters, uses_dns
 from xds_server.resources.common import LISTENER_NAME, AuthzOptions, Options
+from xds_server.resources.http_cache import SIDE, side_cluster, side_listener
 from xds_server.resources.listener import listener
 from xds_server.resources.observability import COLLECTOR_CLUSTER, collector_cluster
 from xds_server.resources.retries import needs_retry_filter, retry_filter

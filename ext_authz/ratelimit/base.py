@@ -1,7 +1,7 @@
 """The rate-limit contract shared by every backend.
 
 A :class:`Limiter` counts requests per key against a :class:`Limit` and answers with a
-:class:`Decision` carrying everything needed for ``RateLimit-*`` / ``Retry-After`` headers.
+:class:`LimitDecision` carrying everything needed for ``RateLimit-*`` / ``Retry-After`` headers.
 Backends raise :class:`LimiterUnavailable` (and nothing else) when they cannot decide.
 """
 
@@ -20,8 +20,8 @@ __all__ = [
     "AsyncLimiter",
     "BackendConfigError",
     "Clock",
-    "Decision",
     "Limit",
+    "LimitDecision",
     "Limiter",
     "LimiterUnavailable",
     "ThreadedAsyncLimiter",
@@ -34,7 +34,7 @@ DEFAULT_CLOCK: Clock = time.time
 
 
 @dataclass(slots=True)  # not frozen: cheaper to build, once per check; treat as immutable
-class Decision:
+class LimitDecision:
     """The outcome of one :meth:`Limiter.hit`.
 
     - ``limit``: :attr:`Limit.limit`, for headers.
@@ -66,7 +66,7 @@ class LimiterUnavailable(Exception):
 class Limiter(Protocol):
     """Anything that can count a request for a key against a limit."""
 
-    def hit(self, key: str, limit: Limit) -> Decision:
+    def hit(self, key: str, limit: Limit) -> LimitDecision:
         """Count one request for ``key`` if it is allowed; a denied request is never counted.
 
         Raises :class:`LimiterUnavailable` if the backend cannot decide.
@@ -78,7 +78,7 @@ class AsyncLimiter(Protocol):
     """A :class:`Limiter` for an event loop: the same rule and store, awaited instead of
     blocking (the Redis backend; the memory backend never waits and needs none)."""
 
-    async def hit(self, key: str, limit: Limit) -> Decision:
+    async def hit(self, key: str, limit: Limit) -> LimitDecision:
         """As :meth:`Limiter.hit`."""
         ...
 
@@ -95,7 +95,7 @@ class ThreadedAsyncLimiter:
     def __init__(self, limiter: Limiter) -> None:
         self._limiter = limiter
 
-    async def hit(self, key: str, limit: Limit) -> Decision:
+    async def hit(self, key: str, limit: Limit) -> LimitDecision:
         return await asyncio.to_thread(self._limiter.hit, key, limit)
 
     async def aclose(self) -> None:

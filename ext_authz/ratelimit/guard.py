@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
-from ext_authz.ratelimit.base import AsyncLimiter, Decision, Limit, Limiter, LimiterUnavailable
+from ext_authz.ratelimit.base import (
+    AsyncLimiter,
+    Limit,
+    LimitDecision,
+    Limiter,
+    LimiterUnavailable,
+)
+from sidecar_shared.outage import Outage
 
 
 def _noop() -> None:
@@ -40,35 +46,50 @@ class GuardedLimiter:
         self._on_outage = on_outage
         self._on_error = on_error
         self._on_recovery = on_recovery
-        self._lock = threading.Lock()
-        self._in_outage = False
+        self._outage = Outage()
 
     @property
     def available(self) -> bool:
         """False from the backend's first failure until its next success."""
-        return not self._in_outage
+        return not self._outage.ongoing
 
-    def hit(self, key: str, limit: Limit) -> Decision:
+    def hit(self, key: str, limit: Limit) -> LimitDecision:
         """The backend's decision, or the failure policy's when it is unavailable."""
         try:
             decision = self._backend.hit(key, limit)
         except LimiterUnavailable as e:
-            self._failed(e)
-            return self._fallback(limit)
-        if self._in_outage:
-            self._succeeded()
+            return self.fallback(e, limit)
+        if self._outage.ongoing:
+            self.succeeded()
         return decision
 
     def report_unavailable(self, error: str) -> None:
         """The backend is known to be unavailable (a start-up check): an outage begins now."""
         self._failed(LimiterUnavailable(error))
 
+    def fallback(self, error: LimiterUnavailable, limit: Limit) -> LimitDecision:
+        """Note that the backend failed with `error` (counted; an outage begins, or goes on),
+        and return the failure policy's decision for `limit`."""
+        self._failed(error)
+        if self._fail_open:
+            return LimitDecision(
+                allowed=True, limit=limit.limit, remaining=limit.limit, reset_s=0, retry_after_s=0
+            )
+        return LimitDecision(
+            allowed=False, limit=limit.limit, remaining=0, reset_s=1, retry_after_s=1
+        )
+
+    def succeeded(self) -> None:
+        """Note that the backend answered: the outage, if one is on, ends now."""
+        if self._outage.ongoing and self._outage.succeeded() is not None:
+            self._log.warning(
+                "rate limiter recovered", extra={"fields": {"event": "ratelimit_recovered"}}
+            )
+            self._on_recovery()
+
     def _failed(self, error: LimiterUnavailable) -> None:
         self._on_error()
-        with self._lock:
-            starts_outage = not self._in_outage
-            self._in_outage = True
-        if starts_outage:
+        if self._outage.failed():
             policy = "open" if self._fail_open else "closed"
             self._log.warning(
                 "rate limiter unavailable, failing %s",
@@ -83,23 +104,6 @@ class GuardedLimiter:
             )
             self._on_outage()
 
-    def _succeeded(self) -> None:
-        with self._lock:
-            recovered = self._in_outage
-            self._in_outage = False
-        if recovered:
-            self._log.warning(
-                "rate limiter recovered", extra={"fields": {"event": "ratelimit_recovered"}}
-            )
-            self._on_recovery()
-
-    def _fallback(self, limit: Limit) -> Decision:
-        if self._fail_open:
-            return Decision(
-                allowed=True, limit=limit.limit, remaining=limit.limit, reset_s=0, retry_after_s=0
-            )
-        return Decision(allowed=False, limit=limit.limit, remaining=0, reset_s=1, retry_after_s=1)
-
 
 class GuardedAsyncLimiter:
     """:class:`GuardedLimiter`'s policy around an :class:`AsyncLimiter`. Give it the
@@ -110,14 +114,12 @@ class GuardedAsyncLimiter:
         self._backend = backend
         self._guard = guard
 
-    async def hit(self, key: str, limit: Limit) -> Decision:
+    async def hit(self, key: str, limit: Limit) -> LimitDecision:
         try:
             decision = await self._backend.hit(key, limit)
         except LimiterUnavailable as e:
-            self._guard._failed(e)
-            return self._guard._fallback(limit)
-        if self._guard._in_outage:
-            self._guard._succeeded()
+            return self._guard.fallback(e, limit)
+        self._guard.succeeded()
         return decision
 
     async def aclose(self) -> None:

@@ -2,19 +2,19 @@
 
 Memory is bounded two ways: an LRU capped at ``max_keys`` entries (the least recently used key
 is evicted, which forgets its usage), and idle keys (no bucket left in the counted range) are
-dropped, lazily when touched and by a sweep on every call of up to ``sweep_per_call`` least
-recently used entries, which stops at the first that still counts (bounded work per call; in
-the steady state one look).
+dropped by a sweep on every call of up to ``sweep_per_call`` least recently used entries, which
+stops at the first that still counts (bounded work per call; in the steady state one look). A
+key's buckets that can no longer count are pruned when it opens a new one.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from collections import OrderedDict
 
-from ext_authz.ratelimit.base import DEFAULT_CLOCK, Clock, Decision, Limit
+from ext_authz.ratelimit.base import DEFAULT_CLOCK, Clock, Limit, LimitDecision
 from ext_authz.ratelimit.window import decide, oldest_counted, prune, to_ms
+from sidecar_shared.bounded import BoundedMap
 
 _Key = tuple[str, int]
 
@@ -32,39 +32,32 @@ class MemoryLimiter:
         if max_keys < 1:
             raise ValueError(f"max_keys must be >= 1, got {max_keys}")
         self._clock = clock
-        self._max_keys = max_keys
         self._sweep_per_call = sweep_per_call
         self._lock = threading.Lock()
-        self._state: OrderedDict[_Key, dict[int, int]] = OrderedDict()
+        self._state: BoundedMap[_Key, dict[int, int]] = BoundedMap(max_keys)
 
     def __len__(self) -> int:
         """Number of keys currently holding state."""
         with self._lock:
             return len(self._state)
 
-    def hit(self, key: str, limit: Limit) -> Decision:
+    def hit(self, key: str, limit: Limit) -> LimitDecision:
         """Count one request for ``key`` if allowed (see :func:`window.decide`)."""
         state_key = (key, limit.window_s)
         with self._lock:
             # The clock is read under the lock so that, per key, decisions are made in time
             # order (the window guarantee assumes non-decreasing times).
             now_ms = to_ms(self._clock())
-            buckets = self._state.get(state_key)
-            if buckets is None:
-                buckets = self._state[state_key] = {}
-            else:
-                self._state.move_to_end(state_key)
-            decision, increment = decide(buckets, now_ms, limit)
+            buckets = self._state.touch(state_key)
+            decision, increment = decide(buckets or {}, now_ms, limit)
             if increment is not None:
-                if increment in buckets:
+                if buckets is None:  # a key's first count: it holds state from now on
+                    buckets = self._state[state_key] = {increment: 1}
+                elif increment in buckets:
                     buckets[increment] += 1
                 else:  # a new bucket: drop those that can never count again
                     prune(buckets, now_ms, limit.window_s)
                     buckets[increment] = 1
-            elif not buckets:
-                del self._state[state_key]
-            while len(self._state) > self._max_keys:
-                self._state.popitem(last=False)
             self._sweep(now_ms)
         return decision
 

@@ -6,7 +6,7 @@ once per limiter with SCRIPT LOAD and run with EVALSHA (reloaded on NOSCRIPT), a
 fields below ``b(now) - N``, sums the counted buckets, increments ``b(now)`` if the sum is below
 capacity and sets PEXPIRE to ``W + w`` plus a second of slack. It returns whether it counted the
 request plus the remaining buckets as they were *before* the increment; the client then builds
-the :class:`Decision` with :func:`window.decide` on that same state, so decisions match the
+the :class:`LimitDecision` with :func:`window.decide` on that same state, so decisions match the
 memory backend exactly for the same sequence of ``(key, time, limit)``.
 
 Time comes from the injected clock (never Redis TIME) and is passed to the script, so replicas
@@ -59,8 +59,8 @@ from ext_authz.ratelimit.base import (
     DEFAULT_CLOCK,
     BackendConfigError,
     Clock,
-    Decision,
     Limit,
+    LimitDecision,
     LimiterUnavailable,
 )
 from ext_authz.ratelimit.redis_url import RedisTarget, parse_redis_url
@@ -220,7 +220,7 @@ class RedisLimiter:
         """The Redis key holding ``key``'s buckets for ``window_s``."""
         return redis_key(self._prefix, key, window_s)
 
-    def hit(self, key: str, limit: Limit) -> Decision:
+    def hit(self, key: str, limit: Limit) -> LimitDecision:
         """Count one request for ``key`` if allowed, in one round trip (after the first load)."""
         now_ms = to_ms(self._clock())
         try:
@@ -349,7 +349,7 @@ class AsyncRedisLimiter:
         """Close the client's connections (on the loop that used them)."""
         await self._client.aclose()
 
-    async def hit(self, key: str, limit: Limit) -> Decision:
+    async def hit(self, key: str, limit: Limit) -> LimitDecision:
         now_ms = to_ms(self._clock())
         answer: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._batch.append(
@@ -413,7 +413,7 @@ def script_args(now_ms: int, limit: Limit) -> tuple[str, int, int, int]:
     )
 
 
-def to_decision(raw: object, now_ms: int, limit: Limit) -> Decision:
+def to_decision(raw: object, now_ms: int, limit: Limit) -> LimitDecision:
     """The decision of the script's reply, checked against the window rule."""
     counted, buckets = _parse(raw)
     decision, _ = decide(buckets, now_ms, limit)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, MutableMapping
 
-from ext_authz.ratelimit.base import Decision, Limit
+from ext_authz.ratelimit.base import Limit, LimitDecision
 
 N_BUCKETS = 10
 """Buckets per window."""
@@ -79,17 +79,13 @@ def prune(buckets: MutableMapping[int, int], now_ms: int, window_s: int) -> None
         del buckets[idx]
 
 
-def is_idle(buckets: Mapping[int, int], now_ms: int, window_s: int) -> bool:
-    """True if no non-empty bucket is at or above ``b(now) - N`` (the state can be dropped)."""
-    lo = now_ms // (window_s * 1000 // N_BUCKETS) - N_BUCKETS  # oldest_counted, inlined
-    return all(idx < lo or count <= 0 for idx, count in buckets.items())
-
-
 def _ceil_s(ms: int) -> int:
     return max(0, -(-ms // 1000))
 
 
-def decide(buckets: Mapping[int, int], now_ms: int, limit: Limit) -> tuple[Decision, int | None]:
+def decide(
+    buckets: Mapping[int, int], now_ms: int, limit: Limit
+) -> tuple[LimitDecision, int | None]:
     """Decide one request at ``now_ms`` given the key's buckets *before* it.
 
     Returns the decision and the bucket index to increment (``None`` when denied). Buckets
@@ -106,7 +102,7 @@ def decide(buckets: Mapping[int, int], now_ms: int, limit: Limit) -> tuple[Decis
     if used < capacity:
         # reset: until bucket b is no longer counted (as leaves_in_ms(b) below)
         reset_ms = (b + N_BUCKETS + 1) * w - now_ms
-        return Decision(True, limit.limit, capacity - used - 1, _ceil_s(reset_ms), 0), b
+        return LimitDecision(True, limit.limit, capacity - used - 1, _ceil_s(reset_ms), 0), b
 
     def leaves_in_ms(idx: int) -> int:
         """ms from now until bucket ``idx`` is no longer counted (``b(t) > idx + N``)."""
@@ -123,7 +119,7 @@ def decide(buckets: Mapping[int, int], now_ms: int, limit: Limit) -> tuple[Decis
         if drained >= must_drain:
             retry_ms = leaves_in_ms(idx)
             break
-    denied = Decision(
+    denied = LimitDecision(
         allowed=False,
         limit=limit.limit,
         remaining=0,

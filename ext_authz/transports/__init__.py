@@ -2,6 +2,7 @@
 `Outcome`s into its responses, and nothing else; the server starts and stops them together.
 
 - `grpc`: `envoy.service.auth.v3.Authorization/Check` (the contract), plus gRPC health.
+- `http`: Envoy's HTTP ext_authz protocol on an asyncio server (the fast path).
 """
 
 from __future__ import annotations

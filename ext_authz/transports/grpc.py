@@ -1,6 +1,6 @@
 """The gRPC transport: `envoy.service.auth.v3.Authorization/Check` ↔ the decision core, and
 `grpc.health.v1` for probes, on one grpcio server (sync: it costs less CPU per unary call than
-`grpc.aio`; see DESIGN.md).
+`grpc.aio`).
 
 grpcio's own cost per call (its thread hand-off) is several times the whole decision. Options
 tried through a real Envoy (bench/check_throughput.py, one cached token, same run): 1 worker

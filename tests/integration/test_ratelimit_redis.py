@@ -18,7 +18,7 @@ import redis
 from hypothesis import given, settings
 from redis.exceptions import RedisError
 
-from ext_authz.ratelimit import Decision, Limit, LimiterUnavailable
+from ext_authz.ratelimit import Limit, LimitDecision, LimiterUnavailable
 from ext_authz.ratelimit.redis_backend import AsyncRedisLimiter, RedisLimiter
 from tests.support.fakes import FakeClock, hammer
 from tests.support.ratelimit_model import (
@@ -127,7 +127,9 @@ def test_waiting_retry_after_seconds_gets_a_request_through(
     limit = Limit(limit=2, window_s=60, burst=1)
     assert all(limiter.hit("k", limit).allowed for _ in range(3))
     denied = limiter.hit("k", limit)
-    assert denied == Decision(allowed=False, limit=2, remaining=0, reset_s=66, retry_after_s=66)
+    assert denied == LimitDecision(
+        allowed=False, limit=2, remaining=0, reset_s=66, retry_after_s=66
+    )
     clock.now += denied.retry_after_s
     assert limiter.hit("k", limit).allowed
 
@@ -279,7 +281,7 @@ def test_the_async_limiter_gives_exactly_the_reference_decisions(
     clock = FakeClock(EDGE)
     p = unique_prefix()
 
-    async def replay() -> list[tuple[str, Limit, int, Decision]]:
+    async def replay() -> list[tuple[str, Limit, int, LimitDecision]]:
         limiter = async_limiter(p, clock)
         try:
             got = []

@@ -33,7 +33,9 @@ def key_source(
         jwks=str(jwks) if jwks else None,
         refresh_min_s=refresh_min_s,
     )
-    return KeySource(settings, logging.getLogger("test"), clock or (lambda: 0.0))
+    keys = KeySource(settings, logging.getLogger("test"), clock or (lambda: 0.0))
+    keys.load()
+    return keys
 
 
 def make_verifier(

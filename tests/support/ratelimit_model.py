@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from ext_authz.ratelimit import Decision, Limit
+from ext_authz.ratelimit import Limit, LimitDecision
 
 N = 10  # buckets per window, as defined
 
@@ -30,7 +30,7 @@ class ReferenceLimiter:
     def __init__(self) -> None:
         self.allowed: dict[tuple[str, int], list[int]] = defaultdict(list)
 
-    def hit(self, key: str, now_ms: int, limit: Limit) -> Decision:
+    def hit(self, key: str, now_ms: int, limit: Limit) -> LimitDecision:
         times = self.allowed[(key, limit.window_s)]
         w = limit.window_s * 1000 // N
 
@@ -46,14 +46,14 @@ class ReferenceLimiter:
 
         if counted_at(now_ms) < limit.capacity:
             times.append(now_ms)
-            return Decision(
+            return LimitDecision(
                 allowed=True,
                 limit=limit.limit,
                 remaining=limit.capacity - counted_at(now_ms),
                 reset_s=ceil_s(first_bucket_start_where(lambda n: n == 0)),
                 retry_after_s=0,
             )
-        return Decision(
+        return LimitDecision(
             allowed=False,
             limit=limit.limit,
             remaining=0,
@@ -113,7 +113,7 @@ def scenarios(draw: st.DrawFn, max_steps: int = 60) -> Scenario:
 
 
 def allowed_times(
-    decisions: list[tuple[str, Limit, int, Decision]],
+    decisions: list[tuple[str, Limit, int, LimitDecision]],
 ) -> dict[tuple[str, int], list[tuple[int, int]]]:
     """Allowed requests per (key, window) as (ms, capacity of the limit it was allowed under)."""
     out: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
@@ -124,7 +124,7 @@ def allowed_times(
 
 
 def assert_never_more_than_capacity_per_window(
-    decisions: list[tuple[str, Limit, int, Decision]],
+    decisions: list[tuple[str, Limit, int, LimitDecision]],
 ) -> None:
     """In every (t - W, t], at most capacity requests were allowed.
 
@@ -143,6 +143,6 @@ def assert_never_more_than_capacity_per_window(
                 assert len(inside) <= inside[-1][1], (window_s, end, inside)
 
 
-def replay_reference(scenario: Scenario) -> list[tuple[str, Limit, int, Decision]]:
+def replay_reference(scenario: Scenario) -> list[tuple[str, Limit, int, LimitDecision]]:
     ref = ReferenceLimiter()
     return [(k, lim, t, ref.hit(k, t, lim)) for k, lim, t in scenario.timeline()]

@@ -13,7 +13,13 @@ import jwt
 from ext_authz.audit import AuditLog
 from ext_authz.core import Authorizer
 from ext_authz.observers import AuditObserver
-from ext_authz.ratelimit import Decision, GuardedAsyncLimiter, GuardedLimiter, Limit, MemoryLimiter
+from ext_authz.ratelimit import (
+    GuardedAsyncLimiter,
+    GuardedLimiter,
+    Limit,
+    LimitDecision,
+    MemoryLimiter,
+)
 from ext_authz.tokens import TokenVerifier, VerifierSettings
 from ext_authz.transports.http import REQUEST_TIMEOUT_S, CheckProtocol, Ticker, time_out_stalled
 from sidecar_shared.contract import POLICY_HEADER, RoutePolicy, encode
@@ -201,7 +207,7 @@ class SlowFirst:
     def __init__(self) -> None:
         self.memory = MemoryLimiter(clock=lambda: NOW)
 
-    async def hit(self, key: str, limit: Limit) -> Decision:
+    async def hit(self, key: str, limit: Limit) -> LimitDecision:
         await asyncio.sleep(0.05 if "slow" in key else 0)
         return self.memory.hit(key, limit)
 

@@ -16,6 +16,7 @@ from ext_authz.keys import KeySource
 from ext_authz.tokens import Identity, TokenVerifier
 from sidecar import cli
 from sidecar_shared.contract import POLICY_KEY, ROLES_HEADER, RoutePolicy, encode
+from sidecar_shared.errors import SettingsError
 from tests.support import idp_tokens
 from tests.support.authorizers import make_authorizer
 from tests.support.keys import rsa_key, write_jwks
@@ -28,6 +29,7 @@ def verifier(tmp_path: Path, **env: str) -> TokenVerifier:
     jwks = write_jwks(tmp_path / "jwks.json", rsa_key())
     conf = settings.parse([], environ={"SIDECAR_JWKS": str(jwks), **env})
     keys = KeySource(conf.keys, logging.getLogger("test"), lambda: NOW)
+    keys.load()
     return TokenVerifier(conf.verifier, keys, lambda: NOW)
 
 
@@ -111,14 +113,14 @@ def test_okta_groups_with_commas_reach_the_upstream_unambiguously(tmp_path: Path
 
 
 def test_an_unknown_preset_is_refused_naming_the_known_ones() -> None:
-    with pytest.raises(settings.SettingsError) as caught:
+    with pytest.raises(SettingsError) as caught:
         settings.parse([], environ={"SIDECAR_JWT_SECRET": SECRET, "SIDECAR_IDP": "cognito"})
     assert "SIDECAR_IDP='cognito'" in str(caught.value)
     assert "keycloak, auth0, okta, azure, google" in str(caught.value)
 
 
 def test_a_bad_claim_path_is_refused_at_start() -> None:
-    with pytest.raises(settings.SettingsError, match=r"SIDECAR_CLAIM_ROLES: .*position 14"):
+    with pytest.raises(SettingsError, match=r"SIDECAR_CLAIM_ROLES: .*position 14"):
         settings.parse(
             [],
             environ={"SIDECAR_JWT_SECRET": SECRET, "SIDECAR_CLAIM_ROLES": "realm_access..roles"},
@@ -154,6 +156,7 @@ def test_sidecar_token_mints_each_shape_its_preset_reads(
     assert code == 0, token
     conf = settings.parse([], environ={"SIDECAR_JWT_SECRET": SECRET, "SIDECAR_IDP": name})
     keys = KeySource(conf.keys, logging.getLogger("test"))
+    keys.load()
     got = TokenVerifier(conf.verifier, keys).verify(token)
     assert (got.user, got.roles, got.tenant) == ("u-1", ("read:orders", "Sales, EMEA"), "t-1")
     payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})

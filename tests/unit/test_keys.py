@@ -25,7 +25,9 @@ def source(
 ) -> KeySource:
     settings = KeySettings(jwks=str(jwks), **kw)  # type: ignore[arg-type]
     metrics = KeyMetrics(registry) if registry is not None else None
-    return KeySource(settings, logging.getLogger(LOG), clock, metrics)
+    keys = KeySource(settings, logging.getLogger(LOG), clock, metrics)
+    keys.load()
+    return keys
 
 
 def value(registry: CollectorRegistry, name: str) -> float:
@@ -120,7 +122,7 @@ def test_a_ca_file_that_is_not_a_pem_bundle_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "ca.pem"
     bad.write_text("not a certificate")
     with pytest.raises(KeyConfigError, match=r"SIDECAR_JWKS_CA_FILE=.*ca\.pem: not a readable"):
-        KeySource(KeySettings(jwks="https://idp.invalid/jwks", jwks_ca_file=bad))
+        KeySource(KeySettings(jwks="https://idp.invalid/jwks", jwks_ca_file=bad)).load()
 
 
 @pytest.mark.parametrize("with_jwks", [False, True])
@@ -132,6 +134,7 @@ def test_the_refresher_wakes_about_once_per_interval_and_never_spins(
     jwks = str(write_jwks(tmp_path / "jwks.json", rsa_key())) if with_jwks else None
     settings = KeySettings(secret=b"s" * 40, jwks=jwks, refresh_s=0.05, refresh_min_s=0.05)
     keys = KeySource(settings, logging.getLogger("test"))
+    keys.load()
     calls: list[float] = []
     real = keys.refresh
 
@@ -148,3 +151,16 @@ def test_the_refresher_wakes_about_once_per_interval_and_never_spins(
     # Four refreshes (the secret and the JWKS may fall due apart) took at least an interval:
     # the loop waited between them. A spinning loop makes them microseconds apart.
     assert calls[3] - calls[0] >= 0.05 * 0.9
+
+
+def test_a_key_source_reads_nothing_until_it_is_loaded(tmp_path: Path) -> None:
+    # Construction only checks the settings; the fetch (and its refusal) is load()'s.
+    missing = tmp_path / "not-yet.json"
+    keys = KeySource(KeySettings(jwks=str(missing)), logging.getLogger(LOG))
+    assert keys.current().jwks == {} and keys.current().secret is None
+    with pytest.raises(RuntimeError, match="before load"):
+        keys.start()
+    with pytest.raises(KeyConfigError, match="cannot load JWKS"):
+        keys.load()
+    loaded = KeySource(KeySettings(jwks=str(write_jwks(tmp_path / "jwks.json", rsa_key()))))
+    assert loaded.load() is loaded.current() and len(loaded.current().jwks) == 1

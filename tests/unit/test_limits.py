@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ext_authz.limits import address_key, client_address, rate_headers, user_key
-from ext_authz.ratelimit import Decision, Limit
+from ext_authz.ratelimit import Limit, LimitDecision
 
 LIMIT = Limit(120, 60, 20)
 
@@ -37,7 +37,7 @@ def test_keys_separate_services_tenants_users_and_addresses() -> None:
 
 
 def test_draft_headers_advertise_the_limit_not_the_burst() -> None:
-    allowed = Decision(True, 120, 139, 66, 0)
+    allowed = LimitDecision(True, 120, 139, 66, 0)
     assert dict(rate_headers("orders", LIMIT, allowed, "draft")) == {
         "ratelimit-policy": '"orders";q=120;w=60',
         "ratelimit": '"orders";r=119;t=66',
@@ -45,14 +45,14 @@ def test_draft_headers_advertise_the_limit_not_the_burst() -> None:
 
 
 def test_a_denial_adds_retry_after() -> None:
-    denied = Decision(False, 120, 0, 60, 7)
+    denied = LimitDecision(False, 120, 0, 60, 7)
     headers = dict(rate_headers("orders", LIMIT, denied, "draft"))
     assert headers["retry-after"] == "7"
     assert headers["ratelimit"] == '"orders";r=0;t=60'
 
 
 def test_legacy_headers() -> None:
-    decision = Decision(True, 120, 62, 30, 0)
+    decision = LimitDecision(True, 120, 62, 30, 0)
     assert dict(rate_headers("orders", LIMIT, decision, "legacy")) == {
         "ratelimit-limit": "120",
         "ratelimit-remaining": "42",

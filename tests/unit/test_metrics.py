@@ -13,7 +13,7 @@ from ext_authz.core import Authorizer
 from ext_authz.decision import CheckInput
 from ext_authz.metrics import AuthzMetrics, TokenCacheStats
 from ext_authz.ratelimit import GuardedLimiter, LimiterUnavailable
-from ext_authz.ratelimit.base import Decision
+from ext_authz.ratelimit.base import LimitDecision
 from ext_authz.tokens import TokenVerifier, VerifierSettings
 from sidecar_shared.contract import POLICY_KEY, Limit, RoutePolicy, encode
 from tests.support.authorizers import key_source, make_authorizer
@@ -56,10 +56,10 @@ class FlakyBackend:
     def __init__(self) -> None:
         self.down = False
 
-    def hit(self, key: str, limit: Limit) -> Decision:
+    def hit(self, key: str, limit: Limit) -> LimitDecision:
         if self.down:
             raise LimiterUnavailable("connection refused")
-        return Decision(True, limit.limit, limit.limit - 1, 1, 0)
+        return LimitDecision(True, limit.limit, limit.limit - 1, 1, 0)
 
 
 @pytest.mark.parametrize("fail_open", [True, False])

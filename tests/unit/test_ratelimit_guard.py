@@ -7,10 +7,10 @@ from uuid import uuid4
 
 import pytest
 
-from ext_authz.ratelimit import Decision, GuardedLimiter, Limit, LimiterUnavailable
+from ext_authz.ratelimit import GuardedLimiter, Limit, LimitDecision, LimiterUnavailable
 
 LIMIT = Limit(limit=10, window_s=60, burst=5)
-BACKEND_DECISION = Decision(allowed=True, limit=10, remaining=7, reset_s=42, retry_after_s=0)
+BACKEND_DECISION = LimitDecision(allowed=True, limit=10, remaining=7, reset_s=42, retry_after_s=0)
 
 
 class FlakyBackend:
@@ -19,7 +19,7 @@ class FlakyBackend:
     def __init__(self, down: bool = False) -> None:
         self.down = down
 
-    def hit(self, key: str, limit: Limit) -> Decision:
+    def hit(self, key: str, limit: Limit) -> LimitDecision:
         if self.down:
             raise LimiterUnavailable("redis rate limit check failed: ConnectionError")
         return BACKEND_DECISION
@@ -68,7 +68,7 @@ def test_a_working_backend_decides(records: Records, fail_open: bool) -> None:
 
 def test_failing_open_allows_with_the_full_advertised_limit(records: Records) -> None:
     limiter = guarded(FlakyBackend(down=True), records, fail_open=True)
-    assert limiter.hit("k", LIMIT) == Decision(
+    assert limiter.hit("k", LIMIT) == LimitDecision(
         allowed=True, limit=10, remaining=10, reset_s=0, retry_after_s=0
     )
 
@@ -133,7 +133,7 @@ def test_successes_before_any_outage_log_nothing(records: Records) -> None:
 
 def test_a_bug_in_the_backend_is_not_mistaken_for_an_outage(records: Records) -> None:
     class Broken:
-        def hit(self, key: str, limit: Limit) -> Decision:
+        def hit(self, key: str, limit: Limit) -> LimitDecision:
             raise ZeroDivisionError
 
     log = logging.getLogger(f"test.ratelimit.guard.{uuid4().hex}")

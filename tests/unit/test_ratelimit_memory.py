@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 
-from ext_authz.ratelimit import Decision, Limit, MemoryLimiter
+from ext_authz.ratelimit import Limit, LimitDecision, MemoryLimiter
 from tests.support.fakes import FakeClock, hammer
 from tests.support.ratelimit_model import (
     Scenario,
@@ -16,7 +16,7 @@ from tests.support.ratelimit_model import (
 EDGE = 1_699_999_200.0  # seconds, on every window and bucket edge
 
 
-def replay(scenario: Scenario) -> list[tuple[str, Limit, int, Decision]]:
+def replay(scenario: Scenario) -> list[tuple[str, Limit, int, LimitDecision]]:
     clock = FakeClock(EDGE)
     limiter = MemoryLimiter(clock=clock)
     out = []

@@ -14,17 +14,18 @@ import pytest
 from ext_authz import settings
 from ext_authz.keys import KeyConfigError, KeySource
 from sidecar import cli
+from sidecar_shared.errors import SettingsError
 
 SECRET = "unit-test-secret-that-is-long-enough-for-hs256"
 
 
 def test_a_settings_error_is_not_a_key_problem() -> None:
-    assert not issubclass(settings.SettingsError, KeyConfigError)
-    assert not issubclass(KeyConfigError, settings.SettingsError)
+    assert not issubclass(SettingsError, KeyConfigError)
+    assert not issubclass(KeyConfigError, SettingsError)
 
 
 def test_a_bad_value_with_no_key_configured_is_reported_as_the_bad_value() -> None:
-    with pytest.raises(settings.SettingsError) as caught:
+    with pytest.raises(SettingsError) as caught:
         settings.parse(["--audit-allow-sample", "2"], environ={})
     assert not isinstance(caught.value, KeyConfigError)
     assert "audit-allow-sample must be between 0 and 1" in str(caught.value)
@@ -51,7 +52,7 @@ def server_refusal(args: list[str], environ: dict[str, str]) -> str:
     """Why ext_authz refuses to start with these settings (its keys are loaded at start)."""
     conf = settings.parse(args, environ=environ)
     with pytest.raises(KeyConfigError) as caught:
-        KeySource(conf.keys)
+        KeySource(conf.keys).load()
     return str(caught.value)
 
 

@@ -23,9 +23,9 @@ from tests.support.translation import (
 )
 from xds_server import typeurls
 from xds_server.catalog import CatalogError
-from xds_server.resources.cache import HIDE_FILTER, RESTORE_FILTER, SIDE
 from xds_server.resources.clusters import HTTP_OPTIONS
 from xds_server.resources.common import CACHE_FILTER
+from xds_server.resources.http_cache import HIDE_FILTER, RESTORE_FILTER, SIDE
 from xds_server.resources.retries import (
     _LUA,
     IDEMPOTENT_METHODS,

@@ -31,7 +31,6 @@ from sidecar_shared.contract import (
 from xds_server.catalog import Catalog
 from xds_server.resources import observability
 from xds_server.resources.authz import filter_config as authz_filter_config
-from xds_server.resources.cache import cache_filters
 from xds_server.resources.common import (
     ADS_SOURCE,
     AUTHZ_FILTER,
@@ -46,6 +45,7 @@ from xds_server.resources.common import (
     pack,
     set_ms,
 )
+from xds_server.resources.http_cache import cache_filters
 from xds_server.resources.retries import needs_retry_filter, retry_filter
 from xds_server.resources.routes import needs_body_limit, needs_cache_filter
 
@@ -112,7 +112,7 @@ def http_filters(catalog: Catalog, options: Options) -> list[hcm_pb2.HttpFilter]
     """The listener's HTTP filter chain, in order: strip client identity headers, strip
     method-override headers, ext_authz, request-body limit (when a service has one; skipped for
     a request that declares its length), cache (when a service is cacheable; see
-    `resources.cache`), retries by method (when a service's depend on it; see
+    `resources.http_cache`), retries by method (when a service's depend on it; see
     `resources.retries`), router."""
     filters = [
         _strip_client_identity(),

@@ -25,7 +25,6 @@ from sidecar_shared.contract import (
 from sidecar_shared.contract import encode as encode_policy
 from xds_server.catalog import Catalog, Service
 from xds_server.resources.authz import per_route as authz_per_route
-from xds_server.resources.cache import set_route_cache
 from xds_server.resources.clusters import tenant_cluster_name, version_cluster_name
 from xds_server.resources.common import (
     AUTHZ_FILTER,
@@ -37,6 +36,7 @@ from xds_server.resources.common import (
     pack,
     set_ms,
 )
+from xds_server.resources.http_cache import set_route_cache
 from xds_server.resources.retries import set_retry_policy
 from xds_server.route_policy import compile_policy
 
