@@ -23,6 +23,7 @@ from sidecar.bootstrap import BootstrapOptions, render
 from sidecar_shared import defaults
 from sidecar_shared.contract import decode
 from tests.support import authz_config
+from tests.support.catalog_edges import LOOKALIKES
 from xds_server import settings, typeurls
 from xds_server.catalog import MIN_BODY_BYTES, parse_catalog
 from xds_server.translate import Options, build_snapshot
@@ -160,21 +161,6 @@ def _svc(name: str, path: str, **kw: Any) -> dict[str, Any]:
     return {"service_name": name, "base_path": path, "internal_url": "http://127.0.0.1:1", **kw}
 
 
-LOOKALIKES = [
-    "/orders/admin;x",
-    "/orders/admin.",
-    "/orders/admin%2e",
-    "/orders/admin%2E",
-    "/orders/admin%20",
-    "/orders/ADMIN",
-    "/orders/Admin/users",
-    "/orders/admin%252e",
-    "/orders/admin%c0%ae",
-    "/orders/admin%3f",
-    "/orders/admin%09",
-    "/orders/admin;jsessionid=1/users",
-    "/orders/admin./users",
-]
 ORDINARY = ["/orders/1", "/orders/administrators", "/orders/adm", "/orders/1;x", "/orders"]
 
 
