@@ -1,5 +1,6 @@
-"""The catalog's numbers at their edges: every integer field, its bounds, and a catalog with
-each at its lowest or highest value."""
+"""The catalog at its edges: every integer field, its bounds, and a catalog with each at its
+lowest or highest value; and the paths that look like a longer service's base path without being
+it, which a strict shorter service must refuse."""
 
 from __future__ import annotations
 
@@ -7,6 +8,25 @@ from collections.abc import Iterator
 from typing import Any
 
 from xds_server.catalog import json_schema
+
+# Spellings of `/orders/admin` (a service under the strict `/orders`) that are not the path
+# `/orders/admin` itself: a path parameter, a trailing dot, encoded or double-encoded characters,
+# an overlong UTF-8 dot, other letter cases, with and without a deeper path.
+LOOKALIKES = (
+    "/orders/admin;x",
+    "/orders/admin.",
+    "/orders/admin%2e",
+    "/orders/admin%2E",
+    "/orders/admin%20",
+    "/orders/ADMIN",
+    "/orders/Admin/users",
+    "/orders/admin%252e",
+    "/orders/admin%c0%ae",
+    "/orders/admin%3f",
+    "/orders/admin%09",
+    "/orders/admin;jsessionid=1/users",
+    "/orders/admin./users",
+)
 
 
 def integer_properties() -> Iterator[tuple[str, str, dict[str, Any]]]:

@@ -24,6 +24,7 @@ from sidecar_shared import defaults
 from sidecar_shared.contract import decode
 from sidecar_shared.errors import SettingsError
 from tests.support import authz_config
+from tests.support.catalog_edges import LOOKALIKES
 from tests.support.translation import build_snapshot
 from xds_server import settings, typeurls
 from xds_server.catalog import MIN_BODY_BYTES, parse_catalog
@@ -162,21 +163,6 @@ def _svc(name: str, path: str, **kw: Any) -> dict[str, Any]:
     return {"service_name": name, "base_path": path, "internal_url": "http://127.0.0.1:1", **kw}
 
 
-LOOKALIKES = [
-    "/orders/admin;x",
-    "/orders/admin.",
-    "/orders/admin%2e",
-    "/orders/admin%2E",
-    "/orders/admin%20",
-    "/orders/ADMIN",
-    "/orders/Admin/users",
-    "/orders/admin%252e",
-    "/orders/admin%c0%ae",
-    "/orders/admin%3f",
-    "/orders/admin%09",
-    "/orders/admin;jsessionid=1/users",
-    "/orders/admin./users",
-]
 ORDINARY = ["/orders/1", "/orders/administrators", "/orders/adm", "/orders/1;x", "/orders"]
 
 
