@@ -112,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
 
 
 def add_guard_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    """What keeps one client from hurting the others (README "Security model")."""
+    """What keeps one client from hurting the others (docs/security.md)."""
 
     def flag(name: str, default: object, help: str) -> None:
         add_flag(parser, name, default=default, help=help, type=int, environ=environ)

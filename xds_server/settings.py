@@ -108,7 +108,7 @@ def authz_transport(args: argparse.Namespace) -> str:
 
 
 def add_edge_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    """Envoy's edge-proxy limits on the listener (README "Security model")."""
+    """Envoy's edge-proxy limits on the listener (docs/security.md)."""
 
     def flag(name: str, default: object, help: str, type: type = int) -> None:
         add_flag(parser, name, default=default, help=help, type=type, environ=environ)

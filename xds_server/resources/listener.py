@@ -247,7 +247,7 @@ def local_reply_config(failure_status: int) -> hcm_pb2.LocalReplyConfig:
 def set_edge_limits(
     manager: hcm_pb2.HttpConnectionManager, edge: EdgeOptions, failure_status: int
 ) -> None:
-    """Envoy's edge-proxy best practices, each from `edge` (README "Security model")."""
+    """Envoy's edge-proxy best practices, each from `edge` (docs/security.md)."""
     common = manager.common_http_protocol_options
     common.headers_with_underscores_action = _UNDERSCORE_ACTION[edge.underscore_headers]
     common.max_headers_count.value = edge.max_request_headers
