@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 
 from ext_authz.ratelimit import Limit, Limiter
 
@@ -18,15 +19,14 @@ class FakeClock:
         return self.now
 
 
-def hammer(limiter: Limiter, limit: Limit, threads: int, hits_each: int) -> int:
-    """Hit one key from many threads at once, switching threads as often as possible; return
-    how many hits were allowed."""
+def race(work: Callable[[int], None], threads: int) -> None:
+    """Run `work(0)` … `work(threads - 1)` in as many threads, released together past a barrier
+    and switching as often as the interpreter allows, so that races show."""
     start = threading.Barrier(threads)
-    allowed = [0] * threads
 
     def worker(n: int) -> None:
         start.wait()
-        allowed[n] = sum(limiter.hit("shared", limit).allowed for _ in range(hits_each))
+        work(n)
 
     workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
     interval = sys.getswitchinterval()
@@ -38,4 +38,14 @@ def hammer(limiter: Limiter, limit: Limit, threads: int, hits_each: int) -> int:
             t.join()
     finally:
         sys.setswitchinterval(interval)
+
+
+def hammer(limiter: Limiter, limit: Limit, threads: int, hits_each: int) -> int:
+    """Hit one key from many threads at once; return how many hits were allowed."""
+    allowed = [0] * threads
+
+    def work(n: int) -> None:
+        allowed[n] = sum(limiter.hit("shared", limit).allowed for _ in range(hits_each))
+
+    race(work, threads)
     return sum(allowed)

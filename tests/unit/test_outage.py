@@ -3,13 +3,12 @@ lasted and how many failures it counted."""
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import pytest
 
 from sidecar_shared.outage import Outage, OutageEnded
-from tests.support.fakes import FakeClock
+from tests.support.fakes import FakeClock, race
 
 pytestmark = pytest.mark.unit
 
@@ -54,26 +53,16 @@ def test_an_outage_after_a_recovery_is_a_new_one() -> None:
 def test_threads_racing_see_one_beginning_and_one_end() -> None:
     outage = Outage(FakeClock(0.0))
     threads = 8
-    start = threading.Barrier(threads)
+    failed_everywhere = threading.Barrier(threads)
     began: list[bool] = []
     ended: list[OutageEnded | None] = []
 
-    def fail_then_succeed() -> None:
-        start.wait()
+    def fail_then_succeed(_: int) -> None:
         began.extend(outage.failed() for _ in range(50))
-        start.wait()
+        failed_everywhere.wait()
         ended.append(outage.succeeded())
 
-    workers = [threading.Thread(target=fail_then_succeed) for _ in range(threads)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    race(fail_then_succeed, threads)
     assert began.count(True) == 1
     ends = [e for e in ended if e is not None]
     assert ends == [OutageEnded(failures=threads * 50, duration_s=0.0)]
