@@ -161,13 +161,12 @@ def workdir() -> Iterator[Path]:
 
 
 @contextmanager
-def serving(data: dict[str, Any], fleet: bool = False) -> Iterator[tuple[stack.XdsServer, Path]]:
-    """An xDS server on `data` (loaded), and its working directory; `fleet` as in
-    `stack.start_xds` (several Envoys at once)."""
+def serving(data: dict[str, Any]) -> Iterator[tuple[stack.XdsServer, Path]]:
+    """An xDS server on `data` (loaded), and its working directory."""
     with workdir() as d:
         catalog = d / "catalog" / "service_catalog.json"
         catalog.write_text(json.dumps(data))
-        xds = stack.start_xds(catalog, d, fleet=fleet)
+        xds = stack.start_xds(catalog, d)
         try:
             wait.wait_until(xds.version, timeout=120, what="the catalog loaded")
             yield xds, d
@@ -329,7 +328,7 @@ def envoy_run(
     protocol: str, data: dict[str, Any], envoys: int, edits: int
 ) -> tuple[float, dict[str, list[float]], str]:
     """First full push (s); per edited field, ms to every Envoy SYNCED; Envoy's RDS time."""
-    with serving(data, fleet=True) as (xds, d):
+    with serving(data) as (xds, d):
         started = time.monotonic()
         fleet = [
             stack.start_envoy(xds, d, node_id=f"edge-{i}", delta=protocol == "delta", wait=False)

@@ -75,7 +75,7 @@ def rig(tmp_path: Path, echo: Callable[[str], EchoServer], transport: str) -> It
             ]
         },
     )
-    xds = stack.start_xds(catalog, tmp_path, transport=transport, fleet=True)
+    xds = stack.start_xds(catalog, tmp_path, transport=transport)
     s = Stack(xds, tmp_path, [xds.proc])
     yield s
     for p in reversed(s.procs):

@@ -138,18 +138,17 @@ def start_xds(
     args: list[str] | None = None,
     env: Mapping[str, str] | None = None,
     transport: str = defaults.AUTHZ_TRANSPORT,
-    fleet: bool = False,
 ) -> XdsServer:
     """The xDS server (or `module`, run with the same flags) on `ports` (gRPC, HTTP, Envoy's
     listener), by default new ones, with more flags in `args` and variables in `env`,
     configuring Envoy to call ext_authz over `transport`.
 
-    `fleet`: for several Envoys on this host at once. Envoy's listener port is its alone, so
-    they cannot share one: the listener's port is 0 and each Envoy binds one the OS chooses
-    (`start_envoy` reads it from the Envoy's admin)."""
-    port, http_port, listener_port = ports or (free_port(), free_port(), free_port())
-    if fleet:
-        listener_port = 0
+    Envoy's listener port is 0 unless `ports` names one: each Envoy binds a port the OS
+    chooses at the moment it binds (`Envoy.listener_port` reads it from its admin). A port
+    chosen earlier and bound only when xDS delivers the listener could meanwhile be taken by a
+    server the test starts (an upstream binding port 0), and requests meant for Envoy would
+    reach that server instead. Several Envoys on one host cannot share a port anyway."""
+    port, http_port, listener_port = ports or (free_port(), free_port(), 0)
     argv = commands.xds_server(
         *("--catalog", str(catalog)),
         *("--xds-host", "127.0.0.1", "--xds-port", str(port)),
@@ -231,10 +230,19 @@ def start_authz(
 class Envoy:
     proc: Proc
     admin_port: int
-    listener_port: int
+    configured_port: int  # the listener port xDS gives it; 0: one the OS chooses
     node_id: str
     delta: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def listener_port(self) -> int:
+        """The port Envoy's listener is bound to (waited for, and then remembered)."""
+        if not self.configured_port:
+            self.configured_port = wait_until(
+                lambda: bound_port(self.admin_port), timeout=20, what="Envoy's listener bound"
+            )
+        return self.configured_port
 
     @property
     def url(self) -> str:
@@ -276,9 +284,8 @@ def start_envoy(
     args: list[str] | None = None,
 ) -> Envoy:
     """Envoy fed by `xds`, calling `authz` (or whatever listens on `authz_port`) over the
-    transport `xds` configures; with `wait`, returned once Envoy says it is ready (and, under a
-    `fleet` xDS server, once its listener is bound: `listener_port` is the port it chose, and 0
-    without `wait`); `args` are more command-line flags."""
+    transport `xds` configures; with `wait`, returned once Envoy says it is ready; `args` are
+    more command-line flags."""
     if authz_port is None:
         authz_port = authz.port_for(xds.transport) if authz is not None else free_port()
     admin_port = free_port()
@@ -309,10 +316,6 @@ def start_envoy(
         return resp is not None and resp.status == 200
 
     wait_until(ready, timeout=20, what="Envoy to be ready")
-    if envoy.listener_port == 0:
-        envoy.listener_port = wait_until(
-            lambda: bound_port(admin_port), timeout=20, what="Envoy's listener bound"
-        )
     return envoy
 
 
