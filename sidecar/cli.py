@@ -1,4 +1,4 @@
-"""`sidecar`: up, validate, render, schema, status, token, probe."""
+"""`sidecar`: up, validate, render, bootstrap, schema, token, probe, drain, status."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import endpoints, status_view, up
+from sidecar import drain, endpoints, status_view, up
 from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
@@ -274,6 +274,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         child_env=child_env,
         max_downstream_connections=args.max_downstream_connections,
         envoy_max_heap_bytes=args.envoy_max_heap_bytes,
+        drain_timeout_s=args.drain_timeout,
     )
     return up.run(conf, catalog)
 
@@ -300,6 +301,31 @@ def _add_envoy_node_flags(p: argparse.ArgumentParser, environ: Mapping[str, str]
     add_flag(
         p, "node-cluster", default=defaults.NODE_CLUSTER, help="Envoy node cluster", environ=environ
     )
+
+
+def _add_drain_timeout(p: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    add_flag(
+        p,
+        "drain-timeout",
+        type=float,
+        default=defaults.DRAIN_TIMEOUT_S,
+        help="at a stop, seconds Envoy may take to finish the requests in flight",
+        environ=environ,
+    )
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Drain an Envoy (a Kubernetes preStop): exit 0 once it serves nothing, 1 if its admin
+    does not answer."""
+    try:
+        drain.start(args.envoy_admin)
+    except OSError as err:
+        print(f"sidecar drain: Envoy's admin at {args.envoy_admin} did not answer: {err}")
+        return 1
+    print(
+        f"sidecar drain: {drain.wait(args.envoy_admin, args.drain_timeout, defaults.DRAIN_QUIET_S)}"
+    )
+    return 0
 
 
 def _add_bootstrap_parser(sub: Any, environ: Mapping[str, str]) -> None:
@@ -367,6 +393,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         help="seconds to wait for readiness",
         environ=environ,
     )
+    _add_drain_timeout(p, environ)
     p.set_defaults(func=cmd_up)
 
     # validate and render translate as the xDS server would, with its settings.
@@ -405,6 +432,20 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     add_flag(p, "timeout", type=float, default=2.0, help="seconds", environ=environ)
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser(
+        "drain",
+        help="make an Envoy refuse new connections and finish those in flight (a preStop hook)",
+    )
+    add_flag(
+        p,
+        "envoy-admin",
+        default=defaults.ENVOY_ADMIN,
+        help="Envoy admin host:port",
+        environ=environ,
+    )
+    _add_drain_timeout(p, environ)
+    p.set_defaults(func=cmd_drain)
 
     p = sub.add_parser(
         "status", help="every connected Envoy, what it has ACKed, and one Envoy's endpoint health"
