@@ -27,6 +27,9 @@ XDS_PORT: Final = 18000
 XDS_HTTP_HOST: Final = "127.0.0.1"
 XDS_HTTP_PORT: Final = 18080
 RELOAD_DEBOUNCE_MS: Final = 20
+# The catalog's watch is checked this often: the directories re-chosen if one was replaced or a
+# symlink on the way points elsewhere, the file's identity compared, a failed watch retried.
+CATALOG_RECHECK_S: Final = 1.0
 # The Envoys' region, then the failover order ("eu-west,eu-central"); empty: no preference.
 REGION: Final = ""
 ROLLBACK_ON_NACK: Final = True
