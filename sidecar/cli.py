@@ -1,4 +1,4 @@
-"""`sidecar`: up, validate, render, schema, status, token, probe."""
+"""`sidecar`: up, validate, render, bootstrap, schema, token, probe, drain, status."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import endpoints, status_view, up
+from sidecar import drain, endpoints, status_view, up
 from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
@@ -117,6 +117,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         authz_port=args.authz_port,
         authz_http_check_port=args.authz_http_check_port,
         authz_transport=xds_settings.authz_transport(args),
+        delta=args.xds_protocol == "delta",
     )
     sys.stdout.write(render_json(options))
     return 0
@@ -273,50 +274,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         child_env=child_env,
         max_downstream_connections=args.max_downstream_connections,
         envoy_max_heap_bytes=args.envoy_max_heap_bytes,
+        drain_timeout_s=args.drain_timeout,
     )
     return up.run(conf, catalog)
 
 
-def _add_bootstrap_parser(sub: Any, environ: Mapping[str, str]) -> None:
-    p = sub.add_parser(
-        "bootstrap", help="print an Envoy bootstrap for containers (envoy/*.json are made so)"
-    )
-    p.add_argument("--xds-host", default="127.0.0.1", help="where Envoy reaches the xDS server")
-    p.add_argument("--xds-port", type=int, default=defaults.XDS_PORT, help="xDS gRPC port")
-    p.add_argument("--authz-host", default="127.0.0.1", help="where Envoy reaches ext_authz")
-    p.add_argument(
-        "--authz-port", type=int, default=defaults.AUTHZ_PORT, help="ext_authz gRPC port"
-    )
-    p.add_argument(
-        "--authz-http-check-port",
-        type=int,
-        default=defaults.AUTHZ_HTTP_CHECK_PORT,
-        help="ext_authz HTTP check port",
-    )
-    xds_settings.add_transport_argument(p, environ)
-    p.add_argument(
-        "--admin-address", default=defaults.ENVOY_ADMIN_ADDRESS, help="Envoy admin address"
-    )
-    p.add_argument("--admin-port", type=int, default=defaults.ENVOY_ADMIN_PORT, help="admin port")
-    p.add_argument("--node-id", default=defaults.NODE_ID, help="Envoy node id")
-    p.add_argument("--node-cluster", default=defaults.NODE_CLUSTER, help="Envoy node cluster")
-    p.set_defaults(func=cmd_bootstrap)
-
-
-def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser(
-        "up",
-        help="run xDS server, ext_authz, Envoy (and demo upstreams) in the foreground",
-        conflict_handler="resolve",  # both servers have --log-level
-    )
-    xds_settings.add_arguments(p, environ)
-    authz_settings.add_arguments(p, environ)
-    add_switch(
-        p, "demo", help="also run echo upstreams for the catalog's loopback URLs", environ=environ
-    )
+def _add_envoy_node_flags(p: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """What Envoy is told about itself and its xDS stream, in `up` and in `bootstrap` alike."""
     add_flag(
         p,
         "admin-port",
@@ -337,6 +301,67 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     add_flag(
         p, "node-cluster", default=defaults.NODE_CLUSTER, help="Envoy node cluster", environ=environ
     )
+
+
+def _add_drain_timeout(p: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    add_flag(
+        p,
+        "drain-timeout",
+        type=float,
+        default=defaults.DRAIN_TIMEOUT_S,
+        help="at a stop, seconds Envoy may take to finish the requests in flight",
+        environ=environ,
+    )
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Drain an Envoy (a Kubernetes preStop): exit 0 once it serves nothing, 1 if its admin
+    does not answer."""
+    try:
+        drain.start(args.envoy_admin)
+    except OSError as err:
+        print(f"sidecar drain: Envoy's admin at {args.envoy_admin} did not answer: {err}")
+        return 1
+    print(
+        f"sidecar drain: {drain.wait(args.envoy_admin, args.drain_timeout, defaults.DRAIN_QUIET_S)}"
+    )
+    return 0
+
+
+def _add_bootstrap_parser(sub: Any, environ: Mapping[str, str]) -> None:
+    p = sub.add_parser(
+        "bootstrap", help="print an Envoy bootstrap for containers (envoy/*.json are made so)"
+    )
+
+    def flag(name: str, default: object, help: str, type: Any = str) -> None:
+        add_flag(p, name, default=default, help=help, type=type, environ=environ)
+
+    flag("xds-host", "127.0.0.1", "where Envoy reaches the xDS server")
+    flag("xds-port", defaults.XDS_PORT, "xDS gRPC port", int)
+    flag("authz-host", "127.0.0.1", "where Envoy reaches ext_authz")
+    flag("authz-port", defaults.AUTHZ_PORT, "ext_authz gRPC port", int)
+    flag("authz-http-check-port", defaults.AUTHZ_HTTP_CHECK_PORT, "ext_authz HTTP check port", int)
+    xds_settings.add_transport_argument(p, environ)
+    flag("admin-address", defaults.ENVOY_ADMIN_ADDRESS, "Envoy admin address")
+    _add_envoy_node_flags(p, environ)
+    p.set_defaults(func=cmd_bootstrap)
+
+
+def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "up",
+        help="run xDS server, ext_authz, Envoy (and demo upstreams) in the foreground",
+        conflict_handler="resolve",  # both servers have --log-level
+    )
+    xds_settings.add_arguments(p, environ)
+    authz_settings.add_arguments(p, environ)
+    add_switch(
+        p, "demo", help="also run echo upstreams for the catalog's loopback URLs", environ=environ
+    )
+    _add_envoy_node_flags(p, environ)
     add_flag(
         p,
         "envoy-log-level",
@@ -368,6 +393,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         help="seconds to wait for readiness",
         environ=environ,
     )
+    _add_drain_timeout(p, environ)
     p.set_defaults(func=cmd_up)
 
     # validate and render translate as the xDS server would, with its settings.
@@ -390,18 +416,36 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         "token",
         help="mint an HS256 token with the configured dev key (--idp: in that provider's shape)",
     )
-    p.add_argument("--sub", required=True, help="user id")
-    p.add_argument("--role", action="append", help="a role (repeat for several)")
-    p.add_argument("--tenant", help="tenant id")
-    p.add_argument("--ttl", type=parse_ttl, default=3600, help="lifetime: 90s, 15m, 1h, 2d")
+    add_flag(p, "sub", default=None, required=True, help="user id", environ=environ)
+    flags.add_repeated(p, "role", help="a role", environ=environ)
+    add_flag(p, "tenant", default=None, help="tenant id", environ=environ)
+    add_flag(
+        p, "ttl", type=parse_ttl, default=3600, help="lifetime: 90s, 15m, 1h, 2d", environ=environ
+    )
     authz_settings.add_key_arguments(p, environ)
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("probe", help="gRPC health check; exit 0 when SERVING")
     p.add_argument("address", help="HOST:PORT")
-    p.add_argument("--service", default="", help="service name ('' is the whole server)")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    add_flag(
+        p, "service", default="", help="service name ('' is the whole server)", environ=environ
+    )
+    add_flag(p, "timeout", type=float, default=2.0, help="seconds", environ=environ)
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser(
+        "drain",
+        help="make an Envoy refuse new connections and finish those in flight (a preStop hook)",
+    )
+    add_flag(
+        p,
+        "envoy-admin",
+        default=defaults.ENVOY_ADMIN,
+        help="Envoy admin host:port",
+        environ=environ,
+    )
+    _add_drain_timeout(p, environ)
+    p.set_defaults(func=cmd_drain)
 
     p = sub.add_parser(
         "status", help="every connected Envoy, what it has ACKed, and one Envoy's endpoint health"
@@ -420,7 +464,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         help="Envoy admin host:port to read endpoint health from ('' to skip)",
         environ=environ,
     )
-    p.add_argument("--json", action="store_true", help="print the raw status document")
+    add_switch(p, "json", help="print the raw status document", environ=environ)
     p.set_defaults(func=cmd_status)
     return parser
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ext_authz.tokens import mint
-from sidecar import commands
+from sidecar import commands, drain
 from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar_shared import defaults
 from sidecar_shared.supervise import Supervisor, find_envoy
@@ -48,6 +48,7 @@ class UpSettings:
     child_env: Mapping[str, str]  # the servers' settings, as their SIDECAR_* variables
     max_downstream_connections: int = defaults.MAX_DOWNSTREAM_CONNECTIONS
     envoy_max_heap_bytes: int = defaults.ENVOY_MAX_HEAP_BYTES
+    drain_timeout_s: float = defaults.DRAIN_TIMEOUT_S  # at a stop, Envoy drains this long at most
 
 
 def demo_upstreams(catalog: Catalog) -> list[str]:
@@ -162,11 +163,56 @@ def _banner(
     out("Ctrl-C stops everything.")
 
 
+class Stopping:
+    """Signals to `sidecar up`: the first asks for a graceful stop, a second for a quick one
+    (the drain is cut short)."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.hurry = threading.Event()
+
+    def signalled(self, *_: object) -> None:
+        if self.asked.is_set():
+            self.hurry.set()
+        self.asked.set()
+
+
+def shut_down(
+    sup: Supervisor, conf: UpSettings, stopping: Stopping, out: Callable[[str], None]
+) -> None:
+    """Stop in the order that cuts no request: Envoy stops taking connections and finishes
+    the requests in flight (up to `conf.drain_timeout_s`) while ext_authz still answers its
+    checks; then every child, one at a time, newest first (Envoy, the xDS server, ext_authz,
+    the demo upstreams)."""
+    envoy = next((c for c in sup.children if c.name == "envoy"), None)
+    if stopping.asked.is_set() and envoy is not None and envoy.process.poll() is None:
+        admin = f"127.0.0.1:{conf.admin_port}"
+        try:
+            drain.start(admin)
+            out(
+                f"sidecar up: draining Envoy: new connections refused, requests in flight "
+                f"answered (up to {conf.drain_timeout_s:g} s; Ctrl-C again to cut it short)"
+            )
+            sys.stdout.flush()
+            why = drain.wait(
+                admin,
+                conf.drain_timeout_s,
+                defaults.DRAIN_QUIET_S,
+                stop_early=stopping.hurry.is_set,
+            )
+        except OSError as err:
+            why = f"Envoy's admin did not take it ({err})"
+        out(f"sidecar up: drain over: {why}")
+        sys.stdout.flush()
+    sup.stop_all(defaults.SERVER_STOP_GRACE_S)
+
+
 def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) -> int:
     sup = Supervisor(defaults.RESTART_BACKOFF_BASE_S, defaults.RESTART_BACKOFF_MAX_S)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stopping = Stopping()
+    stop = stopping.asked
+    signal.signal(signal.SIGTERM, stopping.signalled)
+    signal.signal(signal.SIGINT, stopping.signalled)
     workdir = Path(tempfile.mkdtemp(prefix="sidecar-up-"))
     env = {**os.environ, **conf.child_env}
     secret: str | None = None
@@ -213,7 +259,12 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
             )
         )
         sup.start(
-            "envoy", commands.envoy(find_envoy(env), bootstrap, conf.envoy_log_level), env=env
+            "envoy",
+            [
+                *commands.envoy(find_envoy(env), bootstrap, conf.envoy_log_level),
+                *drain.ENVOY_DRAIN_ARGS,
+            ],
+            env=env,
         )
         _wait_for(
             "Envoy to ACK every resource and bind its listener",
@@ -235,7 +286,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
         print(f"sidecar up: {err}", file=sys.stderr)
         return 1
     finally:
-        sup.stop_all()
+        shut_down(sup, conf, stopping, out)
         for f in workdir.iterdir():
             f.unlink()
         workdir.rmdir()

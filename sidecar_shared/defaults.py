@@ -27,6 +27,9 @@ XDS_PORT: Final = 18000
 XDS_HTTP_HOST: Final = "127.0.0.1"
 XDS_HTTP_PORT: Final = 18080
 RELOAD_DEBOUNCE_MS: Final = 20
+# The catalog's watch is checked this often: the directories re-chosen if one was replaced or a
+# symlink on the way points elsewhere, the file's identity compared, a failed watch retried.
+CATALOG_RECHECK_S: Final = 1.0
 # The Envoys' region, then the failover order ("eu-west,eu-central"); empty: no preference.
 REGION: Final = ""
 ROLLBACK_ON_NACK: Final = True
@@ -57,6 +60,11 @@ REDIS_KEY_PREFIX: Final = "sidecar:rl:"
 STARTUP_TIMEOUT_S: Final = 30.0
 RESTART_BACKOFF_BASE_S: Final = 0.1
 RESTART_BACKOFF_MAX_S: Final = 10.0
+# Stopping: Envoy drains the requests in flight for up to this long (under Kubernetes' default
+# 30 s termination grace, with room for the servers' own grace after it).
+DRAIN_TIMEOUT_S: Final = 15.0
+DRAIN_QUIET_S: Final = 1.0  # no request in flight this long: the drain is over
+SERVER_STOP_GRACE_S: Final = 5.0  # each child, after the drain, before SIGKILL
 
 # Envoy's edge: the values of Envoy's "Configuring Envoy as an edge proxy" page, or stricter
 # (docs/security.md says why each one is what it is).

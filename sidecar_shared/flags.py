@@ -23,7 +23,10 @@ def add_flag(
     help: str,
     type: Callable[[str], Any] = str,
     environ: Mapping[str, str] = os.environ,
+    required: bool = False,
 ) -> None:
+    """`--flag`, whose default is `SIDECAR_<FLAG>` when set; `required`: one of the two must
+    give it."""
     name = env_name(flag)
     raw = environ.get(name)
     if raw is not None:
@@ -31,7 +34,13 @@ def add_flag(
             default = type(raw)
         except (TypeError, ValueError) as err:
             parser.error(f"{name}={raw!r}: {err}")
-    parser.add_argument(f"--{flag}", type=type, default=default, help=f"{help} (env {name})")
+    parser.add_argument(
+        f"--{flag}",
+        type=type,
+        default=default,
+        required=required and raw is None,
+        help=f"{help} (env {name})",
+    )
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -70,6 +79,43 @@ def add_switch(
     default = environ.get(name, "").lower() in _TRUE
     parser.add_argument(
         f"--{flag}", action="store_true", default=default, help=f"{help} (env {name}=1)"
+    )
+
+
+class _RepeatedOverEnv(argparse.Action):
+    """`append`, except that the first value on the command line replaces the list the
+    variable gave (argparse's own `append` would add to it)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest, None)
+        if current is None or current is self.default:
+            current = []
+        setattr(namespace, self.dest, [*current, values])
+
+
+def add_repeated(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    help: str,
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """A flag given once per value (`--role a --role b`); its variable holds the values
+    separated by commas (`SIDECAR_ROLE=a,b`). Unset and not given: None."""
+    name = env_name(flag)
+    raw = environ.get(name)
+    default = [v.strip() for v in raw.split(",") if v.strip()] if raw is not None else None
+    parser.add_argument(
+        f"--{flag}",
+        action=_RepeatedOverEnv,
+        default=default,
+        help=f"{help} (repeat for several; env {name}, comma-separated)",
     )
 
 

@@ -62,8 +62,8 @@ class Event:
 
 class Supervisor:
     """Starts children in their own sessions (the terminal's Ctrl-C reaches only us; we
-    forward it), restarts any that exit with exponential back-off, and stops them all, newest
-    first, with a grace period before SIGKILL.
+    forward it), restarts any that exit with exponential back-off, and stops them all, one at a
+    time, newest first, each with a grace period before SIGKILL.
 
     A child that ran `stable_after_s` before exiting starts again after `backoff_base_s`; each
     quicker exit doubles the wait, up to `backoff_max_s`.
@@ -134,12 +134,11 @@ class Supervisor:
         return events
 
     def stop_all(self, grace_seconds: float = 5.0) -> None:
+        """Stop every child, one at a time, newest first: each gets SIGTERM once the one
+        started after it has exited, and SIGKILL if it is still running `grace_seconds`
+        later. (Envoy, started last, is gone before the servers it calls are asked to stop.)"""
         for child in reversed(self.children):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_seconds
-        for child in reversed(self.children):
-            stop(child.process, None, max(0.0, deadline - time.monotonic()))
+            stop(child.process, signal.SIGTERM, grace_seconds)
 
 
 def spawn(

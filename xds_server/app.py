@@ -125,7 +125,9 @@ def build_server(
             version=current.version if current else None,
             fleet_acked_version=common.version if common else None,
             versions=dict(current.versions) if current else {},
-            catalog=CatalogStatus(str(settings.catalog), loaded.ok, loaded.problems, loaded.at),
+            catalog=CatalogStatus(
+                str(settings.catalog), loaded.ok, loaded.problems, loaded.at, reloader.watch_error
+            ),
             proxies=proxies.report(current),
             refused=proxies.refusals(),
             rollback_on_nack=fleet.rollback,

@@ -66,6 +66,12 @@ class XdsMetrics:
             "1 when the catalog file on disk is the one being served, 0 after a failed reload",
             registry=registry,
         )
+        self.catalog_watched = Gauge(
+            "xds_catalog_watched",
+            "1 while the catalog's directories are watched, 0 while they cannot be (retried "
+            "every second; the file is checked meanwhile)",
+            registry=registry,
+        )
 
 
 class ProxyStates(Collector):

@@ -6,14 +6,21 @@ before (the fleet says which and why, `Rejections`; counted as `result="rejected
 `rejected_by_envoy` reports that the version this reloader loaded was rejected after it was
 served (`fleet.Fleet` calls it). Builds are incremental (`builder.SnapshotBuilder`).
 
-Editors save in place, write a temp file and rename it, or delete and recreate: the whole
-directory is watched (not recursively), so each of these, and a Kubernetes ConfigMap's symlink
-swap, is seen. A change elsewhere in the directory re-reads nothing unless the catalog's file
-(after symlinks) changed; content that did not change is not rebuilt.
+The watch follows the path, not the inode: the directories watched (`watched_directories`) are
+the one holding each symlink met on the way from the catalog's path to its file, and the
+file's own. So in-place saves, write-and-rename, delete-and-recreate, a Kubernetes ConfigMap's
+symlink swap, a release-directory symlink swap (`current -> rel/2`) and a catalog that is a
+symlink into another directory are all seen. Every `recheck_s` (and after every change) the
+directories are chosen again, and watched anew when one was replaced (`rm -rf dir; mkdir dir`)
+or a symlink now points elsewhere; the file's identity is compared too, so nothing a watch can
+miss stays unseen longer than that. A change elsewhere re-reads nothing unless the catalog's
+file (after symlinks) changed; content that did not change is not rebuilt.
 
 The reloader cannot die: an exception anywhere in a reload, a bug included, is a failed reload
 (logged with its traceback, counted as `result="error"`, `xds_catalog_valid` 0, the last good
-snapshot kept), and a failure of the watcher itself restarts the watch.
+snapshot kept), and a watch that cannot start or fails is reported (logged once per cause,
+`watch_error` in `/status`, `xds_catalog_watched` 0) and retried every `recheck_s`, the file
+being checked meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +41,7 @@ from watchfiles import Change, awatch
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
+from sidecar_shared import defaults
 from sidecar_shared.bounded import BoundedMap
 from xds_server.builder import SnapshotBuilder
 from xds_server.cache import SnapshotCache
@@ -71,6 +80,70 @@ def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def watched_directories(path: Path, max_links: int = 40) -> tuple[Path, ...]:
+    """The directories whose entries decide what `path` reads: the one holding each symlink
+    met on the way from `path` to its file (followed one component at a time, as the kernel
+    does), then the file's own directory. One that does not exist is replaced by its nearest
+    existing ancestor (its creation is seen there). No duplicates; at most `max_links` links
+    are followed (a loop stops there)."""
+    found: list[Path] = []
+    parts = list(path.absolute().parts)
+    here = Path(parts.pop(0))
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            here = here.parent
+            continue
+        step = here / part
+        try:
+            target = Path(os.readlink(step))
+        except OSError:  # not a symlink, or not there
+            here = step
+            continue
+        links += 1
+        found.append(here)
+        if links > max_links:  # a loop: no file at its end
+            return _existing(found)
+        if target.is_absolute():
+            here = Path(target.anchor)
+            parts = list(target.parts[1:]) + parts
+        else:
+            parts = list(target.parts) + parts
+    found.append(here.parent)
+    return _existing(found)
+
+
+def _existing(directories: list[Path]) -> tuple[Path, ...]:
+    """Each directory, or its nearest existing ancestor when it is not there; no duplicates."""
+    out: list[Path] = []
+    for directory in directories:
+        existing = directory
+        while not existing.is_dir() and existing != existing.parent:
+            existing = existing.parent
+        if existing not in out:
+            out.append(existing)
+    return tuple(out)
+
+
+WatchPlan = tuple[tuple[str, int, int], ...]
+"""The directories watched, each with its device and inode: a directory replaced under the
+same name is a different plan."""
+
+
+def _watch_plan(path: Path) -> WatchPlan:
+    plan = []
+    for directory in watched_directories(path):
+        try:
+            st = directory.stat()
+            plan.append((str(directory), st.st_dev, st.st_ino))
+        except OSError:
+            plan.append((str(directory), -1, -1))
+    return tuple(plan)
+
+
 class Rejections(Protocol):
     """The versions Envoy rejected (`fleet.Fleet`)."""
 
@@ -105,6 +178,9 @@ class Reloader:
         self._last_digest: bytes | None = None
         self._last_identity: tuple[int, int, int, int] | None = None
         self.state = ReloadState(None, False, ("not loaded yet",), time.time())
+        # Why the catalog is not being watched right now; None while it is.
+        self.watch_error: str | None = None
+        metrics.catalog_watched.set(1)
         # Services per version built, for the gauges of whatever is served: a reload's
         # snapshot, or an older one a rollback after a NACK (`Fleet`) brings back.
         self._services_of: BoundedMap[str, int] = BoundedMap(kept)
@@ -207,30 +283,60 @@ class Reloader:
         return False
 
     def _catalog_changed(self, changes: set[tuple[Change, str]]) -> bool:
-        """Whether a batch of directory changes touched the catalog (its name, or the file
-        its name resolves to, as after a ConfigMap's symlink swap)."""
-        path = str(self._path.absolute())
-        if any(changed == path for _, changed in changes):
+        """Whether a batch of directory changes (empty: a periodic check) touched the catalog:
+        its name, the file its name resolves to, or what the name leads to (its identity, as
+        after a symlink swap)."""
+        names = {str(self._path.absolute()), str(self._path.resolve())}
+        if any(changed in names for _, changed in changes):
             return True
         return _file_identity(self._path) != self._last_identity
 
-    async def watch(self, stop: asyncio.Event, debounce_ms: int) -> None:
-        """Reload on every change of the catalog until `stop` is set."""
-        directory = self._path.absolute().parent
+    def _watching(self) -> None:
+        if self.watch_error is not None:
+            self._log.info(
+                "watching the catalog again",
+                extra={"fields": {"path": str(self._path), "was": self.watch_error}},
+            )
+        self.watch_error = None
+        self._metrics.catalog_watched.set(1)
+
+    def _cannot_watch(self, plan: WatchPlan, err: Exception, recheck_s: float) -> None:
+        why = f"cannot watch {', '.join(d for d, _, _ in plan)}: {type(err).__name__}: {err}"
+        if why != self.watch_error:
+            self._log.error(
+                f"the catalog watcher failed; retrying every {recheck_s:g} s and checking the "
+                "file meanwhile",
+                exc_info=err,
+                extra={"fields": {"path": str(self._path), "error": why}},
+            )
+        self.watch_error = why
+        self._metrics.catalog_watched.set(0)
+
+    async def watch(
+        self, stop: asyncio.Event, debounce_ms: int, recheck_s: float = defaults.CATALOG_RECHECK_S
+    ) -> None:
+        """Reload on every change of the catalog until `stop` is set (the module docstring
+        says what is watched and how a failure is handled)."""
         while not stop.is_set():
+            plan = _watch_plan(self._path)
             try:
                 async for changes in awatch(
-                    directory,
+                    *(directory for directory, _, _ in plan),
                     stop_event=stop,
                     debounce=debounce_ms,
                     step=max(1, min(debounce_ms, 10)),
                     recursive=False,
+                    rust_timeout=max(1, int(recheck_s * 1000)),
+                    yield_on_timeout=True,
                 ):
+                    self._watching()
                     if self._catalog_changed(changes):
                         await self.load()
-                return
-            except Exception:
-                self._log.exception("the catalog watcher failed; restarting it in 1 s")
+                    if _watch_plan(self._path) != plan:
+                        break  # a directory on the way was replaced or a symlink moved
+            except Exception as err:
+                self._cannot_watch(plan, err, recheck_s)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-                await self.load()
+                    await asyncio.wait_for(stop.wait(), timeout=recheck_s)
+                if not stop.is_set() and self._catalog_changed(set()):
+                    await self.load()

@@ -6,14 +6,15 @@ contract (operators and scripts read them, `sidecar status --json` prints them).
 reads a document back and raises `StatusFormatError` naming the JSON path of the first field it
 cannot read, so a CLI talking to a server of another version says what it cannot read. Keys it
 does not know are ignored (a newer server may add some); the keys older servers did not send
-(`protocol`, `refused`, `rejected`) take their defaults.
+(`protocol`, `refused`, `rejected`, `catalog.watch_error`) take their defaults.
 
 The document, keys in this order:
 
     version               str | null    the snapshot served now
     fleet_acked_version   str | null    the newest version every connected proxy has ACKed
     versions              {type URL: str}  the served snapshot's version of each type
-    catalog               {path, valid, errors: [str], checked_at}  the last load of the file
+    catalog               {path, valid, errors: [str], checked_at, and watch_error: str while
+                          the file cannot be watched}  the last load of the file
     proxies               [{node_id, node_cluster, protocol, connected_at,
                             types: {short type name: {state, acked_version, current_version,
                                     and nacked_version, error while a NACK stands}}}]
@@ -86,14 +87,20 @@ class CatalogStatus:
     valid: bool  # False: the file on disk is not what is served (the last good version is)
     errors: tuple[str, ...]
     checked_at: float
+    # Why the catalog is not being watched right now (its directory cannot be watched; edits
+    # are then still found by a check of the file every second); None while it is.
+    watch_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "path": self.path,
             "valid": self.valid,
             "errors": list(self.errors),
             "checked_at": self.checked_at,
         }
+        if self.watch_error is not None:
+            out["watch_error"] = self.watch_error
+        return out
 
 
 @dataclass(frozen=True)
@@ -271,6 +278,7 @@ def _catalog(catalog: _Fields) -> CatalogStatus:
         valid=catalog.flag("valid"),
         errors=tuple(_text(e, path) for e, path in catalog.items("errors")),
         checked_at=catalog.number("checked_at"),
+        watch_error=catalog.text_or_none("watch_error", None),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,24 @@ def test_a_timeout_edit_changes_only_the_routes_version(
     after = xds.status()["versions"]
     changed = {t.rsplit(".", 1)[-1] for t in before if before[t] != after[t]}
     assert changed == {"RouteConfiguration"}
+
+
+@pytest.mark.parametrize("protocol", ["sotw"])
+def test_a_catalog_directory_replaced_keeps_reaching_envoy_and_status_says_so(
+    envoy: stack.Envoy, xds: stack.XdsServer, echo: Callable[[str], EchoServer]
+) -> None:
+    wait.wait_until(status_200(envoy, "/orders/1"), what="initial routing")
+    directory = xds.catalog.parent
+    with_reports = add_service(xds.catalog, "reports", echo("reports").port)
+    # rm -rf dir; mkdir dir; write the file
+    shutil.rmtree(directory)
+    directory.mkdir()
+    write_json(xds.catalog, with_reports)
+    wait.wait_until(status_200(envoy, "/reports/1"), what="the catalog in the new directory")
+    # The new directory is the one watched from now on.
+    save_by_rename(xds.catalog, add_service(xds.catalog, "audit", echo("audit").port))
+    wait.wait_until(status_200(envoy, "/audit/1"), what="an edit in the new directory")
+    catalog = xds.status()["catalog"]
+    assert catalog["valid"] and catalog["errors"] == []
+    assert "watch_error" not in catalog
+    assert "xds_catalog_watched 1.0" in xds.metrics()

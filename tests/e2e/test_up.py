@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ import pytest
 from sidecar_shared import defaults
 from sidecar_shared.contract import AUTHZ_TRANSPORTS
 from tests.support import http, ports, tokens, wait
-from tests.support.catalogs import SAMPLE, sample_data
+from tests.support.catalogs import SAMPLE, sample_data, write_catalog
+from tests.support.upstreams import Upstream
 
 
 def children_of(pid: int) -> set[int]:
@@ -329,3 +331,83 @@ def test_up_refuses_an_unknown_xds_protocol_and_names_the_variable() -> None:
     result = run_up(SAMPLE, {**os.environ, "SIDECAR_XDS_PROTOCOL": "grpc"})
     assert result.returncode == 2
     assert "SIDECAR_XDS_PROTOCOL='grpc': 'grpc' is not one of sotw, delta" in result.stderr
+
+
+def _one_request(port: int, path: str, headers: dict[str, str]) -> tuple[int, str] | str:
+    """(status, its `connection` header) on a new connection, or what went wrong instead."""
+    conn = HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, (resp.getheader("connection") or "").lower()
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError as err:  # an empty reply or a reset: the request was cut
+        return f"cut: {type(err).__name__}"
+    finally:
+        conn.close()
+
+
+def test_sigterm_answers_every_request_in_flight_refuses_new_ones_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    slow = Upstream("slow").start().behave("slow", delay_s=2.0)
+    service = {
+        "service_name": "slow",
+        "base_path": "/slow",
+        "internal_url": slow.url,
+        "timeout_ms": 10_000,
+        "rbac_required": False,
+    }
+    catalog = write_catalog(tmp_path, [service])
+    port = ports.free_port()
+    env = {
+        **up_env(port, ports.free_port()),
+        "SIDECAR_JWT_SECRET": tokens.TEST_SECRET.decode(),
+        "SIDECAR_DRAIN_TIMEOUT": "10",
+    }
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "up", "--catalog", str(catalog)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+    in_flight: list[tuple[int, str] | str] = []
+    auth = tokens.bearer()
+    clients = [
+        threading.Thread(
+            target=lambda: in_flight.append(_one_request(port, "/slow/x", auth)), daemon=True
+        )
+        for _ in range(6)
+    ]
+    try:
+        wait.wait_until(
+            lambda: proc.poll() is None and "Ctrl-C" in log.read_text(),
+            timeout=45,
+            what="sidecar up to be ready",
+        )
+        for client in clients:
+            client.start()
+        wait.wait_until(lambda: slow.count() >= 6, what="six requests at the upstream")
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        wait.wait_until(lambda: "draining Envoy" in log.read_text(), what="the drain to begin")
+        # After the drain began, a new connection is refused, or answered and closed.
+        late = _one_request(port, "/elsewhere", {})
+        assert late == "refused" or (isinstance(late, tuple) and late[1] == "close"), late
+        for client in clients:
+            client.join(timeout=20)
+        assert [r[0] if isinstance(r, tuple) else r for r in in_flight] == [200] * 6, in_flight
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        # The drain ended once the last answer was out, well within its 10 s.
+        assert time.monotonic() - signalled < 10 + defaults.SERVER_STOP_GRACE_S
+        assert "drain over: no client connection open" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        slow.stop()

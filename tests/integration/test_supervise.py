@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from sidecar_shared.supervise import Supervisor
 from tests.support.fakes import FakeClock
@@ -52,3 +53,29 @@ def test_stop_all_ends_every_child() -> None:
     children = [sup.start(f"c{i}", RUN_LONG) for i in range(3)]
     sup.stop_all(grace_seconds=5)
     assert all(c.process.poll() is not None for c in children)
+
+
+def test_stop_all_stops_one_child_at_a_time_newest_first(tmp_path: Path) -> None:
+    """The newest child takes a while to stop; the older one is signalled only after it."""
+    order = tmp_path / "order"
+    ready = tmp_path / "ready"
+
+    def child(name: str, linger_s: float) -> list[str]:
+        code = (
+            "import pathlib, signal, sys, time\n"
+            "def bye(*_):\n"
+            f"    time.sleep({linger_s})\n"
+            f"    with open({str(order)!r}, 'a') as f: f.write({name!r} + '\\n')\n"
+            "    sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, bye)\n"
+            f"with open({str(ready)!r}, 'a') as f: f.write('x')\n"
+            "time.sleep(60)\n"
+        )
+        return [sys.executable, "-c", code]
+
+    sup = Supervisor()
+    sup.start("older", child("older", 0.0))
+    sup.start("newer", child("newer", 0.5))
+    wait_until(lambda: ready.exists() and len(ready.read_text()) == 2, what="both children up")
+    sup.stop_all(grace_seconds=5)
+    assert order.read_text().split() == ["newer", "older"]

@@ -6,19 +6,22 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
+import watchfiles
 from prometheus_client import CollectorRegistry
 from watchfiles import Change
 
 from tests.support.catalogs import sample_data
 from tests.support.wait import wait_until_async
+from xds_server import reload as reload_module
 from xds_server.cache import SnapshotCache
 from xds_server.metrics import XdsMetrics
-from xds_server.reload import Reloader, decode_and_build
+from xds_server.reload import Reloader, decode_and_build, watched_directories
 from xds_server.snapshot import Snapshot
 from xds_server.translate import Options
 
@@ -30,9 +33,17 @@ class Rejected(dict[str, str]):
         return self.get(version)
 
 
+def catalog_text(timeout_ms: int) -> str:
+    """The sample catalog, one service's timeout changed: each value is another version."""
+    data = sample_data()
+    data["services"][3]["timeout_ms"] = timeout_ms
+    return json.dumps(data)
+
+
 class Rig:
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / "service_catalog.json"
+    def __init__(self, directory: Path, path: Path | None = None) -> None:
+        """A reloader of `path` (by default `service_catalog.json` in `directory`)."""
+        self.path = path or directory / "service_catalog.json"
         self.registry = CollectorRegistry()
         self.cache = SnapshotCache()
         self.rejected = Rejected()
@@ -56,9 +67,7 @@ class Rig:
         )
 
     def write(self, timeout_ms: int) -> None:
-        data = sample_data()
-        data["services"][3]["timeout_ms"] = timeout_ms
-        self.path.write_text(json.dumps(data))
+        self.path.write_text(catalog_text(timeout_ms))
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
@@ -267,3 +276,176 @@ def test_a_version_envoy_rejected_is_not_served_again_and_the_next_edit_is(
         assert rig.reloader.state.ok
 
     run(scenario)
+
+
+def test_a_catalog_directory_removed_and_made_again_is_watched_again(tmp_path: Path) -> None:
+    directory = tmp_path / "conf"
+    directory.mkdir()
+    rig = Rig(directory)
+
+    async def scenario() -> None:
+        rig.write(1000)
+        await rig.reloader.load()
+        first = rig.version()
+        stop = asyncio.Event()
+        watcher = await start_watch(rig, stop)
+        # rm -rf conf; mkdir conf; write the file
+        shutil.rmtree(directory)
+        directory.mkdir()
+        rig.write(2000)
+        await wait_until_async(
+            lambda: rig.version() != first and rig.reloader.state.ok, what="the new file"
+        )
+        second = rig.version()
+        # ... and the new directory is the one watched from now on.
+        rig.write(3000)
+        await wait_until_async(lambda: rig.version() != second, what="an edit after it")
+        assert rig.reloader.watch_error is None
+        assert rig.metric("xds_catalog_watched") == 1
+        stop.set()
+        await watcher
+
+    run(scenario)
+
+
+def test_a_release_directory_symlink_swap_is_seen(tmp_path: Path) -> None:
+    """Deploy tools' layout: `current -> releases/1`, swapped to `releases/2` in one rename."""
+    for release, timeout_ms in (("1", 1000), ("2", 2000)):
+        (tmp_path / "releases" / release).mkdir(parents=True)
+        (tmp_path / "releases" / release / "service_catalog.json").write_text(
+            catalog_text(timeout_ms)
+        )
+    (tmp_path / "current").symlink_to("releases/1")
+    rig = Rig(tmp_path, tmp_path / "current" / "service_catalog.json")
+
+    async def scenario() -> None:
+        await rig.reloader.load()
+        first = rig.version()
+        stop = asyncio.Event()
+        watcher = await start_watch(rig, stop)
+        (tmp_path / "current.new").symlink_to("releases/2")
+        os.replace(tmp_path / "current.new", tmp_path / "current")
+        await wait_until_async(lambda: rig.version() != first, what="release 2")
+        second = rig.version()
+        # An edit inside the new release is seen too (its directory is watched now).
+        (tmp_path / "releases" / "2" / "service_catalog.json").write_text(catalog_text(3000))
+        await wait_until_async(lambda: rig.version() != second, what="the edit in release 2")
+        assert rig.reloader.state.ok
+        stop.set()
+        await watcher
+
+    run(scenario)
+
+
+def test_a_catalog_that_is_a_symlink_into_another_directory_follows_its_target(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "conf").mkdir()
+    target = tmp_path / "data" / "catalog-v1.json"
+    target.write_text(catalog_text(1000))
+    link = tmp_path / "conf" / "service_catalog.json"
+    link.symlink_to(Path("..") / "data" / "catalog-v1.json")
+    rig = Rig(tmp_path, link)
+
+    async def scenario() -> None:
+        await rig.reloader.load()
+        first = rig.version()
+        stop = asyncio.Event()
+        watcher = await start_watch(rig, stop)
+        # Saved in the other directory by write-and-rename, then edited in place.
+        tmp = tmp_path / "data" / "catalog.tmp"
+        tmp.write_text(catalog_text(2000))
+        os.replace(tmp, target)
+        await wait_until_async(lambda: rig.version() != first, what="the renamed target")
+        second = rig.version()
+        target.write_text(catalog_text(3000))
+        await wait_until_async(lambda: rig.version() != second, what="the target edited")
+        stop.set()
+        await watcher
+
+    run(scenario)
+
+
+def test_a_watch_that_cannot_start_is_reported_retried_and_the_file_checked_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig(tmp_path)
+    refuse = {"left": 3}
+    real_awatch = watchfiles.awatch
+
+    def flaky_awatch(*paths: Any, **kw: Any) -> Any:
+        if refuse["left"] > 0:
+            refuse["left"] -= 1
+            raise OSError(28, "OS file watch limit reached")
+        return real_awatch(*paths, **kw)
+
+    monkeypatch.setattr(reload_module, "awatch", flaky_awatch)
+
+    async def scenario() -> None:
+        rig.write(1000)
+        await rig.reloader.load()
+        first = rig.version()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(rig.reloader.watch(stop, debounce_ms=5, recheck_s=0.2))
+        await wait_until_async(lambda: rig.reloader.watch_error is not None, what="the failure")
+        assert "OS file watch limit reached" in (rig.reloader.watch_error or "")
+        assert str(tmp_path) in (rig.reloader.watch_error or "")
+        assert rig.metric("xds_catalog_watched") == 0
+        # An edit while nothing is watched is still found by the periodic check.
+        rig.write(2000)
+        await wait_until_async(lambda: rig.version() != first, what="the edit, unwatched")
+        # The watch is retried until it works, and says so.
+        await wait_until_async(lambda: rig.reloader.watch_error is None, what="the watch back")
+        assert rig.metric("xds_catalog_watched") == 1
+        assert refuse["left"] == 0
+        stop.set()
+        await watcher
+
+    run(scenario)
+
+
+def test_a_watch_failure_is_logged_once_per_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    tries: list[int] = []
+
+    def broken_awatch(*paths: Any, **kw: Any) -> Any:
+        tries.append(1)
+        raise OSError(28, "OS file watch limit reached")
+
+    monkeypatch.setattr(reload_module, "awatch", broken_awatch)
+
+    async def scenario() -> None:
+        rig.write(1000)
+        await rig.reloader.load()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(rig.reloader.watch(stop, debounce_ms=5, recheck_s=0.05))
+        await wait_until_async(lambda: len(tries) >= 4, what="several retries, failing alike")
+        stop.set()
+        await watcher
+
+    with caplog.at_level(logging.ERROR, logger="test"):
+        run(scenario)
+    failures = [r for r in caplog.records if "catalog watcher failed" in r.getMessage()]
+    assert len(failures) == 1
+
+
+def test_the_directories_watched_follow_every_symlink_on_the_way(tmp_path: Path) -> None:
+    (tmp_path / "releases" / "7").mkdir(parents=True)
+    (tmp_path / "releases" / "7" / "real.json").write_text("{}")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "current").symlink_to("../releases/7")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "catalog.json").symlink_to(tmp_path / "app" / "current" / "real.json")
+    assert watched_directories(tmp_path / "etc" / "catalog.json") == (
+        tmp_path / "etc",
+        tmp_path / "app",
+        tmp_path / "releases" / "7",
+    )
+    # A directory that is not there is watched through its nearest existing ancestor.
+    assert watched_directories(tmp_path / "gone" / "deeper" / "catalog.json") == (tmp_path,)
+    # A symlink loop ends the walk instead of hanging it.
+    (tmp_path / "loop").symlink_to("loop")
+    assert watched_directories(tmp_path / "loop" / "catalog.json") == (tmp_path,)
