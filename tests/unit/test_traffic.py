@@ -74,7 +74,7 @@ def test_retries_on_answers_are_added_for_idempotent_methods_only() -> None:
 
 
 def test_the_retry_filter_runs_right_before_the_router_only_when_needed() -> None:
-    assert RETRY_FILTER not in filter_names(snapshot_of(service("a")))
+    assert RETRY_FILTER not in filter_names(snapshot_of(service("a", retry_policy=None)))
     snap = snapshot_of(service("a", retry_policy={"retry_on": ["5xx"]}, cacheable=True))
     for listener in ("ingress_http", SIDE):
         assert filter_names(snap, listener)[-2:] == [RETRY_FILTER, "envoy.filters.http.router"]
