@@ -228,8 +228,9 @@ class OutlierDetection(_Strict):
 
     consecutive_5xx: Annotated[int, Field(ge=1, le=1_000)] = 5
     consecutive_gateway_failure: Annotated[int, Field(ge=1, le=1_000)] = 5
-    # Timeouts (per try or whole), resets and refused connections in a row.
-    consecutive_local_origin_failure: Annotated[int, Field(ge=1, le=1_000)] = 5
+    # Timeouts (per try or whole), resets and refused connections in a row: three timed-out
+    # attempts take a hung endpoint out.
+    consecutive_local_origin_failure: Annotated[int, Field(ge=1, le=1_000)] = 3
     interval_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 10_000
     base_ejection_time_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 30_000
     max_ejection_percent: Annotated[int, Field(ge=0, le=100)] = 50
