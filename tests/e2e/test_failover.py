@@ -54,10 +54,11 @@ def test_a_region_below_half_healthy_spills_in_proportion(tmp_path: Path) -> Non
             wait.wait_until(lambda: gw.avoids(eu3, "/svc/x"), what="traffic off eu3")
             for u in (eu1, us):
                 u.forget()
-            assert statuses(gw, 60) == [200] * 60
-            # eu keeps a third healthy x 200 % = 67 % of the traffic; us takes the rest.
-            assert 30 <= eu1.count() <= 50, (eu1.count(), us.count())
-            assert eu1.count() + us.count() == 60
+            assert statuses(gw, 200) == [200] * 200
+            # eu keeps a third healthy x 200 % = 67 % of the traffic (133 of 200, give or take
+            # three standard deviations; Envoy's 140 would keep 47 %, 93); us takes the rest.
+            assert 113 <= eu1.count() <= 153, (eu1.count(), us.count())
+            assert eu1.count() + us.count() == 200
 
 
 def test_a_hung_primary_costs_a_per_try_timeout_and_is_ejected_in_about_a_second(

@@ -84,8 +84,9 @@ def _add_route(
     set_ms(out.route.timeout, svc.timeout_ms)
     if svc.protocol == "grpc":
         # A client's grpc-timeout is honoured up to the service's timeout; a call without one
-        # gets the service's timeout. Either way it ends DEADLINE_EXCEEDED. (With a
-        # max_stream_duration, Envoy's router ignores the route timeout for gRPC calls.)
+        # gets the service's timeout. Either way it ends DEADLINE_EXCEEDED. (A route with a
+        # max_stream_duration gets no router timeout from Envoy: the stream duration bounds
+        # every request on it, gRPC or not.)
         duration = out.route.max_stream_duration
         set_ms(duration.max_stream_duration, svc.timeout_ms)
         set_ms(duration.grpc_timeout_header_max, svc.timeout_ms)
