@@ -124,7 +124,10 @@ class _Strict(BaseModel):
 
 
 class RetryPolicy(_Strict):
-    """How Envoy retries a failed request (router retry_policy, exponential back-off)."""
+    """How Envoy retries a failed request (router retry_policy, exponential back-off). Every
+    service has one unless its catalog says `"retry_policy": null`: one retry, on another
+    endpoint when there is one, so an endpoint failing between two ejections costs the client
+    nothing on idempotent requests."""
 
     max_retries: Annotated[int, Field(ge=0, le=10)] = 1
     retry_on: Annotated[
@@ -212,15 +215,22 @@ class HealthCheck(_Strict):
 
     interval_ms: Annotated[int, Field(ge=100, le=300_000)] = 5_000
     timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 1_000
-    healthy_threshold: Annotated[int, Field(ge=1, le=100)] = 1
+    # Two passes in a row re-admit an endpoint: one lucky pass of a flapping endpoint does not
+    # (Envoy admits a new endpoint at its first pass whatever this says).
+    healthy_threshold: Annotated[int, Field(ge=1, le=100)] = 2
     unhealthy_threshold: Annotated[int, Field(ge=1, le=100)] = 3
 
 
 class OutlierDetection(_Strict):
-    """Passive ejection of endpoints that keep failing."""
+    """Passive ejection of endpoints that keep failing. Errors the upstream answered (5xx) and
+    errors Envoy saw itself (a timeout, a reset, a refused connection: local-origin) are counted
+    apart; an ejection stands for its whole time whatever health checks say."""
 
     consecutive_5xx: Annotated[int, Field(ge=1, le=1_000)] = 5
     consecutive_gateway_failure: Annotated[int, Field(ge=1, le=1_000)] = 5
+    # Timeouts (per try or whole), resets and refused connections in a row: three timed-out
+    # attempts take a hung endpoint out.
+    consecutive_local_origin_failure: Annotated[int, Field(ge=1, le=1_000)] = 3
     interval_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 10_000
     base_ejection_time_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 30_000
     max_ejection_percent: Annotated[int, Field(ge=0, le=100)] = 50
@@ -377,7 +387,7 @@ class Service(_Strict):
     timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 15_000
     tenant_scope: Literal["global", "tenant"] = "global"
     cacheable: bool = False
-    retry_policy: RetryPolicy | None = None
+    retry_policy: RetryPolicy | None = Field(default_factory=RetryPolicy)
     rbac_required: bool = True
     rate_limit: RateLimit | None = None
     public: bool = False
@@ -385,6 +395,10 @@ class Service(_Strict):
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     outlier_detection: OutlierDetection = Field(default_factory=OutlierDetection)
     circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
+    # Envoy's overprovisioning factor, in percent: a region keeps min(100 %, its healthy share x
+    # this / 100) of the traffic and the next region takes the rest. 200: a region keeps all of
+    # it while at least half of its endpoints are healthy.
+    overprovisioning_factor: Annotated[int, Field(ge=100, le=1_000)] = 200
     tenant_upstreams: Annotated[dict[str, Urls], _keys(_TENANT)] = Field(default_factory=dict)
     protocol: Literal["http1", "http2", "grpc"] = "http1"
     websocket: bool = False
@@ -706,6 +720,8 @@ def _traffic_problems(svc: Service, where: str) -> list[Problem]:
         out.append(
             Problem(f"{where}.websocket", f"WebSocket needs protocol http1 (got {svc.protocol!r})")
         )
+    if svc.cacheable:
+        out.extend(_cache_problems(svc, where))
     rp = svc.retry_policy
     if svc.protocol == "grpc":
         if svc.cacheable:
@@ -724,6 +740,30 @@ def _traffic_problems(svc: Service, where: str) -> list[Problem]:
             Problem(
                 f"{where}.versions",
                 "not with tenant_upstreams (which upstream would a tenant's versioned call use?)",
+            )
+        )
+    return out
+
+
+def _cache_problems(svc: Service, where: str) -> list[Problem]:
+    """Envoy's cache keys an entry on the URL alone (its `cache_v2` filter cannot vary on the
+    tenant or user ext_authz verified), so a cacheable service's stored answer goes to anyone
+    allowed on the route: only a global service with one upstream for everyone may be cached."""
+    out = []
+    if svc.tenant_scope == "tenant":
+        out.append(
+            Problem(
+                f"{where}.cacheable",
+                "not with tenant_scope 'tenant': Envoy's cache keys answers on the URL alone, "
+                "so one tenant's answer would be served to another",
+            )
+        )
+    if svc.tenant_upstreams:
+        out.append(
+            Problem(
+                f"{where}.cacheable",
+                "not with tenant_upstreams: Envoy's cache keys answers on the URL alone, so "
+                "one tenant's upstream's answer would be served to another tenant",
             )
         )
     return out

@@ -33,7 +33,9 @@ def service_resources(s: Service, options: Options) -> tuple[Named, Named]:
     for name, ups in service_clusters(s):
         clusters.append((name, cluster(s, ups, name, options.regions)))
         if not uses_dns(ups):
-            endpoints.append((name, load_assignment(name, ups, options.regions)))
+            endpoints.append(
+                (name, load_assignment(name, ups, options.regions, s.overprovisioning_factor))
+            )
     return clusters, endpoints
 
 

@@ -1,5 +1,6 @@
 """A real gRPC upstream (grpcio, HTTP/2 only) that misbehaves on purpose: one unary method,
-`/test.Echo/Call`, that echoes its request, or fails the first N calls with a status, or hangs;
+`/test.Echo/Call`, that echoes its request (at once or after a delay), or fails the first N calls
+with a status, or hangs;
 and `grpc.health.v1` whose answer a test sets. It counts the calls it receives."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class GrpcUpstream:
         self._fail_first = 0
         self._fail_code = grpc.StatusCode.UNAVAILABLE
         self._hang = False
+        self._delay_s = 0.0
         self.calls = 0
         self.metadata: list[dict[str, str]] = []
         self.released = threading.Event()
@@ -55,10 +57,13 @@ class GrpcUpstream:
         fail_first: int = 0,
         code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
         hang: bool = False,
+        delay_s: float = 0.0,
     ) -> None:
-        """From now on: the first `fail_first` calls end with `code`; then echo (or hang)."""
+        """From now on: the first `fail_first` calls end with `code`; then echo after `delay_s`
+        (or hang)."""
         with self._lock:
             self._fail_first, self._fail_code, self._hang = fail_first, code, hang
+            self._delay_s = delay_s
             self.calls = 0
 
     def set_serving(self, serving: bool) -> None:
@@ -74,12 +79,14 @@ class GrpcUpstream:
             self.calls += 1
             self.metadata.append(dict(context.invocation_metadata()))
             failing = self.calls <= self._fail_first
-            code, hang = self._fail_code, self._hang
+            code, hang, delay_s = self._fail_code, self._hang, self._delay_s
         if failing:
             context.abort(code, "failing on purpose")
         if hang:
             self.released.wait(HANG_LIMIT_S)
             context.abort(grpc.StatusCode.ABORTED, "released")
+        if delay_s:
+            self.released.wait(delay_s)
         return b"echo:" + request
 
 
@@ -87,10 +94,11 @@ def call(
     port: int,
     payload: bytes,
     *,
-    timeout: float = 10.0,
+    timeout: float | None = 10.0,
     metadata: list[tuple[str, str]] | None = None,
 ) -> bytes:
-    """Call `/test.Echo/Call` through 127.0.0.1:`port` (HTTP/2 cleartext); raises grpc.RpcError."""
+    """Call `/test.Echo/Call` through 127.0.0.1:`port` (HTTP/2 cleartext), with a deadline of
+    `timeout` seconds (None: no deadline, grpcio's default); raises grpc.RpcError."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         method = channel.unary_unary(METHOD)
         reply: bytes = method(payload, timeout=timeout, metadata=metadata)

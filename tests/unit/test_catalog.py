@@ -55,6 +55,11 @@ EXPECTED = {
     "unknown_protocol": ("services[0].protocol", "'http1', 'http2' or 'grpc'"),
     "duplicate_key": ("services[0].timeout_ms", "given more than once"),
     "duplicate_role": ("roles.viewer", "given more than once"),
+    "cacheable_tenant_scoped": (
+        "services[0].cacheable",
+        "not with tenant_scope 'tenant': Envoy's cache keys answers on the URL alone",
+    ),
+    "cacheable_tenant_upstreams": ("services[0].cacheable", "not with tenant_upstreams"),
     "body_limit_below_the_minimum": (
         "services[0].max_request_body_bytes",
         "must be at least 262144 (got 65536)",

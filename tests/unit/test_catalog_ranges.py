@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -48,6 +48,14 @@ ENVOY_FIELD: dict[tuple[str, str], tuple[type[Message], str] | None] = {
     ("OutlierDetection", "interval_ms"): (_OUTLIER, "interval"),
     ("OutlierDetection", "base_ejection_time_ms"): (_OUTLIER, "base_ejection_time"),
     ("OutlierDetection", "max_ejection_percent"): (_OUTLIER, "max_ejection_percent"),
+    ("OutlierDetection", "consecutive_local_origin_failure"): (
+        _OUTLIER,
+        "consecutive_local_origin_failure",
+    ),
+    ("Service", "overprovisioning_factor"): (
+        endpoint_pb2.ClusterLoadAssignment.Policy,
+        "overprovisioning_factor",
+    ),
     ("CircuitBreaker", "max_connections"): (_THRESHOLDS, "max_connections"),
     ("CircuitBreaker", "max_pending_requests"): (_THRESHOLDS, "max_pending_requests"),
     ("CircuitBreaker", "max_requests"): (_THRESHOLDS, "max_requests"),

@@ -74,7 +74,7 @@ def test_retries_on_answers_are_added_for_idempotent_methods_only() -> None:
 
 
 def test_the_retry_filter_runs_right_before_the_router_only_when_needed() -> None:
-    assert RETRY_FILTER not in filter_names(snapshot_of(service("a")))
+    assert RETRY_FILTER not in filter_names(snapshot_of(service("a", retry_policy=None)))
     snap = snapshot_of(service("a", retry_policy={"retry_on": ["5xx"]}, cacheable=True))
     for listener in ("ingress_http", SIDE):
         assert filter_names(snap, listener)[-2:] == [RETRY_FILTER, "envoy.filters.http.router"]
@@ -252,3 +252,73 @@ def test_each_version_has_its_cluster_and_a_path_and_a_header_route_first() -> N
         ("orders@v3", "/orders", [("x-v", "v3")]),
         ("orders", "/orders", []),
     ]
+
+
+def test_grpc_calls_without_a_deadline_are_bounded_by_the_timeout_too() -> None:
+    (route,) = routes(snapshot_of(service("a", protocol="grpc", timeout_ms=700)))
+    assert route.route.max_stream_duration.max_stream_duration.ToMilliseconds() == 700
+
+
+def test_every_service_retries_once_on_another_endpoint_and_region_unless_it_says_null() -> None:
+    (route,) = routes(snapshot_of(service("orders")))
+    retry = route.route.retry_policy
+    assert retry.num_retries.value == 1
+    assert [p.name for p in retry.retry_host_predicate] == [
+        "envoy.retry_host_predicates.previous_hosts"
+    ]
+    assert retry.retry_priority.name == "envoy.retry_priorities.previous_priorities"
+    (none,) = routes(snapshot_of(service("orders", retry_policy=None)))
+    assert not none.route.HasField("retry_policy")
+
+
+@pytest.mark.parametrize(
+    ("policy", "per_try_ms"),
+    [
+        ({}, 7500),  # the defaults: one retry, 15 s
+        ({"max_retries": 2, "retry_on": ["gateway-error"]}, 5000),
+        ({"max_retries": 3, "retry_on": ["reset", "retriable-4xx"]}, 3750),
+        ({"retry_on": ["connect-failure", "retriable-4xx"]}, None),  # a timeout is not retried
+    ],
+)
+def test_each_retried_attempt_gets_its_share_of_the_timeout_on_idempotent_requests(
+    policy: dict[str, object], per_try_ms: int | None
+) -> None:
+    (route,) = routes(snapshot_of(service("orders", retry_policy=policy)))
+    added = per_route_retries(route) or {}
+    expected = None if per_try_ms is None else str(per_try_ms)
+    assert added.get("per_try_timeout_ms") == expected
+    # A request that is not retried on a timeout (POST) keeps the whole timeout.
+    assert not route.route.retry_policy.HasField("per_try_timeout")
+    assert 'headers:replace("x-envoy-upstream-rq-per-try-timeout-ms", per_try)' in _LUA
+
+
+def test_the_share_is_on_the_route_when_every_method_is_retried_and_a_given_one_wins() -> None:
+    opted_in = {"retry_on": ["5xx"], "retry_non_idempotent": True}
+    (route,) = routes(snapshot_of(service("orders", timeout_ms=900, retry_policy=opted_in)))
+    assert route.route.retry_policy.per_try_timeout.ToMilliseconds() == 450
+    given = {"retry_on": ["5xx"], "per_try_timeout_ms": 800}
+    (route,) = routes(snapshot_of(service("orders", timeout_ms=900, retry_policy=given)))
+    assert route.route.retry_policy.per_try_timeout.ToMilliseconds() == 800
+    assert "per_try_timeout_ms" not in (per_route_retries(route) or {})
+
+
+def test_ejections_stand_and_local_origin_failures_are_counted_apart() -> None:
+    outlier = cluster(snapshot_of(service("orders")), "orders").outlier_detection
+    assert outlier.HasField("successful_active_health_check_uneject_host")
+    assert outlier.successful_active_health_check_uneject_host.value is False
+    assert outlier.split_external_local_origin_errors
+    assert outlier.consecutive_local_origin_failure.value == 3
+    assert outlier.enforcing_consecutive_local_origin_failure.value == 100
+    check = service("orders", healthcheck_endpoint="/healthz")
+    (hc,) = cluster(snapshot_of(check), "orders").health_checks
+    assert hc.healthy_threshold.value == 2
+
+
+def test_the_overprovisioning_factor_is_the_catalogs_200_by_default() -> None:
+    ip, dns = "http://10.0.0.1:80", "http://orders.internal:80"
+    policy = assignment(snapshot_of(service("a", ip)), "a").policy
+    assert policy.overprovisioning_factor.value == 200
+    policy = assignment(snapshot_of(service("a", ip, overprovisioning_factor=140)), "a").policy
+    assert policy.overprovisioning_factor.value == 140
+    by_dns = cluster(snapshot_of(service("a", dns, overprovisioning_factor=300)), "a")
+    assert by_dns.load_assignment.policy.overprovisioning_factor.value == 300

@@ -81,7 +81,7 @@ def test_route_carries_timeout_and_retry_policy_with_backoff() -> None:
 
 
 def test_no_retry_policy_means_no_retries() -> None:
-    snap = build_snapshot(catalog(svc("orders", "/orders")), Options())
+    snap = build_snapshot(catalog(svc("orders", "/orders", retry_policy=None)), Options())
     assert not route_named(snap, "orders").route.HasField("retry_policy")
 
 
@@ -247,7 +247,9 @@ def _filters(snap: Snapshot) -> list[Any]:
 @pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
 def test_identity_headers_are_stripped_before_ext_authz_which_fails_closed(transport: str) -> None:
     snap = build_snapshot(
-        catalog(svc("a", "/a", cacheable=True)), Options(authz=AuthzOptions(transport=transport))
+        # No retries: the retry filter would sit before the router (tests/unit/test_traffic.py).
+        catalog(svc("a", "/a", cacheable=True, retry_policy=None)),
+        Options(authz=AuthzOptions(transport=transport)),
     )
     filters = _filters(snap)
     assert [f.name for f in filters] == [

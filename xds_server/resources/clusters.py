@@ -24,6 +24,7 @@ from xds_server.resources.common import (
 )
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+DEFAULT_OVERPROVISIONING = Service.model_fields["overprovisioning_factor"].default
 
 
 def uses_dns(ups: list[Upstream]) -> bool:
@@ -75,10 +76,16 @@ def priorities(ups: Sequence[Upstream], preference: Sequence[str]) -> list[int]:
 
 
 def load_assignment(
-    name: str, ups: list[Upstream], regions: Sequence[str] = ()
+    name: str,
+    ups: list[Upstream],
+    regions: Sequence[str] = (),
+    overprovisioning_factor: int = DEFAULT_OVERPROVISIONING,
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    """Endpoints grouped by priority and region; weight-0 endpoints are left out."""
+    """Endpoints grouped by priority and region; weight-0 endpoints are left out. A priority
+    keeps min(100 %, its healthy share x `overprovisioning_factor` / 100) of the traffic; the
+    next one takes the rest."""
     out = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    out.policy.overprovisioning_factor.value = overprovisioning_factor
     live = [u for u in ups if u.weight > 0]
     groups: dict[tuple[int, str], Any] = {}
     ranked = zip(priorities(live, regions), live, strict=True)
@@ -123,19 +130,13 @@ def cluster(
     thresholds.max_pending_requests.value = cb.max_pending_requests
     thresholds.max_requests.value = cb.max_requests
     thresholds.max_retries.value = cb.max_retries
-    od = svc.outlier_detection
-    outlier = out.outlier_detection
-    outlier.consecutive_5xx.value = od.consecutive_5xx
-    outlier.consecutive_gateway_failure.value = od.consecutive_gateway_failure
-    # Envoy enforces gateway-failure ejections 0 % of the time unless told otherwise.
-    outlier.enforcing_consecutive_gateway_failure.value = 100
-    set_ms(outlier.interval, od.interval_ms)
-    set_ms(outlier.base_ejection_time, od.base_ejection_time_ms)
-    outlier.max_ejection_percent.value = od.max_ejection_percent
+    _set_outlier_detection(out, svc)
     if uses_dns(ups):
         out.type = cluster_pb2.Cluster.STRICT_DNS
         out.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
-        out.load_assignment.CopyFrom(load_assignment(name, ups, regions))
+        out.load_assignment.CopyFrom(
+            load_assignment(name, ups, regions, svc.overprovisioning_factor)
+        )
     else:
         out.type = cluster_pb2.Cluster.EDS
         out.eds_cluster_config.eds_config.CopyFrom(ADS_SOURCE)
@@ -144,6 +145,27 @@ def cluster(
         _add_health_check(out, svc, svc.healthcheck_endpoint)
     _set_protocol(out, svc, ups)
     return out
+
+
+def _set_outlier_detection(out: cluster_pb2.Cluster, svc: Service) -> None:
+    od = svc.outlier_detection
+    outlier = out.outlier_detection
+    # Answers the upstream gave (5xx, gateway failures) and errors Envoy met itself (timeouts,
+    # resets, refused connections) counted apart: a hung endpoint answers nothing, and its
+    # timeouts eject it after `consecutive_local_origin_failure` of them in a row.
+    outlier.split_external_local_origin_errors = True
+    outlier.consecutive_local_origin_failure.value = od.consecutive_local_origin_failure
+    outlier.enforcing_consecutive_local_origin_failure.value = 100
+    outlier.consecutive_5xx.value = od.consecutive_5xx
+    outlier.consecutive_gateway_failure.value = od.consecutive_gateway_failure
+    # Envoy enforces gateway-failure ejections 0 % of the time unless told otherwise.
+    outlier.enforcing_consecutive_gateway_failure.value = 100
+    # An ejection stands for its time: Envoy's default re-admits an ejected endpoint at its next
+    # passing health check, so a shallow health endpoint would undo every ejection.
+    outlier.successful_active_health_check_uneject_host.value = False
+    set_ms(outlier.interval, od.interval_ms)
+    set_ms(outlier.base_ejection_time, od.base_ejection_time_ms)
+    outlier.max_ejection_percent.value = od.max_ejection_percent
 
 
 def _add_health_check(out: cluster_pb2.Cluster, svc: Service, endpoint: str) -> None:

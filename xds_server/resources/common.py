@@ -12,6 +12,9 @@ from envoy.config.core.v3 import (
 )
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import (
+    previous_priorities_config_pb2 as previous_priorities_pb2,
+)
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
@@ -99,6 +102,11 @@ def pack(msg: Message) -> any_pb2.Any:
 PREVIOUS_HOSTS = route_components_pb2.RetryPolicy.RetryHostPredicate(
     name="envoy.retry_host_predicates.previous_hosts",
     typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
+)
+# Every retry leaves the priorities (regions) already tried, while another one has endpoints.
+PREVIOUS_PRIORITIES = route_components_pb2.RetryPolicy.RetryPriority(
+    name="envoy.retry_priorities.previous_priorities",
+    typed_config=pack(previous_priorities_pb2.PreviousPrioritiesConfig(update_frequency=1)),
 )
 FILTER_DISABLED = pack(route_components_pb2.FilterConfig(disabled=True))
 

@@ -83,8 +83,13 @@ def _add_route(
     out.route.cluster = cluster_name
     set_ms(out.route.timeout, svc.timeout_ms)
     if svc.protocol == "grpc":
-        # A client's grpc-timeout is honoured, up to the service's timeout.
-        set_ms(out.route.max_stream_duration.grpc_timeout_header_max, svc.timeout_ms)
+        # A client's grpc-timeout is honoured up to the service's timeout; a call without one
+        # gets the service's timeout. Either way it ends DEADLINE_EXCEEDED. (A route with a
+        # max_stream_duration gets no router timeout from Envoy: the stream duration bounds
+        # every request on it, gRPC or not.)
+        duration = out.route.max_stream_duration
+        set_ms(duration.max_stream_duration, svc.timeout_ms)
+        set_ms(duration.grpc_timeout_header_max, svc.timeout_ms)
     if svc.websocket:
         out.route.upgrade_configs.add(upgrade_type="websocket")
     out.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(authz)
@@ -100,7 +105,7 @@ def _add_route(
         out.request_headers_to_remove.append(TENANT_HEADER)
     rp = svc.retry_policy
     if rp is not None and rp.max_retries > 0:
-        set_retry_policy(rp, out)
+        set_retry_policy(rp, out, svc.timeout_ms)
 
 
 def add_service_routes(
