@@ -19,7 +19,8 @@ Guards against abuse, each costing a comparison or a dict lookup per check:
 
 On allow, the upstream request gets `x-user-id`, `x-user-roles`, `x-request-id` and, when the
 token has one, `x-tenant-id`, each overwriting whatever the client sent; identity headers that
-are not set are removed. `Authorization` is never touched.
+are not set are removed; their values are encoded by one rule (`contract.encode_identity`).
+`Authorization` is never touched.
 """
 
 from __future__ import annotations
@@ -416,13 +417,14 @@ class Authorizer:
         identity: Identity, policy: RoutePolicy, request_id: str, response_headers: Headers
     ) -> Outcome:
         set_headers = [
-            (USER_HEADER, identity.user),
+            (USER_HEADER, identity.user_header),
             (ROLES_HEADER, identity.roles_header),
             (REQUEST_ID_HEADER, request_id),
         ]
         remove: list[str] = []
-        if identity.tenant is not None:
-            set_headers.append((TENANT_HEADER, identity.tenant))
+        tenant = identity.tenant_header
+        if tenant is not None:
+            set_headers.append((TENANT_HEADER, tenant))
         else:
             remove.append(TENANT_HEADER)
         if identity.tenant is not None and identity.tenant in policy.tenant_upstreams:

@@ -34,8 +34,9 @@ Claims (`validate_times`, `validate_identity`, kept apart from how claims are ex
 Infinity, 1e999 or 10**400 are refused, never a 500); `nbf` and `iat` must not be in the future
 beyond the leeway. The user, tenant and role names become request headers, so they must be
 header-safe: no control characters, no leading or trailing whitespace, bounded length
-(`MAX_NAME_CHARS`), at most `MAX_ROLES` roles, none empty (a role may hold a comma or spaces:
-`x-user-roles` percent-encodes each role). Issuer and audience are enforced when configured.
+(`MAX_NAME_CHARS`), at most `MAX_ROLES` roles, none empty. Any other character is fine: each
+header value is encoded by one rule (`encode_identity`: a comma, a C1 control, a `%`, any
+non-ASCII travel percent-encoded). Issuer and audience are enforced when configured.
 
 Caches: verified tokens are kept in a bounded LRU keyed by the token; an entry is never used
 after its `exp` (plus leeway). Refused tokens are remembered in a bounded LRU keyed by the
@@ -66,7 +67,7 @@ from ext_authz.claims import ClaimError, ClaimExtractor, ClaimMapping, set_claim
 from ext_authz.keys import KID, Jwk, KeySet, KeySource
 from sidecar_shared import defaults
 from sidecar_shared.bounded import BoundedMap
-from sidecar_shared.contract import encode_roles
+from sidecar_shared.contract import encode_identity, encode_roles
 
 Clock = Callable[[], float]
 
@@ -115,6 +116,16 @@ class Identity:
     def roles_header(self) -> str:
         """The `x-user-roles` value, encoded once per verified token."""
         return encode_roles(self.roles)
+
+    @cached_property
+    def user_header(self) -> str:
+        """The `x-user-id` value (`encode_identity`), encoded once per verified token."""
+        return encode_identity(self.user)
+
+    @cached_property
+    def tenant_header(self) -> str | None:
+        """The `x-tenant-id` value (`encode_identity`), encoded once per verified token."""
+        return None if self.tenant is None else encode_identity(self.tenant)
 
 
 @dataclass(frozen=True)
@@ -296,7 +307,7 @@ def validate_identity(identity: Identity) -> Identity:
     if len(identity.roles) > MAX_ROLES:
         raise TokenError("bad_claim", f"the token has more than {MAX_ROLES} roles")
     for role in identity.roles:
-        # A comma is fine: x-user-roles percent-encodes each role (`encode_roles`).
+        # A comma is fine: each role is encoded in x-user-roles (`encode_identity`).
         if not role:
             raise TokenError("bad_claim", "the token has an empty role")
         _header_safe(role, "role")
