@@ -1,9 +1,10 @@
 """In-process rate limiting: the window rule of :mod:`ext_authz.ratelimit.window` in a dict.
 
 Memory is bounded: at most ``max_keys`` keys hold state. Idle keys (no bucket left in the
-counted range) are dropped by a sweep on every call of up to ``sweep_per_call`` least recently
-used entries, which stops at the first that still counts (bounded work per call; in the steady
-state one look). A key's buckets that can no longer count are pruned when it opens a new one.
+counted range) are dropped by a sweep of up to ``sweep_per_call`` least recently used entries,
+which stops at the first that still counts and then rests until that key can have gone idle
+(bounded work per call; in the steady state none). A key's buckets that can no longer count are
+pruned when it opens a new one.
 
 At the cap, a limit being enforced is never loosened: a key that still counts is never evicted
 (evicting it would forget its usage and hand its user a fresh window). A new key first makes
@@ -21,7 +22,14 @@ import logging
 import threading
 
 from ext_authz.ratelimit.base import DEFAULT_CLOCK, Clock, Limit, LimitDecision
-from ext_authz.ratelimit.window import decide, oldest_counted, prune, to_ms
+from ext_authz.ratelimit.window import (
+    N_BUCKETS,
+    bucket_width_ms,
+    decide,
+    oldest_counted,
+    prune,
+    to_ms,
+)
 from sidecar_shared.bounded import BoundedMap
 
 _Key = tuple[str, int]
@@ -56,6 +64,7 @@ class MemoryLimiter:
         # Never full past `max_keys`: room is made (or refused) before a key is stored.
         self._state: BoundedMap[_Key, dict[int, int]] = BoundedMap(max_keys)
         self._full_logged = False
+        self._quiet_until_ms = 0  # no sweep before: the oldest key seen counts until then
         self.refused_at_cap = 0  # new keys decided by the failure policy (read under no lock)
 
     def __len__(self) -> int:
@@ -126,12 +135,20 @@ class MemoryLimiter:
         )
 
     def _sweep(self, now_ms: int) -> None:
-        """Drop idle keys among the least recently used few. Caller holds the lock."""
+        """Drop idle keys among the least recently used few, up to the first that still
+        counts; then look again only once that key can have gone idle. Caller holds the
+        lock."""
+        if now_ms < self._quiet_until_ms:
+            return
         idle = []
         for k, buckets in itertools.islice(self._state.items(), self._sweep_per_call):
             # Counts here are never below 1, so a key is idle when its newest bucket is.
-            if buckets and max(buckets) >= oldest_counted(now_ms, k[1]):
-                break
+            if buckets:
+                newest = max(buckets)
+                if newest >= oldest_counted(now_ms, k[1]):
+                    # Counted until bucket `newest` leaves the window (`window.decide`).
+                    self._quiet_until_ms = (newest + N_BUCKETS + 1) * bucket_width_ms(k[1])
+                    break
             idle.append(k)
         for k in idle:
             del self._state[k]
