@@ -62,7 +62,7 @@ def make_backend(settings: AuthzSettings, stack: contextlib.ExitStack) -> Backen
     (checks of one loop turn pipelined); Cluster and Sentinel go through the same client the
     threads use, each call on a worker thread, so the loop never waits on a socket."""
     if settings.rate_limit_backend != "redis":
-        return Backend(MemoryLimiter())
+        return Backend(MemoryLimiter(fail_open=settings.rate_limit_fail_open))
     from ext_authz.ratelimit.redis_backend import (  # noqa: PLC0415
         AsyncRedisLimiter,
         RedisLimiter,

@@ -13,8 +13,9 @@ Path syntax (`SIDECAR_CLAIM_USER`, `SIDECAR_CLAIM_ROLES`, `SIDECAR_CLAIM_TENANT`
   in order, duplicates dropped. User and tenant: the first path present in the token wins.
 
 Values: a role source holds a list of strings, or one string that is split at whitespace (OAuth
-`scope`: `"read:orders write:orders"`). User and tenant are non-empty strings. A JSON `null` is
-the same as an absent claim.
+`scope`: `"read:orders write:orders"`). User and tenant are non-empty strings. A JSON `null`
+user or tenant is the same as an absent claim; a `null` at a configured roles path means "no
+roles": the roles claim is there, so the legacy `role` claim is not read.
 
 Warnings: the first verified token that lacks a configured path which no earlier token had is
 logged once per path, with the names (never the values) of the claims the token does have.
@@ -126,16 +127,16 @@ def _bracketed(spec: str, i: int, setting: str) -> tuple[str, int]:
     return key, end + 1
 
 
-def lookup(claims: Mapping[str, Any], keys: Sequence[str]) -> Any:
-    """The value at `keys`, or `MISSING` (also for a JSON null)."""
+def lookup(claims: Mapping[str, Any], keys: Sequence[str], null: Any = MISSING) -> Any:
+    """The value at `keys`, or `MISSING` when it is absent; `null` for a JSON null there."""
     node: Any = claims
     for key in keys:
         if not isinstance(node, Mapping):
             return MISSING
-        node = node.get(key)
-        if node is None:
+        node = node.get(key, MISSING)
+        if node is MISSING:
             return MISSING
-    return node
+    return null if node is None else node
 
 
 def set_claim(payload: MutableMapping[str, Any], spec: str, value: Any) -> None:
@@ -216,10 +217,11 @@ class ClaimExtractor:
         roles: list[str] = []
         found_roles = False
         for path in m.roles:
-            value = lookup(claims, path.keys)
+            value = lookup(claims, path.keys, null=None)
             if value is not MISSING:
-                found_roles = True
-                roles.extend(_roles_of(value, path))
+                found_roles = True  # a null is a roles claim with no roles: never the fallback
+                if value is not None:
+                    roles.extend(_roles_of(value, path))
         if not found_roles and m.role_fallback is not None:
             value = lookup(claims, m.role_fallback.keys)
             if value is not MISSING:  # one role by name: a string is not split

@@ -12,14 +12,17 @@ the request id); the precise reason is the `reason` code in the audit line and t
 `GuardSettings.verbose_denials` shows the precise sentence instead (for development).
 
 Guards against abuse, each costing a comparison or a dict lookup per check:
-- header room: Envoy refuses (500, after the allow) a request whose header count, with the
-  identity headers added, passes its limit; such a request is a 431 here instead.
+- header room: Envoy refuses (500 with an empty body, after the allow) a request whose header
+  lines, with the identity headers added, pass its limit; such a request is a 431 here
+  instead, before anything is verified or counted. Lines are counted as Envoy counts them, a
+  repeated name once per line (`header_lines`).
 - failure budget: an address with too many failed authentications in a window gets 429 for
   the rest of it, before any token work (a token already verified and cached still passes).
 
 On allow, the upstream request gets `x-user-id`, `x-user-roles`, `x-request-id` and, when the
 token has one, `x-tenant-id`, each overwriting whatever the client sent; identity headers that
-are not set are removed. `Authorization` is never touched.
+are not set are removed; their values are encoded by one rule (`contract.encode_identity`).
+`Authorization` is never touched.
 """
 
 from __future__ import annotations
@@ -127,6 +130,18 @@ class PolicyCache:
         with self._lock:
             self._items[text] = policy
         return policy
+
+
+def header_lines(headers: Mapping[str, str]) -> int:
+    """At least as many header lines as Envoy counts against its limit for a request whose
+    check carries `headers`. Envoy hands ext_authz one value per name, the lines of a repeated
+    name joined by commas (both transports), so every comma may be a line of its own: a value
+    with commas of its own counts as several, which only matters near the limit."""
+    lines = len(headers)
+    for value in headers.values():
+        if "," in value:  # rare: a test costs less than a count
+            lines += value.count(",")
+    return lines
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -303,13 +318,14 @@ class Authorizer:
         def done(outcome: Outcome, identity: Identity | None = None) -> _Done:
             return _Done(req, outcome, identity, policy, address)
 
+        lines = header_lines(req.headers)
         if policy.public:
-            if len(req.headers) > self._header_room + _ADDED_HEADERS:
+            if lines > self._header_room + _ADDED_HEADERS:
                 return done(self._too_many_headers(request_id))
             return self._pending(
                 req, policy, address_key(policy.service, address), request_id, None, address
             )
-        if len(req.headers) > self._header_room:
+        if lines > self._header_room:
             return done(self._too_many_headers(request_id))
         token = bearer_token(req.headers)
         retry_after = self._budget.blocked(address)
@@ -416,13 +432,14 @@ class Authorizer:
         identity: Identity, policy: RoutePolicy, request_id: str, response_headers: Headers
     ) -> Outcome:
         set_headers = [
-            (USER_HEADER, identity.user),
+            (USER_HEADER, identity.user_header),
             (ROLES_HEADER, identity.roles_header),
             (REQUEST_ID_HEADER, request_id),
         ]
         remove: list[str] = []
-        if identity.tenant is not None:
-            set_headers.append((TENANT_HEADER, identity.tenant))
+        tenant = identity.tenant_header
+        if tenant is not None:
+            set_headers.append((TENANT_HEADER, tenant))
         else:
             remove.append(TENANT_HEADER)
         if identity.tenant is not None and identity.tenant in policy.tenant_upstreams:

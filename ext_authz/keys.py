@@ -13,6 +13,12 @@ event: no file read and no network fetch on the request path.
 HTTPS fetches trust the system's CA store, or only the bundle in `KeySettings.jwks_ca_file`.
 Discovery (`discover_from`) happens once, at start: the configuration must name the same issuer.
 
+Weak keys are refused when a JWKS is loaded (`weakness`): an RSA key under 2048 bits, an EC key
+off P-256/P-384/P-521, an OKP key off Ed25519/Ed448. The rest of the JWKS is used; each weak key
+is logged once with its `kid` and counted (`ext_authz_jwks_weak_keys_total`), and a token it
+would verify names an unknown `kid`. A `kid` is matched as a whole string (`KID.fullmatch`: a
+trailing newline is not part of any kid).
+
 A source that fails after start keeps its last good keys; the failure is logged once per outage
 and its end once (with how long it lasted and how many fetches failed). Each refetch for an
 unknown `kid` is logged. With `KeyMetrics`, JWKS fetches, failures, unknown-kid refetches and the
@@ -41,9 +47,16 @@ import jwt
 
 from ext_authz.metrics import KeyMetrics
 from sidecar_shared import defaults
+from sidecar_shared.bounded import BoundedMap
 from sidecar_shared.outage import Outage
 
-KID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+KID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # the whole string: use `fullmatch`
+MIN_RSA_BITS = 2048
+# The curves a JWK may name (RFC 7518, RFC 8037); any other key of that type is refused.
+STANDARD_CURVES = {
+    "EC": frozenset({"P-256", "P-384", "P-521"}),
+    "OKP": frozenset({"Ed25519", "Ed448"}),
+}
 MIN_SECRET_BYTES = 32
 FETCH_TIMEOUT_S = 2.0
 MAX_DOCUMENT_BYTES = 1 << 20
@@ -175,6 +188,7 @@ def _get_json(url: str, tls: ssl.SSLContext | None, what: str) -> tuple[Any, str
 class Fetched:
     keys: dict[str, Jwk]
     max_age_s: float | None = None  # from the server's Cache-Control
+    weak: Mapping[str, str] = field(default_factory=dict)  # refused keys: kid → why
 
 
 def fetch_jwks(source: str, tls: ssl.SSLContext | None = None) -> Fetched:
@@ -189,7 +203,8 @@ def fetch_jwks(source: str, tls: ssl.SSLContext | None = None) -> Fetched:
             raise KeyConfigError(f"{source}: cannot load JWKS: {err}") from None
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise KeyConfigError(f"{source}: not a JWKS (an object with a 'keys' list)")
-    return Fetched(parse_jwks(data, source), max_age(cache_control))
+    weak: dict[str, str] = {}
+    return Fetched(parse_jwks(data, source, weak), max_age(cache_control), weak)
 
 
 def discover_jwks_uri(issuer: str, tls: ssl.SSLContext | None = None) -> str:
@@ -210,13 +225,30 @@ def discover_jwks_uri(issuer: str, tls: ssl.SSLContext | None = None) -> str:
     return uri
 
 
-def parse_jwks(data: Mapping[str, Any], source: str = "JWKS") -> dict[str, Jwk]:
+def weakness(jwk: Mapping[str, Any], key: Any) -> str | None:
+    """Why a parsed JWK is too weak to verify with (None: it is not): an RSA modulus under
+    `MIN_RSA_BITS`, or an EC or OKP key on a curve outside `STANDARD_CURVES`."""
+    kty = jwk.get("kty")
+    if kty == "RSA":
+        bits = int(getattr(key, "key_size", 0))
+        return None if bits >= MIN_RSA_BITS else f"an RSA key of {bits} bits (under {MIN_RSA_BITS})"
+    curves = STANDARD_CURVES.get(str(kty))
+    if curves is not None and jwk.get("crv") not in curves:
+        return f"an {kty} key on the curve {str(jwk.get('crv'))[:32]!r}"
+    return None
+
+
+def parse_jwks(
+    data: Mapping[str, Any], source: str = "JWKS", weak: dict[str, str] | None = None
+) -> dict[str, Jwk]:
+    """The usable signing keys of a JWKS by kid; raises KeyConfigError for a key that is not
+    one. A weak key (`weakness`) is left out, and noted in `weak` (kid → why)."""
     keys: dict[str, Jwk] = {}
     for i, jwk in enumerate(data["keys"]):
         if not isinstance(jwk, dict):
             raise KeyConfigError(f"{source}: keys[{i}] is not an object")
         kid = jwk.get("kid")
-        if not isinstance(kid, str) or not KID.match(kid):
+        if not isinstance(kid, str) or not KID.fullmatch(kid):
             raise KeyConfigError(f"{source}: keys[{i}] needs a 'kid' of [A-Za-z0-9._-]{{1,128}}")
         if jwk.get("use", "sig") != "sig":
             continue
@@ -229,6 +261,11 @@ def parse_jwks(data: Mapping[str, Any], source: str = "JWKS") -> dict[str, Jwk]:
             parsed = jwt.PyJWK(jwk)
         except jwt.PyJWTError as err:
             raise KeyConfigError(f"{source}: keys[{i}] ({kid}): {err}") from None
+        why = weakness(jwk, parsed.key)
+        if why is not None:
+            if weak is not None:
+                weak[kid] = why
+            continue
         keys[kid] = Jwk(parsed.key, str(jwk.get("kty")), jwk.get("alg"), jwk.get("crv"), jwk)
     return keys
 
@@ -283,6 +320,7 @@ class KeySource:
         self._loaded = False
         self._outages: dict[str, Outage] = {}  # by source
         self._asked_kid: str | None = None
+        self._weak_seen: BoundedMap[str, str] = BoundedMap(1024)  # logged: kid → why
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -368,9 +406,20 @@ class KeySource:
         return True
 
     def _fetched(self, fetched: Fetched) -> dict[str, Jwk]:
-        """Note a good JWKS fetch: its time, and when to fetch again (`max-age`, in bounds)."""
+        """Note a good JWKS fetch: its time, when to fetch again (`max-age`, in bounds), and
+        the weak keys it held (each logged and counted once per kid and reason)."""
         s = self._settings
         self._last_jwks_ok = self._clock()
+        for kid, why in fetched.weak.items():
+            if self._weak_seen.get(kid) == why:
+                continue
+            self._weak_seen[kid] = why
+            if self._metrics is not None:
+                self._metrics.jwks_weak_keys.inc()
+            self._log.warning(
+                "a weak key in the JWKS is refused; tokens it signs are not accepted",
+                extra={"fields": {"kid": kid, "key": why}},
+            )
         if fetched.max_age_s is None:
             self._jwks_interval = s.refresh_s
         else:

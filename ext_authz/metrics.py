@@ -97,7 +97,8 @@ class TokenCacheStats(Collector):
 
 
 class KeyMetrics:
-    """The JWKS source's health: fetches, failures, refetches for unknown kids, age."""
+    """The JWKS source's health: fetches, failures, refetches for unknown kids, weak keys
+    refused, age."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.jwks_fetches = Counter(
@@ -113,6 +114,11 @@ class KeyMetrics:
         self.jwks_unknown_kid_refetches = Counter(
             "ext_authz_jwks_unknown_kid_refetches_total",
             "JWKS refetches asked for by a token naming an unknown kid",
+            registry=registry,
+        )
+        self.jwks_weak_keys = Counter(
+            "ext_authz_jwks_weak_keys_total",
+            "JWKS keys refused as weak (RSA under 2048 bits, a curve off the standard ones)",
             registry=registry,
         )
         self.jwks_age = Gauge(

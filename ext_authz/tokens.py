@@ -15,8 +15,16 @@ Keys and algorithms:
 
 Shape first, signature last: a token must be the strict compact serialization (three
 base64url parts, no padding, no whitespace: `COMPACT`) and within `max_token_bytes`; its header
-must decode, name an accepted `alg` and a well-formed `kid` that fits a key; only then is the
-signature checked. Garbage costs a regex, never a signature.
+must decode, name an accepted `alg` and a well-formed `kid` (the whole string: `KID.fullmatch`)
+that fits a key; only then is the signature checked, and only a token whose signature holds has
+its payload read. Garbage costs a regex, never a signature.
+
+One reading only (`strict_json_object`, for the header and the payload): what two JSON readers
+could read differently, or what would cost more than it is worth, is refused as `malformed`
+before any other work on it: a name twice in one object (`{"sub":"alice","sub":"admin"}`:
+first-wins and last-wins readers would see different users), objects and arrays nested deeper
+than `MAX_DEPTH`, bytes that are not UTF-8, a byte order mark, an unpaired UTF-16 surrogate.
+Like every refusal but the curable ones, these are remembered (`NegativeCache`).
 
 Where the user, roles and tenant are found (nested paths, several role sources, scope strings)
 is `ext_authz.claims`.
@@ -26,8 +34,9 @@ Claims (`validate_times`, `validate_identity`, kept apart from how claims are ex
 Infinity, 1e999 or 10**400 are refused, never a 500); `nbf` and `iat` must not be in the future
 beyond the leeway. The user, tenant and role names become request headers, so they must be
 header-safe: no control characters, no leading or trailing whitespace, bounded length
-(`MAX_NAME_CHARS`), at most `MAX_ROLES` roles, none empty (a role may hold a comma or spaces:
-`x-user-roles` percent-encodes each role). Issuer and audience are enforced when configured.
+(`MAX_NAME_CHARS`), at most `MAX_ROLES` roles, none empty. Any other character is fine: each
+header value is encoded by one rule (`encode_identity`: a comma, a C1 control, a `%`, any
+non-ASCII travel percent-encoded). Issuer and audience are enforced when configured.
 
 Caches: verified tokens are kept in a bounded LRU keyed by the token; an entry is never used
 after its `exp` (plus leeway). Refused tokens are remembered in a bounded LRU keyed by the
@@ -58,7 +67,7 @@ from ext_authz.claims import ClaimError, ClaimExtractor, ClaimMapping, set_claim
 from ext_authz.keys import KID, Jwk, KeySet, KeySource
 from sidecar_shared import defaults
 from sidecar_shared.bounded import BoundedMap
-from sidecar_shared.contract import encode_roles
+from sidecar_shared.contract import encode_identity, encode_roles
 
 Clock = Callable[[], float]
 
@@ -74,12 +83,14 @@ _KEY_TYPE_FOR_ALG = {
     "EdDSA": "OKP",
 }
 _CURVE_FOR_ALG = {"ES256": "P-256", "ES384": "P-384"}
+_ASYMMETRIC = {alg: jwt.get_algorithm_by_name(alg) for alg in ASYMMETRIC_ALGS}
 
 COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 MAX_HEADER_CHARS = 1024  # a JOSE header longer than this is not one we could accept
 MAX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z: any later time is nonsense
 MAX_NAME_CHARS = 256  # a user, tenant or role name (each becomes a header value)
 MAX_ROLES = 64
+MAX_DEPTH = 16  # objects and arrays nested deeper than this in a header or payload: refused
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 # Refusals that a key refresh or the clock can cure: never remembered as bad.
 _CURABLE = frozenset({"unknown_kid", "not_yet_valid"})
@@ -105,6 +116,16 @@ class Identity:
     def roles_header(self) -> str:
         """The `x-user-roles` value, encoded once per verified token."""
         return encode_roles(self.roles)
+
+    @cached_property
+    def user_header(self) -> str:
+        """The `x-user-id` value (`encode_identity`), encoded once per verified token."""
+        return encode_identity(self.user)
+
+    @cached_property
+    def tenant_header(self) -> str | None:
+        """The `x-tenant-id` value (`encode_identity`), encoded once per verified token."""
+        return None if self.tenant is None else encode_identity(self.tenant)
 
 
 @dataclass(frozen=True)
@@ -147,26 +168,100 @@ def _fits(alg: str, key: Jwk) -> bool:
 _HMAC_HASH = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 
 
-def _json_part(part: str, what: str) -> dict[str, Any]:
-    """One base64url JSON object of a compact token (its header or payload)."""
-    try:
-        value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    except ValueError:  # bad base64, bad UTF-8 and bad JSON all are
-        raise TokenError("malformed", f"the token's {what} is not valid") from None
+class _Duplicate(ValueError):
+    """A JSON object names one member twice."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose names are all distinct (RFC 7519 §4: a token with duplicate claim
+    names may be refused, and is: readers that keep the first or the last would disagree)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _Duplicate
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object)
+# A JSON string (skipped) or a bracket: what the depth scan looks at.
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+# An escaped UTF-16 surrogate: the only way a JSON text can hold a lone one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _too_deep(text: str) -> bool:
+    """Whether objects and arrays nest deeper than `MAX_DEPTH` in `text` (a JSON text). Costs
+    two counts unless the text has more than `MAX_DEPTH` brackets; then a scan that stops at
+    the first bracket too deep."""
+    if text.count("{") + text.count("[") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        char = match.group()
+        if char in "{[":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif char in "}]":
+            depth -= 1
+    return False
+
+
+def strict_json_object(data: bytes) -> dict[str, Any]:
+    """The JSON object in `data`, read one way only; raises ValueError for anything a reader
+    could take another way or choke on: bytes that are not UTF-8, a byte order mark, nesting
+    deeper than `MAX_DEPTH`, a duplicate name, an unpaired surrogate (`\\ud800`), or a JSON
+    value that is not an object."""
+    text = data.decode("utf-8")  # strict: refuses invalid UTF-8, encoded surrogates too
+    if text.startswith("\ufeff"):
+        raise ValueError("a byte order mark")
+    if _too_deep(text):
+        raise ValueError(f"nested deeper than {MAX_DEPTH}")
+    value = _DECODER.decode(text)
     if not isinstance(value, dict):
-        raise TokenError("malformed", f"the token's {what} is not valid")
+        raise ValueError("not an object")
+    if _SURROGATE_ESCAPE.search(text):  # rare: check that every escaped surrogate is paired
+        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
     return value
+
+
+def _json_part(part: str, what: str) -> dict[str, Any]:
+    """One base64url JSON object of a compact token (its header or payload), read strictly
+    (`strict_json_object`)."""
+    try:
+        return strict_json_object(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except _Duplicate:
+        raise TokenError("malformed", f"the token's {what} names a member twice") from None
+    except ValueError:  # bad base64, bad UTF-8, bad JSON, too deep, a BOM, a lone surrogate
+        raise TokenError("malformed", f"the token's {what} is not valid") from None
+
+
+def _signature(token: str) -> tuple[bytes, bytes]:
+    """The signing input and the decoded signature of a compact token (checked by `COMPACT`)."""
+    signing_input, _, signature = token.rpartition(".")
+    try:
+        return signing_input.encode(), base64.urlsafe_b64decode(
+            signature + "=" * (-len(signature) % 4)
+        )
+    except ValueError:
+        raise TokenError("malformed", "the token's signature is not base64url") from None
 
 
 def _check_hmac(token: str, secret: bytes, alg: str) -> None:
     """Raise TokenError unless `token`'s HMAC signature is right (a compact token, checked)."""
-    signing_input, _, signature = token.rpartition(".")
-    expected = hmac.new(secret, signing_input.encode(), _HMAC_HASH[alg]).digest()
-    try:
-        given = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
-    except ValueError:
-        raise TokenError("malformed", "the token's signature is not base64url") from None
+    signing_input, given = _signature(token)
+    expected = hmac.new(secret, signing_input, _HMAC_HASH[alg]).digest()
     if not hmac.compare_digest(expected, given):
+        raise TokenError("bad_signature", "the token's signature is not valid")
+
+
+def _check_asymmetric(token: str, key: Any, alg: str) -> None:
+    """Raise TokenError unless `token`'s signature is right for `key` (a compact token)."""
+    signing_input, given = _signature(token)
+    try:
+        valid = _ASYMMETRIC[alg].verify(signing_input, key, given)
+    except (jwt.PyJWTError, ValueError, TypeError):
+        raise TokenError("bad_signature", "the token's key cannot be used") from None
+    if not valid:
         raise TokenError("bad_signature", "the token's signature is not valid")
 
 
@@ -212,7 +307,7 @@ def validate_identity(identity: Identity) -> Identity:
     if len(identity.roles) > MAX_ROLES:
         raise TokenError("bad_claim", f"the token has more than {MAX_ROLES} roles")
     for role in identity.roles:
-        # A comma is fine: x-user-roles percent-encodes each role (`encode_roles`).
+        # A comma is fine: each role is encoded in x-user-roles (`encode_identity`).
         if not role:
             raise TokenError("bad_claim", "the token has an empty role")
         _header_safe(role, "role")
@@ -365,20 +460,20 @@ class TokenVerifier:
         if not isinstance(alg, str) or alg not in HMAC_ALGS | ASYMMETRIC_ALGS:
             raise TokenError("unsupported_alg", "the token's algorithm is not accepted")
         kid = header.get("kid")
-        if kid is not None and (not isinstance(kid, str) or not KID.match(kid)):
+        if kid is not None and (not isinstance(kid, str) or not KID.fullmatch(kid)):
             raise TokenError("unknown_kid", "the token's key id (kid) is not valid")
         key = self._key_for(keys, alg, kid)
         if alg in HMAC_ALGS:
             _check_hmac(token, key, alg)  # a forged HMAC costs one digest, not a decode
-            # The signature is proven: read the claims without PyJWT verifying it again.
-            claims = self._registered_claims(_json_part(payload_part, "payload"))
         else:
-            claims = self._decode_asymmetric(token, key, alg)
+            _check_asymmetric(token, key, alg)
+        # The signature is proven: the payload is read once, strictly, here.
+        claims = self._registered_claims(_json_part(payload_part, "payload"))
         exp = validate_times(claims, now, self._settings.leeway_s)
         return validate_identity(self._identity(claims, exp))
 
     def _registered_claims(self, claims: dict[str, Any]) -> dict[str, Any]:
-        """What PyJWT's decode checks of the claims (with times left to `validate_times`):
+        """The registered claims PyJWT's decode would check (times are `validate_times`'s):
         `exp` present, `iss` and `aud` when configured, `sub` and `jti` strings."""
         s = self._settings
         if "exp" not in claims:
@@ -402,39 +497,6 @@ class TokenVerifier:
                 or s.audience not in audiences
             ):
                 raise TokenError("wrong_audience", "the token's audience is not accepted")
-        return claims
-
-    def _decode_asymmetric(self, token: str, key: Any, alg: str) -> dict[str, Any]:
-        s = self._settings
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                audience=s.audience,
-                issuer=s.issuer,
-                leeway=s.leeway_s,
-                options={
-                    "require": ["exp"],
-                    "verify_aud": s.audience is not None,
-                    # Times are checked below, against the injected clock.
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                },
-            )
-        except jwt.InvalidIssuerError:
-            raise TokenError("wrong_issuer", "the token's issuer is not accepted") from None
-        except jwt.InvalidAudienceError:
-            raise TokenError("wrong_audience", "the token's audience is not accepted") from None
-        except jwt.MissingRequiredClaimError as err:
-            raise TokenError("missing_claim", f"the token has no '{err.claim}' claim") from None
-        except jwt.InvalidSignatureError:
-            raise TokenError("bad_signature", "the token's signature is not valid") from None
-        except jwt.InvalidKeyError:
-            raise TokenError("bad_signature", "the token's key cannot be used") from None
-        except (jwt.PyJWTError, ValueError, TypeError):
-            raise TokenError("malformed", "the token is not valid") from None
         return claims
 
     def _identity(self, claims: Mapping[str, Any], exp: float) -> Identity:

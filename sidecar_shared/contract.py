@@ -33,17 +33,32 @@ IDENTITY_HEADERS: Final = (USER_HEADER, ROLES_HEADER, TENANT_HEADER, TENANT_UPST
 # the service opts in (`RoutePolicy.method_override`); then ext_authz authorizes that method.
 METHOD_OVERRIDE_HEADERS: Final = ("x-http-method-override", "x-http-method", "x-method-override")
 
-# `x-user-roles`: the roles separated by commas, each percent-encoded (UTF-8, RFC 3986) except
-# letters, digits and `-._~:/@`, so `read:orders` and `/staff/admins` travel as they are and
-# `Sales, EMEA` becomes `Sales%2C%20EMEA`. Split at commas, then decode each part with
-# decodeURIComponent, urllib.parse.unquote, url.PathUnescape or URLDecoder (`+` is always sent
-# as `%2B`, so a decoder that reads `+` as a space is safe too).
-_ROLE_AS_IS = re.compile(r"[A-Za-z0-9\-._~:/@]+")
+# Identity header values: one rule for `x-user-id`, `x-tenant-id` and each role of
+# `x-user-roles`. A value made only of letters, digits and `-._~:/@` travels as it is
+# (`alice`, `read:orders`, `/staff/admins`, `bob@example.com`); any other is percent-encoded
+# (UTF-8, RFC 3986) except those characters: `alice, admin` becomes `alice%2C%20admin`,
+# `auth0|64f1` becomes `auth0%7C64f1`, `%` is `%25`, `+` is `%2B`, a control character such as
+# U+0085 is `%C2%85`. So every value is visible ASCII without a comma or a space, and an
+# upstream that splits, logs or compares it reads exactly one value. Decode a value with
+# decodeURIComponent, urllib.parse.unquote, url.PathUnescape or URLDecoder (`+` is never sent
+# bare, so a decoder that reads `+` as a space is safe too). `x-user-roles` is the roles'
+# values joined with commas: split at commas, then decode each part.
+_AS_IS = re.compile(r"[A-Za-z0-9\-._~:/@]+")
+
+
+def encode_identity(value: str) -> str:
+    """The header value for one user, tenant or role (visible ASCII only)."""
+    return value if _AS_IS.fullmatch(value) else quote(value, safe=":/@")
+
+
+def decode_identity(value: str) -> str:
+    """The user, tenant or role in a header value (the inverse of `encode_identity`)."""
+    return unquote(value)
 
 
 def encode_roles(roles: Iterable[str]) -> str:
     """The `x-user-roles` value for `roles` (visible ASCII only)."""
-    return ",".join(r if _ROLE_AS_IS.fullmatch(r) else quote(r, safe=":/@") for r in roles)
+    return ",".join(map(encode_identity, roles))
 
 
 def decode_roles(value: str) -> list[str]:

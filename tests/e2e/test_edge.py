@@ -5,6 +5,7 @@ unreachable ext_authz. Every answer Envoy makes for us is a JSON denial."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import time
@@ -523,3 +524,42 @@ def test_local_replies_for_bad_http_are_json(edge: stack.Envoy) -> None:
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), head
     assert set(json.loads(body)) == {"error", "message", "request_id"}
+
+
+def _raw_get(envoy: stack.Envoy, path: str, lines: Iterable[tuple[str, str]]) -> http.Response:
+    """GET `path` with header `lines` exactly as given (repeated names stay repeated)."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in lines)
+    with _raw(envoy) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{head}Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head_bytes, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return http.Response(int(status_line.split()[1]), headers, body)
+
+
+def test_repeated_header_lines_are_counted_as_envoy_counts_them(edge: stack.Envoy) -> None:
+    """A header name repeated near the limit is a 431 with a JSON body, never Envoy's empty
+    500, and a refused request is not counted against the user's limit."""
+    statuses = {}
+    for name, extra in itertools.product(("x-dup", "cookie"), range(80, 101)):
+        user = f"lines-{name}-{extra}"
+        auth = ("authorization", tokens.bearer(sub=user)["authorization"])
+        resp = _raw_get(edge, "/orders/1", [auth, *[(name, "v=1")] * extra])
+        statuses[name, extra] = resp.status
+        assert resp.status in (200, 431), (name, extra, resp.status, resp.body)
+        if resp.status != 431:
+            continue
+        assert_json_denial(resp, 431)
+        after = _raw_get(edge, "/orders/1", [auth])
+        assert after.status == 200
+        # The first request counted for this user: 119 of 120 left (nothing counted before).
+        assert after.headers["ratelimit"].startswith('"orders";r=119;'), after.headers
+    # Below Envoy's own limit (100 lines), ext_authz is the one that refuses.
+    assert statuses["x-dup", 80] == statuses["cookie", 80] == 200
+    assert statuses["x-dup", 90] == statuses["cookie", 90] == 431

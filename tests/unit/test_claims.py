@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ext_authz.claims import ClaimError, ClaimExtractor, ClaimMapping, parse_paths, set_claim
-from sidecar_shared.contract import decode_roles, encode_roles
+from sidecar_shared.contract import decode_identity, decode_roles, encode_identity, encode_roles
 
 
 def extractor(
@@ -206,6 +206,14 @@ def test_no_roles_is_an_empty_header() -> None:
 
 
 _ROLE = st.text(min_size=1, max_size=20).filter(lambda r: "\x00" not in r)
+
+
+@given(_ROLE)
+def test_any_user_or_tenant_round_trips_through_its_header(value: str) -> None:
+    encoded = encode_identity(value)
+    assert all(0x21 <= ord(c) <= 0x7E for c in encoded) and "," not in encoded
+    assert decode_identity(encoded) == value == urllib.parse.unquote_plus(encoded)
+    assert encode_roles([value]) == encoded  # one rule for every identity header
 
 
 @given(st.lists(_ROLE, max_size=6))

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from ext_authz.core import Authorizer
 from ext_authz.decision import CheckInput, Outcome
 from ext_authz.tokens import TokenVerifier, VerifierSettings
-from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
+from sidecar_shared.contract import POLICY_KEY, RoutePolicy, decode_identity, encode
 from tests.support.authorizers import Wired, key_source, make_authorizer
 
 SECRET = b"core-test-secret-that-is-long-enough-0123456789"
@@ -65,6 +65,21 @@ def test_a_tenant_with_its_own_upstream_gets_the_routing_header() -> None:
     assert dict(out.set_headers)["x-tenant-id"] == "acme"
     other = run(auth, ORDERS, {"authorization": f"Bearer {tok(tenant_id='globex')}"})
     assert "x-tenant-upstream" in other.remove_headers
+
+
+def test_identity_values_are_forwarded_in_one_unambiguous_encoding() -> None:
+    auth, _, _ = make()
+    token = tok(sub="alice, admin", tenant_id="acme\u0085x", roles=["reader", "Sales, EMEA"])
+    out = run(auth, ORDERS, {"authorization": f"Bearer {token}"})
+    assert out.allowed
+    headers = dict(out.set_headers)
+    assert headers["x-user-id"] == "alice%2C%20admin"  # one user, not two
+    assert headers["x-tenant-id"] == "acme%C2%85x"  # no C1 control reaches an upstream
+    assert headers["x-user-roles"] == "reader,Sales%2C%20EMEA"  # the same rule
+    assert decode_identity(headers["x-user-id"]) == "alice, admin"
+    assert decode_identity(headers["x-tenant-id"]) == "acme\u0085x"
+    plain = run(auth, ORDERS, {"authorization": f"Bearer {tok(sub='bob@example.com')}"})
+    assert dict(plain.set_headers)["x-user-id"] == "bob@example.com"  # as it is
 
 
 def test_a_denial_has_a_json_body_with_the_request_id() -> None:

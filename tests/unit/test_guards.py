@@ -112,6 +112,17 @@ def test_a_request_whose_identity_headers_would_not_fit_is_431_not_an_allow() ->
     assert check(w, fits).status == 200
 
 
+def test_a_repeated_header_counts_once_per_line_as_envoy_counts_it() -> None:
+    w = wired(max_request_headers=100)
+    # Envoy hands ext_authz the 96 lines of one name joined by commas: one name, 96 lines
+    # (the same count of distinct names is a 431 too, above).
+    joined = {"x-dup": ",".join(["v"] * 96)} | bearer(tok())
+    out = check(w, joined)
+    assert out.status == 431
+    assert json.loads(out.body)["error"] == "headers_too_large"
+    assert check(w, {"x-dup": ",".join(["v"] * 80)} | bearer(tok())).status == 200
+
+
 def test_a_method_override_is_authorized_only_where_the_service_honours_it() -> None:
     w = wired()
     honours = RoutePolicy(

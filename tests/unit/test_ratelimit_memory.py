@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from hypothesis import given, settings
 
 from ext_authz.ratelimit import Limit, LimitDecision, MemoryLimiter
@@ -70,16 +73,50 @@ def test_keys_and_windows_are_limited_independently() -> None:
     assert not limiter.hit("alice", per_minute).allowed
 
 
-def test_the_number_of_keys_held_never_exceeds_max_keys_and_recent_keys_are_kept() -> None:
-    limiter = MemoryLimiter(clock=FakeClock(EDGE), max_keys=1000)
+def test_at_the_key_cap_no_key_that_still_counts_is_evicted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limiter = MemoryLimiter(clock=FakeClock(EDGE), max_keys=1000, log=logging.getLogger("cap"))
     limit = Limit(limit=1, window_s=3600)
-    for i in range(5000):
+    for i in range(1000):
         assert limiter.hit(f"user-{i}", limit).allowed
-        assert len(limiter) <= 1000
-    assert len(limiter) == 1000
-    # The most recently used keys still remember their usage; the oldest were forgotten.
-    assert not limiter.hit("user-4999", limit).allowed
-    assert limiter.hit("user-0", limit).allowed
+    with caplog.at_level(logging.WARNING, "cap"):
+        for i in range(1000, 5000):
+            # Fail open (the default policy): a newcomer passes, uncounted and not stored.
+            decision = limiter.hit(f"user-{i}", limit)
+            assert decision.allowed and decision.remaining == limit.limit
+            assert len(limiter) == 1000
+    # Every user held still has its usage: nobody's limit was loosened by a newcomer.
+    assert not limiter.hit("user-0", limit).allowed
+    assert not limiter.hit("user-999", limit).allowed
+    assert limiter.refused_at_cap == 4000
+    assert [r.getMessage() for r in caplog.records if r.name == "cap"] == [
+        "in-memory rate limiter full: every key still counts; new keys fail open"
+    ]
+
+
+def test_at_the_key_cap_failing_closed_denies_a_newcomer_with_retry_after() -> None:
+    limiter = MemoryLimiter(clock=FakeClock(EDGE), max_keys=10, fail_open=False)
+    limit = Limit(limit=5, window_s=60)
+    for i in range(10):
+        assert limiter.hit(f"user-{i}", limit).allowed
+    refused = limiter.hit("newcomer", limit)
+    assert (refused.allowed, refused.retry_after_s) == (False, 1)
+    assert limiter.hit("user-3", limit).allowed  # those held are counted as always
+
+
+def test_at_the_key_cap_idle_keys_make_room_for_new_ones() -> None:
+    clock = FakeClock(EDGE)
+    limiter = MemoryLimiter(clock=clock, max_keys=10, fail_open=False)
+    for i in range(10):
+        limiter.hit(f"short-{i}", Limit(limit=1, window_s=1))
+    clock.now += 1.1  # the short keys went idle
+    hourly = Limit(limit=1, window_s=3600)
+    for i in range(10):
+        assert limiter.hit(f"user-{i}", hourly).allowed
+        assert not limiter.hit(f"user-{i}", hourly).allowed  # stored and counted
+    assert len(limiter) == 10
+    assert limiter.refused_at_cap == 0
 
 
 def test_idle_keys_are_dropped() -> None:
