@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
-from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
+from sidecar_shared.contract import POLICY_KEY, RoutePolicy
+from tests.support.policies import encode
 
 OPEN_POLICY = encode(RoutePolicy(service="svc", rbac_required=False))
 
