@@ -20,9 +20,10 @@ def check(
     policy: str = OPEN_POLICY,
     headers: Mapping[str, str] | None = None,
     metadata: Sequence[tuple[str, str]] = (),
+    source: str = "",
 ) -> external_auth_pb2.CheckResponse:
     """`headers`: more of the client's headers; `metadata`: the call's own (Envoy sends its
-    `traceparent` there)."""
+    `traceparent` there); `source`: the client's address, as Envoy names it."""
     request = external_auth_pb2.CheckRequest()
     http = request.attributes.request.http
     http.method = "GET"
@@ -30,6 +31,7 @@ def check(
     http.headers["authorization"] = authorization
     http.headers.update(headers or {})
     request.attributes.context_extensions[POLICY_KEY] = policy
+    request.attributes.source.address.socket_address.address = source
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         response: external_auth_pb2.CheckResponse = stub.Check(
