@@ -8,13 +8,16 @@ from pathlib import Path
 
 import jwt
 import pytest
+from envoy.config.route.v3.route_components_pb2 import Route
 
 from ext_authz.core import LogThrottle
 from ext_authz.decision import CheckInput, Outcome
 from ext_authz.limits import trusted_caller
 from ext_authz.tokens import TokenVerifier, VerifierSettings
 from ext_authz.transports.grpc import peer_host
+from ext_authz.transports.grpc import untrusted_peer as grpc_untrusted_peer
 from ext_authz.transports.http import CheckProtocol
+from ext_authz.transports.http import untrusted_peer as http_untrusted_peer
 from sidecar_shared import contract
 from sidecar_shared.contract import (
     POLICY_HEADER,
@@ -26,9 +29,15 @@ from sidecar_shared.contract import (
     sign,
     verify,
 )
+from sidecar_shared.errors import SettingsError
+from tests.support import authz_config
 from tests.support.authorizers import Wired, key_source, make_authorizer
+from tests.support.authz_config import AUTHZ_FILTER
 from tests.support.policies import POLICY_KEY as KEY
 from tests.support.policies import encode
+from xds_server import settings as xds_settings
+from xds_server.resources.authz import per_route
+from xds_server.resources.common import AuthzOptions
 
 SECRET = b"policy-trust-test-secret-long-enough-0123456789"
 NOW = 1_800_000_000.0
@@ -193,3 +202,65 @@ def test_the_http_transport_believes_x_forwarded_for_only_from_loopback() -> Non
     assert [status(("10.0.0.5", 1)), status(("10.0.0.5", 2))] == [b"200", b"429"]
     assert status(("127.0.0.1", 3)) == b"200"  # the victim's own budget is whole
     assert status(("::1", 4)) == b"429"  # (the same client, through a loopback Envoy)
+
+
+class _Tls:
+    def __init__(self, cert: dict[str, object]) -> None:
+        self.cert = cert
+
+    def getpeercert(self) -> dict[str, object]:
+        return self.cert
+
+
+class _TlsConn:
+    def __init__(self, host: str, cert: dict[str, object]) -> None:
+        self.extra = {"peername": (host, 1), "ssl_object": _Tls(cert)}
+
+    def get_extra_info(self, name: str) -> object:
+        return self.extra.get(name)
+
+
+def test_a_caller_with_a_verified_client_certificate_is_trusted_from_anywhere() -> None:
+    verified = _TlsConn("10.0.0.5", {"subject": ((("commonName", "envoy"),),)})
+    assert http_untrusted_peer(verified) is None  # type: ignore[arg-type]
+    unverified = _TlsConn("10.0.0.5", {})  # TLS without a verified certificate
+    assert http_untrusted_peer(unverified) == "10.0.0.5"  # type: ignore[arg-type]
+
+
+class _Context:
+    def __init__(self, peer: str, identities: list[bytes] | None) -> None:
+        self._peer = peer
+        self._identities = identities
+
+    def peer(self) -> str:
+        return self._peer
+
+    def peer_identities(self) -> list[bytes] | None:
+        return self._identities
+
+
+def test_a_grpc_caller_is_trusted_on_loopback_or_with_a_verified_certificate() -> None:
+    assert grpc_untrusted_peer(_Context("ipv4:127.0.0.1:5000", None)) is None
+    assert grpc_untrusted_peer(_Context("ipv6:[::1]:5000", None)) is None
+    assert grpc_untrusted_peer(_Context("ipv4:127.0.0.2:5000", None)) == "127.0.0.2"
+    assert grpc_untrusted_peer(_Context("ipv4:10.0.0.5:5000", [b"envoy"])) is None
+
+
+def test_the_xds_server_signs_each_routes_policy_with_the_first_key_of_its_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"{KEY.decode()}\n{OTHER.decode()}\n")
+    conf = xds_settings.parse(["--policy-key-file", str(path)], environ={})
+    assert conf.translate.authz.policy_key == KEY
+    assert KEY.decode() not in repr(conf)
+    text = contract.encode(PUBLIC)
+    for transport in ("http", "grpc"):
+        options = AuthzOptions(transport=transport, policy_key=conf.translate.authz.policy_key)
+        route = Route()
+        route.typed_per_filter_config[AUTHZ_FILTER].Pack(per_route(options, "status", text))
+        assert verify(authz_config.route_policy(route), [KEY]) == text
+    assert xds_settings.parse([], environ={}).translate.authz.policy_key == b""
+    path.write_text("short\n")
+    with pytest.raises(SettingsError, match="policy-key-file"):
+        xds_settings.parse(["--policy-key-file", str(path)], environ={})
