@@ -9,6 +9,8 @@ from pathlib import Path
 import jwt
 import pytest
 from envoy.config.route.v3.route_components_pb2 import Route
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ext_authz.core import LogThrottle
 from ext_authz.decision import CheckInput, Outcome
@@ -72,6 +74,8 @@ def test_a_signed_policy_verifies_under_its_key_and_any_other_listed() -> None:
         sign(contract.encode(PUBLIC), KEY)[:-1],  # truncated
         "s1.",
         "s1.no-dot",
+        "s1.\u00e9\u00e9." + contract.encode(PUBLIC),  # not ASCII (a header read as latin-1)
+        "s1..",
     ],
 )
 def test_anything_but_a_policy_signed_by_a_listed_key_is_refused(signed: str) -> None:
@@ -264,3 +268,27 @@ def test_the_xds_server_signs_each_routes_policy_with_the_first_key_of_its_file(
     path.write_text("short\n")
     with pytest.raises(SettingsError, match="policy-key-file"):
         xds_settings.parse(["--policy-key-file", str(path)], environ={})
+
+
+SIGNED_PUBLIC = encode(PUBLIC)
+FUZZ = make()
+policies = st.one_of(
+    st.text(max_size=200),
+    st.builds(lambda t: "s1." + t, st.text(max_size=200)),
+    st.builds(lambda t: f"s1.{t}.{contract.encode(PUBLIC)}", st.text(max_size=60)),
+    st.builds(
+        lambda i, c: SIGNED_PUBLIC[:i] + c + SIGNED_PUBLIC[i + 1 :],
+        st.integers(0, len(SIGNED_PUBLIC) - 1),
+        st.characters(),
+    ),
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(policy=policies)
+def test_only_the_signed_policy_itself_is_believed_and_nothing_else_raises(policy: str) -> None:
+    out = check(FUZZ, policy)
+    if policy == SIGNED_PUBLIC:
+        assert out.allowed
+    else:
+        assert (out.status, out.reason) in ((403, "policy_unauthenticated"), (403, "no_policy"))
