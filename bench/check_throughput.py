@@ -50,9 +50,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar_shared.contract import POLICY_HEADER, Limit, RoutePolicy, encode
+from sidecar_shared.contract import POLICY_HEADER, Limit, RoutePolicy
 from sidecar_shared.supervise import find_envoy
 from tests.support import envoy_upstream, http, metrics, ports, stack, tokens, wait
+from tests.support.policies import encode
 
 PROTECTED = "/api"  # "rbac_required": false, not public: ext_authz checks the token
 OPEN = "/open"  # "public": true, no rate_limit: Envoy skips ext_authz

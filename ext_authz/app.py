@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry
@@ -41,6 +42,8 @@ from ext_authz.transports.grpc import GrpcTransport
 from ext_authz.transports.http import LOOP as HTTP_LOOP
 from ext_authz.transports.http import HttpTransport
 from sidecar_shared import ops_http, tracing
+from sidecar_shared.contract import read_policy_keys
+from sidecar_shared.errors import SettingsError
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,12 @@ def build_authorizer(
     """The decision core with its keys (refreshed in the background), limiter, metrics and
     audit, then `observers` (tracing); and its guarded limiter, whose `available` says whether
     the rate-limit backend answers. Raises KeyConfigError when the keys cannot be used,
-    BackendConfigError when the rate-limit backend cannot."""
+    SettingsError when the route-policy keys cannot, BackendConfigError when the rate-limit
+    backend cannot."""
     metrics = AuthzMetrics(registry)
     keys = KeySource(settings.keys, log, metrics=KeyMetrics(registry))
     keys.load()
+    policy_keys = load_policy_keys(settings.policy_key_file)
     keys.start()
     stack.callback(keys.stop)
     backend = make_backend(settings, stack)
@@ -137,8 +142,23 @@ def build_authorizer(
         limits=settings.limits,
         guard=settings.guard,
         async_limiter=GuardedAsyncLimiter(backend.async_, limiter) if backend.async_ else None,
+        policy_keys=policy_keys,
     )
     return authorizer, limiter
+
+
+def load_policy_keys(path: Path | None) -> tuple[bytes, ...]:
+    """The route-policy MAC keys. Raises SettingsError without a usable key file: ext_authz
+    would refuse every route's policy, so it does not start."""
+    if path is None:
+        raise SettingsError(
+            "--policy-key-file (SIDECAR_POLICY_KEY_FILE) is required: the xDS server signs each "
+            "route's policy with a key from the same file, and no other policy is believed"
+        )
+    try:
+        return read_policy_keys(path)
+    except (OSError, ValueError) as err:
+        raise SettingsError(f"--policy-key-file: {err}") from None
 
 
 def _backend_note(settings: AuthzSettings, limiter: GuardedLimiter) -> str | None:

@@ -1,15 +1,22 @@
 """The decision core, shared by every transport: request attributes in, `Outcome` out.
 
-Order: route policy → header room → failure budget → token (public routes: none) → role and
-tenant → rate limit → allow. `check` runs it all on the caller's thread (gRPC's workers);
-`check_or_defer` is for an event loop: everything before the rate limit runs at once, and when
-the limiter waits on I/O (Redis) the answer is an awaitable, so the loop never blocks. Every
-failure is a precise denial; no exception escapes either: an unexpected one becomes a 500
-denial (fail closed) and is logged without the request's headers.
+Order: route policy (its MAC checked once per distinct policy string) → header room → failure
+budget → token (public routes: none) → role and tenant → rate limit → allow. `check` runs it
+all on the caller's thread (gRPC's workers); `check_or_defer` is for an event loop: everything
+before the rate limit runs at once, and when the limiter waits on I/O (Redis) the answer is an
+awaitable, so the loop never blocks. Every failure is a precise denial; no exception escapes
+either: an unexpected one becomes a 500 denial (fail closed) and is logged without the
+request's headers.
 
 What a denied client sees is terse by default (an `error` code, a generic message per status,
 the request id); the precise reason is the `reason` code in the audit line and the metrics.
 `GuardSettings.verbose_denials` shows the precise sentence instead (for development).
+
+Whom it believes: a route's policy only with a MAC made by a configured key (the xDS server
+signs it; a policy a client or a direct caller wrote is a 403 `policy_unauthenticated`); the
+client address (`client_ip`, `x-forwarded-for`) only from a trusted caller, an Envoy on
+loopback or with a verified client certificate (`CheckInput.untrusted_peer` is None): any
+other caller's checks count against its own address.
 
 Guards against abuse, each costing a comparison or a dict lookup per check:
 - header room: Envoy refuses (500 with an empty body, after the allow) a request whose header
@@ -61,9 +68,11 @@ from sidecar_shared.contract import (
     TENANT_UPSTREAM_HEADER,
     USER_HEADER,
     Limit,
+    PolicyAuthError,
     PolicyError,
     RoutePolicy,
     decode,
+    verify,
 )
 
 __all__ = ["Authorizer", "GuardSettings", "LimitSettings", "bearer_token", "denial"]
@@ -115,18 +124,22 @@ def denial(
 
 
 class PolicyCache:
-    """Decoded route policies by their wire string: a route's policy is parsed once. At most
-    `size` are kept (the first stored goes first)."""
+    """Verified, decoded route policies by their wire string: a route's policy has its MAC
+    checked against `keys` and is parsed once. At most `size` are kept (the first stored goes
+    first); a refused one is never kept, so a caller's made-up policies cannot evict them."""
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, keys: Sequence[bytes], size: int = 4096) -> None:
+        self._keys = tuple(keys)
         self._items: BoundedMap[str, RoutePolicy] = BoundedMap(size)
         self._lock = threading.Lock()
 
     def get(self, text: str) -> RoutePolicy:
+        """Raises PolicyAuthError when `text` has no MAC made by a key, PolicyError when it is
+        missing or unreadable."""
         found = self._items.get(text)
         if found is not None:
             return found
-        policy = decode(text)
+        policy = decode(verify(text, self._keys) if text else text)
         with self._lock:
             self._items[text] = policy
         return policy
@@ -154,6 +167,29 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     if scheme.lower() != "bearer":
         return ""
     return token
+
+
+class LogThrottle:
+    """At most one log line per `interval_s` for one kind of event a caller can repeat at will:
+    `ready()` says whether to write one now, and how many were held back since the last."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._next = 0.0
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def ready(self) -> int | None:
+        """The number held back since the last line when one may be written now, else None."""
+        now = self._clock()
+        with self._lock:
+            if now < self._next:
+                self._held += 1
+                return None
+            self._next = now + self._interval_s
+            held, self._held = self._held, 0
+            return held
 
 
 @dataclass(frozen=True)
@@ -205,10 +241,12 @@ class Authorizer:
         limits: LimitSettings = LimitSettings(),
         guard: GuardSettings = GuardSettings(),
         async_limiter: AsyncLimiter | None = None,
+        policy_keys: Sequence[bytes] = (),
     ) -> None:
         """`limiter` must not raise (wrap a backend in `GuardedLimiter`); nor may observers.
         `async_limiter`, when given, counts for `check_or_defer` (the event-loop transports)
-        against the same store as `limiter`."""
+        against the same store as `limiter`. `policy_keys`: the keys a route policy's MAC may
+        be made with (with none, every policy is refused)."""
         self._verifier = verifier
         self._limiter = limiter
         self._async_limiter = async_limiter
@@ -217,7 +255,8 @@ class Authorizer:
         self._clock = clock
         self._header_style = limits.header_style
         self._trusted_hops = limits.trusted_hops
-        self._policies = PolicyCache()
+        self._policies = PolicyCache(policy_keys)
+        self._policy_log = LogThrottle(1.0)
         self._verbose = guard.verbose_denials
         self._header_room = guard.max_request_headers - _ADDED_HEADERS
         self._budget = FailureBudget(guard.failure_budget, guard.failure_window_s, clock)
@@ -302,12 +341,23 @@ class Authorizer:
         address = ""
         policy: RoutePolicy | None = None
         try:
-            address = client_address(req.headers, req.client_ip, self._trusted_hops)
+            address = (
+                client_address(req.headers, req.client_ip, self._trusted_hops)
+                if req.untrusted_peer is None
+                else req.untrusted_peer
+            )
             policy = self._policies.get(req.context.get(POLICY_KEY, ""))
             return self._decide(req, policy, request_id, address)
         except PolicyError as err:
-            self._log.error("route policy unusable", extra={"fields": {"error": str(err)}})
-            outcome = self._deny(403, "no_policy", "this route has no usable policy", request_id)
+            forged = isinstance(err, PolicyAuthError)
+            held = self._policy_log.ready()
+            if held is not None:
+                self._log.error(
+                    "route policy not authenticated" if forged else "route policy unusable",
+                    extra={"fields": {"error": str(err), "address": address, "held_back": held}},
+                )
+            reason = "policy_unauthenticated" if forged else "no_policy"
+            outcome = self._deny(403, reason, "this route has no usable policy", request_id)
             return _Done(req, outcome, None, None, address)
         except Exception:
             return self._failed(req, request_id, address)

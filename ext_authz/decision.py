@@ -29,6 +29,10 @@ class CheckInput:
     # W3C traceparent of Envoy's span for this check call (gRPC metadata or HTTP header of the
     # check request itself), when the transport reads it; else the client's, from `headers`.
     trace_parent: str | None = None
+    # The caller's own address (ext_authz's socket peer) when it is not a trusted Envoy (on
+    # loopback, or with a verified client certificate): checks then count against it, whatever
+    # `client_ip` and `x-forwarded-for` say. None: the caller is trusted.
+    untrusted_peer: str | None = None
 
 
 @dataclass(slots=True)

@@ -3,7 +3,8 @@
 Keys: a protected route counts per service, verified tenant and user; a public route per
 service and client address; every part length-prefixed, so keys never collide. The client
 address is Envoy's peer address, or, behind `trusted_hops` proxies that each append to
-`x-forwarded-for`, the entry those proxies vouch for.
+`x-forwarded-for`, the entry those proxies vouch for. Both are believed only from a trusted
+caller (`trusted_caller`); any other caller's checks count against the caller's own address.
 
 Headers: the IETF draft fields by default (`RateLimit-Policy: "orders";q=120;w=60` and
 `RateLimit: "orders";r=45;t=30`), or the older `RateLimit-Limit`, `-Remaining` and `-Reset`
@@ -15,12 +16,24 @@ more through). A 429 adds `Retry-After`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Final, Literal
 
 from ext_authz.ratelimit import Limit, LimitDecision
 
 HeaderStyle = Literal["draft", "legacy"]
 Headers = tuple[tuple[str, str], ...]
+
+
+# The addresses an Envoy beside ext_authz calls from (IPv4, IPv6, IPv4 on a dual-stack socket).
+# Only these: a process elsewhere on 127.0.0.0/8 is a different source, and one on another
+# host must present a client certificate.
+LOOPBACK_CALLERS: Final = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
+def trusted_caller(peer_host: str, authenticated: bool) -> bool:
+    """Whether ext_authz's socket peer is an Envoy whose client address and forwarded headers
+    are believed: one with a verified client certificate (`authenticated`), or on loopback."""
+    return authenticated or peer_host in LOOPBACK_CALLERS
 
 
 def client_address(headers: Mapping[str, str], peer: str, trusted_hops: int) -> str:

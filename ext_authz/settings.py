@@ -44,6 +44,8 @@ class AuthzSettings:
     log_level: str
     guard: GuardSettings = field(default_factory=GuardSettings)
     audit_denials_per_address: int = defaults.AUDIT_DENIALS_PER_ADDRESS
+    # route-policy MAC keys shared with the xDS server (read at assembly; none: refuse to start)
+    policy_key_file: Path | None = None
 
 
 def add_key_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -84,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     flag("authz-http-port", defaults.AUTHZ_HTTP_PORT, "metrics/ready port", int)
     flag("authz-workers", defaults.AUTHZ_WORKERS, "gRPC worker threads", int)
     add_key_arguments(parser, environ)
+    flag(
+        "policy-key-file",
+        None,
+        "file of route-policy MAC keys shared with the xDS server, one a line, any accepted "
+        "(required: a policy without a valid MAC is refused)",
+    )
     flag("jwt-leeway", defaults.JWT_LEEWAY_S, "seconds of clock skew allowed", float)
     flag(
         "jwks-refresh-min",
@@ -222,6 +230,7 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
             max_request_headers=args.max_request_headers,
         ),
         audit_denials_per_address=args.audit_denials_per_address,
+        policy_key_file=Path(args.policy_key_file) if args.policy_key_file else None,
     )
 
 

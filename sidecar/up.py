@@ -207,6 +207,16 @@ def shut_down(
     sup.stop_all(defaults.SERVER_STOP_GRACE_S)
 
 
+def _policy_key_file(workdir: Path) -> Path:
+    """A new route-policy MAC key for this run, readable by its owner only: the xDS server
+    signs with it and ext_authz believes only what it signed."""
+    path = workdir / "policy.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
 def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) -> int:
     sup = Supervisor(defaults.RESTART_BACKOFF_BASE_S, defaults.RESTART_BACKOFF_MAX_S)
     stopping = Stopping()
@@ -215,6 +225,8 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
     signal.signal(signal.SIGINT, stopping.signalled)
     workdir = Path(tempfile.mkdtemp(prefix="sidecar-up-"))
     env = {**os.environ, **conf.child_env}
+    if "SIDECAR_POLICY_KEY_FILE" not in env:
+        env["SIDECAR_POLICY_KEY_FILE"] = str(_policy_key_file(workdir))
     secret: str | None = None
     if conf.demo and not conf.key_configured:
         secret = secrets.token_urlsafe(32)

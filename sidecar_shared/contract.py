@@ -1,19 +1,25 @@
 """The contract between the xDS server and ext_authz, owned by neither. Standard library only.
 
 The xDS server compiles each service's policy from the catalog into a `RoutePolicy` and attaches
-`encode(policy)` to the service's routes (`POLICY_KEY` in the ext_authz filter's per-route
-context; in HTTP mode, a request header of the same meaning). Envoy sends it with every check;
-ext_authz decodes it (`decode`) and decides. The names below (context keys, identity headers,
-the ext_authz cluster, gRPC health service names) are what both sides, and Envoy's bootstrap,
-must agree on.
+`sign(encode(policy), key)` to the service's routes (`POLICY_KEY` in the ext_authz filter's
+per-route context; in HTTP mode, a request header of the same meaning). Envoy sends it with
+every check; ext_authz checks its MAC (`verify`), decodes it (`decode`) and decides. The MAC
+key is shared by the xDS server and ext_authz only (`read_policy_keys`), so a policy a client
+or any other caller wrote never takes effect, whatever an Envoy forwards. The names below
+(context keys, identity headers, the ext_authz cluster, gRPC health service names) are what both
+sides, and Envoy's bootstrap, must agree on.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import quote, unquote
 
@@ -70,8 +76,9 @@ def decode_roles(value: str) -> list[str]:
 AUTHZ_CLUSTER: Final = "ext_authz"
 
 # How Envoy calls ext_authz: gRPC `Authorization/Check` (policy in `context_extensions`) or
-# Envoy's HTTP ext_authz protocol (policy in `POLICY_HEADER`, which Envoy sets on every check
-# request from the route's config, overwriting any copy a client sent).
+# Envoy's HTTP ext_authz protocol (policy in `POLICY_HEADER`, which our configuration has Envoy
+# set on every check request from the route's config, overwriting any copy a client sent; an
+# Envoy configured otherwise may forward a client's copy, which has no valid MAC).
 AUTHZ_TRANSPORTS: Final = ("grpc", "http")
 POLICY_HEADER: Final = "x-sidecar-route-policy"
 # Envoy's HTTP check requests go to this path prefix followed by the client's path.
@@ -218,3 +225,53 @@ def decode(text: str) -> RoutePolicy:
         raise
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
         raise PolicyError(f"unreadable route policy: {err}") from None
+
+
+# A signed policy is `SIGNED_PREFIX` + base64url(HMAC-SHA256(key, SIGNED_PREFIX + policy)),
+# unpadded (43 characters), then "." and the policy as `encode` wrote it.
+SIGNED_PREFIX: Final = "s1."
+MIN_POLICY_KEY_BYTES: Final = 32
+
+
+class PolicyAuthError(PolicyError):
+    """The route's policy carries no MAC, or none that a configured key made: it was not written
+    by our xDS server (or by one with another key). Fail closed."""
+
+
+def _mac(key: bytes, policy: str) -> str:
+    digest = hmac.new(key, (SIGNED_PREFIX + policy).encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def sign(policy: str, key: bytes) -> str:
+    """`policy` (an `encode`d one) with its MAC under `key`."""
+    return f"{SIGNED_PREFIX}{_mac(key, policy)}.{policy}"
+
+
+def verify(signed: str, keys: Sequence[bytes]) -> str:
+    """The policy inside `signed` when one of `keys` made its MAC (several keys: rotation);
+    raises PolicyAuthError otherwise, saying whether the MAC was missing or wrong."""
+    if not signed.startswith(SIGNED_PREFIX):
+        raise PolicyAuthError("the route policy carries no MAC")
+    mac, dot, policy = signed[len(SIGNED_PREFIX) :].partition(".")
+    if dot and mac.isascii():  # (compare_digest refuses other text rather than say False)
+        for key in keys:
+            if hmac.compare_digest(_mac(key, policy), mac):
+                return policy
+    raise PolicyAuthError("the route policy's MAC is not one of a configured key")
+
+
+def read_policy_keys(path: Path) -> tuple[bytes, ...]:
+    """The keys in a policy key file: one per line (blank lines and surrounding spaces ignored),
+    each at least `MIN_POLICY_KEY_BYTES` long. The xDS server signs with the first; ext_authz
+    accepts any of them, so a new key can be added before the xDS server switches to it.
+    Raises ValueError saying what is wrong (OSError when the file cannot be read)."""
+    keys = tuple(line.strip().encode() for line in path.read_text(encoding="utf-8").splitlines())
+    keys = tuple(k for k in keys if k)
+    if not keys:
+        raise ValueError(f"policy key file {path} holds no key")
+    if any(len(k) < MIN_POLICY_KEY_BYTES for k in keys):
+        raise ValueError(
+            f"policy key file {path}: every key must be at least {MIN_POLICY_KEY_BYTES} bytes"
+        )
+    return keys

@@ -180,4 +180,6 @@ async def serve(xds: XdsServer, stop: asyncio.Event, stack: contextlib.AsyncExit
             }
         },
     )
+    if not settings.translate.authz.policy_key:
+        log.warning("no --policy-key-file: route policies are unsigned and ext_authz refuses them")
     await stop.wait()

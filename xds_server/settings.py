@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar_shared import defaults, tracing
-from sidecar_shared.contract import AUTHZ_TRANSPORTS
+from sidecar_shared.contract import AUTHZ_TRANSPORTS, read_policy_keys
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, boolean
 from xds_server.resources.common import (
@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         int,
     )
     add_transport_argument(parser, environ)
+    flag(
+        "policy-key-file",
+        None,
+        "file of route-policy MAC keys shared with ext_authz, one a line: the first signs "
+        "(without one, ext_authz refuses every route's policy)",
+    )
     add_edge_arguments(parser, environ)
     flag("access-log", defaults.ACCESS_LOG, "Envoy's JSON access log: '-' stdout, 'off', or a path")
     flag(
@@ -196,6 +202,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
                 timeout_ms=args.authz_timeout_ms,
                 failure_status=args.authz_failure_status,
                 transport=authz_transport(args),
+                policy_key=policy_key(args),
             ),
             edge=edge_options(args),
             observability=ObservabilityOptions(
@@ -204,6 +211,16 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
             regions=parse_regions(args.region),
         ),
     )
+
+
+def policy_key(args: argparse.Namespace) -> bytes:
+    """The key that signs route policies: the first of `--policy-key-file`'s; empty without one."""
+    if not args.policy_key_file:
+        return b""
+    try:
+        return read_policy_keys(Path(args.policy_key_file))[0]
+    except (OSError, ValueError) as err:
+        raise SettingsError(f"--policy-key-file: {err}") from None
 
 
 def parse_regions(text: str) -> tuple[str, ...]:

@@ -4,10 +4,13 @@ server with httptools' parser (and uvloop's loop when it is installed), in a thr
 The protocol (what the xDS server configures, `xds_server/resources/authz.py`): Envoy sends
 the client's method, `CHECK_PATH_PREFIX` + the client's path, and the client's headers, plus
 the route's policy in `POLICY_HEADER` (Envoy sets it from the route's config, overwriting any
-copy a client sent). ext_authz answers 200 to allow, with the identity headers (Envoy copies
-`UPSTREAM_HEADERS` onto the upstream request, overwriting), the headers to remove in
-`REMOVE_HEADERS_HEADER`, and the rate-limit headers for the client; any other status is the
-denial the client gets, with its headers and JSON body.
+copy a client sent; the core believes it only with its MAC). The client's address is the last
+`x-forwarded-for` entry when the connection comes from a trusted caller (`trusted_caller`:
+loopback, or a verified client certificate), else the connection's own peer. ext_authz
+answers 200 to allow, with the identity headers (Envoy copies `UPSTREAM_HEADERS` onto the
+upstream request, overwriting), the headers to remove in `REMOVE_HEADERS_HEADER`, and the
+rate-limit headers for the client; any other status is the denial the client gets, with its
+headers and JSON body.
 
 The server: HTTP/1.1 keep-alive; pipelined requests are answered in order; a request's
 `Connection: Upgrade` and `Upgrade` (Envoy forwards a websocket request's) are headers of the
@@ -37,6 +40,7 @@ import httptools
 
 from ext_authz.core import Authorizer
 from ext_authz.decision import CheckInput, Outcome
+from ext_authz.limits import trusted_caller
 from sidecar_shared.contract import (
     CHECK_PATH_PREFIX,
     POLICY_HEADER,
@@ -127,6 +131,16 @@ def encode_outcome(outcome: Outcome, keep_alive: bool = True) -> bytes:
     )
 
 
+def untrusted_peer(transport: asyncio.BaseTransport) -> str | None:
+    """The connection's peer address when it is not a trusted caller; None when it is. A peer
+    is authenticated when TLS verified its certificate (`getpeercert()` is empty otherwise)."""
+    peer = transport.get_extra_info("peername")
+    host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+    tls = transport.get_extra_info("ssl_object")
+    authenticated = tls is not None and bool(tls.getpeercert())
+    return None if trusted_caller(host, authenticated) else host
+
+
 def client_peer(headers: dict[str, str]) -> str:
     """The client's address: the last `x-forwarded-for` entry, which Envoy appended (its
     listener uses the remote address), as `source.address` is in a gRPC check."""
@@ -155,6 +169,7 @@ class CheckProtocol(asyncio.Protocol):
         self._max_headers = max_headers
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
+        self._untrusted_peer: str | None = ""  # until connected: trusted by nobody
         self._url = b""
         self._headers: dict[str, str] = {}
         self._size = 0
@@ -181,6 +196,7 @@ class CheckProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._untrusted_peer = untrusted_peer(transport)
         self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -253,6 +269,7 @@ class CheckProtocol(asyncio.Protocol):
             headers=headers,
             context={POLICY_KEY: policy},
             client_ip=client_peer(headers),
+            untrusted_peer=self._untrusted_peer,
         )
         keep_alive = self._parser.should_keep_alive()
         if keep_alive and self._parser.should_upgrade() and _streams_after(method, headers):

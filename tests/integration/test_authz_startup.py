@@ -19,9 +19,10 @@ import pytest
 
 from ext_authz import app, settings
 from tests.support import ports, redis_servers, stack, tokens, wait
+from tests.support.policies import POLICY_KEY_ENV
 
 PORT_FLAGS = ("--authz-port", "--authz-http-check-port", "--authz-http-port")
-SECRET = {"SIDECAR_JWT_SECRET": tokens.TEST_SECRET.decode()}
+SECRET = {"SIDECAR_JWT_SECRET": tokens.TEST_SECRET.decode(), **POLICY_KEY_ENV}
 
 
 def listen_args(flag: str, taken: int) -> list[str]:

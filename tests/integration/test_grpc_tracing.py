@@ -27,6 +27,7 @@ from ext_authz.transports.grpc import GrpcTransport
 from tests.support import ports, tokens
 from tests.support.authorizers import key_source
 from tests.support.authz_client import check
+from tests.support.policies import POLICY_KEY
 
 ENVOY_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 ENVOY_SPAN = "00f067aa0ba902b7"
@@ -59,6 +60,7 @@ def traced() -> Iterator[Traced]:
         MemoryLimiter(),
         [TracingObserver(provider.get_tracer("test")), AuditObserver(audit)],
         logging.getLogger("test"),
+        policy_keys=(POLICY_KEY,),
     )
     port = ports.free_port()
     transport = GrpcTransport(authorizer, "127.0.0.1", port, workers=2, traced=True)

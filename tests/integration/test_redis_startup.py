@@ -11,9 +11,10 @@ from pathlib import Path
 
 from ext_authz.ratelimit import Limit, LimiterUnavailable
 from ext_authz.ratelimit.redis_backend import RedisLimiter, check_backend
-from sidecar_shared.contract import RoutePolicy, encode
+from sidecar_shared.contract import RoutePolicy
 from tests.support import http, ports, redis_servers, stack, tokens, wait
 from tests.support.authz_client import check
+from tests.support.policies import encode
 
 LIMITED = encode(RoutePolicy(service="svc", rbac_required=False, rate_limit=Limit(2, 60)))
 

@@ -18,6 +18,7 @@ from ext_authz.metrics import AuthzMetrics
 from ext_authz.observers import AuditObserver, MetricsObserver
 from ext_authz.ratelimit import Limiter, MemoryLimiter
 from ext_authz.tokens import TokenVerifier, VerifierSettings
+from tests.support.policies import POLICY_KEY
 
 
 def key_source(
@@ -78,5 +79,6 @@ def make_authorizer(
         clock,
         limits or LimitSettings(),
         guard or GuardSettings(),
+        policy_keys=(POLICY_KEY,),
     )
     return Wired(authorizer, audit, registry, audit_log)

@@ -22,6 +22,7 @@ from sidecar import commands
 from sidecar.bootstrap import BootstrapOptions, render_json
 from sidecar_shared import defaults, supervise
 from tests.support.http import Response, get, try_get
+from tests.support.policies import POLICY_KEY, POLICY_KEY_ENV
 from tests.support.ports import free_port
 from tests.support.tokens import TEST_SECRET
 from tests.support.translation import build_snapshot
@@ -30,7 +31,7 @@ from xds_server import typeurls
 from xds_server.catalog import load_catalog
 from xds_server.resources.common import LISTENER_NAME, ROUTE_CONFIG_NAME
 from xds_server.snapshot import Snapshot
-from xds_server.translate import Options
+from xds_server.translate import AuthzOptions, Options
 
 # The xDS protocols an Envoy can speak: tests that exercise xDS run with each.
 PROTOCOLS = ("sotw", "delta")
@@ -107,7 +108,11 @@ class XdsServer:
     def snapshot(self, catalog: Path | None = None) -> Snapshot:
         """The snapshot the catalog file (or `catalog`) becomes, built here: versions are
         content hashes, so these are the versions the server serves for it."""
-        options = Options(listener_address="127.0.0.1", listener_port=self.listener_port)
+        options = Options(
+            listener_address="127.0.0.1",
+            listener_port=self.listener_port,
+            authz=AuthzOptions(policy_key=POLICY_KEY),
+        )
         return build_snapshot(load_catalog(catalog or self.catalog), options)
 
     def route_version_for(self, envoy: Envoy, snapshot: Snapshot | None = None) -> str:
@@ -158,7 +163,7 @@ def start_xds(
         *(args or []),
         module=module,
     )
-    proc = start(name, argv, workdir, env={**os.environ, **(env or {})})
+    proc = start(name, argv, workdir, env={**os.environ, **POLICY_KEY_ENV, **(env or {})})
     server = XdsServer(proc, port, http_port, listener_port, catalog, transport)
 
     def up() -> bool:
@@ -207,6 +212,7 @@ def start_authz(
     check_port = check_port or free_port()
     full_env = dict(os.environ)
     full_env.setdefault("SIDECAR_JWT_SECRET", TEST_SECRET.decode())
+    full_env.update(POLICY_KEY_ENV)
     full_env.update(env or {})
     argv = commands.ext_authz(
         *("--authz-host", "127.0.0.1", "--authz-port", str(port)),
@@ -341,7 +347,12 @@ def run_authz_to_exit(env: Mapping[str, str], *args: str) -> subprocess.Complete
         *args,
     )
     return subprocess.run(
-        argv, capture_output=True, text=True, timeout=30, env={**base, **env}, check=False
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**base, **POLICY_KEY_ENV, **env},
+        check=False,
     )
 
 

@@ -10,9 +10,14 @@ from tests.support.ports import free_port
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, port: int | None = None) -> None:
+    def __init__(
+        self, target_port: int, port: int | None = None, source: str | None = None
+    ) -> None:
+        """`source`: the loopback address the proxy connects to the target from (the target
+        then sees a caller other than 127.0.0.1, as from another host)."""
         self.target_port = target_port
         self.port = port or free_port()
+        self._source = (source, 0) if source else None
         self._server: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -33,7 +38,9 @@ class TcpProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+                upstream = socket.create_connection(
+                    ("127.0.0.1", self.target_port), timeout=2, source_address=self._source
+                )
             except OSError:
                 client.close()
                 continue

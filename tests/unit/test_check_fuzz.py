@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from ext_authz.core import GuardSettings
 from ext_authz.tokens import TokenVerifier, VerifierSettings
 from ext_authz.transports.grpc import to_input, to_response
-from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
+from sidecar_shared.contract import POLICY_KEY, RoutePolicy
 from tests.support.authorizers import key_source, make_authorizer
+from tests.support.policies import encode
 
 SECRET = b"fuzz-test-secret-that-is-long-enough-0123456789"
 NOW = 1_800_000_000.0

@@ -10,8 +10,9 @@ from prometheus_client import CollectorRegistry
 from ext_authz.core import Authorizer
 from ext_authz.decision import CheckInput, Outcome
 from ext_authz.tokens import TokenVerifier, VerifierSettings
-from sidecar_shared.contract import POLICY_KEY, RoutePolicy, decode_identity, encode
+from sidecar_shared.contract import POLICY_KEY, RoutePolicy, decode_identity
 from tests.support.authorizers import Wired, key_source, make_authorizer
+from tests.support.policies import encode
 
 SECRET = b"core-test-secret-that-is-long-enough-0123456789"
 NOW = 1_800_000_000.0

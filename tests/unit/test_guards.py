@@ -17,10 +17,11 @@ from ext_authz.limits import address_key, user_key
 from ext_authz.observers import AuditObserver, trace_id
 from ext_authz.ratelimit import MemoryLimiter
 from ext_authz.tokens import TokenVerifier, VerifierSettings
-from sidecar_shared.contract import POLICY_KEY, Limit, RoutePolicy, encode
+from sidecar_shared.contract import POLICY_KEY, Limit, RoutePolicy
 from tests.support.authorizers import Wired, key_source, make_authorizer
 from tests.support.fakes import FakeClock
 from tests.support.metrics import total
+from tests.support.policies import encode
 
 SECRET = b"guard-test-secret-that-is-long-enough-0123456789"
 NOW = 1_800_000_000.0

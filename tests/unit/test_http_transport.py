@@ -22,8 +22,9 @@ from ext_authz.ratelimit import (
 )
 from ext_authz.tokens import TokenVerifier, VerifierSettings
 from ext_authz.transports.http import REQUEST_TIMEOUT_S, CheckProtocol, Ticker, time_out_stalled
-from sidecar_shared.contract import POLICY_HEADER, RoutePolicy, encode
+from sidecar_shared.contract import POLICY_HEADER, RoutePolicy
 from tests.support.authorizers import key_source, make_authorizer
+from tests.support.policies import POLICY_KEY, encode
 
 SECRET = b"http-transport-test-secret-long-enough-0123456789"
 NOW = 1_800_000_000.0
@@ -44,6 +45,10 @@ class FakeTransport:
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def get_extra_info(self, name: str) -> object:
+        """Envoy beside ext_authz, over plain TCP."""
+        return ("127.0.0.1", 40000) if name == "peername" else None
 
 
 def token(user: str) -> str:
@@ -226,6 +231,7 @@ def test_answers_that_wait_for_the_limiter_keep_the_requests_order() -> None:
         log,
         lambda: NOW,
         async_limiter=GuardedAsyncLimiter(SlowFirst(), guard),
+        policy_keys=(POLICY_KEY,),
     )
 
     async def scenario() -> list[str]:

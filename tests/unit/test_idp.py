@@ -15,11 +15,12 @@ from ext_authz.decision import CheckInput
 from ext_authz.keys import KeySource
 from ext_authz.tokens import Identity, TokenVerifier
 from sidecar import cli
-from sidecar_shared.contract import POLICY_KEY, ROLES_HEADER, RoutePolicy, encode
+from sidecar_shared.contract import POLICY_KEY, ROLES_HEADER, RoutePolicy
 from sidecar_shared.errors import SettingsError
 from tests.support import idp_tokens
 from tests.support.authorizers import make_authorizer
 from tests.support.keys import rsa_key, write_jwks
+from tests.support.policies import encode
 
 NOW = 1_800_000_000.0
 SECRET = "unit-test-secret-that-is-long-enough-for-hs256"

@@ -15,8 +15,9 @@ from ext_authz.metrics import AuthzMetrics, TokenCacheStats
 from ext_authz.ratelimit import GuardedLimiter, LimiterUnavailable
 from ext_authz.ratelimit.base import LimitDecision
 from ext_authz.tokens import TokenVerifier, VerifierSettings
-from sidecar_shared.contract import POLICY_KEY, Limit, RoutePolicy, encode
+from sidecar_shared.contract import POLICY_KEY, Limit, RoutePolicy
 from tests.support.authorizers import key_source, make_authorizer
+from tests.support.policies import encode
 
 SECRET = b"metrics-test-secret-that-is-long-enough-0123456789"
 NOW = 1_800_000_000.0

@@ -14,9 +14,10 @@ import pytest
 
 from ext_authz.decision import CheckInput, Outcome
 from ext_authz.tokens import TokenVerifier, VerifierSettings
-from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
+from sidecar_shared.contract import POLICY_KEY, RoutePolicy
 from tests.support.authorizers import key_source, make_authorizer
 from tests.support.fakes import FakeClock
+from tests.support.policies import encode
 
 SECRET = b"unit-test-secret-that-is-long-enough-for-hs256-0123456789"
 NOW = 1_800_000_000

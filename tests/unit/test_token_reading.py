@@ -23,10 +23,11 @@ from ext_authz.keys import KID, KeyConfigError, KeySettings, KeySource, parse_jw
 from ext_authz.metrics import KeyMetrics
 from ext_authz.tokens import MAX_DEPTH, TokenError, TokenVerifier, VerifierSettings
 from ext_authz.transports.http import CheckProtocol
-from sidecar_shared.contract import POLICY_HEADER, POLICY_KEY, RoutePolicy, encode
+from sidecar_shared.contract import POLICY_HEADER, POLICY_KEY, RoutePolicy
 from tests.support.authorizers import key_source, make_authorizer
 from tests.support.fakes import FakeClock
 from tests.support.keys import rsa_key, write_jwks
+from tests.support.policies import encode
 
 SECRET = b"token-reading-test-secret-long-enough-0123456789"
 NOW = 1_800_000_000.0
@@ -180,6 +181,10 @@ def test_a_lone_surrogate_is_a_401_from_the_http_transport_and_the_connection_st
 
         def is_closing(self) -> bool:
             return self.closed
+
+        def get_extra_info(self, name: str) -> object:
+            """Envoy beside ext_authz, over plain TCP."""
+            return ("127.0.0.1", 40000) if name == "peername" else None
 
     auth = make_authorizer(verifier(), FakeClock(NOW)).authorizer
     protocol = CheckProtocol(auth, set())

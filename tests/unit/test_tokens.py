@@ -19,10 +19,11 @@ from ext_authz import keys as keys_module
 from ext_authz.decision import CheckInput, Outcome
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import Identity, TokenError, TokenVerifier, VerifierSettings
-from sidecar_shared.contract import POLICY_KEY, RoutePolicy, encode
+from sidecar_shared.contract import POLICY_KEY, RoutePolicy
 from tests.support.authorizers import key_source, make_authorizer
 from tests.support.fakes import FakeClock
 from tests.support.keys import KeyPair, ec_key, ed_key, rsa_key, write_jwks
+from tests.support.policies import encode
 from tests.support.wait import wait_until
 
 SECRET = b"unit-test-secret-that-is-long-enough-for-hs512-0123456789abcdefgh"

@@ -6,14 +6,17 @@ for either transport (`AuthzOptions.transport`).
 - `http`: `http_service` (Envoy's HTTP ext_authz protocol, `CHECK_PATH_PREFIX` + the client's
   path) on the filter and on each route, the route's carrying its policy in
   `authorization_request.headers_to_add` (`POLICY_HEADER`). Envoy sets that header on the check
-  request from the route's config, overwriting a client's copy, so a client cannot choose a
-  policy. Every client header is forwarded (the filter's `allowed_headers`; without a list
-  Envoy forwards only a few, and `authorization_request.allowed_headers` is deprecated in
-  Envoy 1.40): ext_authz counts them to answer 431 before Envoy's header limit would turn its
-  allow into a 500, and reads the trace ids. ext_authz's answer is read through three lists:
-  the identity headers onto the upstream request (overwriting), the rate-limit headers to the
-  client on success, the denial's own headers to the client on denial. Removals travel in
-  `REMOVE_HEADERS_HEADER`.
+  request from the route's config, overwriting a client's copy. Every client header is
+  forwarded (the filter's `allowed_headers`; without a list Envoy forwards only a few, and
+  `authorization_request.allowed_headers` is deprecated in Envoy 1.40): ext_authz counts them
+  to answer 431 before Envoy's header limit would turn its allow into a 500, and reads the
+  trace ids. ext_authz's answer is read through three lists: the identity headers onto the
+  upstream request (overwriting), the rate-limit headers to the client on success, the
+  denial's own headers to the client on denial. Removals travel in `REMOVE_HEADERS_HEADER`.
+
+Either way the policy carries its MAC (`AuthzOptions.policy_key`, `contract.sign`), so a
+policy that a client wrote (through an Envoy configured by someone else that forwards client
+headers) or that a direct caller wrote is refused by ext_authz.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from sidecar_shared.contract import (
     RATE_LIMIT_HEADERS,
     SERVICE_KEY,
     UPSTREAM_HEADERS,
+    sign,
 )
 from xds_server.resources.common import AuthzOptions, set_ms
 
@@ -76,7 +80,10 @@ def filter_config(options: AuthzOptions, clear_route_cache: bool) -> ext_authz_p
 
 
 def per_route(options: AuthzOptions, service: str, policy: str) -> ext_authz_pb2.ExtAuthzPerRoute:
-    """A route's policy (`sidecar_shared.contract.encode`d) where the transport carries it."""
+    """A route's policy (`sidecar_shared.contract.encode`d) where the transport carries it,
+    signed with `options.policy_key` when there is one."""
+    if options.policy_key:
+        policy = sign(policy, options.policy_key)
     out = ext_authz_pb2.ExtAuthzPerRoute()
     if options.transport == "http":
         out.check_settings.http_service.CopyFrom(http_service(options, policy))

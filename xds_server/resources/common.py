@@ -5,7 +5,7 @@ same bytes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import (
     config_source_pb2,
@@ -42,6 +42,9 @@ class AuthzOptions:
     failure_status: int = defaults.AUTHZ_FAILURE_STATUS
     # "grpc" or "http": which of ext_authz's servers Envoy calls (the bootstrap's cluster agrees)
     transport: str = defaults.AUTHZ_TRANSPORT
+    # the MAC key of route policies (`sidecar_shared.contract.sign`); empty: policies unsigned,
+    # which ext_authz refuses
+    policy_key: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
