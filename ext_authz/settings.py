@@ -18,9 +18,10 @@ from ext_authz import idp
 from ext_authz.core import GuardSettings, LimitSettings
 from ext_authz.keys import KeySettings
 from ext_authz.tokens import ClaimNames, VerifierSettings
-from sidecar_shared import defaults
+from sidecar_shared import defaults, tls
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, add_switch
+from sidecar_shared.tls import ServerTls
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class AuthzSettings:
     log_level: str
     guard: GuardSettings = field(default_factory=GuardSettings)
     audit_denials_per_address: int = defaults.AUDIT_DENIALS_PER_ADDRESS
+    tls: ServerTls | None = None  # both check ports' TLS (None: plain text)
 
 
 def add_key_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -83,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     flag("authz-http-host", defaults.AUTHZ_HTTP_HOST, "metrics/ready address")
     flag("authz-http-port", defaults.AUTHZ_HTTP_PORT, "metrics/ready port", int)
     flag("authz-workers", defaults.AUTHZ_WORKERS, "gRPC worker threads", int)
+    tls.add_arguments(parser, environ, "authz", "the gRPC and HTTP check ports")
     add_key_arguments(parser, environ)
     flag("jwt-leeway", defaults.JWT_LEEWAY_S, "seconds of clock skew allowed", float)
     flag(
@@ -222,6 +225,9 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
             max_request_headers=args.max_request_headers,
         ),
         audit_denials_per_address=args.audit_denials_per_address,
+        tls=tls.server_tls(
+            "authz", args.authz_tls_cert, args.authz_tls_key, args.authz_tls_client_ca
+        ),
     )
 
 

@@ -21,7 +21,7 @@ from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
 from sidecar import endpoints, status_view, up
-from sidecar.bootstrap import BootstrapOptions, render_json
+from sidecar.bootstrap import BootstrapOptions, add_client_tls_arguments, client_tls, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, add_switch
@@ -117,6 +117,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         authz_port=args.authz_port,
         authz_http_check_port=args.authz_http_check_port,
         authz_transport=xds_settings.authz_transport(args),
+        tls=client_tls(args),
     )
     sys.stdout.write(render_json(options))
     return 0
@@ -273,6 +274,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         child_env=child_env,
         max_downstream_connections=args.max_downstream_connections,
         envoy_max_heap_bytes=args.envoy_max_heap_bytes,
+        envoy_tls=client_tls(args),
     )
     return up.run(conf, catalog)
 
@@ -298,6 +300,7 @@ def _add_bootstrap_parser(sub: Any, environ: Mapping[str, str]) -> None:
         "--admin-address", default=defaults.ENVOY_ADMIN_ADDRESS, help="Envoy admin address"
     )
     p.add_argument("--admin-port", type=int, default=defaults.ENVOY_ADMIN_PORT, help="admin port")
+    add_client_tls_arguments(p, environ)
     p.add_argument("--node-id", default=defaults.NODE_ID, help="Envoy node id")
     p.add_argument("--node-cluster", default=defaults.NODE_CLUSTER, help="Envoy node cluster")
     p.set_defaults(func=cmd_bootstrap)
@@ -368,6 +371,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         help="seconds to wait for readiness",
         environ=environ,
     )
+    add_client_tls_arguments(p, environ)
     p.set_defaults(func=cmd_up)
 
     # validate and render translate as the xDS server would, with its settings.
