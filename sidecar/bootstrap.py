@@ -7,11 +7,7 @@ With `tls` set, Envoy reaches both servers over TLS: it presents its client cert
 SAN should be its node id), trusts only the given CA for the servers' certificates, and requires
 each server's certificate to name the host Envoy dials (a DNS or IP SAN). The files are named
 in the bootstrap (no SDS): Envoy reads them when it starts, so a new client certificate takes a
-restart (or hot restart) of Envoy.
-
-With `stats_port` set, a listener on `stats_address:stats_port` serves only
-`GET /stats/prometheus`, proxied to the admin, so Prometheus can scrape Envoy from another
-container while the admin itself stays on loopback."""
+restart (or hot restart) of Envoy."""
 
 from __future__ import annotations
 
@@ -28,9 +24,6 @@ from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag
 
 XDS_CLUSTER = "xds_cluster"
-STATS_LISTENER = "envoy_stats"
-ADMIN_CLUSTER = "envoy_admin"  # the stats listener's way to the admin (catalog names have no _)
-PROMETHEUS_PATH = "/stats/prometheus"
 
 
 @dataclass(frozen=True)
@@ -64,8 +57,6 @@ class BootstrapOptions:
     ads_retry_base_ms: int = defaults.ADS_RETRY_BASE_MS
     ads_retry_max_ms: int = defaults.ADS_RETRY_MAX_MS
     tls: ClientTls | None = None  # mTLS to the xDS server and ext_authz (None: plain text)
-    stats_address: str = "0.0.0.0"
-    stats_port: int | None = None  # None: no stats listener
 
 
 def _seconds(ms: int) -> str:
@@ -155,60 +146,12 @@ def _authz_cluster(opts: BootstrapOptions) -> dict[str, Any]:
     return _h2_cluster(AUTHZ_CLUSTER, opts.authz_host, opts.authz_port, opts.tls)
 
 
-def _stats_listener(opts: BootstrapOptions, port: int) -> dict[str, Any]:
-    """Only `GET /stats/prometheus`, proxied to the admin on loopback; anything else 404."""
-    route = {
-        "match": {
-            "path": PROMETHEUS_PATH,
-            "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
-        },
-        "route": {"cluster": ADMIN_CLUSTER},
-    }
-    manager = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-        "http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": STATS_LISTENER,
-        "route_config": {
-            "name": STATS_LISTENER,
-            "virtual_hosts": [{"name": STATS_LISTENER, "domains": ["*"], "routes": [route]}],
-        },
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                },
-            }
-        ],
-    }
-    return {
-        "name": STATS_LISTENER,
-        "address": {"socket_address": {"address": opts.stats_address, "port_value": port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": manager,
-                    }
-                ]
-            }
-        ],
-    }
-
-
 def _static_resources(opts: BootstrapOptions) -> dict[str, Any]:
     clusters = [
         _h2_cluster(XDS_CLUSTER, opts.xds_host, opts.xds_port, opts.tls),
         _authz_cluster(opts),
     ]
-    if opts.stats_port is None:
-        return {"clusters": clusters}
-    admin = _h1_cluster(ADMIN_CLUSTER, opts.admin_address, opts.admin_port)
-    return {
-        "clusters": [*clusters, admin],
-        "listeners": [_stats_listener(opts, opts.stats_port)],
-    }
+    return {"clusters": clusters}
 
 
 def render(opts: BootstrapOptions) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -180,7 +181,11 @@ def _endpoint_health(admin: str) -> tuple[list[endpoints.EndpointHealth], str | 
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """gRPC health check: exit 0 when SERVING, 1 otherwise (for container probes)."""
+    """A health check for container probes: gRPC health at HOST:PORT (exit 0 when SERVING), or
+    an HTTP GET of an http:// URL (exit 0 on 200). With --alive, any answer exits 0: the
+    process runs and answers (a liveness probe), ready or not."""
+    if args.address.startswith("http://"):
+        return _probe_http(args.address, args.timeout, args.alive)
     request = health_pb2.HealthCheckRequest(service=args.service)
     try:
         with grpc.insecure_channel(args.address) as channel:
@@ -191,7 +196,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return 1
     state = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     print(f"{args.address}: {state}")
-    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return 0 if args.alive or resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _probe_http(url: str, timeout: float, alive: bool) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http:// only)
+            status = int(resp.status)
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except OSError as err:
+        print(f"{url}: {err}", file=sys.stderr)
+        return 1
+    print(f"{url}: {status}")
+    return 0 if alive or status == 200 else 1
 
 
 def parse_ttl(text: str) -> int:
@@ -401,9 +419,16 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     authz_settings.add_key_arguments(p, environ)
     p.set_defaults(func=cmd_token)
 
-    p = sub.add_parser("probe", help="gRPC health check; exit 0 when SERVING")
-    p.add_argument("address", help="HOST:PORT")
+    p = sub.add_parser(
+        "probe", help="gRPC health check (exit 0 when SERVING) or HTTP GET (exit 0 on 200)"
+    )
+    p.add_argument("address", help="HOST:PORT (gRPC health) or http://HOST:PORT/PATH")
     p.add_argument("--service", default="", help="service name ('' is the whole server)")
+    p.add_argument(
+        "--alive",
+        action="store_true",
+        help="exit 0 on any answer: the process runs (liveness), ready or not",
+    )
     p.add_argument("--timeout", type=float, default=2.0, help="seconds")
     p.set_defaults(func=cmd_probe)
 
