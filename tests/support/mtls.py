@@ -55,6 +55,7 @@ class Ca:
 
     def __init__(self, directory: Path, name: str = "sidecar test CA") -> None:
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         self._now = datetime.datetime.now(datetime.UTC)
         self._key = ec.generate_private_key(ec.SECP256R1())
         self.cert = (
