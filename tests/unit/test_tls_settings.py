@@ -5,6 +5,7 @@ named in a warning; the bootstrap presents Envoy's client certificate when given
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,8 +112,9 @@ def test_ext_authz_warns_for_each_check_port_and_the_ops_port() -> None:
     assert authz_app.exposure_warnings(mutual) == []
 
 
-def _cluster(options: BootstrapOptions, name: str) -> dict[str, object]:
-    (cluster,) = [c for c in render(options)["static_resources"]["clusters"] if c["name"] == name]
+def _cluster(options: BootstrapOptions, name: str) -> dict[str, Any]:
+    clusters: list[dict[str, Any]] = render(options)["static_resources"]["clusters"]
+    (cluster,) = [c for c in clusters if c["name"] == name]
     return cluster
 
 
@@ -124,7 +126,6 @@ def test_the_bootstrap_presents_envoys_client_certificate_to_both_servers(
     options = BootstrapOptions(xds_host="xds.internal", authz_transport=transport, tls=client)
     for name, host in ((XDS_CLUSTER, "xds.internal"), (AUTHZ_CLUSTER, "127.0.0.1")):
         socket = _cluster(options, name)["transport_socket"]
-        assert isinstance(socket, dict)
         context = socket["typed_config"]["common_tls_context"]
         assert context["tls_certificates"] == [
             {
