@@ -18,5 +18,9 @@ RUN pip install --no-cache-dir -c constraints.txt . \
     && useradd --system --uid 10001 sidecar
 USER 10001
 
-# Probes: `sidecar probe 127.0.0.1:18000` (xDS) or `sidecar probe 127.0.0.1:9191` (ext_authz).
+# Every port binds 127.0.0.1 unless SIDECAR_XDS_HOST / SIDECAR_AUTHZ_HOST say otherwise: run the
+# containers in Envoy's network namespace (a pod, compose's `pod`), or bind the container's
+# address with mTLS on (docs/security.md). Probes, on loopback: readiness
+# `sidecar probe http://127.0.0.1:18080/ready` (xDS) or `...:9192/ready` (ext_authz), liveness
+# the same with `--alive`.
 CMD ["xds-server"]

@@ -41,7 +41,7 @@ from ext_authz.transports import Transport
 from ext_authz.transports.grpc import GrpcTransport
 from ext_authz.transports.http import LOOP as HTTP_LOOP
 from ext_authz.transports.http import HttpTransport
-from sidecar_shared import ops_http, tracing
+from sidecar_shared import ops_http, tls, tracing
 from sidecar_shared.contract import read_policy_keys
 from sidecar_shared.errors import SettingsError
 
@@ -170,6 +170,40 @@ def _backend_note(settings: AuthzSettings, limiter: GuardedLimiter) -> str | Non
     return f"rate-limit backend unavailable: failing {policy} until it answers"
 
 
+def exposure_warnings(settings: AuthzSettings) -> list[str]:
+    """A warning for each port that other hosts can reach without a client certificate."""
+    check_risk = (
+        "have checks answered, spend any client address's failed-auth budget and rate limits, "
+        "and send the route policy a check is made under"
+    )
+    warnings = [
+        tls.exposure_warning(
+            "the ext_authz gRPC port",
+            settings.host,
+            settings.port,
+            settings.tls,
+            check_risk,
+            "--authz-tls-client-ca",
+        ),
+        tls.exposure_warning(
+            "the ext_authz HTTP check port",
+            settings.host,
+            settings.http_check_port,
+            settings.tls,
+            check_risk,
+            "--authz-tls-client-ca",
+        ),
+        tls.exposure_warning(
+            "the ext_authz ops port",
+            settings.http_host,
+            settings.http_port,
+            None,
+            "read its metrics",
+        ),
+    ]
+    return [w for w in warnings if w is not None]
+
+
 def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> None:
     """Serve until `stop` is set. Raises SettingsError (tracing), KeyConfigError,
     BackendConfigError or OSError when it cannot start."""
@@ -183,12 +217,20 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
         authorizer, limiter = build_authorizer(settings, log, registry, stack, observers)
         traced = provider is not None
         transports: list[Transport] = [
-            GrpcTransport(authorizer, settings.host, settings.port, settings.workers, traced),
+            GrpcTransport(
+                authorizer,
+                settings.host,
+                settings.port,
+                settings.workers,
+                traced,
+                server_tls=settings.tls,
+            ),
             HttpTransport(
                 authorizer,
                 settings.host,
                 settings.http_check_port,
                 on_stop=[authorizer.aclose],
+                server_tls=settings.tls,
             ),
         ]
         serving = threading.Event()
@@ -207,6 +249,8 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
         for transport in transports:
             transport.start()
             stack.callback(transport.stop, 2.0)
+        for warning in exposure_warnings(settings):
+            log.warning(warning)
         for transport in transports:
             transport.set_serving(True)
         serving.set()
@@ -217,6 +261,7 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
                     "grpc": f"{settings.host}:{settings.port}",
                     "http_check": f"{settings.host}:{settings.http_check_port} ({HTTP_LOOP})",
                     "ops": f"{settings.http_host}:{settings.http_port}",
+                    "tls": tls.describe(settings.tls),
                     "hmac": settings.keys.secret is not None
                     or settings.keys.secret_file is not None,
                     "jwks": settings.keys.jwks,

@@ -18,9 +18,10 @@ from ext_authz import idp
 from ext_authz.core import GuardSettings, LimitSettings
 from ext_authz.keys import KeySettings
 from ext_authz.tokens import ClaimNames, VerifierSettings
-from sidecar_shared import defaults
+from sidecar_shared import defaults, tls
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, add_switch
+from sidecar_shared.tls import ServerTls
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class AuthzSettings:
     audit_denials_per_address: int = defaults.AUDIT_DENIALS_PER_ADDRESS
     # route-policy MAC keys shared with the xDS server (read at assembly; none: refuse to start)
     policy_key_file: Path | None = None
+    tls: ServerTls | None = None  # both check ports' TLS (None: plain text)
 
 
 def add_key_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -85,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     flag("authz-http-host", defaults.AUTHZ_HTTP_HOST, "metrics/ready address")
     flag("authz-http-port", defaults.AUTHZ_HTTP_PORT, "metrics/ready port", int)
     flag("authz-workers", defaults.AUTHZ_WORKERS, "gRPC worker threads", int)
+    tls.add_arguments(parser, environ, "authz", "the gRPC and HTTP check ports")
     add_key_arguments(parser, environ)
     flag(
         "policy-key-file",
@@ -231,6 +234,9 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
         ),
         audit_denials_per_address=args.audit_denials_per_address,
         policy_key_file=Path(args.policy_key_file) if args.policy_key_file else None,
+        tls=tls.server_tls(
+            "authz", args.authz_tls_cert, args.authz_tls_key, args.authz_tls_client_ca
+        ),
     )
 
 

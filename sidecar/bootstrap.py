@@ -1,18 +1,39 @@
 """Envoy bootstrap for the sidecar: ADS over HTTP/2 to the xDS server, a cluster for ext_authz
 (its address is per deployment, so it lives here, not in xDS): HTTP/1.1 to its HTTP check
 port, or HTTP/2 to its gRPC port, as `authz_transport` says (the xDS server must say the same);
-admin on loopback."""
+admin on loopback.
+
+With `tls` set, Envoy reaches both servers over TLS: it presents its client certificate (whose
+SAN should be its node id), trusts only the given CA for the servers' certificates, and requires
+each server's certificate to name the host Envoy dials (a DNS or IP SAN). The files are named
+in the bootstrap (no SDS): Envoy reads them when it starts, so a new client certificate takes a
+restart (or hot restart) of Envoy."""
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar_shared import defaults
 from sidecar_shared.contract import AUTHZ_CLUSTER
+from sidecar_shared.errors import SettingsError
+from sidecar_shared.flags import add_flag
 
 XDS_CLUSTER = "xds_cluster"
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """Envoy's client certificate chain and key, and the CA the servers' certificates must
+    chain to: paths as Envoy sees them (PEM)."""
+
+    cert: str
+    key: str
+    ca: str
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,7 @@ class BootstrapOptions:
     # default starts at 500 ms and grows to 30 s: a restarted server waited seconds for Envoy).
     ads_retry_base_ms: int = defaults.ADS_RETRY_BASE_MS
     ads_retry_max_ms: int = defaults.ADS_RETRY_MAX_MS
+    tls: ClientTls | None = None  # mTLS to the xDS server and ext_authz (None: plain text)
 
 
 def _seconds(ms: int) -> str:
@@ -42,10 +64,41 @@ def _seconds(ms: int) -> str:
     return f"{ms / 1000:.3f}s"
 
 
-def _h2_cluster(name: str, host: str, port: int) -> dict[str, Any]:
-    """A static cluster that speaks HTTP/2 (gRPC) to one address."""
+def _upstream_tls(tls: ClientTls, host: str, alpn: list[str]) -> dict[str, Any]:
+    """A TLS transport socket: Envoy's client certificate, the servers' CA, and the server's
+    certificate must name `host`."""
+    try:
+        ipaddress.ip_address(host)
+        san_type = "IP_ADDRESS"
+    except ValueError:
+        san_type = "DNS"
+    context: dict[str, Any] = {
+        "tls_certificates": [
+            {"certificate_chain": {"filename": tls.cert}, "private_key": {"filename": tls.key}}
+        ],
+        "validation_context": {
+            "trusted_ca": {"filename": tls.ca},
+            "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": host}}],
+        },
+    }
+    if alpn:
+        context["alpn_protocols"] = alpn
+    typed: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": context,
+    }
+    if san_type == "DNS":
+        typed["sni"] = host
+    return {"name": "envoy.transport_sockets.tls", "typed_config": typed}
+
+
+def _h2_cluster(name: str, host: str, port: int, tls: ClientTls | None = None) -> dict[str, Any]:
+    """A static cluster that speaks HTTP/2 (gRPC) to one address (over TLS with `tls`)."""
+    cluster = _h1_cluster(name, host, port)
+    if tls is not None:
+        cluster["transport_socket"] = _upstream_tls(tls, host, ["h2"])
     return {
-        **_h1_cluster(name, host, port),
+        **cluster,
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/"
@@ -86,8 +139,19 @@ def _h1_cluster(name: str, host: str, port: int) -> dict[str, Any]:
 
 def _authz_cluster(opts: BootstrapOptions) -> dict[str, Any]:
     if opts.authz_transport == "http":
-        return _h1_cluster(AUTHZ_CLUSTER, opts.authz_host, opts.authz_http_check_port)
-    return _h2_cluster(AUTHZ_CLUSTER, opts.authz_host, opts.authz_port)
+        cluster = _h1_cluster(AUTHZ_CLUSTER, opts.authz_host, opts.authz_http_check_port)
+        if opts.tls is not None:
+            cluster["transport_socket"] = _upstream_tls(opts.tls, opts.authz_host, [])
+        return cluster
+    return _h2_cluster(AUTHZ_CLUSTER, opts.authz_host, opts.authz_port, opts.tls)
+
+
+def _static_resources(opts: BootstrapOptions) -> dict[str, Any]:
+    clusters = [
+        _h2_cluster(XDS_CLUSTER, opts.xds_host, opts.xds_port, opts.tls),
+        _authz_cluster(opts),
+    ]
+    return {"clusters": clusters}
 
 
 def render(opts: BootstrapOptions) -> dict[str, Any]:
@@ -121,12 +185,7 @@ def render(opts: BootstrapOptions) -> dict[str, Any]:
             "cds_config": ads_source,
             "lds_config": ads_source,
         },
-        "static_resources": {
-            "clusters": [
-                _h2_cluster(XDS_CLUSTER, opts.xds_host, opts.xds_port),
-                _authz_cluster(opts),
-            ]
-        },
+        "static_resources": _static_resources(opts),
         # Internal listeners (the HTTP cache fetches through one: xds_server.resources.http_cache).
         "bootstrap_extensions": [
             {
@@ -192,3 +251,28 @@ def _overload_manager(opts: BootstrapOptions) -> dict[str, Any]:
 
 def render_json(opts: BootstrapOptions) -> str:
     return json.dumps(render(opts), indent=2, sort_keys=True) + "\n"
+
+
+def add_client_tls_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """`--envoy-tls-cert`, `--envoy-tls-key`, `--envoy-tls-ca`: Envoy's client certificate for
+    the xDS server and ext_authz, and the CA their certificates must chain to."""
+    for name, help in (
+        (
+            "cert",
+            "Envoy's PEM client certificate for the xDS server and ext_authz (its SAN: "
+            "the node id)",
+        ),
+        ("key", "the private key of --envoy-tls-cert"),
+        ("ca", "PEM CA bundle that the xDS server's and ext_authz's certificates must chain to"),
+    ):
+        add_flag(parser, f"envoy-tls-{name}", default=None, help=help, environ=environ)
+
+
+def client_tls(args: argparse.Namespace) -> ClientTls | None:
+    """The client TLS flags (None: none given). Raises SettingsError unless all three are."""
+    given = (args.envoy_tls_cert, args.envoy_tls_key, args.envoy_tls_ca)
+    if not any(given):
+        return None
+    if not all(given):
+        raise SettingsError("--envoy-tls-cert, --envoy-tls-key and --envoy-tls-ca go together")
+    return ClientTls(*given)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
 from sidecar import drain, endpoints, status_view, up
-from sidecar.bootstrap import BootstrapOptions, render_json
+from sidecar.bootstrap import BootstrapOptions, add_client_tls_arguments, client_tls, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, add_switch
@@ -118,6 +119,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         authz_http_check_port=args.authz_http_check_port,
         authz_transport=xds_settings.authz_transport(args),
         delta=args.xds_protocol == "delta",
+        tls=client_tls(args),
     )
     sys.stdout.write(render_json(options))
     return 0
@@ -180,7 +182,11 @@ def _endpoint_health(admin: str) -> tuple[list[endpoints.EndpointHealth], str | 
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """gRPC health check: exit 0 when SERVING, 1 otherwise (for container probes)."""
+    """A health check for container probes: gRPC health at HOST:PORT (exit 0 when SERVING), or
+    an HTTP GET of an http:// URL (exit 0 on 200). With --alive, any answer exits 0: the
+    process runs and answers (a liveness probe), ready or not."""
+    if args.address.startswith("http://"):
+        return _probe_http(args.address, args.timeout, args.alive)
     request = health_pb2.HealthCheckRequest(service=args.service)
     try:
         with grpc.insecure_channel(args.address) as channel:
@@ -191,7 +197,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return 1
     state = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     print(f"{args.address}: {state}")
-    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return 0 if args.alive or resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _probe_http(url: str, timeout: float, alive: bool) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http:// only)
+            status = int(resp.status)
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except OSError as err:
+        print(f"{url}: {err}", file=sys.stderr)
+        return 1
+    print(f"{url}: {status}")
+    return 0 if alive or status == 200 else 1
 
 
 def parse_ttl(text: str) -> int:
@@ -275,6 +294,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         max_downstream_connections=args.max_downstream_connections,
         envoy_max_heap_bytes=args.envoy_max_heap_bytes,
         drain_timeout_s=args.drain_timeout,
+        envoy_tls=client_tls(args),
     )
     return up.run(conf, catalog)
 
@@ -344,6 +364,7 @@ def _add_bootstrap_parser(sub: Any, environ: Mapping[str, str]) -> None:
     xds_settings.add_transport_argument(p, environ)
     flag("admin-address", defaults.ENVOY_ADMIN_ADDRESS, "Envoy admin address")
     _add_envoy_node_flags(p, environ)
+    add_client_tls_arguments(p, environ)
     p.set_defaults(func=cmd_bootstrap)
 
 
@@ -394,6 +415,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         environ=environ,
     )
     _add_drain_timeout(p, environ)
+    add_client_tls_arguments(p, environ)
     p.set_defaults(func=cmd_up)
 
     # validate and render translate as the xDS server would, with its settings.
@@ -425,12 +447,20 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     authz_settings.add_key_arguments(p, environ)
     p.set_defaults(func=cmd_token)
 
-    p = sub.add_parser("probe", help="gRPC health check; exit 0 when SERVING")
-    p.add_argument("address", help="HOST:PORT")
+    p = sub.add_parser(
+        "probe", help="gRPC health check (exit 0 when SERVING) or HTTP GET (exit 0 on 200)"
+    )
+    p.add_argument("address", help="HOST:PORT (gRPC health) or http://HOST:PORT/PATH")
     add_flag(
         p, "service", default="", help="service name ('' is the whole server)", environ=environ
     )
     add_flag(p, "timeout", type=float, default=2.0, help="seconds", environ=environ)
+    add_switch(
+        p,
+        "alive",
+        help="exit 0 on any answer: the process runs (liveness), ready or not",
+        environ=environ,
+    )
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser(

@@ -1,6 +1,7 @@
 """Regenerates the Envoy bootstraps shipped with the repository from `sidecar.bootstrap`:
-`envoy/sidecar.json` (Envoy beside our servers on loopback), `envoy/compose.json` (docker-compose
-service names) and the bootstrap ConfigMap in `deploy/kubernetes/sidecar.yaml`.
+`envoy/sidecar.json` (Envoy beside our servers on loopback), `envoy/compose.json` (docker-compose,
+in the network namespace it shares with the servers) and the bootstrap ConfigMap in
+`deploy/kubernetes/sidecar.yaml`.
 
     python -m sidecar.deployfiles      (tests fail until the shipped files match)
 """
@@ -15,7 +16,9 @@ from sidecar.bootstrap import BootstrapOptions, render_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDECAR = BootstrapOptions()
-COMPOSE = BootstrapOptions(xds_host="xds-server", authz_host="ext-authz", admin_address="0.0.0.0")
+# Compose runs Envoy and the servers in one network namespace (docker-compose.yml, `pod`), as a
+# Kubernetes pod does: everything on loopback, admin included.
+COMPOSE = BootstrapOptions()
 _CONFIGMAP = re.compile(r"(  envoy\.json: \|\n)(?:    .*\n|\n)*?(?=---\n)")
 
 

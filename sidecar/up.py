@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from ext_authz.tokens import mint
 from sidecar import commands, drain
-from sidecar.bootstrap import BootstrapOptions, render_json
+from sidecar.bootstrap import BootstrapOptions, ClientTls, render_json
 from sidecar_shared import defaults
 from sidecar_shared.supervise import Supervisor, find_envoy
 from xds_server.catalog import Catalog
@@ -49,6 +49,7 @@ class UpSettings:
     max_downstream_connections: int = defaults.MAX_DOWNSTREAM_CONNECTIONS
     envoy_max_heap_bytes: int = defaults.ENVOY_MAX_HEAP_BYTES
     drain_timeout_s: float = defaults.DRAIN_TIMEOUT_S  # at a stop, Envoy drains this long at most
+    envoy_tls: ClientTls | None = None  # Envoy's client certificate for the servers' TLS ports
 
 
 def demo_upstreams(catalog: Catalog) -> list[str]:
@@ -267,6 +268,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
                     admin_port=conf.admin_port,
                     max_downstream_connections=conf.max_downstream_connections,
                     max_heap_bytes=conf.envoy_max_heap_bytes,
+                    tls=conf.envoy_tls,
                 )
             )
         )

@@ -22,7 +22,7 @@ ADS_RETRY_BASE_MS: Final = 50
 ADS_RETRY_MAX_MS: Final = 1_000
 
 # xDS server
-XDS_HOST: Final = "0.0.0.0"
+XDS_HOST: Final = "127.0.0.1"  # private by default (docs/security.md)
 XDS_PORT: Final = 18000
 XDS_HTTP_HOST: Final = "127.0.0.1"
 XDS_HTTP_PORT: Final = 18080
@@ -39,7 +39,7 @@ XDS_PROTOCOLS: Final = ("sotw", "delta")
 XDS_PROTOCOL: Final = "sotw"
 
 # ext_authz, and how Envoy calls it
-AUTHZ_HOST: Final = "0.0.0.0"
+AUTHZ_HOST: Final = "127.0.0.1"  # private by default (docs/security.md)
 AUTHZ_PORT: Final = 9191  # gRPC: Check and health
 AUTHZ_HTTP_CHECK_PORT: Final = 9193  # Envoy's HTTP ext_authz protocol
 AUTHZ_TRANSPORT: Final = "http"  # which of the two Envoy calls (xDS server and bootstrap)

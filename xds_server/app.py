@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from sidecar_shared import grpc_ports, ops_http, tracing
+from sidecar_shared import grpc_ports, ops_http, tls, tracing
 from sidecar_shared import health as grpc_health
 from sidecar_shared.contract import XDS_HEALTH_SERVICE
 from xds_server.cache import SnapshotCache
@@ -147,6 +147,28 @@ def build_server(
     return XdsServer(settings, log, server, health_servicer, reloader, pages)
 
 
+def exposure_warnings(settings: XdsSettings) -> list[str]:
+    """A warning for each port that other hosts can reach without a client certificate."""
+    warnings = [
+        tls.exposure_warning(
+            "the xDS port",
+            settings.host,
+            settings.port,
+            settings.tls,
+            "read every cluster, upstream address and route policy, and ACK or NACK versions",
+            "--xds-tls-client-ca",
+        ),
+        tls.exposure_warning(
+            "the xDS status port",
+            settings.http_host,
+            settings.http_port,
+            None,
+            "read the fleet's status (node ids, versions, catalog problems) and metrics",
+        ),
+    ]
+    return [w for w in warnings if w is not None]
+
+
 async def serve(xds: XdsServer, stop: asyncio.Event, stack: contextlib.AsyncExitStack) -> None:
     """Bind, load the catalog, start, and wait for `stop`; each thing started is stopped by
     `stack`, in reverse: health NOT_SERVING first, then the watcher, gRPC with a 2 s grace,
@@ -154,7 +176,10 @@ async def serve(xds: XdsServer, stop: asyncio.Event, stack: contextlib.AsyncExit
     settings, log = xds.settings, xds.log
     await grpc_health.set_aio(xds.health, [XDS_HEALTH_SERVICE], grpc_health.NOT_SERVING)
     address = f"{settings.host}:{settings.port}"
-    grpc_ports.listen(xds.grpc_server, address)
+    credentials = tls.grpc_credentials(settings.tls) if settings.tls else None
+    grpc_ports.listen(xds.grpc_server, address, credentials)
+    for warning in exposure_warnings(settings):
+        log.warning(warning)
     http = await ops_http.serve(settings.http_host, settings.http_port, xds.pages)
     stack.callback(http.close)
     await xds.reloader.load()
@@ -175,6 +200,7 @@ async def serve(xds: XdsServer, stop: asyncio.Event, stack: contextlib.AsyncExit
         extra={
             "fields": {
                 "grpc": address,
+                "tls": tls.describe(settings.tls),
                 "http": f"{settings.http_host}:{settings.http_port}",
                 "catalog": str(settings.catalog),
             }

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sidecar_shared import defaults, tracing
+from sidecar_shared import defaults, tls, tracing
 from sidecar_shared.contract import AUTHZ_TRANSPORTS, read_policy_keys
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, boolean
+from sidecar_shared.tls import ServerTls
 from xds_server.resources.common import (
     AuthzOptions,
     EdgeOptions,
@@ -35,6 +36,7 @@ class XdsSettings:
     log_level: str
     translate: Options
     rollback_on_nack: bool = defaults.ROLLBACK_ON_NACK
+    tls: ServerTls | None = None  # the xDS gRPC port's TLS (None: plain text)
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -46,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     flag("xds-port", defaults.XDS_PORT, "xDS gRPC port", int)
     flag("xds-http-host", defaults.XDS_HTTP_HOST, "metrics/status address")
     flag("xds-http-port", defaults.XDS_HTTP_PORT, "metrics/status port", int)
+    tls.add_arguments(parser, environ, "xds", "the xDS gRPC port")
     flag("listener-address", defaults.LISTENER_ADDRESS, "address Envoy's listener binds")
     flag("listener-port", defaults.LISTENER_PORT, "Envoy's listener port", int)
     flag(
@@ -195,6 +198,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         debounce_ms=args.reload_debounce_ms,
         log_level=args.log_level,
         rollback_on_nack=args.rollback_on_nack,
+        tls=tls.server_tls("xds", args.xds_tls_cert, args.xds_tls_key, args.xds_tls_client_ca),
         translate=Options(
             listener_address=args.listener_address,
             listener_port=args.listener_port,

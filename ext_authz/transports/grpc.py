@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from ext_authz.core import Authorizer
 from ext_authz.decision import CheckInput, Headers, Outcome
 from ext_authz.limits import trusted_caller
-from sidecar_shared import grpc_ports
+from sidecar_shared import grpc_ports, tls
 from sidecar_shared import health as grpc_health
 from sidecar_shared.contract import AUTHZ_HEALTH_SERVICE
 
@@ -126,9 +126,18 @@ class GrpcTransport:
     name = "grpc"
 
     def __init__(
-        self, authorizer: Authorizer, host: str, port: int, workers: int, traced: bool = False
+        self,
+        authorizer: Authorizer,
+        host: str,
+        port: int,
+        workers: int,
+        traced: bool = False,
+        server_tls: tls.ServerTls | None = None,
     ) -> None:
+        """`server_tls`: the port speaks TLS (and, with a client CA, mTLS: a peer without a
+        certificate that CA signed cannot call Check or health)."""
         self.address = f"{host}:{port}"
+        self._tls = server_tls
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check"),
             options=grpc_ports.EXCLUSIVE,
@@ -141,7 +150,8 @@ class GrpcTransport:
         grpc_health.set_sync(self._health, [AUTHZ_HEALTH_SERVICE], grpc_health.NOT_SERVING)
 
     def start(self) -> None:
-        grpc_ports.listen(self._server, self.address)
+        credentials = tls.grpc_credentials(self._tls) if self._tls else None
+        grpc_ports.listen(self._server, self.address, credentials)
         self._server.start()
 
     def set_serving(self, serving: bool) -> None:

@@ -41,6 +41,7 @@ import httptools
 from ext_authz.core import Authorizer
 from ext_authz.decision import CheckInput, Outcome
 from ext_authz.limits import trusted_caller
+from sidecar_shared import tls
 from sidecar_shared.contract import (
     CHECK_PATH_PREFIX,
     POLICY_HEADER,
@@ -367,15 +368,20 @@ class HttpTransport:
         *,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+        server_tls: tls.ServerTls | None = None,
     ) -> None:
         """`on_stop`: coroutines run on the transport's loop as it stops (closing clients
-        that belong to that loop, like the asynchronous Redis limiter)."""
+        that belong to that loop, like the asynchronous Redis limiter). `server_tls`: the port
+        speaks TLS (with a client CA, mTLS: the handshake of a peer without a certificate that
+        CA signed fails, so no check is read); the files are re-read, when they changed, as a
+        connection is accepted."""
         self.address = f"{host}:{port}"
         self._authorizer = authorizer
         self._host = host
         self._port = port
         self._max_request_bytes = max_request_bytes
         self._on_stop = tuple(on_stop)
+        self._tls = tls.ReloadingContext(server_tls) if server_tls else None
         self._connections: set[CheckProtocol] = set()
         self._ticker = Ticker()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -395,7 +401,11 @@ class HttpTransport:
         loop = _new_loop()
         ready: asyncio.Future[asyncio.Server] = loop.create_future()
 
+        reloading = self._tls
+
         def protocol() -> CheckProtocol:
+            if reloading is not None:  # before this connection's handshake
+                reloading.refresh()
             return CheckProtocol(
                 self._authorizer, self._connections, self._max_request_bytes, ticker=self._ticker
             )
@@ -407,7 +417,8 @@ class HttpTransport:
 
         async def serve() -> None:
             try:
-                ready.set_result(await loop.create_server(protocol, sock=sock))
+                context = reloading.context if reloading is not None else None
+                ready.set_result(await loop.create_server(protocol, sock=sock, ssl=context))
             except Exception as err:  # pragma: no cover - the socket is already bound
                 ready.set_exception(err)
 

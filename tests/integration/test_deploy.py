@@ -4,8 +4,10 @@ bootstrap, the settings' names and defaults, and by Prometheus' own promtool."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,14 @@ import pytest
 import yaml
 
 from ext_authz.settings import build_parser as authz_parser
-from sidecar import deployfiles
+from sidecar import commands, deployfiles
 from sidecar.bootstrap import BootstrapOptions, render, render_json
-from sidecar_shared import defaults
-from sidecar_shared.contract import AUTHZ_HEALTH_SERVICE, XDS_HEALTH_SERVICE
+from sidecar_shared import defaults, supervise
 from sidecar_shared.supervise import find_envoy
+from tests.support import http as test_http
 from tests.support.catalogs import ROOT
+from tests.support.ports import free_port
+from tests.support.wait import wait_until
 from xds_server.catalog import load_catalog, parse_catalog
 from xds_server.settings import build_parser as xds_parser
 
@@ -83,12 +87,42 @@ def test_every_variable_compose_sets_is_a_setting_of_its_server() -> None:
                 assert flag in flags, f"{name}: {variable} is no setting of {name}"
 
 
-def test_compose_health_checks_probe_each_servers_grpc_port() -> None:
+SERVERS = (
+    ("xds-server", "SIDECAR_XDS_HOST", "SIDECAR_XDS_HTTP_HOST", "SIDECAR_XDS_HTTP_PORT"),
+    ("ext-authz", "SIDECAR_AUTHZ_HOST", "SIDECAR_AUTHZ_HTTP_HOST", "SIDECAR_AUTHZ_HTTP_PORT"),
+)
+
+
+def test_compose_health_checks_probe_each_servers_readiness_on_loopback() -> None:
     services = compose()
-    for name, port_var in (("xds-server", "SIDECAR_XDS_PORT"), ("ext-authz", "SIDECAR_AUTHZ_PORT")):
+    for name, _, ops_host, ops_port in SERVERS:
+        env = services[name]["environment"]
         test = services[name]["healthcheck"]["test"]
-        port = services[name]["environment"][port_var]
-        assert test == ["CMD", "sidecar", "probe", f"127.0.0.1:{port}"]
+        assert env[ops_host] == "127.0.0.1"
+        assert test == ["CMD", "sidecar", "probe", f"http://127.0.0.1:{env[ops_port]}/ready"]
+
+
+def test_compose_keeps_every_port_of_ours_and_envoys_admin_on_loopback() -> None:
+    services = compose()
+    # Envoy, the servers and Prometheus share one network namespace, whose owner publishes
+    # only Envoy's listener and Prometheus.
+    owner = "pod"
+    for name in ("envoy", "xds-server", "ext-authz", "prometheus"):
+        assert services[name]["network_mode"] == f"service:{owner}", name
+        assert "ports" not in services[name], name
+        assert owner in services[name]["depends_on"], name
+    published = {p.split(":")[-1] for p in services[owner]["ports"]}
+    assert published == {str(defaults.LISTENER_PORT), "9090"}
+    for name, host, ops_host, _ in SERVERS:
+        env = services[name]["environment"]
+        assert env[host] == env[ops_host] == "127.0.0.1", name
+    admin = json.loads(mounts(services["envoy"])["/etc/envoy/envoy.json"].read_text())["admin"]
+    assert admin["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_compose_restarts_every_long_running_service() -> None:
+    for name, service in compose().items():
+        assert service.get("restart") in ("unless-stopped", "always"), name
 
 
 def test_compose_catalog_names_only_hosts_of_the_compose_network() -> None:
@@ -120,15 +154,18 @@ def test_prometheus_scrapes_each_ops_port_and_runs_the_version_promtool_checks()
         for job in config["scrape_configs"]
     }
     xds_env, authz_env = services["xds-server"]["environment"], services["ext-authz"]["environment"]
-    assert targets["xds-server"] == ("/metrics", [f"xds-server:{xds_env['SIDECAR_XDS_HTTP_PORT']}"])
-    assert xds_env["SIDECAR_XDS_HTTP_HOST"] == "0.0.0.0"
+    # Prometheus shares the servers' and Envoy's network namespace: it scrapes them on loopback.
+    assert services["prometheus"]["network_mode"] == services["envoy"]["network_mode"]
+    assert targets["xds-server"] == ("/metrics", [f"127.0.0.1:{xds_env['SIDECAR_XDS_HTTP_PORT']}"])
+    assert xds_env["SIDECAR_XDS_HTTP_HOST"] == "127.0.0.1"
     assert targets["ext-authz"] == (
         "/metrics",
-        [f"ext-authz:{authz_env['SIDECAR_AUTHZ_HTTP_PORT']}"],
+        [f"127.0.0.1:{authz_env['SIDECAR_AUTHZ_HTTP_PORT']}"],
     )
-    assert authz_env["SIDECAR_AUTHZ_HTTP_HOST"] == "0.0.0.0"
-    admin = render(BootstrapOptions(admin_address="0.0.0.0"))["admin"]["address"]["socket_address"]
-    assert targets["envoy"] == ("/stats/prometheus", [f"envoy:{admin['port_value']}"])
+    assert authz_env["SIDECAR_AUTHZ_HTTP_HOST"] == "127.0.0.1"
+    admin = render(deployfiles.COMPOSE)["admin"]["address"]["socket_address"]
+    assert admin["address"] == "127.0.0.1"
+    assert targets["envoy"] == ("/stats/prometheus", [f"127.0.0.1:{admin['port_value']}"])
     version = re.search(r"version (\d+\.\d+\.\d+)", promtool("--version").stdout)
     assert version is not None
     assert services["prometheus"]["image"] == f"prom/prometheus:v{version.group(1)}"
@@ -157,7 +194,9 @@ def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
     datasource = yaml.safe_load(
         (grafana["/etc/grafana/provisioning"] / "datasources" / "prometheus.yml").read_text()
     )["datasources"][0]
-    assert urlsplit(datasource["url"]).hostname == "prometheus"
+    # Prometheus runs in the `pod` service's network namespace: reached by that name.
+    assert services["prometheus"]["network_mode"] == "service:pod"
+    assert urlsplit(datasource["url"]).hostname == "pod"
     provider = yaml.safe_load(
         (grafana["/etc/grafana/provisioning"] / "dashboards" / "sidecar.yml").read_text()
     )["providers"][0]
@@ -189,21 +228,180 @@ def test_kubernetes_mounts_the_catalog_as_a_directory_so_configmap_swaps_reload(
     parse_catalog(json.loads(config_map["data"][catalog_path.name]))
 
 
-def test_kubernetes_probes_use_native_grpc_health_on_each_servers_port() -> None:
+def pod_containers() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     (deployment,) = (d for d in kubernetes() if d["kind"] == "Deployment")
-    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
-    for name, port, service in (
-        ("xds-server", defaults.XDS_PORT, XDS_HEALTH_SERVICE),
-        ("ext-authz", defaults.AUTHZ_PORT, AUTHZ_HEALTH_SERVICE),
-    ):
+    pod = deployment["spec"]["template"]["spec"]
+    return pod, {c["name"]: c for c in pod["containers"]}
+
+
+def test_kubernetes_probes_exec_sidecar_probe_on_loopback_liveness_apart_from_readiness() -> None:
+    _, containers = pod_containers()
+    for name, host, _, ops_port in SERVERS:
         container = containers[name]
-        assert container["readinessProbe"]["grpc"]["port"] == port
-        assert container["livenessProbe"]["grpc"] == {"port": port, "service": service}
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env[host] == "127.0.0.1", f"{name}: its check/xDS port must stay on loopback"
+        port = {"xds-server": defaults.XDS_HTTP_PORT, "ext-authz": defaults.AUTHZ_HTTP_PORT}[name]
+        assert int(env.get(ops_port, port)) == port
+        ready = f"http://127.0.0.1:{port}/ready"
+        readiness, liveness = container["readinessProbe"], container["livenessProbe"]
+        # The kubelet's own grpc/httpGet/tcpSocket probes connect to the pod IP: exec only.
+        assert set(readiness) - {"timeoutSeconds", "periodSeconds", "failureThreshold"} == {"exec"}
+        assert set(liveness) - {"timeoutSeconds", "periodSeconds", "failureThreshold"} == {"exec"}
+        assert readiness["exec"]["command"] == ["sidecar", "probe", ready]
+        assert liveness["exec"]["command"] == ["sidecar", "probe", "--alive", ready]
+        # An exec probe starts a Python process: more than the kubelet's default second.
+        assert readiness["timeoutSeconds"] >= 5 and liveness["timeoutSeconds"] >= 5
     envoy = containers["envoy"]
     assert envoy["image"] == f"envoyproxy/envoy:v{envoy_version()}"
+
+
+def _drain_time(command: list[str]) -> int:
+    return int(command[command.index("--drain-time-s") + 1])
+
+
+def test_kubernetes_envoy_drains_before_it_stops_and_ext_authz_outlives_the_drain() -> None:
+    pod, containers = pod_containers()
+    envoy = containers["envoy"]
+    drain_s = _drain_time(envoy["command"])
+    assert envoy["command"][envoy["command"].index("--drain-strategy") + 1] == "immediate"
+    shell, flag, script = envoy["lifecycle"]["preStop"]["exec"]["command"]
+    assert (shell, flag) == ("/bin/bash", "-c")
+    assert f"/dev/tcp/127.0.0.1/{defaults.ENVOY_ADMIN_PORT}" in script
+    assert "POST /drain_listeners?graceful " in script
+    assert script.endswith(f"sleep {drain_s}")
+    assert containers["ext-authz"]["lifecycle"]["preStop"]["exec"]["command"] == [
+        "sleep",
+        str(drain_s),
+    ]
+    assert pod["terminationGracePeriodSeconds"] > drain_s
+
+
+def _answered_connection_header(port: int) -> str | None:
+    """The `connection` header of Envoy's answer to a kept-alive HTTP/1.1 request."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.getheader("connection")
+    finally:
+        conn.close()
+
+
+def test_the_kubernetes_prestop_makes_a_real_envoy_drain(tmp_path: Path) -> None:
+    """The preStop's script, run by bash against a real Envoy started with the pod's drain
+    flags (its admin port put in, the final wait left out): Envoy then tells every client to
+    close its connection after its request (`connection: close`), as a drain does."""
+    _, containers = pod_containers()
+    command = containers["envoy"]["command"]
+    script = containers["envoy"]["lifecycle"]["preStop"]["exec"]["command"][2]
+    drain, _, _ = script.rpartition(";")
+    admin_port, listener_port = free_port(), free_port()
+    bootstrap = render(BootstrapOptions(admin_port=admin_port))
+    del bootstrap["dynamic_resources"]  # a static listener: no control plane needed
+    bootstrap["static_resources"]["listeners"] = [_answering_listener(listener_port)]
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(bootstrap))
+    drain_flags = command[command.index("--drain-strategy") :]
+    envoy = supervise.spawn(
+        [*commands.envoy(find_envoy(), path, "error"), *drain_flags], stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_until(
+            lambda: http_get_status(listener_port) == 200, timeout=20, what="Envoy's listener"
+        )
+        assert _answered_connection_header(listener_port) is None  # kept alive
+        ran = subprocess.run(
+            ["/bin/bash", "-c", drain.replace(f"/{defaults.ENVOY_ADMIN_PORT}", f"/{admin_port}")],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert _answered_connection_header(listener_port) == "close"
+    finally:
+        supervise.stop(envoy, signal.SIGTERM, 10)
+
+
+def http_get_status(port: int) -> int | None:
+    resp = test_http.try_get(f"http://127.0.0.1:{port}/")
+    return resp.status if resp is not None else None
+
+
+HCM = "envoy.filters.network.http_connection_manager"
+
+
+def _answering_listener(port: int) -> dict[str, Any]:
+    """A listener on 127.0.0.1:`port` that answers every request 200 itself."""
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "answer",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}],
+                }
+            ]
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    return {
+        "name": "answer",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ]
+            }
+        ],
+    }
 
 
 def test_kubernetes_envoy_bootstrap_is_the_shipped_one() -> None:
     config_maps = {d["metadata"]["name"]: d for d in kubernetes() if d["kind"] == "ConfigMap"}
     shipped = config_maps["sidecar-envoy-bootstrap"]["data"]["envoy.json"]
     assert shipped == render_json(deployfiles.SIDECAR), REGENERATE
+
+
+def test_compose_gives_both_servers_the_same_route_policy_key() -> None:
+    services = compose()
+    paths = {
+        name: services[name]["environment"]["SIDECAR_POLICY_KEY_FILE"]
+        for name in ("xds-server", "ext-authz")
+    }
+    assert set(paths.values()) == {"/run/secrets/policy_key"}, paths
+    for name in paths:
+        assert services[name]["secrets"] == ["policy_key"]
+    secrets = yaml.safe_load(COMPOSE.read_text())["secrets"]
+    assert secrets["policy_key"] == {"environment": "SIDECAR_POLICY_KEY"}
+
+
+def test_kubernetes_gives_both_servers_the_same_route_policy_key() -> None:
+    (deployment,) = (d for d in kubernetes() if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    secrets = set()
+    for name in ("xds-server", "ext-authz"):
+        env = {e["name"]: e["value"] for e in containers[name]["env"]}
+        key = Path(env["SIDECAR_POLICY_KEY_FILE"])
+        (mount,) = (
+            m for m in containers[name]["volumeMounts"] if Path(m["mountPath"]) == key.parent
+        )
+        secrets.add((volumes[mount["name"]]["secret"]["secretName"], key.name))
+    assert secrets == {("sidecar-policy-key", "key")}
