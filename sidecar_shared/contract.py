@@ -239,7 +239,10 @@ class PolicyAuthError(PolicyError):
 
 
 def _mac(key: bytes, policy: str) -> str:
-    digest = hmac.new(key, (SIGNED_PREFIX + policy).encode(), hashlib.sha256).digest()
+    # surrogatepass: text a peer sent may hold a lone surrogate; it gets a MAC like any other
+    # text (one no key made), never an exception.
+    text = (SIGNED_PREFIX + policy).encode("utf-8", "surrogatepass")
+    digest = hmac.new(key, text, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 

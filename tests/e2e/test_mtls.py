@@ -97,9 +97,14 @@ def start_envoy(
     return stack.start("envoy", argv, tmp_path), admin_port
 
 
-def through_envoy(xds: stack.XdsServer, path: str, token: bool) -> int | None:
+def through_envoy(admin_port: int, path: str, token: bool) -> int | None:
+    """The status of a request through the Envoy with this admin port (None: no answer, or no
+    listener bound yet)."""
+    port = stack.bound_port(admin_port)
+    if port is None:
+        return None
     headers = tokens.bearer() if token else None
-    resp = test_http.try_get(f"http://127.0.0.1:{xds.listener_port}{path}", headers)
+    resp = test_http.try_get(f"http://127.0.0.1:{port}{path}", headers)
     return resp.status if resp is not None else None
 
 
@@ -109,14 +114,14 @@ def test_an_envoy_with_a_client_certificate_is_configured_and_served_over_mtls(
 ) -> None:
     xds, authz = servers
     tls = ClientTls(str(pki.envoy.cert_file), str(pki.envoy.key_file), str(pki.ca.ca_file))
-    envoy, _ = start_envoy(xds, authz, tmp_path, tls)
+    envoy, admin_port = start_envoy(xds, authz, tmp_path, tls)
     try:
         wait.wait_until(
-            lambda: through_envoy(xds, "/orders/1", token=True) == 200,
+            lambda: through_envoy(admin_port, "/orders/1", token=True) == 200,
             timeout=20,
             what=f"a request through Envoy, allowed by ext_authz over mTLS\n{envoy.output()}",
         )
-        assert through_envoy(xds, "/orders/1", token=False) == 401
+        assert through_envoy(admin_port, "/orders/1", token=False) == 401
         assert xds.synced(NODE)
     finally:
         envoy.stop()
@@ -137,7 +142,7 @@ def test_an_envoy_without_the_right_certificate_gets_no_configuration(
             what=f"three connections from Envoy to the xDS server\n{envoy.output()}",
         )
         assert xds.status()["proxies"] == [], "a stranger's Envoy opened an ADS stream"
-        assert through_envoy(xds, "/orders/1", token=True) is None
+        assert stack.bound_port(admin_port) is None, "a stranger's Envoy got a listener"
     finally:
         envoy.stop()
 
