@@ -45,6 +45,8 @@ class StreamEvent:
     protocol: str  # "sotw" or "delta"
     node_id: str = ""
     peer: str = ""
+    user_agent: str = ""  # the node's `user_agent_name` ("envoy" for Envoy), when connected
+    authenticated: bool = False  # by a client certificate naming the node (`server`)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class Nack:
     snapshot_version: str
     error: str
     seconds: float = 0.0  # from sending the response to this answer
+    stream_id: int = 0  # the stream that answered
 
 
 @dataclass(frozen=True)
