@@ -60,7 +60,7 @@ from sidecar_shared.bounded import BoundedMap
 from xds_server import grants, typeurls
 from xds_server.cache import SnapshotCache
 from xds_server.metrics import XdsMetrics
-from xds_server.observers import Ack, Nack, Observer, StreamEvent
+from xds_server.observers import Ack, LogBudget, Nack, Observer, StreamEvent, clipped
 from xds_server.snapshot import Snapshot
 from xds_server.status import RejectionReport
 
@@ -158,6 +158,7 @@ class Fleet(Observer):
         self._rejections: BoundedMap[str, Rejection] = BoundedMap(bounds.versions)
         self.unauthenticated_veto = unauthenticated_veto
         self._streams: dict[int, Voter] = {}  # connected streams, in the order they connected
+        self._budget = LogBudget()  # for the lines about NACKs that may not veto
         current = cache.current()
         if current is not None:
             self._served(current)
@@ -239,10 +240,17 @@ class Fleet(Observer):
         if not event.version or not event.snapshot_version:
             return  # no response of ours was answered
         if not (self.may_vote(event.stream_id) and self._acked.get(event.stream_id)):
-            self._log.warning(
-                "a NACK from a proxy that may not veto a version; the version stays",
-                extra={"fields": {"node_id": event.node_id[:200], "stream": event.stream_id}},
-            )
+            if (dropped := self._budget.take()) is not None:
+                self._log.warning(
+                    "a NACK from a proxy that may not veto a version; the version stays",
+                    extra={
+                        "fields": {
+                            "node_id": clipped(event.node_id),
+                            "stream": event.stream_id,
+                            "suppressed": dropped,
+                        }
+                    },
+                )
             return
         if any(event.version in acked.get(event.type_url, ()) for acked in self._proxies_acked()):
             self._log.warning(

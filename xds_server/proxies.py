@@ -148,7 +148,14 @@ class ProxyRegistry:
                 )
             out.append(
                 ProxyReport(
-                    proxy.node_id, proxy.node_cluster, proxy.protocol, proxy.connected_at, types
+                    proxy.node_id,
+                    proxy.node_cluster,
+                    proxy.protocol,
+                    proxy.connected_at,
+                    types,
+                    proxy.peer,
+                    proxy.user_agent,
+                    bool(proxy.identities),
                 )
             )
         return tuple(sorted(out, key=lambda p: (p.node_id, p.connected_at)))

@@ -42,6 +42,10 @@ WAITS_FOR: dict[str, tuple[str, ...]] = {
 }
 
 
+# What is kept of Envoy's message in a NACK, and of the node's id, cluster and user agent.
+ERROR_CHARS = 16_384
+NODE_CHARS = 1024
+
 # A stream may subscribe to at most this many names of a type beyond twice the resources the
 # type has: names that do not exist are remembered (Envoy asks for endpoints before they
 # exist), so without a bound a client could grow the server's memory without end. The same
@@ -87,9 +91,9 @@ class StreamState:
         lives on). `req`: a SotW or Delta discovery request."""
         if req.HasField("node") and not self.status.node_id:
             node = req.node
-            self.status.node_id = node.id
-            self.status.node_cluster = node.cluster
-            self.status.user_agent = node.user_agent_name
+            self.status.node_id = node.id[:NODE_CHARS]
+            self.status.node_cluster = node.cluster[:NODE_CHARS]
+            self.status.user_agent = node.user_agent_name[:NODE_CHARS]
         return req.type_url in WAITS_FOR
 
     def check_names(self, type_url: str, count: int, snapshot: Snapshot | None, spare: int) -> None:
@@ -105,8 +109,12 @@ class StreamState:
 
     @staticmethod
     def error_of(req: Any) -> str | None:
-        """Envoy's message when a request NACKs, else None."""
-        return req.error_detail.message if req.HasField("error_detail") else None
+        """Envoy's message when a request NACKs (its first `ERROR_CHARS` characters: it is
+        kept per proxy and shown), else None."""
+        if not req.HasField("error_detail"):
+            return None
+        message: str = req.error_detail.message
+        return message if len(message) <= ERROR_CHARS else f"{message[:ERROR_CHARS]}..."
 
     def answer(
         self, type_url: str, nonce: str, version: str, error: str | None
