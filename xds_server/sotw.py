@@ -58,9 +58,11 @@ class SotwStream(ObservedStream):
                 error = None  # accepted; the error was about a response it replaced
             if not self._answer(type_url, req.response_nonce, req.version_info, error):
                 return []  # stale: answers a response that a newer one replaced
+        # Counted before they are copied: a subscription past the bound costs nothing more.
+        self._state.check_names(
+            type_url, len(req.resource_names), self._source.current(), self._spare
+        )
         names = subscribed_names(type_url, list(req.resource_names))
-        if names is not None:
-            self._state.check_names(type_url, len(names), self._source.current(), self._spare)
         if names != state.names:
             state.names = names  # a new object only when different: compared by identity below
         return self._sendable()
