@@ -185,29 +185,30 @@ class Fleet(Observer):
         self._acked.pop(event.stream_id, None)
         self._streams.pop(event.stream_id, None)
 
-    def _first_of_node(self, stream_id: int, node_id: str) -> bool:
-        for other, voter in self._streams.items():
-            if voter.node_id == node_id:
-                return other == stream_id
-        return False
+    def _firsts(self) -> dict[str, int]:
+        """Per node id, its stream connected earliest and still open."""
+        firsts: dict[str, int] = {}
+        for stream, voter in self._streams.items():
+            firsts.setdefault(voter.node_id, stream)
+        return firsts
 
-    def may_vote(self, stream_id: int) -> bool:
+    def may_vote(self, stream_id: int, firsts: Mapping[str, int] | None = None) -> bool:
         """Whether a stream's NACK may veto a version (the rule above), its ACK aside."""
         voter = self._streams.get(stream_id)
-        return (
-            voter is not None
-            and voter.envoy
-            and (voter.authenticated or self.unauthenticated_veto)
-            and self._first_of_node(stream_id, voter.node_id)
-        )
+        if voter is None or not voter.envoy:
+            return False
+        if not (voter.authenticated or self.unauthenticated_veto):
+            return False
+        return (firsts or self._firsts()).get(voter.node_id) == stream_id
 
     def _proxies_acked(self, voters: bool = True) -> list[Mapping[str, Collection[str]]]:
         """Per connected proxy (that may vote, with `voters`): the versions it ACKed recently
         of each type it has ACKed."""
+        firsts = self._firsts() if voters else {}
         return [
             types
             for stream, types in self._acked.items()
-            if types and (not voters or self.may_vote(stream))
+            if types and (not voters or self.may_vote(stream, firsts))
         ]
 
     def rejection(self, version: str) -> str | None:

@@ -16,7 +16,7 @@ override (any difference counts as more). Anything that cannot be read counts as
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -115,9 +115,19 @@ def _more(a: Access, b: Access | None) -> bool:
 
 def grants_more(a: Snapshot, b: Snapshot) -> bool:
     """Whether snapshot `a` lets through a request that snapshot `b` refuses (see above)."""
-    ra = a.resources.get(typeurls.ROUTE, {})
-    rb = b.resources.get(typeurls.ROUTE, {})
-    if a.versions.get(typeurls.ROUTE) == b.versions.get(typeurls.ROUTE):
-        return False
-    theirs = route_access(rb)
-    return any(_more(access, theirs.get(key)) for key, access in route_access(ra).items())
+    return more_than(b)(a)
+
+
+def more_than(b: Snapshot) -> Callable[[Snapshot], bool]:
+    """`grants_more(a, b)` as a function of `a`, reading `b`'s routes once, when first needed."""
+    theirs: list[dict[RouteKey, Access]] = []
+
+    def more(a: Snapshot) -> bool:
+        if a.versions.get(typeurls.ROUTE) == b.versions.get(typeurls.ROUTE):
+            return False
+        if not theirs:
+            theirs.append(route_access(b.resources.get(typeurls.ROUTE, {})))
+        mine = route_access(a.resources.get(typeurls.ROUTE, {}))
+        return any(_more(access, theirs[0].get(key)) for key, access in mine.items())
+
+    return more
