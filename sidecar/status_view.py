@@ -115,6 +115,12 @@ def exit_code(
 
 def _proxy_lines(proxy: ProxyReport, duplicate: bool = False) -> list[str]:
     head = f"  {shown(proxy.node_id)} ({shown(proxy.node_cluster)}, {shown(proxy.protocol)})"
+    if proxy.peer:
+        head += f" from {shown(proxy.peer)}"
+    if proxy.user_agent and proxy.user_agent != "envoy":
+        head += f" [{shown(proxy.user_agent)}]"
+    if proxy.authenticated:
+        head += " (authenticated)"
     out = [head + ("  DUPLICATE node id: another stream names it too" if duplicate else "")]
     out.extend(_type_line(short, report) for short, report in proxy.types.items())
     return out

@@ -90,18 +90,41 @@ def _http_ok(url: str) -> bool:
 REQUIRED_TYPES = ("clusters", "listeners", "routes")
 
 
-def envoy_synced(document: StatusDocument, node_id: str) -> bool:
+def envoy_synced(
+    document: StatusDocument, node_id: str, rejected: Callable[[], bool] = lambda: True
+) -> bool:
     """Whether our Envoy has ACKed every type of the version served; raises RuntimeError with
-    Envoy's own message when it rejected one (a listener that cannot bind, say)."""
+    Envoy's own message when it rejected one (a listener that cannot bind, say).
+
+    Another process may name our node too (status lists every stream): a NACK under our node
+    id is believed only when `rejected()` says our Envoy rejected something (its own admin),
+    so no other process can end `sidecar up` with a text of its choosing."""
     mine = [p for p in document.proxies if p.node_id == node_id]
-    for proxy in mine:
-        for short, report in proxy.types.items():
-            if report.state is State.NACKED:
-                raise RuntimeError(f"Envoy rejected its {short}: {report.error}")
+    nacked = [
+        (short, report)
+        for proxy in mine
+        for short, report in proxy.types.items()
+        if report.state is State.NACKED
+    ]
+    if nacked and rejected():
+        short, report = nacked[0]
+        raise RuntimeError(f"Envoy rejected its {short}: {report.error}")
     return any(
         all(short in proxy.types for short in REQUIRED_TYPES) and proxy.state is State.SYNCED
         for proxy in mine
     )
+
+
+def _envoy_rejected(admin_port: int) -> bool:
+    """Whether our Envoy counts a rejected xDS update (`*.update_rejected`), by its admin."""
+    body = _http_get(f"http://127.0.0.1:{admin_port}/stats?filter=update_rejected$")
+    if body is None:
+        return False
+    for line in body.decode().splitlines():
+        _, _, value = line.partition(":")
+        if value.strip().isdigit() and int(value) > 0:
+            return True
+    return False
 
 
 def _listening(admin_port: int) -> bool:
@@ -123,7 +146,7 @@ def _envoy_ready(conf: UpSettings) -> bool:
         document = from_json(json.loads(raw))
     except ValueError as err:
         raise RuntimeError(f"cannot read the xDS server's status: {err}") from None
-    if not envoy_synced(document, conf.node_id):
+    if not envoy_synced(document, conf.node_id, lambda: _envoy_rejected(conf.admin_port)):
         return False
     return _listening(conf.admin_port)
 

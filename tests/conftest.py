@@ -78,7 +78,9 @@ def transport() -> str:
 
 @pytest.fixture
 def xds(sample_catalog: Path, tmp_path: Path, transport: str) -> Iterator[stack.XdsServer]:
-    server = stack.start_xds(sample_catalog, tmp_path, transport=transport)
+    server = stack.start_xds(
+        sample_catalog, tmp_path, transport=transport, args=stack.VETO_UNAUTHENTICATED
+    )
     yield server
     server.proc.stop()
 

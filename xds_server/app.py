@@ -30,7 +30,7 @@ from xds_server.metrics import ProxyStates, XdsMetrics
 from xds_server.observers import LogObserver, MetricsObserver, Observers, TracingObserver
 from xds_server.proxies import ProxyRegistry
 from xds_server.reload import Build, Reloader, decode_and_build
-from xds_server.server import AdsService
+from xds_server.server import AdsService, StreamLimits
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
 from xds_server.status import CatalogStatus, StatusDocument
@@ -88,7 +88,14 @@ def build_server(
     def on_rejected(rejection: Rejection) -> None:
         reloader.rejected_by_envoy(rejection.describe())
 
-    fleet = Fleet(cache, metrics, log, settings.rollback_on_nack, on_rejected)
+    fleet = Fleet(
+        cache,
+        metrics,
+        log,
+        settings.rollback_on_nack,
+        on_rejected,
+        unauthenticated_veto=settings.unauthenticated_veto,
+    )
     reloader = Reloader(
         settings.catalog,
         build or decode_and_build(settings.translate),
@@ -111,9 +118,17 @@ def build_server(
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
         ]
     )
-    server.add_generic_rpc_handlers((AdsService(cache, proxies, Observers(*observers)).handler(),))
+    ads = AdsService(
+        cache,
+        proxies,
+        Observers(*observers),
+        StreamLimits(settings.max_streams, settings.max_streams_per_connection),
+        settings.spare_names,
+    )
+    server.add_generic_rpc_handlers((ads.handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
     def status_page() -> ops_http.Page:

@@ -27,7 +27,8 @@ after clusters), Delta's own, as Envoy and go-control-plane implement the xDS pr
   subscription does (no loop); then it is offered again with the change, so that the status
   shows a config that Envoy still rejects instead of claiming SYNCED.
 - A stream that subscribes to more names of a type than twice its resources plus
-  `SPARE_NAMES` is refused (`Refused`): the names it subscribes to are kept, existing or not.
+  `spare_names` (`SPARE_NAMES` unless told) is refused (`stream_state.Refused`): the names it
+  subscribes to are kept, existing or not.
 """
 
 from __future__ import annotations
@@ -41,14 +42,10 @@ from xds_server.cache import SnapshotSource
 from xds_server.observers import XdsObserver
 from xds_server.proxies import ProxyStatus
 from xds_server.snapshot import Resource, Snapshot
-from xds_server.stream_state import ObservedStream, Refused, TypeState
+from xds_server.stream_state import SPARE_NAMES, ObservedStream, TypeState
 from xds_server.wire import Wire
 
 WILDCARD = "*"
-# A stream may subscribe to at most this many names of a type beyond twice the resources the
-# type has: names that do not exist are remembered (Envoy asks for endpoints before they
-# exist), so without a bound a client could grow the server's memory without end.
-SPARE_NAMES = 1000
 # A version no resource has: the client must be told (sent the resource, or its removal).
 UNKNOWN = ""
 
@@ -128,9 +125,15 @@ class DeltaStream(ObservedStream):
     """`ObservedStream(source, status, observer, wire)` speaking Delta."""
 
     def __init__(
-        self, source: SnapshotSource, status: ProxyStatus, observer: XdsObserver, wire: Wire
+        self,
+        source: SnapshotSource,
+        status: ProxyStatus,
+        observer: XdsObserver,
+        wire: Wire,
+        spare_names: int = SPARE_NAMES,
     ) -> None:
         super().__init__(source, status, observer, wire)
+        self._spare = spare_names
         self._subs: dict[str, Subscription] = {}
 
     def on_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[bytes]:
@@ -157,12 +160,7 @@ class DeltaStream(ObservedStream):
         sub.subscribe(req.resource_names_subscribe)
         sub.unsubscribe(req.resource_names_unsubscribe)
         snapshot = self._source.current()
-        limit = 2 * len(snapshot.resources.get(type_url, {}) if snapshot else {}) + SPARE_NAMES
-        if len(sub.names) > limit:
-            raise Refused(
-                "too_many_names",
-                f"subscribed to {len(sub.names)} names of {type_url}; at most {limit} are served",
-            )
+        self._state.check_names(type_url, len(sub.names), snapshot, self._spare)
         return self._sendable()
 
     def _sendable(self) -> list[bytes]:

@@ -1,6 +1,27 @@
-"""What happens when Envoy rejects a config: the fleet never stays split.
+"""What happens when Envoy rejects a config: the fleet never stays split, and only the operator's
+own save changes what it is served.
 
-When a proxy NACKs a response:
+Who may veto a version. A NACK marks a version rejected and rolls the fleet back only when it
+comes from a stream that may vote, one that is all of:
+- authenticated: its client certificate names its node (`server`); without mTLS no stream is,
+  and NACKs veto nothing unless the operator opts in (`unauthenticated_veto`,
+  `--xds-unauthenticated-veto`) for a network where only our Envoys can reach the port;
+- an Envoy: its node's `user_agent_name` is "envoy" (a proxyless gRPC client that cannot use
+  our filters rejects what every Envoy accepts: it is shown, and vetoes nothing);
+- proven: it has ACKed at least one response of ours on this stream;
+- the first of its node: of the streams that name the same node id, the one connected
+  earliest and still open votes; the others are duplicates, served alike and listed in the
+  status with their peer addresses, and their NACKs veto nothing. (One Envoy holds one ADS
+  stream; a second stream with its id is another process, or the same Envoy reconnecting
+  before its old stream timed out, which gains its vote when the old one closes.)
+Any other NACK is shown on its proxy (status, log, metric) and changes nothing for the fleet.
+Only the streams that may vote constrain the rollback targets below.
+
+A rollback never grants what the version rolled back from refuses (`grants.grants_more`): a
+version that revokes access is undone by nothing but the operator's own save. When the only
+target would grant more, the fleet holds where it is.
+
+When a proxy that may vote NACKs a response:
 - if another proxy has ACKed that very content, the fault is the proxy's (its listener port is
   taken, say), not the version's: the NACK shows on that proxy (status, log, metric) and the
   fleet goes on;
@@ -12,10 +33,11 @@ When a proxy NACKs a response:
   proxy in the status, and here listed under the rejected versions, and the reload that
   produced the version served now is reported "rejected by Envoy";
 - with rollback on (the default), when the version served now is rejected, every proxy is moved
-  back to the newest kept version that every connected proxy has ACKed, that was not rejected,
-  and whose version of the rejected type differs from the one rejected (otherwise rolling back
-  would send again what was rejected: a fault of one proxy, not of the catalog). With no such
-  version the fleet holds where it is. The next valid edit moves every proxy forward again.
+  back to the newest kept version that every connected proxy that may vote has ACKed, that was
+  not rejected, whose version of the rejected type differs from the one rejected (otherwise
+  rolling back would send again what was rejected: a fault of one proxy, not of the catalog),
+  and that grants nothing the version served refuses. With no such version the fleet holds
+  where it is. The next valid edit moves every proxy forward again.
 
 The fleet is the one owner of its history: the snapshots served recently (the rollback
 targets), the versions each connected proxy ACKed recently, and the versions Envoy rejected
@@ -35,14 +57,24 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from sidecar_shared.bounded import BoundedMap
-from xds_server import typeurls
+from xds_server import grants, typeurls
 from xds_server.cache import SnapshotCache
 from xds_server.metrics import XdsMetrics
-from xds_server.observers import Ack, Nack, Observer, StreamEvent
+from xds_server.observers import Ack, LogBudget, Nack, Observer, StreamEvent, clipped
 from xds_server.snapshot import Snapshot
 from xds_server.status import RejectionReport
 
 HISTORY = 8  # snapshots kept to roll back to: every other bound of the history follows
+ENVOY = "envoy"  # the `user_agent_name` Envoy sends in its node
+
+
+@dataclass(frozen=True)
+class Voter:
+    """A connected stream, as the veto rule sees it."""
+
+    node_id: str
+    envoy: bool
+    authenticated: bool
 
 
 @dataclass(frozen=True)
@@ -110,7 +142,9 @@ class Fleet(Observer):
         on_rejected: Callable[[Rejection], None] = lambda _: None,
         clock: Callable[[], float] = time.time,
         bounds: Bounds = Bounds(),
+        unauthenticated_veto: bool = False,
     ) -> None:
+        """`unauthenticated_veto`: whether a stream need not be authenticated to vote."""
         self._cache = cache
         self._metrics = metrics
         self._log = log
@@ -122,6 +156,9 @@ class Fleet(Observer):
         # stream → type → the versions it ACKed recently, newest last
         self._acked: dict[int, dict[str, BoundedMap[str, None]]] = {}
         self._rejections: BoundedMap[str, Rejection] = BoundedMap(bounds.versions)
+        self.unauthenticated_veto = unauthenticated_veto
+        self._streams: dict[int, Voter] = {}  # connected streams, in the order they connected
+        self._budget = LogBudget()  # for the lines about NACKs that may not veto
         current = cache.current()
         if current is not None:
             self._served(current)
@@ -139,12 +176,40 @@ class Fleet(Observer):
             versions = types[event.type_url] = BoundedMap(self.bounds.acked)
         versions[event.version] = None
 
+    def connected(self, event: StreamEvent) -> None:
+        self._streams[event.stream_id] = Voter(
+            event.node_id, event.user_agent == ENVOY, event.authenticated
+        )
+
     def closed(self, event: StreamEvent) -> None:
         self._acked.pop(event.stream_id, None)
+        self._streams.pop(event.stream_id, None)
 
-    def _proxies_acked(self) -> list[Mapping[str, Collection[str]]]:
-        """Per connected proxy: the versions it ACKed recently of each type it has ACKed."""
-        return [types for types in self._acked.values() if types]
+    def _firsts(self) -> dict[str, int]:
+        """Per node id, its stream connected earliest and still open."""
+        firsts: dict[str, int] = {}
+        for stream, voter in self._streams.items():
+            firsts.setdefault(voter.node_id, stream)
+        return firsts
+
+    def may_vote(self, stream_id: int, firsts: Mapping[str, int] | None = None) -> bool:
+        """Whether a stream's NACK may veto a version (the rule above), its ACK aside."""
+        voter = self._streams.get(stream_id)
+        if voter is None or not voter.envoy:
+            return False
+        if not (voter.authenticated or self.unauthenticated_veto):
+            return False
+        return (firsts or self._firsts()).get(voter.node_id) == stream_id
+
+    def _proxies_acked(self, voters: bool = True) -> list[Mapping[str, Collection[str]]]:
+        """Per connected proxy (that may vote, with `voters`): the versions it ACKed recently
+        of each type it has ACKed."""
+        firsts = self._firsts() if voters else {}
+        return [
+            types
+            for stream, types in self._acked.items()
+            if types and (not voters or self.may_vote(stream, firsts))
+        ]
 
     def rejection(self, version: str) -> str | None:
         """Why Envoy rejected `version`, or None if it did not (or it is forgotten)."""
@@ -152,13 +217,14 @@ class Fleet(Observer):
         return found.refusal if found is not None else None
 
     def last_acked_by_all(
-        self, where: Callable[[Snapshot], bool] = lambda _: True
+        self, where: Callable[[Snapshot], bool] = lambda _: True, voters: bool = False
     ) -> Snapshot | None:
         """The newest snapshot still kept, not rejected and fitting `where`, whose version of
-        every type each connected proxy has ACKed (a type a proxy has not ACKed yet does not
-        constrain it). None when no kept snapshot fits them all (or nothing was served yet).
+        every type each connected proxy (that may vote, with `voters`) has ACKed (a type a
+        proxy has not ACKed yet does not constrain it). None when no kept snapshot fits them
+        all (or nothing was served yet).
         """
-        proxies = self._proxies_acked()
+        proxies = self._proxies_acked(voters)
         for snapshot in reversed(self._snapshots.values()):
             if (
                 snapshot.version not in self._rejections
@@ -174,6 +240,19 @@ class Fleet(Observer):
     def nacked(self, event: Nack) -> None:
         if not event.version or not event.snapshot_version:
             return  # no response of ours was answered
+        if not (self.may_vote(event.stream_id) and self._acked.get(event.stream_id)):
+            if (dropped := self._budget.take()) is not None:
+                self._log.warning(
+                    "a NACK from a proxy that may not veto a version; the version stays",
+                    extra={
+                        "fields": {
+                            "node_id": clipped(event.node_id),
+                            "stream": event.stream_id,
+                            "suppressed": dropped,
+                        }
+                    },
+                )
+            return
         if any(event.version in acked.get(event.type_url, ()) for acked in self._proxies_acked()):
             self._log.warning(
                 "a proxy rejected what others accepted; the version stays",
@@ -199,8 +278,13 @@ class Fleet(Observer):
             return  # not what is served now, or already handled at another proxy's NACK
         rejection = self._rejections[current.version]
         if self.rollback:
+            served = current
             target = self.last_acked_by_all(
-                where=lambda s: s.versions.get(event.type_url) != event.version
+                where=lambda s: (
+                    s.versions.get(event.type_url) != event.version
+                    and not grants.grants_more(s, served)
+                ),
+                voters=True,
             )
             if target is not None:
                 rejection.rolled_back_to = target.version

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -45,6 +46,8 @@ class StreamEvent:
     protocol: str  # "sotw" or "delta"
     node_id: str = ""
     peer: str = ""
+    user_agent: str = ""  # the node's `user_agent_name` ("envoy" for Envoy), when connected
+    authenticated: bool = False  # by a client certificate naming the node (`server`)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class Nack:
     snapshot_version: str
     error: str
     seconds: float = 0.0  # from sending the response to this answer
+    stream_id: int = 0  # the stream that answered
 
 
 @dataclass(frozen=True)
@@ -243,66 +247,118 @@ class MetricsObserver(Observer):
 REFUSAL_LOG_SECONDS = 60
 # (node, reason) pairs whose last logged refusal is remembered.
 REFUSALS_REMEMBERED = 1000
+# What a log line keeps of a text a peer sent: a node id, peer, type URL; Envoy's message.
+NAME_CHARS = 256
+MESSAGE_CHARS = 1024
+
+
+def clipped(text: str, limit: int = NAME_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how long it was when cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+class LogBudget:
+    """How many lines carrying a peer's text may be written: `burst` at once, refilled at
+    `per_second`. A line past the budget is dropped and counted; the next line written says
+    how many were (`take`)."""
+
+    def __init__(
+        self,
+        per_second: float = 10.0,
+        burst: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rate = per_second
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._at = clock()
+        self._dropped = 0
+
+    def take(self) -> int | None:
+        """None when the line must be dropped; else the lines dropped since the last one."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            self._dropped += 1
+            return None
+        self._tokens -= 1
+        dropped, self._dropped = self._dropped, 0
+        return dropped
 
 
 class LogObserver(Observer):
     """Connections, disconnections, NACKs with Envoy's message, unsupported types, and
-    refused streams (the first time per node and reason, then once a minute)."""
+    refused streams (the first time per node and reason, then once a minute).
 
-    def __init__(self, log: logging.Logger) -> None:
+    Every line carries text a peer chose (node ids, type URLs, messages): each such text is
+    cut (`clipped`: `NAME_CHARS`, Envoy's message `MESSAGE_CHARS`), and the lines share one
+    `LogBudget`; a line written after some were dropped says how many (`suppressed`)."""
+
+    def __init__(self, log: logging.Logger, budget: LogBudget | None = None) -> None:
         self._log = log
+        self._budget = budget or LogBudget()
         self._refusal_logged: BoundedMap[tuple[str, str], float] = BoundedMap(REFUSALS_REMEMBERED)
 
+    def _write(self, level: int, message: str, fields: dict[str, object]) -> None:
+        dropped = self._budget.take()
+        if dropped is None:
+            return
+        if dropped:
+            fields["suppressed"] = dropped
+        self._log.log(level, message, extra={"fields": fields})
+
     def connected(self, event: StreamEvent) -> None:
-        self._log.info(
+        self._write(
+            logging.INFO,
             "proxy connected",
-            extra={
-                "fields": {
-                    "node_id": event.node_id,
-                    "peer": event.peer,
-                    "protocol": event.protocol,
-                }
+            {
+                "node_id": clipped(event.node_id),
+                "peer": clipped(event.peer),
+                "protocol": event.protocol,
+                "user_agent": clipped(event.user_agent),
+                "authenticated": event.authenticated,
             },
         )
 
     def closed(self, event: StreamEvent) -> None:
         if event.node_id:
-            self._log.info("proxy disconnected", extra={"fields": {"node_id": event.node_id}})
+            self._write(logging.INFO, "proxy disconnected", {"node_id": clipped(event.node_id)})
 
     def refused(self, event: StreamRefused) -> None:
         key = (event.node_id, event.reason)
         if event.count != 1 and event.at - self._refusal_logged.get(key, 0.0) < REFUSAL_LOG_SECONDS:
             return
         self._refusal_logged[key] = event.at
-        self._log.warning(
+        self._write(
+            logging.WARNING,
             "refused a proxy's stream",
-            extra={
-                "fields": {
-                    "node_id": event.node_id,
-                    "peer": event.peer,
-                    "reason": event.reason,
-                    "detail": event.detail,
-                    "refused_so_far": event.count,
-                }
+            {
+                "node_id": clipped(event.node_id),
+                "peer": clipped(event.peer),
+                "reason": event.reason,
+                "detail": clipped(event.detail, MESSAGE_CHARS),
+                "refused_so_far": event.count,
             },
         )
 
     def unsupported(self, event: Unsupported) -> None:
-        self._log.warning(
+        self._write(
+            logging.WARNING,
             "unsupported resource type requested",
-            extra={"fields": {"node_id": event.node_id, "type_url": event.type_url}},
+            {"node_id": clipped(event.node_id), "type_url": clipped(event.type_url)},
         )
 
     def nacked(self, event: Nack) -> None:
-        self._log.warning(
+        self._write(
+            logging.WARNING,
             "envoy rejected a config",
-            extra={
-                "fields": {
-                    "node_id": event.node_id,
-                    "type": typeurls.SHORT_NAMES[event.type_url],
-                    "version": event.version,
-                    "error": event.error,
-                }
+            {
+                "node_id": clipped(event.node_id),
+                "type": typeurls.SHORT_NAMES[event.type_url],
+                "version": event.version,
+                "error": clipped(event.error, MESSAGE_CHARS),
             },
         )
 

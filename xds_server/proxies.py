@@ -35,6 +35,11 @@ class ProxyStatus:
     protocol: str = "sotw"  # or "delta"
     node_id: str = ""
     node_cluster: str = ""
+    user_agent: str = ""  # the node's `user_agent_name` ("envoy" for Envoy)
+    peer: str = ""  # the client's address, as gRPC names it ("ipv4:127.0.0.1:40000")
+    # The client certificate's identities (SANs, else its subject CN) when the stream is
+    # authenticated by mTLS; empty when not.
+    identities: tuple[str, ...] = ()
     connected_at: float = field(default_factory=time.time)
     types: dict[str, TypeStatus] = field(default_factory=dict)
 
@@ -143,7 +148,14 @@ class ProxyRegistry:
                 )
             out.append(
                 ProxyReport(
-                    proxy.node_id, proxy.node_cluster, proxy.protocol, proxy.connected_at, types
+                    proxy.node_id,
+                    proxy.node_cluster,
+                    proxy.protocol,
+                    proxy.connected_at,
+                    types,
+                    proxy.peer,
+                    proxy.user_agent,
+                    bool(proxy.identities),
                 )
             )
         return tuple(sorted(out, key=lambda p: (p.node_id, p.connected_at)))

@@ -7,7 +7,16 @@ logs, traces and rolls the fleet back; the service itself does none of it.
 
 A stream whose first request does not say which node it comes from (`node.id`) is refused:
 the operator could not tell which proxy it is, and nothing it ACKs could be shown. So is one
-whose stream object refuses it (`stream_state.Refused`: a client past a limit).
+whose stream object refuses it (`stream_state.Refused`: a client past a limit), and one past
+the server's limits on streams (`StreamLimits`: RESOURCE_EXHAUSTED).
+
+Identity. A stream over TLS with a verified client certificate is authenticated: its
+identities are the certificate's subject alternative names (DNS, URI, IP, email: the values
+gRPC's auth context lists under `x509_subject_alternative_name`), or its subject CN when it has
+no SAN. Such a stream must name a node whose id is one of its identities, exactly; another
+node id is refused with PERMISSION_DENIED (reason `node_not_in_certificate`): one proxy cannot
+speak for another. The identities are kept in the proxy's status; the fleet lets only
+authenticated streams veto a version (`fleet`).
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, cast
 
@@ -28,7 +37,7 @@ from xds_server.observers import Push, StreamEvent, StreamRefused, XdsObserver
 from xds_server.proxies import ProxyRegistry, ProxyStatus
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
-from xds_server.stream_state import Refused
+from xds_server.stream_state import SPARE_NAMES, Refused
 from xds_server.wire import Wire
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -56,7 +65,27 @@ class Context(Protocol):
 
     def peer(self) -> str: ...
 
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]: ...
+
     async def abort(self, code: grpc.StatusCode, details: str) -> None: ...
+
+
+def identities(auth: Mapping[str, Iterable[bytes]]) -> tuple[str, ...]:
+    """The identities a verified client certificate proves: its SANs, else its subject CN;
+    () when the stream is not authenticated by a certificate."""
+    sans = tuple(v.decode(errors="replace") for v in auth.get("x509_subject_alternative_name", ()))
+    if sans:
+        return sans
+    return tuple(v.decode(errors="replace") for v in auth.get("x509_common_name", ()))
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """How many ADS streams the server holds at once, in total and per client connection (a
+    connection is a gRPC peer address); a stream past either is refused RESOURCE_EXHAUSTED."""
+
+    total: int = 1000
+    per_connection: int = 4
 
 
 @dataclass(frozen=True)
@@ -69,13 +98,22 @@ _CLOSED = object()
 
 class AdsService:
     def __init__(
-        self, source: SnapshotSource, registry: ProxyRegistry, observer: XdsObserver
+        self,
+        source: SnapshotSource,
+        registry: ProxyRegistry,
+        observer: XdsObserver,
+        limits: StreamLimits = StreamLimits(),
+        spare_names: int = SPARE_NAMES,
     ) -> None:
-        """`observer` is told of every stream's events (`observers`)."""
+        """`observer` is told of every stream's events (`observers`); `spare_names`: the
+        names a subscription may hold beyond twice its type's resources."""
         self._source = source
         self._registry = registry
         self._observer = observer
+        self._limits = limits
+        self._spare = spare_names
         self._wire = Wire()  # responses serialized once, shared by the streams
+        self._per_peer: dict[str, int] = {}
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service for a gRPC server. Streams answer with serialized responses (`wire`),
@@ -100,7 +138,7 @@ class AdsService:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         def make(status: ProxyStatus) -> SotwStream:
-            return SotwStream(self._source, status, self._observer, self._wire)
+            return SotwStream(self._source, status, self._observer, self._wire, self._spare)
 
         async for resp in self.serve(request_iterator, make, context, "sotw"):
             yield resp
@@ -111,7 +149,7 @@ class AdsService:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         def make(status: ProxyStatus) -> DeltaStream:
-            return DeltaStream(self._source, status, self._observer, self._wire)
+            return DeltaStream(self._source, status, self._observer, self._wire, self._spare)
 
         async for resp in self.serve(request_iterator, make, context, "delta"):
             yield resp
@@ -125,8 +163,30 @@ class AdsService:
     ) -> AsyncIterator[R]:
         """Run one stream until Envoy closes it: each request and each new snapshot goes to the
         stream, in arrival order, and its responses to Envoy."""
+        peer = context.peer()
+        if len(self._registry) >= self._limits.total:
+            await self._refuse(
+                context,
+                "",
+                "too_many_streams",
+                "the server holds its maximum of streams",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+            return
+        if self._per_peer.get(peer, 0) >= self._limits.per_connection:
+            await self._refuse(
+                context,
+                "",
+                "too_many_streams_per_connection",
+                f"at most {self._limits.per_connection} streams per connection",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+            return
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         status = self._registry.open(protocol)
-        stream = make(status)
+        status.peer = peer
+        status.identities = identities(context.auth_context())
+        stream: Stream[Q, R] | None = make(status)
         events: asyncio.Queue[object] = asyncio.Queue()
 
         def on_snapshot(_: Snapshot) -> None:
@@ -156,8 +216,10 @@ class AdsService:
                         current.version if current is not None else None,
                         event.context,
                     )
+                    assert stream is not None
                     responses = self._observer.push(push, stream.on_snapshot)
                 else:
+                    assert stream is not None
                     answered = await self._request(stream, cast(Q, event), protocol, context)
                     if answered is None:
                         return
@@ -167,6 +229,10 @@ class AdsService:
         finally:
             reader.cancel()
             unsubscribe()
+            stream = None  # its subscriptions go now, not when the generator is collected
+            left = self._per_peer.pop(peer, 1) - 1
+            if left:
+                self._per_peer[peer] = left
             self._registry.close(status)
             self._observer.closed(StreamEvent(status.stream_id, protocol, status.node_id))
 
@@ -197,10 +263,26 @@ class AdsService:
                 grpc.StatusCode.INVALID_ARGUMENT,
             )
             return None
+        if first and status.identities and status.node_id not in status.identities:
+            await self._refuse(
+                context,
+                status.node_id,
+                "node_not_in_certificate",
+                "the node id is not an identity of the client certificate",
+                grpc.StatusCode.PERMISSION_DENIED,
+            )
+            return None
         if first:
             self._registry.accepted(status.node_id)
             self._observer.connected(
-                StreamEvent(status.stream_id, protocol, status.node_id, context.peer())
+                StreamEvent(
+                    status.stream_id,
+                    protocol,
+                    status.node_id,
+                    status.peer,
+                    user_agent=status.user_agent,
+                    authenticated=bool(status.identities),
+                )
             )
         return responses
 

@@ -37,6 +37,12 @@ class XdsSettings:
     translate: Options
     rollback_on_nack: bool = defaults.ROLLBACK_ON_NACK
     tls: ServerTls | None = None  # the xDS gRPC port's TLS (None: plain text)
+    # What peers may make the server hold, and who may veto a version (docs/xds.md).
+    unauthenticated_veto: bool = False
+    max_streams: int = 1000
+    max_streams_per_connection: int = 8
+    max_request_bytes: int = 4 * 1024 * 1024
+    spare_names: int = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -93,6 +99,50 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         boolean,
     )
     flag("log-level", "info", "log level")
+    add_limit_arguments(parser, environ)
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Who may veto a version, and what a peer may make the server hold (docs/xds.md)."""
+
+    def flag(name: str, default: object, help: str, type: Callable[[str], Any] = int) -> None:
+        add_flag(parser, name, default=default, help=help, type=type, environ=environ)
+
+    d = XdsSettings
+    flag(
+        "xds-unauthenticated-veto",
+        d.unauthenticated_veto,
+        "let a proxy not authenticated by a client certificate veto a version (roll the fleet "
+        "back) when it meets the other conditions; only where no one else reaches the xDS port",
+        boolean,
+    )
+    flag("xds-max-streams", d.max_streams, "ADS streams held at once; more are refused")
+    flag(
+        "xds-max-streams-per-connection",
+        d.max_streams_per_connection,
+        "ADS streams one client connection may hold; more are refused",
+    )
+    flag("xds-max-request-bytes", d.max_request_bytes, "largest request message accepted")
+    flag(
+        "xds-spare-names",
+        d.spare_names,
+        "names a subscription may hold beyond twice its type's resources",
+    )
+
+
+def limits_of(args: argparse.Namespace) -> dict[str, Any]:
+    for name in ("xds_max_streams", "xds_max_streams_per_connection", "xds_max_request_bytes"):
+        if getattr(args, name) < 1:
+            raise SettingsError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.xds_spare_names < 0:
+        raise SettingsError("--xds-spare-names must not be negative")
+    return {
+        "unauthenticated_veto": args.xds_unauthenticated_veto,
+        "max_streams": args.xds_max_streams,
+        "max_streams_per_connection": args.xds_max_streams_per_connection,
+        "max_request_bytes": args.xds_max_request_bytes,
+        "spare_names": args.xds_spare_names,
+    }
 
 
 def add_transport_argument(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -199,6 +249,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         log_level=args.log_level,
         rollback_on_nack=args.rollback_on_nack,
         tls=tls.server_tls("xds", args.xds_tls_cert, args.xds_tls_key, args.xds_tls_client_ca),
+        **limits_of(args),
         translate=Options(
             listener_address=args.listener_address,
             listener_port=args.listener_port,

@@ -7,6 +7,8 @@
   triggers a resend: a NACKed version is not sent again; the next different one is;
 - every response holds all the resources of its type that are subscribed: endpoints and routes
   by the names Envoy asks for; clusters and listeners are wildcard unless Envoy names them;
+- a subscription may name at most twice its type's resources plus `spare_names` (a stream
+  naming more is refused: `stream_state.Refused`), as in Delta;
 - an answer with an error whose `version_info` is the version of the response it names is an
   ACK of that response: Envoy keeps an error until its next request goes out but moves the
   nonce on, so when two responses arrive before it answers, the error of the first comes with
@@ -18,7 +20,11 @@ from __future__ import annotations
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server import typeurls
-from xds_server.stream_state import ObservedStream
+from xds_server.cache import SnapshotSource
+from xds_server.observers import XdsObserver
+from xds_server.proxies import ProxyStatus
+from xds_server.stream_state import SPARE_NAMES, ObservedStream
+from xds_server.wire import Wire
 
 
 def subscribed_names(type_url: str, names: list[str]) -> frozenset[str] | None:
@@ -29,6 +35,17 @@ def subscribed_names(type_url: str, names: list[str]) -> frozenset[str] | None:
 
 class SotwStream(ObservedStream):
     """`ObservedStream(source, status, observer, wire)` speaking State of the World."""
+
+    def __init__(
+        self,
+        source: SnapshotSource,
+        status: ProxyStatus,
+        observer: XdsObserver,
+        wire: Wire,
+        spare_names: int = SPARE_NAMES,
+    ) -> None:
+        super().__init__(source, status, observer, wire)
+        self._spare = spare_names
 
     def on_request(self, req: discovery_pb2.DiscoveryRequest) -> list[bytes]:
         if not self._admit(req):
@@ -41,6 +58,10 @@ class SotwStream(ObservedStream):
                 error = None  # accepted; the error was about a response it replaced
             if not self._answer(type_url, req.response_nonce, req.version_info, error):
                 return []  # stale: answers a response that a newer one replaced
+        # Counted before they are copied: a subscription past the bound costs nothing more.
+        self._state.check_names(
+            type_url, len(req.resource_names), self._source.current(), self._spare
+        )
         names = subscribed_names(type_url, list(req.resource_names))
         if names != state.names:
             state.names = names  # a new object only when different: compared by identity below

@@ -16,6 +16,7 @@ The document, keys in this order:
     catalog               {path, valid, errors: [str], checked_at, and watch_error: str while
                           the file cannot be watched}  the last load of the file
     proxies               [{node_id, node_cluster, protocol, connected_at,
+                            peer, user_agent, authenticated (read as "", "", false when absent),
                             types: {short type name: {state, acked_version, current_version,
                                     and nacked_version, error while a NACK stands}}}]
     refused               [{node_id, peer, reason, count, first_at, last_at}]
@@ -147,6 +148,9 @@ class ProxyReport:
     protocol: str  # "sotw" or "delta"
     connected_at: float
     types: Mapping[str, TypeReport]  # by short type name ("clusters"), in the order asked
+    peer: str = ""  # the client's address, as gRPC names it ("ipv4:127.0.0.1:40000")
+    user_agent: str = ""  # the node's user_agent_name ("envoy" for Envoy)
+    authenticated: bool = False  # by a client certificate that names the node
 
     @property
     def state(self) -> State:
@@ -159,6 +163,9 @@ class ProxyReport:
             "node_cluster": self.node_cluster,
             "protocol": self.protocol,
             "connected_at": self.connected_at,
+            "peer": self.peer,
+            "user_agent": self.user_agent,
+            "authenticated": self.authenticated,
             "types": {short: t.to_json() for short, t in self.types.items()},
         }
 
@@ -289,6 +296,9 @@ def _proxy(proxy: _Fields) -> ProxyReport:
         protocol=proxy.text("protocol", "sotw"),
         connected_at=proxy.number("connected_at"),
         types={short: _type(_Fields(t, path)) for short, t, path in proxy.members("types")},
+        peer=proxy.text("peer", ""),
+        user_agent=proxy.text("user_agent", ""),
+        authenticated=proxy.flag("authenticated", False),
     )
 
 
@@ -380,8 +390,8 @@ class _Fields:
         value, path = self._get(key, default)
         return None if value is None else _text(value, path)
 
-    def flag(self, key: str) -> bool:
-        value, path = self._get(key, _REQUIRED)
+    def flag(self, key: str, default: object = _REQUIRED) -> bool:
+        value, path = self._get(key, default)
         if not isinstance(value, bool):
             raise StatusFormatError(path, f"expected true or false, got {_kind(value)}")
         return value

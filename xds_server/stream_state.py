@@ -30,6 +30,7 @@ from xds_server import typeurls
 from xds_server.cache import SnapshotSource
 from xds_server.observers import Ack, Nack, Sent, Unsupported, XdsObserver
 from xds_server.proxies import ProxyStatus
+from xds_server.snapshot import Snapshot
 from xds_server.wire import Wire
 
 # A type waits while any of these is in flight or NACKed.
@@ -39,6 +40,17 @@ WAITS_FOR: dict[str, tuple[str, ...]] = {
     typeurls.LISTENER: (typeurls.CLUSTER, typeurls.ENDPOINT),
     typeurls.ROUTE: (typeurls.CLUSTER, typeurls.ENDPOINT),
 }
+
+
+# What is kept of Envoy's message in a NACK, and of the node's id, cluster and user agent.
+ERROR_CHARS = 16_384
+NODE_CHARS = 1024
+
+# A stream may subscribe to at most this many names of a type beyond twice the resources the
+# type has: names that do not exist are remembered (Envoy asks for endpoints before they
+# exist), so without a bound a client could grow the server's memory without end. The same
+# bound holds for SotW and Delta subscriptions.
+SPARE_NAMES = 1000
 
 
 @dataclass
@@ -74,19 +86,35 @@ class StreamState:
         return self.types.setdefault(type_url, TypeState())
 
     def admit(self, req: Any) -> bool:
-        """Note the node a request names (the first one that does); False when it asks for a
-        type we do not serve. `req`: a SotW or Delta discovery request."""
-        if req.type_url not in WAITS_FOR:
-            return False
+        """Note the node a request names (the first one that does, whatever the type it asks
+        for); False when it asks for a type we do not serve (answered with nothing: the stream
+        lives on). `req`: a SotW or Delta discovery request."""
         if req.HasField("node") and not self.status.node_id:
-            self.status.node_id = req.node.id
-            self.status.node_cluster = req.node.cluster
-        return True
+            node = req.node
+            self.status.node_id = node.id[:NODE_CHARS]
+            self.status.node_cluster = node.cluster[:NODE_CHARS]
+            self.status.user_agent = node.user_agent_name[:NODE_CHARS]
+        return req.type_url in WAITS_FOR
+
+    def check_names(self, type_url: str, count: int, snapshot: Snapshot | None, spare: int) -> None:
+        """Raise `Refused` when a subscription to `count` names of `type_url` is more than
+        twice the type's resources in `snapshot` plus `spare`."""
+        limit = 2 * len(snapshot.resources.get(type_url, {}) if snapshot else {}) + spare
+        if count > limit:
+            raise Refused(
+                "too_many_names",
+                f"subscribed to {count} names of {typeurls.SHORT_NAMES[type_url]}; "
+                f"at most {limit} are served",
+            )
 
     @staticmethod
     def error_of(req: Any) -> str | None:
-        """Envoy's message when a request NACKs, else None."""
-        return req.error_detail.message if req.HasField("error_detail") else None
+        """Envoy's message when a request NACKs (its first `ERROR_CHARS` characters: it is
+        kept per proxy and shown), else None."""
+        if not req.HasField("error_detail"):
+            return None
+        message: str = req.error_detail.message
+        return message if len(message) <= ERROR_CHARS else f"{message[:ERROR_CHARS]}..."
 
     def answer(
         self, type_url: str, nonce: str, version: str, error: str | None
@@ -110,6 +138,7 @@ class StreamState:
                 state.sent_snapshot or "",
                 error,
                 seconds,
+                self.status.stream_id,
             )
         st.acked(version)
         if st.nacked_version is not None and st.nacked_version != version:

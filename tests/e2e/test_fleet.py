@@ -45,7 +45,9 @@ def xds(
     except that services named `envoy-rejects-*` are clusters Envoy rejects."""
     faulty = getattr(request, "param", "") == "faulty"
     module = "tests.support.faulty_xds" if faulty else "xds_server"
-    server = stack.start_xds(sample_catalog, tmp_path, module=module)
+    server = stack.start_xds(
+        sample_catalog, tmp_path, module=module, args=stack.VETO_UNAUTHENTICATED
+    )
     yield server
     server.proc.stop()
 

@@ -74,9 +74,11 @@ class AdsClient:
         protocol: str = "sotw",
         reject: Reject = _accept_all,
         initial: Mapping[str, Mapping[str, str]] | None = None,
+        user_agent: str = "envoy",
     ) -> None:
         """`node_id` None sends no node at all; `initial` gives Delta's
-        `initial_resource_versions` per type (a client that re-connects)."""
+        `initial_resource_versions` per type (a client that re-connects); `user_agent` is the
+        node's `user_agent_name` (the client plays an Envoy unless told)."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
         self.target = target
@@ -84,6 +86,7 @@ class AdsClient:
         self.protocol = protocol
         self.reject = reject
         self.initial = {t: dict(v) for t, v in (initial or {}).items()}
+        self.user_agent = user_agent
         self.seen: dict[str, TypeSeen] = {t: TypeSeen() for t in typeurls.PUSH_ORDER}
         self.changed = asyncio.Event()  # set after every response handled
         self.responses = 0
@@ -121,7 +124,9 @@ class AdsClient:
 
     def _node(self, req: Any) -> None:
         if not self._node_sent and self.node_id is not None:
-            req.node.CopyFrom(base_pb2.Node(id=self.node_id, cluster="simulated"))
+            req.node.CopyFrom(
+                base_pb2.Node(id=self.node_id, cluster="simulated", user_agent_name=self.user_agent)
+            )
         self._node_sent = True
 
     def _ask(self, type_url: str, names: Iterable[str]) -> None:

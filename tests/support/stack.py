@@ -134,6 +134,11 @@ class XdsServer:
         )
 
 
+# The test's own Envoys are the only peers of a server on loopback: they may veto a version
+# without client certificates (`fleet`), as on a network where no one else reaches the port.
+VETO_UNAUTHENTICATED = ["--xds-unauthenticated-veto", "true"]
+
+
 def start_xds(
     catalog: Path,
     workdir: Path,

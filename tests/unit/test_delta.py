@@ -16,12 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from tests.support.snapshots import FakeSource, snap
 from xds_server import typeurls
-from xds_server.delta import SPARE_NAMES, DeltaStream, Subscription
+from xds_server.delta import DeltaStream, Subscription
 from xds_server.metrics import XdsMetrics
 from xds_server.observers import MetricsObserver, Nack, Observer, Observers
 from xds_server.proxies import ProxyRegistry, ProxyStatus, state_of
 from xds_server.snapshot import Resource, Snapshot
-from xds_server.stream_state import Refused
+from xds_server.stream_state import SPARE_NAMES, Refused
 from xds_server.wire import Wire
 
 CDS, EDS, LDS, RDS = typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE

@@ -38,17 +38,30 @@ class Rig:
         for s in served:
             self.cache.set(s)
         self.streams = 0
+        self.ids: dict[str, int] = {}
 
     def proxy(self, node_id: str, *acked: Snapshot) -> int:
-        """A connected proxy that ACKed `acked`, in order; returns its stream's id."""
+        """A connected proxy (an authenticated Envoy) that ACKed `acked`, in order; returns its
+        stream's id."""
         self.streams += 1
+        self.ids.setdefault(node_id, self.streams)
+        self.fleet.connected(
+            StreamEvent(self.streams, "sotw", node_id, user_agent="envoy", authenticated=True)
+        )
         for s in acked:
             for type_url, version in s.versions.items():
                 self.fleet.acked(Ack(self.streams, node_id, type_url, version))
         return self.streams
 
+    def ack(self, node_id: str, s: Snapshot, type_url: str) -> None:
+        """The proxy's stream ACKs one type of `s` (a proxy that proved itself)."""
+        self.fleet.acked(Ack(self.ids[node_id], node_id, type_url, s.versions[type_url]))
+
     def nack(self, node_id: str, s: Snapshot, type_url: str = CDS) -> None:
-        self.fleet.nacked(Nack(node_id, type_url, s.versions[type_url], s.version, "boom"))
+        stream = self.ids.get(node_id, 0)
+        self.fleet.nacked(
+            Nack(node_id, type_url, s.versions[type_url], s.version, "boom", stream_id=stream)
+        )
 
     def current(self) -> str | None:
         current = self.cache.current()
@@ -101,6 +114,7 @@ def test_with_rollback_off_the_version_is_marked_and_the_fleet_stays() -> None:
 def test_with_no_version_every_proxy_acked_the_fleet_holds() -> None:
     rig = Rig(V3)
     rig.proxy("edge-a")
+    rig.ack("edge-a", V3, LDS)
     rig.nack("edge-a", V3)
     assert rig.current() == V3.version
     (told,) = rig.told
@@ -122,6 +136,7 @@ def test_a_rejection_that_going_back_would_not_change_does_not_roll_back() -> No
     # The listener is the same in every version: going back would send the same listener.
     rig = Rig(V1, V2)
     rig.proxy("only")
+    rig.ack("only", V1, CDS)
     rig.nack("only", V2, LDS)
     assert rig.current() == V2.version
     assert rig.fleet.rejection(V2.version) is not None

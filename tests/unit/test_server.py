@@ -5,6 +5,7 @@ And the fleet's memory of what every connected proxy has ACKed."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
@@ -59,8 +60,14 @@ class FakeStream:
 
 
 class FakeContext:
+    def __init__(self, auth: Mapping[str, list[bytes]] | None = None) -> None:
+        self._auth = auth or {}
+
     def peer(self) -> str:
         return "ipv4:127.0.0.1:5"
+
+    def auth_context(self) -> Mapping[str, list[bytes]]:
+        return self._auth
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise AssertionError(f"aborted: {code} {details}")
@@ -121,6 +128,11 @@ def test_the_fleet_knows_the_newest_version_every_proxy_acked() -> None:
         for versions in acked:
             stream = next(streams)
             connected.append(stream)
+            fleet.connected(
+                StreamEvent(
+                    stream, "sotw", f"edge-{stream}", user_agent="envoy", authenticated=True
+                )
+            )
             for type_url, vs in versions.items():
                 for v in vs:
                     fleet.acked(Ack(stream, "edge", type_url, v))
@@ -135,7 +147,9 @@ def test_the_fleet_knows_the_newest_version_every_proxy_acked() -> None:
     # A proxy that ACKed second's clusters but no routes yet fits second and third alike.
     assert proxies(lagging, acked(first, second)).last_acked_by_all() is second
     # A rejected version is never a target; nor one that `where` excludes.
-    proxies().nacked(Nack("edge", CDS, third.versions[CDS], third.version, "rejected by Envoy"))
+    voter = proxies({typeurls.LISTENER: {first.versions[typeurls.LISTENER]}})
+    nack = Nack("edge", CDS, third.versions[CDS], third.version, "rejected by Envoy")
+    voter.nacked(dataclasses.replace(nack, stream_id=connected[0]))
     assert proxies(acked(second, third)).last_acked_by_all() is second
     assert proxies(acked(first, second)).last_acked_by_all(where=lambda s: s is not second) is first
     cache.set(snap(4000))
@@ -144,7 +158,8 @@ def test_the_fleet_knows_the_newest_version_every_proxy_acked() -> None:
 
 
 class RefusingContext(FakeContext):
-    def __init__(self) -> None:
+    def __init__(self, auth: Mapping[str, list[bytes]] | None = None) -> None:
+        super().__init__(auth)
         self.aborted: list[tuple[grpc.StatusCode, str]] = []
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:

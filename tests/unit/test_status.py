@@ -71,6 +71,9 @@ TODAYS_JSON: dict[str, Any] = {
             "node_cluster": "edge",
             "protocol": "delta",
             "connected_at": 1.5,
+            "peer": "ipv4:127.0.0.1:7",
+            "user_agent": "envoy",
+            "authenticated": True,
             "types": {
                 "clusters": {
                     "state": "NACKED",
@@ -119,6 +122,9 @@ TODAYS_DOCUMENT = document(
             "listeners": TypeReport(State.SYNCED, "l1", "l1"),
             "routes": TypeReport(State.STALE, None, None),
         },
+        "ipv4:127.0.0.1:7",
+        "envoy",
+        True,
     ),
     catalog=CatalogStatus(
         "/etc/catalog.json", False, ("services[0].timeout_ms: must be positive",), 5.0
@@ -171,6 +177,15 @@ def test_a_document_reads_back_from_the_json_status_has_always_answered() -> Non
     assert from_json(TODAYS_JSON) == TODAYS_DOCUMENT
 
 
+def test_a_proxy_without_peer_user_agent_or_authenticated_reads_as_unknown() -> None:
+    older = json.loads(json.dumps(TODAYS_JSON))
+    for key in ("peer", "user_agent", "authenticated"):
+        del older["proxies"][0][key]
+    (proxy,) = from_json(older).proxies
+    assert (proxy.peer, proxy.user_agent, proxy.authenticated) == ("", "", False)
+    assert proxy.types == TODAYS_DOCUMENT.proxies[0].types
+
+
 def test_the_registry_reports_each_type_as_before() -> None:
     current = snap("a")
     clusters, listeners = current.versions[CDS], current.versions[LDS]
@@ -190,6 +205,9 @@ def test_the_registry_reports_each_type_as_before() -> None:
         "node_cluster": "edge",
         "protocol": "delta",
         "connected_at": 1.5,
+        "peer": "",
+        "user_agent": "",
+        "authenticated": False,
         "types": {
             "clusters": {
                 "state": "NACKED",

@@ -120,6 +120,22 @@ def test_two_streams_with_one_node_id_are_marked() -> None:
     assert lines.count("  edge-1 (edge, sotw)  DUPLICATE node id: another stream names it too") == 2
 
 
+def test_each_stream_shows_its_peer_and_what_it_says_it_is_escaped() -> None:
+    envoy = ProxyReport("edge-1", "edge", "sotw", 1.0, {}, "ipv4:127.0.0.1:40000", "envoy", True)
+    rogue = ProxyReport(
+        "edge-1", "edge", "sotw", 2.0, {}, "ipv4:127.0.0.1:40001", "x\x1b]0;", False
+    )
+    lines = status_view.sync_lines(document(envoy, rogue))
+    assert (
+        "  edge-1 (edge, sotw) from ipv4:127.0.0.1:40000 (authenticated)  DUPLICATE"
+        in "\n".join(lines)
+    )
+    assert (
+        "  edge-1 (edge, sotw) from ipv4:127.0.0.1:40001 [x\\x1b]0;]  DUPLICATE node id: "
+        "another stream names it too"
+    ) in lines
+
+
 def test_rejected_versions_and_refused_streams_follow_the_proxies() -> None:
     doc = document(
         rejected=(

@@ -48,3 +48,14 @@ def test_a_rejected_type_stops_the_wait_with_envoys_message() -> None:
     with pytest.raises(RuntimeError) as caught:
         envoy_synced(doc, "sidecar")
     assert str(caught.value) == "Envoy rejected its listeners: cannot bind 0.0.0.0:80"
+
+
+def test_a_nack_under_our_node_that_our_envoy_did_not_give_is_ignored() -> None:
+    # Another process speaks ADS as our node and NACKs; our Envoy's admin counts no rejection.
+    three = {"clusters": SYNCED, "listeners": SYNCED, "routes": SYNCED}
+    nacked = TypeReport(State.NACKED, None, "v1", Nacked("v1", "\x1b[2Jgo away"))
+    rogue = envoy({"clusters": SYNCED, "listeners": nacked})
+    assert not envoy_synced(document(rogue), "sidecar", rejected=lambda: False)
+    assert envoy_synced(document(rogue, envoy(three)), "sidecar", rejected=lambda: False)
+    with pytest.raises(RuntimeError):
+        envoy_synced(document(rogue, envoy(three)), "sidecar", rejected=lambda: True)
