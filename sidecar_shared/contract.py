@@ -264,6 +264,16 @@ def verify(signed: str, keys: Sequence[bytes]) -> str:
     raise PolicyAuthError("the route policy's MAC is not one of a configured key")
 
 
+def policy_of(attached: str) -> str:
+    """The policy a route carries, its MAC (if any) set aside unchecked: for the xDS server
+    reading its own snapshots, never for deciding a request (that is `verify`)."""
+    if attached.startswith(SIGNED_PREFIX):
+        _, dot, policy = attached[len(SIGNED_PREFIX) :].partition(".")
+        if dot:
+            return policy
+    return attached
+
+
 def read_policy_keys(path: Path) -> tuple[bytes, ...]:
     """The keys in a policy key file: one per line (blank lines and surrounding spaces ignored),
     each at least `MIN_POLICY_KEY_BYTES` long. The xDS server signs with the first; ext_authz

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 
-from sidecar_shared.contract import POLICY_HEADER, POLICY_KEY, PolicyError, RoutePolicy, decode
+from sidecar_shared.contract import (
+    POLICY_HEADER,
+    POLICY_KEY,
+    PolicyError,
+    RoutePolicy,
+    decode,
+    policy_of,
+)
 from xds_server import typeurls
 from xds_server.resources.common import AUTHZ_FILTER
 from xds_server.snapshot import Resource, Snapshot
@@ -62,7 +69,7 @@ def _access(route: route_components_pb2.Route) -> Access:
     if text is None:
         return Access()
     try:
-        return Access(policy=decode(text))
+        return Access(policy=decode(policy_of(text)))
     except PolicyError:
         return Access(unreadable=True)
 

@@ -4,11 +4,13 @@ version rolled back from revokes (`grants`)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from tests.support.policies import POLICY_KEY
 from tests.support.translation import build_snapshot
 from xds_server import grants, typeurls
 from xds_server.cache import SnapshotCache
@@ -24,8 +26,13 @@ RDS, CDS = typeurls.ROUTE, typeurls.CLUSTER
 
 
 def catalog(
-    roles: dict[str, list[str]], timeout_ms: int = 1000, transport: str = "grpc"
+    roles: dict[str, list[str]],
+    timeout_ms: int = 1000,
+    transport: str = "grpc",
+    signed: bool = True,
 ) -> Snapshot:
+    """A snapshot of one service, its policies signed as a server with a policy key signs them
+    (`signed`), or as one without."""
     services: list[dict[str, Any]] = [
         {
             "service_name": "orders",
@@ -34,7 +41,8 @@ def catalog(
             "timeout_ms": timeout_ms,
         }
     ]
-    options = Options(authz=AuthzOptions(transport=transport))
+    key = POLICY_KEY if signed else b""
+    options = Options(authz=AuthzOptions(transport=transport, policy_key=key))
     return build_snapshot(parse_catalog({"services": services, "roles": roles}), options)
 
 
@@ -142,10 +150,12 @@ def test_no_nack_rolls_a_revocation_back() -> None:
 
 
 def test_grants_compare_route_policies_on_both_transports() -> None:
-    for transport in ("grpc", "http"):
-        writer = catalog({"clerk": ["orders:read", "orders:write"]}, transport=transport)
-        revoked = catalog({"clerk": ["orders:read"]}, transport=transport)
-        public = catalog({}, transport=transport)
+    for transport, signed in itertools.product(("grpc", "http"), (True, False)):
+        writer = catalog(
+            {"clerk": ["orders:read", "orders:write"]}, transport=transport, signed=signed
+        )
+        revoked = catalog({"clerk": ["orders:read"]}, transport=transport, signed=signed)
+        public = catalog({}, transport=transport, signed=signed)
         assert grants.grants_more(writer, revoked), transport
         assert not grants.grants_more(revoked, writer), transport
         assert not grants.grants_more(writer, writer), transport
