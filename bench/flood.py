@@ -1,7 +1,7 @@
 """Valid users under a flood of distinct invalid tokens, through a real Envoy.
 
     python -m bench.flood [--duration 10] [--connections 64] [--token-bytes 7800]
-                          [--rate 20] [--modes one-address,many-addresses]
+                          [--rate 20] [--modes one-address,one-address-fresh,many-addresses]
 
 One stack (xDS server, ext_authz, gateway Envoy; a second Envoy as a fast upstream). A valid
 client sends `--rate` requests a second with one valid token (keep-alive, like a real client),
@@ -11,7 +11,11 @@ well-formed (an HS256 header, base64url parts) but never validly signed, every o
 (so no cache of any kind answers them), in two modes:
 
 - `one-address`: the flood and the valid client come from the same address (loopback); the
-  failed-auth budget blocks the flood (429) while the valid client's cached token still passes.
+  flood spends the failed-auth budget at once, and from then on its tokens are 429s while the
+  valid client's token still passes.
+- `one-address-fresh`: the same flood, but the valid client stands for new sessions behind the
+  flood's address: every request carries a valid token never seen before (no cache can answer
+  it), so each must be verified from an address whose budget is spent.
 - `many-addresses`: each flood request claims another client address (ext_authz trusts one
   proxy hop, and wrk sets `x-forwarded-for`), so no per-address budget can help: this is the
   pure CPU cost of refusing garbage (cheap checks first, signature last).
@@ -30,6 +34,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,16 +98,20 @@ class ValidRun:
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def valid_client(port: int, path: str, token: str, rate: float, seconds: float) -> ValidRun:
+def valid_client(
+    port: int, path: str, token: str | Callable[[int], str], rate: float, seconds: float
+) -> ValidRun:
     """`rate` requests a second for `seconds`, on one keep-alive connection (reopened after a
-    failure); each answer other than 200 counts as a failure."""
-    headers = {"Authorization": f"Bearer {token}"}
+    failure), with `token`, or `token(n)` for the n-th request; each answer other than 200
+    counts as a failure."""
+    token_for = token if callable(token) else (lambda _n: token)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     sent = ok = 0
     latencies: list[float] = []
     started = time.monotonic()
     while (elapsed := time.monotonic() - started) < seconds:
         time.sleep(max(0.0, sent / rate - elapsed))
+        headers = {"Authorization": f"Bearer {token_for(sent)}"}
         sent += 1
         t0 = time.perf_counter()
         try:
@@ -116,6 +125,11 @@ def valid_client(port: int, path: str, token: str, rate: float, seconds: float) 
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.close()
     return ValidRun(sent, ok, latencies)
+
+
+def fresh_token(n: int) -> str:
+    """A valid token no request has carried before (a new session)."""
+    return tokens.token(sub=f"session-{time.time_ns()}-{n}", roles=["reader"], tenant=None)
 
 
 def flood(url: str, script: Path, connections: int, seconds: float, size: int, mode: str) -> str:
@@ -150,7 +164,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--token-bytes", type=int, default=7800)
     parser.add_argument("--rate", type=float, default=20.0, help="valid requests per second")
-    parser.add_argument("--modes", default="one-address,many-addresses")
+    parser.add_argument("--modes", default="one-address,one-address-fresh,many-addresses")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-flood-") as tmp:
@@ -188,15 +202,20 @@ def main() -> None:
             rows.append(("baseline (no flood)", base, "", ""))
             for mode in [m for m in args.modes.split(",") if m]:
                 before = statuses(authz)
+                client_token: str | Callable[[int], str] = token
+                if mode == "one-address-fresh":
+                    client_token = fresh_token
                 with ThreadPoolExecutor(1) as pool:
-                    during = pool.submit(valid_client, port, path, token, args.rate, args.duration)
+                    during = pool.submit(
+                        valid_client, port, path, client_token, args.rate, args.duration
+                    )
                     out = flood(
                         envoy.url + path,
                         script,
                         args.connections,
                         args.duration,
                         args.token_bytes,
-                        mode,
+                        "many-addresses" if mode == "many-addresses" else "one-address",
                     )
                     run = during.result()
                 sent = next(

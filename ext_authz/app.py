@@ -26,7 +26,7 @@ from ext_authz.core import Authorizer
 from ext_authz.decision import DecisionObserver
 from ext_authz.keys import KeySource
 from ext_authz.metrics import AuthzMetrics, KeyMetrics, TokenCacheStats
-from ext_authz.observers import AuditObserver, MetricsObserver, TracingObserver
+from ext_authz.observers import AuditObserver, MetricsObserver, ProxyHint, TracingObserver
 from ext_authz.ratelimit import (
     AsyncLimiter,
     GuardedAsyncLimiter,
@@ -135,7 +135,8 @@ def build_authorizer(
         limiter,
         [
             MetricsObserver(metrics),
-            AuditObserver(audit, settings.audit_denials_per_address),
+            AuditObserver(audit, settings.audit_denials_per_second),
+            ProxyHint(settings.limits.trusted_hops, log),
             *observers,
         ],
         log,

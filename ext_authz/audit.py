@@ -7,6 +7,13 @@ Lines are buffered, never written on a check's thread or event loop: `start()` r
 thread that writes what accumulated at most every `interval_s` (50 ms), and `close()` writes
 the rest. At most `max_buffered` lines wait; beyond that (a stream that cannot keep up) lines
 are dropped, counted, and reported by one `{"decision":"dropped","dropped":N}` line.
+
+Denials the caller chose not to write (`suppress`, past the observer's cap) are counted by
+service and reason and written as one summary line,
+`{"decision":"suppressed","suppressed":N,"counts":[{"service","reason","denials"}…]}`, by the
+writer thread at most `summary_after_s` (0.5 s) after the first one it counts, whether or not
+anything else happens: every denial is a line or is counted in a summary within a second.
+`flush()` and `close()` write a pending summary at once.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TextIO
+
+from sidecar_shared import defaults
 
 
 @dataclass(frozen=True)
@@ -38,11 +47,19 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class SuppressedRecord:
-    """Denials of one client address that were counted but not written."""
+    """Denials that were counted but not written; `client` when they are one address's,
+    `counts` as (service, reason, denials)."""
 
     time: float
-    client: str
+    client: str | None
     suppressed: int
+    counts: tuple[tuple[str, str, int], ...] = ()
+
+
+# Distinct (service, reason) pairs one summary counts apart; the rest are counted together
+# under `OTHER` (reasons are a fixed set of codes, but a direct caller chooses the service).
+MAX_SUMMARY_KEYS = 256
+OTHER = "(other)"
 
 
 def _iso(t: float) -> str:
@@ -56,6 +73,8 @@ class AuditLog:
         allow_sample: float = 1.0,
         rand: Callable[[], float] = random.random,
         max_buffered: int = 100_000,
+        summary_after_s: float = defaults.AUDIT_SUMMARY_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stream = stream
         self._allow_sample = allow_sample
@@ -68,15 +87,21 @@ class AuditLog:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._summary_after_s = summary_after_s
+        self._clock = clock
+        # Denials counted, not written, since the last summary: (service, reason) -> count,
+        # and when (`clock`) the first of them was counted.
+        self._suppressed: dict[tuple[str, str], int] = {}
+        self._suppressed_since = 0.0
 
     def start(self, interval_s: float = 0.05) -> None:
         """Write buffered lines from a thread, at most every `interval_s`."""
 
         def run() -> None:
             while not self._stopping.is_set():
-                self._wake.wait()
+                self._wake.wait(self._until_summary())
                 self._wake.clear()
-                self.flush()
+                self._flush(summary_due=self._clock())
                 self._stopping.wait(interval_s)
             self.flush()
 
@@ -92,10 +117,36 @@ class AuditLog:
         self.flush()
 
     def flush(self) -> None:
-        """Write the buffered lines now."""
+        """Write the buffered lines, and the summary of suppressed denials, now."""
+        self._flush(summary_due=None)
+
+    def _until_summary(self) -> float | None:
+        """Seconds until the pending summary is due; None when there is none."""
+        with self._lock:
+            if not self._suppressed:
+                return None
+            since = self._suppressed_since
+        return max(0.0, since + self._summary_after_s - self._clock())
+
+    def _flush(self, summary_due: float | None) -> None:
+        """Write the buffered lines, and the summary when it is due at `summary_due` (a `clock`
+        reading; None: whenever one is pending)."""
         with self._lock:
             lines, self._lines = self._lines, []
             dropped, self._dropped = self._dropped, 0
+            counts: dict[tuple[str, str], int] = {}
+            if self._suppressed and (
+                summary_due is None or summary_due >= self._suppressed_since + self._summary_after_s
+            ):
+                counts, self._suppressed = self._suppressed, {}
+        if counts:
+            summary = SuppressedRecord(
+                time.time(),
+                None,
+                sum(counts.values()),
+                tuple((service, reason, n) for (service, reason), n in counts.items()),
+            )
+            lines.append(_line(_suppressed_data(summary)))
         if dropped:
             lines.append(
                 _line(
@@ -129,15 +180,21 @@ class AuditLog:
 
     def write_suppressed(self, record: SuppressedRecord) -> None:
         """One line standing for `record.suppressed` denials that were not written."""
-        self._emit(
-            {
-                "time": _iso(record.time),
-                "decision": "suppressed",
-                "client": record.client,
-                "suppressed": record.suppressed,
-                "audit": True,
-            }
-        )
+        self._emit(_suppressed_data(record))
+
+    def suppress(self, service: str | None, reason: str) -> None:
+        """Count one denial that is not written; the writer thread writes the count in a
+        summary line at most `summary_after_s` after the first one counted."""
+        key = (service or "", reason)
+        with self._lock:
+            first = not self._suppressed
+            if first:
+                self._suppressed_since = self._clock()
+            if key not in self._suppressed and len(self._suppressed) >= MAX_SUMMARY_KEYS:
+                key = (OTHER, OTHER)
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        if first:
+            self._wake.set()
 
     def _emit(self, data: dict[str, object]) -> None:
         line = _line(data)
@@ -149,6 +206,20 @@ class AuditLog:
             first = len(self._lines) == 1
         if first:
             self._wake.set()
+
+
+def _suppressed_data(record: SuppressedRecord) -> dict[str, object]:
+    data: dict[str, object] = {"time": _iso(record.time), "decision": "suppressed"}
+    if record.client is not None:
+        data["client"] = record.client
+    data["suppressed"] = record.suppressed
+    if record.counts:
+        data["counts"] = [
+            {"service": service, "reason": reason, "denials": n}
+            for service, reason, n in record.counts
+        ]
+    data["audit"] = True
+    return data
 
 
 def _line(data: dict[str, object]) -> str:

@@ -23,8 +23,10 @@ Guards against abuse, each costing a comparison or a dict lookup per check:
   lines, with the identity headers added, pass its limit; such a request is a 431 here
   instead, before anything is verified or counted. Lines are counted as Envoy counts them, a
   repeated name once per line (`header_lines`).
-- failure budget: an address with too many failed authentications in a window gets 429 for
-  the rest of it, before any token work (a token already verified and cached still passes).
+- failure budget (`ext_authz.budget`): an address with too many failed authentications in a
+  window gets 429 for what fails for the rest of it; a token that verifies still passes (HMAC
+  and cached tokens always; asymmetric signatures within the address's allowance of failed
+  checks a second).
 
 On allow, the upstream request gets `x-user-id`, `x-user-roles`, `x-request-id` and, when the
 token has one, `x-tenant-id`, each overwriting whatever the client sent; identity headers that
@@ -54,7 +56,7 @@ from ext_authz.limits import (
 )
 from ext_authz.policy import Verdict, authorize
 from ext_authz.ratelimit import AsyncLimiter, LimitDecision, Limiter
-from ext_authz.tokens import Identity, TokenError, TokenVerifier
+from ext_authz.tokens import DEFERRED, Identity, TokenError, TokenVerifier
 from sidecar_shared import defaults
 from sidecar_shared.bounded import BoundedMap
 from sidecar_shared.contract import (
@@ -203,6 +205,7 @@ class GuardSettings:
     verbose_denials: bool = False  # show clients the precise reason (development only)
     failure_budget: int = defaults.FAILED_AUTH_BUDGET  # failed authentications per address...
     failure_window_s: int = defaults.FAILED_AUTH_WINDOW_S  # ...per window; 0 budget: no limit
+    costly_per_s: int = defaults.FAILED_AUTH_COSTLY_PER_S  # failed asymmetric checks/s, over it
     max_request_headers: int = defaults.EDGE_MAX_REQUEST_HEADERS  # Envoy's (the same setting)
 
 
@@ -259,7 +262,9 @@ class Authorizer:
         self._policy_log = LogThrottle(1.0)
         self._verbose = guard.verbose_denials
         self._header_room = guard.max_request_headers - _ADDED_HEADERS
-        self._budget = FailureBudget(guard.failure_budget, guard.failure_window_s, clock)
+        self._budget = FailureBudget(
+            guard.failure_budget, guard.failure_window_s, clock, costly_per_s=guard.costly_per_s
+        )
 
     def _deny(self, status: int, reason: str, message: str, request_id: str) -> Outcome:
         return denial(status, reason, message, request_id, self._verbose)
@@ -378,17 +383,9 @@ class Authorizer:
         if lines > self._header_room:
             return done(self._too_many_headers(request_id))
         token = bearer_token(req.headers)
-        retry_after = self._budget.blocked(address)
-        if retry_after and not (token and self._verifier.cached(token)):
-            out = self._deny(
-                429, "auth_failures", "too many failed authentications; wait", request_id
-            )
-            return done(
-                replace(
-                    out,
-                    response_headers=(*out.response_headers, ("retry-after", str(retry_after))),
-                )
-            )
+        retry_after = self._budget.blocked(address)  # over budget: what fails is a 429
+        if retry_after and not token:
+            return done(self._over_budget(request_id, retry_after))
         if token is None:
             self._budget.fail(address)
             return done(self._deny(401, "missing_token", "a bearer token is required", request_id))
@@ -397,11 +394,19 @@ class Authorizer:
             return done(
                 self._deny(401, "malformed", "the Authorization header is not Bearer", request_id)
             )
+        gate = self._budget.allowance(address) if retry_after else None
         try:
-            identity = self._verifier.verify(token)
+            identity = self._verifier.verify(token, gate)
         except TokenError as err:
-            self._budget.fail(address)
+            if err.reason != DEFERRED:  # a deferred check did no work and learnt nothing
+                self._budget.fail(address)
+            if retry_after:
+                return done(
+                    self._over_budget(request_id, 1 if err.reason == DEFERRED else retry_after)
+                )
             return done(self._deny(401, err.reason, err.detail, request_id))
+        if gate is not None:
+            gate.succeeded()
         verdict = self._authorize(policy, req, identity)
         if not verdict.allowed:
             return done(self._deny(403, verdict.reason, verdict.message, request_id), identity)
@@ -423,6 +428,12 @@ class Authorizer:
                 req, self._answer(policy, request_id, identity, ()), identity, policy, address
             )
         return _Pending(req, policy, key, policy.rate_limit, request_id, identity, address)
+
+    def _over_budget(self, request_id: str, retry_after: int) -> Outcome:
+        out = self._deny(429, "auth_failures", "too many failed authentications; wait", request_id)
+        return replace(
+            out, response_headers=(*out.response_headers, ("retry-after", str(retry_after)))
+        )
 
     def _too_many_headers(self, request_id: str) -> Outcome:
         return self._deny(

@@ -2,25 +2,30 @@
 tracing spans. The core calls every observer once per check.
 
 The audit log cannot be turned into a disk filler: every field a client chooses is cut to
-`AUDIT_MAX_FIELD_CHARS`, a trace id is kept only when it is a valid W3C or B3 id, and denials
-of one client address are written at most `per_address` a second; the rest are counted (in
-full by the metrics) and summarized by one `"decision":"suppressed"` line, with their number,
-before that address's next written denial.
+`AUDIT_MAX_FIELD_CHARS`, a trace id is kept only when it is a valid W3C or B3 id, and at most
+`denials_per_second` denial lines are written a second, all clients together (one cap for the
+process, so the disk rate has a bound whatever the number of addresses, and users behind one
+address do not share a small cap of their own). Past the cap a denial is counted by service and
+reason (and in full by the metrics) and is in a `"decision":"suppressed"` summary line within a
+second (`AuditLog.suppress`), whatever comes next.
+
+`ProxyHint` says once, in the log, when most checks come from one client address while no
+proxy hop is trusted: then every user shares that address's failure budget and rate limits.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ext_authz.audit import AuditLog, AuditRecord, SuppressedRecord
+from ext_authz.audit import AuditLog, AuditRecord
 from ext_authz.decision import CheckInput, Decision
 from ext_authz.metrics import AuthzMetrics
 from sidecar_shared import defaults
-from sidecar_shared.bounded import BoundedMap
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -121,55 +126,46 @@ def _cut(value: str | None, limit: int = defaults.AUDIT_MAX_FIELD_CHARS) -> str 
 
 
 class DenialRate:
-    """At most `per_second` denials per address per second are written; the rest are counted
-    until the address's next written denial. At most `max_keys` addresses are tracked."""
+    """At most `per_second` denials are admitted (written) per second of the clock, all clients
+    together; 0 or less: every one."""
 
-    def __init__(self, per_second: int, max_keys: int = 100_000) -> None:
+    def __init__(self, per_second: int) -> None:
         self._per_second = per_second
-        # address -> (second, written in it, suppressed since the last written line)
-        self._state: BoundedMap[str, tuple[int, int, int]] = BoundedMap(max_keys)
+        self._second = 0
+        self._written = 0
         self._lock = threading.Lock()
 
-    def admit(self, address: str, now: float) -> tuple[bool, int]:
-        """(write this denial?, denials suppressed before it to report now)."""
+    def admit(self, now: float) -> bool:
+        """Whether to write this denial."""
         if self._per_second <= 0:
-            return True, 0
+            return True
         second = int(now)
         with self._lock:
-            seen, written, suppressed = self._state.get(address, (second, 0, 0))
-            if seen != second:
-                written = 0
-            if written >= self._per_second:
-                self._state[address] = (second, written, suppressed + 1)
-                admitted, report = False, 0
-            else:
-                self._state[address] = (second, written + 1, 0)
-                admitted, report = True, suppressed
-        return admitted, report
+            if second != self._second:
+                self._second, self._written = second, 0
+            if self._written >= self._per_second:
+                return False
+            self._written += 1
+            return True
 
 
 class AuditObserver:
-    """Every denial (at a bounded rate per address), and the sampled share of allows, as one
-    JSON line."""
+    """Every denial (written up to a cap a second, then counted in a summary), and the sampled
+    share of allows, as one JSON line."""
 
     def __init__(
-        self, audit: AuditLog, denials_per_address: int = defaults.AUDIT_DENIALS_PER_ADDRESS
+        self, audit: AuditLog, denials_per_second: int = defaults.AUDIT_DENIALS_PER_SECOND
     ) -> None:
         self._audit = audit
-        self._rate = DenialRate(denials_per_address)
+        self._rate = DenialRate(denials_per_second)
 
     def observe(self, decision: Decision) -> None:
         outcome = decision.outcome
         if not self._audit.wants(outcome.allowed):
             return
-        if not outcome.allowed:
-            admitted, suppressed = self._rate.admit(decision.client, decision.at)
-            if suppressed:
-                self._audit.write_suppressed(
-                    SuppressedRecord(decision.at, _cut(decision.client) or "", suppressed)
-                )
-            if not admitted:
-                return
+        if not outcome.allowed and not self._rate.admit(decision.at):
+            self._audit.suppress(_cut(decision.service), outcome.reason)
+            return
         req, identity = decision.request, decision.identity
         self._audit.write(
             AuditRecord(
@@ -187,6 +183,55 @@ class AuditObserver:
                 latency_us=decision.latency_us,
             )
         )
+
+
+class ProxyHint:
+    """Logs once when, of the first `checks` checks, more than `share` came from one client
+    address while `trusted_hops` is 0: a proxy or load balancer in front of Envoy, whose
+    address every user then shares (its failure budget, its rate limits on public routes)."""
+
+    def __init__(
+        self,
+        trusted_hops: int,
+        log: logging.Logger,
+        checks: int = defaults.PROXY_HINT_CHECKS,
+        share: float = 0.9,
+    ) -> None:
+        self._active = trusted_hops <= 0 and checks > 0
+        self._log = log
+        self._checks = checks
+        self._share = share
+        self._seen: dict[str, int] = {}  # at most `checks` addresses
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def observe(self, decision: Decision) -> None:
+        if not self._active:
+            return
+        with self._lock:
+            if not self._active:
+                return
+            self._count += 1
+            self._seen[decision.client] = self._seen.get(decision.client, 0) + 1
+            if self._count < self._checks:
+                return
+            self._active = False
+            address, most = max(self._seen.items(), key=lambda item: item[1])
+            self._seen = {}
+        if most > self._share * self._checks:
+            self._log.warning(
+                "most checks come from one client address: a proxy or load balancer in front "
+                "of Envoy? Set --trusted-proxy-hops (SIDECAR_TRUSTED_PROXY_HOPS) to the number "
+                "of proxies that append to x-forwarded-for, or every user behind it shares one "
+                "failed-auth budget and one rate limit per public route",
+                extra={
+                    "fields": {
+                        "address": _cut(address),
+                        "checks": self._checks,
+                        "from_address": most,
+                    }
+                },
+            )
 
 
 class TracingObserver:

@@ -44,7 +44,7 @@ class AuthzSettings:
     limits: LimitSettings
     log_level: str
     guard: GuardSettings = field(default_factory=GuardSettings)
-    audit_denials_per_address: int = defaults.AUDIT_DENIALS_PER_ADDRESS
+    audit_denials_per_second: int = defaults.AUDIT_DENIALS_PER_SECOND
     # route-policy MAC keys shared with the xDS server (read at assembly; none: refuse to start)
     policy_key_file: Path | None = None
     tls: ServerTls | None = None  # both check ports' TLS (None: plain text)
@@ -137,11 +137,18 @@ def add_guard_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     flag("failed-auth-budget", defaults.FAILED_AUTH_BUDGET, "failed authentications per address")
     flag("failed-auth-window", defaults.FAILED_AUTH_WINDOW_S, "seconds of the failure budget")
     flag("negative-cache-size", defaults.NEGATIVE_CACHE_SIZE, "refused tokens remembered")
+    # The flood and audit caps (docs/authorization.md "Flood defenses" and "Audit log").
     flag(
-        "audit-denials-per-address",
-        defaults.AUDIT_DENIALS_PER_ADDRESS,
-        "denial audit lines per client address per second (the rest counted, then summarized)",
+        "failed-auth-signatures",
+        defaults.FAILED_AUTH_COSTLY_PER_S,
+        "failed asymmetric signature checks a second per address over its failed-auth budget",
     )
+    flag(
+        "audit-denials-per-second",
+        defaults.AUDIT_DENIALS_PER_SECOND,
+        "denial audit lines a second, all clients together (the rest counted in a summary line)",
+    )
+    flag("audit-denials-per-address", None, "no longer used: see --audit-denials-per-second")
     flag(
         "max-request-headers",
         defaults.EDGE_MAX_REQUEST_HEADERS,
@@ -195,6 +202,8 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
         raise SettingsError("trusted-proxy-hops must be >= 0 and redis-timeout-ms > 0")
     if args.failed_auth_budget < 0 or args.failed_auth_window < 1:
         raise SettingsError("failed-auth-budget must be >= 0 and failed-auth-window >= 1")
+    if args.failed_auth_signatures < 0:
+        raise SettingsError("failed-auth-signatures must be >= 0")
     try:
         claims = claim_names(args)
     except ValueError as err:
@@ -230,9 +239,10 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
             verbose_denials=args.verbose_denials,
             failure_budget=args.failed_auth_budget,
             failure_window_s=args.failed_auth_window,
+            costly_per_s=args.failed_auth_signatures,
             max_request_headers=args.max_request_headers,
         ),
-        audit_denials_per_address=args.audit_denials_per_address,
+        audit_denials_per_second=args.audit_denials_per_second,
         policy_key_file=Path(args.policy_key_file) if args.policy_key_file else None,
         tls=tls.server_tls(
             "authz", args.authz_tls_cert, args.authz_tls_key, args.authz_tls_client_ca

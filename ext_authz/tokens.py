@@ -92,8 +92,10 @@ MAX_NAME_CHARS = 256  # a user, tenant or role name (each becomes a header value
 MAX_ROLES = 64
 MAX_DEPTH = 16  # objects and arrays nested deeper than this in a header or payload: refused
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+# A costly signature check the caller's gate refused: nothing was learnt about the token.
+DEFERRED = "verification_deferred"
 # Refusals that a key refresh or the clock can cure: never remembered as bad.
-_CURABLE = frozenset({"unknown_kid", "not_yet_valid"})
+_CURABLE = frozenset({"unknown_kid", "not_yet_valid", DEFERRED})
 
 
 class TokenError(Exception):
@@ -421,7 +423,10 @@ class TokenVerifier:
             raise TokenError("bad_signature", "the token's algorithm does not fit its key")
         return key.key
 
-    def verify(self, token: str) -> Identity:
+    def verify(self, token: str, costly: Callable[[], bool] | None = None) -> Identity:
+        """`costly`, when given, is asked just before an asymmetric signature check (the only
+        costly step); when it answers False the check does not run and TokenError with reason
+        `DEFERRED` is raised (not remembered as refused)."""
         now = self._clock()
         keys = self._keys.current()
         if keys.generation != self._generation:  # rotated: forget what the old keys decided
@@ -435,14 +440,16 @@ class TokenVerifier:
         if refused is not None:
             raise refused
         try:
-            identity = self._verify_uncached(token, now, keys)
+            identity = self._verify_uncached(token, now, keys, costly)
         except TokenError as err:
             self._refused.put(token, err)
             raise
         self._cache.put(token, identity)
         return identity
 
-    def _verify_uncached(self, token: str, now: float, keys: KeySet) -> Identity:
+    def _verify_uncached(
+        self, token: str, now: float, keys: KeySet, costly: Callable[[], bool] | None = None
+    ) -> Identity:
         s = self._settings
         if len(token) > s.max_token_bytes:
             raise TokenError("malformed", f"the token is longer than {s.max_token_bytes} bytes")
@@ -466,6 +473,8 @@ class TokenVerifier:
         if alg in HMAC_ALGS:
             _check_hmac(token, key, alg)  # a forged HMAC costs one digest, not a decode
         else:
+            if costly is not None and not costly():
+                raise TokenError(DEFERRED, "too many failed verifications from this address")
             _check_asymmetric(token, key, alg)
         # The signature is proven: the payload is read once, strictly, here.
         claims = self._registered_claims(_json_part(payload_part, "payload"))

@@ -84,9 +84,12 @@ ENVOY_HEAP_STOP_ACCEPTING_AT: Final = 0.98
 
 # ext_authz under attack
 FAILED_AUTH_BUDGET: Final = 50  # failed authentications per client address ...
-FAILED_AUTH_WINDOW_S: Final = 10  # ... per this many seconds, then 429
+FAILED_AUTH_WINDOW_S: Final = 10  # ... per this many seconds, then 429 for what fails
+FAILED_AUTH_COSTLY_PER_S: Final = 100  # failed asymmetric signature checks/s, over budget
 NEGATIVE_CACHE_SIZE: Final = 10_000  # recently refused tokens remembered
-AUDIT_DENIALS_PER_ADDRESS: Final = 10  # denial lines per client address per second
+AUDIT_DENIALS_PER_SECOND: Final = 1000  # denial lines a second, all clients together
+AUDIT_SUMMARY_AFTER_S: Final = 0.5  # a suppressed denial is in a summary line within this
+PROXY_HINT_CHECKS: Final = 1000  # checks looked at before saying a proxy may be in front
 AUDIT_MAX_FIELD_CHARS: Final = 256  # longer audit fields are cut
 
 # Observability
