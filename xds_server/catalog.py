@@ -874,15 +874,7 @@ def _traffic_problems(svc: Service, where: str) -> list[Problem]:
     if svc.protocol == "grpc":
         if svc.cacheable:
             out.append(Problem(f"{where}.cacheable", "gRPC calls are POSTs, never cached"))
-        grpc = [c for c in (rp.retry_on if rp else []) if c in GRPC_RETRY_CONDITIONS]
-        if rp is not None and grpc and not rp.retry_non_idempotent:
-            out.append(
-                Problem(
-                    f"{where}.retry_policy.retry_on",
-                    f"gRPC calls are POSTs, which may have reached the upstream: "
-                    f"{', '.join(grpc)} retries nothing unless retry_non_idempotent is true",
-                )
-            )
+        out.extend(_grpc_retry_problems(rp, where))
     if svc.versions and svc.tenant_upstreams:
         out.append(
             Problem(
@@ -891,6 +883,20 @@ def _traffic_problems(svc: Service, where: str) -> list[Problem]:
             )
         )
     return out
+
+
+def _grpc_retry_problems(rp: RetryPolicy | None, where: str) -> list[Problem]:
+    """A gRPC service's (or endpoint's) retry conditions that can never apply."""
+    grpc = [c for c in (rp.retry_on if rp else []) if c in GRPC_RETRY_CONDITIONS]
+    if rp is None or not grpc or rp.retry_non_idempotent:
+        return []
+    return [
+        Problem(
+            f"{where}.retry_policy.retry_on",
+            f"gRPC calls are POSTs, which may have reached the upstream: "
+            f"{', '.join(grpc)} retries nothing unless retry_non_idempotent is true",
+        )
+    ]
 
 
 def _endpoint_problems(
@@ -964,6 +970,8 @@ def _endpoint_problems(
             out.extend(_cache_problems(seen, at))
             if svc.protocol == "grpc":
                 out.append(Problem(f"{at}.cacheable", "gRPC calls are POSTs, never cached"))
+        if svc.protocol == "grpc" and ep.retry_policy is not None:
+            out.extend(_grpc_retry_problems(ep.retry_policy, at))
     ranked: dict[tuple[int, int, int], list[int]] = {}
     for j, ep in enumerate(svc.endpoints):
         rank = endpoint_rank(ep)

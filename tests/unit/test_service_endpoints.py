@@ -143,13 +143,19 @@ def test_endpoints_of_different_rank_on_one_path_are_allowed() -> None:
             "cacheable",
             "gRPC",
         ),
+        (
+            {"path": "/orders/x", "retry_policy": {"retry_on": ["unavailable"]}},
+            {"protocol": "grpc", "retry_policy": None},
+            "retry_policy.retry_on",
+            "retries nothing unless retry_non_idempotent",
+        ),
     ],
 )
 def test_an_endpoint_that_makes_no_sense_is_refused_at_its_field(
     endpoint: dict[str, Any], fields: dict[str, Any], where: str, words: str
 ) -> None:
     retry = {"retry_policy": {"per_try_timeout_ms": 500}}
-    found = problems(orders({"name": "e", **endpoint}, **retry, **fields))
+    found = problems(orders({"name": "e", **endpoint}, **{**retry, **fields}))
     assert any(p.startswith(f"services[0].endpoints[0].{where}: ") and words in p for p in found), (
         found
     )
