@@ -8,8 +8,8 @@ Decoding refuses an object that names a key twice (JSON would let the last one w
 merge leftover could change policy unseen). Validation runs in two passes. The first checks
 shape and types (pydantic), each service on its own; the second checks what spans fields
 (duplicate names and paths, per-try timeout above the total, permissions that name unknown
-services) over every service that passed the first, so one broken service hides no other
-problem.
+services, endpoints that overlap or lie outside their service) over every service that passed
+the first, so one broken service hides no other problem.
 """
 
 from __future__ import annotations
@@ -925,6 +925,14 @@ def _endpoint_problems(
                 )
             )
         names.setdefault(ep.name, j)
+        if ep.name in svc.tenant_upstreams or ep.name == "too_large":
+            out.append(
+                Problem(
+                    f"{at}.name",
+                    f"{svc.service_name}.{ep.name} already names another of the service's "
+                    "routes (a tenant upstream's, or the body limit's)",
+                )
+            )
         out.extend(_endpoint_path_problems(ep, at, base, svc.base_path, prefixes))
         if ep.methods and svc.method_override:
             out.append(

@@ -161,6 +161,15 @@ def test_an_endpoint_that_makes_no_sense_is_refused_at_its_field(
     )
 
 
+@pytest.mark.parametrize("name", ["acme", "too_large"])
+def test_an_endpoint_name_may_not_be_another_route_of_its_service(name: str) -> None:
+    found = problems(orders({"name": name, "path": "/orders/x"}, tenant_upstreams={"acme": URL}))
+    assert found == [
+        f"services[0].endpoints[0].name: orders.{name} already names another of the service's "
+        "routes (a tenant upstream's, or the body limit's)"
+    ]
+
+
 def test_endpoint_names_are_unique_in_their_service() -> None:
     found = problems(orders({"name": "a", "path": "/orders/x"}, {"name": "a", "path": "/orders/y"}))
     assert found == [
