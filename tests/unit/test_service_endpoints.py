@@ -17,6 +17,7 @@ from xds_server.catalog import (
     endpoints_overlap,
     parse_catalog,
 )
+from xds_server.resources.retries import RETRY_FILTER, needs_retry_filter
 from xds_server.resources.routes import endpoint_lookalikes, route_configuration
 from xds_server.route_policy import compile_policy
 
@@ -321,3 +322,14 @@ def test_template_and_exact_endpoints_have_guards_of_their_shape() -> None:
 
 def test_a_lenient_service_has_no_endpoint_guards() -> None:
     assert guards({"name": "tools", "path": "/orders/tools"}, strict_paths=False) == []
+
+
+def test_an_endpoint_whose_retries_depend_on_the_method_brings_the_retry_filter() -> None:
+    catalog = parse_catalog(
+        orders({"name": "r", "path": "/orders/r", "retry_policy": {}}, retry_policy=None)
+    )
+    assert needs_retry_filter(catalog)
+    route = next(
+        r for r in route_configuration(catalog).virtual_hosts[0].routes if r.name == "orders.r"
+    )
+    assert RETRY_FILTER in route.typed_per_filter_config
