@@ -2,9 +2,10 @@
 (SotW and Delta) and real Envoys.
 
     python -m bench.xds_scale [--sizes 10,100,1000,10000] [--clients 100] [--envoys 3]
-                              [--edits 5] [--fleet-size 1000] [--skip build,fleet,envoy]
+                              [--edits 5] [--fleet-size 1000] [--endpoints 5]
+                              [--skip build,fleet,envoy,endpoints]
 
-Three parts, each printing a table (targets beside the numbers, from issue #11):
+Four parts, each printing a table (targets beside the numbers, from issue #11):
 
 1. build: per catalog size, `sidecar validate` and `sidecar render` as an operator runs them
    (wall time and peak memory of the process), the server's build of a new catalog from
@@ -19,6 +20,11 @@ Three parts, each printing a table (targets beside the numbers, from issue #11):
    ACKed, a one-service route edit and a cluster edit → every Envoy SYNCED, and Envoy's own
    time to apply the routes (its `rds.update_duration`, Delta only); then save → the first
    200 on a new route through one Envoy at `--fleet-size` services (p95 target 100 ms).
+
+4. endpoints: a `--fleet-size` catalog with `--endpoints` endpoints per service (issue #28):
+   the server's build from scratch beside the same catalog without endpoints (the ratio),
+   a one-endpoint edit, `sidecar validate`, and serving: a real Envoy with ext_authz SYNCED
+   on it, then one service's endpoint limit reaching 429 while its other paths answer 200.
 
 The machine is shared and noisy: compare ratios and medians, and re-run on a quiet machine for
 absolute numbers.
@@ -43,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.echo import EchoServer
-from tests.support import stack, wait
+from tests.support import http, stack, tokens, wait
 from tests.support.ads_client import AdsClient
 from xds_server import typeurls
 from xds_server.builder import SnapshotBuilder
@@ -52,9 +58,12 @@ from xds_server.translate import Options
 PROTOCOLS = ("sotw", "delta")
 
 
-def make_catalog(n: int, upstream_port: int = 8080, health_checks: bool = False) -> dict[str, Any]:
+def make_catalog(
+    n: int, upstream_port: int = 8080, health_checks: bool = False, endpoints: int = 0
+) -> dict[str, Any]:
     """`n` services with the fields a real catalog uses; active health checks only if asked
-    (20,000 health-checked hosts that do not exist would measure Envoy's connect attempts)."""
+    (20,000 health-checked hosts that do not exist would measure Envoy's connect attempts);
+    `endpoints` (up to 5) endpoints per service, one of each kind of override."""
     services = []
     for i in range(n):
         services.append(
@@ -68,12 +77,47 @@ def make_catalog(n: int, upstream_port: int = 8080, health_checks: bool = False)
                 ],
                 "timeout_ms": 3000,
                 "tenant_scope": "tenant" if i % 2 else "global",
-                "cacheable": i % 3 == 0,
+                "cacheable": i % 6 == 0,  # a third of the global ones (never a tenant one)
                 "retry_policy": {"max_retries": 2, "retry_on": ["5xx", "reset"]},
                 "rate_limit": {"requests_per_minute": 600},
+                **(
+                    {"endpoints": service_endpoints(f"/svc/{i:05d}")[:endpoints]}
+                    if endpoints
+                    else {}
+                ),
             }
         )
     return {"services": services, "roles": {"admin": ["*"], "reader": ["*:read"]}}
+
+
+def service_endpoints(base: str) -> list[dict[str, Any]]:
+    """Five endpoints of a service at `base`: a template with its own limit, an exact POST that
+    reads, an admin-only prefix, one with its own timeout and no retries, a GET template."""
+    return [
+        {
+            "name": "export",
+            "path": f"{base}/{{id}}/export",
+            "match": "template",
+            "methods": ["POST"],
+            "rate_limit": {"requests_per_minute": 5},
+        },
+        {
+            "name": "search",
+            "path": f"{base}/search",
+            "match": "exact",
+            "methods": ["POST"],
+            "action": "read",
+        },
+        {"name": "admin", "path": f"{base}/admin", "roles": ["admin"]},
+        {"name": "reports", "path": f"{base}/reports", "timeout_ms": 10_000, "retry_policy": None},
+        {
+            "name": "item",
+            "path": f"{base}/{{id}}",
+            "match": "template",
+            "methods": ["GET"],
+            "timeout_ms": 1_000,
+        },
+    ]
 
 
 def median(values: list[float]) -> float:
@@ -426,6 +470,76 @@ def first_200(envoy: stack.Envoy, catalog: Path, data: dict[str, Any], port: int
         conn.close()
 
 
+# 4. endpoints ------------------------------------------------------------------------------
+
+
+def endpoints_table(size: int, per_service: int, edits: int) -> None:
+    print(f"\n## {size} services with {per_service} endpoints each")
+    plain = json.dumps(make_catalog(size)).encode()
+    data = make_catalog(size, endpoints=per_service)
+    raw = json.dumps(data).encode()
+    base = timed(lambda: SnapshotBuilder(Options())(plain, "bench"), 3)
+    scratch = timed(lambda: SnapshotBuilder(Options())(raw, "bench"), 3)
+    builder = SnapshotBuilder(Options())
+    snapshot, _ = builder(raw, "bench")
+    (config,) = snapshot.resources[typeurls.ROUTE].values()
+    routes = len(config.message.virtual_hosts[0].routes)
+
+    def one_endpoint_edit(k: int) -> bytes:
+        svc = data["services"][(13 * k + 5) % size]
+        svc["endpoints"][-1]["timeout_ms"] += 1
+        return json.dumps(data).encode()
+
+    pending = iter([one_endpoint_edit(k) for k in range(edits)])
+    edit = timed(lambda: builder(next(pending), "bench"), edits)
+    with workdir() as d:
+        catalog = d / "catalog" / "service_catalog.json"
+        catalog.write_bytes(raw)
+        validate_s, _, code = run_cli("validate", str(catalog))
+        assert code == 0, "sidecar validate failed"
+    print(
+        f"{'no endpoints ms':>15} {'build ms':>9} {'ratio':>6} {'edit ms':>8} {'routes':>7} "
+        f"{'validate s':>10}"
+    )
+    print(
+        f"{base:>15.0f} {scratch:>9.0f} {scratch / base:>6.2f} {edit:>8.0f} {routes:>7} "
+        f"{validate_s:>10.2f}"
+    )
+    first, statuses = endpoints_served(data)
+    print(f"served: a real Envoy with ext_authz SYNCED in {first:.2f} s; {statuses}")
+
+
+def endpoints_served(data: dict[str, Any]) -> tuple[float, str]:
+    """Seconds to a real Envoy (with ext_authz) SYNCED on `data`, and what one service answers:
+    its export endpoint's limit (5 a minute) reached while its other paths still answer."""
+    upstream = EchoServer("bench").start()
+    data["services"][1]["internal_url"] = f"http://127.0.0.1:{upstream.port}"
+    try:
+        with serving(data) as (xds, d):
+            authz = stack.start_authz(d)
+            started = time.monotonic()
+            envoy = stack.start_envoy(xds, d, authz=authz, wait=False)
+            try:
+                wait.wait_until(lambda: xds.synced(envoy.node_id), timeout=300, interval=0.1)
+                first = time.monotonic() - started
+                admin = tokens.bearer(sub="bench", roles=["admin"])
+                reader = tokens.bearer(sub="bench-reader", roles=["reader"])
+                base = envoy.url + "/svc/00001"
+                exports = [http.http("POST", f"{base}/7/export", admin).status for _ in range(6)]
+                rest = http.http("POST", f"{base}/7", admin).status
+                denied = http.http("GET", f"{base}/admin/x", reader).status
+                allowed = http.http("GET", f"{base}/7", reader).status
+                return first, (
+                    f"POST export x6 {exports}, POST /7 {rest}, reader GET admin {denied}, "
+                    f"reader GET /7 {allowed}"
+                )
+            finally:
+                envoy.proc.stop()
+                authz.proc.stop()
+    finally:
+        upstream.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10,100,1000,10000")
@@ -433,7 +547,8 @@ def main() -> None:
     parser.add_argument("--envoys", type=int, default=3)
     parser.add_argument("--edits", type=int, default=5)
     parser.add_argument("--fleet-size", type=int, default=1000)
-    parser.add_argument("--skip", default="", help="parts to skip: build, fleet, envoy")
+    parser.add_argument("--endpoints", type=int, default=5, help="per service, in part 4")
+    parser.add_argument("--skip", default="", help="parts to skip: build, fleet, envoy, endpoints")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     skip = set(args.skip.split(",")) - {""}
@@ -446,6 +561,8 @@ def main() -> None:
     if "envoy" not in skip:
         envoy_table(max(sizes), args.envoys, args.edits)
         new_route_table(args.fleet_size, max(args.edits, 10))
+    if "endpoints" not in skip:
+        endpoints_table(args.fleet_size, args.endpoints, args.edits)
     if rows and rows[-1].services == 10_000:
         r = rows[-1]
         print("\n## 10,000 services against the issue's targets")

@@ -378,7 +378,7 @@ class Authorizer:
             if lines > self._header_room + _ADDED_HEADERS:
                 return done(self._too_many_headers(request_id))
             return self._pending(
-                req, policy, address_key(policy.service, address), request_id, None, address
+                req, policy, address_key(policy.limit_scope, address), request_id, None, address
             )
         if lines > self._header_room:
             return done(self._too_many_headers(request_id))
@@ -410,7 +410,7 @@ class Authorizer:
         verdict = self._authorize(policy, req, identity)
         if not verdict.allowed:
             return done(self._deny(403, verdict.reason, verdict.message, request_id), identity)
-        key = user_key(policy.service, identity.tenant, identity.user)
+        key = user_key(policy.limit_scope, identity.tenant, identity.user)
         return self._pending(req, policy, key, request_id, identity, address)
 
     def _pending(
@@ -462,10 +462,10 @@ class Authorizer:
     def _limited(self, step: _Pending, decision: LimitDecision) -> Outcome:
         """The answer once the request was counted against the route's limit."""
         policy = step.policy
-        headers = rate_headers(policy.service, step.limit, decision, self._header_style)
+        headers = rate_headers(policy.limit_scope, step.limit, decision, self._header_style)
         if not decision.allowed:
             out = self._deny(
-                429, "rate_limited", f"too many requests to {policy.service}", step.request_id
+                429, "rate_limited", f"too many requests to {policy.limit_scope}", step.request_id
             )
             return replace(out, response_headers=out.response_headers + headers)
         return self._answer(policy, step.request_id, step.identity, headers)

@@ -1,7 +1,8 @@
 """Rate-limit keys and response headers (pure).
 
-Keys: a protected route counts per service, verified tenant and user; a public route per
-service and client address; every part length-prefixed, so keys never collide. The client
+Keys: a protected route counts per service (or endpoint with its own limit, `orders.export`:
+`RoutePolicy.limit_scope`), verified tenant and user; a public route per service (or endpoint)
+and client address; every part length-prefixed, so keys never collide. The client
 address is Envoy's peer address, or, behind `trusted_hops` proxies that each append to
 `x-forwarded-for`, the entry those proxies vouch for. Both are believed only from a trusted
 caller (`trusted_caller`); any other caller's checks count against the caller's own address.

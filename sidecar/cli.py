@@ -29,7 +29,15 @@ from sidecar_shared.flags import add_flag, add_switch
 from xds_server import settings as xds_settings
 from xds_server import status, typeurls
 from xds_server.builder import SnapshotBuilder
-from xds_server.catalog import Catalog, CatalogError, Problem, json_schema, load_catalog
+from xds_server.catalog import (
+    Catalog,
+    CatalogError,
+    Problem,
+    decode_catalog,
+    endpoints_in_order,
+    json_schema,
+    load_catalog,
+)
 from xds_server.snapshot import Snapshot
 
 
@@ -74,7 +82,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     snapshot, services = built
     print(f"{path}: valid, {services} service(s), version {snapshot.version}")
+    for line in endpoint_lines(path):
+        print(line)
     return 0
+
+
+def endpoint_lines(path: Path) -> list[str]:
+    """One line per endpoint of the (valid) catalog at `path`, each service's in the order its
+    routes match (most specific first): its limit name, methods, path, kind and what it
+    overrides."""
+    raw = path.read_bytes()
+    if b'"endpoints"' not in raw:
+        return []
+    catalog = decode_catalog(raw, str(path))
+    lines = []
+    for svc in catalog.services:
+        for ep in endpoints_in_order(svc.endpoints):
+            methods = ",".join(ep.methods) if ep.methods else "*"
+            shown = ep.model_dump(exclude_unset=True, exclude={"name", "path", "match", "methods"})
+            overrides = "; ".join(f"{k} {json.dumps(v)}" for k, v in shown.items())
+            lines.append(
+                f"  endpoint {svc.service_name}.{ep.name}: {methods} {ep.path} ({ep.match})"
+                + (f": {overrides}" if overrides else "")
+            )
+    return lines
 
 
 def cmd_render(args: argparse.Namespace) -> int:

@@ -175,6 +175,14 @@ class RoutePolicy:
     tenant_upstreams: frozenset[str] = frozenset()
     # Honour method-override headers: each method they name must be allowed too.
     method_override: bool = False
+    # The name `rate_limit` counts under, when not the service's: an endpoint with its own
+    # limit (`orders.export`) has its own counters and `RateLimit-Policy` name.
+    limit_name: str | None = None
+
+    @property
+    def limit_scope(self) -> str:
+        """What the route's requests are counted under: `limit_name`, else the service."""
+        return self.limit_name or self.service
 
 
 class PolicyError(ValueError):
@@ -198,6 +206,8 @@ def encode(policy: RoutePolicy) -> str:
         data["tenant_upstreams"] = sorted(policy.tenant_upstreams)
     if policy.method_override:
         data["method_override"] = True
+    if policy.limit_name is not None:
+        data["limit_name"] = policy.limit_name
     return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
@@ -220,11 +230,18 @@ def decode(text: str) -> RoutePolicy:
             rate_limit=Limit(int(rl[0]), int(rl[1]), int(rl[2])) if rl else None,
             tenant_upstreams=frozenset(map(str, data.get("tenant_upstreams", ()))),
             method_override=data.get("method_override") is True,
+            limit_name=_optional_str(data.get("limit_name")),
         )
     except PolicyError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
         raise PolicyError(f"unreadable route policy: {err}") from None
+
+
+def _optional_str(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise PolicyError(f"unreadable route policy: {value!r} is not a string")
 
 
 # A signed policy is `SIGNED_PREFIX` + base64url(HMAC-SHA256(key, SIGNED_PREFIX + policy)),

@@ -8,8 +8,8 @@ Decoding refuses an object that names a key twice (JSON would let the last one w
 merge leftover could change policy unseen). Validation runs in two passes. The first checks
 shape and types (pydantic), each service on its own; the second checks what spans fields
 (duplicate names and paths, per-try timeout above the total, permissions that name unknown
-services) over every service that passed the first, so one broken service hides no other
-problem.
+services, endpoints that overlap or lie outside their service) over every service that passed
+the first, so one broken service hides no other problem.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from sidecar_shared.contract import IDENTITY_HEADERS, parse_permission
+from sidecar_shared.contract import ACTION_OF_METHOD, IDENTITY_HEADERS, parse_permission
 
 # Envoy's retry_on condition names (router filter, x-envoy-retry-on and x-envoy-retry-grpc-on).
 RETRY_CONDITIONS: frozenset[str] = frozenset(
@@ -379,6 +379,138 @@ class ApiVersion(_Strict):
         return check_urls(value)
 
 
+# An endpoint's path: segments of the characters Envoy's URI templates take as literals, or (in a
+# template) a `{variable}` standing for one segment; no `.` or `..` segment (Envoy normalizes
+# those away, so such a path would never match) and no trailing '/'.
+_ENDPOINT_SEGMENT = r"(?:(?!\.\.?(?:/|$))[A-Za-z0-9._~!$&'()+,;:@%-]+|\{[a-z][a-z0-9_]{0,15}\})"
+_ENDPOINT_PATH = re.compile(rf"^(?:/{_ENDPOINT_SEGMENT})+$|^/$")
+_TEMPLATE_VARIABLE = re.compile(r"^\{([a-z][a-z0-9_]{0,15})\}$")
+# Envoy's limit on the variables of one URI template.
+MAX_TEMPLATE_VARIABLES = 5
+HttpMethod = Literal["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
+assert set(get_args(HttpMethod)) == set(ACTION_OF_METHOD)
+EndpointMatch = Literal["prefix", "exact", "template"]
+_UNIQUE = Field(min_length=1, json_schema_extra={"uniqueItems": True})
+
+
+class ServiceEndpoint(_Strict):
+    """A part of a service (a path, optionally only some methods) with its own limit, roles,
+    timeout, retries or caching. A field left out keeps the service's value; `"rate_limit":
+    null` and `"retry_policy": null` turn the service's off for the endpoint. Matching and
+    precedence: `endpoint_rank` (docs/catalog.md, "Endpoints")."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        json_schema_extra={
+            "if": {"properties": {"match": {"const": "template"}}, "required": ["match"]},
+            "then": {"properties": {"path": {"pattern": r"\{"}}},
+            "else": {"properties": {"path": {"not": {"pattern": r"\{"}}}},
+        },
+    )
+
+    # With the service's name, the endpoint's route name and its rate-limit name
+    # (`orders.export`).
+    name: Annotated[str, _pattern(_SERVICE_NAME)]
+    # The whole path, the service's base_path included: `/orders/{id}/export`.
+    path: Annotated[str, _pattern(_ENDPOINT_PATH)]
+    # prefix: the path and everything below it; exact: the path alone; template: paths whose
+    # segments match the path's, each `{variable}` standing for one non-empty segment.
+    match: EndpointMatch = "prefix"
+    methods: Annotated[list[HttpMethod], _UNIQUE] | None = None
+    rate_limit: RateLimit | None = None
+    # The roles allowed, whatever the method (instead of the service's permissions).
+    roles: Annotated[list[Annotated[str, _pattern(_ROLE_SCHEMA)]], _UNIQUE] | None = None
+    # The action every method counts as: the roles that may do it on the service are allowed.
+    action: Literal["read", "write", "delete"] | None = None
+    timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] | None = None
+    retry_policy: RetryPolicy | None = None
+    cacheable: bool | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _SERVICE_NAME.fullmatch(value):
+            raise ValueError(
+                "must be 1-63 lowercase letters, digits, '-' or '_', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not _ENDPOINT_PATH.fullmatch(value):
+            raise ValueError(
+                "must be '/' and segments of letters, digits and -._~!$&'()+,;:@% (or, in a "
+                "template, '{variable}'), no '.' or '..' segment and no trailing '/'"
+            )
+        return value
+
+    @field_validator("methods", "roles")
+    @classmethod
+    def _once(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("lists a value twice")
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: list[str] | None) -> list[str] | None:
+        for role in value or ():
+            if not _ROLE_NAME.fullmatch(role):
+                raise ValueError(
+                    f"role {role!r}: names are 1-256 characters, without control characters "
+                    "or spaces at either end"
+                )
+        return value
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(s for s in self.path.split("/") if s)
+
+    def is_variable(self, segment: str) -> bool:
+        return self.match == "template" and _TEMPLATE_VARIABLE.fullmatch(segment) is not None
+
+    @property
+    def own_limit(self) -> bool:
+        """Whether the endpoint counts its requests apart from the service (it names its own
+        `rate_limit`, or none)."""
+        return "rate_limit" in self.model_fields_set
+
+
+def endpoint_rank(ep: ServiceEndpoint) -> tuple[int, int, int]:
+    """How specific an endpoint is; of the endpoints matching a request, the highest rank wins.
+    Compared in order: the kind (exact 3, template 2, prefix 1), then the number of literal
+    segments (a longer prefix, or a template with more fixed segments, is more specific), then
+    whether it names methods (1) or not (0). Two endpoints of equal rank that can match one
+    request are refused (`endpoints_overlap`), so the winner is never a matter of order."""
+    kind = {"exact": 3, "template": 2, "prefix": 1}[ep.match]
+    literals = sum(1 for s in ep.segments if not ep.is_variable(s))
+    return kind, literals, 1 if ep.methods else 0
+
+
+def endpoints_overlap(a: ServiceEndpoint, b: ServiceEndpoint) -> bool:
+    """Whether some request matches both `a` and `b`, two endpoints of equal rank."""
+    if a.methods and b.methods and not set(a.methods) & set(b.methods):
+        return False
+    if a.match != "template":
+        return a.path == b.path  # equal rank: same kind and same number of segments
+    if len(a.segments) != len(b.segments):
+        return False
+    return all(
+        x == y or a.is_variable(x) or b.is_variable(y)
+        for x, y in zip(a.segments, b.segments, strict=True)
+    )
+
+
+def endpoints_in_order(endpoints: Iterable[ServiceEndpoint]) -> list[ServiceEndpoint]:
+    """The endpoints in the order their routes are matched: highest `endpoint_rank` first (the
+    path, then the name, break ties between endpoints that never match the same request)."""
+    return sorted(endpoints, key=lambda e: (tuple(-r for r in endpoint_rank(e)), e.path, e.name))
+
+
 class Service(_Strict):
     service_name: Annotated[str, _pattern(_SERVICE_NAME)]
     base_path: Annotated[str, _pattern(_PATH_SCHEMA)]
@@ -418,6 +550,8 @@ class Service(_Strict):
         None
     )
     method_override: bool = False
+    # Parts of the service with their own limit, roles, timeout, retries or caching.
+    endpoints: list[ServiceEndpoint] = Field(default_factory=list)
 
     @field_validator("service_name")
     @classmethod
@@ -510,6 +644,19 @@ class Service(_Strict):
     def route_prefix(self) -> str:
         """`base_path` without a trailing slash ('/' stays '/')."""
         return self.base_path.rstrip("/") or "/"
+
+    def for_endpoint(self, ep: ServiceEndpoint) -> Service:
+        """The service as `ep` sees it: its timeout, retries, caching and limit where `ep` names
+        them (not validated again: both were)."""
+        update: dict[str, Any] = {}
+        if ep.timeout_ms is not None:
+            update["timeout_ms"] = ep.timeout_ms
+        if ep.cacheable is not None:
+            update["cacheable"] = ep.cacheable
+        for name in ("retry_policy", "rate_limit"):
+            if name in ep.model_fields_set:
+                update[name] = getattr(ep, name)
+        return self.model_copy(update=update) if update else self
 
 
 class Catalog(_Strict):
@@ -679,6 +826,7 @@ def _semantic_problems(
             )
         problems.extend(_traffic_problems(svc, where))
     for i, svc in services:
+        problems.extend(_endpoint_problems(svc, f"services[{i}]", roles, prefixes))
         for version in svc.versions:
             taken = prefixes.get(svc.version_prefix(version))
             if taken is not None:
@@ -726,15 +874,7 @@ def _traffic_problems(svc: Service, where: str) -> list[Problem]:
     if svc.protocol == "grpc":
         if svc.cacheable:
             out.append(Problem(f"{where}.cacheable", "gRPC calls are POSTs, never cached"))
-        grpc = [c for c in (rp.retry_on if rp else []) if c in GRPC_RETRY_CONDITIONS]
-        if rp is not None and grpc and not rp.retry_non_idempotent:
-            out.append(
-                Problem(
-                    f"{where}.retry_policy.retry_on",
-                    f"gRPC calls are POSTs, which may have reached the upstream: "
-                    f"{', '.join(grpc)} retries nothing unless retry_non_idempotent is true",
-                )
-            )
+        out.extend(_grpc_retry_problems(rp, where))
     if svc.versions and svc.tenant_upstreams:
         out.append(
             Problem(
@@ -743,6 +883,157 @@ def _traffic_problems(svc: Service, where: str) -> list[Problem]:
             )
         )
     return out
+
+
+def _grpc_retry_problems(rp: RetryPolicy | None, where: str) -> list[Problem]:
+    """A gRPC service's (or endpoint's) retry conditions that can never apply."""
+    grpc = [c for c in (rp.retry_on if rp else []) if c in GRPC_RETRY_CONDITIONS]
+    if rp is None or not grpc or rp.retry_non_idempotent:
+        return []
+    return [
+        Problem(
+            f"{where}.retry_policy.retry_on",
+            f"gRPC calls are POSTs, which may have reached the upstream: "
+            f"{', '.join(grpc)} retries nothing unless retry_non_idempotent is true",
+        )
+    ]
+
+
+def _endpoint_problems(
+    svc: Service, where: str, roles: Mapping[str, list[str]], prefixes: Mapping[str, int]
+) -> list[Problem]:
+    """What one service's endpoints ask for that cannot be routed or makes no sense; `prefixes`:
+    every service's route prefix and its index."""
+    out: list[Problem] = []
+    if svc.endpoints and svc.versions:
+        out.append(
+            Problem(
+                f"{where}.endpoints",
+                "not with versions (which version's path would an endpoint's path name?)",
+            )
+        )
+    base = tuple(s for s in svc.route_prefix.split("/") if s)
+    names: dict[str, int] = {}
+    for j, ep in enumerate(svc.endpoints):
+        at = f"{where}.endpoints[{j}]"
+        if ep.name in names:
+            out.append(
+                Problem(
+                    f"{at}.name",
+                    f"duplicate endpoint name {ep.name!r} (first used by "
+                    f"{where}.endpoints[{names[ep.name]}])",
+                )
+            )
+        names.setdefault(ep.name, j)
+        if ep.name in svc.tenant_upstreams or ep.name == "too_large":
+            out.append(
+                Problem(
+                    f"{at}.name",
+                    f"{svc.service_name}.{ep.name} already names another of the service's "
+                    "routes (a tenant upstream's, or the body limit's)",
+                )
+            )
+        out.extend(_endpoint_path_problems(ep, at, base, svc.base_path, prefixes))
+        if ep.methods and svc.method_override:
+            out.append(
+                Problem(
+                    f"{at}.methods",
+                    "not on a service with method_override: the upstream may act on another "
+                    "method than the one the route matched",
+                )
+            )
+        if ep.roles is not None or ep.action is not None:
+            field = "roles" if ep.roles is not None else "action"
+            if ep.roles is not None and ep.action is not None:
+                out.append(Problem(f"{at}.action", "give roles or action, not both"))
+            if svc.public or not svc.rbac_required:
+                out.append(
+                    Problem(
+                        f"{at}.{field}",
+                        "the service checks no roles (public, or rbac_required false)",
+                    )
+                )
+            for role in ep.roles or ():
+                if role not in roles:
+                    out.append(
+                        Problem(f"{at}.roles", f"names role {role!r}, which roles does not define")
+                    )
+        seen = svc.for_endpoint(ep)
+        rp = seen.retry_policy
+        if (
+            rp is not None
+            and rp.per_try_timeout_ms is not None
+            and (rp.per_try_timeout_ms > seen.timeout_ms)
+        ):
+            out.append(
+                Problem(
+                    f"{at}.retry_policy.per_try_timeout_ms"
+                    if ep.retry_policy
+                    else f"{at}.timeout_ms",
+                    f"per-try timeout {rp.per_try_timeout_ms} ms is above the endpoint's "
+                    f"timeout_ms {seen.timeout_ms}",
+                )
+            )
+        if ep.cacheable:
+            out.extend(_cache_problems(seen, at))
+            if svc.protocol == "grpc":
+                out.append(Problem(f"{at}.cacheable", "gRPC calls are POSTs, never cached"))
+        if svc.protocol == "grpc" and ep.retry_policy is not None:
+            out.extend(_grpc_retry_problems(ep.retry_policy, at))
+    ranked: dict[tuple[int, int, int], list[int]] = {}
+    for j, ep in enumerate(svc.endpoints):
+        rank = endpoint_rank(ep)
+        for k in ranked.get(rank, []):
+            if endpoints_overlap(svc.endpoints[k], ep):
+                out.append(
+                    Problem(
+                        f"{where}.endpoints[{j}]",
+                        f"overlaps {where}.endpoints[{k}] and is as specific (both match some "
+                        "request): make one more specific or give them different methods",
+                    )
+                )
+        ranked.setdefault(rank, []).append(j)
+    return out
+
+
+def _endpoint_path_problems(
+    ep: ServiceEndpoint,
+    at: str,
+    base: tuple[str, ...],
+    base_path: str,
+    prefixes: Mapping[str, int],
+) -> list[Problem]:
+    """Whether `ep`'s path suits its kind, lies under the service's `base` segments, and is not
+    owned by a longer service (whose routes come first)."""
+    variables = [s for s in ep.segments if _TEMPLATE_VARIABLE.fullmatch(s)]
+    if ep.match == "template":
+        if not variables:
+            return [Problem(f"{at}.path", "a template names at least one '{variable}'")]
+        if len(variables) > MAX_TEMPLATE_VARIABLES:
+            return [
+                Problem(f"{at}.path", f"at most {MAX_TEMPLATE_VARIABLES} variables in a template")
+            ]
+        if len(set(variables)) != len(variables):
+            return [Problem(f"{at}.path", "names a variable twice")]
+    elif "{" in ep.path:
+        return [Problem(f"{at}.path", "'{variable}' needs match 'template'")]
+    if ep.segments[: len(base)] != base:
+        return [Problem(f"{at}.path", f"must lie under the service's base_path {base_path!r}")]
+    head = ""
+    for segment in ep.segments:
+        if _TEMPLATE_VARIABLE.fullmatch(segment) and ep.match == "template":
+            break
+        head += "/" + segment
+        owner = prefixes.get(head)
+        if owner is not None and len(head) > len("/" + "/".join(base)):
+            return [
+                Problem(
+                    f"{at}.path",
+                    f"never reached: {head!r} is the base_path of services[{owner}], whose "
+                    "routes come first",
+                )
+            ]
+    return []
 
 
 def _cache_problems(svc: Service, where: str) -> list[Problem]:

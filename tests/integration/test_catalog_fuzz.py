@@ -156,6 +156,63 @@ services = st.fixed_dictionaries(
 
 
 @st.composite
+def service_endpoint(draw: st.DrawFn, base_path: str) -> dict[str, Any]:
+    """An endpoint of a service at `base_path`: mostly a path below it, of a kind that suits
+    it (a template when it names a variable), with roles or an action."""
+    parts = draw(
+        st.lists(
+            st.one_of(
+                st.text(alphabet="abcXYZ019._~-%:@!$&'()+,;", min_size=1, max_size=8),
+                mostly(
+                    st.sampled_from(["{id}", "{order_id}"]), st.sampled_from(["{Bad}", "{}", "*"])
+                ),
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    path = draw(mostly(st.just(base_path.rstrip("/") + "/" + "/".join(parts)), paths))
+    kinds = ["template"] if "{" in path else ["prefix", "exact"]
+    endpoint = {
+        "name": draw(names),
+        "path": path,
+        "match": draw(mostly(st.sampled_from(kinds), st.sampled_from(["prefix", "regex"]))),
+    }
+    endpoint.update(
+        draw(
+            optional(
+                {
+                    "methods": st.lists(
+                        mostly(st.sampled_from(["GET", "POST", "PUT", "DELETE"]), st.just("TRACE")),
+                        min_size=1,
+                        max_size=3,
+                        unique=True,
+                    ),
+                    "rate_limit": st.one_of(st.none(), rate_limits),
+                    "timeout_ms": number(1, 3_600_000),
+                    "retry_policy": st.one_of(st.none(), retry_policies),
+                    "cacheable": st.booleans(),
+                }
+            )
+        )
+    )
+    who = draw(
+        st.one_of(
+            st.just({}),
+            st.fixed_dictionaries({"action": st.sampled_from(["read", "write", "delete"])}),
+            st.fixed_dictionaries(
+                {
+                    "roles": st.lists(
+                        mostly(st.just("admin"), st.just("nosuch")), min_size=1, max_size=1
+                    )
+                }
+            ),
+        )
+    )
+    return {**endpoint, **who}
+
+
+@st.composite
 def catalogs(draw: st.DrawFn) -> dict[str, Any]:
     svcs = draw(
         st.lists(
@@ -167,6 +224,10 @@ def catalogs(draw: st.DrawFn) -> dict[str, Any]:
             ),
         )
     )
+    for svc in svcs:
+        # (`*` and `=` are not in an endpoint's path: such a base path would have none.)
+        if not set(svc["base_path"]) & set("*=?# ") and draw(st.booleans()):
+            svc["endpoints"] = draw(st.lists(service_endpoint(svc["base_path"]), max_size=3))
     known = [s["service_name"] for s in svcs] or ["x"]
     permission = mostly(
         st.one_of(
@@ -180,6 +241,7 @@ def catalogs(draw: st.DrawFn) -> dict[str, Any]:
         st.sampled_from(["bad", "nosuch:read", "x:fly"]),
     )
     roles = draw(st.dictionaries(names, st.lists(permission, max_size=3), max_size=3))
+    roles.setdefault("admin", ["*"])
     return {"services": svcs, "roles": roles}
 
 

@@ -97,6 +97,35 @@ def test_validate_names_a_number_too_large_for_envoy_without_a_traceback(tmp_pat
     assert "Traceback" not in result.stderr
 
 
+def test_validate_shows_each_endpoint_and_refuses_overlaps_with_both_paths(tmp_path: Path) -> None:
+    shown = sidecar("validate", str(SAMPLE))
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "  endpoint orders.export: POST /orders/{id}/export (template): rate_limit "
+        '{"requests_per_minute": 5}' in shown.stdout
+    )
+    data = json.loads((BAD / "endpoints_overlap.json").read_text())
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    result = sidecar("validate", str(path))
+    assert result.returncode == 1
+    assert (
+        "services[0].endpoints[1]: overlaps services[0].endpoints[0] and is as specific"
+        in result.stderr
+    )
+
+
+def test_render_shows_each_endpoint_route_before_its_service() -> None:
+    result = sidecar("render", str(SAMPLE))
+    assert result.returncode == 0, result.stderr
+    (config,) = json.loads(result.stdout)["resources"]["routes"]
+    names = [r["name"] for r in config["virtual_hosts"][0]["routes"]]
+    assert names.index("orders.export") < names.index("orders")
+    (export,) = [r for r in config["virtual_hosts"][0]["routes"] if r["name"] == "orders.export"]
+    template = export["match"]["path_match_policy"]["typed_config"]["path_template"]
+    assert template == "/orders/{id}/export"
+
+
 def test_render_prints_every_resource_type_as_json() -> None:
     result = sidecar("render", str(SAMPLE))
     assert result.returncode == 0, result.stderr

@@ -103,3 +103,49 @@ def test_envoy_accepts_the_traced_translation_with_a_file_access_log(tmp_path: P
     path.write_text(json.dumps(static_bootstrap(snapshot)))
     result = envoy_validate(path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_envoy_accepts_endpoints_of_every_kind_at_their_edges(tmp_path: Path) -> None:
+    """Templates with the most variables and every literal character a path may hold, methods
+    alone and together, and the look-alike guards of a strict service."""
+    literal = "a-._~!$&'()+,;:@%41"
+    endpoints = [
+        {
+            "name": "five",
+            "path": "/" + "/".join(f"{{v{i}_x}}" for i in range(5)) + f"/{literal}",
+            "match": "template",
+            "methods": ["POST", "PUT", "PATCH", "DELETE", "GET", "HEAD", "OPTIONS"],
+            "rate_limit": {"requests_per_second": 1},
+        },
+        {"name": "exact", "path": f"/x/{literal}", "match": "exact", "methods": ["GET"]},
+        {"name": "root-posts", "path": "/", "methods": ["POST"], "roles": ["admin"]},
+        {"name": "deep", "path": f"/{literal}/y", "action": "read", "timeout_ms": 1},
+    ]
+    catalog = {
+        "services": [
+            {
+                "service_name": "root",
+                "base_path": "/",
+                "internal_url": "http://127.0.0.1:1",
+                "endpoints": endpoints,
+                "tenant_upstreams": {"acme": "http://127.0.0.1:2"},
+            },
+            {"service_name": "x", "base_path": "/x/y", "internal_url": "http://127.0.0.1:3"},
+            {
+                "service_name": "cached",
+                "base_path": "/c",
+                "internal_url": "http://127.0.0.1:4",
+                "endpoints": [
+                    {"name": "fresh", "path": "/c/{id}", "match": "template", "cacheable": True}
+                ],
+            },
+        ],
+        "roles": {"admin": ["*"]},
+    }
+    for transport in AUTHZ_TRANSPORTS:
+        options = Options(authz=AuthzOptions(transport=transport))
+        snapshot = build_snapshot(parse_catalog(catalog), options)
+        path = tmp_path / f"{transport}.json"
+        path.write_text(json.dumps(static_bootstrap(snapshot, transport=transport)))
+        result = envoy_validate(path)
+        assert result.returncode == 0, result.stdout + result.stderr

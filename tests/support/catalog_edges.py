@@ -66,6 +66,10 @@ def extreme_catalog(pick: int) -> dict[str, Any]:
         "health_check": of("HealthCheck"),
         "outlier_detection": of("OutlierDetection"),
         "circuit_breaker": of("CircuitBreaker"),
+        # Without retries: its timeout at the lowest stays above no per-try timeout.
+        "endpoints": [
+            {"name": "ep", "path": "/edge/ep", **of("ServiceEndpoint"), "retry_policy": None}
+        ],
     }
     retry = service["retry_policy"]
     # Cross-field rules: the per-try timeout may not exceed the total, nor the check's timeout

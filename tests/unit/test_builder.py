@@ -73,6 +73,23 @@ OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
     ),
     "circuit_breaker": st.fixed_dictionaries({}, optional={"max_connections": st.integers(1, 99)}),
     "outlier_detection": st.fixed_dictionaries({}, optional={"consecutive_5xx": st.integers(1, 9)}),
+    # Under some of the base paths above (elsewhere: refused), sometimes overlapping.
+    "endpoints": st.lists(
+        st.fixed_dictionaries(
+            {
+                "name": st.sampled_from(["x", "y"]),
+                "path": st.sampled_from(["/orders/x", "/shared/y", "/a/{id}/z", "/b/v2/w"]),
+            },
+            optional={
+                "match": st.sampled_from(["prefix", "exact", "template"]),
+                "methods": st.sampled_from([["POST"], ["GET", "POST"]]),
+                "roles": st.just(["admin"]),
+                "rate_limit": st.one_of(st.none(), st.just({"requests_per_minute": 5})),
+                "cacheable": st.booleans(),
+            },
+        ),
+        max_size=2,
+    ),
 }
 
 
@@ -123,7 +140,7 @@ def edit(draw: Callable[[st.SearchStrategy[Any]], Any], data: dict[str, Any]) ->
         svcs.reverse()
     elif kind == "catalog-wide":
         # Fields of one service that change other services' resources too.
-        field = draw(st.sampled_from(["cacheable", "tenant_upstreams"]))
+        field = draw(st.sampled_from(["cacheable", "tenant_upstreams", "endpoints"]))
         svcs[draw(st.integers(0, len(svcs) - 1))][field] = draw(OPTIONAL[field])
     else:
         data["roles"] = draw(roles)

@@ -60,6 +60,31 @@ EXPECTED = {
         "not with tenant_scope 'tenant': Envoy's cache keys answers on the URL alone",
     ),
     "cacheable_tenant_upstreams": ("services[0].cacheable", "not with tenant_upstreams"),
+    "endpoints_overlap": (
+        "services[0].endpoints[1]",
+        "overlaps services[0].endpoints[0] and is as specific",
+    ),
+    "endpoint_unknown_role": (
+        "services[0].endpoints[0].roles",
+        "names role 'admins', which roles does not define",
+    ),
+    "endpoint_outside_base_path": (
+        "services[0].endpoints[0].path",
+        "must lie under the service's base_path '/orders'",
+    ),
+    "endpoint_template_without_variable": (
+        "services[0].endpoints[0].path",
+        "a template names at least one '{variable}'",
+    ),
+    "endpoint_under_another_service": (
+        "services[0].endpoints[0].path",
+        "never reached: '/orders/admin' is the base_path of services[1]",
+    ),
+    "endpoint_methods_with_method_override": (
+        "services[0].endpoints[0].methods",
+        "not on a service with method_override",
+    ),
+    "endpoints_with_versions": ("services[0].endpoints", "not with versions"),
     "body_limit_below_the_minimum": (
         "services[0].max_request_body_bytes",
         "must be at least 262144 (got 65536)",

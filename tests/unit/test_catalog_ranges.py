@@ -34,6 +34,7 @@ _RETRY = route_components_pb2.RetryPolicy
 # (schema definition, property) → (Envoy message, field), or None for numbers only ext_authz uses.
 ENVOY_FIELD: dict[tuple[str, str], tuple[type[Message], str] | None] = {
     ("Service", "timeout_ms"): (route_components_pb2.RouteAction, "timeout"),
+    ("ServiceEndpoint", "timeout_ms"): (route_components_pb2.RouteAction, "timeout"),
     ("Service", "connect_timeout_ms"): (cluster_pb2.Cluster, "connect_timeout"),
     ("RetryPolicy", "max_retries"): (_RETRY, "num_retries"),
     ("RetryPolicy", "per_try_timeout_ms"): (_RETRY, "per_try_timeout"),
@@ -126,6 +127,7 @@ def test_one_past_the_highest_value_is_an_error_naming_the_field(
         "OutlierDetection": service["outlier_detection"],
         "CircuitBreaker": service["circuit_breaker"],
         "Endpoint": service["internal_url"][0],
+        "ServiceEndpoint": service["endpoints"][0],
     }[definition]
     if prop.startswith("requests_per_"):  # exactly one rate may be given
         del section["requests_per_second"]
@@ -140,6 +142,7 @@ def test_one_past_the_highest_value_is_an_error_naming_the_field(
         "OutlierDetection": "services[0].outlier_detection",
         "CircuitBreaker": "services[0].circuit_breaker",
         "Endpoint": "services[0].internal_url[0]",
+        "ServiceEndpoint": "services[0].endpoints[0]",
     }[definition]
     paths = [p.path for p in caught.value.problems]
     assert f"{where}.{prop}" in paths, paths

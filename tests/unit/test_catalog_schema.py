@@ -164,3 +164,47 @@ def test_the_comparison_can_fail() -> None:
     catalog = {"services": [service(service_name="Orders")]}
     assert not any(plain.iter_errors(catalog))
     assert verdicts(catalog) == (False, False)
+
+
+def with_endpoint(**fields: Any) -> dict[str, Any]:
+    endpoint = {"name": "e", "path": "/orders/x", **fields}
+    return {"services": [service(endpoints=[endpoint])], "roles": {"admin": ["*"]}}
+
+
+@settings(max_examples=200, deadline=None)
+@given(paths, st.sampled_from(["prefix", "exact", "template"]))
+def test_endpoint_paths(path: str, match: str) -> None:
+    agree(with_endpoint(path="/orders/" + path, match=match))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["x", "{id}", "{Id}", "{a_b}", "{}", "{1a}", "x{id}", ".", "..", "", "%"]),
+        unique=True,
+        max_size=4,
+    ),
+    st.sampled_from(["prefix", "exact", "template"]),
+)
+def test_endpoint_templates(segments: list[str], match: str) -> None:
+    agree(with_endpoint(path="/".join(["/orders", *segments]), match=match))
+
+
+@settings(max_examples=200, deadline=None)
+@given(names)
+def test_endpoint_names(name: str) -> None:
+    agree(with_endpoint(name=name))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["GET", "POST", "DELETE", "get", "TRACE"]), max_size=3))
+def test_endpoint_methods(methods: list[str]) -> None:
+    agree(with_endpoint(methods=methods))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(texts("aZ, /:\t\x85", 4), max_size=3))
+def test_endpoint_roles(roles: list[str]) -> None:
+    catalog = with_endpoint(roles=roles)
+    catalog["roles"] = {role: [] for role in roles if role} | {"admin": ["*"]}
+    agree(catalog)

@@ -92,7 +92,11 @@ def by_method(rp: RetryPolicy | None) -> bool:
 
 
 def needs_retry_filter(catalog: Catalog) -> bool:
-    return any(by_method(s.retry_policy) for s in catalog.services)
+    """Whether a route's retries (a service's, or an endpoint's) depend on the method."""
+    return any(
+        by_method(s.retry_policy) or any(by_method(e.retry_policy) for e in s.endpoints)
+        for s in catalog.services
+    )
 
 
 def retry_filter() -> hcm_pb2.HttpFilter:

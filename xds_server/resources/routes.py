@@ -3,7 +3,9 @@ first, each with its timeout, retries and ext_authz policy.
 
 Routing contract: a service owns its `base_path` and everything below it (`/orders` matches
 `/orders`, `/orders/` and `/orders/42`, never `/ordersx`). When one service's path is a prefix
-of another's, the longer path wins. Paths reach the upstream unchanged.
+of another's, the longer path wins. Within a service, each endpoint has its own route ahead of
+the service's, most specific first (`catalog.endpoint_rank`). Paths reach the upstream
+unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
 from sidecar_shared.contract import (
@@ -23,7 +26,7 @@ from sidecar_shared.contract import (
     TENANT_UPSTREAM_HEADER,
 )
 from sidecar_shared.contract import encode as encode_policy
-from xds_server.catalog import Catalog, Service
+from xds_server.catalog import Catalog, Service, ServiceEndpoint, endpoints_in_order
 from xds_server.resources.authz import per_route as authz_per_route
 from xds_server.resources.clusters import tenant_cluster_name, version_cluster_name
 from xds_server.resources.common import (
@@ -43,12 +46,43 @@ from xds_server.route_policy import compile_policy
 DEFAULT_AUTHZ = AuthzOptions()
 
 
-def _authz_per_route(catalog: Catalog, svc: Service, authz: AuthzOptions) -> any_pb2.Any:
-    """The service's policy for ext_authz, or ext_authz off for public routes with no limit."""
-    if svc.public and svc.rate_limit is None:
+def _authz_per_route(
+    catalog: Catalog, svc: Service, authz: AuthzOptions, endpoint: ServiceEndpoint | None = None
+) -> any_pb2.Any:
+    """The service's (or its `endpoint`'s) policy for ext_authz, or ext_authz off for public
+    routes with no limit."""
+    seen = svc if endpoint is None else svc.for_endpoint(endpoint)
+    if seen.public and seen.rate_limit is None:
         return AUTHZ_DISABLED
-    policy = encode_policy(compile_policy(catalog, svc))
+    policy = encode_policy(compile_policy(catalog, svc, endpoint))
     return pack(authz_per_route(authz, svc.service_name, policy))
+
+
+URI_TEMPLATE_MATCHER = "envoy.path.match.uri_template"
+# What one `{variable}` of a URI template matches in Envoy (one segment, at least a character).
+_TEMPLATE_SEGMENT = r"[a-zA-Z0-9._~%!$&'()+,;:@=-]+"
+
+
+def _match_endpoint(match: route_components_pb2.RouteMatch, ep: ServiceEndpoint) -> None:
+    """Match `ep`'s path (by its kind) and, when it names them, its methods."""
+    if ep.match == "exact":
+        match.path = ep.path
+    elif ep.match == "template":
+        policy = match.path_match_policy
+        policy.name = URI_TEMPLATE_MATCHER
+        policy.typed_config.Pack(
+            uri_template_match_pb2.UriTemplateMatchConfig(path_template=ep.path)
+        )
+    elif ep.path == "/":
+        match.prefix = "/"
+    else:
+        match.path_separated_prefix = ep.path
+    if ep.methods:
+        method = match.headers.add(name=":method")
+        if len(ep.methods) == 1:
+            method.string_match.exact = ep.methods[0]
+        else:
+            method.string_match.safe_regex.regex = f"^(?:{'|'.join(ep.methods)})$"
 
 
 def _match_base_path(
@@ -72,11 +106,15 @@ def _add_route(
     with_cache_filter: bool,
     header: tuple[str, str] | None = None,
     prefix: str | None = None,
+    endpoint: ServiceEndpoint | None = None,
 ) -> None:
-    """Append the route for `prefix` (the service's by default) and `header` with this exact
-    value."""
+    """Append the route for `prefix` (the service's by default), or `endpoint`, and `header`
+    with this exact value."""
     out: route_components_pb2.Route = routes.add(name=name)
-    _match_base_path(out.match, svc, prefix)
+    if endpoint is None:
+        _match_base_path(out.match, svc, prefix)
+    else:
+        _match_endpoint(out.match, endpoint)
     if header is not None:
         match = out.match.headers.add(name=header[0])
         match.string_match.exact = header[1]
@@ -120,8 +158,9 @@ def add_service_routes(
     """Append a service's routes to a repeated `routes` field: a strict service with longer
     base paths under it first gets a route refusing their look-alikes (and, with a body limit,
     one refusing a declared length above it); then per API version one for its path and one for
-    its header, one per tenant with its own upstream (matched on the header ext_authz sets),
-    then the service's own."""
+    its header; per endpoint (most specific first) one per tenant with its own upstream and one
+    for everyone else, then (strict) one refusing the endpoints' look-alikes; one per tenant
+    with its own upstream (matched on the header ext_authz sets), then the service's own."""
     policy = _authz_per_route(catalog, svc, authz)
     for i, guard in enumerate(lookalike_regexes(svc, under)):
         refuse: route_components_pb2.Route = routes.add(name=f"{svc.service_name}.lookalike.{i}")
@@ -139,6 +178,38 @@ def add_service_routes(
         length.range_match.end = 2**63 - 1
         too_large.direct_response.status = 413
         too_large.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(AUTHZ_DISABLED)
+    for ep in endpoints_in_order(svc.endpoints):
+        ep_policy = _authz_per_route(catalog, svc, authz, ep)
+        seen = svc.for_endpoint(ep)
+        for tenant in sorted(svc.tenant_upstreams):
+            _add_route(
+                routes,
+                seen,
+                name=f"{svc.service_name}.{ep.name}.{tenant}",
+                cluster_name=tenant_cluster_name(svc.service_name, tenant),
+                authz=ep_policy,
+                with_cache_filter=with_cache,
+                header=(TENANT_UPSTREAM_HEADER, tenant),
+                endpoint=ep,
+            )
+        _add_route(
+            routes,
+            seen,
+            name=f"{svc.service_name}.{ep.name}",
+            cluster_name=svc.service_name,
+            authz=ep_policy,
+            with_cache_filter=with_cache,
+            endpoint=ep,
+        )
+    for i, (guard, exact) in enumerate(endpoint_lookalikes(svc)):
+        refuse = routes.add(name=f"{svc.service_name}.endpoint_lookalike.{i}")
+        refuse.match.safe_regex.regex = guard
+        # Not the endpoint's own spelling (another method than the endpoint's, say): that one
+        # goes on to the routes below.
+        own = refuse.match.headers.add(name=":path", invert_match=True)
+        own.string_match.safe_regex.regex = exact
+        refuse.direct_response.status = 400
+        refuse.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(AUTHZ_DISABLED)
     # Every version's path first: a path names its version even when a header names another.
     by_path = [(v, svc.version_prefix(v), None) for v in sorted(svc.versions)]
     by_header = [(v, None, (svc.version_header, v)) for v in sorted(svc.versions)]
@@ -208,7 +279,7 @@ def route_configuration(
 
 
 def needs_cache_filter(catalog: Catalog) -> bool:
-    return any(s.cacheable for s in catalog.services)
+    return any(s.cacheable or any(e.cacheable for e in s.endpoints) for s in catalog.services)
 
 
 def needs_body_limit(catalog: Catalog) -> bool:
@@ -274,3 +345,40 @@ def lookalike_regexes(svc: Service, under: Sequence[str]) -> list[str]:
         return []
     base = svc.route_prefix.rstrip("/")
     return [f"(?i){re.escape(base)}/{_lookalike_path(suffix)}" for suffix in under]
+
+
+def endpoint_lookalikes(svc: Service) -> list[tuple[str, str]]:
+    """For a strict service, per endpoint whose path goes below the base path: (a regex, RE2,
+    case-insensitive, for the path and its look-alikes; a regex for the `:path` header of the
+    spellings the endpoint's route matches, query included). A look-alike of an endpoint would
+    otherwise reach the service's route, and its policy, while a lenient upstream serves it as
+    the endpoint. An exact or template endpoint's look-alikes include its path with a trailing
+    '/'; a prefix endpoint's, everything below a look-alike."""
+    if not svc.strict_paths:
+        return []
+    base = svc.route_prefix.rstrip("/")
+    depth = len([s for s in base.split("/") if s])
+    out = []
+    seen: set[tuple[str, str]] = set()
+    for ep in endpoints_in_order(svc.endpoints):
+        below = ep.segments[depth:]
+        if not below or (ep.path, ep.match) in seen:
+            continue
+        seen.add((ep.path, ep.match))
+        guard, exact = [], []
+        for segment in below:
+            if ep.is_variable(segment):
+                guard.append("[^/]+")
+                exact.append(_TEMPLATE_SEGMENT)
+            else:
+                guard.append(re.escape(segment) + _LOOKALIKE_TAIL)
+                exact.append(re.escape(segment))
+        tail = "(?:/.*)?" if ep.match == "prefix" else "/?"
+        own_tail = "(?:/[^?]*)?" if ep.match == "prefix" else ""
+        out.append(
+            (
+                f"(?i){re.escape(base)}/{'/'.join(guard)}{tail}",
+                f"^{re.escape(base)}/{'/'.join(exact)}{own_tail}(?:\\?.*)?$",
+            )
+        )
+    return out
