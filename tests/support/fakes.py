@@ -19,6 +19,29 @@ class FakeClock:
         return self.now
 
 
+class FakeTransport:
+    """The part of an asyncio transport the HTTP check server uses: what it wrote, whether it
+    closed, and a peer on loopback."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str) -> object:
+        """Envoy beside ext_authz, over plain TCP."""
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
+
 def race(work: Callable[[int], None], threads: int) -> None:
     """Run `work(0)` … `work(threads - 1)` in as many threads, released together past a barrier
     and switching as often as the interpreter allows, so that races show."""

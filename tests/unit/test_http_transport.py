@@ -24,31 +24,12 @@ from ext_authz.tokens import TokenVerifier, VerifierSettings
 from ext_authz.transports.http import REQUEST_TIMEOUT_S, CheckProtocol, Ticker, time_out_stalled
 from sidecar_shared.contract import POLICY_HEADER, RoutePolicy
 from tests.support.authorizers import key_source, make_authorizer
+from tests.support.fakes import FakeTransport
 from tests.support.policies import POLICY_KEY, encode
 
 SECRET = b"http-transport-test-secret-long-enough-0123456789"
 NOW = 1_800_000_000.0
 POLICY = encode(RoutePolicy(service="orders", rbac_required=False, rate_limit=Limit(100, 60)))
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "written after close"
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str) -> object:
-        """Envoy beside ext_authz, over plain TCP."""
-        return ("127.0.0.1", 40000) if name == "peername" else None
 
 
 def token(user: str) -> str:

@@ -25,7 +25,7 @@ from ext_authz.tokens import MAX_DEPTH, TokenError, TokenVerifier, VerifierSetti
 from ext_authz.transports.http import CheckProtocol
 from sidecar_shared.contract import POLICY_HEADER, POLICY_KEY, RoutePolicy
 from tests.support.authorizers import key_source, make_authorizer
-from tests.support.fakes import FakeClock
+from tests.support.fakes import FakeClock, FakeTransport
 from tests.support.keys import rsa_key, write_jwks
 from tests.support.policies import encode
 
@@ -169,26 +169,9 @@ def test_a_surrogate_pair_is_one_character_and_accepted() -> None:
 
 
 def test_a_lone_surrogate_is_a_401_from_the_http_transport_and_the_connection_stays() -> None:
-    class Sink:
-        written = b""
-        closed = False
-
-        def write(self, data: bytes) -> None:
-            self.written += data
-
-        def close(self) -> None:
-            self.closed = True
-
-        def is_closing(self) -> bool:
-            return self.closed
-
-        def get_extra_info(self, name: str) -> object:
-            """Envoy beside ext_authz, over plain TCP."""
-            return ("127.0.0.1", 40000) if name == "peername" else None
-
     auth = make_authorizer(verifier(), FakeClock(NOW)).authorizer
     protocol = CheckProtocol(auth, set())
-    sink = Sink()
+    sink = FakeTransport()
     protocol.connection_made(sink)  # type: ignore[arg-type]
     policy = encode(RoutePolicy(service="orders", rbac_required=False))
     token = raw_hs(b'{"sub":"al\\ud800ice","exp":%d}' % EXP)
