@@ -119,6 +119,16 @@ _ROLE_SCHEMA = rf"^{_ROLE_NAME.pattern}$"
 UrlString = Annotated[str, WithJsonSchema({"type": "string", "pattern": _URL.pattern})]
 
 
+def _name_checked(value: str) -> str:
+    """A service's or an endpoint's name (both become Envoy names and metric labels)."""
+    if not _SERVICE_NAME.fullmatch(value):
+        raise ValueError(
+            "must be 1-63 lowercase letters, digits, '-' or '_', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -431,12 +441,7 @@ class ServiceEndpoint(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _SERVICE_NAME.fullmatch(value):
-            raise ValueError(
-                "must be 1-63 lowercase letters, digits, '-' or '_', "
-                "starting and ending with a letter or digit"
-            )
-        return value
+        return _name_checked(value)
 
     @field_validator("path")
     @classmethod
@@ -556,12 +561,7 @@ class Service(_Strict):
     @field_validator("service_name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _SERVICE_NAME.fullmatch(value):
-            raise ValueError(
-                "must be 1-63 lowercase letters, digits, '-' or '_', "
-                "starting and ending with a letter or digit"
-            )
-        return value
+        return _name_checked(value)
 
     @field_validator("base_path", "healthcheck_endpoint")
     @classmethod
