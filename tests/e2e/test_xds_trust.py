@@ -24,6 +24,7 @@ from tests.support.ads_client import AdsClient
 from tests.support.catalogs import sample_data, write_json
 from tests.support.ports import free_port
 from xds_server import typeurls
+from xds_server.catalog import load_catalog
 
 RDS, LDS = typeurls.ROUTE, typeurls.LISTENER
 NODE = "sidecar-envoy"
@@ -42,6 +43,7 @@ def big_catalog(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Path:
     data = sample_data()
     data["services"] = [s for s in data["services"] if s["service_name"] == "orders"]
     data["services"][0]["internal_url"] = f"http://127.0.0.1:{echo('orders').port}"
+    data["services"][0].pop("endpoints", None)  # the whole service under one policy
     data["roles"] = {"admin": ["*"], "customer": ["orders:read", "orders:write"]}
     data["services"] += [
         {
@@ -54,6 +56,7 @@ def big_catalog(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Path:
     path = tmp_path / "catalog" / "catalog.json"
     path.parent.mkdir()
     write_json(path, data)
+    load_catalog(path)  # valid, or the tests would wait minutes for a sync that cannot come
     return path
 
 
