@@ -69,7 +69,7 @@ def test_stop_all_stops_one_child_at_a_time_newest_first(tmp_path: Path) -> None
             "    sys.exit(0)\n"
             "signal.signal(signal.SIGTERM, bye)\n"
             f"with open({str(ready)!r}, 'a') as f: f.write('x')\n"
-            "time.sleep(60)\n"
+            "signal.pause()\n"  # until stop_all's SIGTERM
         )
         return [sys.executable, "-c", code]
 
