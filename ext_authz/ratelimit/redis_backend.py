@@ -17,7 +17,9 @@ Deployments (:mod:`ext_authz.ratelimit.redis_url` has the URL forms): one server
 through redis-py's cluster client (the hash tag keeps each key's hash on one slot, so a check is
 still one EVALSHA to the node owning it; MOVED and ASK are followed by the client, and after a
 connection error it re-learns the slots and tries once more), or the master Sentinel names
-(followed through failovers: after one, the next check reaches the new master).
+(followed through failovers by :class:`~ext_authz.ratelimit.sentinel_watch.MasterWatch`: the
+limiter stops writing to the old master as soon as the Sentinels announce the new one, instead
+of when the old one is demoted seconds later).
 
 Start-up (:func:`check_backend`) connects with a generous timeout and runs one check: a server
 that answers but cannot be used (authentication, ACL permissions, a Cluster node behind
@@ -64,6 +66,7 @@ from ext_authz.ratelimit.base import (
     LimiterUnavailable,
 )
 from ext_authz.ratelimit.redis_url import RedisTarget, parse_redis_url
+from ext_authz.ratelimit.sentinel_watch import FollowingPool, MasterWatch
 from ext_authz.ratelimit.window import N_BUCKETS, bucket_of, decide, expiry_ms, to_ms
 from sidecar_shared import defaults
 
@@ -152,7 +155,11 @@ def connect(target: RedisTarget, timeout_s: float) -> Client:
             },
         )
         client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call,unused-ignore]
-            target.service, db=target.db, retry=Retry(NoBackoff(), 1), **common
+            target.service,
+            db=target.db,
+            retry=Retry(NoBackoff(), 1),
+            connection_pool_class=FollowingPool,
+            **common,
         )
         return client
     host, port = target.nodes[0]
@@ -182,6 +189,7 @@ class RedisLimiter:
         self._loaded = False
         self._lock = threading.Lock()
         self._next_connect = 0.0
+        self._watch: MasterWatch | None = None
 
     @classmethod
     def from_url(
@@ -198,7 +206,9 @@ class RedisLimiter:
         return cls(None, clock, prefix, connect=lambda: connect(target, timeout_ms / 1000))
 
     def close(self) -> None:
-        """Close the client's connections."""
+        """Close the client's connections (and stop following Sentinel)."""
+        if self._watch is not None:
+            self._watch.stop()
         if self._client is not None:
             self._client.close()
 
@@ -214,6 +224,7 @@ class RedisLimiter:
                     raise LimiterUnavailable("redis is not connected yet")
                 self._next_connect = now + RECONNECT_EVERY_S
                 self._client = self._connect()
+                self._watch = watch_master(self._client)
             return self._client
 
     def key_for(self, key: str, window_s: int) -> str:
@@ -239,6 +250,19 @@ class RedisLimiter:
         except NoScriptError:  # script cache flushed or failover to a fresh server
             client.script_load(WINDOW_SCRIPT)
             return client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
+
+
+def watch_master(client: Client) -> MasterWatch | None:
+    """A started watch keeping `client` on Sentinel's master; None for other deployments."""
+    pool = getattr(client, "connection_pool", None)
+    if not isinstance(pool, FollowingPool):
+        return None
+    manager = pool.sentinel_manager
+    sentinels = [
+        (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+        for s in manager.sentinels
+    ]
+    return MasterWatch(pool, sentinels, manager.sentinel_kwargs).start()
 
 
 def check_backend(url: str, prefix: str = DEFAULT_PREFIX) -> str | None:
