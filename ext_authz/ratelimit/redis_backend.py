@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -123,10 +124,14 @@ def redis_key(prefix: str, key: str, window_s: int) -> str:
     return f"{prefix}{{{key}}}:{window_s}"
 
 
-def connect(target: RedisTarget, timeout_s: float) -> Client:
-    """A pooled client for ``target`` with ``timeout_s`` socket timeouts. A cluster client
-    connects now (to learn the slots) and raises what redis-py raises; the others connect on
-    first use."""
+def connect(
+    target: RedisTarget, timeout_s: float, connect_timeout_s: float | None = None
+) -> Client:
+    """A pooled client for ``target`` with ``timeout_s`` command timeouts and
+    ``connect_timeout_s`` (default ``timeout_s``) to open a connection, TLS handshake included.
+    A cluster client connects now (to learn the slots) and raises what redis-py raises; the
+    others connect on first use."""
+    connect_s = timeout_s if connect_timeout_s is None else connect_timeout_s
     options = {k: v for k, v in target.options.items() if not k.startswith("sentinel_")}
     if target.tls:
         options["ssl"] = True
@@ -134,7 +139,7 @@ def connect(target: RedisTarget, timeout_s: float) -> Client:
         "username": target.username,
         "password": target.password,
         "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
+        "socket_connect_timeout": connect_s,
         **options,
     }
     if target.kind == "cluster":
@@ -149,7 +154,7 @@ def connect(target: RedisTarget, timeout_s: float) -> Client:
             list(target.nodes),
             sentinel_kwargs={
                 "socket_timeout": timeout_s,
-                "socket_connect_timeout": timeout_s,
+                "socket_connect_timeout": connect_s,
                 "username": target.options.get("sentinel_username"),
                 "password": target.options.get("sentinel_password"),
             },
@@ -196,14 +201,21 @@ class RedisLimiter:
         cls,
         url: str,
         *,
-        timeout_ms: int = 5,
+        timeout_ms: int = defaults.REDIS_TIMEOUT_MS,
+        connect_timeout_ms: int = defaults.REDIS_CONNECT_TIMEOUT_MS,
         prefix: str = DEFAULT_PREFIX,
         clock: Clock = DEFAULT_CLOCK,
     ) -> RedisLimiter:
-        """A limiter for ``url`` with ``timeout_ms`` socket timeouts. Does not connect: the first
-        :meth:`hit` does. Raises BackendConfigError when the URL is not one of the forms."""
+        """A limiter for ``url`` with ``timeout_ms`` command timeouts and ``connect_timeout_ms``
+        to open a connection (TLS handshake included). Does not connect: the first :meth:`hit`
+        does. Raises BackendConfigError when the URL is not one of the forms."""
         target = parse_redis_url(url)
-        return cls(None, clock, prefix, connect=lambda: connect(target, timeout_ms / 1000))
+        return cls(
+            None,
+            clock,
+            prefix,
+            connect=lambda: connect(target, timeout_ms / 1000, connect_timeout_ms / 1000),
+        )
 
     def close(self) -> None:
         """Close the client's connections (and stop following Sentinel)."""
@@ -265,15 +277,31 @@ def watch_master(client: Client) -> MasterWatch | None:
     return MasterWatch(pool, sentinels, manager.sentinel_kwargs).start()
 
 
-def check_backend(url: str, prefix: str = DEFAULT_PREFIX) -> str | None:
+def check_backend(
+    url: str,
+    prefix: str = DEFAULT_PREFIX,
+    *,
+    connect_timeout_ms: int = defaults.REDIS_CONNECT_TIMEOUT_MS,
+) -> str | None:
     """Connect to ``url`` and run one check, now. None when Redis answers; otherwise why it
-    cannot be reached (the failure policy applies until it can). Raises BackendConfigError when
-    the URL is not one of the forms, or when Redis answers but cannot be used as configured."""
+    cannot be used yet (the failure policy applies until it can): it cannot be reached, or
+    opening a TLS connection took longer than ``connect_timeout_ms``, so the checks' own
+    connections would time out in the handshake. Raises BackendConfigError when the URL is not
+    one of the forms, or when Redis answers but cannot be used as configured (credentials, ACL,
+    a certificate that is not trusted)."""
     target = parse_redis_url(url)
     client: Client | None = None
     try:
         client = connect(target, STARTUP_TIMEOUT_S)
+        started = time.monotonic()
         if target.kind != "cluster":
+            client.ping()
+            took_ms = (time.monotonic() - started) * 1000
+            if target.tls and took_ms > connect_timeout_ms:
+                return (
+                    f"redis ({target.describe()}): connecting took {took_ms:.0f} ms, more than "
+                    f"SIDECAR_REDIS_CONNECT_TIMEOUT_MS ({connect_timeout_ms}): raise it"
+                )
             _refuse_a_cluster_node(client)
         limiter = RedisLimiter(client, prefix=prefix)
         # A real check on a key of its own: proves the script, EVALSHA and the ACL key pattern.
@@ -306,6 +334,11 @@ def _refuse_a_cluster_node(client: Client) -> None:
 def _unusable(e: BaseException, target: RedisTarget, prefix: str) -> str | None:
     """Why a Redis that answered cannot be used; None when it simply could not be reached."""
     text = _describe(e)
+    if _untrusted_certificate(e):
+        return (
+            "its TLS certificate is not trusted (check ssl_ca_certs and the host name in the "
+            f"URL): {text}"
+        )
     if isinstance(e, AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
         return f"authentication failed (check the user and password in the URL): {text}"
     if (
@@ -324,6 +357,20 @@ def _unusable(e: BaseException, target: RedisTarget, prefix: str) -> str | None:
     if isinstance(e, ResponseError) and "unknown command" in text.lower():
         return f"the server refuses a command rate limiting needs: {text}"
     return None
+
+
+def _untrusted_certificate(e: BaseException) -> bool:
+    """Whether `e` (or what caused it) is a TLS certificate that failed verification."""
+    seen: BaseException | None = e
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            seen
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class AsyncRedisLimiter:
@@ -354,16 +401,16 @@ class AsyncRedisLimiter:
         cls,
         url: str,
         *,
-        timeout_ms: int = 5,
+        timeout_ms: int = defaults.REDIS_TIMEOUT_MS,
+        connect_timeout_ms: int = defaults.REDIS_CONNECT_TIMEOUT_MS,
         prefix: str = DEFAULT_PREFIX,
         clock: Clock = DEFAULT_CLOCK,
     ) -> AsyncRedisLimiter:
         """As :meth:`RedisLimiter.from_url`; connects on the first :meth:`hit`."""
-        timeout_s = timeout_ms / 1000
         client = redis_async.Redis.from_url(
             url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_ms / 1000,
+            socket_connect_timeout=connect_timeout_ms / 1000,
             retry_on_timeout=False,
             retry=AsyncRetry(NoBackoff(), 0),
         )
