@@ -73,9 +73,16 @@ def make_backend(settings: AuthzSettings, stack: contextlib.ExitStack) -> Backen
     )
     from ext_authz.ratelimit.redis_url import parse_redis_url  # noqa: PLC0415
 
-    unreachable = check_backend(settings.redis_url, settings.redis_key_prefix)
+    unreachable = check_backend(
+        settings.redis_url,
+        settings.redis_key_prefix,
+        connect_timeout_ms=settings.redis_connect_timeout_ms,
+    )
     limiter = RedisLimiter.from_url(
-        settings.redis_url, timeout_ms=settings.redis_timeout_ms, prefix=settings.redis_key_prefix
+        settings.redis_url,
+        timeout_ms=settings.redis_timeout_ms,
+        connect_timeout_ms=settings.redis_connect_timeout_ms,
+        prefix=settings.redis_key_prefix,
     )
     stack.callback(limiter.close)
     on_loop: AsyncLimiter
@@ -83,6 +90,7 @@ def make_backend(settings: AuthzSettings, stack: contextlib.ExitStack) -> Backen
         on_loop = AsyncRedisLimiter.from_url(
             settings.redis_url,
             timeout_ms=settings.redis_timeout_ms,
+            connect_timeout_ms=settings.redis_connect_timeout_ms,
             prefix=settings.redis_key_prefix,
         )
     else:

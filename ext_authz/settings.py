@@ -39,6 +39,7 @@ class AuthzSettings:
     rate_limit_backend: Literal["memory", "redis"]
     redis_url: str
     redis_timeout_ms: int
+    redis_connect_timeout_ms: int
     redis_key_prefix: str
     rate_limit_fail_open: bool
     limits: LimitSettings
@@ -113,7 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     flag("audit-allow-sample", 1.0, "fraction of allows audited (denials always are)", float)
     flag("rate-limit-backend", "memory", "memory (one replica) or redis (shared)")
     flag("redis-url", defaults.REDIS_URL, "Redis for shared rate limits")
-    flag("redis-timeout-ms", defaults.REDIS_TIMEOUT_MS, "Redis connect and read timeout, ms", int)
+    flag("redis-timeout-ms", defaults.REDIS_TIMEOUT_MS, "Redis command timeout, ms", int)
+    flag(
+        "redis-connect-timeout-ms",
+        defaults.REDIS_CONNECT_TIMEOUT_MS,
+        "Redis connect timeout (TCP and TLS handshake), ms",
+        int,
+    )
     flag("redis-key-prefix", defaults.REDIS_KEY_PREFIX, "prefix of every rate-limit key in Redis")
     flag("rate-limit-failure", "open", "when Redis is unreachable: open (allow) or closed (429)")
     flag("rate-limit-headers", "draft", "draft (RateLimit, RateLimit-Policy) or legacy")
@@ -200,6 +207,8 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
             raise SettingsError(f"{name} must be {' or '.join(allowed)}, not {value!r}")
     if args.trusted_proxy_hops < 0 or args.redis_timeout_ms <= 0:
         raise SettingsError("trusted-proxy-hops must be >= 0 and redis-timeout-ms > 0")
+    if args.redis_connect_timeout_ms <= 0:
+        raise SettingsError("redis-connect-timeout-ms must be > 0")
     if args.failed_auth_budget < 0 or args.failed_auth_window < 1:
         raise SettingsError("failed-auth-budget must be >= 0 and failed-auth-window >= 1")
     if args.failed_auth_signatures < 0:
@@ -229,6 +238,7 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
         rate_limit_backend=args.rate_limit_backend,
         redis_url=args.redis_url,
         redis_timeout_ms=args.redis_timeout_ms,
+        redis_connect_timeout_ms=args.redis_connect_timeout_ms,
         redis_key_prefix=args.redis_key_prefix,
         rate_limit_fail_open=args.rate_limit_failure == "open",
         limits=LimitSettings(

@@ -24,6 +24,8 @@ from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag
 
 XDS_CLUSTER = "xds_cluster"
+ADMIN_CLUSTER = "envoy_admin"
+STATS_LISTENER = "envoy_stats"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class BootstrapOptions:
     ads_retry_base_ms: int = defaults.ADS_RETRY_BASE_MS
     ads_retry_max_ms: int = defaults.ADS_RETRY_MAX_MS
     tls: ClientTls | None = None  # mTLS to the xDS server and ext_authz (None: plain text)
+    # A listener on all addresses that answers GET /stats/prometheus from the admin and 404 to
+    # anything else, so Prometheus can scrape Envoy without reaching its admin (None: none).
+    stats_port: int | None = None
 
 
 def _seconds(ms: int) -> str:
@@ -151,7 +156,71 @@ def _static_resources(opts: BootstrapOptions) -> dict[str, Any]:
         _h2_cluster(XDS_CLUSTER, opts.xds_host, opts.xds_port, opts.tls),
         _authz_cluster(opts),
     ]
-    return {"clusters": clusters}
+    if opts.stats_port is None:
+        return {"clusters": clusters}
+    admin_host = "127.0.0.1" if opts.admin_address in ("0.0.0.0", "") else opts.admin_address
+    clusters.append(_h1_cluster(ADMIN_CLUSTER, admin_host, opts.admin_port))
+    return {"clusters": clusters, "listeners": [_stats_listener(opts.stats_port)]}
+
+
+def _stats_listener(port: int) -> dict[str, Any]:
+    """GET /stats/prometheus (Envoy's stats in Prometheus' format, query string passed on) from
+    the admin; every other method or path is a 404 that never reaches the admin."""
+    hcm = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    router = "envoy.extensions.filters.http.router.v3.Router"
+    return {
+        "name": STATS_LISTENER,
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": f"type.googleapis.com/{hcm}",
+                            "stat_prefix": STATS_LISTENER,
+                            "normalize_path": True,
+                            "merge_slashes": True,
+                            "path_with_escaped_slashes_action": "REJECT_REQUEST",
+                            "route_config": {
+                                "name": STATS_LISTENER,
+                                "virtual_hosts": [
+                                    {
+                                        "name": STATS_LISTENER,
+                                        "domains": ["*"],
+                                        "routes": [
+                                            {
+                                                "match": {
+                                                    "path": "/stats/prometheus",
+                                                    "headers": [
+                                                        {
+                                                            "name": ":method",
+                                                            "string_match": {"exact": "GET"},
+                                                        }
+                                                    ],
+                                                },
+                                                "route": {"cluster": ADMIN_CLUSTER},
+                                            },
+                                            {
+                                                "match": {"prefix": "/"},
+                                                "direct_response": {"status": 404},
+                                            },
+                                        ],
+                                    }
+                                ],
+                            },
+                            "http_filters": [
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": {"@type": f"type.googleapis.com/{router}"},
+                                }
+                            ],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
 
 
 def render(opts: BootstrapOptions) -> dict[str, Any]:

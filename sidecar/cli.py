@@ -151,6 +151,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         authz_transport=xds_settings.authz_transport(args),
         delta=args.xds_protocol == "delta",
         tls=client_tls(args),
+        stats_port=args.stats_port,
     )
     sys.stdout.write(render_json(options))
     return 0
@@ -394,6 +395,12 @@ def _add_bootstrap_parser(sub: Any, environ: Mapping[str, str]) -> None:
     flag("authz-http-check-port", defaults.AUTHZ_HTTP_CHECK_PORT, "ext_authz HTTP check port", int)
     xds_settings.add_transport_argument(p, environ)
     flag("admin-address", defaults.ENVOY_ADMIN_ADDRESS, "Envoy admin address")
+    flag(
+        "stats-port",
+        None,
+        "a listener on every address serving only GET /stats/prometheus (for Prometheus)",
+        int,
+    )
     _add_envoy_node_flags(p, environ)
     add_client_tls_arguments(p, environ)
     p.set_defaults(func=cmd_bootstrap)

@@ -19,6 +19,10 @@ SIDECAR = BootstrapOptions()
 # Compose runs Envoy and the servers in one network namespace (docker-compose.yml, `pod`), as a
 # Kubernetes pod does: everything on loopback, admin included.
 COMPOSE = BootstrapOptions()
+# Kubernetes: Envoy's stats on a port of their own for the cluster's Prometheus (the admin stays
+# on loopback), and the overload manager's heap cap under the container's memory limit (512 MiB
+# in deploy/kubernetes/sidecar.yaml), so that Envoy sheds load before the kubelet kills it.
+KUBERNETES = BootstrapOptions(stats_port=9902, max_heap_bytes=384 * 1024 * 1024)
 _CONFIGMAP = re.compile(r"(  envoy\.json: \|\n)(?:    .*\n|\n)*?(?=---\n)")
 
 
@@ -35,7 +39,7 @@ def main() -> int:
     (ROOT / "envoy" / "sidecar.json").write_text(render_json(SIDECAR))
     (ROOT / "envoy" / "compose.json").write_text(render_json(COMPOSE))
     k8s = ROOT / "deploy" / "kubernetes" / "sidecar.yaml"
-    k8s.write_text(kubernetes_yaml(k8s.read_text(), render_json(SIDECAR)))
+    k8s.write_text(kubernetes_yaml(k8s.read_text(), render_json(KUBERNETES)))
     return 0
 
 

@@ -54,6 +54,9 @@ KEY_REFRESH_S: Final = 30.0
 TOKEN_CACHE_SIZE: Final = 10_000
 REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 REDIS_TIMEOUT_MS: Final = 5
+# Opening a connection (TCP, and the TLS handshake with rediss://) gets longer than a command,
+# and stays under ext_authz's own timeout so that the failure policy still answers in time.
+REDIS_CONNECT_TIMEOUT_MS: Final = 50
 REDIS_KEY_PREFIX: Final = "sidecar:rl:"
 
 # sidecar up

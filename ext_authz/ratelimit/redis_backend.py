@@ -17,7 +17,9 @@ Deployments (:mod:`ext_authz.ratelimit.redis_url` has the URL forms): one server
 through redis-py's cluster client (the hash tag keeps each key's hash on one slot, so a check is
 still one EVALSHA to the node owning it; MOVED and ASK are followed by the client, and after a
 connection error it re-learns the slots and tries once more), or the master Sentinel names
-(followed through failovers: after one, the next check reaches the new master).
+(followed through failovers by :class:`~ext_authz.ratelimit.sentinel_watch.MasterWatch`: the
+limiter stops writing to the old master as soon as the Sentinels announce the new one, instead
+of when the old one is demoted seconds later).
 
 Start-up (:func:`check_backend`) connects with a generous timeout and runs one check: a server
 that answers but cannot be used (authentication, ACL permissions, a Cluster node behind
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +67,7 @@ from ext_authz.ratelimit.base import (
     LimiterUnavailable,
 )
 from ext_authz.ratelimit.redis_url import RedisTarget, parse_redis_url
+from ext_authz.ratelimit.sentinel_watch import FollowingPool, MasterWatch
 from ext_authz.ratelimit.window import N_BUCKETS, bucket_of, decide, expiry_ms, to_ms
 from sidecar_shared import defaults
 
@@ -120,10 +124,14 @@ def redis_key(prefix: str, key: str, window_s: int) -> str:
     return f"{prefix}{{{key}}}:{window_s}"
 
 
-def connect(target: RedisTarget, timeout_s: float) -> Client:
-    """A pooled client for ``target`` with ``timeout_s`` socket timeouts. A cluster client
-    connects now (to learn the slots) and raises what redis-py raises; the others connect on
-    first use."""
+def connect(
+    target: RedisTarget, timeout_s: float, connect_timeout_s: float | None = None
+) -> Client:
+    """A pooled client for ``target`` with ``timeout_s`` command timeouts and
+    ``connect_timeout_s`` (default ``timeout_s``) to open a connection, TLS handshake included.
+    A cluster client connects now (to learn the slots) and raises what redis-py raises; the
+    others connect on first use."""
+    connect_s = timeout_s if connect_timeout_s is None else connect_timeout_s
     options = {k: v for k, v in target.options.items() if not k.startswith("sentinel_")}
     if target.tls:
         options["ssl"] = True
@@ -131,7 +139,7 @@ def connect(target: RedisTarget, timeout_s: float) -> Client:
         "username": target.username,
         "password": target.password,
         "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
+        "socket_connect_timeout": connect_s,
         **options,
     }
     if target.kind == "cluster":
@@ -146,13 +154,17 @@ def connect(target: RedisTarget, timeout_s: float) -> Client:
             list(target.nodes),
             sentinel_kwargs={
                 "socket_timeout": timeout_s,
-                "socket_connect_timeout": timeout_s,
+                "socket_connect_timeout": connect_s,
                 "username": target.options.get("sentinel_username"),
                 "password": target.options.get("sentinel_password"),
             },
         )
         client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call,unused-ignore]
-            target.service, db=target.db, retry=Retry(NoBackoff(), 1), **common
+            target.service,
+            db=target.db,
+            retry=Retry(NoBackoff(), 1),
+            connection_pool_class=FollowingPool,
+            **common,
         )
         return client
     host, port = target.nodes[0]
@@ -182,23 +194,33 @@ class RedisLimiter:
         self._loaded = False
         self._lock = threading.Lock()
         self._next_connect = 0.0
+        self._watch: MasterWatch | None = None
 
     @classmethod
     def from_url(
         cls,
         url: str,
         *,
-        timeout_ms: int = 5,
+        timeout_ms: int = defaults.REDIS_TIMEOUT_MS,
+        connect_timeout_ms: int = defaults.REDIS_CONNECT_TIMEOUT_MS,
         prefix: str = DEFAULT_PREFIX,
         clock: Clock = DEFAULT_CLOCK,
     ) -> RedisLimiter:
-        """A limiter for ``url`` with ``timeout_ms`` socket timeouts. Does not connect: the first
-        :meth:`hit` does. Raises BackendConfigError when the URL is not one of the forms."""
+        """A limiter for ``url`` with ``timeout_ms`` command timeouts and ``connect_timeout_ms``
+        to open a connection (TLS handshake included). Does not connect: the first :meth:`hit`
+        does. Raises BackendConfigError when the URL is not one of the forms."""
         target = parse_redis_url(url)
-        return cls(None, clock, prefix, connect=lambda: connect(target, timeout_ms / 1000))
+        return cls(
+            None,
+            clock,
+            prefix,
+            connect=lambda: connect(target, timeout_ms / 1000, connect_timeout_ms / 1000),
+        )
 
     def close(self) -> None:
-        """Close the client's connections."""
+        """Close the client's connections (and stop following Sentinel)."""
+        if self._watch is not None:
+            self._watch.stop()
         if self._client is not None:
             self._client.close()
 
@@ -214,6 +236,7 @@ class RedisLimiter:
                     raise LimiterUnavailable("redis is not connected yet")
                 self._next_connect = now + RECONNECT_EVERY_S
                 self._client = self._connect()
+                self._watch = watch_master(self._client)
             return self._client
 
     def key_for(self, key: str, window_s: int) -> str:
@@ -241,15 +264,44 @@ class RedisLimiter:
             return client.evalsha(WINDOW_SCRIPT_SHA, 1, rkey, *args)
 
 
-def check_backend(url: str, prefix: str = DEFAULT_PREFIX) -> str | None:
+def watch_master(client: Client) -> MasterWatch | None:
+    """A started watch keeping `client` on Sentinel's master; None for other deployments."""
+    pool = getattr(client, "connection_pool", None)
+    if not isinstance(pool, FollowingPool):
+        return None
+    manager = pool.sentinel_manager
+    sentinels = [
+        (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+        for s in manager.sentinels
+    ]
+    return MasterWatch(pool, sentinels, manager.sentinel_kwargs).start()
+
+
+def check_backend(
+    url: str,
+    prefix: str = DEFAULT_PREFIX,
+    *,
+    connect_timeout_ms: int = defaults.REDIS_CONNECT_TIMEOUT_MS,
+) -> str | None:
     """Connect to ``url`` and run one check, now. None when Redis answers; otherwise why it
-    cannot be reached (the failure policy applies until it can). Raises BackendConfigError when
-    the URL is not one of the forms, or when Redis answers but cannot be used as configured."""
+    cannot be used yet (the failure policy applies until it can): it cannot be reached, or
+    opening a TLS connection took longer than ``connect_timeout_ms``, so the checks' own
+    connections would time out in the handshake. Raises BackendConfigError when the URL is not
+    one of the forms, or when Redis answers but cannot be used as configured (credentials, ACL,
+    a certificate that is not trusted)."""
     target = parse_redis_url(url)
     client: Client | None = None
     try:
         client = connect(target, STARTUP_TIMEOUT_S)
+        started = time.monotonic()
         if target.kind != "cluster":
+            client.ping()
+            took_ms = (time.monotonic() - started) * 1000
+            if target.tls and took_ms > connect_timeout_ms:
+                return (
+                    f"redis ({target.describe()}): connecting took {took_ms:.0f} ms, more than "
+                    f"SIDECAR_REDIS_CONNECT_TIMEOUT_MS ({connect_timeout_ms}): raise it"
+                )
             _refuse_a_cluster_node(client)
         limiter = RedisLimiter(client, prefix=prefix)
         # A real check on a key of its own: proves the script, EVALSHA and the ACL key pattern.
@@ -282,6 +334,11 @@ def _refuse_a_cluster_node(client: Client) -> None:
 def _unusable(e: BaseException, target: RedisTarget, prefix: str) -> str | None:
     """Why a Redis that answered cannot be used; None when it simply could not be reached."""
     text = _describe(e)
+    if _untrusted_certificate(e):
+        return (
+            "its TLS certificate is not trusted (check ssl_ca_certs and the host name in the "
+            f"URL): {text}"
+        )
     if isinstance(e, AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
         return f"authentication failed (check the user and password in the URL): {text}"
     if (
@@ -300,6 +357,20 @@ def _unusable(e: BaseException, target: RedisTarget, prefix: str) -> str | None:
     if isinstance(e, ResponseError) and "unknown command" in text.lower():
         return f"the server refuses a command rate limiting needs: {text}"
     return None
+
+
+def _untrusted_certificate(e: BaseException) -> bool:
+    """Whether `e` (or what caused it) is a TLS certificate that failed verification."""
+    seen: BaseException | None = e
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            seen
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class AsyncRedisLimiter:
@@ -330,16 +401,16 @@ class AsyncRedisLimiter:
         cls,
         url: str,
         *,
-        timeout_ms: int = 5,
+        timeout_ms: int = defaults.REDIS_TIMEOUT_MS,
+        connect_timeout_ms: int = defaults.REDIS_CONNECT_TIMEOUT_MS,
         prefix: str = DEFAULT_PREFIX,
         clock: Clock = DEFAULT_CLOCK,
     ) -> AsyncRedisLimiter:
         """As :meth:`RedisLimiter.from_url`; connects on the first :meth:`hit`."""
-        timeout_s = timeout_ms / 1000
         client = redis_async.Redis.from_url(
             url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_ms / 1000,
+            socket_connect_timeout=connect_timeout_ms / 1000,
             retry_on_timeout=False,
             retry=AsyncRetry(NoBackoff(), 0),
         )

@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ from sidecar_shared import defaults, supervise
 from sidecar_shared.supervise import find_envoy
 from tests.support import http as test_http
 from tests.support.catalogs import ROOT
+from tests.support.envoy import envoy_validate
 from tests.support.ports import free_port
 from tests.support.wait import wait_until
 from xds_server.catalog import load_catalog, parse_catalog
@@ -375,7 +377,7 @@ def _answering_listener(port: int) -> dict[str, Any]:
 def test_kubernetes_envoy_bootstrap_is_the_shipped_one() -> None:
     config_maps = {d["metadata"]["name"]: d for d in kubernetes() if d["kind"] == "ConfigMap"}
     shipped = config_maps["sidecar-envoy-bootstrap"]["data"]["envoy.json"]
-    assert shipped == render_json(deployfiles.SIDECAR), REGENERATE
+    assert shipped == render_json(deployfiles.KUBERNETES), REGENERATE
 
 
 def test_compose_gives_both_servers_the_same_route_policy_key() -> None:
@@ -405,3 +407,138 @@ def test_kubernetes_gives_both_servers_the_same_route_policy_key() -> None:
         )
         secrets.add((volumes[mount["name"]]["secret"]["secretName"], key.name))
     assert secrets == {("sidecar-policy-key", "key")}
+
+
+def test_kubernetes_manifest_passes_kubernetes_validate_strict() -> None:
+    tool = Path(sys.executable).parent / "kubernetes-validate"
+    ran = subprocess.run(
+        [str(tool), "--strict", "--kubernetes-version", "1.30.0", str(KUBERNETES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "passed for resource deployment/app" in ran.stdout + ran.stderr
+
+
+def test_kubernetes_pod_runs_nothing_as_root_and_nothing_writable_or_privileged() -> None:
+    pod, containers = pod_containers()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for name, container in containers.items():
+        context = container["securityContext"]
+        assert context["runAsUser"] >= 10000, name
+        assert context["allowPrivilegeEscalation"] is False, name
+        assert context["readOnlyRootFilesystem"] is True, name
+        assert context["capabilities"] == {"drop": ["ALL"]}, name
+
+
+def test_kubernetes_every_container_requests_cpu_and_memory_and_caps_memory() -> None:
+    _, containers = pod_containers()
+    for name, container in containers.items():
+        resources = container["resources"]
+        assert set(resources["requests"]) == {"cpu", "memory"}, name
+        assert set(resources["limits"]) == {"memory"}, name
+    # Envoy's overload manager sheds load before the kubelet's memory limit kills it.
+    limit_mib = int(containers["envoy"]["resources"]["limits"]["memory"].removesuffix("Mi"))
+    assert deployfiles.KUBERNETES.max_heap_bytes < limit_mib * 1024 * 1024
+
+
+def test_kubernetes_metrics_ports_are_named_and_the_listener_is_never_scraped() -> None:
+    (deployment,) = (d for d in kubernetes() if d["kind"] == "Deployment")
+    template = deployment["spec"]["template"]
+    # prometheus.io/scrape names one port at most: without one, every declared port is a
+    # target, the listener included (scraped through ext_authz).
+    assert "prometheus.io/scrape" not in template["metadata"].get("annotations", {})
+    _, containers = pod_containers()
+    metrics = {
+        port["name"]: port["containerPort"]
+        for container in containers.values()
+        for port in container.get("ports", [])
+        if port.get("name", "").endswith("-metrics")
+    }
+    assert metrics == {
+        "envoy-metrics": deployfiles.KUBERNETES.stats_port,
+        "xds-metrics": defaults.XDS_HTTP_PORT,
+        "authz-metrics": defaults.AUTHZ_HTTP_PORT,
+    }
+    (policy,) = (d for d in kubernetes() if d["kind"] == "NetworkPolicy")
+    open_to_all, from_monitoring = policy["spec"]["ingress"]
+    assert open_to_all == {"ports": [{"port": 10000}]}
+    assert {p["port"] for p in from_monitoring["ports"]} == set(metrics.values())
+
+
+def _relabel(rules: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, str] | None:
+    """Prometheus' `keep` and `replace` relabelling (anchored regexes), enough for our job."""
+    out = dict(labels)
+    for rule in rules:
+        value = ";".join(out.get(name, "") for name in rule["source_labels"])
+        match = re.fullmatch(rule.get("regex", "(.*)"), value)
+        if rule.get("action", "replace") == "keep":
+            if match is None:
+                return None
+        elif match is not None:
+            out[rule["target_label"]] = match.expand(
+                rule.get("replacement", "$1").replace("$", "\\")
+            )
+    return out
+
+
+def test_prometheus_kubernetes_job_scrapes_each_metrics_port_on_its_path_as_its_job() -> None:
+    # Debian's promtool is built without Kubernetes discovery, so the job's relabelling is run
+    # here on the labels Kubernetes discovery gives each container port of the pod.
+    config = yaml.safe_load((PROMETHEUS / "kubernetes.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    _, containers = pod_containers()
+    targets = {}
+    for container in containers.values():
+        for port in container.get("ports", []):
+            labels = {
+                "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                "__meta_kubernetes_pod_phase": "Running",
+                "__metrics_path__": "/metrics",
+                "job": "sidecar",
+            }
+            kept = _relabel(job["relabel_configs"], labels)
+            if kept is not None:
+                targets[port["containerPort"]] = (kept["job"], kept["__metrics_path__"])
+    assert targets == {
+        deployfiles.KUBERNETES.stats_port: ("envoy", "/stats/prometheus"),
+        defaults.XDS_HTTP_PORT: ("xds-server", "/metrics"),
+        defaults.AUTHZ_HTTP_PORT: ("ext-authz", "/metrics"),
+    }
+
+
+def test_envoy_stats_listener_serves_prometheus_stats_and_nothing_else_of_the_admin(
+    tmp_path: Path,
+) -> None:
+    admin_port, stats_port = free_port(), free_port()
+    bootstrap = render(BootstrapOptions(admin_port=admin_port, stats_port=stats_port))
+    del bootstrap["dynamic_resources"]  # no control plane needed for a static listener
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(bootstrap))
+    validated = envoy_validate(path)
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    envoy = supervise.spawn(commands.envoy(find_envoy(), path, "error"), stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{stats_port}"
+    try:
+        wait_until(
+            lambda: test_http.try_get(f"{base}/stats/prometheus") is not None,
+            timeout=20,
+            what="Envoy's stats listener",
+        )
+        stats = test_http.get(f"{base}/stats/prometheus")
+        assert stats.status == 200
+        assert b"envoy_server_live" in stats.body
+        for path_ in ("/config_dump", "/clusters", "/stats", "/quitquitquit", "/drain_listeners"):
+            assert test_http.get(f"{base}{path_}").status == 404, path_
+        assert test_http.http("POST", f"{base}/quitquitquit").status == 404
+        assert test_http.http("POST", f"{base}/stats/prometheus").status == 404
+        assert test_http.get(f"{base}/stats/prometheus/../../config_dump").status == 404
+        # Still running: nothing reached the admin's handlers.
+        assert test_http.get(f"{base}/stats/prometheus").status == 200
+    finally:
+        supervise.stop(envoy, signal.SIGTERM, 10)

@@ -194,3 +194,49 @@ def sentinel(workdir: Path) -> Iterator[SentinelSetup]:
         yield setup
     finally:
         stop_all(list(reversed(servers)))
+
+
+@dataclass
+class TlsRedis:
+    server: RedisServer
+    ca_file: Path
+
+    def url(self, ca_file: Path | None = None, port: int | None = None) -> str:
+        ca = ca_file or self.ca_file
+        return f"rediss://127.0.0.1:{port or self.server.port}/0?ssl_ca_certs={ca}"
+
+
+@contextmanager
+def tls_redis(workdir: Path) -> Iterator[TlsRedis]:
+    """A redis-server that speaks TLS only, with a certificate for 127.0.0.1 from a CA of its
+    own (clients need no certificate)."""
+    from tests.support.mtls import Ca  # noqa: PLC0415
+
+    ca = Ca(workdir / "redis-ca", name="redis test CA")
+    cert = ca.issue("redis", ips=("127.0.0.1",), client=False)
+    port = ports.free_port()
+    home = workdir / f"redis-tls-{port}"
+    home.mkdir(parents=True, exist_ok=True)
+    argv = [REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--tls-cert-file", str(cert.cert_file), "--tls-key-file", str(cert.key_file)]
+    argv += ["--tls-ca-cert-file", str(ca.ca_file), "--tls-auth-clients", "no"]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(home)]
+    server = RedisServer(stack.start(f"redis-tls-{port}", argv, workdir), port)
+    client = redis.Redis(
+        host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca.ca_file), socket_timeout=1
+    )
+
+    def answers() -> bool:
+        if not server.proc.alive():
+            raise AssertionError(f"redis-server exited:\n{server.proc.output()}")
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait.wait_until(answers, timeout=15, what=f"TLS redis-server on {port}")
+        yield TlsRedis(server, ca.ca_file)
+    finally:
+        client.close()
+        server.stop()
