@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -58,12 +59,27 @@ def listener_tls(args: argparse.Namespace) -> ListenerTls | None:
     ciphers = tuple(c.strip() for c in args.tls_ciphers.split(",") if c.strip())
     if not ciphers:
         raise SettingsError("--tls-ciphers: give at least one cipher suite")
+    for cipher in ciphers:
+        if not _known_cipher(cipher):
+            raise SettingsError(f"--tls-ciphers: {cipher!r} is not a cipher suite name")
     return ListenerTls(
         _absolute("--tls-cert", cert),
         _absolute("--tls-key", key),
         _absolute("--tls-client-ca", ca) if ca else None,
         ciphers,
     )
+
+
+def _known_cipher(name: str) -> bool:
+    """Whether `name` is a TLS 1.2 cipher suite (OpenSSL's names, which Envoy's BoringSSL
+    shares for every suite it has). Envoy itself would take the listener and fail only at the
+    first certificate load."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.set_ciphers(name)
+    except ssl.SSLError:
+        return False
+    return name in {c["name"] for c in context.get_ciphers()}
 
 
 def sds_dir(args: argparse.Namespace) -> str:
