@@ -268,6 +268,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
             regions=parse_regions(args.region),
             listener_tls=tls_settings.listener_tls(args),
             sds_dir=tls_settings.sds_dir(args),
+            http_redirect_port=tls_settings.http_redirect_port(args),
         ),
     )
 

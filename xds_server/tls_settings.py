@@ -31,6 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         ),
     ):
         add_flag(parser, name, default=default, help=help, environ=environ)
+    add_flag(
+        parser,
+        "http-redirect",
+        default=0,
+        type=int,
+        help="also listen for plain HTTP on this port and redirect every request to HTTPS "
+        "(with --tls-cert; 0: off)",
+        environ=environ,
+    )
 
 
 def _absolute(flag: str, value: str) -> str:
@@ -80,6 +89,17 @@ def _known_cipher(name: str) -> bool:
     except ssl.SSLError:
         return False
     return name in {c["name"] for c in context.get_ciphers()}
+
+
+def http_redirect_port(args: argparse.Namespace) -> int:
+    port = int(args.http_redirect)
+    if not port:
+        return 0
+    if not args.tls_cert:
+        raise SettingsError("--http-redirect redirects to HTTPS: it needs --tls-cert and --tls-key")
+    if not 0 < port < 65536 or port == args.listener_port:
+        raise SettingsError(f"--http-redirect {port}: a port other than --listener-port")
+    return port
 
 
 def sds_dir(args: argparse.Namespace) -> str:

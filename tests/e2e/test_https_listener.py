@@ -8,6 +8,7 @@ at start, naming it."""
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import os
 import ssl
 import subprocess
@@ -268,3 +269,45 @@ def test_unusable_files_are_refused_at_start_naming_them(tmp_path: Path) -> None
         )
     for args, expected in cases:
         assert expected in start_failure(tmp_path, *args), args
+
+
+def test_plain_http_is_redirected_to_https(tmp_path: Path, upstream: Upstream) -> None:
+    ca = Ca(tmp_path / "pki")
+    live = ca.server("listener")
+    catalog = write_catalog(
+        tmp_path,
+        [{"service_name": "orders", "base_path": "/orders", "internal_url": upstream.url}],
+        {"admin": ["*"]},
+    )
+    # The redirect names the HTTPS port, so the listener's is chosen here (not by the OS).
+    https_port, http_port = free_port(), free_port()
+    xds = stack.start_xds(
+        catalog,
+        tmp_path,
+        ports=(free_port(), free_port(), https_port),
+        args=[*tls_args(live, tmp_path), "--http-redirect", str(http_port)],
+    )
+    authz = stack.start_authz(tmp_path)
+    envoy = stack.start_envoy(xds, tmp_path, authz=authz)
+    try:
+
+        def redirected() -> tuple[int, str | None] | None:
+            conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+            try:
+                conn.request("GET", "/orders/1?x=1", headers=tokens.bearer())
+                resp = conn.getresponse()
+                resp.read()
+                return resp.status, resp.getheader("location")
+            except OSError:
+                return None
+            finally:
+                conn.close()
+
+        wait_until(lambda: redirected() is not None, timeout=30, what="the redirect listener")
+        assert redirected() == (301, f"https://127.0.0.1:{https_port}/orders/1?x=1")
+        assert upstream.count() == 0  # nothing was forwarded over plain HTTP
+        wait_until(lambda: answered(Served(envoy, ca, live, upstream)) == 200, timeout=30)
+    finally:
+        envoy.proc.stop()
+        authz.proc.stop()
+        xds.proc.stop()

@@ -50,6 +50,8 @@ def test_envoy_accepts_the_listener_and_upstream_tls(tmp_path: Path) -> None:
     options = Options(
         listener_tls=ListenerTls(str(server.cert_file), str(server.key_file), str(ca.ca_file)),
         sds_dir=sds_dir,
+        listener_port=8443,
+        http_redirect_port=8080,
     )
     SdsWriter(sds_dir)(secrets(catalog, options.listener_tls))
     assert len(list(Path(sds_dir).glob("*.json"))) == 4
@@ -57,6 +59,7 @@ def test_envoy_accepts_the_listener_and_upstream_tls(tmp_path: Path) -> None:
     path.write_text(json.dumps(bootstrap(catalog, options)))
     result = envoy_validate(path)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert len(json.loads(path.read_text())["static_resources"]["listeners"]) == 2
 
 
 def test_envoy_would_reject_the_config_without_its_sds_files(tmp_path: Path) -> None:
