@@ -311,3 +311,36 @@ def test_plain_http_is_redirected_to_https(tmp_path: Path, upstream: Upstream) -
         envoy.proc.stop()
         authz.proc.stop()
         xds.proc.stop()
+
+
+def rotation_failures(served: Served) -> int:
+    stats = served.envoy.admin("/stats?filter=key_rotation_failed").body.decode()
+    return sum(
+        int(line.rsplit(":", 1)[1]) for line in stats.splitlines() if "listener-cert" in line
+    )
+
+
+def test_a_bad_replacement_keeps_the_last_good_certificate(served: Served, tmp_path: Path) -> None:
+    """Envoy 1.40 refuses a pair it cannot load (the key of another certificate, a file that
+    is not PEM), logs it, counts it in `sds.<secret>.key_rotation_failed` and keeps serving the
+    certificate it had."""
+    wait_until(lambda: answered(served) == 200, timeout=30, what="an HTTPS request answered 200")
+    before = der(served.live)
+    other = served.ca.server("other")
+    replace_by_rename(other.key_file, served.live.key_file)  # not the certificate's key
+    wait_until(lambda: rotation_failures(served) >= 1, timeout=20, what="the rotation refused")
+    assert presented_cert(served.port, served.ca.ca_file) == before
+    assert answered(served) == 200
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    failed = rotation_failures(served)
+    replace_by_rename(garbage, served.live.cert_file)
+    wait_until(lambda: rotation_failures(served) > failed, timeout=20, what="refused again")
+    assert presented_cert(served.port, served.ca.ca_file) == before
+    # The matching certificate completes the rotation.
+    replace_by_rename(other.cert_file, served.live.cert_file)
+    wait_until(
+        lambda: presented_cert(served.port, served.ca.ca_file) == der(other),
+        timeout=20,
+        what="the new certificate",
+    )

@@ -273,3 +273,14 @@ def test_the_json_schema_agrees_on_the_field_s_shape(ca: Ca, client: Issued) -> 
         except CatalogError:
             validate_ok = False
         assert schema_ok == validate_ok, tls
+
+
+def test_the_redirect_needs_https_and_a_port_of_its_own(ca: Ca) -> None:
+    server = ca.server()
+    base = ["--tls-cert", str(server.cert_file), "--tls-key", str(server.key_file)]
+    conf = settings.parse([*base, "--listener-port", "8443", "--http-redirect", "8080"], environ={})
+    assert conf.translate.http_redirect_port == 8080
+    with pytest.raises(SettingsError, match="needs --tls-cert"):
+        settings.parse(["--http-redirect", "8080"], environ={})
+    with pytest.raises(SettingsError, match="other than --listener-port"):
+        settings.parse([*base, "--listener-port", "8443", "--http-redirect", "8443"], environ={})
