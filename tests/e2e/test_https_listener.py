@@ -238,10 +238,13 @@ def test_unusable_files_are_refused_at_start_naming_them(tmp_path: Path) -> None
     good, other = ca.server("good"), ca.server("other")
     expired = ca.issue("expired", dns=("localhost",), client=False, expired=True)
     missing = tmp_path / "missing.pem"
-    unreadable = tmp_path / "unreadable.pem"
-    unreadable.write_bytes(good.key_file.read_bytes())
-    unreadable.chmod(0)
+    unreadable = tmp_path / "a-directory.pem"  # unreadable as a file, even by root
+    unreadable.mkdir()
     cases = [
+        (
+            ("--tls-cert", str(good.cert_file), "--tls-key", str(unreadable)),
+            f"{unreadable}: cannot be read",
+        ),
         (
             ("--tls-cert", str(missing), "--tls-key", str(good.key_file)),
             f"{missing}: cannot be read",
@@ -260,13 +263,6 @@ def test_unusable_files_are_refused_at_start_naming_them(tmp_path: Path) -> None
         ),
         (("--tls-cert", str(good.cert_file)), "--tls-cert and --tls-key go together"),
     ]
-    if os.geteuid() != 0:  # root reads any file
-        cases.append(
-            (
-                ("--tls-cert", str(good.cert_file), "--tls-key", str(unreadable)),
-                f"{unreadable}: cannot be read",
-            )
-        )
     for args, expected in cases:
         assert expected in start_failure(tmp_path, *args), args
 
