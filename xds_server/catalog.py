@@ -837,6 +837,7 @@ def _semantic_problems(
     problems: list[Problem] = []
     names: dict[str, int] = {}
     prefixes: dict[str, int] = {}
+    file_checks: FileChecks = {}
     services = list(services)
     for i, svc in services:
         where = f"services[{i}]"
@@ -885,7 +886,7 @@ def _semantic_problems(
                 Problem(f"{where}.health_check.timeout_ms", "must not be above interval_ms")
             )
         problems.extend(_traffic_problems(svc, where))
-        problems.extend(upstream_tls_problems(svc, where))
+        problems.extend(upstream_tls_problems(svc, where, file_checks))
     for i, svc in services:
         problems.extend(_endpoint_problems(svc, f"services[{i}]", roles, prefixes))
         for version in svc.versions:
@@ -1121,7 +1122,14 @@ def _cache_problems(svc: Service, where: str) -> list[Problem]:
     return out
 
 
-def upstream_tls_problems(svc: Service, where: str) -> list[Problem]:
+FileChecks = dict[tuple[str, ...], list[tuple[str, str]]]
+"""The file checks made during one load, by (what, paths): the same files named by many
+services are read once per load."""
+
+
+def upstream_tls_problems(
+    svc: Service, where: str, checked: FileChecks | None = None
+) -> list[Problem]:
     """A service's `tls`: it has an https:// URL to apply to, and its files are usable now
     (read at every load, so a catalog that did not change is checked again)."""
     tls = svc.tls
@@ -1132,13 +1140,19 @@ def upstream_tls_problems(svc: Service, where: str) -> list[Problem]:
     every += [u for v in svc.versions for u in svc.version_upstreams_of(v)]
     if not any(u.tls for u in every):
         return [Problem(f"{where}.tls", "applies to https:// URLs, and the service has none")]
-    out = []
+    checked = {} if checked is None else checked
+    found: list[tuple[str, str]] = []
     if tls.cert_file is not None and tls.key_file is not None:
-        for field, message in pem.pair_problems(Path(tls.cert_file), Path(tls.key_file)):
-            out.append(Problem(f"{where}.tls.{field}_file", message))
+        pair = ("pair", tls.cert_file, tls.key_file)
+        if pair not in checked:
+            checked[pair] = pem.pair_problems(Path(tls.cert_file), Path(tls.key_file))
+        found += [(f"{which}_file", m) for which, m in checked[pair]]
     if tls.ca_file is not None:
-        out += [Problem(f"{where}.tls.ca_file", m) for m in pem.ca_problems(Path(tls.ca_file))]
-    return out
+        ca = ("ca", tls.ca_file)
+        if ca not in checked:
+            checked[ca] = [("ca", m) for m in pem.ca_problems(Path(tls.ca_file))]
+        found += [("ca_file", m) for _, m in checked[ca]]
+    return [Problem(f"{where}.tls.{field}", message) for field, message in found]
 
 
 def _permission_problem(perm: str, services: Mapping[str, int]) -> str | None:
