@@ -75,7 +75,12 @@ def tls_args(live: Issued, tmp_path: Path, client_ca: Path | None = None) -> lis
 
 @contextmanager
 def serve(
-    tmp_path: Path, upstream: Upstream, ca: Ca, live: Issued, client_ca: bool = False
+    tmp_path: Path,
+    upstream: Upstream,
+    ca: Ca,
+    live: Issued,
+    client_ca: bool = False,
+    delta: bool = False,
 ) -> Iterator[Served]:
     """The stack serving HTTPS with `live`'s files, which `ca` signed."""
     catalog = write_catalog(
@@ -95,7 +100,7 @@ def serve(
         catalog, tmp_path, args=tls_args(live, tmp_path, ca.ca_file if client_ca else None)
     )
     authz = stack.start_authz(tmp_path)
-    envoy = stack.start_envoy(xds, tmp_path, authz=authz)
+    envoy = stack.start_envoy(xds, tmp_path, authz=authz, delta=delta)
     try:
         yield Served(envoy, ca, live, upstream)
     finally:
@@ -105,9 +110,9 @@ def serve(
 
 
 @pytest.fixture
-def served(tmp_path: Path, upstream: Upstream) -> Iterator[Served]:
+def served(tmp_path: Path, upstream: Upstream, protocol: str) -> Iterator[Served]:
     ca = Ca(tmp_path / "pki")
-    with serve(tmp_path, upstream, ca, ca.server("listener")) as up:
+    with serve(tmp_path, upstream, ca, ca.server("listener"), delta=protocol == "delta") as up:
         yield up
 
 
@@ -126,6 +131,7 @@ def answered(served: Served, token: bool = True, client: Issued | None = None) -
         return None
 
 
+@pytest.mark.parametrize("protocol", stack.PROTOCOLS)
 def test_https_with_http1_and_http2_presents_our_certificate(served: Served) -> None:
     wait_until(lambda: answered(served) == 200, timeout=30, what="an HTTPS request answered 200")
     h1 = https_get(served.port, PATH, served.ca.ca_file, tokens.bearer())
