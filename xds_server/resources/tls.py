@@ -85,7 +85,7 @@ def sds_file(secret: secret_pb2.Secret) -> bytes:
 
 def sds_config(secret: secret_pb2.Secret, sds_dir: str) -> secret_pb2.SdsSecretConfig:
     """Where Envoy finds `secret`: its SDS file, read again when one is renamed into
-    `sds_dir` (how `sds_files.write` writes them)."""
+    `sds_dir` (as `sds_files.SdsWriter` writes them)."""
     out = secret_pb2.SdsSecretConfig(name=secret.name)
     source = out.sds_config.path_config_source
     source.path = f"{sds_dir.rstrip('/')}/{secret.name}.json"
