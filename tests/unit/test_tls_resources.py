@@ -212,6 +212,8 @@ def test_sds_files_name_the_pem_files_and_are_written_once(
         "certificateChain": {"filename": "/l/cert.pem"},
         "privateKey": {"filename": "/l/key.pem"},
     }
+    # Paths only: no key material is in the files (or anywhere in Envoy's config).
+    assert all(b"PRIVATE KEY" not in sds_file(s) for s in found.values())
     sds = tmp_path / "sds"
     write = SdsWriter(str(sds))
     write(found)
