@@ -27,7 +27,7 @@ from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, add_switch
 from xds_server import settings as xds_settings
-from xds_server import status, typeurls
+from xds_server import status, tls_settings, typeurls
 from xds_server.builder import SnapshotBuilder
 from xds_server.catalog import (
     Catalog,
@@ -327,6 +327,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         envoy_max_heap_bytes=args.envoy_max_heap_bytes,
         drain_timeout_s=args.drain_timeout,
         envoy_tls=client_tls(args),
+        # The files are checked here too: a bad one stops `up` at once, naming it.
+        https=tls_settings.listener_tls(args) is not None,
     )
     return up.run(conf, catalog)
 

@@ -50,6 +50,7 @@ class UpSettings:
     envoy_max_heap_bytes: int = defaults.ENVOY_MAX_HEAP_BYTES
     drain_timeout_s: float = defaults.DRAIN_TIMEOUT_S  # at a stop, Envoy drains this long at most
     envoy_tls: ClientTls | None = None  # Envoy's client certificate for the servers' TLS ports
+    https: bool = False  # the listener speaks HTTPS (--tls-cert, docs/tls.md)
 
 
 def demo_upstreams(catalog: Catalog) -> list[str]:
@@ -162,7 +163,7 @@ def _demo_token(secret: str, catalog: Catalog) -> tuple[str, str]:
 def _banner(
     conf: UpSettings, catalog: Catalog, secret: str | None, out: Callable[[str], None]
 ) -> None:
-    base = f"http://127.0.0.1:{conf.listener_port}"
+    base = f"{'https' if conf.https else 'http'}://127.0.0.1:{conf.listener_port}"
     out("")
     out(f"Envoy:        {base}")
     out(f"Envoy admin:  http://127.0.0.1:{conf.admin_port}")

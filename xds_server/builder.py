@@ -27,11 +27,12 @@ it is paused while a build runs.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
 from xds_server import typeurls
 from xds_server.catalog import (
@@ -52,6 +53,7 @@ from xds_server.resources.routes import (
     routing_order,
     sorted_prefixes,
 )
+from xds_server.resources.tls import secrets
 from xds_server.snapshot import Refs, Resource, Snapshot, references, route_references
 from xds_server.translate import catalog_wide, service_resources
 
@@ -86,8 +88,13 @@ class SnapshotBuilder:
     """Follows `reload.Build`: (file contents, source name) → (snapshot, services); raises
     CatalogError. Calls must not overlap."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(
+        self, options: Options, write_secrets: Callable[[dict[str, Secret]], None] | None = None
+    ) -> None:
+        """`write_secrets`: called with the secrets each snapshot refers to, before it is
+        returned (`sds_files.SdsWriter`); None: not written (validate, render)."""
         self._options = options
+        self._write_secrets = write_secrets
         self._services: ServiceCache = {}
         self._clusters: dict[bytes, _Clusters] = {}
         self._routes: dict[_RouteKey, _Routes] = {}
@@ -151,6 +158,8 @@ class SnapshotBuilder:
             chunks.append(chunk)
         self._routes = routes
         wide_clusters, listeners = catalog_wide(catalog, self._options)
+        if self._write_secrets is not None:
+            self._write_secrets(secrets(catalog, self._options.listener_tls))
         return Snapshot.of(
             {
                 typeurls.CLUSTER: [r for c in clusters.values() for r in c.clusters]

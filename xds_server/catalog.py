@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 from sidecar_shared.contract import ACTION_OF_METHOD, IDENTITY_HEADERS, parse_permission
+from xds_server import pem
 
 # Envoy's retry_on condition names (router filter, x-envoy-retry-on and x-envoy-retry-grpc-on).
 RETRY_CONDITIONS: frozenset[str] = frozenset(
@@ -253,6 +254,63 @@ class CircuitBreaker(_Strict):
     max_pending_requests: Annotated[int, Field(ge=1, le=UINT32_MAX)] = 1_024
     max_requests: Annotated[int, Field(ge=1, le=UINT32_MAX)] = 1_024
     max_retries: Annotated[int, Field(ge=0, le=UINT32_MAX)] = 3
+
+
+_ABSOLUTE_PATH = re.compile(r"^/[^\x00]*$")
+_SNI_SCHEMA = rf"^{_LABEL}(\.{_LABEL})*$"
+
+
+class UpstreamTls(_Strict):
+    """TLS to a service's `https://` upstreams (docs/tls.md): the CA their certificates must
+    chain to (with `verify`, the default), the client certificate and key presented (mTLS),
+    and the SNI sent (default: the URL's host). Paths are absolute, on Envoy's host; the
+    files are checked at every load (`xds_server.pem`), and Envoy loads them again when they
+    are replaced by a rename."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        json_schema_extra={
+            "dependentRequired": {"cert_file": ["key_file"], "key_file": ["cert_file"]},
+            "if": {
+                "properties": {"verify": {"const": False}},
+                "required": ["verify"],
+            },
+            "else": {"required": ["ca_file"]},
+        },
+    )
+
+    ca_file: Annotated[str, _pattern(_ABSOLUTE_PATH)] | None = None
+    cert_file: Annotated[str, _pattern(_ABSOLUTE_PATH)] | None = None
+    key_file: Annotated[str, _pattern(_ABSOLUTE_PATH)] | None = None
+    sni: Annotated[str, _pattern(_SNI_SCHEMA), Field(max_length=MAX_HOSTNAME)] | None = None
+    verify: bool = True
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not _ABSOLUTE_PATH.fullmatch(value):
+            raise ValueError("must be an absolute path (Envoy reads it, from its own directory)")
+        return value
+
+    @field_validator("sni")
+    @classmethod
+    def _sni(cls, value: str | None) -> str | None:
+        if value is not None and not _is_hostname(value):
+            raise ValueError("must be a DNS name (labels of 1-63 letters, digits, '-' or '_')")
+        return value
+
+    @model_validator(mode="after")
+    def _together(self) -> UpstreamTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.verify and self.ca_file is None:
+            raise ValueError(
+                "verify needs ca_file (the CA the upstream's certificate must chain to); "
+                'or set "verify": false'
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -557,6 +615,8 @@ class Service(_Strict):
     method_override: bool = False
     # Parts of the service with their own limit, roles, timeout, retries or caching.
     endpoints: list[ServiceEndpoint] = Field(default_factory=list)
+    # TLS to its https:// upstreams: CA, client certificate, SNI (docs/tls.md).
+    tls: UpstreamTls | None = None
 
     @field_validator("service_name")
     @classmethod
@@ -741,7 +801,7 @@ def _problems_of(errors: Iterable[Any], prefix: tuple[int | str, ...] = ()) -> l
 
 
 _UNION_TAGS = frozenset(
-    {"str", "list", "function-after", "RetryPolicy", "RateLimit", "Endpoint", "none"}
+    {"str", "list", "function-after", "RetryPolicy", "RateLimit", "Endpoint", "UpstreamTls", "none"}
 )
 
 
@@ -777,6 +837,7 @@ def _semantic_problems(
     problems: list[Problem] = []
     names: dict[str, int] = {}
     prefixes: dict[str, int] = {}
+    file_checks: FileChecks = {}
     services = list(services)
     for i, svc in services:
         where = f"services[{i}]"
@@ -825,6 +886,7 @@ def _semantic_problems(
                 Problem(f"{where}.health_check.timeout_ms", "must not be above interval_ms")
             )
         problems.extend(_traffic_problems(svc, where))
+        problems.extend(upstream_tls_problems(svc, where, file_checks))
     for i, svc in services:
         problems.extend(_endpoint_problems(svc, f"services[{i}]", roles, prefixes))
         for version in svc.versions:
@@ -1058,6 +1120,39 @@ def _cache_problems(svc: Service, where: str) -> list[Problem]:
             )
         )
     return out
+
+
+FileChecks = dict[tuple[str, ...], list[tuple[str, str]]]
+"""The file checks made during one load, by (what, paths): the same files named by many
+services are read once per load."""
+
+
+def upstream_tls_problems(
+    svc: Service, where: str, checked: FileChecks | None = None
+) -> list[Problem]:
+    """A service's `tls`: it has an https:// URL to apply to, and its files are usable now
+    (read at every load, so a catalog that did not change is checked again)."""
+    tls = svc.tls
+    if tls is None:
+        return []
+    every = list(svc.upstreams)
+    every += [u for t in svc.tenant_upstreams for u in svc.tenant_upstreams_of(t)]
+    every += [u for v in svc.versions for u in svc.version_upstreams_of(v)]
+    if not any(u.tls for u in every):
+        return [Problem(f"{where}.tls", "applies to https:// URLs, and the service has none")]
+    checked = {} if checked is None else checked
+    found: list[tuple[str, str]] = []
+    if tls.cert_file is not None and tls.key_file is not None:
+        pair = ("pair", tls.cert_file, tls.key_file)
+        if pair not in checked:
+            checked[pair] = pem.pair_problems(Path(tls.cert_file), Path(tls.key_file))
+        found += [(f"{which}_file", m) for which, m in checked[pair]]
+    if tls.ca_file is not None:
+        ca = ("ca", tls.ca_file)
+        if ca not in checked:
+            checked[ca] = [("ca", m) for m in pem.ca_problems(Path(tls.ca_file))]
+        found += [("ca_file", m) for _, m in checked[ca]]
+    return [Problem(f"{where}.tls.{field}", message) for field, message in found]
 
 
 def _permission_problem(perm: str, services: Mapping[str, int]) -> str | None:

@@ -49,6 +49,7 @@ from xds_server.catalog import CatalogError
 from xds_server.fleet import Bounds
 from xds_server.metrics import XdsMetrics
 from xds_server.resources.common import Options
+from xds_server.sds_files import SdsWriter
 from xds_server.snapshot import Snapshot
 
 
@@ -67,8 +68,9 @@ Build = Callable[[bytes, str], tuple[Snapshot, int]]
 
 
 def decode_and_build(options: Options) -> Build:
-    """The build step: each call rebuilds only what changed since the last one."""
-    return SnapshotBuilder(options)
+    """The build step: each call rebuilds only what changed since the last one, and writes
+    the SDS files its resources refer to before they are served."""
+    return SnapshotBuilder(options, SdsWriter(options.sds_dir))
 
 
 def _file_identity(path: Path) -> tuple[int, int, int, int] | None:

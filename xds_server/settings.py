@@ -16,6 +16,7 @@ from sidecar_shared.contract import AUTHZ_TRANSPORTS, read_policy_keys
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, boolean
 from sidecar_shared.tls import ServerTls
+from xds_server import tls_settings
 from xds_server.resources.common import (
     AuthzOptions,
     EdgeOptions,
@@ -57,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     tls.add_arguments(parser, environ, "xds", "the xDS gRPC port")
     flag("listener-address", defaults.LISTENER_ADDRESS, "address Envoy's listener binds")
     flag("listener-port", defaults.LISTENER_PORT, "Envoy's listener port", int)
+    tls_settings.add_arguments(parser, environ)
     flag(
         "reload-debounce-ms",
         defaults.RELOAD_DEBOUNCE_MS,
@@ -264,6 +266,9 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
                 access_log=args.access_log, tracing=tracing_options(args, environ)
             ),
             regions=parse_regions(args.region),
+            listener_tls=tls_settings.listener_tls(args),
+            sds_dir=tls_settings.sds_dir(args),
+            http_redirect_port=tls_settings.http_redirect_port(args),
         ),
     )
 

@@ -17,6 +17,7 @@ from xds_server.resources.common import LISTENER_NAME, AuthzOptions, Options
 from xds_server.resources.http_cache import SIDE, side_cluster, side_listener
 from xds_server.resources.listener import listener
 from xds_server.resources.observability import COLLECTOR_CLUSTER, collector_cluster
+from xds_server.resources.redirect import REDIRECT_LISTENER, redirect_listener
 from xds_server.resources.retries import needs_retry_filter, retry_filter
 from xds_server.resources.routes import needs_cache_filter
 
@@ -31,7 +32,7 @@ def service_resources(s: Service, options: Options) -> tuple[Named, Named]:
     clusters: Named = []
     endpoints: Named = []
     for name, ups in service_clusters(s):
-        clusters.append((name, cluster(s, ups, name, options.regions)))
+        clusters.append((name, cluster(s, ups, name, options.regions, options.sds_dir)))
         if not uses_dns(ups):
             endpoints.append(
                 (name, load_assignment(name, ups, options.regions, s.overprovisioning_factor))
@@ -44,6 +45,8 @@ def catalog_wide(catalog: Catalog, options: Options) -> tuple[Named, Named]:
     collector, and the cache's side listener and cluster."""
     clusters: Named = []
     listeners: Named = [(LISTENER_NAME, listener(catalog, options))]
+    if options.http_redirect_port:
+        listeners.append((REDIRECT_LISTENER, redirect_listener(options)))
     traced = options.observability.tracing
     if traced is not None:
         clusters.append((COLLECTOR_CLUSTER, collector_cluster(traced)))

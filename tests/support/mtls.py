@@ -77,11 +77,19 @@ class Ca:
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(
-        self, name: str, *, dns: tuple[str, ...] = (), ips: tuple[str, ...] = (), client: bool
+        self,
+        name: str,
+        *,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+        client: bool,
+        expired: bool = False,
     ) -> Issued:
         """A certificate for `name` with these SANs: a client one (clientAuth) or a server
-        one (serverAuth)."""
+        one (serverAuth); with `expired`, one whose validity ended an hour ago."""
         key = ec.generate_private_key(ec.SECP256R1())
+        start = self._now - datetime.timedelta(days=2 if expired else 0, minutes=5)
+        end = self._now + datetime.timedelta(hours=-1 if expired else 24)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
@@ -91,8 +99,8 @@ class Ca:
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(self._now - datetime.timedelta(minutes=5))
-            .not_valid_after(self._now + datetime.timedelta(days=1))
+            .not_valid_before(start)
+            .not_valid_after(end)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(ca=False), critical=True)

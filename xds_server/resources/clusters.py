@@ -12,7 +12,6 @@ from envoy.config.core.v3 import (
     base_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import http_pb2 as http_types_pb2
 
@@ -22,6 +21,7 @@ from xds_server.resources.common import (
     pack,
     set_ms,
 )
+from xds_server.resources.tls import DEFAULT_SDS_DIR, upstream_tls
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 DEFAULT_OVERPROVISIONING = Service.model_fields["overprovisioning_factor"].default
@@ -108,9 +108,14 @@ def load_assignment(
 
 
 def cluster(
-    svc: Service, ups: list[Upstream], name: str | None = None, regions: Sequence[str] = ()
+    svc: Service,
+    ups: list[Upstream],
+    name: str | None = None,
+    regions: Sequence[str] = (),
+    sds_dir: str = DEFAULT_SDS_DIR,
 ) -> cluster_pb2.Cluster:
-    """The cluster for a service's upstreams (`name` defaults to the service's name)."""
+    """The cluster for a service's upstreams (`name` defaults to the service's name; `sds_dir`
+    holds the SDS files of its `tls`)."""
     name = name or svc.service_name
     # Fields are set in place: nested constructor arguments would copy each subtree again.
     out = cluster_pb2.Cluster(name=name, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
@@ -143,7 +148,7 @@ def cluster(
         out.eds_cluster_config.service_name = name
     if svc.healthcheck_endpoint is not None:
         _add_health_check(out, svc, svc.healthcheck_endpoint)
-    _set_protocol(out, svc, ups)
+    _set_protocol(out, svc, ups, sds_dir)
     return out
 
 
@@ -192,7 +197,9 @@ def _add_health_check(out: cluster_pb2.Cluster, svc: Service, endpoint: str) -> 
     http.retriable_statuses.add(start=400, end=600)
 
 
-def _set_protocol(out: cluster_pb2.Cluster, svc: Service, ups: list[Upstream]) -> None:
+def _set_protocol(
+    out: cluster_pb2.Cluster, svc: Service, ups: list[Upstream], sds_dir: str
+) -> None:
     """HTTP/2 for `http2` and `grpc` (cleartext, or TLS with ALPN h2); TLS for https URLs."""
     h2 = svc.protocol in ("http2", "grpc")
     if h2:
@@ -201,8 +208,5 @@ def _set_protocol(out: cluster_pb2.Cluster, svc: Service, ups: list[Upstream]) -
         out.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
     tls_hosts = [u for u in ups if u.tls]
     if tls_hosts:
-        tls = tls_pb2.UpstreamTlsContext(sni=tls_hosts[0].host)
-        if h2:
-            tls.common_tls_context.alpn_protocols.append("h2")
-        out.transport_socket.name = "envoy.transport_sockets.tls"
-        out.transport_socket.typed_config.CopyFrom(pack(tls))
+        first = tls_hosts[0]
+        out.transport_socket.CopyFrom(upstream_tls(svc, first.host, first.is_ip, h2, sds_dir))

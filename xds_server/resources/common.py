@@ -22,6 +22,7 @@ from sidecar_shared import defaults
 from sidecar_shared.contract import (
     AUTHZ_CLUSTER,
 )
+from xds_server.resources.tls import DEFAULT_SDS_DIR, ListenerTls
 
 LISTENER_NAME = "ingress_http"
 ROUTE_CONFIG_NAME = "ingress_routes"
@@ -92,6 +93,11 @@ class Options:
     # Where the Envoys run, then the failover order: endpoints in the first region are preferred
     # (priority 0), then the next one's, then any other region's. Empty: no preference.
     regions: tuple[str, ...] = ()
+    # HTTPS on the listener (None: plain HTTP), where the SDS files naming the PEM files are,
+    # and a plain-HTTP port that redirects to HTTPS (0: none). See `resources.tls`.
+    listener_tls: ListenerTls | None = None
+    sds_dir: str = DEFAULT_SDS_DIR
+    http_redirect_port: int = 0
 
 
 def pack(msg: Message) -> any_pb2.Any:

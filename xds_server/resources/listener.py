@@ -48,6 +48,7 @@ from xds_server.resources.common import (
 from xds_server.resources.http_cache import cache_filters
 from xds_server.resources.retries import needs_retry_filter, retry_filter
 from xds_server.resources.routes import needs_body_limit, needs_cache_filter
+from xds_server.resources.tls import downstream_tls
 
 
 def _strip_client_identity() -> hcm_pb2.HttpFilter:
@@ -172,7 +173,11 @@ def listener(catalog: Catalog, options: Options) -> listener_pb2.Listener:
                         name="envoy.filters.network.http_connection_manager",
                         typed_config=pack(manager),
                     )
-                ]
+                ],
+                # HTTPS when the settings give a certificate (`resources.tls`).
+                transport_socket=downstream_tls(options.listener_tls, options.sds_dir)
+                if options.listener_tls is not None
+                else None,
             )
         ],
     )
