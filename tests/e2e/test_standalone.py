@@ -21,7 +21,7 @@ from sidecar import commands, policy_cmd
 from sidecar.echo import EchoServer
 from sidecar_shared import contract, supervise
 from sidecar_shared.contract import POLICY_HEADER, RoutePolicy
-from tests.support import http, stack, tokens, wait
+from tests.support import http, policies, stack, tokens, wait
 from tests.support.ports import free_port
 
 DOC = Path(__file__).parents[2] / "docs" / "standalone.md"
@@ -63,11 +63,11 @@ def standalone(
         timeout=60,
         check=True,
     )
-    policies = tmp_path / "policies.json"
-    policies.write_text(compiled.stdout)
+    policy_path = tmp_path / "policies.json"
+    policy_path.write_text(compiled.stdout)
     authz = stack.start_authz(
         tmp_path,
-        env={"SIDECAR_POLICY_KEY_FILE": "", "SIDECAR_POLICY_FILE": str(policies)},
+        env={"SIDECAR_POLICY_KEY_FILE": "", "SIDECAR_POLICY_FILE": str(policy_path)},
     )
     app = echo("app")
     listener, admin = free_port(), free_port()
@@ -123,9 +123,12 @@ def test_no_token_is_401_and_a_role_the_catalog_does_not_allow_is_403(
 
 
 def test_a_policy_a_client_sends_is_never_believed(standalone: Standalone) -> None:
-    public = contract.encode(RoutePolicy(service="orders", public=True, rbac_required=False))
-    resp = http.get(standalone.url + "/orders/7", {POLICY_HEADER: public})
-    assert resp.status in (401, 403)  # gRPC: the header is just a header; HTTP: refused
+    public = RoutePolicy(service="orders", public=True, rbac_required=False)
+    # Unsigned, or signed with a key (ext_authz here has none): on gRPC the header is just a
+    # header; on HTTP it is refused (403), never used.
+    for forged in (contract.encode(public), policies.encode(public)):
+        resp = http.get(standalone.url + "/orders/7", {POLICY_HEADER: forged})
+        assert resp.status in (401, 403)
     assert http.get(standalone.url + "/orders/7", {POLICY_HEADER: ""}).status == 401
 
 
