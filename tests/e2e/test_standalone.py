@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 
@@ -22,6 +23,7 @@ from sidecar.echo import EchoServer
 from sidecar_shared import contract, supervise
 from sidecar_shared.contract import POLICY_HEADER, RoutePolicy
 from tests.support import http, policies, stack, tokens, wait
+from tests.support.grpc_upstream import call as grpc_call
 from tests.support.ports import free_port
 
 DOC = Path(__file__).parents[2] / "docs" / "standalone.md"
@@ -43,11 +45,21 @@ def documented_envoy(transport: str, ports: dict[int, int]) -> str:
     return config.replace("address: 0.0.0.0", "address: 127.0.0.1")
 
 
+# A gRPC service allowing each user one call a minute.
+GRPC_SERVICE = {
+    "service_name": "echo",
+    "base_path": "/test.Echo",
+    "internal_url": "http://127.0.0.1:8080",
+    "rate_limit": {"requests_per_minute": 1},
+}
+
+
 @dataclass
 class Standalone:
     url: str
     authz: stack.Authz
     app: EchoServer
+    port: int
 
 
 @pytest.fixture(params=["grpc", "http"])
@@ -55,7 +67,9 @@ def standalone(
     request: pytest.FixtureRequest, tmp_path: Path, echo: Callable[[str], EchoServer]
 ) -> Iterator[Standalone]:
     catalog = tmp_path / "service_catalog.json"
-    catalog.write_text(doc_block("json"))
+    data = json.loads(doc_block("json"))
+    data["services"].append(GRPC_SERVICE)  # beside the page's: for gRPC callers' status codes
+    catalog.write_text(json.dumps(data))
     compiled = subprocess.run(
         [sys.executable, "-m", "sidecar", "policy", "--file", "--catalog", str(catalog)],
         capture_output=True,
@@ -85,7 +99,7 @@ def standalone(
             return resp is not None and resp.status == 200
 
         wait.wait_until(ready, what="the documented Envoy to be ready")
-        yield Standalone(f"http://127.0.0.1:{listener}", authz, app)
+        yield Standalone(f"http://127.0.0.1:{listener}", authz, app, listener)
     finally:
         proc.stop()
         authz.proc.stop()
@@ -170,3 +184,20 @@ def test_the_service_of_a_grpc_route_is_named_in_its_context(tmp_path: Path) -> 
     assert "context_extensions: {service: orders}" in documented
     config = route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
     assert config["check_settings"] == {"context_extensions": {"service": "orders"}}
+
+
+def test_grpc_callers_get_the_status_code_of_each_denial(standalone: Standalone) -> None:
+    def code(headers: dict[str, str] | None = None) -> grpc.StatusCode:
+        try:
+            grpc_call(standalone.port, b"x", metadata=list((headers or {}).items()))
+        except grpc.RpcError as err:
+            found: grpc.StatusCode = err.code()
+            return found
+        return grpc.StatusCode.OK
+
+    assert code() == grpc.StatusCode.UNAUTHENTICATED
+    assert code(tokens.bearer(roles=["viewer"])) == grpc.StatusCode.PERMISSION_DENIED
+    admin = tokens.bearer(roles=["admin"])
+    # The first call is allowed (the page's app is no gRPC server: whatever it answers).
+    assert code(admin) != grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [code(admin), code(admin)] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
