@@ -4,14 +4,24 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ext_authz.core import Authorizer
+from ext_authz.decision import CheckInput
 from ext_authz.policy_file import PolicyFileError, PolicyTable, document, load, parse
+from ext_authz.ratelimit import MemoryLimiter
 from sidecar import policy_cmd
+from sidecar_shared.contract import POLICY_KEY as POLICY_KEY_NAME
 from sidecar_shared.contract import PolicyError, RoutePolicy, encode
+from tests.support import policies, tokens
+from tests.support.authorizers import key_source, make_verifier
+from tests.support.policies import POLICY_KEY
+from tests.support.tokens import TEST_SECRET
 from xds_server.catalog import load_catalog
 
 SAMPLE = Path(__file__).parents[2] / "service_catalog.json"
@@ -129,3 +139,40 @@ def test_signed_per_route_settings_are_complete() -> None:
     out = policy_cmd.per_route_settings(catalog, "orders", "http", b"k" * 32)
     assert policy_cmd.check_envoy_config(out) == []
     assert [r["name"] for r in out["routes"]][-1] == "orders"
+
+
+def checker(t: PolicyTable | None) -> Authorizer:
+    keys = key_source(secret=TEST_SECRET)
+    return Authorizer(
+        make_verifier(keys, time.time),
+        MemoryLimiter(),
+        [],
+        logging.getLogger("test"),
+        policy_keys=[POLICY_KEY],
+        policy_table=t,
+    )
+
+
+def check(authorizer: Authorizer, path: str, policy: str | None = None) -> tuple[int, str]:
+    context = {} if policy is None else {POLICY_KEY_NAME: policy}
+    request = CheckInput("GET", path, tokens.bearer(roles=["viewer"]), context)
+    outcome = authorizer.check(request)
+    return outcome.status, outcome.reason
+
+
+def test_the_file_decides_only_checks_without_a_policy_of_their_own() -> None:
+    viewer_ok = {"service": "orders", "rbac": True, "roles": {"read": ["viewer"]}}
+    t = table(
+        {**route("orders", "/orders"), "policy": {**route("orders", "/")["policy"], **viewer_ok}}
+    )
+    authorizer = checker(t)
+    assert check(authorizer, "/orders/1") == (200, "ok")
+    assert check(authorizer, "/other") == (403, "no_policy")
+    # A policy the route carries decides (signed), or is refused: never the file instead.
+    closed = RoutePolicy(service="orders", allowed_roles={"read": frozenset({"admin"})})
+    assert check(authorizer, "/orders/1", policies.encode(closed)) == (403, "role_not_allowed")
+    assert check(authorizer, "/orders/1", encode(closed)) == (403, "policy_unauthenticated")
+
+
+def test_without_a_file_a_check_without_a_policy_is_no_policy() -> None:
+    assert check(checker(None), "/orders/1") == (403, "no_policy")
