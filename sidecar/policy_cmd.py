@@ -10,9 +10,10 @@
   MAC'd as our xDS server sends it (no policy file needed; in HTTP mode a whole `http_service`,
   `server_uri` included).
 - `sidecar policy --check-envoy CONFIG`: refuses an Envoy configuration (JSON or YAML, a static
-  bootstrap or a config dump) that would deny every request without calling ext_authz: a
-  per-route `http_service` without its own `server_uri` (Envoy validates it and then answers
-  403 to each request of that route, counting `ext_authz.error`, and ext_authz never hears of it).
+  bootstrap, a config dump, or a running Envoy's `http://ADMIN/config_dump`) that would deny
+  every request without calling ext_authz: a per-route `http_service` without its own
+  `server_uri` (Envoy validates it and then fails each request of that route with the filter's
+  `status_on_error`, 403 by default, counting `ext_authz.error`; ext_authz never hears of it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,9 +163,10 @@ def check_envoy_config(config: Any) -> list[str]:
             problems.append(
                 f"{path}.check_settings.http_service: no server_uri. A per-route http_service "
                 "replaces the filter's whole http_service; without its own server_uri Envoy "
-                "denies every request of this route (403, stat ext_authz.error) without calling "
-                "ext_authz. Copy the filter's server_uri (and path_prefix) into it, or use "
-                "`sidecar policy SERVICE --signed`, which prints a complete one"
+                "fails every request of this route (status_on_error, 403 by default; stat "
+                "ext_authz.error) without calling ext_authz. Copy the filter's server_uri (and "
+                "path_prefix) into it, or use `sidecar policy SERVICE --signed`, which prints "
+                "a complete one"
             )
         kind = str(node.get("@type", ""))
         http = node.get("http_service")
@@ -180,7 +183,12 @@ def check_envoy_config(config: Any) -> list[str]:
     return problems
 
 
-def _read_config(path: Path) -> Any:
+def _read_config(source: str) -> Any:
+    """A configuration file (JSON or YAML), or a running Envoy's `http://ADMIN/config_dump`."""
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source, timeout=10) as resp:  # noqa: S310 - http(s) only
+            return json.loads(resp.read())
+    path = Path(source)
     text = path.read_text(encoding="utf-8")
     if path.suffix in (".yaml", ".yml"):
         import yaml  # noqa: PLC0415 - only for YAML configurations
@@ -203,7 +211,11 @@ def add_parser(sub: Any, environ: Any) -> None:
     flag("catalog", defaults.CATALOG, "the service catalog")
     flag("authz-transport", defaults.AUTHZ_TRANSPORT, "how that Envoy calls ext_authz: grpc|http")
     flag("policy-key-file", None, "with --signed: the route-policy key file ext_authz has")
-    flag("check-envoy", None, "an Envoy configuration (JSON or YAML) to check")
+    flag(
+        "check-envoy",
+        None,
+        "an Envoy configuration to check: a JSON or YAML file, or http://ADMIN/config_dump",
+    )
     add_switch(p, "file", help="print the policy file for ext_authz --policy-file", environ=environ)
     add_switch(p, "signed", help="per-route settings carrying signed policies", environ=environ)
     p.set_defaults(func=cmd_policy)
@@ -211,7 +223,7 @@ def add_parser(sub: Any, environ: Any) -> None:
 
 def cmd_policy(args: argparse.Namespace) -> int:
     if args.check_envoy:
-        problems = check_envoy_config(_read_config(Path(args.check_envoy)))
+        problems = check_envoy_config(_read_config(args.check_envoy))
         for problem in problems:
             print(f"{args.check_envoy}: {problem}")
         if not problems:

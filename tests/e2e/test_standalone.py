@@ -201,3 +201,53 @@ def test_grpc_callers_get_the_status_code_of_each_denial(standalone: Standalone)
     # The first call is allowed (the page's app is no gRPC server: whatever it answers).
     assert code(admin) != grpc.StatusCode.RESOURCE_EXHAUSTED
     assert [code(admin), code(admin)] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+
+
+def test_a_per_route_http_service_without_server_uri_is_found_in_a_running_envoy(
+    tmp_path: Path, echo: Callable[[str], EchoServer]
+) -> None:
+    """Envoy accepts the mistake and denies every request of the route without calling
+    ext_authz; `sidecar policy --check-envoy` names it, from the running Envoy's config dump."""
+    authz = stack.start_authz(tmp_path)
+    listener, admin = free_port(), free_port()
+    ports = {10000: listener, 9901: admin, 8080: echo("app").port, 9191: 0, 9193: authz.check_port}
+    config = yaml.safe_load(documented_envoy("http", ports))
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    route = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]
+    route["typed_per_filter_config"] = {
+        "envoy.filters.http.ext_authz": {
+            "@type": policy_cmd.PER_ROUTE_TYPE,
+            "check_settings": {"http_service": {"path_prefix": "/sidecar-check"}},
+        }
+    }
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(config))
+    proc = stack.start("envoy", commands.envoy(supervise.find_envoy(), path, "warning"), tmp_path)
+    with stack.stopping(proc, authz.proc):
+        wait.wait_until(
+            lambda: (
+                (r := http.try_get(f"http://127.0.0.1:{admin}/ready")) is not None
+                and r.status == 200
+            ),
+            what="Envoy ready",
+        )
+        # The filter's status_on_error (503 in the page's configuration; 403 without it).
+        assert http.get(f"http://127.0.0.1:{listener}/orders/1", tokens.bearer()).status == 503
+        assert authz.audit_lines() == []  # ext_authz never heard of it
+        checked = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sidecar",
+                "policy",
+                "--check-envoy",
+                f"http://127.0.0.1:{admin}/config_dump",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        assert "check_settings.http_service: no server_uri" in checked.stdout
+        assert policy_cmd.check_envoy_config(json.loads(path.read_text())) != []
