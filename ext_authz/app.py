@@ -27,6 +27,8 @@ from ext_authz.decision import DecisionObserver
 from ext_authz.keys import KeySource
 from ext_authz.metrics import AuthzMetrics, KeyMetrics, TokenCacheStats
 from ext_authz.observers import AuditObserver, MetricsObserver, ProxyHint, TracingObserver
+from ext_authz.policy_file import PolicyFileError, PolicyTable
+from ext_authz.policy_file import load as load_policy_file
 from ext_authz.ratelimit import (
     AsyncLimiter,
     GuardedAsyncLimiter,
@@ -119,7 +121,8 @@ def build_authorizer(
     metrics = AuthzMetrics(registry)
     keys = KeySource(settings.keys, log, metrics=KeyMetrics(registry))
     keys.load()
-    policy_keys = load_policy_keys(settings.policy_key_file)
+    table = load_policy_table(settings.policy_file, log)
+    policy_keys = load_policy_keys(settings.policy_key_file, required=table is None)
     keys.start()
     stack.callback(keys.stop)
     backend = make_backend(settings, stack)
@@ -152,13 +155,35 @@ def build_authorizer(
         guard=settings.guard,
         async_limiter=GuardedAsyncLimiter(backend.async_, limiter) if backend.async_ else None,
         policy_keys=policy_keys,
+        policy_table=table,
     )
     return authorizer, limiter
 
 
-def load_policy_keys(path: Path | None) -> tuple[bytes, ...]:
-    """The route-policy MAC keys. Raises SettingsError without a usable key file: ext_authz
-    would refuse every route's policy, so it does not start."""
+def load_policy_table(path: Path | None, log: logging.Logger) -> PolicyTable | None:
+    """The policy file's routes (None without one). Raises SettingsError when it cannot be
+    used: ext_authz does not start on a file it would misread."""
+    if path is None:
+        return None
+    try:
+        table = load_policy_file(path)
+    except PolicyFileError as err:
+        raise SettingsError(f"--policy-file: {err}") from None
+    services = sorted({r.service for r in table.routes})
+    log.info(
+        "policy file loaded",
+        extra={"fields": {"file": str(path), "routes": len(table.routes), "services": services}},
+    )
+    return table
+
+
+def load_policy_keys(path: Path | None, required: bool = True) -> tuple[bytes, ...]:
+    """The route-policy MAC keys. Raises SettingsError without a usable key file when
+    `required` (no policy file): ext_authz would refuse every route's policy, so it does not
+    start. Not required, and not given: no key, so every policy a check carries is refused
+    and only the policy file decides."""
+    if path is None and not required:
+        return ()
     if path is None:
         raise SettingsError(
             "--policy-key-file (SIDECAR_POLICY_KEY_FILE) is required: the xDS server signs each "

@@ -55,6 +55,7 @@ from ext_authz.limits import (
     user_key,
 )
 from ext_authz.policy import Verdict, authorize
+from ext_authz.policy_file import PolicyTable
 from ext_authz.ratelimit import AsyncLimiter, LimitDecision, Limiter
 from ext_authz.tokens import DEFERRED, Identity, TokenError, TokenVerifier
 from sidecar_shared import defaults
@@ -245,11 +246,13 @@ class Authorizer:
         guard: GuardSettings = GuardSettings(),
         async_limiter: AsyncLimiter | None = None,
         policy_keys: Sequence[bytes] = (),
+        policy_table: PolicyTable | None = None,
     ) -> None:
         """`limiter` must not raise (wrap a backend in `GuardedLimiter`); nor may observers.
         `async_limiter`, when given, counts for `check_or_defer` (the event-loop transports)
         against the same store as `limiter`. `policy_keys`: the keys a route policy's MAC may
-        be made with (with none, every policy is refused)."""
+        be made with (with none, every policy is refused). `policy_table`: the policy file,
+        which decides checks whose route carries no policy (an Envoy we do not configure)."""
         self._verifier = verifier
         self._limiter = limiter
         self._async_limiter = async_limiter
@@ -259,6 +262,7 @@ class Authorizer:
         self._header_style = limits.header_style
         self._trusted_hops = limits.trusted_hops
         self._policies = PolicyCache(policy_keys)
+        self._table = policy_table
         self._policy_log = LogThrottle(1.0)
         self._verbose = guard.verbose_denials
         self._header_room = guard.max_request_headers - _ADDED_HEADERS
@@ -351,7 +355,8 @@ class Authorizer:
                 if req.untrusted_peer is None
                 else req.untrusted_peer
             )
-            policy = self._policies.get(req.context.get(POLICY_KEY, ""))
+            text = req.context.get(POLICY_KEY, "")
+            policy = self._policies.get(text) if text else self._unsigned(req)
             return self._decide(req, policy, request_id, address)
         except PolicyError as err:
             forged = isinstance(err, PolicyAuthError)
@@ -366,6 +371,16 @@ class Authorizer:
             return _Done(req, outcome, None, None, address)
         except Exception:
             return self._failed(req, request_id, address)
+
+    def _unsigned(self, req: CheckInput) -> RoutePolicy:
+        """The policy of a check whose route carries none: the policy file's, if there is one.
+        Raises PolicyError (403 `no_policy`) saying what is missing."""
+        if self._table is None:
+            raise PolicyError(
+                "the route carries no policy and ext_authz has no --policy-file "
+                "(with an Envoy our xDS server does not configure: docs/standalone.md)"
+            )
+        return self._table.find(req.context, req.method, req.path)
 
     def _decide(
         self, req: CheckInput, policy: RoutePolicy, request_id: str, address: str

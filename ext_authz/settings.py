@@ -48,6 +48,9 @@ class AuthzSettings:
     audit_denials_per_second: int = defaults.AUDIT_DENIALS_PER_SECOND
     # route-policy MAC keys shared with the xDS server (read at assembly; none: refuse to start)
     policy_key_file: Path | None = None
+    # route policies by path or service for checks whose route carries none (an Envoy our xDS
+    # server does not configure; read at assembly, `ext_authz.policy_file`)
+    policy_file: Path | None = None
     tls: ServerTls | None = None  # both check ports' TLS (None: plain text)
 
 
@@ -94,7 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         "policy-key-file",
         None,
         "file of route-policy MAC keys shared with the xDS server, one a line, any accepted "
-        "(required: a policy without a valid MAC is refused)",
+        "(required unless --policy-file is given: a policy without a valid MAC is refused)",
+    )
+    flag(
+        "policy-file",
+        None,
+        "route policies by path prefix or service, for an Envoy our xDS server does not "
+        "configure (docs/standalone.md); read at start",
     )
     flag("jwt-leeway", defaults.JWT_LEEWAY_S, "seconds of clock skew allowed", float)
     flag(
@@ -254,6 +263,7 @@ def from_args(args: argparse.Namespace) -> AuthzSettings:
         ),
         audit_denials_per_second=args.audit_denials_per_second,
         policy_key_file=Path(args.policy_key_file) if args.policy_key_file else None,
+        policy_file=Path(args.policy_file) if args.policy_file else None,
         tls=tls.server_tls(
             "authz", args.authz_tls_cert, args.authz_tls_key, args.authz_tls_client_ca
         ),

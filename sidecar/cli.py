@@ -1,4 +1,4 @@
-"""`sidecar`: up, validate, render, bootstrap, schema, token, probe, drain, status."""
+"""`sidecar`: up, validate, render, bootstrap, schema, token, probe, drain, status, policy."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import drain, endpoints, status_view, up
+from sidecar import drain, endpoints, policy_cmd, status_view, up
 from sidecar.bootstrap import BootstrapOptions, add_client_tls_arguments, client_tls, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
@@ -536,6 +536,8 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     add_switch(p, "json", help="print the raw status document", environ=environ)
     p.set_defaults(func=cmd_status)
+
+    policy_cmd.add_parser(sub, environ)
     return parser
 
 

@@ -101,7 +101,8 @@ RATE_LIMIT_HEADERS: Final = (
     "ratelimit-reset",
     "retry-after",
 )
-DENIAL_HEADERS: Final = ("content-type", "www-authenticate", *RATE_LIMIT_HEADERS)
+# `grpc-status`: a gRPC client's code for a denial (`ext_authz.grpc_status`).
+DENIAL_HEADERS: Final = ("content-type", "www-authenticate", "grpc-status", *RATE_LIMIT_HEADERS)
 
 # gRPC health service names each server answers (besides "", the whole server).
 XDS_HEALTH_SERVICE: Final = "envoy.service.discovery.v3.AggregatedDiscoveryService"

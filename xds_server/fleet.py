@@ -7,7 +7,8 @@ comes from a stream that may vote, one that is all of:
   and NACKs veto nothing unless the operator opts in (`unauthenticated_veto`,
   `--xds-unauthenticated-veto`) for a network where only our Envoys can reach the port;
 - an Envoy: its node's `user_agent_name` is "envoy" (a proxyless gRPC client that cannot use
-  our filters rejects what every Envoy accepts: it is shown, and vetoes nothing);
+  our filters would reject what every Envoy accepts: the server refuses its stream,
+  `xds_server.proxyless`, and it vetoes nothing);
 - proven: it has ACKed at least one response of ours on this stream;
 - the first of its node: of the streams that name the same node id, the one connected
   earliest and still open votes; the others are duplicates, served alike and listed in the

@@ -31,10 +31,12 @@ from typing import Protocol, TypeVar, cast
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from xds_server import proxyless
 from xds_server.cache import SnapshotSource
 from xds_server.delta import DeltaStream
 from xds_server.observers import Push, StreamEvent, StreamRefused, XdsObserver
 from xds_server.proxies import ProxyRegistry, ProxyStatus
+from xds_server.proxyless import is_proxyless_grpc
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
 from xds_server.stream_state import SPARE_NAMES, Refused
@@ -270,6 +272,15 @@ class AdsService:
                 "node_not_in_certificate",
                 "the node id is not an identity of the client certificate",
                 grpc.StatusCode.PERMISSION_DENIED,
+            )
+            return None
+        if first and is_proxyless_grpc(status.user_agent):
+            await self._refuse(
+                context,
+                status.node_id,
+                proxyless.REASON,
+                proxyless.REFUSAL,
+                grpc.StatusCode.FAILED_PRECONDITION,
             )
             return None
         if first:

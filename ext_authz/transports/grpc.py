@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from ext_authz.core import Authorizer
 from ext_authz.decision import CheckInput, Headers, Outcome
+from ext_authz.grpc_status import denial_headers
 from ext_authz.limits import trusted_caller
 from sidecar_shared import grpc_ports, tls
 from sidecar_shared import health as grpc_health
@@ -87,7 +88,8 @@ def _trace_parent(context: grpc.ServicerContext) -> str | None:
     return None
 
 
-def to_response(outcome: Outcome) -> external_auth_pb2.CheckResponse:
+def to_response(outcome: Outcome, extra: Headers = ()) -> external_auth_pb2.CheckResponse:
+    """`extra`: headers for a denial beside the outcome's (`grpc_status.denial_headers`)."""
     if outcome.allowed:
         return external_auth_pb2.CheckResponse(
             status=_OK_STATUS,
@@ -104,7 +106,9 @@ def to_response(outcome: Outcome) -> external_auth_pb2.CheckResponse:
         ),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=outcome.status),
-            headers=_options(outcome.response_headers),
+            headers=_options(
+                outcome.response_headers + extra if extra else outcome.response_headers
+            ),
             body=outcome.body.decode(),
         ),
     )
@@ -119,7 +123,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
     def Check(self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext) -> Any:
         parent = _trace_parent(context) if self._traced else None
         caller = untrusted_peer(context)
-        return to_response(self._authorizer.check(to_input(request, parent, caller)))
+        outcome = self._authorizer.check(to_input(request, parent, caller))
+        if outcome.allowed:
+            return to_response(outcome)
+        headers = request.attributes.request.http.headers
+        return to_response(outcome, denial_headers(outcome.status, headers))
 
 
 class GrpcTransport:

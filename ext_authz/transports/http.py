@@ -39,7 +39,8 @@ from typing import Any, cast
 import httptools
 
 from ext_authz.core import Authorizer
-from ext_authz.decision import CheckInput, Outcome
+from ext_authz.decision import CheckInput, Headers, Outcome
+from ext_authz.grpc_status import denial_headers
 from ext_authz.limits import trusted_caller
 from sidecar_shared import tls
 from sidecar_shared.contract import (
@@ -110,8 +111,9 @@ def _header_lines(headers: Sequence[tuple[str, str]]) -> bytes:
     return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode()
 
 
-def encode_outcome(outcome: Outcome, keep_alive: bool = True) -> bytes:
-    """The HTTP answer Envoy turns into `outcome`."""
+def encode_outcome(outcome: Outcome, keep_alive: bool = True, extra: Headers = ()) -> bytes:
+    """The HTTP answer Envoy turns into `outcome`; `extra`: headers for a denial beside the
+    outcome's (`grpc_status.denial_headers`)."""
     close = b"" if keep_alive else _CLOSE
     if outcome.status == 200:
         parts = [_ALLOW_HEAD, close, _header_lines(outcome.set_headers)]
@@ -126,6 +128,7 @@ def encode_outcome(outcome: Outcome, keep_alive: bool = True) -> bytes:
             % (outcome.status, reason, len(outcome.body)),
             close,
             _header_lines(outcome.response_headers),
+            _header_lines(extra),
             b"\r\n",
             outcome.body,
         )
@@ -281,17 +284,22 @@ class CheckProtocol(asyncio.Protocol):
         self._size = 0
         result = self._authorizer.check_or_defer(request)
         if isinstance(result, Outcome):
-            self._answer(encode_outcome(result, keep_alive))
+            extra = () if result.allowed else denial_headers(result.status, headers)
+            self._answer(encode_outcome(result, keep_alive, extra))
         else:
-            self._defer(result, keep_alive)
+            self._defer(result, keep_alive, headers)
         if not keep_alive:
             self._closing = True
 
     # internals
 
-    def _defer(self, pending: Awaitable[Outcome], keep_alive: bool) -> None:
+    def _defer(
+        self, pending: Awaitable[Outcome], keep_alive: bool, headers: dict[str, str]
+    ) -> None:
         async def answer() -> bytes:
-            return encode_outcome(await pending, keep_alive)
+            outcome = await pending
+            extra = () if outcome.allowed else denial_headers(outcome.status, headers)
+            return encode_outcome(outcome, keep_alive, extra)
 
         task = asyncio.ensure_future(answer())
         self._queue.append(task)
