@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from prometheus_client import CollectorRegistry
 
 from sidecar_shared import grpc_ports, ops_http, tls, tracing
 from sidecar_shared import health as grpc_health
 from sidecar_shared.contract import XDS_HEALTH_SERVICE
+from sidecar_shared.registry import server_registry
 from xds_server.cache import SnapshotCache
 from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import ProxyStates, XdsMetrics
@@ -66,7 +66,7 @@ def build_server(
     build: Build | None = None,
 ) -> XdsServer:
     """Every object of the server, wired; no I/O. What must be closed goes on `stack`."""
-    registry = CollectorRegistry()
+    registry = server_registry()  # process_* metrics too, no _created series
     metrics = XdsMetrics(registry)
     provider = tracing.tracer_provider("xds-server", os.environ)
     if provider is not None:

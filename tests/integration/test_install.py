@@ -24,6 +24,7 @@ import pytest
 
 from tests.support import stack
 from tests.support.otlp import GRPC, HTTP, OtlpReceiver
+from tests.support.policies import POLICY_KEY_ENV
 from tests.support.ports import free_port
 from tests.support.wait import wait_until
 
@@ -148,6 +149,7 @@ def test_an_installed_ext_authz_traces_its_checks_with_xds_protos_copies_on_disk
             **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
             **receiver.env,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
+            **POLICY_KEY_ENV,
             "SIDECAR_JWT_SECRET": "x" * 32,
         },
     )
