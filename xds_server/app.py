@@ -34,6 +34,7 @@ from xds_server.server import AdsService, StreamLimits
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
 from xds_server.status import CatalogStatus, StatusDocument
+from xds_server.wip_notice import WipNotice
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,10 @@ def build_server(
     health_servicer = health.aio.HealthServicer()
     pending: set[asyncio.Task[None]] = set()
 
-    def on_loaded(_: Snapshot) -> None:
+    wip_notice = WipNotice(log)
+
+    def on_loaded(snapshot: Snapshot) -> None:
+        wip_notice.loaded(snapshot)
         task = asyncio.create_task(
             grpc_health.set_aio(health_servicer, [XDS_HEALTH_SERVICE], grpc_health.SERVING)
         )
