@@ -71,8 +71,20 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
 
 def _http_handler(collector: _Collector) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def body(self) -> bytes:
+            """With Content-Length, or chunked (Envoy's HTTP exporter sends it so)."""
+            if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+                return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()  # the chunk's CRLF
+            while self.rfile.readline().strip():  # trailers, up to the empty line
+                pass
+            return b"".join(chunks)
+
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            body = self.body()
             if self.path != "/v1/traces" or "protobuf" not in self.headers.get("Content-Type", ""):
                 self.send_error(404)
                 return
