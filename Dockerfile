@@ -9,12 +9,9 @@ COPY sidecar_shared ./sidecar_shared
 COPY xds_server ./xds_server
 COPY ext_authz ./ext_authz
 COPY sidecar ./sidecar
-# xds-protos ships older copies of opentelemetry-proto's modules; put opentelemetry-proto's back
-# so the OTLP exporter loads.
+# A plain install: the OTLP exporters load whichever copy of opentelemetry-proto's modules pip
+# left on disk (sidecar_shared/otlp_proto).
 RUN pip install --no-cache-dir -c constraints.txt . \
-    && pip install --no-cache-dir --force-reinstall --no-deps \
-        "opentelemetry-proto==$(python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
-    && python -c 'from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter' \
     && useradd --system --uid 10001 sidecar
 USER 10001
 

@@ -46,6 +46,7 @@ from ext_authz.transports.http import HttpTransport
 from sidecar_shared import ops_http, tls, tracing
 from sidecar_shared.contract import read_policy_keys
 from sidecar_shared.errors import SettingsError
+from sidecar_shared.registry import server_registry
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ def run(settings: AuthzSettings, log: logging.Logger, stop: threading.Event) -> 
     """Serve until `stop` is set. Raises SettingsError (tracing), KeyConfigError,
     BackendConfigError or OSError when it cannot start."""
     with contextlib.ExitStack() as stack:
-        registry = CollectorRegistry()
+        registry = server_registry()  # process_* metrics too, no _created series
         provider = tracing.tracer_provider("ext-authz", os.environ)
         observers: list[DecisionObserver] = []
         if provider is not None:

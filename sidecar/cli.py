@@ -21,7 +21,7 @@ from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import drain, endpoints, policy_cmd, status_view, up
+from sidecar import drain, endpoints, policy_cmd, sample, status_view, up
 from sidecar.bootstrap import BootstrapOptions, add_client_tls_arguments, client_tls, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
@@ -292,6 +292,10 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    packaged = sample.demo_catalog(args.catalog, args.demo)
+    if packaged is not None:
+        print(f"no {args.catalog} here: using the packaged sample catalog {packaged}")
+        args.catalog = str(packaged)
     catalog = _load_or_report(Path(args.catalog))
     if catalog is None:
         return 1

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from ext_authz.tokens import mint
 from sidecar import commands, drain
 from sidecar.bootstrap import BootstrapOptions, ClientTls, render_json
+from sidecar.envoy_log import EnvoyLogFilter
 from sidecar_shared import defaults
 from sidecar_shared.supervise import Supervisor, find_envoy
 from xds_server.catalog import Catalog
@@ -257,6 +258,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
         secret = secrets.token_urlsafe(32)
         env["SIDECAR_JWT_SECRET"] = secret
     deadline = time.monotonic() + conf.startup_timeout_s
+    envoy_log = EnvoyLogFilter(sys.stderr.buffer)
     try:
         if conf.demo:
             specs = demo_upstreams(catalog)
@@ -303,6 +305,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
                 *drain.ENVOY_DRAIN_ARGS,
             ],
             env=env,
+            stderr=envoy_log.fd,  # without Envoy's cache_v2 warnings (sidecar.envoy_log)
         )
         _wait_for(
             "Envoy to ACK every resource and bind its listener",
@@ -325,6 +328,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
         return 1
     finally:
         shut_down(sup, conf, stopping, out)
+        envoy_log.close()
         for f in workdir.iterdir():
             f.unlink()
         workdir.rmdir()

@@ -3,7 +3,9 @@ HTTP/1.1 server that answers GET and HEAD for a fixed set of paths, one request 
 Not for traffic.
 
 `serve` runs on the caller's event loop; `serve_in_thread` gives a threaded server (ext_authz)
-its own loop in a daemon thread.
+its own loop in a daemon thread. A page is a function of nothing, or a `Negotiated` page whose
+answer depends on the request's `Accept` header (`/metrics`: the Prometheus text format, or
+OpenMetrics for a scraper that asks for `application/openmetrics-text`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import asyncio
 import threading
 from collections.abc import Callable, Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 Page = tuple[int, str, bytes]  # status, content type, body
 Handler = Callable[[], Page]
@@ -20,8 +23,41 @@ Handler = Callable[[], Page]
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
+class Negotiated:
+    """A page whose answer depends on the request's Accept header; called without one (as a
+    plain Handler) it answers as for a client that accepts anything."""
+
+    def __init__(self, answer: Callable[[str], Page]) -> None:
+        self._answer = answer
+
+    def __call__(self) -> Page:
+        return self._answer("")
+
+    def for_accept(self, accept: str) -> Page:
+        return self._answer(accept)
+
+
 def metrics_page(registry: CollectorRegistry) -> Handler:
-    return lambda: (200, CONTENT_TYPE_LATEST, generate_latest(registry))
+    """`registry` in the format the scraper asks for, as prometheus-client chooses it:
+    OpenMetrics when Accept names `application/openmetrics-text`, else the text format 0.0.4."""
+
+    def answer(accept: str) -> Page:
+        encoder, content_type = choose_encoder(accept)
+        return 200, content_type, encoder(registry)
+
+    return Negotiated(answer)
+
+
+def header(head: bytes, name: str) -> str:
+    """The value of request header `name` in the request head (every line joined by ", ",
+    as for a header sent twice); "" when absent."""
+    wanted = name.lower().encode("latin-1") + b":"
+    values = [
+        line[len(wanted) :].strip().decode("latin-1")
+        for line in head.split(b"\r\n")[1:]
+        if line.lower().startswith(wanted)
+    ]
+    return ", ".join(values)
 
 
 def ready_page(
@@ -48,8 +84,10 @@ async def serve(host: str, port: int, pages: Mapping[str, Handler]) -> asyncio.S
             path = target.split("?", 1)[0]
             if method not in ("GET", "HEAD"):
                 status, ctype, body = 405, "text/plain", b"method not allowed\n"
-            elif path in pages:
-                status, ctype, body = pages[path]()
+            elif isinstance(page := pages.get(path), Negotiated):
+                status, ctype, body = page.for_accept(header(head, "accept"))
+            elif page is not None:
+                status, ctype, body = page()
             else:
                 status, ctype, body = 404, "text/plain", b"not found\n"
             writer.write(

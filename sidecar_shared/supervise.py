@@ -50,6 +50,7 @@ class Child:
     started_at: float
     restarts: int = 0  # restarts in a row without a stable run
     restart_at: float | None = None  # when a child that exited is due to start again
+    stderr: IO[bytes] | int | None = None  # None: where stdout goes
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,16 @@ class Supervisor:
         *,
         env: Mapping[str, str] | None = None,
         stdout: IO[bytes] | int | None = None,
+        stderr: IO[bytes] | int | None = None,
     ) -> Child:
         child = Child(
             name,
             list(argv),
             dict(env) if env is not None else None,
             stdout,
-            spawn(argv, env=env, stdout=stdout),
+            spawn(argv, env=env, stdout=stdout, stderr=stderr),
             self._clock(),
+            stderr=stderr,
         )
         self.children.append(child)
         return child
@@ -126,7 +129,9 @@ class Supervisor:
                     Event(child.name, f"exited with status {status}; restarting in {delay:g} s")
                 )
             elif now >= child.restart_at:
-                child.process = spawn(child.argv, env=child.env, stdout=child.stdout)
+                child.process = spawn(
+                    child.argv, env=child.env, stdout=child.stdout, stderr=child.stderr
+                )
                 child.started_at = now
                 child.restarts += 1
                 child.restart_at = None
@@ -146,14 +151,18 @@ def spawn(
     *,
     env: Mapping[str, str] | None = None,
     stdout: IO[bytes] | int | None = None,
+    stderr: IO[bytes] | int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a child in its own session (the terminal's Ctrl-C reaches only its parent) that
-    gets SIGTERM when its parent dies (Linux). stderr goes where stdout goes, when given."""
+    gets SIGTERM when its parent dies (Linux). stderr goes to `stderr` when given, else where
+    stdout goes, when that is given."""
+    if stderr is None and stdout is not None:
+        stderr = subprocess.STDOUT
     return subprocess.Popen(
         list(argv),
         env=dict(env) if env is not None else None,
         stdout=stdout,
-        stderr=subprocess.STDOUT if stdout is not None else None,
+        stderr=stderr,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509

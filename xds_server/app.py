@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from prometheus_client import CollectorRegistry
 
 from sidecar_shared import grpc_ports, ops_http, tls, tracing
 from sidecar_shared import health as grpc_health
 from sidecar_shared.contract import XDS_HEALTH_SERVICE
+from sidecar_shared.registry import server_registry
 from xds_server.cache import SnapshotCache
 from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import ProxyStates, XdsMetrics
@@ -34,6 +34,7 @@ from xds_server.server import AdsService, StreamLimits
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
 from xds_server.status import CatalogStatus, StatusDocument
+from xds_server.wip_notice import WipNotice
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def build_server(
     build: Build | None = None,
 ) -> XdsServer:
     """Every object of the server, wired; no I/O. What must be closed goes on `stack`."""
-    registry = CollectorRegistry()
+    registry = server_registry()  # process_* metrics too, no _created series
     metrics = XdsMetrics(registry)
     provider = tracing.tracer_provider("xds-server", os.environ)
     if provider is not None:
@@ -78,7 +79,10 @@ def build_server(
     health_servicer = health.aio.HealthServicer()
     pending: set[asyncio.Task[None]] = set()
 
-    def on_loaded(_: Snapshot) -> None:
+    wip_notice = WipNotice(log)
+
+    def on_loaded(snapshot: Snapshot) -> None:
+        wip_notice.loaded(snapshot)
         task = asyncio.create_task(
             grpc_health.set_aio(health_servicer, [XDS_HEALTH_SERVICE], grpc_health.SERVING)
         )

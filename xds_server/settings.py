@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from sidecar_shared import defaults, tls, tracing
 from sidecar_shared.contract import AUTHZ_TRANSPORTS, read_policy_keys
@@ -221,15 +220,16 @@ def tracing_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Tra
     when one is set."""
     if not tracing.enabled(environ):
         return None
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
-    )
-    parts = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
-    if not parts.hostname:
-        raise SettingsError(f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint!r}: no host")
+    target = tracing.collector(environ)
     if not 0 <= args.envoy_trace_sampling <= 100:
         raise SettingsError("--envoy-trace-sampling must be a percentage (0 to 100)")
-    return TracingOptions(parts.hostname, parts.port or 4317, args.envoy_trace_sampling)
+    return TracingOptions(
+        target.host,
+        target.port,
+        args.envoy_trace_sampling,
+        protocol=target.protocol,
+        path=target.path,
+    )
 
 
 def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> XdsSettings:

@@ -14,12 +14,13 @@ import pytest
 from sidecar.echo import EchoServer
 from tests.support import http, stack, tokens, wait
 from tests.support.catalogs import write_json
-from tests.support.otlp import OtlpReceiver, Span
+from tests.support.otlp import GRPC, HTTP, OtlpReceiver, Span
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    otlp = OtlpReceiver().start()
+def receiver(request: pytest.FixtureRequest) -> Iterator[OtlpReceiver]:
+    """Over gRPC unless a test asks for another protocol (`indirect` parametrization)."""
+    otlp = OtlpReceiver(getattr(request, "param", GRPC)).start()
     yield otlp
     otlp.stop()
 
@@ -44,7 +45,7 @@ def traced(
             "roles": {"admin": ["*"]},
         },
     )
-    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    otel = {**receiver.env, "OTEL_BSP_SCHEDULE_DELAY": "100"}
     xds = stack.start_xds(catalog, tmp_path, args=["--envoy-trace-sampling", "100"], env=otel)
     authz = stack.start_authz(tmp_path, env=otel)
     envoy = stack.start_envoy(xds, tmp_path, authz=authz)
@@ -53,6 +54,7 @@ def traced(
         proc.stop()
 
 
+@pytest.mark.parametrize("receiver", [GRPC, HTTP], indirect=True)
 def test_one_request_is_one_trace_across_envoy_ext_authz_and_the_upstream(
     traced: tuple[stack.Envoy, stack.Authz, stack.XdsServer], receiver: OtlpReceiver
 ) -> None:

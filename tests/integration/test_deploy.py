@@ -205,7 +205,9 @@ def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
     dashboards = grafana[provider["options"]["path"]]
     dashboard = json.loads((dashboards / "sidecar.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    assert all(t["datasource"]["uid"] == datasource["uid"] for t in dashboard["panels"])
+    # Every panel uses the dashboard's datasource variable, which selects the default one here.
+    assert datasource["isDefault"] is True
+    assert all(t["datasource"]["uid"] == "${datasource}" for t in dashboard["panels"])
     for wanted in ("ext_authz_checks_total", "xds_nacks_total", "xds_proxies", "envoy_http"):
         assert any(wanted in e for e in exprs), wanted
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import sys
 
 import pytest
@@ -13,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from ext_authz.decision import CheckInput, Decision, Outcome
 from ext_authz.observers import TracingObserver, parse_traceparent
-from sidecar_shared import tracing
+from sidecar_shared import jsonlog, tracing
 from sidecar_shared.errors import SettingsError
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -113,18 +116,100 @@ def test_tracing_is_off_unless_an_endpoint_is_set(environ: dict[str, str], on: b
     assert tracing.enabled(environ) is on
 
 
+@pytest.mark.parametrize(("protocol", "module"), [(tracing.GRPC, "grpc"), (tracing.HTTP, "http")])
+def test_the_protocol_chooses_the_exporter(protocol: str, module: str) -> None:
+    exporter = tracing.span_exporter(protocol)
+    assert type(exporter).__module__.startswith(f"opentelemetry.exporter.otlp.proto.{module}.")
+    exporter.shutdown()
+
+
 def test_the_otlp_exporter_loads_in_this_install() -> None:
-    """xds-protos ships older copies of opentelemetry-proto's modules; whichever pip installs
-    last wins. `./dev` and the Dockerfile put opentelemetry-proto's back."""
-    provider = tracing.tracer_provider("t", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}
+    provider = tracing.tracer_provider("t", environ, io.StringIO())
     assert provider is not None
     provider.shutdown()
 
 
-def test_an_exporter_that_does_not_load_stops_startup_with_the_repair(
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"},
+            tracing.Collector("c", 4317, "grpc", "/v1/traces"),
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            },
+            tracing.Collector("c", 4318, "http/protobuf", "/v1/traces"),
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/otlp/",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+            },
+            tracing.Collector("c", 4318, "http/protobuf", "/otlp/v1/traces"),
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:9000/custom",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            },
+            tracing.Collector("c", 9000, "http/protobuf", "/custom"),
+        ),
+    ],
+)
+def test_the_collector_follows_the_sdks_variables(
+    environ: dict[str, str], expected: tracing.Collector
+) -> None:
+    """The per-signal protocol wins; the generic endpoint gets /v1/traces, the per-signal one
+    is used as it is; the port defaults to the protocol's (4317 gRPC, 4318 HTTP)."""
+    assert tracing.collector(environ) == expected
+
+
+def test_a_protocol_the_sdk_cannot_export_with_stops_startup() -> None:
+    environ = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+    }
+    with pytest.raises(SettingsError, match="OTEL_EXPORTER_OTLP_PROTOCOL='http/json'"):
+        tracing.tracer_provider("t", environ)
+
+
+def test_an_exporter_that_does_not_load_stops_startup_with_the_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
-    with pytest.raises(SettingsError) as stopped:
+    with pytest.raises(SettingsError, match="OTLP grpc exporter does not load"):
         tracing.tracer_provider("t", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
-    assert "pip install --force-reinstall --no-deps opentelemetry-proto==1." in str(stopped.value)
+
+
+def test_exporter_failures_are_one_json_line_each_at_most_once_a_minute() -> None:
+    """A collector that is down: the exporter's errors, with exceptions, are single JSON lines,
+    and a repeat of the same message within the interval is counted, not written."""
+    out = io.StringIO()
+    log = jsonlog.route_library_logs("opentelemetry.test_exporter", out, interval_s=60)
+    for _ in range(3):
+        try:
+            raise ConnectionError("refused\nsecond line")
+        except ConnectionError:
+            log.exception("Failed to export %s to %s", "traces", "http://c:4317")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["message"] == "Failed to export traces to http://c:4317"
+    assert record["exception"] == "ConnectionError: refused"
+
+
+def test_the_rate_limit_counts_what_it_dropped() -> None:
+    now = [0.0]
+    limit = jsonlog.RateLimit(60, clock=lambda: now[0])
+    record = logging.LogRecord("x", logging.ERROR, "", 0, "failed %s", ("a",), None)
+    assert limit.filter(record)
+    assert not limit.filter(record) and not limit.filter(record)
+    now[0] = 61.0
+    later = logging.LogRecord("x", logging.ERROR, "", 0, "failed %s", ("b",), None)
+    assert limit.filter(later)
+    assert later.fields == {"suppressed": 2}  # type: ignore[attr-defined]

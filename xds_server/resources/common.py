@@ -73,6 +73,8 @@ class TracingOptions:
     collector_port: int
     sampling_percent: float = defaults.ENVOY_TRACE_SAMPLING_PERCENT
     service_name: str = "envoy"
+    protocol: str = "grpc"  # or "http/protobuf" (OTLP over HTTP, POSTed to `path`)
+    path: str = "/v1/traces"
 
 
 @dataclass(frozen=True)

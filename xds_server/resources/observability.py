@@ -61,9 +61,17 @@ def access_logs(options: ObservabilityOptions) -> list[accesslog_pb2.AccessLog]:
 
 
 def tracing(options: TracingOptions) -> hcm_pb2.HttpConnectionManager.Tracing:
+    """Envoy's OpenTelemetry tracer, over OTLP gRPC or OTLP HTTP as our servers export
+    (`OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL`)."""
     provider = opentelemetry_pb2.OpenTelemetryConfig(service_name=options.service_name)
-    provider.grpc_service.envoy_grpc.cluster_name = COLLECTOR_CLUSTER
-    set_ms(provider.grpc_service.timeout, 1000)
+    if options.protocol == "http/protobuf":
+        uri = provider.http_service.http_uri
+        uri.uri = f"http://{options.collector_host}:{options.collector_port}{options.path}"
+        uri.cluster = COLLECTOR_CLUSTER
+        set_ms(uri.timeout, 1000)
+    else:
+        provider.grpc_service.envoy_grpc.cluster_name = COLLECTOR_CLUSTER
+        set_ms(provider.grpc_service.timeout, 1000)
     out = hcm_pb2.HttpConnectionManager.Tracing()
     out.spawn_upstream_span.value = True
     out.provider.name = "envoy.tracers.opentelemetry"
@@ -73,15 +81,17 @@ def tracing(options: TracingOptions) -> hcm_pb2.HttpConnectionManager.Tracing:
 
 
 def collector_cluster(options: TracingOptions) -> cluster_pb2.Cluster:
-    """The OTLP/gRPC collector, resolved by Envoy (a name or an address)."""
+    """The OTLP collector, resolved by Envoy (a name or an address): HTTP/2 for gRPC, HTTP/1.1
+    for OTLP over HTTP (what every collector's 4318 speaks)."""
     out = cluster_pb2.Cluster(name=COLLECTOR_CLUSTER, type=cluster_pb2.Cluster.STRICT_DNS)
     set_ms(out.connect_timeout, 1000)
     out.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
-    protocol = http_protocol_options_pb2.HttpProtocolOptions()
-    protocol.explicit_http_config.http2_protocol_options.SetInParent()
-    out.typed_extension_protocol_options[
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-    ].CopyFrom(pack(protocol))
+    if options.protocol != "http/protobuf":
+        protocol = http_protocol_options_pb2.HttpProtocolOptions()
+        protocol.explicit_http_config.http2_protocol_options.SetInParent()
+        out.typed_extension_protocol_options[
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ].CopyFrom(pack(protocol))
     endpoint = out.load_assignment.endpoints.add().lb_endpoints.add().endpoint
     out.load_assignment.cluster_name = COLLECTOR_CLUSTER
     endpoint.address.socket_address.address = options.collector_host
