@@ -22,6 +22,7 @@ from sidecar_shared import defaults
 from sidecar_shared.contract import (
     AUTHZ_CLUSTER,
 )
+from xds_server.engines import EngineOptions
 
 LISTENER_NAME = "ingress_http"
 ROUTE_CONFIG_NAME = "ingress_routes"
@@ -45,6 +46,8 @@ class AuthzOptions:
     # the MAC key of route policies (`sidecar_shared.contract.sign`); empty: policies unsigned,
     # which ext_authz refuses
     policy_key: bytes = field(default=b"", repr=False)
+    # Which engine decides each route (`xds_server.engines`); ext_authz for every route here.
+    engines: EngineOptions = field(default_factory=EngineOptions)
 
 
 @dataclass(frozen=True)
