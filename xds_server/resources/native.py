@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from envoy.config.core.v3 import base_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
 from envoy.config.route.v3 import route_components_pb2
-from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -36,9 +36,7 @@ from google.protobuf import any_pb2
 
 from sidecar_shared.contract import (
     ACTION_OF_METHOD,
-    ROLES_HEADER,
     TENANT_HEADER,
-    USER_HEADER,
     RoutePolicy,
 )
 from xds_server.engines import NativeKeys
@@ -50,6 +48,7 @@ LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 IDENTITY_FILTER = "sidecar.native_identity"
 PROVIDER = "sidecar"
 PAYLOAD = "payload"
+FAILURE = "failure"  # jwt_authn's refusal (status and message) in dynamic metadata
 # Descriptor values a token without a tenant counts under (no tenant is ever this: a tenant
 # is header-safe text, and this has a control character).
 _NO_TENANT = "\x01none"
@@ -64,13 +63,12 @@ def filters(keys: NativeKeys | None) -> list[hcm_pb2.HttpFilter]:
     out.append(hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=pack(rbac_pb2.RBAC())))
     limit = local_rate_limit_pb2.LocalRateLimit(stat_prefix="native_limit")
     out.append(hcm_pb2.HttpFilter(name=LIMIT_FILTER, typed_config=pack(limit)))
-    out.append(
-        hcm_pb2.HttpFilter(
-            name=IDENTITY_FILTER,
-            disabled=True,
-            typed_config=pack(header_mutation_pb2.HeaderMutation()),
+    if keys is not None:
+        lua = lua_pb2.Lua(stat_prefix="native_identity")
+        lua.source_codes[IDENTITY_FILTER].inline_string = identity_script(keys)
+        out.insert(
+            2, hcm_pb2.HttpFilter(name=IDENTITY_FILTER, disabled=True, typed_config=pack(lua))
         )
-    )
     return out
 
 
@@ -78,6 +76,7 @@ def jwt_config(keys: NativeKeys) -> jwt_pb2.JwtAuthentication:
     provider = jwt_pb2.JwtProvider(
         forward=True,
         payload_in_metadata=PAYLOAD,
+        failed_status_in_metadata=FAILURE,
         require_expiration=True,
         clock_skew_seconds=keys.leeway_s,
     )
@@ -87,11 +86,6 @@ def jwt_config(keys: NativeKeys) -> jwt_pb2.JwtAuthentication:
         provider.audiences.append(keys.audience)
     provider.local_jwks.filename = keys.jwks
     provider.jwt_cache_config.jwt_cache_size = 1000
-    provider.claim_to_headers.add(header_name=USER_HEADER, claim_name=".".join(keys.user))
-    if keys.role_fallback is not None:
-        provider.claim_to_headers.add(header_name=ROLES_HEADER, claim_name=keys.role_fallback)
-    if keys.roles is not None:  # after the fallback: overwrites it when the token has both
-        provider.claim_to_headers.add(header_name=ROLES_HEADER, claim_name=".".join(keys.roles))
     config = jwt_pb2.JwtAuthentication()
     config.providers[PROVIDER].CopyFrom(provider)
     config.requirement_map[PROVIDER].provider_name = PROVIDER
@@ -316,10 +310,19 @@ def local_replies() -> list[hcm_pb2.ResponseMapper]:
     out = []
     for status, error, message in _TERSE:
         mapper = hcm_pb2.ResponseMapper()
-        comparison = mapper.filter.status_code_filter.comparison
-        comparison.op = comparison.EQ
-        comparison.value.default_value = status
-        comparison.value.runtime_key = f"sidecar.native_reply.{status}"
+        if status == 401:
+            # Every token jwt_authn refuses, whatever its own status (403 for an audience).
+            matcher = mapper.filter.metadata_filter.matcher
+            matcher.filter = JWT_FILTER
+            matcher.path.add(key=FAILURE)
+            matcher.value.present_match = True
+            mapper.filter.metadata_filter.match_if_key_not_found.value = False
+            mapper.status_code.value = 401
+        else:
+            comparison = mapper.filter.status_code_filter.comparison
+            comparison.op = comparison.EQ
+            comparison.value.default_value = status
+            comparison.value.runtime_key = f"sidecar.native_reply.{status}"
         body = mapper.body_format_override
         body.content_type = "application/json"
         fields = body.json_format.fields
@@ -335,26 +338,68 @@ def local_replies() -> list[hcm_pb2.ResponseMapper]:
     return out
 
 
-def identity_per_route(keys: NativeKeys | None) -> header_mutation_pb2.HeaderMutationPerRoute:
-    """`x-tenant-id` from the verified token (removed without one), and `x-request-id` kept
-    as Envoy made it; on a public route every identity header a client sent is gone already
-    or removed by the route."""
-    out = header_mutation_pb2.HeaderMutationPerRoute()
-    mutations = out.mutations.request_mutations
-    # ext_authz sends an empty `x-user-roles` for a token without roles.
-    roles = mutations.add().append
-    roles.header.key = ROLES_HEADER
-    roles.append_action = base_pb2.HeaderValueOption.ADD_IF_ABSENT
-    roles.keep_empty_value = True
-    mutations.add(remove=TENANT_HEADER)
-    if keys is not None and keys.tenant is not None:
-        path = ":".join((PAYLOAD, *keys.tenant))
-        append = mutations.add().append
-        append.header.key = TENANT_HEADER
-        append.header.value = f"%DYNAMIC_METADATA({JWT_FILTER}:{path})%"
-        append.append_action = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-        append.keep_empty_value = False
-    return out
+_IDENTITY_SCRIPT = """
+local USER, ROLES, FALLBACK, TENANT = %s, %s, %s, %s
+local function enc(v)
+  return (string.gsub(v, "[^A-Za-z0-9%%-%%._~:/@]", function(c)
+    return string.format("%%%%%%02X", string.byte(c))
+  end))
+end
+local function at(node, path)
+  if path == nil then return nil end
+  for _, key in ipairs(path) do
+    if type(node) ~= "table" then return nil end
+    node = node[key]
+  end
+  return node
+end
+function envoy_on_request(handle)
+  local meta = handle:streamInfo():dynamicMetadata():get("envoy.filters.http.jwt_authn")
+  local p = meta and meta["payload"]
+  if p == nil then return end
+  local headers = handle:headers()
+  headers:replace("x-user-id", enc(tostring(at(p, USER))))
+  local value = at(p, ROLES)
+  if value == nil and FALLBACK ~= nil and p[FALLBACK] ~= nil then value = {p[FALLBACK]} end
+  local out, seen = {}, {}
+  local function add(r)
+    if r ~= "" and not seen[r] then seen[r] = true; out[#out + 1] = enc(r) end
+  end
+  if type(value) == "string" then
+    for r in string.gmatch(value, "%%S+") do add(r) end
+  elseif type(value) == "table" then
+    for _, r in ipairs(value) do add(r) end
+  end
+  headers:replace("x-user-roles", table.concat(out, ","))
+  local tenant = at(p, TENANT)
+  if type(tenant) == "string" then
+    headers:replace("x-tenant-id", enc(tenant))
+  else
+    headers:remove("x-tenant-id")
+  end
+end
+"""
+
+
+def _lua_path(path: tuple[str, ...] | None) -> str:
+    """A Lua table literal of a claim path (plain names only: `engines._PLAIN`)."""
+    if path is None:
+        return "nil"
+    return "{" + ", ".join(f'"{key}"' for key in path) + "}"
+
+
+def identity_script(keys: NativeKeys) -> str:
+    """Lua setting `x-user-id`, `x-user-roles` and `x-tenant-id` from the verified payload
+    exactly as ext_authz does: the same claims (roles, else the single `role`), the roles of a
+    string split at spaces, empty and repeated ones dropped, every value encoded by
+    `contract.encode_identity`'s rule; `x-tenant-id` removed without a tenant."""
+    fallback = "nil" if keys.role_fallback is None else f'"{keys.role_fallback}"'
+    return _IDENTITY_SCRIPT % (
+        _lua_path(keys.user),
+        _lua_path(keys.roles),
+        fallback,
+        _lua_path(keys.tenant),
+    )
 
 
 def per_route(keys: NativeKeys | None, policy: RoutePolicy) -> Iterator[tuple[str, any_pb2.Any]]:
@@ -363,7 +408,8 @@ def per_route(keys: NativeKeys | None, policy: RoutePolicy) -> Iterator[tuple[st
     if not policy.public and keys is not None:
         yield JWT_FILTER, pack(jwt_per_route(True))
         yield RBAC_FILTER, pack(rbac_per_route(keys, policy))
-        identity = route_components_pb2.FilterConfig(config=pack(identity_per_route(keys)))
+        per_route = lua_pb2.LuaPerRoute(name=IDENTITY_FILTER)
+        identity = route_components_pb2.FilterConfig(config=pack(per_route))
         yield IDENTITY_FILTER, pack(identity)
     if policy.rate_limit is not None:
         yield LIMIT_FILTER, pack(limit_per_route(keys, policy))
