@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.echo import EchoServer
-from tests.support import http, stack, wait
+from tests.support import http, stack
 from tests.support.catalogs import write_catalog
 from tests.support.keys import KeyPair, rsa_key, write_jwks
 from tests.support.ports import free_port
@@ -110,11 +110,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, stac
             started.append(envoy.proc)
             envoys[engine] = envoy
         for envoy in envoys.values():
-            wait.wait_until(
-                lambda e=envoy: (r := http.try_get(e.url + "/pub/x")) and r.status == 200,
-                timeout=30,
-                what="routes in place",
-            )
+            stack.wait_for_route(envoy, "/docs/x")
         yield envoys
     finally:
         for proc in reversed(started):
