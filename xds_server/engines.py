@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from ext_authz import idp  # the presets: data shared with ext_authz
 from sidecar_shared.contract import RoutePolicy
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag
@@ -39,6 +38,16 @@ Engine = Literal["ext_authz", "native"]
 
 # Claim-path characters native understands: plain dotted names (`realm_access.roles`). A path
 # with brackets or several paths (first found wins) stays with ext_authz.
+# The identity providers' claim paths (user, roles, tenant): `ext_authz.idp`'s, which this
+# package may not import (a unit test keeps the two equal). None: the built-in claims.
+IDP_CLAIMS: dict[str | None, tuple[str, str, str]] = {
+    None: ("sub", "roles", "tenant_id"),
+    "keycloak": ("sub", "realm_access.roles", "tenant_id"),
+    "auth0": ("sub", "permissions", "org_id"),
+    "okta": ("sub", "groups", "tenant_id"),
+    "azure": ("oid", "roles", "tid"),
+    "google": ("email", "", "hd"),
+}
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-:/")
 
 
@@ -168,14 +177,14 @@ def from_args(args: argparse.Namespace) -> EngineOptions:
     elif not args.jwks:
         no_keys = "no JWKS (SIDECAR_JWKS) to compile into jwt_authn"
     else:
-        try:
-            chosen = idp.preset(args.idp)
-        except ValueError as err:
-            raise SettingsError(str(err)) from None
+        name = args.idp.lower() if args.idp else None
+        if name not in IDP_CLAIMS:
+            raise SettingsError(f"SIDECAR_IDP={args.idp!r} is not one of the presets")
+        user_path, roles_path, tenant_path = IDP_CLAIMS[name]
         paths = {
-            "user": _path(args.claim_user or chosen.user, "SIDECAR_CLAIM_USER"),
-            "roles": _path(args.claim_roles or chosen.roles, "SIDECAR_CLAIM_ROLES"),
-            "tenant": _path(args.claim_tenant or chosen.tenant, "SIDECAR_CLAIM_TENANT"),
+            "user": _path(args.claim_user or user_path, "SIDECAR_CLAIM_USER"),
+            "roles": _path(args.claim_roles or roles_path, "SIDECAR_CLAIM_ROLES"),
+            "tenant": _path(args.claim_tenant or tenant_path, "SIDECAR_CLAIM_TENANT"),
         }
         wrong = [p for p in paths.values() if isinstance(p, str)]
         if wrong:
@@ -189,7 +198,7 @@ def from_args(args: argparse.Namespace) -> EngineOptions:
                 leeway_s=int(float(args.jwt_leeway)),
                 user=user,
                 roles=roles or None,
-                role_fallback="role" if chosen is idp.DEFAULT and not args.claim_roles else None,
+                role_fallback="role" if name is None and not args.claim_roles else None,
                 tenant=tenant or None,
             )
     if decision == "native" and keys is None:

@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 
+from ext_authz import idp
 from sidecar_shared.contract import Limit, RoutePolicy
 from sidecar_shared.errors import SettingsError
 from xds_server import engines
@@ -72,3 +73,11 @@ def test_idp_presets_and_claim_paths_reach_native() -> None:
 
 def test_the_default_is_auto() -> None:
     assert parse().decision == "auto"
+
+
+def test_the_presets_claim_paths_are_ext_authz_s() -> None:
+    expected: dict[str | None, tuple[str, str, str]] = {
+        None: (idp.DEFAULT.user, idp.DEFAULT.roles, idp.DEFAULT.tenant)
+    }
+    expected.update({name: (p.user, p.roles, p.tenant) for name, p in idp.PRESETS.items()})
+    assert expected == engines.IDP_CLAIMS
