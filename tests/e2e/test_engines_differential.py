@@ -227,3 +227,26 @@ def test_a_limit_sequence_agrees(engines: dict[str, stack.Envoy], shape: str) ->
         assert denied.json()["error"] == "rate_limited"
         assert denied.headers.get("retry-after")
     assert statuses["native"] == statuses["auto"] == statuses["ext_authz"] == [200] * 3 + [429] * 2
+
+
+def counters(envoy: stack.Envoy, prefix: str) -> int:
+    """The sum of Envoy's counters under `http.ingress_http.<prefix>`."""
+    text = envoy.admin(f"/stats?filter=^http\\.ingress_http\\.{prefix}").body.decode()
+    return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if ":" in line)
+
+
+def test_native_decides_in_envoy_and_auto_only_where_it_compiles(
+    engines: dict[str, stack.Envoy], shape: str
+) -> None:
+    """The answers above came from Envoy's filters: the native Envoy never called ext_authz,
+    the auto one only for the limited route."""
+    tok = mint("valid", "counted", ["reader"], None, "acme", shape)
+    for envoy in engines.values():
+        for path in ("/docs/1", "/quota/1"):
+            http.get(envoy.url + path, {"authorization": f"Bearer {tok}"})
+    assert counters(engines["native"], "ext_authz") == 0
+    assert counters(engines["native"], "jwt_authn.allowed") > 0
+    assert counters(engines["native"], "rbac.allowed") > 0
+    assert counters(engines["ext_authz"], "jwt_authn") == 0
+    assert counters(engines["auto"], "jwt_authn.allowed") > 0
+    assert counters(engines["auto"], "ext_authz.ok") > 0  # /quota: its limit is ext_authz's
