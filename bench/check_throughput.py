@@ -52,6 +52,7 @@ from pathlib import Path
 
 import jwt
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -124,8 +125,10 @@ class Config:
     # the JWKS (an HS secret is never compiled into Envoy), ext_authz the same JWKS.
     decision: str = "ext_authz"
     # A hand-written Envoy (static config: jwt_authn + rbac on the role, nothing else) instead
-    # of our xDS server: what Envoy's own filters cost, the native engine's anchor.
+    # of our xDS server: what Envoy's own filters cost, the native engine's anchor. `parts`
+    # adds pieces of the native engine to it one by one (`ANCHOR_PARTS`), to see what costs.
     anchor: bool = False
+    parts: tuple[str, ...] = ()
 
     @property
     def rs256(self) -> bool:
@@ -154,8 +157,12 @@ CONFIGS = [
     Config("native-10k-users", SECURE + "/x", MANY, decision="native"),
     Config("auto-1-token", SECURE + "/x", ONE, decision="auto"),
 ]
+# The native engine's pieces on top of the anchor: the tenant condition (CEL), the identity
+# headers (Lua), the per-user limit (local_ratelimit).
+ANCHOR_PARTS = ("cel", "lua", "limit")
 # Older rows (no RBAC, no tenant, no limit unless named so): --configs selects them.
 EXTRA_CONFIGS = [
+    *(Config(f"anchor+{p}", SECURE + "/x", ONE, anchor=True, parts=(p,)) for p in ANCHOR_PARTS),
     Config("authz-1-token", PROTECTED + "/x", TokenSource(1), transport="grpc"),
     Config("authz-10k-users", PROTECTED + "/x", TokenSource(10_000), transport="grpc"),
     Config("limit-memory-10k-users", LIMITED + "/x", TokenSource(10_000), transport="grpc"),
@@ -365,7 +372,7 @@ def start_stack(
         )
     started.append(authz.proc)
     if config.anchor:
-        envoy = start_anchor(workdir, config.name, catalog)
+        envoy = start_anchor(workdir, config.name, catalog, config.parts)
     else:
         envoy = stack.start_envoy(xds, workdir, node_id=f"gw-{config.name}", authz=authz)
     started.append(envoy.proc)
@@ -386,17 +393,32 @@ def write_jwks(workdir: Path) -> Path:
     return keys.write_jwks(workdir / "jwks.json", keys.rsa_key(SIGNER))
 
 
-def start_anchor(workdir: Path, name: str, catalog: Path) -> stack.Envoy:
+def start_anchor(
+    workdir: Path, name: str, catalog: Path, parts: tuple[str, ...] = ()
+) -> stack.Envoy:
     """Envoy (default concurrency, like the gateways) from a static config: the `secure`
     route's upstream behind jwt_authn (the JWKS) and rbac (GET by role `reader`), nothing
-    else: what Envoy's own filters cost, written by hand."""
+    else: what Envoy's own filters cost, written by hand; with `parts` of the native engine's
+    configuration added (`ANCHOR_PARTS`)."""
     upstream = json.loads(catalog.read_text())["services"][0]["internal_url"]
     port = int(upstream.rsplit(":", 1)[1])
     native_keys = NativeKeys(jwks=str(write_jwks(workdir)), roles=("roles",), role_fallback=None)
-    rbac = native.rbac_per_route(
-        native_keys, RoutePolicy(service="secure", allowed_roles={"read": frozenset({"reader"})})
-    ).rbac
-    rbac.rules.policies["read"].ClearField("condition")
+    policy = RoutePolicy(
+        service="secure",
+        allowed_roles={"read": frozenset({"reader"})},
+        rate_limit=Limit(1_000_000, 1),
+    )
+    rbac = native.rbac_per_route(native_keys, policy).rbac
+    if "cel" not in parts:
+        rbac.rules.policies["read"].ClearField("condition")
+    extra: list[dict[str, object]] = []
+    if "lua" in parts:
+        lua = lua_pb2.Lua()
+        lua.default_source_code.inline_string = native.identity_script(native_keys)
+        extra.append({"name": "lua", "typed_config": as_json(lua)})
+    if "limit" in parts:
+        limit = native.limit_per_route(native_keys, policy)
+        extra.append({"name": "limit", "typed_config": as_json(limit)})
     listen, admin = ports.free_port(), ports.free_port()
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
@@ -414,6 +436,7 @@ def start_anchor(workdir: Path, name: str, catalog: Path) -> stack.Envoy:
         "http_filters": [
             {"name": "jwt", "typed_config": as_json(jwt_anchor(native_keys))},
             {"name": "rbac", "typed_config": as_json(rbac)},
+            *extra,
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {

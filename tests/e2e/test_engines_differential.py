@@ -196,7 +196,7 @@ def requests(draw: Callable[..., Any], shape: str) -> tuple[str, str, dict[str, 
 
 
 @settings(
-    max_examples=30,
+    max_examples=25,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],

@@ -340,10 +340,12 @@ def local_replies() -> list[hcm_pb2.ResponseMapper]:
 
 _IDENTITY_SCRIPT = """
 local USER, ROLES, FALLBACK, TENANT = %s, %s, %s, %s
+local find, gsub, format, byte = string.find, string.gsub, string.format, string.byte
+local UNSAFE = "[^A-Za-z0-9%%-%%._~:/@]"
+local function hex(c) return format("%%%%%%02X", byte(c)) end
 local function enc(v)
-  return (string.gsub(v, "[^A-Za-z0-9%%-%%._~:/@]", function(c)
-    return string.format("%%%%%%02X", string.byte(c))
-  end))
+  if not find(v, UNSAFE) then return v end
+  return (gsub(v, UNSAFE, hex))
 end
 local function at(node, path)
   if path == nil then return nil end
