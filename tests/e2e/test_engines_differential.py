@@ -7,6 +7,7 @@ verbose denials, limits (compared apart, as a sequence)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from ext_authz.claims import set_claim
 from sidecar.echo import EchoServer
-from tests.support import http, stack
+from tests.support import http, stack, wait
 from tests.support.catalogs import write_catalog
 from tests.support.keys import KeyPair, rsa_key, write_jwks
 from tests.support.ports import free_port
@@ -250,3 +251,31 @@ def test_native_decides_in_envoy_and_auto_only_where_it_compiles(
     assert counters(engines["ext_authz"], "jwt_authn") == 0
     assert counters(engines["auto"], "jwt_authn.allowed") > 0
     assert counters(engines["auto"], "ext_authz.ok") > 0  # /quota: its limit is ext_authz's
+
+
+def test_envoy_writes_the_audit_fields_of_a_native_decision(
+    engines: dict[str, stack.Envoy], shape: str
+) -> None:
+    """The native Envoy's access log line names the verified user and tenant of an allowed
+    request, and why jwt_authn refused a token, beside the status and the request id."""
+    envoy = engines["native"]
+    tok = mint("valid", "audited-user", ["reader"], None, "acme", shape)
+    allowed = http.get(envoy.url + "/docs/audit", {"authorization": f"Bearer {tok}"})
+    expired = mint("expired", "late-user", ["reader"], None, "acme", shape)
+    refused = http.get(envoy.url + "/docs/audit", {"authorization": f"Bearer {expired}"})
+    assert (allowed.status, refused.status) == (200, 401)
+
+    def lines() -> list[dict[str, Any]]:
+        out = []
+        for line in envoy.proc.output().splitlines():
+            if line.startswith("{") and '"path":"/docs/audit"' in line:
+                out.append(json.loads(line))
+        return out
+
+    wait.wait_until(lambda: len(lines()) >= 2, what="both access log lines")
+    by_status = {line["status"]: line for line in lines()}
+    assert by_status[200]["user"] == "audited-user"
+    assert by_status[200]["tenant"] == "acme"
+    assert by_status[200]["request_id"] == allowed.json()["headers"]["x-request-id"]
+    assert "expired" in by_status[401]["authn_failure"].lower()
+    assert by_status[401]["request_id"] == refused.json()["request_id"]

@@ -148,7 +148,12 @@ def listener(catalog: Catalog, options: Options) -> listener_pb2.Listener:
     set_edge_limits(manager, options.edge, options.authz.failure_status)
     if needs_native_filters(catalog, options.authz.engines):
         manager.local_reply_config.mappers.extend(native.local_replies())
-    manager.access_log.extend(observability.access_logs(options.observability))
+    audit = (
+        native.audit_fields(options.authz.engines.keys)
+        if needs_native_filters(catalog, options.authz.engines)
+        else None
+    )
+    manager.access_log.extend(observability.access_logs(options.observability, audit))
     if options.observability.tracing is not None:
         manager.tracing.CopyFrom(observability.tracing(options.observability.tracing))
     return listener_pb2.Listener(

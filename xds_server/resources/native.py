@@ -404,6 +404,21 @@ def identity_script(keys: NativeKeys) -> str:
     )
 
 
+def audit_fields(keys: NativeKeys | None) -> dict[str, str]:
+    """Access-log fields that make Envoy's line for a natively decided request its audit line
+    (ext_authz's `user`, `tenant`; `authn_failure`: why jwt_authn refused the token; the
+    decision itself is `status` and `details`). Empty for requests ext_authz decided."""
+    if keys is None:
+        return {}
+    out = {
+        "user": f"%DYNAMIC_METADATA({JWT_FILTER}:{':'.join((PAYLOAD, *keys.user))})%",
+        "authn_failure": f"%DYNAMIC_METADATA({JWT_FILTER}:{FAILURE}:message)%",
+    }
+    if keys.tenant is not None:
+        out["tenant"] = f"%DYNAMIC_METADATA({JWT_FILTER}:{':'.join((PAYLOAD, *keys.tenant))})%"
+    return out
+
+
 def per_route(keys: NativeKeys | None, policy: RoutePolicy) -> Iterator[tuple[str, any_pb2.Any]]:
     """The route's per-filter configs (filter name, config) for the native filters."""
     yield AUTHZ_FILTER, FILTER_DISABLED
