@@ -176,6 +176,8 @@ def from_args(args: argparse.Namespace) -> EngineOptions:
         no_keys = "an HS secret is never written into Envoy's configuration"
     elif not args.jwks:
         no_keys = "no JWKS (SIDECAR_JWKS) to compile into jwt_authn"
+    elif args.jwks.startswith(("http://", "https://")):
+        no_keys = "a JWKS URL is fetched by ext_authz (native compiles a JWKS file only)"
     else:
         name = args.idp.lower() if args.idp else None
         if name not in IDP_CLAIMS:

@@ -9,8 +9,14 @@ import pytest
 from ext_authz import idp
 from sidecar_shared.contract import Limit, RoutePolicy
 from sidecar_shared.errors import SettingsError
+from tests.support.catalogs import SAMPLE
 from xds_server import engines
+from xds_server.catalog import decode_catalog
 from xds_server.engines import EngineOptions, NativeKeys, choose
+from xds_server.resources import native
+from xds_server.resources.common import AUTHZ_FILTER, AuthzOptions, Options
+from xds_server.resources.listener import http_filters, listener
+from xds_server.resources.routes import route_configuration
 
 KEYS = NativeKeys(jwks="/keys/jwks.json")
 PROTECTED = RoutePolicy(service="docs", tenant_scope="tenant")
@@ -81,3 +87,35 @@ def test_the_presets_claim_paths_are_ext_authz_s() -> None:
     }
     expected.update({name: (p.user, p.roles, p.tenant) for name, p in idp.PRESETS.items()})
     assert expected == engines.IDP_CLAIMS
+
+
+def test_a_jwks_url_stays_with_ext_authz() -> None:
+    options = parse(SIDECAR_JWKS="https://idp.example/jwks.json")
+    assert options.keys is None
+    assert "URL" in options.no_keys
+
+
+def test_without_keys_auto_changes_nothing_envoy_receives() -> None:
+    """An HS-secret deployment (the demo, every existing one) gets the very same listener and
+    routes under `auto` as under `ext_authz`."""
+    catalog = decode_catalog(SAMPLE.read_bytes(), str(SAMPLE))
+    auto = parse(SIDECAR_JWT_SECRET="s" * 40)
+    assert auto.decision == "auto"
+    before = Options(authz=AuthzOptions(engines=EngineOptions("ext_authz")))
+    after = Options(authz=AuthzOptions(engines=auto))
+    assert listener(catalog, before) == listener(catalog, after)
+    assert route_configuration(catalog, before.authz) == route_configuration(catalog, after.authz)
+
+
+def test_native_routes_skip_ext_authz_and_carry_the_native_filters() -> None:
+    catalog = decode_catalog(SAMPLE.read_bytes(), str(SAMPLE))
+    options = EngineOptions("native", KEYS)
+    routes = route_configuration(catalog, AuthzOptions(engines=options))
+    by_name = {r.name: r for r in routes.virtual_hosts[0].routes}
+    admin = by_name["admin"].typed_per_filter_config
+    assert set(admin) >= {native.JWT_FILTER, native.RBAC_FILTER, native.IDENTITY_FILTER}
+    assert "orders" in by_name  # tenant upstreams: still ext_authz
+    assert native.JWT_FILTER not in by_name["orders"].typed_per_filter_config
+    chain = [f.name for f in http_filters(catalog, Options(authz=AuthzOptions(engines=options)))]
+    assert chain.index(native.JWT_FILTER) < chain.index(native.RBAC_FILTER)
+    assert chain.index(native.RBAC_FILTER) < chain.index(AUTHZ_FILTER)

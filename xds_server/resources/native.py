@@ -85,6 +85,8 @@ def jwt_config(keys: NativeKeys) -> jwt_pb2.JwtAuthentication:
     if keys.audience:
         provider.audiences.append(keys.audience)
     provider.local_jwks.filename = keys.jwks
+    # Read when Envoy builds the listener: a rotated file takes effect on Envoy's next start
+    # (jwt_authn ignores `watched_directory` for it; docs/engines.md).
     provider.jwt_cache_config.jwt_cache_size = 1000
     config = jwt_pb2.JwtAuthentication()
     config.providers[PROVIDER].CopyFrom(provider)
