@@ -197,7 +197,7 @@ def requests(draw: Callable[..., Any], shape: str) -> tuple[str, str, dict[str, 
 
 
 @settings(
-    max_examples=25,
+    max_examples=20,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -279,3 +279,20 @@ def test_envoy_writes_the_audit_fields_of_a_native_decision(
     assert by_status[200]["request_id"] == allowed.json()["headers"]["x-request-id"]
     assert "expired" in by_status[401]["authn_failure"].lower()
     assert by_status[401]["request_id"] == refused.json()["request_id"]
+
+
+def test_a_token_without_its_user_claim_is_401_on_every_engine(
+    engines: dict[str, stack.Envoy], shape: str
+) -> None:
+    user_claim = SHAPES[shape][0]
+    now = int(time.time())
+    claims: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "exp": now + 600, "sub": "x"}
+    claims.pop(user_claim, None)
+    signer = _key("signer")
+    tok = jwt.encode(claims, signer.private, algorithm="RS256", headers={"kid": "signer"})
+    answers = {
+        name: observe(http.get(envoy.url + "/feed/1", {"authorization": f"Bearer {tok}"}))
+        for name, envoy in engines.items()
+    }
+    assert answers["ext_authz"]["status"] == 401
+    assert answers["native"] == answers["auto"] == answers["ext_authz"]

@@ -313,7 +313,8 @@ def local_replies() -> list[hcm_pb2.ResponseMapper]:
     for status, error, message in _TERSE:
         mapper = hcm_pb2.ResponseMapper()
         if status == 401:
-            # Every token jwt_authn refuses, whatever its own status (403 for an audience).
+            # Every token jwt_authn refuses, whatever its own status (403 for an audience);
+            # a 401 of the identity step (no user claim) has no failure but gets the next.
             matcher = mapper.filter.metadata_filter.matcher
             matcher.filter = JWT_FILTER
             matcher.path.add(key=FAILURE)
@@ -337,6 +338,15 @@ def local_replies() -> list[hcm_pb2.ResponseMapper]:
             header.header.value = f'Bearer error="invalid_token", error_description="{message}"'
             header.append_action = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
         out.append(mapper)
+        if status == 401:
+            plain = hcm_pb2.ResponseMapper()
+            plain.CopyFrom(mapper)
+            plain.ClearField("status_code")
+            comparison = plain.filter.status_code_filter.comparison
+            comparison.op = comparison.EQ
+            comparison.value.default_value = 401
+            comparison.value.runtime_key = "sidecar.native_reply.401"
+            out.append(plain)
     return out
 
 
@@ -361,8 +371,13 @@ function envoy_on_request(handle)
   local meta = handle:streamInfo():dynamicMetadata():get("envoy.filters.http.jwt_authn")
   local p = meta and meta["payload"]
   if p == nil then return end
+  local user = at(p, USER)
+  if type(user) ~= "string" or user == "" then
+    handle:respond({[":status"] = "401"}, "")  -- ext_authz's missing_claim
+    return
+  end
   local headers = handle:headers()
-  headers:replace("x-user-id", enc(tostring(at(p, USER))))
+  headers:replace("x-user-id", enc(user))
   local value = at(p, ROLES)
   if value == nil and FALLBACK ~= nil and p[FALLBACK] ~= nil then value = {p[FALLBACK]} end
   local out, seen = {}, {}
