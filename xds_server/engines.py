@@ -7,16 +7,17 @@ compiled by `xds_server.resources.native`).
   differences accepted (docs/engines.md); a route native cannot decide at all keeps ext_authz.
 - `auto` (the default): native where the route's policy compiles to what ext_authz would
   answer, up to the documented differences; ext_authz where the catalog or the settings ask for
-  what only ext_authz does (a limit shared through Redis, method-override headers, tenant
-  upstreams), and everywhere when the keys are an HS secret (see `native_keys`).
+  what only ext_authz does (a limit: its sliding window, shared through Redis or not, and its
+  RateLimit headers; method-override headers; tenant upstreams), and for every protected route
+  when the keys are an HS secret or a JWKS URL (`from_args`).
 
 Native needs the same keys and claims ext_authz reads: the xDS server reads the same
 `SIDECAR_JWKS`, `SIDECAR_JWT_ISSUER`, `SIDECAR_JWT_AUDIENCE`, `SIDECAR_JWT_LEEWAY`,
 `SIDECAR_IDP` and `SIDECAR_CLAIM_*` variables (`sidecar up` gives both servers the same
 environment). An HS secret is never compiled: Envoy's jwt_authn takes it only inline in its
 configuration (a JWKS `oct` key), which would put the secret into every xDS response, the
-config dump on Envoy's admin port, and any captured snapshot. Asymmetric keys (a JWKS file or
-URL) carry nothing secret.
+config dump on Envoy's admin port, and any captured snapshot. A JWKS file carries nothing
+secret.
 """
 
 from __future__ import annotations

@@ -2,18 +2,21 @@
 
 Filters, in the listener's chain after the strip filters and before ext_authz (each does
 nothing on a route without its per-route config, so ext_authz routes are untouched):
-- `jwt_authn`: one provider with the JWKS, issuer, audience and leeway ext_authz uses; the
-  verified payload goes to dynamic metadata (`payload`); the user and the roles claims are
-  copied onto `x-user-id` / `x-user-roles` (a client's copies were stripped already). The
-  `Authorization` header is forwarded untouched, as ext_authz does.
+- `jwt_authn`: one provider with the JWKS file, issuer, audience and leeway ext_authz uses,
+  `exp` required; the verified payload goes to dynamic metadata (`payload`), a refusal's reason
+  to `failure`. The `Authorization` header is forwarded untouched, as ext_authz does.
 - `rbac`: the catalog's method → action table and the roles allowed each action (read from
-  the verified payload in dynamic metadata), and the tenant rules as a CEL condition: a
-  tenant-scoped service needs a tenant in the token; a client's `x-tenant-id` must equal it.
+  the verified payload: the roles claim, or the single `role` claim in a token without one),
+  and the tenant rules as a CEL condition: a tenant-scoped service needs a tenant in the
+  token; a client's `x-tenant-id` must equal the token's.
+- `lua` (`IDENTITY_FILTER`, on per route): `x-user-id`, `x-user-roles`, `x-tenant-id` from the
+  verified payload by `contract.encode_identity`'s rule (a client's copies of the first two
+  were stripped already; its `x-tenant-id` is replaced or removed after RBAC compared it); a
+  token without its user claim is a 401 here, as in ext_authz.
 - `local_ratelimit`: the route's limit as a token bucket per (tenant, user), or per client
   address on a public route (wildcard descriptors, one bucket per value).
-- a header mutation after them sets `x-tenant-id` from the token (after RBAC compared the
-  client's copy) or removes it.
-Denials get ext_authz's terse JSON bodies from the listener's local replies (`local_replies`).
+Denials get ext_authz's terse JSON bodies from the listener's local replies (`local_replies`);
+Envoy's access-log line carries the decision's audit fields (`audit_fields`).
 """
 
 from __future__ import annotations
