@@ -50,10 +50,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jwt
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
 from sidecar_shared.contract import POLICY_HEADER, Limit, RoutePolicy
 from sidecar_shared.supervise import find_envoy
-from tests.support import envoy_upstream, http, metrics, ports, stack, tokens, wait
+from tests.support import envoy_upstream, http, keys, metrics, ports, stack, tokens, wait
 from tests.support.policies import encode
+from xds_server.engines import NativeKeys
+from xds_server.resources import native
 
 PROTECTED = "/api"  # "rbac_required": false, not public: ext_authz checks the token
 OPEN = "/open"  # "public": true, no rate_limit: Envoy skips ext_authz
@@ -113,6 +121,23 @@ class Config:
     authz_args: AuthzArgs = field(default_factory=AuthzArgs)
     transport: str = "http"  # how Envoy calls ext_authz (--authz-transport)
     floor: bool = False  # Envoy calls bench.floor_authz (decides nothing) instead of ext_authz
+    # The xDS server's --decision (docs/engines.md); `native` and `auto` get RS256 tokens and
+    # the JWKS (an HS secret is never compiled into Envoy), ext_authz the same JWKS.
+    decision: str = "ext_authz"
+    # A hand-written Envoy (static config: jwt_authn + rbac on the role, nothing else) instead
+    # of our xDS server: what Envoy's own filters cost, the native engine's anchor. `parts`
+    # adds pieces of the native engine to it one by one (`ANCHOR_PARTS`), to see what costs.
+    anchor: bool = False
+    parts: tuple[str, ...] = ()
+
+    @property
+    def rs256(self) -> bool:
+        return self.decision != "ext_authz" or self.anchor
+
+    @property
+    def checks_expected(self) -> bool:
+        """Whether ext_authz decides every request of this configuration."""
+        return self.token_source.users > 0 and self.decision != "native" and not self.anchor
 
 
 ONE = TokenSource(1, "acme")
@@ -127,9 +152,17 @@ CONFIGS = [
     Config("grpc-10k-users", SECURE + "/x", MANY, AuthzArgs(MISSES), "grpc"),
     Config("http-floor", SECURE + "/x", ONE, floor=True),
     Config("grpc-floor", SECURE + "/x", ONE, transport="grpc", floor=True),
+    Config("native-anchor", SECURE + "/x", ONE, anchor=True),
+    Config("native-1-token", SECURE + "/x", ONE, decision="native"),
+    Config("native-10k-users", SECURE + "/x", MANY, decision="native"),
+    Config("auto-1-token", SECURE + "/x", ONE, decision="auto"),
 ]
+# The native engine's pieces on top of the anchor: the tenant condition (CEL), the identity
+# headers (Lua), the per-user limit (local_ratelimit).
+ANCHOR_PARTS = ("cel", "lua", "limit")
 # Older rows (no RBAC, no tenant, no limit unless named so): --configs selects them.
 EXTRA_CONFIGS = [
+    *(Config(f"anchor+{p}", SECURE + "/x", ONE, anchor=True, parts=(p,)) for p in ANCHOR_PARTS),
     Config("authz-1-token", PROTECTED + "/x", TokenSource(1), transport="grpc"),
     Config("authz-10k-users", PROTECTED + "/x", TokenSource(10_000), transport="grpc"),
     Config("limit-memory-10k-users", LIMITED + "/x", TokenSource(10_000), transport="grpc"),
@@ -154,6 +187,10 @@ TARGETS = [
     ),
     ("throughput, gRPC transport, one cached token", "grpc-1-token", "ratio", 0.27, ">="),
     ("ext_authz CPU per check, HTTP transport, cached", "http-1-token", "cpu_us", 20.0, "<="),
+    ("throughput, native engine, one token", "native-1-token", "ratio", 0.85, ">="),
+    ("throughput, native engine, 10,000 users", "native-10k-users", "ratio", 0.85, ">="),
+    ("  (anchor: hand-written jwt_authn + rbac)", "native-anchor", "ratio", 0.85, ">="),
+    ("throughput, auto (limited route: ext_authz)", "auto-1-token", "ratio", 0.55, ">="),
 ]
 
 LUA = """\
@@ -280,9 +317,23 @@ def write_catalog(workdir: Path, upstream_port: int) -> Path:
     return catalog
 
 
-def write_tokens(path: Path, source: TokenSource) -> None:
+SIGNER = "bench-rs"
+
+
+def rs256_token(sub: str, tenant: str | None) -> str:
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": sub, "roles": ["reader"], "iat": now, "exp": now + 3600}
+    if tenant is not None:
+        claims["tenant_id"] = tenant
+    key = keys.rsa_key(SIGNER)
+    return jwt.encode(claims, key.private, algorithm="RS256", headers={"kid": SIGNER})
+
+
+def write_tokens(path: Path, source: TokenSource, rs256: bool = False) -> None:
     lines = [
-        tokens.token(sub=f"user-{i}", roles=["reader"], tenant=source.tenant, ttl_s=3600)
+        rs256_token(f"user-{i}", source.tenant)
+        if rs256
+        else tokens.token(sub=f"user-{i}", roles=["reader"], tenant=source.tenant, ttl_s=3600)
         for i in range(source.users)
     ]
     path.write_text("".join(line + "\n" for line in lines))
@@ -299,13 +350,15 @@ def start_stack(
     `started`. Its own xDS server gives its Envoy its own listener port: Envoys sharing one
     port (SO_REUSEPORT) would split wrk's connections between them. `trace_env` (OTEL_*) goes
     to the xDS server, which configures Envoy's tracer from it, and to ext_authz."""
+    jwks = {"SIDECAR_JWKS": str(write_jwks(workdir))} if config.rs256 else {}
+    decision = {"SIDECAR_DECISION": config.decision}
     xds = stack.start_xds(
         catalog,
         workdir,
         name=f"xds-{config.name}",
         transport=config.transport,
         args=list(TRACING_XDS_ARGS) if trace_env else None,
-        env=trace_env,
+        env={**trace_env, **jwks, **decision},
     )
     started.append(xds.proc)
     if config.floor:
@@ -314,14 +367,17 @@ def start_stack(
         authz = stack.start_authz(
             workdir,
             name=f"authz-{config.name}",
-            env={**trace_env, **config.authz_args.env},
+            env={**trace_env, **config.authz_args.env, **jwks},
             args=[*AUDIT_ARGS, *config.authz_args.args],
         )
     started.append(authz.proc)
-    envoy = stack.start_envoy(xds, workdir, node_id=f"gw-{config.name}", authz=authz)
+    if config.anchor:
+        envoy = start_anchor(workdir, config.name, catalog, config.parts)
+    else:
+        envoy = stack.start_envoy(xds, workdir, node_id=f"gw-{config.name}", authz=authz)
     started.append(envoy.proc)
     tokens_file = workdir / f"tokens-{config.name}.txt"
-    write_tokens(tokens_file, config.token_source)
+    write_tokens(tokens_file, config.token_source, config.rs256)
     first = tokens_file.read_text().split("\n", 1)[0]
     headers = tokens.bearer(first) if first else {}
 
@@ -331,6 +387,127 @@ def start_stack(
 
     wait.wait_until(answers, timeout=30, what=f"200 on {config.path} ({config.name})")
     return Stack(config, authz, envoy, tokens_file)
+
+
+def write_jwks(workdir: Path) -> Path:
+    return keys.write_jwks(workdir / "jwks.json", keys.rsa_key(SIGNER))
+
+
+def start_anchor(
+    workdir: Path, name: str, catalog: Path, parts: tuple[str, ...] = ()
+) -> stack.Envoy:
+    """Envoy (default concurrency, like the gateways) from a static config: the `secure`
+    route's upstream behind jwt_authn (the JWKS) and rbac (GET by role `reader`), nothing
+    else: what Envoy's own filters cost, written by hand; with `parts` of the native engine's
+    configuration added (`ANCHOR_PARTS`)."""
+    upstream = json.loads(catalog.read_text())["services"][0]["internal_url"]
+    port = int(upstream.rsplit(":", 1)[1])
+    native_keys = NativeKeys(jwks=str(write_jwks(workdir)), roles=("roles",), role_fallback=None)
+    policy = RoutePolicy(
+        service="secure",
+        allowed_roles={"read": frozenset({"reader"})},
+        rate_limit=Limit(1_000_000, 1),
+    )
+    rbac = native.rbac_per_route(native_keys, policy).rbac
+    if "cel" not in parts:
+        rbac.rules.policies["read"].ClearField("condition")
+    extra: list[dict[str, object]] = []
+    if "lua" in parts:
+        lua = lua_pb2.Lua()
+        lua.default_source_code.inline_string = native.identity_script(native_keys)
+        extra.append({"name": "lua", "typed_config": as_json(lua)})
+    if "limit" in parts:
+        limit = native.limit_per_route(native_keys, policy)
+        extra.append({"name": "limit", "typed_config": as_json(limit)})
+    listen, admin = ports.free_port(), ports.free_port()
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
+        ".v3.HttpConnectionManager",
+        "stat_prefix": "anchor",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                }
+            ]
+        },
+        "http_filters": [
+            {"name": "jwt", "typed_config": as_json(jwt_anchor(native_keys))},
+            {"name": "rbac", "typed_config": as_json(rbac)},
+            *extra,
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            },
+        ],
+    }
+    config = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "anchor",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "upstream",
+                    "type": "STATIC",
+                    "load_assignment": {
+                        "cluster_name": "upstream",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+    bootstrap = workdir / f"anchor-{name}.json"
+    bootstrap.write_text(json.dumps(config))
+    argv = [find_envoy(), "-c", str(bootstrap), "--use-dynamic-base-id", "-l", "error"]
+    proc = start_answering(f"anchor-{name}", argv, workdir, f"http://127.0.0.1:{admin}/ready")
+    return stack.Envoy(proc, admin, listen, f"anchor-{name}")
+
+
+def jwt_anchor(native_keys: NativeKeys) -> jwt_pb2.JwtAuthentication:
+    config = native.jwt_config(native_keys)
+    config.rules.add().match.prefix = "/"
+    config.rules[0].requires.provider_name = native.PROVIDER
+    return config
+
+
+def as_json(message: Message) -> dict[str, object]:
+    out: dict[str, object] = json_format.MessageToDict(message)
+    return {"@type": f"type.googleapis.com/{message.DESCRIPTOR.full_name}", **out}
 
 
 def start_floor(workdir: Path, name: str, transport: str) -> stack.Authz:
@@ -464,7 +641,9 @@ def problems(run: Run, config: Config) -> str:
         notes.append(f"!!! {run.wrk.socket_errors} SOCKET ERRORS !!!")
     if config.token_source.users == 0 and run.checks:
         notes.append(f"!!! ext_authz made {run.checks} checks on a route it should skip !!!")
-    if config.token_source.users and abs(run.checks - run.wrk.requests) > 0.02 * run.wrk.requests:
+    if not config.checks_expected and config.token_source.users and run.checks:
+        notes.append(f"!!! ext_authz made {run.checks} checks on a native route !!!")
+    if config.checks_expected and abs(run.checks - run.wrk.requests) > 0.02 * run.wrk.requests:
         notes.append(f"!!! {run.checks} checks for {run.wrk.requests} requests !!!")
     return "  ".join(notes)
 
@@ -739,6 +918,13 @@ def main() -> None:
                 wrk.script, stacks[0], by_name["http-1-token"], args.duration, args.p50_rounds
             )
             print(f"\nadded p50 at one connection (http-1-token - {configs[0].name}): {p50:.3f} ms")
+        native_p50: float | None = None
+        if args.p50_rounds and "native-1-token" in by_name:
+            native_p50 = added_p50(
+                wrk.script, stacks[0], by_name["native-1-token"], args.duration, args.p50_rounds
+            )
+            print(f"added p50 at one connection (native-1-token - {configs[0].name}): ", end="")
+            print(f"{native_p50:.3f} ms")
         rss: list[tuple[int, float]] = []
         if args.rss_users:
             print(f"\nRSS: {args.rss_users:,} distinct users through the memory limiter")
@@ -746,6 +932,10 @@ def main() -> None:
         print()
         for line in targets_table(configs, runs, p50, rss):
             print(line)
+        if native_p50 is not None:
+            verdict = "met" if native_p50 <= 0.05 else "MISSED"
+            what = "added p50 latency at one connection, native"
+            print(f"{what:<52} {'<= 0.05 ms':>10} {native_p50:>10.3f}  {verdict}")
         for stack in stacks:
             errors = metric_total(stack.authz, "ext_authz_rate_limit_backend_errors_total")
             if errors:

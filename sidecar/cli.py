@@ -26,8 +26,8 @@ from sidecar.bootstrap import BootstrapOptions, add_client_tls_arguments, client
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, add_switch
+from xds_server import engines, status, tls_settings, typeurls
 from xds_server import settings as xds_settings
-from xds_server import status, tls_settings, typeurls
 from xds_server.builder import SnapshotBuilder
 from xds_server.catalog import (
     Catalog,
@@ -84,7 +84,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{path}: valid, {services} service(s), version {snapshot.version}")
     for line in endpoint_lines(path):
         print(line)
+    for name, choice in _engine_choices(path, args):
+        print(f"  engine {name}: {choice.engine} ({choice.reason})")
     return 0
+
+
+def _engine_choices(path: Path, args: argparse.Namespace) -> list[tuple[str, engines.Choice]]:
+    """Which engine decides each service's and endpoint's routes, and why (`--decision`)."""
+    options = xds_settings.from_args(args).translate.authz.engines
+    return engines.route_choices(decode_catalog(path.read_bytes(), str(path)), options)
 
 
 def endpoint_lines(path: Path) -> list[str]:
@@ -120,6 +128,12 @@ def cmd_render(args: argparse.Namespace) -> int:
         "{",
         f'"version": {json.dumps(snapshot.version)},',
         f'"versions": {json.dumps(versions)},',
+        '"engines": {'
+        + ", ".join(
+            f"{json.dumps(name)}: {json.dumps({'engine': c.engine, 'reason': c.reason})}"
+            for name, c in _engine_choices(_catalog_path(args), args)
+        )
+        + "},",
         '"resources": {',
     ]
     for i, type_url in enumerate(typeurls.PUSH_ORDER):

@@ -15,7 +15,7 @@ from sidecar_shared.contract import AUTHZ_TRANSPORTS, read_policy_keys
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, boolean
 from sidecar_shared.tls import ServerTls
-from xds_server import tls_settings
+from xds_server import engines, tls_settings
 from xds_server.resources.common import (
     AuthzOptions,
     EdgeOptions,
@@ -101,6 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     )
     flag("log-level", "info", "log level")
     add_limit_arguments(parser, environ)
+    engines.add_arguments(parser, environ)
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -260,6 +261,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
                 failure_status=args.authz_failure_status,
                 transport=authz_transport(args),
                 policy_key=policy_key(args),
+                engines=engines.from_args(args),
             ),
             edge=edge_options(args),
             observability=ObservabilityOptions(

@@ -22,6 +22,7 @@ from sidecar_shared import defaults
 from sidecar_shared.contract import (
     AUTHZ_CLUSTER,
 )
+from xds_server.engines import EngineOptions
 from xds_server.resources.tls import DEFAULT_SDS_DIR, ListenerTls
 
 LISTENER_NAME = "ingress_http"
@@ -46,6 +47,8 @@ class AuthzOptions:
     # the MAC key of route policies (`sidecar_shared.contract.sign`); empty: policies unsigned,
     # which ext_authz refuses
     policy_key: bytes = field(default=b"", repr=False)
+    # Which engine decides each route (`xds_server.engines`); ext_authz for every route here.
+    engines: EngineOptions = field(default_factory=EngineOptions)
 
 
 @dataclass(frozen=True)

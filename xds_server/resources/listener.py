@@ -29,7 +29,8 @@ from sidecar_shared.contract import (
     USER_HEADER,
 )
 from xds_server.catalog import Catalog
-from xds_server.resources import observability
+from xds_server.engines import needs_native_filters
+from xds_server.resources import native, observability
 from xds_server.resources.authz import filter_config as authz_filter_config
 from xds_server.resources.common import (
     ADS_SOURCE,
@@ -115,11 +116,11 @@ def http_filters(catalog: Catalog, options: Options) -> list[hcm_pb2.HttpFilter]
     a request that declares its length), cache (when a service is cacheable; see
     `resources.http_cache`), retries by method (when a service's depend on it; see
     `resources.retries`), router."""
-    filters = [
-        _strip_client_identity(),
-        _strip_method_override(),
-        _ext_authz(catalog, options.authz),
-    ]
+    filters = [_strip_client_identity(), _strip_method_override()]
+    engines = options.authz.engines
+    if needs_native_filters(catalog, engines):
+        filters.extend(native.filters(engines.keys))  # `xds_server.engines`: per route
+    filters.append(_ext_authz(catalog, options.authz))
     if needs_body_limit(catalog):
         filters.append(_body_limit())
     if needs_cache_filter(catalog):
@@ -146,7 +147,14 @@ def listener(catalog: Catalog, options: Options) -> listener_pb2.Listener:
         path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
     )
     set_edge_limits(manager, options.edge, options.authz.failure_status)
-    manager.access_log.extend(observability.access_logs(options.observability))
+    if needs_native_filters(catalog, options.authz.engines):
+        manager.local_reply_config.mappers.extend(native.local_replies())
+    audit = (
+        native.audit_fields(options.authz.engines.keys)
+        if needs_native_filters(catalog, options.authz.engines)
+        else None
+    )
+    manager.access_log.extend(observability.access_logs(options.observability, audit))
     if options.observability.tracing is not None:
         manager.tracing.CopyFrom(observability.tracing(options.observability.tracing))
     return listener_pb2.Listener(

@@ -8,6 +8,8 @@ value a client chose beyond the user agent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.trace.v3 import opentelemetry_pb2
@@ -44,7 +46,10 @@ ACCESS_LOG_FIELDS: dict[str, str] = {
 }
 
 
-def access_logs(options: ObservabilityOptions) -> list[accesslog_pb2.AccessLog]:
+def access_logs(
+    options: ObservabilityOptions, extra: Mapping[str, str] | None = None
+) -> list[accesslog_pb2.AccessLog]:
+    """The access log, with `extra` fields (the native engine's audit fields) after ours."""
     if options.access_log == "off":
         return []
     if options.access_log == "-":
@@ -54,7 +59,7 @@ def access_logs(options: ObservabilityOptions) -> list[accesslog_pb2.AccessLog]:
         config = file_pb2.FileAccessLog(path=options.access_log)
         name = "envoy.access_loggers.file"
     fields = config.log_format.json_format.fields
-    for key, command in ACCESS_LOG_FIELDS.items():
+    for key, command in {**ACCESS_LOG_FIELDS, **(extra or {})}.items():
         fields[key].string_value = command
     config.log_format.omit_empty_values = True
     return [accesslog_pb2.AccessLog(name=name, typed_config=pack(config))]

@@ -27,6 +27,8 @@ from sidecar_shared.contract import (
 )
 from sidecar_shared.contract import encode as encode_policy
 from xds_server.catalog import Catalog, Service, ServiceEndpoint, endpoints_in_order
+from xds_server.engines import choose
+from xds_server.resources import native
 from xds_server.resources.authz import per_route as authz_per_route
 from xds_server.resources.clusters import tenant_cluster_name, version_cluster_name
 from xds_server.resources.common import (
@@ -46,16 +48,22 @@ from xds_server.route_policy import compile_policy
 DEFAULT_AUTHZ = AuthzOptions()
 
 
+RouteAuth = tuple[tuple[str, any_pb2.Any], ...]  # per-filter configs (filter name, config)
+
+
 def _authz_per_route(
     catalog: Catalog, svc: Service, authz: AuthzOptions, endpoint: ServiceEndpoint | None = None
-) -> any_pb2.Any:
+) -> RouteAuth:
     """The service's (or its `endpoint`'s) policy for ext_authz, or ext_authz off for public
-    routes with no limit."""
+    routes with no limit, or the native filters' configs (`xds_server.engines`)."""
     seen = svc if endpoint is None else svc.for_endpoint(endpoint)
     if seen.public and seen.rate_limit is None:
-        return AUTHZ_DISABLED
-    policy = encode_policy(compile_policy(catalog, svc, endpoint))
-    return pack(authz_per_route(authz, svc.service_name, policy))
+        return ((AUTHZ_FILTER, AUTHZ_DISABLED),)
+    compiled = compile_policy(catalog, svc, endpoint)
+    if authz.engines.decision != "ext_authz" and choose(compiled, authz.engines).engine == "native":
+        return tuple(native.per_route(authz.engines.keys, compiled))
+    policy = encode_policy(compiled)
+    return ((AUTHZ_FILTER, pack(authz_per_route(authz, svc.service_name, policy))),)
 
 
 URI_TEMPLATE_MATCHER = "envoy.path.match.uri_template"
@@ -102,7 +110,7 @@ def _add_route(
     *,
     name: str,
     cluster_name: str,
-    authz: any_pb2.Any,
+    authz: RouteAuth,
     with_cache_filter: bool,
     header: tuple[str, str] | None = None,
     prefix: str | None = None,
@@ -130,7 +138,8 @@ def _add_route(
         set_ms(duration.grpc_timeout_header_max, svc.timeout_ms)
     if svc.websocket:
         out.route.upgrade_configs.add(upgrade_type="websocket")
-    out.typed_per_filter_config[AUTHZ_FILTER].CopyFrom(authz)
+    for filter_name, config in authz:
+        out.typed_per_filter_config[filter_name].CopyFrom(config)
     if with_cache_filter:
         set_route_cache(out, svc.cacheable)
     if svc.method_override:
