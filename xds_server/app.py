@@ -106,6 +106,7 @@ def build_server(
         on_loaded,
         tracer,
         kept=fleet.bounds.versions,
+        env=settings.env,
     )
     observers = [MetricsObserver(metrics), LogObserver(log), fleet]
     if tracer is not None:

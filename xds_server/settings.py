@@ -16,6 +16,7 @@ from sidecar_shared.contract import AUTHZ_TRANSPORTS, read_policy_keys
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, boolean
 from sidecar_shared.tls import ServerTls
+from xds_server import environments
 from xds_server.resources.common import (
     AuthzOptions,
     EdgeOptions,
@@ -43,6 +44,8 @@ class XdsSettings:
     max_streams_per_connection: int = 8
     max_request_bytes: int = 4 * 1024 * 1024
     spare_names: int = 1000
+    # The environment whose overlay is merged onto the catalog (docs/environments.md).
+    env: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -50,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         add_flag(parser, name, default=default, help=help, type=type, environ=environ)
 
     flag("catalog", defaults.CATALOG, "catalog file")
+    flag(
+        "env",
+        None,
+        "environment: merge the overlay CATALOG-STEM.ENV.json beside the catalog onto it",
+    )
     flag("xds-host", defaults.XDS_HOST, "xDS gRPC address")
     flag("xds-port", defaults.XDS_PORT, "xDS gRPC port", int)
     flag("xds-http-host", defaults.XDS_HTTP_HOST, "metrics/status address")
@@ -241,6 +249,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         )
     return XdsSettings(
         catalog=Path(args.catalog),
+        env=environments.check_env_name(args.env) if args.env else None,
         host=args.xds_host,
         port=args.xds_port,
         http_host=args.xds_http_host,
