@@ -1,4 +1,4 @@
-"""`sidecar`: up, validate, render, bootstrap, schema, token, probe, drain, status."""
+"""`sidecar`: up, validate, render, diff, bootstrap, schema, token, probe, drain, status."""
 
 from __future__ import annotations
 
@@ -21,18 +21,17 @@ from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import drain, endpoints, status_view, up
+from sidecar import drain, endpoints, envdiff, status_view, up
 from sidecar.bootstrap import BootstrapOptions, add_client_tls_arguments, client_tls, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, add_switch
+from xds_server import environments, status, typeurls
 from xds_server import settings as xds_settings
-from xds_server import status, typeurls
 from xds_server.builder import SnapshotBuilder
 from xds_server.catalog import (
     Catalog,
     CatalogError,
-    Problem,
     decode_catalog,
     endpoints_in_order,
     json_schema,
@@ -41,7 +40,7 @@ from xds_server.catalog import (
 from xds_server.snapshot import Snapshot
 
 
-def _report(path: Path, err: CatalogError) -> None:
+def _report(path: Path | str, err: CatalogError) -> None:
     print(f"{path}: invalid ({len(err.problems)} problem(s))", file=sys.stderr)
     for p in err.problems:
         print(f"  {p}", file=sys.stderr)
@@ -60,38 +59,85 @@ def _catalog_path(args: argparse.Namespace) -> Path:
     return Path(args.path or args.catalog)
 
 
-def _build_or_report(path: Path, args: argparse.Namespace) -> tuple[Snapshot, int] | None:
-    """The snapshot the xDS server would serve for the catalog at `path` (the same build
-    step), or None after reporting every problem."""
+def _build_or_report(
+    path: Path, args: argparse.Namespace, env: str | None = None
+) -> tuple[Snapshot, int, bytes] | None:
+    """The snapshot the xDS server would serve for the catalog at `path` with `--env` (or
+    `env`) merged onto it (the same loading and build step), with the catalog's JSON as
+    validated; or None after reporting every problem."""
+    settings = xds_settings.from_args(argparse.Namespace(**{**vars(args), "env": None}))
+    chosen = args.env if env is None else env
+    files = environments.CatalogFiles(path, environments.check_env_name(chosen) if chosen else None)
     try:
-        raw = path.read_bytes()
-    except OSError as err:
-        _report(path, CatalogError([Problem("", f"cannot read the file: {err}")], str(path)))
-        return None
-    try:
-        return SnapshotBuilder(xds_settings.from_args(args).translate)(raw, str(path))
+        loaded = environments.load(files, os.environ)
     except CatalogError as err:
-        _report(path, err)
+        _report(files.name, err)
         return None
+    try:
+        snapshot, services = SnapshotBuilder(settings.translate)(loaded.raw, loaded.source)
+    except CatalogError as err:
+        _report(files.name, loaded.explain(err))
+        return None
+    return snapshot, services, loaded.raw
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     path = _catalog_path(args)
+    if args.all_envs:
+        return _validate_all(path, args)
     built = _build_or_report(path, args)
     if built is None:
         return 1
-    snapshot, services = built
-    print(f"{path}: valid, {services} service(s), version {snapshot.version}")
-    for line in endpoint_lines(path):
+    snapshot, services, raw = built
+    name = environments.CatalogFiles(path, args.env or None).name
+    print(f"{name}: valid, {services} service(s), version {snapshot.version}")
+    for line in endpoint_lines(path, raw):
         print(line)
     return 0
 
 
-def endpoint_lines(path: Path) -> list[str]:
-    """One line per endpoint of the (valid) catalog at `path`, each service's in the order its
-    routes match (most specific first): its limit name, methods, path, kind and what it
-    overrides."""
-    raw = path.read_bytes()
+def _validate_all(path: Path, args: argparse.Namespace) -> int:
+    """The base alone, then each overlay beside it merged onto it (for CI)."""
+    failed = []
+    for env in ["", *environments.env_names(path)]:
+        built = _build_or_report(path, args, env)
+        label = f"env {env}" if env else "base"
+        if built is None:
+            failed.append(env or "(base)")
+        else:
+            snapshot, services, _ = built
+            name = environments.CatalogFiles(path, env or None).name
+            print(f"{name}: valid ({label}), {services} service(s), version {snapshot.version}")
+    if failed:
+        print(f"sidecar validate: invalid: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    envs = args.env or []
+    if len(envs) != 2:
+        print("sidecar diff: give --env twice (--env '' for the base alone)", file=sys.stderr)
+        return 2
+    path = _catalog_path(args)
+    built = [_build_or_report(path, args, env) for env in envs]
+    if built[0] is None or built[1] is None:
+        return 1
+    names = [environments.CatalogFiles(path, env or None).name for env in envs]
+    changes = envdiff.diff(built[0][0], built[1][0])
+    if args.json:
+        print(json.dumps(envdiff.as_json(changes, *names), indent=2, ensure_ascii=True))
+    else:
+        for line in envdiff.text_lines(changes, *names):
+            print(line)
+    return 0
+
+
+def endpoint_lines(path: Path, raw: bytes | None = None) -> list[str]:
+    """One line per endpoint of the (valid) catalog at `path` (or of its JSON `raw`, as
+    merged), each service's in the order its routes match (most specific first): its limit
+    name, methods, path, kind and what it overrides."""
+    raw = path.read_bytes() if raw is None else raw
     if b'"endpoints"' not in raw:
         return []
     catalog = decode_catalog(raw, str(path))
@@ -112,7 +158,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     built = _build_or_report(_catalog_path(args), args)
     if built is None:
         return 1
-    snapshot, _ = built
+    snapshot = built[0]
     # One resource per line: easy to grep and diff, and the json module's C encoder (an
     # indented document takes its pure-Python one, seconds for 10,000 services).
     versions = {typeurls.SHORT_NAMES[t]: v for t, v in snapshot.versions.items()}
@@ -399,6 +445,21 @@ def _add_bootstrap_parser(sub: Any, environ: Mapping[str, str]) -> None:
     p.set_defaults(func=cmd_bootstrap)
 
 
+def _add_diff_parser(sub: Any, environ: Mapping[str, str]) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="what differs between two environments' Envoy resources, service by service",
+        conflict_handler="resolve",  # --env given twice here
+    )
+    p.add_argument("path", nargs="?", help="the base catalog (default: --catalog)")
+    xds_settings.add_arguments(p, environ)
+    p.add_argument(
+        "--env", action="append", help="an environment, twice (A then B; '' is the base alone)"
+    )
+    add_switch(p, "json", help="print the changes as JSON", environ=environ)
+    p.set_defaults(func=cmd_diff)
+
+
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -453,12 +514,19 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p = sub.add_parser("validate", help="check a catalog; exit 1 with every error")
     p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")
     xds_settings.add_arguments(p, environ)
+    add_switch(
+        p,
+        "all-envs",
+        help="validate the base alone, then every overlay beside it merged onto it (for CI)",
+        environ=environ,
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print the Envoy resources a catalog becomes, as JSON")
     p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")
     xds_settings.add_arguments(p, environ)
     p.set_defaults(func=cmd_render)
+    _add_diff_parser(sub, environ)
 
     _add_bootstrap_parser(sub, environ)
 
