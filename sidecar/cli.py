@@ -25,7 +25,7 @@ from sidecar import drain, endpoints, envdiff, status_view, up
 from sidecar.bootstrap import BootstrapOptions, add_client_tls_arguments, client_tls, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
-from sidecar_shared.flags import add_flag, add_switch
+from sidecar_shared.flags import add_flag, add_repeated, add_switch
 from xds_server import environments, status, typeurls
 from xds_server import settings as xds_settings
 from xds_server.builder import SnapshotBuilder
@@ -453,8 +453,8 @@ def _add_diff_parser(sub: Any, environ: Mapping[str, str]) -> None:
     )
     p.add_argument("path", nargs="?", help="the base catalog (default: --catalog)")
     xds_settings.add_arguments(p, environ)
-    p.add_argument(
-        "--env", action="append", help="an environment, twice (A then B; '' is the base alone)"
+    add_repeated(
+        p, "env", help="an environment, twice (A then B; '' is the base alone)", environ=environ
     )
     add_switch(p, "json", help="print the changes as JSON", environ=environ)
     p.set_defaults(func=cmd_diff)
