@@ -21,7 +21,7 @@ from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import drain, endpoints, envdiff, status_view, up
+from sidecar import drain, endpoints, envdiff, history, status_view, up
 from sidecar.bootstrap import BootstrapOptions, add_client_tls_arguments, client_tls, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
@@ -208,6 +208,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.history:
+        return _status_history(args)
     url = f"http://{args.xds_http}/status"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -245,6 +247,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             for line in status_view.health_lines(args.envoy_admin, health):
                 print(line)
     return status_view.exit_code(document, health, health_error is not None)
+
+
+def _status_history(args: argparse.Namespace) -> int:
+    path = Path(args.health_event_log) if args.health_event_log else history.default_log()
+    try:
+        for line in history.lines(path, args.service, args.history_limit):
+            print(line)
+    except OSError as err:
+        print(f"sidecar status: cannot read the health event log: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _endpoint_health(admin: str) -> tuple[list[endpoints.EndpointHealth], str | None]:
@@ -445,6 +458,31 @@ def _add_bootstrap_parser(sub: Any, environ: Mapping[str, str]) -> None:
     p.set_defaults(func=cmd_bootstrap)
 
 
+def _add_history_flags(p: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    add_switch(
+        p,
+        "history",
+        help="each endpoint's last health transitions, from Envoy's health event log",
+        environ=environ,
+    )
+    p.add_argument("service", nargs="?", help="with --history: only this service")
+    add_flag(
+        p,
+        "health-event-log",
+        default="",
+        help=f"the log --history reads (default: {history.default_log()}, sidecar up's)",
+        environ=environ,
+    )
+    add_flag(
+        p,
+        "history-limit",
+        type=int,
+        default=history.PER_ENDPOINT,
+        help="transitions shown per endpoint",
+        environ=environ,
+    )
+
+
 def _add_diff_parser(sub: Any, environ: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "diff",
@@ -594,6 +632,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         environ=environ,
     )
     add_switch(p, "json", help="print the raw status document", environ=environ)
+    _add_history_flags(p, environ)
     p.set_defaults(func=cmd_status)
     return parser
 

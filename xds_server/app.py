@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from sidecar_shared import grpc_ports, ops_http, tls, tracing
 from sidecar_shared import health as grpc_health
 from sidecar_shared.contract import XDS_HEALTH_SERVICE
+from xds_server import health_events
 from xds_server.cache import SnapshotCache
 from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import ProxyStates, XdsMetrics
@@ -46,6 +48,8 @@ class XdsServer:
     health: health.aio.HealthServicer
     reloader: Reloader
     pages: Mapping[str, ops_http.Handler]
+    # Counts each health transition in Envoy's event log (None: no --health-event-log).
+    count_transition: Callable[[health_events.Transition], None] | None = None
 
 
 async def run(
@@ -160,7 +164,11 @@ def build_server(
             lambda: "no valid catalog loaded" if cache.current() is None else None
         ),
     }
-    return XdsServer(settings, log, server, health_servicer, reloader, pages)
+
+    def count_transition(t: health_events.Transition) -> None:
+        metrics.health_transitions.labels(t.service, t.endpoint, t.to_state).inc()
+
+    return XdsServer(settings, log, server, health_servicer, reloader, pages, count_transition)
 
 
 def exposure_warnings(settings: XdsSettings) -> list[str]:
@@ -208,6 +216,19 @@ async def serve(xds: XdsServer, stop: asyncio.Event, stack: contextlib.AsyncExit
         await watcher
 
     stack.push_async_callback(end_watch)
+    event_log = settings.translate.observability.health_event_log
+    if event_log and xds.count_transition is not None:
+        # The transitions Envoy logs, counted (xds_health_transitions_total): the xDS server
+        # configured the log and serves the metrics, so it reads it.
+        follower = asyncio.create_task(
+            health_events.follow(health_events.Tailer(Path(event_log)), xds.count_transition, stop)
+        )
+
+        async def end_follow() -> None:
+            stop.set()
+            await follower
+
+        stack.push_async_callback(end_follow)
     stack.push_async_callback(
         grpc_health.set_aio, xds.health, [XDS_HEALTH_SERVICE], grpc_health.NOT_SERVING
     )

@@ -88,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     add_edge_arguments(parser, environ)
     flag("access-log", defaults.ACCESS_LOG, "Envoy's JSON access log: '-' stdout, 'off', or a path")
     flag(
+        "health-event-log",
+        "",
+        "absolute path of Envoy's health-check event log, read by sidecar status --history "
+        "('' or 'off': none; sidecar up chooses one in its runtime directory)",
+    )
+    flag(
         "envoy-trace-sampling",
         defaults.ENVOY_TRACE_SAMPLING_PERCENT,
         "percent of requests Envoy starts a trace for (with OTEL_EXPORTER_OTLP_ENDPOINT set)",
@@ -270,11 +276,23 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
             ),
             edge=edge_options(args),
             observability=ObservabilityOptions(
-                access_log=args.access_log, tracing=tracing_options(args, environ)
+                access_log=args.access_log,
+                tracing=tracing_options(args, environ),
+                health_event_log=health_event_log(args.health_event_log),
             ),
             regions=parse_regions(args.region),
         ),
     )
+
+
+def health_event_log(value: str) -> str:
+    """The event log's path, or "" for none; raise SettingsError for a relative one (Envoy
+    would resolve it against its own working directory)."""
+    if value in ("", "off"):
+        return ""
+    if not Path(value).is_absolute():
+        raise SettingsError(f"--health-event-log {value!r}: must be an absolute path")
+    return value
 
 
 def policy_key(args: argparse.Namespace) -> bytes:

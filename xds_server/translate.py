@@ -31,7 +31,9 @@ def service_resources(s: Service, options: Options) -> tuple[Named, Named]:
     clusters: Named = []
     endpoints: Named = []
     for name, ups in service_clusters(s):
-        clusters.append((name, cluster(s, ups, name, options.regions)))
+        clusters.append(
+            (name, cluster(s, ups, name, options.regions, options.observability.health_event_log))
+        )
         if not uses_dns(ups):
             endpoints.append(
                 (name, load_assignment(name, ups, options.regions, s.overprovisioning_factor))
