@@ -35,7 +35,6 @@ from xds_server.catalog import (
     decode_catalog,
     endpoints_in_order,
     json_schema,
-    load_catalog,
 )
 from xds_server.snapshot import Snapshot
 
@@ -46,11 +45,19 @@ def _report(path: Path | str, err: CatalogError) -> None:
         print(f"  {p}", file=sys.stderr)
 
 
-def _load_or_report(path: Path) -> Catalog | None:
+def _load_or_report(path: Path, env: str | None = None) -> Catalog | None:
+    """The catalog at `path`, with `env`'s overlay merged onto it and substituted, as the xDS
+    server loads it; None after reporting every problem."""
+    files = environments.CatalogFiles(path, environments.check_env_name(env) if env else None)
     try:
-        return load_catalog(path)
+        loaded = environments.load(files, os.environ)
     except CatalogError as err:
-        _report(path, err)
+        _report(files.name, err)
+        return None
+    try:
+        return decode_catalog(loaded.raw, loaded.source)
+    except CatalogError as err:
+        _report(files.name, loaded.explain(err))
         return None
 
 
@@ -350,7 +357,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    catalog = _load_or_report(Path(args.catalog))
+    catalog = _load_or_report(Path(args.catalog), args.env)
     if catalog is None:
         return 1
     # Each child reads the flags given to us as its own SIDECAR_* variables.

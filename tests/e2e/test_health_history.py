@@ -43,16 +43,14 @@ def test_a_failing_then_recovered_upstream_shows_both_transitions_with_their_tim
             a.set_healthy(True)
             wait.wait_until(lambda: not gw.unhealthy("svc"), what="a healthy again")
             endpoint = f"127.0.0.1:{a.port}"
+
             # Envoy writes its event log in batches: poll until both transitions are there.
-            out = wait.wait_until(
-                lambda: (
-                    (r := history(log, "svc")).returncode == 0
-                    and "unhealthy → healthy" in r.stdout
-                    and r.stdout
-                ),
-                timeout=30,
-                what="both transitions in the history",
-            )
+            def shown() -> str | None:
+                result = history(log, "svc")
+                done = result.returncode == 0 and "unhealthy → healthy" in result.stdout
+                return result.stdout if done else None
+
+            out = wait.wait_until(shown, timeout=30, what="both transitions in the history")
             lines = out.splitlines()
             at = lines.index(f"svc {endpoint}")
             mine = []
