@@ -57,6 +57,9 @@ class BootstrapOptions:
     ads_retry_base_ms: int = defaults.ADS_RETRY_BASE_MS
     ads_retry_max_ms: int = defaults.ADS_RETRY_MAX_MS
     tls: ClientTls | None = None  # mTLS to the xDS server and ext_authz (None: plain text)
+    # Where Envoy logs outlier ejections ("": nowhere); `sidecar up` gives the health event
+    # log's file, so that `sidecar status --history` shows them (docs/environments.md).
+    outlier_event_log: str = ""
 
 
 def _seconds(ms: int) -> str:
@@ -155,6 +158,13 @@ def _static_resources(opts: BootstrapOptions) -> dict[str, Any]:
 
 
 def render(opts: BootstrapOptions) -> dict[str, Any]:
+    out = _render(opts)
+    if opts.outlier_event_log:
+        out["cluster_manager"] = {"outlier_detection": {"event_log_path": opts.outlier_event_log}}
+    return out
+
+
+def _render(opts: BootstrapOptions) -> dict[str, Any]:
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {"id": opts.node_id, "cluster": opts.node_cluster},

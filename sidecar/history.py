@@ -34,6 +34,13 @@ def default_log(environ: Mapping[str, str] = os.environ) -> Path:
     return runtime_dir(environ) / LOG_NAME
 
 
+def outlier_log(env: Mapping[str, str]) -> str:
+    """The file `sidecar up` has Envoy log outlier ejections to: the health event log's own
+    (Envoy shares one file between the two sinks), none when that is off."""
+    path = env.get("SIDECAR_HEALTH_EVENT_LOG", "")
+    return "" if path in ("", "off") else path
+
+
 def make_runtime_dir(environ: Mapping[str, str] = os.environ) -> Path:
     """The runtime directory, created if need be; raise SettingsError when it is not ours
     alone (another user could feed us a history)."""

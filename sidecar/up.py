@@ -294,6 +294,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
                     max_downstream_connections=conf.max_downstream_connections,
                     max_heap_bytes=conf.envoy_max_heap_bytes,
                     tls=conf.envoy_tls,
+                    outlier_event_log=history.outlier_log(env),
                 )
             )
         )

@@ -10,6 +10,7 @@ import pytest
 from envoy.extensions.health_check.event_sinks.file.v3 import file_pb2
 
 from sidecar import history as history_view
+from sidecar.bootstrap import BootstrapOptions, render
 from sidecar_shared.errors import SettingsError
 from xds_server.catalog import Service
 from xds_server.health_events import Tailer, history, parse_line, read_tail
@@ -154,3 +155,35 @@ def test_the_runtime_directory_is_refused_when_others_may_write_to_it(tmp_path: 
     made.chmod(0o777)
     with pytest.raises(SettingsError, match="only its owner"):
         history_view.make_runtime_dir(environ)
+
+
+def test_sidecar_ups_bootstrap_logs_outlier_ejections_to_the_same_file() -> None:
+    env = {"SIDECAR_HEALTH_EVENT_LOG": "/run/h.log"}
+    rendered = render(BootstrapOptions(outlier_event_log=history_view.outlier_log(env)))
+    assert rendered["cluster_manager"] == {"outlier_detection": {"event_log_path": "/run/h.log"}}
+    off = history_view.outlier_log({"SIDECAR_HEALTH_EVENT_LOG": "off"})
+    assert "cluster_manager" not in render(BootstrapOptions(outlier_event_log=off))
+
+
+def test_an_outlier_ejection_line_as_envoy_wrote_it_is_a_transition() -> None:
+    eject = parse_line(
+        '{"type":"CONSECUTIVE_5XX","timestamp":"2026-12-06T06:23:51.174Z","cluster_name":'
+        '"orders","upstream_url":"127.0.0.1:41325","action":"EJECT","num_ejections":1,'
+        '"enforced":true,"eject_consecutive_event":{}}'
+    )
+    back = parse_line(
+        '{"type":"CONSECUTIVE_5XX","timestamp":"2026-12-06T06:23:52.299Z",'
+        '"secs_since_last_action":"1","cluster_name":"orders","upstream_url":"127.0.0.1:41325",'
+        '"action":"UNEJECT","num_ejections":1,"enforced":false}'
+    )
+    assert eject is not None and back is not None
+    assert (eject.endpoint, eject.from_state, eject.to_state) == (
+        "127.0.0.1:41325",
+        "healthy",
+        "ejected",
+    )
+    assert (back.from_state, back.to_state, back.why) == (
+        "ejected",
+        "healthy",
+        "outlier ejection ended",
+    )
