@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xds_server.builder import SnapshotBuilder
-from xds_server.catalog import CatalogError, Problem
+from xds_server.catalog import CatalogError, Problem, json_path
 from xds_server.environments import CatalogFiles, env_names, load, overlay_path
 from xds_server.overlays import merge, merge_patch
 from xds_server.resources.common import Options
@@ -200,3 +201,69 @@ def test_a_missing_overlay_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(CatalogError) as caught:
         load(CatalogFiles(base, "qa"), {})
     assert "service_catalog.qa.json" in caught.value.problems[0].message
+
+
+# --- every merged value is told against the file and path it came from -----------------------
+
+_KEYS = st.sampled_from(["x", "y", "z"])
+_LEAF = st.integers(0, 3) | st.sampled_from(["s", "t"]) | st.lists(st.integers(0, 2), max_size=2)
+_VALUE = st.recursive(_LEAF, lambda inner: st.dictionaries(_KEYS, inner, max_size=2), max_leaves=4)
+_PATCH = st.recursive(
+    _LEAF | st.none(), lambda inner: st.dictionaries(_KEYS, inner, max_size=2), max_leaves=4
+)
+_NAMES = ["a", "b", "c", "d", "e"]
+
+
+@st.composite
+def _base_and_overlay(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
+    names = draw(st.lists(st.sampled_from(_NAMES[:4]), unique=True, max_size=4))
+    services = [
+        {"service_name": n, **draw(st.dictionaries(_KEYS, _VALUE, max_size=3))} for n in names
+    ]
+    roles = draw(st.dictionaries(_KEYS, st.lists(st.sampled_from(["p", "q"]), max_size=2)))
+    patches = {}
+    for n in draw(st.lists(st.sampled_from(_NAMES), unique=True, max_size=4)):
+        if n in names and draw(st.booleans()):
+            patches[n] = None
+        else:
+            patches[n] = draw(st.dictionaries(_KEYS, _PATCH, max_size=3))
+    overlay: dict[str, Any] = {"services": patches}
+    if draw(st.booleans()):
+        overlay["services"] = [{"service_name": n, **p} for n, p in patches.items() if p]
+    overlay["roles"] = draw(st.dictionaries(_KEYS, st.none() | st.lists(st.just("r"))))
+    return {"services": services, "roles": roles}, overlay
+
+
+def _leaves(value: Any, loc: tuple[int | str, ...] = ()) -> list[tuple[tuple[int | str, ...], Any]]:
+    if isinstance(value, dict) and value:
+        return [leaf for k, v in value.items() for leaf in _leaves(v, (*loc, k))]
+    if isinstance(value, list) and value:
+        return [leaf for i, v in enumerate(value) for leaf in _leaves(v, (*loc, i))]
+    return [(loc, value)]
+
+
+def _at(data: Any, path: str) -> Any:
+    for key, index in re.findall(r"\.?([A-Za-z_$]+)|\[(\d+)\]", path):
+        data = data[int(index)] if index else data[key]
+    return data
+
+
+@given(_base_and_overlay())
+def test_each_merged_value_is_found_at_the_path_its_origin_names(
+    files: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    base, overlay = files
+    try:
+        merged = merge(base, overlay, "base", "overlay")
+    except CatalogError:
+        return  # removing a service the base lacks: refused, tested above
+    for loc, value in _leaves(merged.data):
+        if value in ({}, []):
+            continue  # emptied by removals, or added empty: no value to find
+        name, path = merged.origins.locate(json_path(loc))
+        source = base if name == "base" else overlay
+        if loc[-1] == "service_name" and name == "overlay":
+            # a service the overlay adds under its name: the name is the key
+            assert path.endswith(f".{value}.service_name") or _at(source, path) == value
+            continue
+        assert _at(source, path) == value, (loc, name, path)
