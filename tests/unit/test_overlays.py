@@ -221,7 +221,7 @@ def _base_and_overlay(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
         {"service_name": n, **draw(st.dictionaries(_KEYS, _VALUE, max_size=3))} for n in names
     ]
     roles = draw(st.dictionaries(_KEYS, st.lists(st.sampled_from(["p", "q"]), max_size=2)))
-    patches = {}
+    patches: dict[str, Any] = {}
     for n in draw(st.lists(st.sampled_from(_NAMES), unique=True, max_size=4)):
         if n in names and draw(st.booleans()):
             patches[n] = None
