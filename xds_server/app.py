@@ -165,7 +165,14 @@ def build_server(
         ),
     }
 
+    counted: set[tuple[str, str]] = set()
+
     def count_transition(t: health_events.Transition) -> None:
+        # Label sets are bounded whatever the log holds.
+        if (t.service, t.endpoint) not in counted:
+            if len(counted) >= health_events.MAX_COUNTED_ENDPOINTS:
+                return
+            counted.add((t.service, t.endpoint))
         metrics.health_transitions.labels(t.service, t.endpoint, t.to_state).inc()
 
     return XdsServer(settings, log, server, health_servicer, reloader, pages, count_transition)

@@ -43,6 +43,7 @@ from xds_server.resources.clusters import service_of_cluster
 TAIL_BYTES = 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024
 FOLLOW_EVERY_S = 1.0
+MAX_COUNTED_ENDPOINTS = 10_000  # (service, endpoint) pairs the counter keeps; more are not counted
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ Only string values are substituted, never object keys (service and role names st
 and never numbers. The result is substituted once: a value that contains `${` after
 substitution is not expanded again.
 
+Secrets never enter the catalog (it becomes Envoy configuration, which Envoy's admin and
+`sidecar render` show): a variable of the servers' own settings (`SIDECAR_*`, among them the
+JWT and policy keys) or whose name says it holds a secret (`SECRET`, `PASSWORD`, `TOKEN`,
+`CREDENTIAL`, `PRIVATE_KEY`, `API_KEY` …, in any case) is refused, named, and never read.
+
 `substitute` is pure: the environment is passed in (the server passes its own at each load).
 """
 
@@ -26,6 +31,16 @@ _TOKEN = re.compile(r"\$\$\{|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<defaul
 
 Loc = tuple[int | str, ...]
 
+_SECRET_NAME = re.compile(
+    r"^SIDECAR_|SECRET|PASSW(OR)?D|TOKEN|CREDENTIAL|PRIVATE_?KEY|API_?KEY|ACCESS_?KEY",
+    re.IGNORECASE,
+)
+
+
+def refused(name: str) -> bool:
+    """Whether `${name}` is refused: a variable that may hold a secret."""
+    return _SECRET_NAME.search(name) is not None
+
 
 def substitute_string(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
     """`text` with its references replaced, and what was wrong (one message per problem)."""
@@ -41,6 +56,12 @@ def substitute_string(text: str, environ: Mapping[str, str]) -> tuple[str, list[
         if name is None:
             problems.append(
                 "a '${' that is not ${NAME} or ${NAME:-default} (write '$${' for a literal '${')"
+            )
+            return found
+        if refused(name):
+            problems.append(
+                f"${{{name}}} is not substituted: a variable that may hold a secret (secrets "
+                "never enter the catalog)"
             )
             return found
         value = environ.get(name)

@@ -52,6 +52,18 @@ def test_keys_and_numbers_are_never_substituted() -> None:
     assert substitute(data, ENV) == (data, [])
 
 
+def test_a_variable_that_may_hold_a_secret_is_refused_and_never_read() -> None:
+    environ = {"SIDECAR_JWT_SECRET": "k", "DB_PASSWORD": "p", "github_token": "t", "HOST": "h"}
+    for name in ("SIDECAR_JWT_SECRET", "DB_PASSWORD", "github_token", "MY_API_KEY"):
+        out, problems = substitute_string(f"http://${{{name}:-x}}", environ)
+        assert out == f"http://${{{name}:-x}}"
+        assert problems == [
+            f"${{{name}}} is not substituted: a variable that may hold a secret (secrets never "
+            "enter the catalog)"
+        ]
+    assert substitute_string("${HOST}", environ) == ("h", [])
+
+
 def test_a_value_is_substituted_once() -> None:
     assert substitute_string("${X}", {"X": "${ORDERS_HOST}"}) == ("${ORDERS_HOST}", [])
 
