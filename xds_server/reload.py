@@ -22,7 +22,7 @@ snapshot kept), and a watch that cannot start or fails is reported (logged once 
 `watch_error` in `/status`, `xds_catalog_watched` 0) and retried every `recheck_s`, the file
 being checked meanwhile.
 
-With an environment (`overlay`), the base catalog and its overlay are read, merged and
+With an environment (`env`), the base catalog and its overlay are read, merged and
 substituted as one (`environments.read`); both files are followed as above, a change to either
 reloads the merged catalog, and a problem is told against the file and path it came from.
 """
@@ -235,7 +235,8 @@ class Reloader:
     async def _load(self) -> bool:
         self._last_identity = _identities(self._files.paths)
         try:
-            loaded = environments.read(self._files, self._environ)
+            # (off the event loop: with an overlay, both files are decoded and merged here)
+            loaded = await asyncio.to_thread(environments.read, self._files, self._environ)
         except OSError as err:
             return self._fail([f"cannot read {err.filename or self._path}: {err.strerror or err}"])
         except CatalogError as err:
