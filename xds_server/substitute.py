@@ -78,18 +78,27 @@ def substitute_string(text: str, environ: Mapping[str, str]) -> tuple[str, list[
 
 def substitute(data: Any, environ: Mapping[str, str]) -> tuple[Any, list[Problem]]:
     """`data` (decoded JSON) with every string value substituted, and every problem with its
-    JSON path. `data` is not altered."""
+    JSON path. `data` is not altered; what has no `${` is shared with it, not copied."""
     problems: list[Problem] = []
 
     def walk(value: Any, loc: Loc) -> Any:
+        # A container none of whose values changed is returned as it is (no copy).
         if isinstance(value, str):
+            if "${" not in value:
+                return value
             out, wrong = substitute_string(value, environ)
             problems.extend(Problem(json_path(loc), w) for w in wrong)
             return out
         if isinstance(value, dict):
-            return {k: walk(v, (*loc, k)) for k, v in value.items()}
+            changed = {}
+            for k, v in value.items():
+                new = walk(v, (*loc, k))
+                if new is not v:
+                    changed[k] = new
+            return {**value, **changed} if changed else value
         if isinstance(value, list):
-            return [walk(v, (*loc, i)) for i, v in enumerate(value)]
+            items = [walk(v, (*loc, i)) for i, v in enumerate(value)]
+            return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
         return value
 
     return walk(data, ()), problems

@@ -87,3 +87,12 @@ def test_escaping_every_dollar_brace_gives_the_text_back(text: str) -> None:
     """Writing each `${` as `$${` is how a literal is kept, whatever the text."""
     escaped = text.replace("${", "$${")
     assert substitute_string(escaped, {}) == (text, [])
+
+
+def test_what_holds_no_reference_is_shared_not_copied() -> None:
+    data = {"services": [{"internal_url": "http://${ORDERS_HOST}:80"}, {"internal_url": "x"}]}
+    out, _ = substitute(data, ENV)
+    assert out["services"][1] is data["services"][1]
+    assert data["services"][0]["internal_url"] == "http://${ORDERS_HOST}:80"  # not altered
+    unchanged = {"a": [1, {"b": "c"}]}
+    assert substitute(unchanged, ENV)[0] is unchanged
