@@ -257,8 +257,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_history(args: argparse.Namespace) -> int:
+    if args.history_limit < 1:
+        raise SettingsError("--history-limit must be at least 1")
     path = Path(args.health_event_log) if args.health_event_log else history.default_log()
     try:
+        if args.json:
+            document = history.as_json(path, args.service, args.history_limit)
+            print(json.dumps(document, indent=2, ensure_ascii=True))
+            return 0
         for line in history.lines(path, args.service, args.history_limit):
             print(line)
     except OSError as err:

@@ -15,6 +15,7 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from sidecar_shared.errors import SettingsError
 from xds_server.health_events import Transition, history, read_tail
@@ -71,6 +72,26 @@ def lines(path: Path, service: str | None, per_endpoint: int = PER_ENDPOINT) -> 
         out.append(f"{where} {endpoint}")
         out.extend(_line(t) for t in transitions)
     return out
+
+
+def as_json(path: Path, service: str | None, per_endpoint: int = PER_ENDPOINT) -> dict[str, Any]:
+    """The history as `sidecar status --history --json` prints it (raise OSError as `lines`)."""
+    found = history(read_tail(path), per_endpoint, service)
+    return {
+        "log": str(path),
+        "endpoints": [
+            {
+                "service": svc,
+                "cluster": cluster,
+                "endpoint": endpoint,
+                "transitions": [
+                    {"at": t.at, "from": t.from_state, "to": t.to_state, "why": t.why}
+                    for t in transitions
+                ],
+            }
+            for (svc, cluster, endpoint), transitions in found.items()
+        ],
+    }
 
 
 def _line(t: Transition) -> str:

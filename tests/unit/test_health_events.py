@@ -148,6 +148,29 @@ def test_status_history_prints_each_endpoint_with_its_transitions(tmp_path: Path
     ]
 
 
+def test_status_history_as_json(tmp_path: Path) -> None:
+    log = tmp_path / "events.log"
+    log.write_text("\n".join([FIRST, EJECT]) + "\n")
+    assert history_view.as_json(log, None, per_endpoint=1) == {
+        "log": str(log),
+        "endpoints": [
+            {
+                "service": "orders",
+                "cluster": "orders",
+                "endpoint": "127.0.0.1:38003",
+                "transitions": [
+                    {
+                        "at": "2026-12-06T06:13:54.298Z",
+                        "from": "healthy",
+                        "to": "unhealthy",
+                        "why": "failed health check (HTTP 503)",
+                    }
+                ],
+            }
+        ],
+    }
+
+
 def test_the_runtime_directory_is_refused_when_others_may_write_to_it(tmp_path: Path) -> None:
     environ = {"XDG_RUNTIME_DIR": str(tmp_path)}
     made = history_view.make_runtime_dir(environ)
