@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from sidecar_shared import grpc_ports, ops_http, tls, tracing
 from sidecar_shared import health as grpc_health
 from sidecar_shared.contract import XDS_HEALTH_SERVICE
-from xds_server import health_events
+from xds_server import environments, health_events
 from xds_server.cache import SnapshotCache
 from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import ProxyStates, XdsMetrics
@@ -146,7 +146,12 @@ def build_server(
             fleet_acked_version=common.version if common else None,
             versions=dict(current.versions) if current else {},
             catalog=CatalogStatus(
-                str(settings.catalog), loaded.ok, loaded.problems, loaded.at, reloader.watch_error
+                # "service_catalog.json + service_catalog.staging.json" with an environment
+                environments.CatalogFiles(settings.catalog, settings.env).name,
+                loaded.ok,
+                loaded.problems,
+                loaded.at,
+                reloader.watch_error,
             ),
             proxies=proxies.report(current),
             refused=proxies.refusals(),

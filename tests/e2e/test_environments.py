@@ -102,6 +102,7 @@ def test_a_bad_overlay_is_refused_with_its_file_and_path_and_the_last_good_versi
                 lambda: (s := gw.xds.status()) and not s["catalog"]["valid"] and s,
                 what="the bad overlay refused",
             )
+            assert status["catalog"]["path"] == f"{gw.catalog} + {overlay}"
             assert status["version"] == good
             assert any(
                 e.startswith(f"{overlay}: services.orders.timeout_ms: ")
