@@ -62,6 +62,9 @@ class BootstrapOptions:
     # A listener on all addresses that answers GET /stats/prometheus from the admin and 404 to
     # anything else, so Prometheus can scrape Envoy without reaching its admin (None: none).
     stats_port: int | None = None
+    # Where Envoy logs outlier ejections ("": nowhere); `sidecar up` gives the health event
+    # log's file, so that `sidecar status --history` shows them (docs/environments.md).
+    outlier_event_log: str = ""
 
 
 def _seconds(ms: int) -> str:
@@ -224,6 +227,13 @@ def _stats_listener(port: int) -> dict[str, Any]:
 
 
 def render(opts: BootstrapOptions) -> dict[str, Any]:
+    out = _render(opts)
+    if opts.outlier_event_log:
+        out["cluster_manager"] = {"outlier_detection": {"event_log_path": opts.outlier_event_log}}
+    return out
+
+
+def _render(opts: BootstrapOptions) -> dict[str, Any]:
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {"id": opts.node_id, "cluster": opts.node_cluster},

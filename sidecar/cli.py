@@ -1,4 +1,5 @@
-"""`sidecar`: up, validate, render, bootstrap, schema, token, probe, drain, status, policy."""
+"""`sidecar`: up, validate, render, diff, bootstrap, schema, token, probe, drain, status,
+policy."""
 
 from __future__ import annotations
 
@@ -21,37 +22,43 @@ from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import drain, endpoints, policy_cmd, sample, status_view, up
+from sidecar import drain, endpoints, envdiff, history, policy_cmd, sample, status_view, up
 from sidecar.bootstrap import BootstrapOptions, add_client_tls_arguments, client_tls, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
-from sidecar_shared.flags import add_flag, add_switch
-from xds_server import engines, status, tls_settings, typeurls
+from sidecar_shared.flags import add_flag, add_repeated, add_switch
+from xds_server import engines, environments, status, tls_settings, typeurls
 from xds_server import settings as xds_settings
 from xds_server.builder import SnapshotBuilder
 from xds_server.catalog import (
     Catalog,
     CatalogError,
-    Problem,
     decode_catalog,
     endpoints_in_order,
     json_schema,
-    load_catalog,
 )
 from xds_server.snapshot import Snapshot
 
 
-def _report(path: Path, err: CatalogError) -> None:
+def _report(path: Path | str, err: CatalogError) -> None:
     print(f"{path}: invalid ({len(err.problems)} problem(s))", file=sys.stderr)
     for p in err.problems:
         print(f"  {p}", file=sys.stderr)
 
 
-def _load_or_report(path: Path) -> Catalog | None:
+def _load_or_report(path: Path, env: str | None = None) -> Catalog | None:
+    """The catalog at `path`, with `env`'s overlay merged onto it and substituted, as the xDS
+    server loads it; None after reporting every problem."""
+    files = environments.CatalogFiles(path, environments.check_env_name(env) if env else None)
     try:
-        return load_catalog(path)
+        loaded = environments.load(files, os.environ)
     except CatalogError as err:
-        _report(path, err)
+        _report(files.name, err)
+        return None
+    try:
+        return decode_catalog(loaded.raw, loaded.source)
+    except CatalogError as err:
+        _report(files.name, loaded.explain(err))
         return None
 
 
@@ -60,46 +67,96 @@ def _catalog_path(args: argparse.Namespace) -> Path:
     return Path(args.path or args.catalog)
 
 
-def _build_or_report(path: Path, args: argparse.Namespace) -> tuple[Snapshot, int] | None:
-    """The snapshot the xDS server would serve for the catalog at `path` (the same build
-    step), or None after reporting every problem."""
+def _build_or_report(
+    path: Path, args: argparse.Namespace, env: str | None = None
+) -> tuple[Snapshot, int, bytes] | None:
+    """The snapshot the xDS server would serve for the catalog at `path` with `--env` (or
+    `env`) merged onto it (the same loading and build step), with the catalog's JSON as
+    validated; or None after reporting every problem."""
+    settings = xds_settings.from_args(argparse.Namespace(**{**vars(args), "env": None}))
+    chosen = args.env if env is None else env
+    files = environments.CatalogFiles(path, environments.check_env_name(chosen) if chosen else None)
     try:
-        raw = path.read_bytes()
-    except OSError as err:
-        _report(path, CatalogError([Problem("", f"cannot read the file: {err}")], str(path)))
-        return None
-    try:
-        return SnapshotBuilder(xds_settings.from_args(args).translate)(raw, str(path))
+        loaded = environments.load(files, os.environ)
     except CatalogError as err:
-        _report(path, err)
+        _report(files.name, err)
         return None
+    try:
+        snapshot, services = SnapshotBuilder(settings.translate)(loaded.raw, loaded.source)
+    except CatalogError as err:
+        _report(files.name, loaded.explain(err))
+        return None
+    return snapshot, services, loaded.raw
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     path = _catalog_path(args)
+    if args.all_envs:
+        return _validate_all(path, args)
     built = _build_or_report(path, args)
     if built is None:
         return 1
-    snapshot, services = built
-    print(f"{path}: valid, {services} service(s), version {snapshot.version}")
-    for line in endpoint_lines(path):
+    snapshot, services, raw = built
+    name = environments.CatalogFiles(path, args.env or None).name
+    print(f"{name}: valid, {services} service(s), version {snapshot.version}")
+    for line in endpoint_lines(path, raw):
         print(line)
-    for name, choice in _engine_choices(path, args):
+    for name, choice in _engine_choices(path, args, raw):
         print(f"  engine {name}: {choice.engine} ({choice.reason})")
     return 0
 
 
-def _engine_choices(path: Path, args: argparse.Namespace) -> list[tuple[str, engines.Choice]]:
-    """Which engine decides each service's and endpoint's routes, and why (`--decision`)."""
-    options = xds_settings.from_args(args).translate.authz.engines
-    return engines.route_choices(decode_catalog(path.read_bytes(), str(path)), options)
+def _engine_choices(
+    path: Path, args: argparse.Namespace, raw: bytes
+) -> list[tuple[str, engines.Choice]]:
+    """Which engine decides each service's and endpoint's routes, and why (`--decision`), for
+    the catalog JSON `raw` (as merged) of `path`."""
+    settings = xds_settings.from_args(argparse.Namespace(**{**vars(args), "env": None}))
+    return engines.route_choices(decode_catalog(raw, str(path)), settings.translate.authz.engines)
 
 
-def endpoint_lines(path: Path) -> list[str]:
-    """One line per endpoint of the (valid) catalog at `path`, each service's in the order its
-    routes match (most specific first): its limit name, methods, path, kind and what it
-    overrides."""
-    raw = path.read_bytes()
+def _validate_all(path: Path, args: argparse.Namespace) -> int:
+    """The base alone, then each overlay beside it merged onto it (for CI)."""
+    failed = []
+    for env in ["", *environments.env_names(path)]:
+        built = _build_or_report(path, args, env)
+        label = f"env {env}" if env else "base"
+        if built is None:
+            failed.append(env or "(base)")
+        else:
+            snapshot, services, _ = built
+            name = environments.CatalogFiles(path, env or None).name
+            print(f"{name}: valid ({label}), {services} service(s), version {snapshot.version}")
+    if failed:
+        print(f"sidecar validate: invalid: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    envs = args.env or []
+    if len(envs) != 2:
+        print("sidecar diff: give --env twice (--env '' for the base alone)", file=sys.stderr)
+        return 2
+    path = _catalog_path(args)
+    built = [_build_or_report(path, args, env) for env in envs]
+    if built[0] is None or built[1] is None:
+        return 1
+    names = [environments.CatalogFiles(path, env or None).name for env in envs]
+    changes = envdiff.diff(built[0][0], built[1][0])
+    if args.json:
+        print(json.dumps(envdiff.as_json(changes, *names), indent=2, ensure_ascii=True))
+    else:
+        for line in envdiff.text_lines(changes, *names):
+            print(line)
+    return 0
+
+
+def endpoint_lines(path: Path, raw: bytes | None = None) -> list[str]:
+    """One line per endpoint of the (valid) catalog at `path` (or of its JSON `raw`, as
+    merged), each service's in the order its routes match (most specific first): its limit
+    name, methods, path, kind and what it overrides."""
+    raw = path.read_bytes() if raw is None else raw
     if b'"endpoints"' not in raw:
         return []
     catalog = decode_catalog(raw, str(path))
@@ -120,7 +177,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     built = _build_or_report(_catalog_path(args), args)
     if built is None:
         return 1
-    snapshot, _ = built
+    snapshot = built[0]
     # One resource per line: easy to grep and diff, and the json module's C encoder (an
     # indented document takes its pure-Python one, seconds for 10,000 services).
     versions = {typeurls.SHORT_NAMES[t]: v for t, v in snapshot.versions.items()}
@@ -131,7 +188,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         '"engines": {'
         + ", ".join(
             f"{json.dumps(name)}: {json.dumps({'engine': c.engine, 'reason': c.reason})}"
-            for name, c in _engine_choices(_catalog_path(args), args)
+            for name, c in _engine_choices(_catalog_path(args), args, built[2])
         )
         + "},",
         '"resources": {',
@@ -177,6 +234,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.history:
+        return _status_history(args)
     url = f"http://{args.xds_http}/status"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -214,6 +273,23 @@ def cmd_status(args: argparse.Namespace) -> int:
             for line in status_view.health_lines(args.envoy_admin, health):
                 print(line)
     return status_view.exit_code(document, health, health_error is not None)
+
+
+def _status_history(args: argparse.Namespace) -> int:
+    if args.history_limit < 1:
+        raise SettingsError("--history-limit must be at least 1")
+    path = Path(args.health_event_log) if args.health_event_log else history.default_log()
+    try:
+        if args.json:
+            document = history.as_json(path, args.service, args.history_limit)
+            print(json.dumps(document, indent=2, ensure_ascii=True))
+            return 0
+        for line in history.lines(path, args.service, args.history_limit):
+            print(line)
+    except OSError as err:
+        print(f"sidecar status: cannot read the health event log: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _endpoint_health(admin: str) -> tuple[list[endpoints.EndpointHealth], str | None]:
@@ -310,7 +386,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if packaged is not None:
         print(f"no {args.catalog} here: using the packaged sample catalog {packaged}")
         args.catalog = str(packaged)
-    catalog = _load_or_report(Path(args.catalog))
+    catalog = _load_or_report(Path(args.catalog), args.env)
     if catalog is None:
         return 1
     # Each child reads the flags given to us as its own SIDECAR_* variables.
@@ -426,10 +502,47 @@ def _add_bootstrap_parser(sub: Any, environ: Mapping[str, str]) -> None:
     p.set_defaults(func=cmd_bootstrap)
 
 
-def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_history_flags(p: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    add_switch(
+        p,
+        "history",
+        help="each endpoint's last health transitions, from Envoy's health event log",
+        environ=environ,
+    )
+    p.add_argument("service", nargs="?", help="with --history: only this service")
+    add_flag(
+        p,
+        "health-event-log",
+        default="",
+        help=f"the log --history reads (default: {history.default_log()}, sidecar up's)",
+        environ=environ,
+    )
+    add_flag(
+        p,
+        "history-limit",
+        type=int,
+        default=history.PER_ENDPOINT,
+        help="transitions shown per endpoint",
+        environ=environ,
+    )
 
+
+def _add_diff_parser(sub: Any, environ: Mapping[str, str]) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="what differs between two environments' Envoy resources, service by service",
+        conflict_handler="resolve",  # --env given twice here
+    )
+    p.add_argument("path", nargs="?", help="the base catalog (default: --catalog)")
+    xds_settings.add_arguments(p, environ)
+    add_repeated(
+        p, "env", help="an environment, twice (A then B; '' is the base alone)", environ=environ
+    )
+    add_switch(p, "json", help="print the changes as JSON", environ=environ)
+    p.set_defaults(func=cmd_diff)
+
+
+def _add_up_parser(sub: Any, environ: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "up",
         help="run xDS server, ext_authz, Envoy (and demo upstreams) in the foreground",
@@ -476,22 +589,8 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     add_client_tls_arguments(p, environ)
     p.set_defaults(func=cmd_up)
 
-    # validate and render translate as the xDS server would, with its settings.
-    p = sub.add_parser("validate", help="check a catalog; exit 1 with every error")
-    p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")
-    xds_settings.add_arguments(p, environ)
-    p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("render", help="print the Envoy resources a catalog becomes, as JSON")
-    p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")
-    xds_settings.add_arguments(p, environ)
-    p.set_defaults(func=cmd_render)
-
-    _add_bootstrap_parser(sub, environ)
-
-    p = sub.add_parser("schema", help="print the catalog's JSON Schema")
-    p.set_defaults(func=cmd_schema)
-
+def _add_token_parser(sub: Any, environ: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "token",
         help="mint an HS256 token with the configured dev key (--idp: in that provider's shape)",
@@ -504,6 +603,38 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     authz_settings.add_key_arguments(p, environ)
     p.set_defaults(func=cmd_token)
+
+
+def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_up_parser(sub, environ)
+
+    # validate and render translate as the xDS server would, with its settings.
+    p = sub.add_parser("validate", help="check a catalog; exit 1 with every error")
+    p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")
+    xds_settings.add_arguments(p, environ)
+    add_switch(
+        p,
+        "all-envs",
+        help="validate the base alone, then every overlay beside it merged onto it (for CI)",
+        environ=environ,
+    )
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print the Envoy resources a catalog becomes, as JSON")
+    p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")
+    xds_settings.add_arguments(p, environ)
+    p.set_defaults(func=cmd_render)
+    _add_diff_parser(sub, environ)
+
+    _add_bootstrap_parser(sub, environ)
+
+    p = sub.add_parser("schema", help="print the catalog's JSON Schema")
+    p.set_defaults(func=cmd_schema)
+
+    _add_token_parser(sub, environ)
 
     p = sub.add_parser(
         "probe", help="gRPC health check (exit 0 when SERVING) or HTTP GET (exit 0 on 200)"
@@ -553,6 +684,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         environ=environ,
     )
     add_switch(p, "json", help="print the raw status document", environ=environ)
+    _add_history_flags(p, environ)
     p.set_defaults(func=cmd_status)
 
     policy_cmd.add_parser(sub, environ)

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ext_authz.tokens import mint
-from sidecar import commands, drain
+from sidecar import commands, drain, history
 from sidecar.bootstrap import BootstrapOptions, ClientTls, render_json
 from sidecar.envoy_log import EnvoyLogFilter
 from sidecar_shared import defaults
@@ -249,8 +249,10 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
     stop = stopping.asked
     signal.signal(signal.SIGTERM, stopping.signalled)
     signal.signal(signal.SIGINT, stopping.signalled)
-    workdir = Path(tempfile.mkdtemp(prefix="sidecar-up-"))
     env = {**os.environ, **conf.child_env}
+    if not env.get("SIDECAR_HEALTH_EVENT_LOG"):  # Envoy's health history, kept after the run
+        env["SIDECAR_HEALTH_EVENT_LOG"] = str(history.make_runtime_dir(env) / history.LOG_NAME)
+    workdir = Path(tempfile.mkdtemp(prefix="sidecar-up-"))
     if "SIDECAR_POLICY_KEY_FILE" not in env:
         env["SIDECAR_POLICY_KEY_FILE"] = str(_policy_key_file(workdir))
     secret: str | None = None
@@ -295,6 +297,7 @@ def run(conf: UpSettings, catalog: Catalog, out: Callable[[str], None] = print) 
                     max_downstream_connections=conf.max_downstream_connections,
                     max_heap_bytes=conf.envoy_max_heap_bytes,
                     tls=conf.envoy_tls,
+                    outlier_event_log=history.outlier_log(env),
                 )
             )
         )

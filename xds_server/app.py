@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -24,6 +25,7 @@ from sidecar_shared import grpc_ports, ops_http, tls, tracing
 from sidecar_shared import health as grpc_health
 from sidecar_shared.contract import XDS_HEALTH_SERVICE
 from sidecar_shared.registry import server_registry
+from xds_server import environments, health_events
 from xds_server.cache import SnapshotCache
 from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import ProxyStates, XdsMetrics
@@ -47,6 +49,8 @@ class XdsServer:
     health: health.aio.HealthServicer
     reloader: Reloader
     pages: Mapping[str, ops_http.Handler]
+    # Counts each health transition in Envoy's event log (None: no --health-event-log).
+    count_transition: Callable[[health_events.Transition], None] | None = None
 
 
 async def run(
@@ -110,6 +114,7 @@ def build_server(
         on_loaded,
         tracer,
         kept=fleet.bounds.versions,
+        env=settings.env,
     )
     observers = [MetricsObserver(metrics), LogObserver(log), fleet]
     if tracer is not None:
@@ -145,7 +150,12 @@ def build_server(
             fleet_acked_version=common.version if common else None,
             versions=dict(current.versions) if current else {},
             catalog=CatalogStatus(
-                str(settings.catalog), loaded.ok, loaded.problems, loaded.at, reloader.watch_error
+                # "service_catalog.json + service_catalog.staging.json" with an environment
+                environments.CatalogFiles(settings.catalog, settings.env).name,
+                loaded.ok,
+                loaded.problems,
+                loaded.at,
+                reloader.watch_error,
             ),
             proxies=proxies.report(current),
             refused=proxies.refusals(),
@@ -163,7 +173,18 @@ def build_server(
             lambda: "no valid catalog loaded" if cache.current() is None else None
         ),
     }
-    return XdsServer(settings, log, server, health_servicer, reloader, pages)
+
+    counted: set[tuple[str, str]] = set()
+
+    def count_transition(t: health_events.Transition) -> None:
+        # Label sets are bounded whatever the log holds.
+        if (t.service, t.endpoint) not in counted:
+            if len(counted) >= health_events.MAX_COUNTED_ENDPOINTS:
+                return
+            counted.add((t.service, t.endpoint))
+        metrics.health_transitions.labels(t.service, t.endpoint, t.to_state).inc()
+
+    return XdsServer(settings, log, server, health_servicer, reloader, pages, count_transition)
 
 
 def exposure_warnings(settings: XdsSettings) -> list[str]:
@@ -211,6 +232,19 @@ async def serve(xds: XdsServer, stop: asyncio.Event, stack: contextlib.AsyncExit
         await watcher
 
     stack.push_async_callback(end_watch)
+    event_log = settings.translate.observability.health_event_log
+    if event_log and xds.count_transition is not None:
+        # The transitions Envoy logs, counted (xds_health_transitions_total): the xDS server
+        # configured the log and serves the metrics, so it reads it.
+        follower = asyncio.create_task(
+            health_events.follow(health_events.Tailer(Path(event_log)), xds.count_transition, stop)
+        )
+
+        async def end_follow() -> None:
+            stop.set()
+            await follower
+
+        stack.push_async_callback(end_follow)
     stack.push_async_callback(
         grpc_health.set_aio, xds.health, [XDS_HEALTH_SERVICE], grpc_health.NOT_SERVING
     )

@@ -52,6 +52,12 @@ class XdsMetrics:
             ["result"],
             registry=registry,
         )
+        self.health_transitions = Counter(
+            "xds_health_transitions_total",
+            "Endpoint health transitions Envoy logged (--health-event-log), by the state reached",
+            ["service", "endpoint", "to"],
+            registry=registry,
+        )
         self.snapshot_build_seconds = Histogram(
             "xds_snapshot_build_seconds",
             "Time to validate, translate and check a catalog",

@@ -21,6 +21,10 @@ The reloader cannot die: an exception anywhere in a reload, a bug included, is a
 snapshot kept), and a watch that cannot start or fails is reported (logged once per cause,
 `watch_error` in `/status`, `xds_catalog_watched` 0) and retried every `recheck_s`, the file
 being checked meanwhile.
+
+With an environment (`env`), the base catalog and its overlay are read, merged and
+substituted as one (`environments.read`); both files are followed as above, a change to either
+reloads the merged catalog, and a problem is told against the file and path it came from.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
 
 from sidecar_shared import defaults
 from sidecar_shared.bounded import BoundedMap
+from xds_server import environments
 from xds_server.builder import SnapshotBuilder
 from xds_server.cache import SnapshotCache
 from xds_server.catalog import CatalogError
@@ -71,6 +76,10 @@ def decode_and_build(options: Options) -> Build:
     """The build step: each call rebuilds only what changed since the last one, and writes
     the SDS files its resources refer to before they are served."""
     return SnapshotBuilder(options, SdsWriter(options.sds_dir))
+
+
+def _identities(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int, int] | None, ...]:
+    return tuple(_file_identity(p) for p in paths)
 
 
 def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -135,9 +144,10 @@ WatchPlan = tuple[tuple[str, int, int], ...]
 same name is a different plan."""
 
 
-def _watch_plan(path: Path) -> WatchPlan:
+def _watch_plan(*paths: Path) -> WatchPlan:
     plan = []
-    for directory in watched_directories(path):
+    directories = [d for path in paths for d in watched_directories(path)]
+    for directory in dict.fromkeys(directories):
         try:
             st = directory.stat()
             plan.append((str(directory), st.st_dev, st.st_ino))
@@ -165,12 +175,18 @@ class Reloader:
         on_loaded: Callable[[Snapshot], None] = lambda _: None,
         tracer: Tracer | None = None,
         kept: int = Bounds().versions,
+        env: str | None = None,
+        environ: Mapping[str, str] = os.environ,
     ) -> None:
         """`tracer`: one span per attempt ("catalog reload"); a push it causes is its child.
         `kept`: versions whose service count is remembered; more than the fleet's history
-        (`fleet.Bounds.versions`), so that any version a rollback returns to is known."""
+        (`fleet.Bounds.versions`), so that any version a rollback returns to is known.
+        `env`: the environment whose overlay is merged onto `path`; `environ`: what `${VAR}`
+        reads."""
         self._tracer = tracer
         self._path = path
+        self._files = environments.CatalogFiles(path, env)
+        self._environ = environ
         self._build = build
         self._cache = cache
         self._rejections = rejections
@@ -178,7 +194,7 @@ class Reloader:
         self._log = log
         self._on_loaded = on_loaded
         self._last_digest: bytes | None = None
-        self._last_identity: tuple[int, int, int, int] | None = None
+        self._last_identity: tuple[tuple[int, int, int, int] | None, ...] = ()
         self.state = ReloadState(None, False, ("not loaded yet",), time.time())
         # Why the catalog is not being watched right now; None while it is.
         self.watch_error: str | None = None
@@ -219,20 +235,24 @@ class Reloader:
             )
 
     async def _load(self) -> bool:
-        self._last_identity = _file_identity(self._path)
+        self._last_identity = _identities(self._files.paths)
         try:
-            data = self._path.read_bytes()
+            # (off the event loop: with an overlay, both files are decoded and merged here)
+            loaded = await asyncio.to_thread(environments.read, self._files, self._environ)
         except OSError as err:
-            return self._fail([f"cannot read {self._path}: {err.strerror or err}"])
+            return self._fail([f"cannot read {err.filename or self._path}: {err.strerror or err}"])
+        except CatalogError as err:
+            return self._fail([str(p) for p in err.problems])
+        data = loaded.raw
         digest = hashlib.sha256(data).digest()
         if digest == self._last_digest:
             self._metrics.reloads.labels("unchanged").inc()
             return False
         started = time.perf_counter()
         try:
-            snapshot, services = await asyncio.to_thread(self._build, data, str(self._path))
+            snapshot, services = await asyncio.to_thread(self._build, data, loaded.source)
         except CatalogError as err:
-            return self._fail([str(p) for p in err.problems])
+            return self._fail([str(p) for p in loaded.explain(err).problems])
         self._metrics.snapshot_build_seconds.observe(time.perf_counter() - started)
         rejected = self._rejections.rejection(snapshot.version)
         if rejected is not None:
@@ -248,7 +268,7 @@ class Reloader:
                 "catalog loaded",
                 extra={
                     "fields": {
-                        "path": str(self._path),
+                        "path": self._files.name,
                         "version": snapshot.version,
                         "services": services,
                         "build_ms": round((time.perf_counter() - started) * 1000, 2),
@@ -276,7 +296,7 @@ class Reloader:
             else "catalog rejected; nothing is served until it is fixed",
             extra={
                 "fields": {
-                    "path": str(self._path),
+                    "path": self._files.name,
                     "serving_version": current.version if current else None,
                     "errors": problems,
                 }
@@ -288,16 +308,17 @@ class Reloader:
         """Whether a batch of directory changes (empty: a periodic check) touched the catalog:
         its name, the file its name resolves to, or what the name leads to (its identity, as
         after a symlink swap)."""
-        names = {str(self._path.absolute()), str(self._path.resolve())}
+        paths = self._files.paths
+        names = {str(p.absolute()) for p in paths} | {str(p.resolve()) for p in paths}
         if any(changed in names for _, changed in changes):
             return True
-        return _file_identity(self._path) != self._last_identity
+        return _identities(paths) != self._last_identity
 
     def _watching(self) -> None:
         if self.watch_error is not None:
             self._log.info(
                 "watching the catalog again",
-                extra={"fields": {"path": str(self._path), "was": self.watch_error}},
+                extra={"fields": {"path": self._files.name, "was": self.watch_error}},
             )
         self.watch_error = None
         self._metrics.catalog_watched.set(1)
@@ -309,7 +330,7 @@ class Reloader:
                 f"the catalog watcher failed; retrying every {recheck_s:g} s and checking the "
                 "file meanwhile",
                 exc_info=err,
-                extra={"fields": {"path": str(self._path), "error": why}},
+                extra={"fields": {"path": self._files.name, "error": why}},
             )
         self.watch_error = why
         self._metrics.catalog_watched.set(0)
@@ -320,7 +341,7 @@ class Reloader:
         """Reload on every change of the catalog until `stop` is set (the module docstring
         says what is watched and how a failure is handled)."""
         while not stop.is_set():
-            plan = _watch_plan(self._path)
+            plan = _watch_plan(*self._files.paths)
             try:
                 async for changes in awatch(
                     *(directory for directory, _, _ in plan),
@@ -334,7 +355,7 @@ class Reloader:
                     self._watching()
                     if self._catalog_changed(changes):
                         await self.load()
-                    if _watch_plan(self._path) != plan:
+                    if _watch_plan(*self._files.paths) != plan:
                         break  # a directory on the way was replaced or a symlink moved
             except Exception as err:
                 self._cannot_watch(plan, err, recheck_s)

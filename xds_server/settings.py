@@ -15,7 +15,7 @@ from sidecar_shared.contract import AUTHZ_TRANSPORTS, read_policy_keys
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag, boolean
 from sidecar_shared.tls import ServerTls
-from xds_server import engines, tls_settings
+from xds_server import engines, environments, tls_settings
 from xds_server.resources.common import (
     AuthzOptions,
     EdgeOptions,
@@ -43,6 +43,8 @@ class XdsSettings:
     max_streams_per_connection: int = 8
     max_request_bytes: int = 4 * 1024 * 1024
     spare_names: int = 1000
+    # The environment whose overlay is merged onto the catalog (docs/environments.md).
+    env: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -50,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         add_flag(parser, name, default=default, help=help, type=type, environ=environ)
 
     flag("catalog", defaults.CATALOG, "catalog file")
+    flag(
+        "env",
+        None,
+        "environment: merge the overlay CATALOG-STEM.ENV.json beside the catalog onto it",
+    )
     flag("xds-host", defaults.XDS_HOST, "xDS gRPC address")
     flag("xds-port", defaults.XDS_PORT, "xDS gRPC port", int)
     flag("xds-http-host", defaults.XDS_HTTP_HOST, "metrics/status address")
@@ -80,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     )
     add_edge_arguments(parser, environ)
     flag("access-log", defaults.ACCESS_LOG, "Envoy's JSON access log: '-' stdout, 'off', or a path")
+    flag(
+        "health-event-log",
+        "",
+        "absolute path of Envoy's health-check event log, read by sidecar status --history "
+        "('' or 'off': none; sidecar up chooses one in its runtime directory)",
+    )
     flag(
         "envoy-trace-sampling",
         defaults.ENVOY_TRACE_SAMPLING_PERCENT,
@@ -244,6 +257,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         )
     return XdsSettings(
         catalog=Path(args.catalog),
+        env=environments.check_env_name(args.env) if args.env else None,
         host=args.xds_host,
         port=args.xds_port,
         http_host=args.xds_http_host,
@@ -265,7 +279,9 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
             ),
             edge=edge_options(args),
             observability=ObservabilityOptions(
-                access_log=args.access_log, tracing=tracing_options(args, environ)
+                access_log=args.access_log,
+                tracing=tracing_options(args, environ),
+                health_event_log=health_event_log(args.health_event_log),
             ),
             regions=parse_regions(args.region),
             listener_tls=tls_settings.listener_tls(args),
@@ -273,6 +289,16 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
             http_redirect_port=tls_settings.http_redirect_port(args),
         ),
     )
+
+
+def health_event_log(value: str) -> str:
+    """The event log's path, or "" for none; raise SettingsError for a relative one (Envoy
+    would resolve it against its own working directory)."""
+    if value in ("", "off"):
+        return ""
+    if not Path(value).is_absolute():
+        raise SettingsError(f"--health-event-log {value!r}: must be an absolute path")
+    return value
 
 
 def policy_key(args: argparse.Namespace) -> bytes:

@@ -32,7 +32,19 @@ def service_resources(s: Service, options: Options) -> tuple[Named, Named]:
     clusters: Named = []
     endpoints: Named = []
     for name, ups in service_clusters(s):
-        clusters.append((name, cluster(s, ups, name, options.regions, options.sds_dir)))
+        clusters.append(
+            (
+                name,
+                cluster(
+                    s,
+                    ups,
+                    name,
+                    options.regions,
+                    options.sds_dir,
+                    options.observability.health_event_log,
+                ),
+            )
+        )
         if not uses_dns(ups):
             endpoints.append(
                 (name, load_assignment(name, ups, options.regions, s.overprovisioning_factor))

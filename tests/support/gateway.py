@@ -114,14 +114,16 @@ def gateway(
     roles: Mapping[str, list[str]] | None = None,
     authz: bool = False,
     xds_args: list[str] | None = None,
+    xds_env: Mapping[str, str] | None = None,
 ) -> Iterator[Gateway]:
-    """Run a gateway for `services`; with `authz`, ext_authz with the test secret."""
+    """Run a gateway for `services`; with `authz`, ext_authz with the test secret; `xds_env`:
+    more variables for the xDS server."""
     roles = roles or {"admin": ["*"]}
     catalog = tmp_path / "catalog" / "service_catalog.json"
     catalog.parent.mkdir(exist_ok=True)
     write_json(catalog, {"services": services, "roles": dict(roles)})
     with ExitStack() as stop:
-        xds = stack.start_xds(catalog, tmp_path, args=xds_args)
+        xds = stack.start_xds(catalog, tmp_path, args=xds_args, env=xds_env)
         stop.callback(xds.proc.stop)
         checker = stack.start_authz(tmp_path) if authz else None
         if checker is not None:

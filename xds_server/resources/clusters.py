@@ -12,6 +12,7 @@ from envoy.config.core.v3 import (
     base_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.extensions.health_check.event_sinks.file.v3 import file_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import http_pb2 as http_types_pb2
 
@@ -113,9 +114,11 @@ def cluster(
     name: str | None = None,
     regions: Sequence[str] = (),
     sds_dir: str = DEFAULT_SDS_DIR,
+    health_event_log: str = "",
 ) -> cluster_pb2.Cluster:
     """The cluster for a service's upstreams (`name` defaults to the service's name; `sds_dir`
-    holds the SDS files of its `tls`)."""
+    holds the SDS files of its `tls`; `health_event_log`: the file its health checks' events go
+    to, `add_event_log`)."""
     name = name or svc.service_name
     # Fields are set in place: nested constructor arguments would copy each subtree again.
     out = cluster_pb2.Cluster(name=name, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
@@ -148,6 +151,8 @@ def cluster(
         out.eds_cluster_config.service_name = name
     if svc.healthcheck_endpoint is not None:
         _add_health_check(out, svc, svc.healthcheck_endpoint)
+        if health_event_log:
+            add_event_log(out, health_event_log)
     _set_protocol(out, svc, ups, sds_dir)
     return out
 
@@ -195,6 +200,17 @@ def _add_health_check(out: cluster_pb2.Cluster, svc: Service, endpoint: str) -> 
     http.expected_statuses.add(start=200, end=400)
     http.retriable_statuses.add(start=100, end=200)
     http.retriable_statuses.add(start=400, end=600)
+
+
+HEALTH_EVENT_SINK = "envoy.health_check.event_sinks.file"
+
+
+def add_event_log(out: cluster_pb2.Cluster, path: str) -> None:
+    """Envoy appends each health-check event of `out` to `path` as a JSON line (it creates the
+    file; `health_events` reads it)."""
+    sink = file_pb2.HealthCheckEventFileSink(event_log_path=path)
+    for check in out.health_checks:
+        check.event_logger.add(name=HEALTH_EVENT_SINK).typed_config.Pack(sink)
 
 
 def _set_protocol(

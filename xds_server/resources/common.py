@@ -84,6 +84,7 @@ class TracingOptions:
 class ObservabilityOptions:
     access_log: str = defaults.ACCESS_LOG  # "-" stdout, "off", or a file path
     tracing: TracingOptions | None = None
+    health_event_log: str = ""  # Envoy's health-check event log file ("": none)
 
 
 @dataclass(frozen=True)
