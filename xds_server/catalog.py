@@ -557,6 +557,8 @@ class Service(_Strict):
     method_override: bool = False
     # Parts of the service with their own limit, roles, timeout, retries or caching.
     endpoints: list[ServiceEndpoint] = Field(default_factory=list)
+    # "dry_run": ext_authz decides, records a denial as would_deny, and allows (docs/admin-api.md).
+    enforce: Literal["enforce", "dry_run"] = "enforce"
 
     @field_validator("service_name")
     @classmethod
@@ -659,12 +661,32 @@ class Service(_Strict):
         return self.model_copy(update=update) if update else self
 
 
+class AccessRequest(_Strict):
+    """The request of an access test: what a client sends (the token comes from `claims`)."""
+
+    method: HttpMethod
+    path: Annotated[str, _pattern(r"^/[^\x00-\x20\x7f]*$")]
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class AccessTest(_Strict):
+    """An access test (docs/admin-api.md): `request` with a token carrying `claims` (none:
+    no token) must get `expect` from the decision ext_authz makes for the catalog's routes."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    request: AccessRequest
+    claims: dict[str, Any] | None = None
+    expect: Annotated[int, Field(ge=200, le=599)]
+
+
 class Catalog(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
     schema_ref: str | None = Field(default=None, alias="$schema")
     services: list[Service]
     roles: Annotated[dict[str, list[str]], _keys(_ROLE_SCHEMA)] = Field(default_factory=dict)
+    # Run by `sidecar validate` and every reload: a failing one refuses the catalog.
+    tests: list[AccessTest] = Field(default_factory=list)
 
     def service(self, name: str) -> Service:
         for svc in self.services:
@@ -1087,7 +1109,7 @@ def service_key(item: Any) -> bytes:
 
 
 # The order pydantic reports the catalog's own fields in (unknown fields come last).
-_FIELD_ORDER = {"$schema": 0, "services": 1, "roles": 2}
+_FIELD_ORDER = {"$schema": 0, "services": 1, "roles": 2, "tests": 3}
 
 
 def parse_catalog_cached(
