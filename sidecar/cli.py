@@ -1,4 +1,4 @@
-"""`sidecar`: up, validate, render, bootstrap, schema, token, probe, drain, status."""
+"""`sidecar`: up, validate, explain, render, bootstrap, schema, token, probe, drain, status."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import drain, endpoints, status_view, up
+from sidecar import drain, endpoints, explain, status_view, up
 from sidecar.bootstrap import BootstrapOptions, add_client_tls_arguments, client_tls, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
@@ -454,6 +454,10 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")
     xds_settings.add_arguments(p, environ)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("explain", help="the decision ext_authz would make, step by step")
+    explain.add_arguments(p, environ)
+    p.set_defaults(func=explain.run)
 
     p = sub.add_parser("render", help="print the Envoy resources a catalog becomes, as JSON")
     p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")
