@@ -661,12 +661,25 @@ class Service(_Strict):
         return self.model_copy(update=update) if update else self
 
 
+# What an access test may expect: the statuses of the decision table (docs/authorization.md),
+# and 404 for a path no service's route takes.
+AccessStatus = Literal[200, 401, 403, 404, 429, 431]
+_REQUEST_PATH = r"^/[^\x00-\x20\x7f]*$"
+
+
 class AccessRequest(_Strict):
     """The request of an access test: what a client sends (the token comes from `claims`)."""
 
     method: HttpMethod
-    path: Annotated[str, _pattern(r"^/[^\x00-\x20\x7f]*$")]
+    path: Annotated[str, _pattern(_REQUEST_PATH)]
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not re.fullmatch(_REQUEST_PATH, value):
+            raise ValueError("a path starting with '/', without spaces or control characters")
+        return value
 
 
 class AccessTest(_Strict):
@@ -676,7 +689,7 @@ class AccessTest(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     request: AccessRequest
     claims: dict[str, Any] | None = None
-    expect: Annotated[int, Field(ge=200, le=599)]
+    expect: AccessStatus
 
 
 class Catalog(_Strict):
