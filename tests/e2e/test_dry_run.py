@@ -37,16 +37,14 @@ def test_a_dry_run_service_lets_through_and_records_what_it_would_deny(tmp_path:
             assert gw.request("DELETE", "/strict/7", reader).status == 403
             assert strict.count() == 0
 
-            def recorded() -> list[dict[str, Any]]:
+            def recorded() -> list[dict[str, Any]] | None:
                 assert gw.authz is not None
-                return [
+                found = [
                     line for line in gw.authz.audit_lines() if line.get("decision") == "would_deny"
                 ]
+                return found if len(found) >= 2 else None
 
-            lines = wait.wait_until(
-                lambda: (found := recorded()) and len(found) >= 2 and found,
-                what="two would_deny audit lines",
-            )
+            lines = wait.wait_until(recorded, what="two would_deny audit lines")
             assert {(line["status"], line["reason"]) for line in lines} == {
                 (403, "role_not_allowed"),
                 (401, "missing_token"),
