@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from sidecar_shared.contract import AUTHZ_TRANSPORTS
 from tests.support import tokens, wait
 from tests.support.gateway import gateway, guarded
 from tests.support.metrics import scraped
@@ -16,13 +19,16 @@ from tests.support.upstreams import running
 ROLES = {"reader": ["*:read"]}
 
 
-def test_a_dry_run_service_lets_through_and_records_what_it_would_deny(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
+def test_a_dry_run_service_lets_through_and_records_what_it_would_deny(
+    tmp_path: Path, transport: str
+) -> None:
     with running("trial", "strict") as (trial, strict):
         services: list[dict[str, Any]] = [
             guarded("trial", trial.url, enforce="dry_run"),
             guarded("strict", strict.url),
         ]
-        with gateway(tmp_path, services, roles=ROLES, authz=True) as gw:
+        with gateway(tmp_path, services, roles=ROLES, authz=True, transport=transport) as gw:
             assert gw.authz is not None
             reader = tokens.bearer(sub="rita", roles=["reader"])
 
