@@ -99,6 +99,8 @@ _TERSE_MESSAGE = {
 # The denials a dry-run route turns into allows (`RoutePolicy.dry_run`): the token, role,
 # tenant and limit decisions; a request Envoy cannot pass on (431) or a failure (500) is not.
 _DRY_RUN = frozenset({401, 403, 429})
+# What an allowed dry-run request keeps of its denial's headers (the limit's; no Retry-After).
+_DRY_RUN_HEADERS = frozenset(RATE_LIMIT_HEADERS) - {"retry-after"}
 # Identity headers the core may add to a request (x-request-id is already there).
 _ADDED_HEADERS = 4
 
@@ -350,7 +352,7 @@ class Authorizer:
         """A denial on a dry-run route: the allow the request gets, remembering the denial."""
         denied, policy = done.outcome, done.policy
         assert policy is not None
-        limits = tuple(h for h in denied.response_headers if h[0] in RATE_LIMIT_HEADERS)
+        limits = tuple(h for h in denied.response_headers if h[0] in _DRY_RUN_HEADERS)
         allowed = self._answer(policy, denied.request_id, done.identity, limits)
         return replace(allowed, reason=denied.reason, would_deny=denied.status)
 

@@ -84,6 +84,7 @@ def test_a_missing_token_and_an_exhausted_limit_are_would_deny_too() -> None:
     over = check(w, DRY, reader, "GET")
     assert (over.status, over.would_deny, over.reason) == (200, 429, "rate_limited")
     assert any(name == "ratelimit" for name, _ in over.response_headers)
+    assert not any(name == "retry-after" for name, _ in over.response_headers)
 
 
 def test_an_enforcing_route_still_denies() -> None:
