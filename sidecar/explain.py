@@ -29,7 +29,7 @@ from sidecar.status_view import shown
 from sidecar_shared import defaults
 from sidecar_shared.admin_api import ADMIN_SERVICE
 from sidecar_shared.admin_api import admin_pb2 as pb
-from sidecar_shared.flags import add_flag, add_switch
+from sidecar_shared.flags import add_flag, add_repeated, add_switch
 from xds_server.catalog import CatalogError, load_catalog
 from xds_server.explain import Explainer, Probe, Trace
 
@@ -46,9 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         help='the caller\'s verified claims, a JSON object ({"sub": "u1", "roles": ["r"]})',
         environ=environ,
     )
-    parser.add_argument(
-        "--header", action="append", default=[], help="a request header, NAME:VALUE (repeat)"
-    )
+    add_repeated(parser, "header", help="a request header, NAME:VALUE", environ=environ)
     add_flag(
         parser,
         "remote",
@@ -67,9 +65,9 @@ class ExplainError(Exception):
     """What keeps a request from being explained (exit 2)."""
 
 
-def _headers(given: list[str]) -> dict[str, str]:
+def _headers(given: list[str] | None) -> dict[str, str]:
     out = {}
-    for item in given:
+    for item in given or ():
         name, sep, value = item.partition(":")
         if not sep or not name.strip():
             raise ExplainError(f"--header {item!r}: give NAME:VALUE")
