@@ -82,6 +82,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     snapshot, services = built
     print(f"{path}: valid, {services} service(s), version {snapshot.version}")
+    tested = explain.tests_line(path)
+    if tested:
+        print(tested)
     for line in endpoint_lines(path):
         print(line)
     return 0

@@ -196,6 +196,12 @@ def table(method: str, path: str, data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def tests_line(path: Path) -> str | None:
+    """What `sidecar validate` says of a valid catalog's access tests (None: it has none)."""
+    count = len(load_catalog(path).tests)
+    return f"  {count} access test(s) passed" if count else None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         if args.token is not None and args.claims is not None:

@@ -121,7 +121,9 @@ def test_sidecar_validate_runs_the_tests(tmp_path: Path) -> None:
             check=False,
         )
 
-    assert validate(good).returncode == 0
+    passed = validate(good)
+    assert passed.returncode == 0
+    assert "1 access test(s) passed" in passed.stdout
     failed = validate(bad)
     assert failed.returncode == 1
     assert "tests[0]" in failed.stdout + failed.stderr
