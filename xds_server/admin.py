@@ -179,7 +179,13 @@ class AdminService:
         current = self._source.current()
         catalog = self._catalog_of(current.version) if current is not None else None
         if current is None or catalog is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no catalog is served yet")
+            why = (
+                "no catalog is served yet"
+                if current is None
+                else f"the catalog of version {current.version} is no longer held (rolled back "
+                "to an old version?): edit the catalog to serve a new one"
+            )
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
             return pb.Decision()
         if self._explainer is None:
             self._explainer = Explainer()
