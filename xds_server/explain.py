@@ -47,7 +47,6 @@ from sidecar_shared.contract import (
     sign,
 )
 from xds_server.catalog import Catalog, Service, ServiceEndpoint, endpoints_in_order
-from xds_server.resources.routes import routing_order
 from xds_server.route_policy import compile_policy
 
 STEPS = ("route", "policy", "token", "role", "tenant", "limit")
@@ -141,19 +140,31 @@ def _endpoint_matches(ep: ServiceEndpoint, method: str, path: str) -> bool:
     )
 
 
+def route_index(catalog: Catalog) -> dict[str, Service]:
+    """Each service by its route prefix (prefixes are unique in a valid catalog)."""
+    return {svc.route_prefix: svc for svc in catalog.services}
+
+
 def match_route(
-    catalog: Catalog, method: str, path: str
+    catalog: Catalog, method: str, path: str, index: Mapping[str, Service] | None = None
 ) -> tuple[Service, ServiceEndpoint | None] | None:
-    """The service (and endpoint) whose route a request for `path` takes; None: no route."""
+    """The service (and endpoint) whose route a request for `path` takes; None: no route.
+    The longest base path that holds the path, whole segments, wins, as in the route
+    configuration (`routes.routing_order`); `index`: the catalog's `route_index`, when the
+    caller has it."""
     path = path.split("?", 1)[0]
-    for svc in routing_order(catalog.services):
-        if not _under(path, svc.route_prefix):
-            continue
-        for ep in endpoints_in_order(svc.endpoints):
-            if _endpoint_matches(ep, method, path):
-                return svc, ep
-        return svc, None
-    return None
+    index = route_index(catalog) if index is None else index
+    head = path
+    svc = index.get(head)
+    while svc is None and head not in ("", "/"):
+        head = head.rsplit("/", 1)[0] or "/"
+        svc = index.get(head)
+    if svc is None:
+        return None
+    for ep in endpoints_in_order(svc.endpoints):
+        if _endpoint_matches(ep, method, path):
+            return svc, ep
+    return svc, None
 
 
 class Peek:
@@ -205,6 +216,16 @@ class Explainer:
         self._own = _verifier(
             KeySettings(secret=self._secret), VerifierSettings(claims=claims), clock
         )
+        # the last catalog explained against, and its services by route prefix
+        self._indexed: tuple[Catalog, dict[str, Service]] | None = None
+
+    def _index(self, catalog: Catalog) -> dict[str, Service]:
+        last = self._indexed
+        if last is not None and last[0] is catalog:
+            return last[1]
+        index = route_index(catalog)
+        self._indexed = (catalog, index)
+        return index
 
     def _token_for(self, claims: Mapping[str, Any]) -> str:
         payload = dict(claims)
@@ -213,7 +234,7 @@ class Explainer:
 
     def explain(self, catalog: Catalog, probe: Probe) -> Trace:
         method, path = probe.method.upper(), probe.path
-        found = match_route(catalog, method, path)
+        found = match_route(catalog, method, path, self._index(catalog))
         if found is None:
             missing = Step("route", "fail", f"no service's base_path holds {path.split('?')[0]}")
             return Trace(

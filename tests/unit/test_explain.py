@@ -21,6 +21,7 @@ from xds_server.catalog import Catalog, parse_catalog
 from xds_server.explain import Explainer, Probe, Trace, match_route
 from xds_server.resources.authz import per_route
 from xds_server.resources.common import AuthzOptions
+from xds_server.resources.routes import routing_order
 from xds_server.route_policy import compile_policy
 
 CATALOG: dict[str, Any] = {
@@ -263,3 +264,33 @@ def test_the_trace_reads_as_json(explainer: Explainer, catalog: Catalog) -> None
     data = explain(explainer, catalog, "GET", "/orders/1", claims=CUSTOMER).to_json()
     assert json.loads(json.dumps(data))["policy"]["service"] == "orders"
     assert data["status"] == 200
+
+
+def test_the_longest_base_path_holding_the_path_wins_as_in_the_route_configuration() -> None:
+    nested = parse_catalog(
+        {
+            "services": [
+                {"service_name": name, "base_path": path, "internal_url": "http://h:1"}
+                for name, path in [
+                    ("root", "/"),
+                    ("a", "/a"),
+                    ("ab", "/a/b"),
+                    ("abc", "/a/b/c/"),
+                    ("x", "/x-y"),
+                ]
+            ]
+        }
+    )
+    order = routing_order(nested.services)
+    paths = ["/", "/a", "/a/", "/ab", "/a/b", "/a/bc", "/a/b/c", "/a/b/c/d?q=/x", "/x-y/1", "/x"]
+    for path in paths:
+        first = next(
+            s.service_name
+            for s in order
+            if s.route_prefix == "/"
+            or path.split("?")[0] == s.route_prefix
+            or path.split("?")[0].startswith(s.route_prefix + "/")
+        )
+        found = match_route(nested, "GET", path)
+        assert found is not None
+        assert found[0].service_name == first, path
