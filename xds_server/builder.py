@@ -123,8 +123,9 @@ class SnapshotBuilder:
         data = decode_json(raw, source)
         catalog, keys = parse_catalog_cached(data, source, self._services)
         assert isinstance(data, dict)  # parse_catalog_cached raised otherwise
-        # Everything but the services: what routes depend on besides their service.
-        rest = service_key({k: v for k, v in data.items() if k != "services"})
+        # Everything but the services (and the access tests, which make no resource): what
+        # routes depend on besides their service.
+        rest = service_key({k: v for k, v in data.items() if k not in ("services", "tests")})
         return self._build(catalog, keys, rest), catalog
 
     def _build(self, catalog: Catalog, keys: list[bytes], rest: bytes) -> Snapshot:
