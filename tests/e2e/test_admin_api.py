@@ -61,6 +61,16 @@ def csds(channel: grpc.Channel, **request: object) -> csds_pb2.ClientStatusRespo
     return response
 
 
+def watch(channel: grpc.Channel) -> Iterator[pb.ProxyStatus]:
+    call = channel.unary_stream(
+        f"/{ADMIN_SERVICE}/WatchStatus",
+        request_serializer=pb.WatchStatusRequest.SerializeToString,
+        response_deserializer=pb.ProxyStatus.FromString,
+    )
+    stream: Iterator[pb.ProxyStatus] = call(pb.WatchStatusRequest(), timeout=20)
+    return stream
+
+
 @pytest.fixture
 def channel(xds: stack.XdsServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(f"127.0.0.1:{xds.port}") as ch:
@@ -192,6 +202,13 @@ def test_csds_reports_each_resource_and_its_ack_state(
             assert item.xds_config.type_url == type_url
     lean = csds(channel, exclude_resource_contents=True)
     assert not any(i.HasField("xds_config") for c in lean.config for i in c.generic_xds_configs)
+    stream = channel.stream_stream(
+        f"/{CSDS_SERVICE}/StreamClientStatus",
+        request_serializer=csds_pb2.ClientStatusRequest.SerializeToString,
+        response_deserializer=csds_pb2.ClientStatusResponse.FromString,
+    )
+    (streamed,) = list(stream(iter([csds_pb2.ClientStatusRequest()]), timeout=20))
+    assert [c.node.id for c in streamed.config] == [envoy.node_id]
 
 
 def test_no_anonymous_caller_reads_policies_or_decisions(
@@ -206,6 +223,7 @@ def test_no_anonymous_caller_reads_policies_or_decisions(
                 lambda: explain(ch, pb.ExplainRequest(method="GET", path="/orders/1")),
                 lambda: validate(ch, b"{}"),
                 lambda: csds(ch),
+                lambda: next(watch(ch)),
             ):
                 with pytest.raises(grpc.RpcError) as caught:
                     attempt()
