@@ -5,6 +5,7 @@ anonymous caller (off loopback without mTLS, or without a client certificate und
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from envoy.service.status.v3 import csds_pb2
 
 from sidecar_shared.admin_api import ADMIN_SERVICE
 from sidecar_shared.admin_api import admin_pb2 as pb
-from tests.support import stack, wait
+from tests.support import stack, tokens, wait
 from tests.support.catalogs import sample_data, write_json
 from tests.support.mtls import Ca
 from xds_server import typeurls
@@ -130,6 +131,39 @@ def test_sidecar_explain_remote_prints_the_trace(envoy: stack.Envoy, xds: stack.
     assert result.returncode == 1, result.stderr
     assert "role     fail" in result.stdout
     assert "decision 403 role_not_allowed" in result.stdout
+    # A token is verified here, with ext_authz's key; the server gets its identity.
+    tok = tokens.token(sub="u1", roles=["customer"], tenant="acme")
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "sidecar", "explain", "--json"),
+            *("--remote", f"127.0.0.1:{xds.port}", "--token", tok, "GET", "/orders/1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SIDECAR_JWT_SECRET": tokens.TEST_SECRET.decode()},
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["status"], data["version"]) == (200, xds.version())
+    assert "user u1" in next(s["detail"] for s in data["steps"] if s["name"] == "token")
+
+
+def test_a_reload_whose_access_tests_fail_is_refused_and_the_served_version_stays(
+    envoy: stack.Envoy, xds: stack.XdsServer, sample_catalog: Path
+) -> None:
+    wait.wait_until(lambda: xds.synced(envoy.node_id), what="Envoy synced")
+    served = xds.version()
+    data = json.loads(sample_catalog.read_text())
+    data["roles"]["customer"].append("orders:delete")  # the sample's tests[1] forbids it
+    write_json(sample_catalog, data)
+    status = wait.wait_until(
+        lambda: (s := xds.status()) and not s["catalog"]["valid"] and s, what="the refusal"
+    )
+    assert any(e.startswith("tests[1]: ") for e in status["catalog"]["errors"])
+    assert status["version"] == served
+    assert xds.synced(envoy.node_id)
 
 
 def test_validate_catalog_runs_the_same_validation_and_access_tests(
