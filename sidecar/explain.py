@@ -191,6 +191,7 @@ def table(method: str, path: str, data: Mapping[str, Any]) -> str:
         lines.append(
             f"  {shown(step['name']):<8} {shown(step['verdict']):<12} {shown(step['detail'])}"
         )
+        lines[-1] = lines[-1].rstrip()
     lines.append("")
     lines.append(f"  decision {status}: {shown(data['message'])}")
     return "\n".join(lines)
