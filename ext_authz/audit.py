@@ -39,7 +39,7 @@ class AuditRecord:
     service: str | None
     method: str
     path: str
-    decision: str  # "allow" or "deny"
+    decision: str  # "allow", "deny" or "would_deny" (dry run: allowed; `status` it would get)
     status: int
     reason: str
     latency_us: int

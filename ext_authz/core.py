@@ -64,6 +64,7 @@ from sidecar_shared.contract import (
     IDENTITY_HEADERS,
     METHOD_OVERRIDE_HEADERS,
     POLICY_KEY,
+    RATE_LIMIT_HEADERS,
     REQUEST_ID_HEADER,
     ROLES_HEADER,
     SERVICE_KEY,
@@ -96,6 +97,11 @@ _TERSE_MESSAGE = {
     431: "the request has too many headers",
     500: "authorization failed",
 }
+# The denials a dry-run route turns into allows (`RoutePolicy.dry_run`): the token, role,
+# tenant and limit decisions; a request Envoy cannot pass on (431) or a failure (500) is not.
+_DRY_RUN = frozenset({401, 403, 429})
+# What an allowed dry-run request keeps of its denial's headers (the limit's; no Retry-After).
+_DRY_RUN_HEADERS = frozenset(RATE_LIMIT_HEADERS) - {"retry-after"}
 # Identity headers the core may add to a request (x-request-id is already there).
 _ADDED_HEADERS = 4
 
@@ -326,6 +332,8 @@ class Authorizer:
 
     def _observed(self, done: _Done, started: int) -> Outcome:
         outcome = done.outcome
+        if done.policy is not None and done.policy.dry_run and outcome.status in _DRY_RUN:
+            outcome = done.outcome = self._dry_run(done)
         if self._observers:
             req, policy = done.request, done.policy
             decision = Decision(
@@ -343,6 +351,14 @@ class Authorizer:
             for observer in self._observers:
                 observer.observe(decision)
         return outcome
+
+    def _dry_run(self, done: _Done) -> Outcome:
+        """A denial on a dry-run route: the allow the request gets, remembering the denial."""
+        denied, policy = done.outcome, done.policy
+        assert policy is not None
+        limits = tuple(h for h in denied.response_headers if h[0] in _DRY_RUN_HEADERS)
+        allowed = self._answer(policy, denied.request_id, done.identity, limits)
+        return replace(allowed, reason=denied.reason, would_deny=denied.status)
 
     def _begin(self, req: CheckInput) -> _Done | _Pending:
         """Everything up to the rate limit; never raises."""

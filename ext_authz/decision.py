@@ -45,6 +45,9 @@ class Outcome:
     remove_headers: tuple[str, ...] = ()  # from the upstream request
     response_headers: Headers = ()  # to the client, allowed or denied
     body: bytes = b""  # denials only
+    # Dry run (`RoutePolicy.dry_run`): the status enforcing would have answered (the reason is
+    # the denial's); the request is allowed. 0: not a dry-run denial.
+    would_deny: int = 0
 
     @property
     def allowed(self) -> bool:

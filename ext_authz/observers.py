@@ -50,8 +50,13 @@ class MetricsObserver:
         child = self._checks.get(key)
         if child is None:
             decided = "allow" if outcome.allowed else "deny"
+            if outcome.would_deny:
+                decided = "would_deny"  # (status: the one enforcing would have answered)
             child = self._checks[key] = self._metrics.checks.labels(
-                decided, str(outcome.status), outcome.reason, decision.service or ""
+                decided,
+                str(outcome.would_deny or outcome.status),
+                outcome.reason,
+                decision.service or "",
             )
         child.inc()
         self._seconds.observe(decision.latency_us / 1_000_000)
@@ -161,9 +166,10 @@ class AuditObserver:
 
     def observe(self, decision: Decision) -> None:
         outcome = decision.outcome
-        if not self._audit.wants(outcome.allowed):
+        if not self._audit.wants(outcome.allowed and not outcome.would_deny):
             return
-        if not outcome.allowed and not self._rate.admit(decision.at):
+        denied = not outcome.allowed or outcome.would_deny
+        if denied and not self._rate.admit(decision.at):
             self._audit.suppress(_cut(decision.service), outcome.reason)
             return
         req, identity = decision.request, decision.identity
@@ -177,8 +183,10 @@ class AuditObserver:
                 service=decision.service,
                 method=_cut(req.method, 16) or "",
                 path=_cut(req.path.split("?", 1)[0]) or "",
-                decision="allow" if outcome.allowed else "deny",
-                status=outcome.status,
+                decision="would_deny"
+                if outcome.would_deny
+                else ("allow" if outcome.allowed else "deny"),
+                status=outcome.would_deny or outcome.status,
                 reason=outcome.reason,
                 latency_us=decision.latency_us,
             )

@@ -1,5 +1,5 @@
-"""`sidecar`: up, validate, render, diff, bootstrap, schema, token, probe, drain, status,
-policy."""
+"""`sidecar`: up, validate, explain, render, diff, bootstrap, schema, token, probe, drain,
+status, policy."""
 
 from __future__ import annotations
 
@@ -22,7 +22,17 @@ from ext_authz import idp
 from ext_authz import settings as authz_settings
 from ext_authz.keys import KeyConfigError, KeySource
 from ext_authz.tokens import mint
-from sidecar import drain, endpoints, envdiff, history, policy_cmd, sample, status_view, up
+from sidecar import (
+    drain,
+    endpoints,
+    envdiff,
+    explain,
+    history,
+    policy_cmd,
+    sample,
+    status_view,
+    up,
+)
 from sidecar.bootstrap import BootstrapOptions, add_client_tls_arguments, client_tls, render_json
 from sidecar_shared import defaults, flags
 from sidecar_shared.errors import SettingsError
@@ -99,6 +109,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     snapshot, services, raw = built
     name = environments.CatalogFiles(path, args.env or None).name
     print(f"{name}: valid, {services} service(s), version {snapshot.version}")
+    tested = explain.tests_line(raw, str(path))
+    if tested:
+        print(tested)
     for line in endpoint_lines(path, raw):
         print(line)
     for name, choice in _engine_choices(path, args, raw):
@@ -622,6 +635,10 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         environ=environ,
     )
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("explain", help="the decision ext_authz would make, step by step")
+    explain.add_arguments(p, environ)
+    p.set_defaults(func=explain.run)
 
     p = sub.add_parser("render", help="print the Envoy resources a catalog becomes, as JSON")
     p.add_argument("path", nargs="?", help="the catalog (default: --catalog)")

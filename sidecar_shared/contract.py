@@ -179,6 +179,9 @@ class RoutePolicy:
     # The name `rate_limit` counts under, when not the service's: an endpoint with its own
     # limit (`orders.export`) has its own counters and `RateLimit-Policy` name.
     limit_name: str | None = None
+    # Dry run (the catalog's `"enforce": "dry_run"`): ext_authz decides as usual, records a
+    # denial as `would_deny` (audit, metrics) and allows the request.
+    dry_run: bool = False
 
     @property
     def limit_scope(self) -> str:
@@ -209,6 +212,8 @@ def encode(policy: RoutePolicy) -> str:
         data["method_override"] = True
     if policy.limit_name is not None:
         data["limit_name"] = policy.limit_name
+    if policy.dry_run:
+        data["dry_run"] = True
     return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
@@ -232,6 +237,7 @@ def decode(text: str) -> RoutePolicy:
             tenant_upstreams=frozenset(map(str, data.get("tenant_upstreams", ()))),
             method_override=data.get("method_override") is True,
             limit_name=_optional_str(data.get("limit_name")),
+            dry_run=data.get("dry_run") is True,
         )
     except PolicyError:
         raise

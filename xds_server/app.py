@@ -26,12 +26,15 @@ from sidecar_shared import health as grpc_health
 from sidecar_shared.contract import XDS_HEALTH_SERVICE
 from sidecar_shared.registry import server_registry
 from xds_server import environments, health_events
+from xds_server.admin import AdminService
+from xds_server.builder import SnapshotBuilder
 from xds_server.cache import SnapshotCache
+from xds_server.csds import CsdsService
 from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import ProxyStates, XdsMetrics
 from xds_server.observers import LogObserver, MetricsObserver, Observers, TracingObserver
 from xds_server.proxies import ProxyRegistry
-from xds_server.reload import Build, Reloader, decode_and_build
+from xds_server.reload import Build, Reloader
 from xds_server.server import AdsService, StreamLimits
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
@@ -104,9 +107,10 @@ def build_server(
         on_rejected,
         unauthenticated_veto=settings.unauthenticated_veto,
     )
+    builder = SnapshotBuilder(settings.translate)
     reloader = Reloader(
         settings.catalog,
-        build or decode_and_build(settings.translate),
+        build or builder,
         cache,
         fleet,
         metrics,
@@ -140,12 +144,12 @@ def build_server(
     server.add_generic_rpc_handlers((ads.handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
-    def status_page() -> ops_http.Page:
+    def status_document() -> StatusDocument:
         current = cache.current()
         # the newest version every connected proxy has ACKed (a rollback target)
         common = fleet.last_acked_by_all() if len(proxies) else None
         loaded = reloader.state
-        document = StatusDocument(
+        return StatusDocument(
             version=current.version if current else None,
             fleet_acked_version=common.version if common else None,
             versions=dict(current.versions) if current else {},
@@ -163,8 +167,21 @@ def build_server(
             rejected=fleet.report(),
             time=time.time(),
         )
-        body = json.dumps(document.to_json(), indent=2).encode() + b"\n"
+
+    def status_page() -> ops_http.Page:
+        body = json.dumps(status_document().to_json(), indent=2).encode() + b"\n"
         return 200, "application/json", body
+
+    # The operator API and CSDS, on the same port and trust as ADS (docs/admin-api.md).
+    admin = AdminService(
+        cache,
+        builder.catalog_of,
+        status_document,
+        settings.translate,
+        settings.tls,
+    )
+    csds = CsdsService(cache, lambda: list(proxies), settings.tls)
+    server.add_generic_rpc_handlers((admin.handler(), csds.handler()))
 
     pages = {
         "/status": status_page,

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
-from xds_server import typeurls
+from sidecar_shared.bounded import BoundedMap
+from xds_server import access_tests, typeurls
 from xds_server.catalog import (
     Catalog,
     CatalogError,
@@ -44,6 +45,7 @@ from xds_server.catalog import (
     parse_catalog_cached,
     service_key,
 )
+from xds_server.explain import Explainer
 from xds_server.resources.common import ROUTE_CONFIG_NAME, Options
 from xds_server.resources.routes import (
     add_service_routes,
@@ -100,23 +102,38 @@ class SnapshotBuilder:
         self._routes: dict[_RouteKey, _Routes] = {}
         # the last route configuration, with what it was assembled from
         self._config: tuple[bytes, list[_Routes], Resource] | None = None
+        self._explainer: Explainer | None = None  # made when a catalog has access tests
+        # the catalogs of the last snapshots built, by version (the admin API explains with them)
+        self._catalogs: BoundedMap[str, Catalog] = BoundedMap(8)
+
+    def catalog_of(self, version: str) -> Catalog | None:
+        """The catalog a snapshot this builder made (one of the last few) was built from."""
+        return self._catalogs.get(version)
 
     def __call__(self, raw: bytes, source: str) -> tuple[Snapshot, int]:
         with _gc_paused():
-            snapshot, services = self._decode_and_build(raw, source)
+            snapshot, catalog = self._decode_and_build(raw, source)
         problems = snapshot.consistent()
         if problems:
             raise CatalogError([Problem("", p) for p in problems], source)
-        return snapshot, services
+        if catalog.tests:  # the catalog's access tests (after the build: they need its routes)
+            if self._explainer is None:
+                self._explainer = Explainer()
+            failed = access_tests.failures(catalog, self._explainer)
+            if failed:
+                raise CatalogError(failed, source)
+        self._catalogs[snapshot.version] = catalog
+        return snapshot, len(catalog.services)
 
-    def _decode_and_build(self, raw: bytes, source: str) -> tuple[Snapshot, int]:
+    def _decode_and_build(self, raw: bytes, source: str) -> tuple[Snapshot, Catalog]:
         """(The decoded JSON is let go before the collector resumes: it would scan it.)"""
         data = decode_json(raw, source)
         catalog, keys = parse_catalog_cached(data, source, self._services)
         assert isinstance(data, dict)  # parse_catalog_cached raised otherwise
-        # Everything but the services: what routes depend on besides their service.
-        rest = service_key({k: v for k, v in data.items() if k != "services"})
-        return self._build(catalog, keys, rest), len(catalog.services)
+        # Everything but the services (and the access tests, which make no resource): what
+        # routes depend on besides their service.
+        rest = service_key({k: v for k, v in data.items() if k not in ("services", "tests")})
+        return self._build(catalog, keys, rest), catalog
 
     def _build(self, catalog: Catalog, keys: list[bytes], rest: bytes) -> Snapshot:
         key_of = {id(svc): key for svc, key in zip(catalog.services, keys, strict=True)}

@@ -617,6 +617,8 @@ class Service(_Strict):
     endpoints: list[ServiceEndpoint] = Field(default_factory=list)
     # TLS to its https:// upstreams: CA, client certificate, SNI (docs/tls.md).
     tls: UpstreamTls | None = None
+    # "dry_run": ext_authz decides, records a denial as would_deny, and allows (docs/admin-api.md).
+    enforce: Literal["enforce", "dry_run"] = "enforce"
 
     @field_validator("service_name")
     @classmethod
@@ -719,12 +721,45 @@ class Service(_Strict):
         return self.model_copy(update=update) if update else self
 
 
+# What an access test may expect: the statuses of the decision table (docs/authorization.md),
+# and 404 for a path no service's route takes.
+AccessStatus = Literal[200, 401, 403, 404, 429, 431]
+_REQUEST_PATH = r"^/[^\x00-\x20\x7f]*$"
+
+
+class AccessRequest(_Strict):
+    """The request of an access test: what a client sends (the token comes from `claims`)."""
+
+    method: HttpMethod
+    path: Annotated[str, _pattern(_REQUEST_PATH)]
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not re.fullmatch(_REQUEST_PATH, value):
+            raise ValueError("a path starting with '/', without spaces or control characters")
+        return value
+
+
+class AccessTest(_Strict):
+    """An access test (docs/admin-api.md): `request` with a token carrying `claims` (none:
+    no token) must get `expect` from the decision ext_authz makes for the catalog's routes."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    request: AccessRequest
+    claims: dict[str, Any] | None = None
+    expect: AccessStatus
+
+
 class Catalog(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
     schema_ref: str | None = Field(default=None, alias="$schema")
     services: list[Service]
     roles: Annotated[dict[str, list[str]], _keys(_ROLE_SCHEMA)] = Field(default_factory=dict)
+    # Run by `sidecar validate` and every reload: a failing one refuses the catalog.
+    tests: list[AccessTest] = Field(default_factory=list)
 
     def service(self, name: str) -> Service:
         for svc in self.services:
@@ -1182,7 +1217,7 @@ def service_key(item: Any) -> bytes:
 
 
 # The order pydantic reports the catalog's own fields in (unknown fields come last).
-_FIELD_ORDER = {"$schema": 0, "services": 1, "roles": 2}
+_FIELD_ORDER = {"$schema": 0, "services": 1, "roles": 2, "tests": 3}
 
 
 def parse_catalog_cached(

@@ -57,4 +57,5 @@ def compile_policy(
         tenant_upstreams=frozenset(svc.tenant_upstreams),
         method_override=svc.method_override,
         limit_name=limit_name,
+        dry_run=svc.enforce == "dry_run",
     )

@@ -46,6 +46,7 @@ def big_catalog(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Path:
     data["services"][0]["internal_url"] = f"http://127.0.0.1:{echo('orders').port}"
     data["services"][0].pop("endpoints", None)  # the whole service under one policy
     data["roles"] = {"admin": ["*"], "customer": ["orders:read", "orders:write"]}
+    data.pop("tests")  # the sample's access tests name the services and roles dropped here
     data["services"] += [
         {
             "service_name": f"filler-{i}",

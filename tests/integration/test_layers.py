@@ -42,13 +42,23 @@ def packages(names: set[str]) -> set[str]:
     ("package", "allowed"),
     [
         ("sidecar_shared", {"sidecar_shared"}),
-        ("xds_server", {"xds_server", "sidecar_shared"}),
+        ("xds_server", {"xds_server", "sidecar_shared", "ext_authz"}),
         ("ext_authz", {"ext_authz", "sidecar_shared"}),
     ],
 )
 def test_a_package_loads_only_what_is_below_it(package: str, allowed: set[str]) -> None:
     ours = packages(loaded(package)) & set(OURS)
     assert ours <= allowed, f"{package} loads {sorted(ours - allowed)}"
+
+
+# The control plane runs ext_authz's decision core as a library (explain, access tests: the same
+# code as every check), never its servers, transports, audit or command line.
+SERVER_PARTS = ("ext_authz.app", "ext_authz.cli", "ext_authz.transports", "ext_authz.audit")
+
+
+def test_the_control_plane_loads_only_ext_authz_decision_library() -> None:
+    found = {n for n in loaded("xds_server") if n.startswith(SERVER_PARTS)}
+    assert not found, f"xds_server loads {sorted(found)}"
 
 
 def test_the_control_plane_never_loads_the_redis_client() -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidecar_shared import defaults
 from tests.support import http, stack, wait
 from tests.support.catalogs import write_json
 from tests.support.upstreams import Upstream
@@ -115,15 +116,16 @@ def gateway(
     authz: bool = False,
     xds_args: list[str] | None = None,
     xds_env: Mapping[str, str] | None = None,
+    transport: str = defaults.AUTHZ_TRANSPORT,
 ) -> Iterator[Gateway]:
-    """Run a gateway for `services`; with `authz`, ext_authz with the test secret; `xds_env`:
-    more variables for the xDS server."""
+    """Run a gateway for `services`; with `authz`, ext_authz with the test secret, called over
+    `transport`; `xds_env`: more variables for the xDS server."""
     roles = roles or {"admin": ["*"]}
     catalog = tmp_path / "catalog" / "service_catalog.json"
     catalog.parent.mkdir(exist_ok=True)
     write_json(catalog, {"services": services, "roles": dict(roles)})
     with ExitStack() as stop:
-        xds = stack.start_xds(catalog, tmp_path, args=xds_args, env=xds_env)
+        xds = stack.start_xds(catalog, tmp_path, args=xds_args, env=xds_env, transport=transport)
         stop.callback(xds.proc.stop)
         checker = stack.start_authz(tmp_path) if authz else None
         if checker is not None:

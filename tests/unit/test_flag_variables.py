@@ -23,6 +23,7 @@ SAMPLES = ("sample-value", "7", "0.25", "1", "0", "delta", "http", "redis", "deb
 NEEDS: dict[str, tuple[dict[str, str], list[str]]] = {
     "sidecar token": ({"SIDECAR_SUB": "someone"}, []),
     "sidecar probe": ({}, ["127.0.0.1:1"]),
+    "sidecar explain": ({}, ["GET", "/"]),
 }
 
 
