@@ -32,6 +32,12 @@ On allow, the upstream request gets `x-user-id`, `x-user-roles`, `x-request-id` 
 token has one, `x-tenant-id`, each overwriting whatever the client sent; identity headers that
 are not set are removed; their values are encoded by one rule (`contract.encode_identity`).
 `Authorization` is never touched.
+
+The cached allow has a fast path (`allow_quickly`, `ext_authz.fastpath`): the general path
+prepares each allow it makes on a protected route, and a later check with the same token,
+policy, method and client tenant is answered from it with the same answer and the same side
+effects (limit counted, metrics, audit sample), or, whenever anything could differ, by the
+general path.
 """
 
 from __future__ import annotations
@@ -46,7 +52,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ext_authz.budget import FailureBudget
-from ext_authz.decision import CheckInput, Decision, DecisionObserver, Headers, Outcome
+from ext_authz.decision import (
+    CheckInput,
+    Decision,
+    DecisionObserver,
+    Headers,
+    Outcome,
+    QuickObserver,
+)
+from ext_authz.fastpath import AnswerKey, Prepared, PreparedAnswers
 from ext_authz.limits import (
     HeaderStyle,
     address_key,
@@ -55,7 +69,13 @@ from ext_authz.limits import (
     user_key,
 )
 from ext_authz.policy import Verdict, authorize
-from ext_authz.ratelimit import AsyncLimiter, LimitDecision, Limiter
+from ext_authz.ratelimit import (
+    AsyncLimiter,
+    GuardedLimiter,
+    LimitDecision,
+    Limiter,
+    MemoryLimiter,
+)
 from ext_authz.tokens import DEFERRED, Identity, TokenError, TokenVerifier
 from sidecar_shared import defaults
 from sidecar_shared.bounded import BoundedMap
@@ -97,6 +117,10 @@ _TERSE_MESSAGE = {
 }
 # Identity headers the core may add to a request (x-request-id is already there).
 _ADDED_HEADERS = 4
+# Prepared answers kept for the fast path (a few hundred bytes each).
+PREPARED_ANSWERS = 65_536
+# What a fast answer is: the prepared allow, its request id, the limit's remaining and reset.
+QuickAllow = tuple[Prepared, str, int, int]
 
 
 @functools.lru_cache(maxsize=512)
@@ -245,11 +269,13 @@ class Authorizer:
         guard: GuardSettings = GuardSettings(),
         async_limiter: AsyncLimiter | None = None,
         policy_keys: Sequence[bytes] = (),
+        fast_path: bool = True,
     ) -> None:
         """`limiter` must not raise (wrap a backend in `GuardedLimiter`); nor may observers.
         `async_limiter`, when given, counts for `check_or_defer` (the event-loop transports)
         against the same store as `limiter`. `policy_keys`: the keys a route policy's MAC may
-        be made with (with none, every policy is refused)."""
+        be made with (with none, every policy is refused). `fast_path`: answer cached allows
+        from prepared answers (`allow_quickly`) when every observer is a `QuickObserver`."""
         self._verifier = verifier
         self._limiter = limiter
         self._async_limiter = async_limiter
@@ -265,6 +291,23 @@ class Authorizer:
         self._budget = FailureBudget(
             guard.failure_budget, guard.failure_window_s, clock, costly_per_s=guard.costly_per_s
         )
+        quick = [o for o in self._observers if isinstance(o, QuickObserver)]
+        self._fast = fast_path and len(quick) == len(self._observers)
+        self._quick: tuple[QuickObserver, ...] = tuple(quick)
+        self._prepared = PreparedAnswers(PREPARED_ANSWERS, verifier.key_generation())
+        # The limit count of the fast path: the in-memory limiter's, when it is the one in use
+        # (Redis is awaited or waited on: the general path's).
+        backend = limiter.backend if isinstance(limiter, GuardedLimiter) else limiter
+        self._count = (
+            backend.count if isinstance(backend, MemoryLimiter) and async_limiter is None else None
+        )
+        self._sweep = backend.sweep if isinstance(backend, MemoryLimiter) else None
+
+    def tick(self) -> None:
+        """Housekeeping a transport runs about once a second (the in-memory limiter's sweep
+        of idle keys, which the fast path leaves out)."""
+        if self._sweep is not None:
+            self._sweep()
 
     def _deny(self, status: int, reason: str, message: str, request_id: str) -> Outcome:
         return denial(status, reason, message, request_id, self._verbose)
@@ -274,17 +317,153 @@ class Authorizer:
         if self._async_limiter is not None:
             await self._async_limiter.aclose()
 
+    def allow_quickly(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        policy_text: str,
+        client_ip: str,
+        untrusted_peer: str | None,
+        trace_parent: str | None = None,
+    ) -> QuickAllow | None:
+        """The answer to a cached allow (as `check` would answer it, side effects included),
+        or None, having done nothing, when the general path must decide (arguments as in
+        `CheckInput`; `policy_text` the route's policy string)."""
+        if not self._fast:
+            return None
+        started = time.perf_counter_ns()
+        authorization = headers.get("authorization")
+        if authorization is None:
+            return None
+        prepared = self._prepared.get(
+            (authorization, policy_text, method, headers.get(TENANT_HEADER))
+        )
+        if prepared is None:
+            return None
+        verifier = self._verifier
+        generation = verifier.key_generation()
+        if generation != self._prepared.generation:  # the keys changed: nothing prepared holds
+            self._prepared.clear(generation)
+            return None
+        if prepared.identity.expires_at <= verifier.now():
+            return None
+        request_id = headers.get(REQUEST_ID_HEADER)
+        if not request_id or header_lines(headers) > self._header_room:
+            return None
+        if prepared.method_override and any(h in headers for h in METHOD_OVERRIDE_HEADERS):
+            return None
+        address = (
+            client_address(headers, client_ip, self._trusted_hops)
+            if untrusted_peer is None
+            else untrusted_peer
+        )
+        if self._budget.blocked(address):
+            return None
+        for observer in self._quick:
+            if not observer.passes(headers, trace_parent):
+                return None
+        remaining = reset_s = 0
+        limit = prepared.limit
+        if limit is not None:
+            assert self._count is not None  # nothing limited is prepared without it
+            counted = self._count(prepared.limit_key, limit)
+            if counted is None:  # a denial, or a key the limiter no longer holds
+                return None
+            remaining, reset_s = counted
+        verifier.cache.hit()  # what the general path's lookup would have counted
+        service = prepared.policy.service
+        latency_us = (time.perf_counter_ns() - started) // 1000
+        limited = limit is not None
+        for observer in self._quick:
+            if observer.observe_allow(service, limited, latency_us):
+                decision = Decision(
+                    CheckInput(
+                        method,
+                        path,
+                        headers,
+                        {POLICY_KEY: policy_text},
+                        client_ip,
+                        trace_parent,
+                        untrusted_peer,
+                    ),
+                    prepared.outcome(request_id, remaining, reset_s),
+                    prepared.identity,
+                    service,
+                    self._clock(),
+                    latency_us,
+                    address,
+                    limited,
+                )
+                observer.record(decision)
+        return prepared, request_id, remaining, reset_s
+
+    def _prepare(
+        self, req: CheckInput, policy: RoutePolicy, identity: Identity, generation: int
+    ) -> None:
+        """Keep the allow of `req` for the fast path, when it can answer the next such check."""
+        authorization = req.headers.get("authorization")
+        if authorization is None or (policy.rate_limit is not None and self._count is None):
+            return
+        if policy.method_override and any(h in req.headers for h in METHOD_OVERRIDE_HEADERS):
+            return
+        template = self._allow(identity, policy, "", ())
+        answer = Prepared(
+            identity,
+            policy,
+            policy.rate_limit,
+            user_key(policy.limit_scope, identity.tenant, identity.user),
+            template.set_headers,
+            [name for name, _ in template.set_headers].index(REQUEST_ID_HEADER),
+            template.remove_headers,
+            policy.method_override,
+            self._header_style,
+        )
+        key: AnswerKey = (
+            authorization,
+            req.context.get(POLICY_KEY, ""),
+            req.method,
+            req.headers.get(TENANT_HEADER),
+        )
+        self._prepared.put(key, answer, generation)
+
     def check(self, req: CheckInput) -> Outcome:
         """Decide, counting against the synchronous limiter (gRPC's worker threads)."""
+        quick = self.allow_quickly(
+            req.method,
+            req.path,
+            req.headers,
+            req.context.get(POLICY_KEY, ""),
+            req.client_ip,
+            req.untrusted_peer,
+            req.trace_parent,
+        )
+        if quick is not None:
+            prepared, request_id, remaining, reset_s = quick
+            return prepared.outcome(request_id, remaining, reset_s)
         started = time.perf_counter_ns()
         step = self._begin(req)
         if isinstance(step, _Pending):
             return self._finish(step, self._limiter.hit, started)
         return self._observed(step, started)
 
-    def check_or_defer(self, req: CheckInput) -> Outcome | Awaitable[Outcome]:
+    def check_or_defer(self, req: CheckInput, quick: bool = True) -> Outcome | Awaitable[Outcome]:
         """Decide on an event loop: the outcome at once, or, when the route's limit must be
-        counted by the asynchronous limiter (Redis), an awaitable of it. Never blocks."""
+        counted by the asynchronous limiter (Redis), an awaitable of it. Never blocks.
+        `quick=False`: the caller asked `allow_quickly` already."""
+        if quick:
+            answer = self.allow_quickly(
+                req.method,
+                req.path,
+                req.headers,
+                req.context.get(POLICY_KEY, ""),
+                req.client_ip,
+                req.untrusted_peer,
+                req.trace_parent,
+            )
+            if answer is not None:
+                prepared, request_id, remaining, reset_s = answer
+                return prepared.outcome(request_id, remaining, reset_s)
         started = time.perf_counter_ns()
         step = self._begin(req)
         if not isinstance(step, _Pending):
@@ -395,6 +574,7 @@ class Authorizer:
                 self._deny(401, "malformed", "the Authorization header is not Bearer", request_id)
             )
         gate = self._budget.allowance(address) if retry_after else None
+        generation = self._verifier.key_generation()  # before: an answer never outlives its keys
         try:
             identity = self._verifier.verify(token, gate)
         except TokenError as err:
@@ -410,6 +590,8 @@ class Authorizer:
         verdict = self._authorize(policy, req, identity)
         if not verdict.allowed:
             return done(self._deny(403, verdict.reason, verdict.message, request_id), identity)
+        if self._fast:
+            self._prepare(req, policy, identity, generation)
         key = user_key(policy.limit_scope, identity.tenant, identity.user)
         return self._pending(req, policy, key, request_id, identity, address)
 

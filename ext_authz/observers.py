@@ -65,6 +65,31 @@ class MetricsObserver:
                 )
             limit.inc()
 
+    def passes(self, headers: Mapping[str, str], trace_parent: str | None) -> bool:
+        return True
+
+    def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
+        key = (200, "ok", service)
+        child = self._checks.get(key)
+        if child is None:
+            child = self._checks[key] = self._metrics.checks.labels(
+                "allow", "200", "ok", service or ""
+            )
+        child.inc()
+        self._seconds.observe(latency_us / 1_000_000)
+        if limited:
+            limit_key = (service, True)
+            limit = self._limits.get(limit_key)
+            if limit is None:
+                limit = self._limits[limit_key] = self._metrics.rate_limit_decisions.labels(
+                    service or "", "allowed"
+                )
+            limit.inc()
+        return False
+
+    def record(self, decision: Decision) -> None:
+        """Nothing beyond `observe_allow`."""
+
 
 # W3C Trace Context: version-traceid-parentid-flags, lowercase hex; version ff is invalid;
 # version 00 has exactly these four fields, later versions may append more.
@@ -166,6 +191,17 @@ class AuditObserver:
         if not outcome.allowed and not self._rate.admit(decision.at):
             self._audit.suppress(_cut(decision.service), outcome.reason)
             return
+        self.record(decision)
+
+    def passes(self, headers: Mapping[str, str], trace_parent: str | None) -> bool:
+        return True
+
+    def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
+        return self._audit.wants(True)
+
+    def record(self, decision: Decision) -> None:
+        """The decision's line (the sampling and the denial cap already said yes)."""
+        outcome = decision.outcome
         req, identity = decision.request, decision.identity
         self._audit.write(
             AuditRecord(
@@ -205,6 +241,16 @@ class ProxyHint:
         self._count = 0
         self._lock = threading.Lock()
 
+    def passes(self, headers: Mapping[str, str], trace_parent: str | None) -> bool:
+        """Once it has looked at its checks, it needs none."""
+        return not self._active
+
+    def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
+        return False
+
+    def record(self, decision: Decision) -> None:
+        self.observe(decision)
+
     def observe(self, decision: Decision) -> None:
         if not self._active:
             return
@@ -243,6 +289,19 @@ class TracingObserver:
 
         self._tracer = tracer
         self._trace = trace
+
+    def passes(self, headers: Mapping[str, str], trace_parent: str | None) -> bool:
+        """No span: nothing sampled, told without parsing (as in `observe`)."""
+        if trace_parent is not None:
+            return False
+        header = headers.get("traceparent")
+        return header is None or len(header) < 55 or header[54] not in _SAMPLED_DIGITS
+
+    def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
+        return False
+
+    def record(self, decision: Decision) -> None:
+        self.observe(decision)
 
     def observe(self, decision: Decision) -> None:
         req = decision.request

@@ -368,6 +368,11 @@ class TokenCache:
         with self._lock:
             self._items[token] = identity
 
+    def hit(self) -> None:
+        """Count a hit found elsewhere (the decision core's prepared answers)."""
+        with self._lock:
+            self.hits += 1
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
@@ -399,6 +404,15 @@ class TokenVerifier:
     @property
     def refused(self) -> NegativeCache:
         return self._refused
+
+    def key_generation(self) -> int:
+        """The generation of the keys in force (`KeySet.generation`): what is remembered about
+        tokens holds only while it stays the same."""
+        return self._keys.current().generation
+
+    def now(self) -> float:
+        """The verifier's clock: an identity is used while `expires_at` is after it."""
+        return self._clock()
 
     def cached(self, token: str) -> bool:
         """Whether `token` would be answered from the cache of verified tokens (no CPU spent

@@ -38,8 +38,9 @@ from typing import Any, cast
 
 import httptools
 
-from ext_authz.core import Authorizer
+from ext_authz.core import Authorizer, QuickAllow
 from ext_authz.decision import CheckInput, Outcome
+from ext_authz.fastpath import Prepared
 from ext_authz.limits import trusted_caller
 from sidecar_shared import tls
 from sidecar_shared.contract import (
@@ -130,6 +131,48 @@ def encode_outcome(outcome: Outcome, keep_alive: bool = True) -> bytes:
             outcome.body,
         )
     )
+
+
+# Stand-ins for what changes per cached allow, found in an encoded answer and cut out.
+_RID_MARK = "\x00request-id\x00"
+_REMAINING_MARK = 987_654_321
+_RESET_MARK = 876_543_219
+
+
+def _allow_template(prepared: Prepared) -> bytes | None:
+    """`encode_outcome`'s answer (kept alive) for `prepared` as a %-template of the request id
+    (bytes), the limit's remaining and its reset (ints, when limited); None when the stand-ins
+    cannot be found exactly once each (a service named with their digits, say)."""
+    limited = prepared.limit is not None
+    burst = prepared.limit.burst if prepared.limit is not None else 0
+    encoded = encode_outcome(prepared.outcome(_RID_MARK, _REMAINING_MARK + burst, _RESET_MARK))
+    marks = [_RID_MARK.encode()]
+    if limited:
+        marks += [b"%d" % _REMAINING_MARK, b"%d" % _RESET_MARK]
+    parts = [encoded]
+    for mark in marks:
+        rest = parts.pop().split(mark)
+        if len(rest) != 2 or any(mark in p for p in parts):
+            return None
+        parts += rest
+    placeholders = [b"%s"] + [b"%d"] * (len(marks) - 1)
+    return parts[0].replace(b"%", b"%%") + b"".join(
+        mark + part.replace(b"%", b"%%") for mark, part in zip(placeholders, parts[1:], strict=True)
+    )
+
+
+def encode_quick(answer: QuickAllow) -> bytes:
+    """`encode_outcome` of a cached allow (kept alive), from the prepared answer's template."""
+    prepared, request_id, remaining, reset_s = answer
+    template = prepared.wire
+    if template is None:
+        template = prepared.wire = _allow_template(prepared) or b""
+    if not template:
+        return encode_outcome(prepared.outcome(request_id, remaining, reset_s))
+    if prepared.limit is None:
+        return template % request_id.encode()
+    shown = remaining - prepared.limit.burst
+    return template % (request_id.encode(), shown if shown > 0 else 0, reset_s)
 
 
 def untrusted_peer(transport: asyncio.BaseTransport) -> str | None:
@@ -238,10 +281,12 @@ class CheckProtocol(asyncio.Protocol):
             raise _TooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._size += len(name) + len(value)
-        if self._size > self._max_bytes:
+        size = self._size + len(name) + len(value)
+        self._size = size
+        if size > self._max_bytes:
             raise _TooLarge
-        key = name.lower().decode("latin-1")
+        # Envoy sends lower-case names: lowering one costs more than asking
+        key = (name if name.islower() else name.lower()).decode("latin-1")
         headers = self._headers
         if key in headers:  # joined, as Envoy joins them for gRPC
             headers[key] += "," + value.decode("latin-1")
@@ -263,23 +308,28 @@ class CheckProtocol(asyncio.Protocol):
         url = self._url
         if url.startswith(_PREFIX):
             url = url[len(_PREFIX) :] or b"/"
-        method = self._parser.get_method().decode("latin-1")
-        request = CheckInput(
-            method=method,
-            path=url.decode("latin-1"),
-            headers=headers,
-            context={POLICY_KEY: policy},
-            client_ip=client_peer(headers),
-            untrusted_peer=self._untrusted_peer,
-        )
-        keep_alive = self._parser.should_keep_alive()
-        if keep_alive and self._parser.should_upgrade() and _streams_after(method, headers):
+        parser = self._parser
+        method = parser.get_method().decode("latin-1")
+        path = url.decode("latin-1")
+        client_ip = client_peer(headers)
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and parser.should_upgrade() and _streams_after(method, headers):
             # The parser hands what follows an upgrade request's head over as the upgraded
             # stream: a body or tunnel that cannot be told from a next request. The answer is
             # the last on this connection.
             keep_alive = False
         self._size = 0
-        result = self._authorizer.check_or_defer(request)
+        if keep_alive:
+            quick = self._authorizer.allow_quickly(
+                method, path, headers, policy, client_ip, self._untrusted_peer
+            )
+            if quick is not None:
+                self._answer(encode_quick(quick))
+                return
+        request = CheckInput(
+            method, path, headers, {POLICY_KEY: policy}, client_ip, None, self._untrusted_peer
+        )
+        result = self._authorizer.check_or_defer(request, quick=not keep_alive)
         if isinstance(result, Outcome):
             self._answer(encode_outcome(result, keep_alive))
         else:
@@ -413,6 +463,7 @@ class HttpTransport:
         def tick() -> None:
             self._ticker.now += 1
             time_out_stalled(self._connections, self._ticker.now)
+            self._authorizer.tick()
             loop.call_later(1, tick)
 
         async def serve() -> None:

@@ -1,0 +1,285 @@
+"""The decision core's fast path for cached allows answers exactly as the general core: for any
+sequence of checks, clock moves, key rotations and policy changes, two authorizers (one with
+the fast path, one without) give the same outcomes, the same HTTP answers byte for byte, the
+same metrics, token-cache counts and audit lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any, cast
+
+import jwt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from ext_authz.audit import AuditLog
+from ext_authz.core import Authorizer, LimitSettings
+from ext_authz.decision import CheckInput, Outcome
+from ext_authz.keys import KeySet, KeySource
+from ext_authz.metrics import AuthzMetrics
+from ext_authz.observers import AuditObserver, MetricsObserver, ProxyHint, TracingObserver
+from ext_authz.ratelimit import GuardedLimiter, MemoryLimiter
+from ext_authz.tokens import TokenVerifier, VerifierSettings
+from ext_authz.transports.http import encode_outcome, encode_quick
+from sidecar_shared.contract import POLICY_KEY, Limit, RoutePolicy
+from tests.support.fakes import FakeClock
+from tests.support.policies import POLICY_KEY as POLICY_MAC_KEY
+from tests.support.policies import encode
+
+NOW = 1_800_000_000.0
+SECRETS = (
+    b"fast-path-secret-one-long-enough-0123456789",
+    b"fast-path-secret-two-long-enough-9876543210",
+)
+
+ORDERS = RoutePolicy(
+    service="orders",
+    allowed_roles={"read": frozenset({"reader"}), "write": frozenset({"writer"})},
+    tenant_upstreams=frozenset({"acme"}),
+    rate_limit=Limit(limit=3, window_s=1, burst=1),
+)
+POLICIES = [
+    ORDERS,
+    RoutePolicy(service="orders", allowed_roles={"read": frozenset({"reader"})}),  # no limit
+    RoutePolicy(
+        service="billing",
+        allowed_roles={"read": frozenset({"reader", "writer"}), "write": frozenset({"writer"})},
+        tenant_scope="tenant",
+        method_override=True,
+        rate_limit=Limit(limit=2, window_s=60),
+        limit_name="billing.export",
+    ),
+    RoutePolicy(service="status", public=True, rate_limit=Limit(limit=2, window_s=1)),
+]
+# (user, roles, tenant, seconds to exp)
+IDENTITIES = [
+    ("alice", ["reader"], None, 600),
+    ("bob", ["writer", "reader"], "acme", 600),
+    ("carol,%é", ["reader"], "globex", 3),  # encoded identity headers; expires soon
+    ("dave", ["auditor"], None, 600),  # no role that the policies allow
+]
+
+
+class RotatingKeys:
+    """What the verifier reads of a `KeySource`: the current HMAC secret, rotated at will."""
+
+    def __init__(self) -> None:
+        self.keys = KeySet(SECRETS[0], {}, 0)
+
+    def current(self) -> KeySet:
+        return self.keys
+
+    def unknown_kid(self, kid: str | None = None) -> None:
+        """No JWKS here."""
+
+    def rotate(self) -> None:
+        secret = SECRETS[(self.keys.generation + 1) % 2]
+        self.keys = KeySet(secret, {}, self.keys.generation + 1)
+
+
+class Side:
+    """One authorizer with real observers (metrics, audit of every decision, proxy hint,
+    tracing), its own keys, limiter and verifier on a shared clock."""
+
+    def __init__(self, clock: FakeClock, fast: bool, proxy_hint_checks: int) -> None:
+        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+
+        self.keys = RotatingKeys()
+        self.verifier = TokenVerifier(
+            VerifierSettings(leeway_s=2), cast(KeySource, self.keys), clock
+        )
+        self.audit = io.StringIO()
+        self.audit_log = AuditLog(self.audit, 1.0)
+        self.registry = CollectorRegistry()
+        log = logging.getLogger("test")
+        self.authorizer = Authorizer(
+            self.verifier,
+            GuardedLimiter(MemoryLimiter(clock=clock), fail_open=True, log=log),
+            [
+                MetricsObserver(AuthzMetrics(self.registry)),
+                AuditObserver(self.audit_log),
+                ProxyHint(0, log, checks=proxy_hint_checks),
+                TracingObserver(TracerProvider().get_tracer("test")),
+            ],
+            log,
+            clock,
+            LimitSettings(),
+            policy_keys=(POLICY_MAC_KEY,),
+            fast_path=fast,
+        )
+        self.quick = 0
+
+    def answer(self, req: CheckInput) -> tuple[Outcome, bytes]:
+        """The outcome and the HTTP answer, through the fast path when it answers."""
+        quick = self.authorizer.allow_quickly(
+            req.method,
+            req.path,
+            req.headers,
+            req.context.get(POLICY_KEY, ""),
+            req.client_ip,
+            req.untrusted_peer,
+            req.trace_parent,
+        )
+        if quick is not None:
+            self.quick += 1
+            prepared, request_id, remaining, reset_s = quick
+            return prepared.outcome(request_id, remaining, reset_s), encode_quick(quick)
+        outcome = self.authorizer.check_or_defer(req, quick=False)
+        assert isinstance(outcome, Outcome)
+        return outcome, encode_outcome(outcome)
+
+    def observed(self) -> tuple[list[Any], list[dict[str, Any]], tuple[int, int]]:
+        samples = sorted(
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for family in self.registry.collect()
+            for s in family.samples
+            if (
+                not s.name.endswith("_created")
+                and not s.name.startswith("ext_authz_check_duration_seconds_")
+            )
+            or s.name == "ext_authz_check_duration_seconds_count"
+        )
+        self.audit_log.flush()
+        lines = [json.loads(line) for line in self.audit.getvalue().splitlines()]
+        for line in lines:
+            line.pop("latency_us", None)
+        cache = self.verifier.cache
+        return samples, lines, (cache.hits, cache.misses)
+
+
+def token(identity: int, secret: bytes, now: float) -> str:
+    user, roles, tenant, ttl = IDENTITIES[identity]
+    claims: dict[str, Any] = {"sub": user, "roles": roles, "exp": int(now) + ttl}
+    if tenant is not None:
+        claims["tenant_id"] = tenant
+    return jwt.encode(claims, secret, "HS256")
+
+
+requests = st.fixed_dictionaries(
+    {
+        "identity": st.integers(0, len(IDENTITIES) - 1),
+        "signed_with": st.sampled_from(["current", "other"]),
+        "policy": st.integers(0, len(POLICIES) - 1),
+        "method": st.sampled_from(["GET", "GET", "POST", "DELETE", "BREW"]),
+        "tenant": st.sampled_from([None, None, "acme", "globex", ""]),
+        "override": st.sampled_from([None, None, "POST", "GET"]),
+        "request_id": st.sampled_from(["rid-1", "rid-%2", "rïd"]),
+        "traceparent": st.sampled_from(
+            [None, None, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"]
+        ),
+        "forwarded": st.sampled_from(["10.0.0.1", "10.0.0.2"]),
+    }
+)
+steps = st.one_of(
+    requests.map(lambda r: ("check", r)),
+    st.sampled_from([0.001, 0.1, 0.35, 1.0, 2.5, 61.0]).map(lambda s: ("advance", s)),
+    st.just(("rotate", None)),
+)
+
+
+def check_input(r: dict[str, Any], tokens: dict[tuple[int, bytes], str], keys: KeySet) -> Any:
+    secret = (
+        keys.secret
+        if r["signed_with"] == "current"
+        else SECRETS[1]
+        if keys.secret == SECRETS[0]
+        else SECRETS[0]
+    )
+    assert secret is not None
+    headers = {
+        "authorization": f"Bearer {tokens[(r['identity'], secret)]}",
+        "x-request-id": r["request_id"],
+        "x-forwarded-for": r["forwarded"],
+    }
+    if r["tenant"] is not None:
+        headers["x-tenant-id"] = r["tenant"]
+    if r["override"] is not None:
+        headers["x-http-method-override"] = r["override"]
+    if r["traceparent"] is not None:
+        headers["traceparent"] = r["traceparent"]
+    context = {POLICY_KEY: encode(POLICIES[r["policy"]])}
+    return lambda: CheckInput(
+        r["method"], "/x?q=1", dict(headers), context, r["forwarded"], None, None
+    )
+
+
+def replay(script: list[tuple[str, Any]], proxy_hint_checks: int = 0) -> tuple[Side, Side]:
+    clock = FakeClock(NOW)
+    general, fast = Side(clock, False, proxy_hint_checks), Side(clock, True, proxy_hint_checks)
+    tokens: dict[tuple[int, bytes], str] = {}
+    for i in range(len(IDENTITIES)):  # minted once: a token's exp counts from the start
+        for secret in SECRETS:
+            tokens[(i, secret)] = token(i, secret, NOW)
+    for kind, arg in script:
+        if kind == "advance":
+            clock.now += arg
+        elif kind == "rotate":
+            general.keys.rotate()
+            fast.keys.rotate()
+        else:
+            make = check_input(arg, tokens, general.keys.keys)
+            assert general.answer(make()) == fast.answer(make()), arg
+    assert general.observed() == fast.observed()
+    return general, fast
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(steps, min_size=1, max_size=60))
+def test_the_fast_path_answers_exactly_as_the_general_core(script: list[tuple[str, Any]]) -> None:
+    replay(script)
+
+
+def test_repeated_checks_are_answered_by_the_fast_path_until_something_changes() -> None:
+    base = {
+        "identity": 0,
+        "signed_with": "current",
+        "policy": 0,
+        "method": "GET",
+        "tenant": None,
+        "override": None,
+        "request_id": "rid-1",
+        "traceparent": None,
+        "forwarded": "10.0.0.1",
+    }
+    again = [("check", base)] * 5  # capacity 4: the fifth is a 429 from the general core
+    script = [
+        *again,
+        ("advance", 1.1),  # a window and a bucket: nothing counted any more
+        *again,
+        ("advance", 1.1),
+        ("rotate", None),
+        ("check", base),  # keys changed: the general core verifies again...
+        ("check", base),  # ...and prepares it anew
+        ("advance", 1.0),
+        ("check", {**base, "identity": 2}),
+        ("check", {**base, "identity": 2}),
+        ("advance", 4.0),  # past exp + leeway: 401 from the general core
+        ("check", {**base, "identity": 2}),
+    ]
+    general, fast = replay(script)
+    assert general.quick == 0
+    # 1 prepares, 3 fast, the 429 general; 4 fast, the 429; 1 after rotation; 1 for carol
+    assert fast.quick == 3 + 4 + 1 + 1
+    statuses = [json.loads(line)["status"] for line in fast.audit.getvalue().splitlines()]
+    assert statuses == [200] * 4 + [429] + [200] * 4 + [429] + [200] * 4 + [401]
+
+
+def test_allows_are_sampled_at_the_configured_rate_with_one_draw_per_written_allow() -> None:
+    import random  # noqa: PLC0415
+
+    draws = 0
+    source = random.Random(7)
+
+    def rand() -> float:
+        nonlocal draws
+        draws += 1
+        return source.random()
+
+    log = AuditLog(io.StringIO(), 0.05, rand=rand)
+    written = sum(log.wants(True) for _ in range(100_000))
+    assert 4_500 < written < 5_500  # 5 %; the binomial's sd is 69
+    assert draws == written + 1  # the first gap, then one per written allow
+    assert all(log.wants(False) for _ in range(10))  # every denial
