@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ext_authz.audit import AuditLog, AuditRecord
 from ext_authz.decision import CheckInput, Decision
@@ -32,59 +32,48 @@ if TYPE_CHECKING:
 
 
 class MetricsObserver:
-    """Counts every decision, its latency and rate-limit result. A label set's children are
-    looked up once, then kept (`labels()` costs more than the increment)."""
+    """Counts every decision, its latency and rate-limit result (`CheckCounters`: plain ints,
+    exported at scrape time). Label tuples are made once per (status, reason, service)."""
 
     def __init__(self, metrics: AuthzMetrics) -> None:
-        self._metrics = metrics
-        # Counter children by label set, looked up once each: `labels()` costs more than the
-        # rest of this observer. Reasons are a fixed set of codes and services the catalog's,
-        # so these stay small.
-        self._checks: dict[tuple[int, str, str | None], Any] = {}
-        self._limits: dict[tuple[str | None, bool], Any] = {}
-        self._seconds = metrics.check_seconds
+        self._count = metrics.decisions.count
+        # Reasons are a fixed set of codes and services the catalog's, so these stay small.
+        self._checks: dict[tuple[int, str, str | None], tuple[str, str, str, str]] = {}
+        self._limits: dict[tuple[str | None, bool], tuple[str, str]] = {}
+
+    def _labels(self, status: int, reason: str, service: str | None) -> tuple[str, str, str, str]:
+        key = (status, reason, service)
+        labels = self._checks.get(key)
+        if labels is None:
+            decided = "allow" if status == 200 else "deny"
+            labels = self._checks[key] = (decided, str(status), reason, service or "")
+        return labels
+
+    def _limit_labels(self, service: str | None, allowed: bool) -> tuple[str, str]:
+        key = (service, allowed)
+        labels = self._limits.get(key)
+        if labels is None:
+            result = "allowed" if allowed else "limited"
+            labels = self._limits[key] = (service or "", result)
+        return labels
 
     def observe(self, decision: Decision) -> None:
         outcome = decision.outcome
-        key = (outcome.status, outcome.reason, decision.service)
-        child = self._checks.get(key)
-        if child is None:
-            decided = "allow" if outcome.allowed else "deny"
-            child = self._checks[key] = self._metrics.checks.labels(
-                decided, str(outcome.status), outcome.reason, decision.service or ""
-            )
-        child.inc()
-        self._seconds.observe(decision.latency_us / 1_000_000)
-        if decision.limited:
-            limit_key = (decision.service, outcome.allowed)
-            limit = self._limits.get(limit_key)
-            if limit is None:
-                result = "allowed" if outcome.allowed else "limited"
-                limit = self._limits[limit_key] = self._metrics.rate_limit_decisions.labels(
-                    decision.service or "", result
-                )
-            limit.inc()
+        self._count(
+            self._labels(outcome.status, outcome.reason, decision.service),
+            decision.latency_us / 1_000_000,
+            self._limit_labels(decision.service, outcome.allowed) if decision.limited else None,
+        )
 
     def passes(self, headers: Mapping[str, str], trace_parent: str | None) -> bool:
         return True
 
     def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
-        key = (200, "ok", service)
-        child = self._checks.get(key)
-        if child is None:
-            child = self._checks[key] = self._metrics.checks.labels(
-                "allow", "200", "ok", service or ""
-            )
-        child.inc()
-        self._seconds.observe(latency_us / 1_000_000)
-        if limited:
-            limit_key = (service, True)
-            limit = self._limits.get(limit_key)
-            if limit is None:
-                limit = self._limits[limit_key] = self._metrics.rate_limit_decisions.labels(
-                    service or "", "allowed"
-                )
-            limit.inc()
+        self._count(
+            self._labels(200, "ok", service),
+            latency_us / 1_000_000,
+            self._limit_labels(service, True) if limited else None,
+        )
         return False
 
     def record(self, decision: Decision) -> None:
