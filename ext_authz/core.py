@@ -332,13 +332,49 @@ class Authorizer:
         `CheckInput`; `policy_text` the route's policy string)."""
         if not self._fast:
             return None
-        started = time.perf_counter_ns()
         authorization = headers.get("authorization")
         if authorization is None:
             return None
-        prepared = self._prepared.get(
-            (authorization, policy_text, method, headers.get(TENANT_HEADER))
+        return self.allow_prepared(
+            method,
+            path,
+            policy_text,
+            authorization,
+            headers.get(TENANT_HEADER),
+            headers.get(REQUEST_ID_HEADER),
+            header_lines(headers),
+            any(h in headers for h in METHOD_OVERRIDE_HEADERS),
+            headers.get("traceparent"),
+            client_ip,
+            untrusted_peer,
+            lambda: headers,
+            trace_parent,
         )
+
+    def allow_prepared(
+        self,
+        method: str,
+        path: str,
+        policy_text: str,
+        authorization: str,
+        client_tenant: str | None,
+        request_id: str | None,
+        lines: int,
+        overridden: bool,
+        traceparent: str | None,
+        client_ip: str,
+        untrusted_peer: str | None,
+        headers: Callable[[], Mapping[str, str]],
+        trace_parent: str | None = None,
+    ) -> QuickAllow | None:
+        """`allow_quickly` for a transport that reads only what it needs of a request's
+        headers: its `authorization`, `x-tenant-id`, `x-request-id` and `traceparent` values,
+        its `header_lines`, whether a method-override header is present; `headers` makes the
+        whole mapping, for what needs it (an audit line, trusted proxy hops)."""
+        if not self._fast:
+            return None
+        started = time.perf_counter_ns()
+        prepared = self._prepared.get((authorization, policy_text, method, client_tenant))
         if prepared is None:
             return None
         verifier = self._verifier
@@ -346,22 +382,23 @@ class Authorizer:
         if generation != self._prepared.generation:  # the keys changed: nothing prepared holds
             self._prepared.clear(generation)
             return None
-        if prepared.identity.expires_at <= verifier.now():
+        if (
+            prepared.identity.expires_at <= verifier.now()
+            or not request_id
+            or lines > self._header_room
+            or (overridden and prepared.method_override)
+        ):
             return None
-        request_id = headers.get(REQUEST_ID_HEADER)
-        if not request_id or header_lines(headers) > self._header_room:
-            return None
-        if prepared.method_override and any(h in headers for h in METHOD_OVERRIDE_HEADERS):
-            return None
-        address = (
-            client_address(headers, client_ip, self._trusted_hops)
-            if untrusted_peer is None
-            else untrusted_peer
-        )
+        if untrusted_peer is not None:
+            address = untrusted_peer
+        elif self._trusted_hops > 0:
+            address = client_address(headers(), client_ip, self._trusted_hops)
+        else:
+            address = client_ip
         if self._budget.blocked(address):
             return None
         for observer in self._quick:
-            if not observer.passes(headers, trace_parent):
+            if not observer.passes(traceparent, trace_parent):
                 return None
         remaining = reset_s = 0
         limit = prepared.limit
@@ -381,7 +418,7 @@ class Authorizer:
                     CheckInput(
                         method,
                         path,
-                        headers,
+                        headers(),
                         {POLICY_KEY: policy_text},
                         client_ip,
                         trace_parent,

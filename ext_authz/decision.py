@@ -75,9 +75,10 @@ class QuickObserver(DecisionObserver, Protocol):
     """An observer that can see a cached allow without a `Decision` (the decision core's fast
     path, `ext_authz.fastpath`). The fast path runs only when every observer is one."""
 
-    def passes(self, headers: Mapping[str, str], trace_parent: str | None) -> bool:
-        """Whether an allow of a request with `headers` needs no more than `observe_allow`
-        (no sampled trace, say). Must not raise."""
+    def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
+        """Whether an allow of a request with this `traceparent` header (and, from the
+        transport, `CheckInput.trace_parent`) needs no more than `observe_allow` (no sampled
+        trace, say). Must not raise."""
 
     def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
         """Record an allow (status 200, reason `ok`) as `observe` would; True when this one

@@ -65,7 +65,7 @@ class MetricsObserver:
             self._limit_labels(decision.service, outcome.allowed) if decision.limited else None,
         )
 
-    def passes(self, headers: Mapping[str, str], trace_parent: str | None) -> bool:
+    def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
         return True
 
     def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
@@ -182,7 +182,7 @@ class AuditObserver:
             return
         self.record(decision)
 
-    def passes(self, headers: Mapping[str, str], trace_parent: str | None) -> bool:
+    def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
         return True
 
     def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
@@ -230,7 +230,7 @@ class ProxyHint:
         self._count = 0
         self._lock = threading.Lock()
 
-    def passes(self, headers: Mapping[str, str], trace_parent: str | None) -> bool:
+    def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
         """Once it has looked at its checks, it needs none."""
         return not self._active
 
@@ -279,12 +279,13 @@ class TracingObserver:
         self._tracer = tracer
         self._trace = trace
 
-    def passes(self, headers: Mapping[str, str], trace_parent: str | None) -> bool:
+    def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
         """No span: nothing sampled, told without parsing (as in `observe`)."""
         if trace_parent is not None:
             return False
-        header = headers.get("traceparent")
-        return header is None or len(header) < 55 or header[54] not in _SAMPLED_DIGITS
+        return (
+            traceparent is None or len(traceparent) < 55 or traceparent[54] not in _SAMPLED_DIGITS
+        )
 
     def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
         return False

@@ -45,6 +45,7 @@ from ext_authz.limits import trusted_caller
 from sidecar_shared import tls
 from sidecar_shared.contract import (
     CHECK_PATH_PREFIX,
+    METHOD_OVERRIDE_HEADERS,
     POLICY_HEADER,
     POLICY_KEY,
     REMOVE_HEADERS_HEADER,
@@ -75,6 +76,8 @@ _REASONS = {
     500: b"Internal Server Error",
 }
 _PREFIX = CHECK_PATH_PREFIX.encode()
+_POLICY = POLICY_HEADER.encode()
+_OVERRIDES = tuple(name.encode() for name in METHOD_OVERRIDE_HEADERS)
 _ALLOW_HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"
 _REMOVE = REMOVE_HEADERS_HEADER.encode() + b": "
 _CLOSE = b"connection: close\r\n"
@@ -188,10 +191,26 @@ def untrusted_peer(transport: asyncio.BaseTransport) -> str | None:
 def client_peer(headers: dict[str, str]) -> str:
     """The client's address: the last `x-forwarded-for` entry, which Envoy appended (its
     listener uses the remote address), as `source.address` is in a gRPC check."""
-    forwarded = headers.get("x-forwarded-for")
+    return _last_entry(headers.get("x-forwarded-for"))
+
+
+def _last_entry(forwarded: str | None) -> str:
     if not forwarded:
         return ""
     return forwarded.rpartition(",")[2].strip()
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def header_lines_of(headers: dict[bytes, bytes]) -> int:
+    """`core.header_lines` of these headers (raw values: a comma is the same byte)."""
+    lines = len(headers)
+    for value in headers.values():
+        if b"," in value:
+            lines += value.count(b",")
+    return lines
 
 
 class CheckProtocol(asyncio.Protocol):
@@ -215,7 +234,9 @@ class CheckProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._untrusted_peer: str | None = ""  # until connected: trusted by nobody
         self._url = b""
-        self._headers: dict[str, str] = {}
+        # Raw names (lower-case) and values, as they came: only what the core reads is decoded
+        # on the fast path; `_decoded` decodes them all (latin-1) for the general one.
+        self._headers: dict[bytes, bytes] = {}
         self._size = 0
         self._out: list[bytes] = []
         # Answers not yet written, in request order, once one of them had to wait (Redis).
@@ -285,13 +306,13 @@ class CheckProtocol(asyncio.Protocol):
         self._size = size
         if size > self._max_bytes:
             raise _TooLarge
-        # Envoy sends lower-case names: lowering one costs more than asking
-        key = (name if name.islower() else name.lower()).decode("latin-1")
+        if not name.islower():  # Envoy sends lower-case names
+            name = name.lower()
         headers = self._headers
-        if key in headers:  # joined, as Envoy joins them for gRPC
-            headers[key] += "," + value.decode("latin-1")
+        if name in headers:  # joined, as Envoy joins them for gRPC
+            headers[name] += b"," + value
         else:
-            headers[key] = value.decode("latin-1")
+            headers[name] = value
 
     def on_headers_complete(self) -> None:
         if len(self._headers) > self._max_headers:  # the byte bound held while they came
@@ -303,39 +324,62 @@ class CheckProtocol(asyncio.Protocol):
             raise _TooLarge
 
     def on_message_complete(self) -> None:
-        headers = self._headers
-        policy = headers.pop(POLICY_HEADER, "")
+        raw = self._headers
+        policy = raw.pop(_POLICY, b"").decode("latin-1")
         url = self._url
         if url.startswith(_PREFIX):
             url = url[len(_PREFIX) :] or b"/"
         parser = self._parser
         method = parser.get_method().decode("latin-1")
         path = url.decode("latin-1")
-        client_ip = client_peer(headers)
+        get = raw.get
         keep_alive = parser.should_keep_alive()
-        if keep_alive and parser.should_upgrade() and _streams_after(method, headers):
+        if keep_alive and parser.should_upgrade() and _streams_after(method, self._decoded()):
             # The parser hands what follows an upgrade request's head over as the upgraded
             # stream: a body or tunnel that cannot be told from a next request. The answer is
             # the last on this connection.
             keep_alive = False
         self._size = 0
-        if keep_alive:
-            quick = self._authorizer.allow_quickly(
-                method, path, headers, policy, client_ip, self._untrusted_peer
+        authorization = get(b"authorization")
+        if keep_alive and authorization is not None:
+            quick = self._authorizer.allow_prepared(
+                method,
+                path,
+                policy,
+                authorization.decode("latin-1"),
+                _text(get(b"x-tenant-id")),
+                _text(get(b"x-request-id")),
+                header_lines_of(raw),
+                any(name in raw for name in _OVERRIDES),
+                _text(get(b"traceparent")),
+                _last_entry(_text(get(b"x-forwarded-for"))),
+                self._untrusted_peer,
+                self._decoded,
             )
             if quick is not None:
                 self._answer(encode_quick(quick))
                 return
+        headers = self._decoded()
         request = CheckInput(
-            method, path, headers, {POLICY_KEY: policy}, client_ip, None, self._untrusted_peer
+            method,
+            path,
+            headers,
+            {POLICY_KEY: policy},
+            client_peer(headers),
+            None,
+            self._untrusted_peer,
         )
-        result = self._authorizer.check_or_defer(request, quick=not keep_alive)
+        result = self._authorizer.check_or_defer(request, quick=False)
         if isinstance(result, Outcome):
             self._answer(encode_outcome(result, keep_alive))
         else:
             self._defer(result, keep_alive)
         if not keep_alive:
             self._closing = True
+
+    def _decoded(self) -> dict[str, str]:
+        """The request's headers (the route policy's aside), decoded."""
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self._headers.items()}
 
     # internals
 

@@ -11,6 +11,7 @@ import logging
 from typing import Any, cast
 
 import jwt
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -23,9 +24,9 @@ from ext_authz.metrics import AuthzMetrics
 from ext_authz.observers import AuditObserver, MetricsObserver, ProxyHint, TracingObserver
 from ext_authz.ratelimit import GuardedLimiter, MemoryLimiter
 from ext_authz.tokens import TokenVerifier, VerifierSettings
-from ext_authz.transports.http import encode_outcome, encode_quick
-from sidecar_shared.contract import POLICY_KEY, Limit, RoutePolicy
-from tests.support.fakes import FakeClock
+from ext_authz.transports.http import CheckProtocol, encode_outcome, encode_quick
+from sidecar_shared.contract import CHECK_PATH_PREFIX, POLICY_HEADER, POLICY_KEY, Limit, RoutePolicy
+from tests.support.fakes import FakeClock, FakeTransport
 from tests.support.policies import POLICY_KEY as POLICY_MAC_KEY
 from tests.support.policies import encode
 
@@ -110,10 +111,29 @@ class Side:
             policy_keys=(POLICY_MAC_KEY,),
             fast_path=fast,
         )
-        self.quick = 0
+        self.quick = 0  # answers the fast path gave, whichever way in
+        allow_prepared = self.authorizer.allow_prepared
 
-    def answer(self, req: CheckInput) -> tuple[Outcome, bytes]:
-        """The outcome and the HTTP answer, through the fast path when it answers."""
+        def counted(*args: Any) -> Any:
+            answer = allow_prepared(*args)
+            self.quick += answer is not None
+            return answer
+
+        self.authorizer.allow_prepared = counted  # type: ignore[method-assign,assignment]
+        self.wire = FakeTransport()
+        self.connection = CheckProtocol(self.authorizer, set())
+        self.connection.connection_made(self.wire)  # type: ignore[arg-type]
+
+    def answer(self, req: CheckInput, via: str) -> tuple[Outcome | None, bytes]:
+        """The answer through the HTTP transport (`via` "http": its bytes only), or through
+        the core (`allow_quickly`, else the general path) and `encode_outcome`."""
+        if via == "http":
+            self.wire.written = b""
+            self.connection.data_received(request_bytes(req))
+            return None, self.wire.written
+        if via == "check":  # the gRPC transport's way in
+            checked = self.authorizer.check(req)
+            return checked, encode_outcome(checked)
         quick = self.authorizer.allow_quickly(
             req.method,
             req.path,
@@ -124,7 +144,6 @@ class Side:
             req.trace_parent,
         )
         if quick is not None:
-            self.quick += 1
             prepared, request_id, remaining, reset_s = quick
             return prepared.outcome(request_id, remaining, reset_s), encode_quick(quick)
         outcome = self.authorizer.check_or_defer(req, quick=False)
@@ -150,6 +169,14 @@ class Side:
         return samples, lines, (cache.hits, cache.misses)
 
 
+def request_bytes(req: CheckInput) -> bytes:
+    """The check request Envoy's HTTP ext_authz client would send for `req`."""
+    lines = [f"{req.method} {CHECK_PATH_PREFIX}{req.path} HTTP/1.1"]
+    lines += [f"{k}: {v}" for k, v in req.headers.items()]
+    lines.append(f"{POLICY_HEADER}: {req.context[POLICY_KEY]}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 def token(identity: int, secret: bytes, now: float) -> str:
     user, roles, tenant, ttl = IDENTITIES[identity]
     claims: dict[str, Any] = {"sub": user, "roles": roles, "exp": int(now) + ttl}
@@ -171,6 +198,7 @@ requests = st.fixed_dictionaries(
             [None, None, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"]
         ),
         "forwarded": st.sampled_from(["10.0.0.1", "10.0.0.2"]),
+        "via": st.sampled_from(["http", "http", "core", "check"]),
     }
 )
 steps = st.one_of(
@@ -221,7 +249,7 @@ def replay(script: list[tuple[str, Any]], proxy_hint_checks: int = 0) -> tuple[S
             fast.keys.rotate()
         else:
             make = check_input(arg, tokens, general.keys.keys)
-            assert general.answer(make()) == fast.answer(make()), arg
+            assert general.answer(make(), arg["via"]) == fast.answer(make(), arg["via"]), arg
     assert general.observed() == fast.observed()
     return general, fast
 
@@ -232,7 +260,8 @@ def test_the_fast_path_answers_exactly_as_the_general_core(script: list[tuple[st
     replay(script)
 
 
-def test_repeated_checks_are_answered_by_the_fast_path_until_something_changes() -> None:
+@pytest.mark.parametrize("via", ["core", "http", "check"])
+def test_repeated_checks_are_answered_by_the_fast_path_until_something_changes(via: str) -> None:
     base = {
         "identity": 0,
         "signed_with": "current",
@@ -243,6 +272,7 @@ def test_repeated_checks_are_answered_by_the_fast_path_until_something_changes()
         "request_id": "rid-1",
         "traceparent": None,
         "forwarded": "10.0.0.1",
+        "via": via,
     }
     again = [("check", base)] * 5  # capacity 4: the fifth is a 429 from the general core
     script = [
