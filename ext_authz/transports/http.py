@@ -77,7 +77,7 @@ _REASONS = {
 }
 _PREFIX = CHECK_PATH_PREFIX.encode()
 _POLICY = POLICY_HEADER.encode()
-_OVERRIDES = tuple(name.encode() for name in METHOD_OVERRIDE_HEADERS)
+_OVERRIDE_0, _OVERRIDE_1, _OVERRIDE_2 = (name.encode() for name in METHOD_OVERRIDE_HEADERS)
 _ALLOW_HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"
 _REMOVE = REMOVE_HEADERS_HEADER.encode() + b": "
 _CLOSE = b"connection: close\r\n"
@@ -198,10 +198,6 @@ def _last_entry(forwarded: str | None) -> str:
     if not forwarded:
         return ""
     return forwarded.rpartition(",")[2].strip()
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
 
 
 def header_lines_of(headers: dict[bytes, bytes]) -> int:
@@ -342,17 +338,21 @@ class CheckProtocol(asyncio.Protocol):
         self._size = 0
         authorization = get(b"authorization")
         if keep_alive and authorization is not None:
+            request_id = get(b"x-request-id")
+            tenant = get(b"x-tenant-id")
+            traceparent = get(b"traceparent")
+            forwarded = get(b"x-forwarded-for")
             quick = self._authorizer.allow_prepared(
                 method,
                 path,
                 policy,
                 authorization.decode("latin-1"),
-                _text(get(b"x-tenant-id")),
-                _text(get(b"x-request-id")),
+                None if tenant is None else tenant.decode("latin-1"),
+                None if request_id is None else request_id.decode("latin-1"),
                 header_lines_of(raw),
-                any(name in raw for name in _OVERRIDES),
-                _text(get(b"traceparent")),
-                _last_entry(_text(get(b"x-forwarded-for"))),
+                _OVERRIDE_0 in raw or _OVERRIDE_1 in raw or _OVERRIDE_2 in raw,
+                None if traceparent is None else traceparent.decode("latin-1"),
+                _last_entry(None if forwarded is None else forwarded.decode("latin-1")),
                 self._untrusted_peer,
                 self._decoded,
             )
