@@ -400,6 +400,8 @@ class Authorizer:
         for observer in self._quick:
             if not observer.passes(traceparent, trace_parent):
                 return None
+        if not verifier.cache.touch(prepared.token):  # evicted: verified again, or not
+            return None
         remaining = reset_s = 0
         limit = prepared.limit
         if limit is not None:
@@ -440,12 +442,16 @@ class Authorizer:
     ) -> None:
         """Keep the allow of `req` for the fast path, when it can answer the next such check."""
         authorization = req.headers.get("authorization")
-        if authorization is None or (policy.rate_limit is not None and self._count is None):
+        token = bearer_token(req.headers)
+        if not token or authorization is None:
+            return
+        if policy.rate_limit is not None and self._count is None:
             return
         if policy.method_override and any(h in req.headers for h in METHOD_OVERRIDE_HEADERS):
             return
         template = self._allow(identity, policy, "", ())
         answer = Prepared(
+            token,
             identity,
             policy,
             policy.rate_limit,

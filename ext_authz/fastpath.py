@@ -3,9 +3,11 @@ one (Authorization header, route policy, method, client `x-tenant-id`), kept so 
 such check is answered with a lookup, an expiry check and the route's limit count.
 
 What an answer depends on, and how the fast path (`Authorizer.allow_quickly`) keeps it exact:
-- the token's verification: the key is the Authorization header's value; an answer is never
-  used once the token's `exp` + leeway has passed (`Identity.expires_at`, as the token cache),
-  and every key change (rotation, a JWKS refresh) empties the store (`generation`);
+- the token's verification: the key is the Authorization header's value; an answer is used
+  only while the token cache holds its token (so never beyond `--token-cache-size` tokens,
+  and the cache's order and counts are those of a lookup), never once the token's `exp` +
+  leeway has passed (`Identity.expires_at`, as the token cache), and every key change
+  (rotation, a JWKS refresh) empties the store (`generation`);
 - the policy and the role and tenant decision: the route's policy string, the method and the
   client's `x-tenant-id` are part of the key; a service honouring method-override headers has
   no prepared answer for a request carrying one;
@@ -40,6 +42,7 @@ class Prepared:
     """One allow, less the request id and the limit's count. `wire` belongs to the HTTP
     transport: the answer's bytes as a template of those values (b"": it has none)."""
 
+    token: str  # as the token cache holds it
     identity: Identity
     policy: RoutePolicy
     limit: Limit | None

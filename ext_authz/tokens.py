@@ -368,6 +368,13 @@ class TokenCache:
         with self._lock:
             self._items[token] = identity
 
+    def touch(self, token: str) -> bool:
+        """Whether `token` is held, now the most recently used; counts nothing (the decision
+        core's prepared answers: one is used only while its token is held here, and uses it
+        as a lookup would)."""
+        with self._lock:
+            return self._items.touch(token) is not None
+
     def hit(self) -> None:
         """Count a hit found elsewhere (the decision core's prepared answers)."""
         with self._lock:

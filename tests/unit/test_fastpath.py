@@ -83,14 +83,15 @@ class RotatingKeys:
 
 class Side:
     """One authorizer with real observers (metrics, audit of every decision, proxy hint,
-    tracing), its own keys, limiter and verifier on a shared clock."""
+    tracing), its own keys, limiter and verifier (a token cache of 3: tokens are evicted) on
+    a shared clock."""
 
     def __init__(self, clock: FakeClock, fast: bool, proxy_hint_checks: int) -> None:
         from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
 
         self.keys = RotatingKeys()
         self.verifier = TokenVerifier(
-            VerifierSettings(leeway_s=2), cast(KeySource, self.keys), clock
+            VerifierSettings(leeway_s=2, cache_size=3), cast(KeySource, self.keys), clock
         )
         self.audit = io.StringIO()
         self.audit_log = AuditLog(self.audit, 1.0)
@@ -313,3 +314,22 @@ def test_allows_are_sampled_at_the_configured_rate_with_one_draw_per_written_all
     assert 4_500 < written < 5_500  # 5 %; the binomial's sd is 69
     assert draws == written + 1  # the first gap, then one per written allow
     assert all(log.wants(False) for _ in range(10))  # every denial
+
+
+def test_an_answer_is_not_used_once_its_token_left_the_token_cache() -> None:
+    base = {
+        "identity": 0,
+        "signed_with": "current",
+        "policy": 1,
+        "method": "GET",
+        "tenant": None,
+        "override": None,
+        "request_id": "rid-1",
+        "traceparent": None,
+        "forwarded": "10.0.0.1",
+        "via": "http",
+    }
+    others = [("check", {**base, "identity": i}) for i in (1, 2, 3)]  # a cache of 3: alice goes
+    _, fast = replay([("check", base), ("check", base), *others, ("check", base)])
+    assert fast.quick == 1  # the second check only: the last is verified again
+    assert fast.verifier.cache.misses == 5
