@@ -293,7 +293,8 @@ class Authorizer:
         )
         quick = [o for o in self._observers if isinstance(o, QuickObserver)]
         self._fast = fast_path and len(quick) == len(self._observers)
-        self._quick: tuple[QuickObserver, ...] = tuple(quick)
+        self._gates = tuple(o.passes for o in quick if o.gates)
+        self._counts = tuple(o for o in quick if o.counts)
         self._prepared = PreparedAnswers(PREPARED_ANSWERS, verifier.key_generation())
         # The limit count of the fast path: the in-memory limiter's, when it is the one in use
         # (Redis is awaited or waited on: the general path's).
@@ -397,8 +398,8 @@ class Authorizer:
             address = client_ip
         if self._budget.blocked(address):
             return None
-        for observer in self._quick:
-            if not observer.passes(traceparent, trace_parent):
+        for passes in self._gates:
+            if not passes(traceparent, trace_parent):
                 return None
         if not verifier.cache.touch(prepared.token):  # evicted: verified again, or not
             return None
@@ -414,7 +415,7 @@ class Authorizer:
         service = prepared.policy.service
         latency_us = (time.perf_counter_ns() - started) // 1000
         limited = limit is not None
-        for observer in self._quick:
+        for observer in self._counts:
             if observer.observe_allow(service, limited, latency_us):
                 decision = Decision(
                     CheckInput(

@@ -75,6 +75,9 @@ class QuickObserver(DecisionObserver, Protocol):
     """An observer that can see a cached allow without a `Decision` (the decision core's fast
     path, `ext_authz.fastpath`). The fast path runs only when every observer is one."""
 
+    gates: bool  # `passes` may say no (when False, it is never asked)
+    counts: bool  # `observe_allow` does something (when False, it is never called)
+
     def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
         """Whether an allow of a request with this `traceparent` header (and, from the
         transport, `CheckInput.trace_parent`) needs no more than `observe_allow` (no sampled

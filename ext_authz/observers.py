@@ -35,6 +35,9 @@ class MetricsObserver:
     """Counts every decision, its latency and rate-limit result (`CheckCounters`: plain ints,
     exported at scrape time). Label tuples are made once per (status, reason, service)."""
 
+    gates = False
+    counts = True
+
     def __init__(self, metrics: AuthzMetrics) -> None:
         self._count = metrics.decisions.count
         # Reasons are a fixed set of codes and services the catalog's, so these stay small.
@@ -167,6 +170,9 @@ class AuditObserver:
     """Every denial (written up to a cap a second, then counted in a summary), and the sampled
     share of allows, as one JSON line."""
 
+    gates = False
+    counts = True
+
     def __init__(
         self, audit: AuditLog, denials_per_second: int = defaults.AUDIT_DENIALS_PER_SECOND
     ) -> None:
@@ -214,6 +220,9 @@ class ProxyHint:
     """Logs once when, of the first `checks` checks, more than `share` came from one client
     address while `trusted_hops` is 0: a proxy or load balancer in front of Envoy, whose
     address every user then shares (its failure budget, its rate limits on public routes)."""
+
+    gates = True
+    counts = False
 
     def __init__(
         self,
@@ -272,6 +281,9 @@ class ProxyHint:
 class TracingObserver:
     """One span per sampled check, a child of Envoy's span for the call (or of the client's
     span when the transport could not tell Envoy's). Unsampled checks cost a header lookup."""
+
+    gates = True
+    counts = False
 
     def __init__(self, tracer: Tracer) -> None:
         from opentelemetry import trace  # noqa: PLC0415
