@@ -292,12 +292,14 @@ class TracingObserver:
         self._trace = trace
 
     def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
-        """No span: nothing sampled, told without parsing (as in `observe`)."""
-        if trace_parent is not None:
-            return False
-        return (
-            traceparent is None or len(traceparent) < 55 or traceparent[54] not in _SAMPLED_DIGITS
-        )
+        """No span: nothing sampled (as `observe` decides; the client's header told without
+        parsing, the transport's context parsed)."""
+        if trace_parent is not None:  # the transport's (gRPC metadata): it decides when valid
+            parent = parse_traceparent(trace_parent)
+            if parent is not None:
+                return not parent.sampled
+        header = traceparent
+        return header is None or len(header) < 55 or header[54] not in _SAMPLED_DIGITS
 
     def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
         return False

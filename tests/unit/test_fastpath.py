@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from dataclasses import replace
 from typing import Any, cast
 
 import jwt
@@ -31,6 +32,8 @@ from tests.support.policies import POLICY_KEY as POLICY_MAC_KEY
 from tests.support.policies import encode
 
 NOW = 1_800_000_000.0
+UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 SECRETS = (
     b"fast-path-secret-one-long-enough-0123456789",
     b"fast-path-secret-two-long-enough-9876543210",
@@ -125,15 +128,17 @@ class Side:
         self.connection = CheckProtocol(self.authorizer, set())
         self.connection.connection_made(self.wire)  # type: ignore[arg-type]
 
-    def answer(self, req: CheckInput, via: str) -> tuple[Outcome | None, bytes]:
+    def answer(
+        self, req: CheckInput, via: str, trace_parent: str | None = None
+    ) -> tuple[Outcome | None, bytes]:
         """The answer through the HTTP transport (`via` "http": its bytes only), or through
         the core (`allow_quickly`, else the general path) and `encode_outcome`."""
         if via == "http":
             self.wire.written = b""
             self.connection.data_received(request_bytes(req))
             return None, self.wire.written
-        if via == "check":  # the gRPC transport's way in
-            checked = self.authorizer.check(req)
+        if via == "check":  # the gRPC transport's way in, with Envoy's trace context
+            checked = self.authorizer.check(replace(req, trace_parent=trace_parent))
             return checked, encode_outcome(checked)
         quick = self.authorizer.allow_quickly(
             req.method,
@@ -195,11 +200,10 @@ requests = st.fixed_dictionaries(
         "tenant": st.sampled_from([None, None, "acme", "globex", ""]),
         "override": st.sampled_from([None, None, "POST", "GET"]),
         "request_id": st.sampled_from(["rid-1", "rid-%2", "rïd"]),
-        "traceparent": st.sampled_from(
-            [None, None, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"]
-        ),
+        "traceparent": st.sampled_from([None, None, UNSAMPLED, SAMPLED]),
         "forwarded": st.sampled_from(["10.0.0.1", "10.0.0.2"]),
         "via": st.sampled_from(["http", "http", "core", "check"]),
+        "envoy_trace": st.sampled_from([None, UNSAMPLED, SAMPLED, "00-bad"]),
     }
 )
 steps = st.one_of(
@@ -250,7 +254,10 @@ def replay(script: list[tuple[str, Any]], proxy_hint_checks: int = 0) -> tuple[S
             fast.keys.rotate()
         else:
             make = check_input(arg, tokens, general.keys.keys)
-            assert general.answer(make(), arg["via"]) == fast.answer(make(), arg["via"]), arg
+            trace = arg.get("envoy_trace")
+            assert general.answer(make(), arg["via"], trace) == fast.answer(
+                make(), arg["via"], trace
+            ), arg
     assert general.observed() == fast.observed()
     return general, fast
 
