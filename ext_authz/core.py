@@ -401,7 +401,7 @@ class Authorizer:
         for passes in self._gates:
             if not passes(traceparent, trace_parent):
                 return None
-        if not verifier.cache.touch(prepared.token):  # evicted: verified again, or not
+        if not verifier.cache.holds(prepared.token):  # evicted: verified again, or not
             return None
         remaining = reset_s = 0
         limit = prepared.limit
@@ -411,7 +411,7 @@ class Authorizer:
             if counted is None:  # a denial, or a key the limiter no longer holds
                 return None
             remaining, reset_s = counted
-        verifier.cache.hit()  # what the general path's lookup would have counted
+        verifier.cache.hit(prepared.token)  # as the general path's lookup would have
         service = prepared.policy.service
         latency_us = (time.perf_counter_ns() - started) // 1000
         limited = limit is not None

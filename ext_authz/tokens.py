@@ -368,16 +368,16 @@ class TokenCache:
         with self._lock:
             self._items[token] = identity
 
-    def touch(self, token: str) -> bool:
-        """Whether `token` is held, now the most recently used; counts nothing (the decision
-        core's prepared answers: one is used only while its token is held here, and uses it
-        as a lookup would)."""
-        with self._lock:
-            return self._items.touch(token) is not None
+    def holds(self, token: str) -> bool:
+        """Whether `token` is held (no lock: a lookup of the moment; counts nothing)."""
+        return token in self._items
 
-    def hit(self) -> None:
-        """Count a hit found elsewhere (the decision core's prepared answers)."""
+    def hit(self, token: str) -> None:
+        """A lookup of `token` found elsewhere (the decision core's prepared answers, used
+        only while their token is held here): counted, and `token` made the most recently
+        used, as `get` would."""
         with self._lock:
+            self._items.touch(token)
             self.hits += 1
 
     def clear(self) -> None:
