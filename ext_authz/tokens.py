@@ -377,7 +377,8 @@ class TokenCache:
         only while their token is held here): counted, and `token` made the most recently
         used, as `get` would."""
         with self._lock:
-            self._items.touch(token)
+            if token in self._items:
+                self._items.move_to_end(token)
             self.hits += 1
 
     def clear(self) -> None:

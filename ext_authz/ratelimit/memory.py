@@ -130,10 +130,12 @@ class MemoryLimiter:
         ``(remaining, reset_s)`` as :meth:`hit` would answer. None, having counted nothing,
         when the key holds no state or the request would be denied: ask :meth:`hit`."""
         w = limit.window_s * 1000 // N_BUCKETS
+        state_key = (key, limit.window_s)
         with self._lock:
-            counts = self._state.touch((key, limit.window_s))
+            counts = self._state.get(state_key)
             if counts is None:
                 return None
+            self._state.move_to_end(state_key)  # as `touch`, without its call
             now_ms = to_ms(self._clock())
             b = now_ms // w
             buckets = counts.buckets

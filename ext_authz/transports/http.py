@@ -202,11 +202,7 @@ def _last_entry(forwarded: str | None) -> str:
 
 def header_lines_of(headers: dict[bytes, bytes]) -> int:
     """`core.header_lines` of these headers (raw values: a comma is the same byte)."""
-    lines = len(headers)
-    for value in headers.values():
-        if b"," in value:
-            lines += value.count(b",")
-    return lines
+    return len(headers) + b"".join(headers.values()).count(b",")
 
 
 class CheckProtocol(asyncio.Protocol):

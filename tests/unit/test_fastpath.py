@@ -204,6 +204,8 @@ requests = st.fixed_dictionaries(
         "forwarded": st.sampled_from(["10.0.0.1", "10.0.0.2"]),
         "via": st.sampled_from(["http", "http", "core", "check"]),
         "envoy_trace": st.sampled_from([None, UNSAMPLED, SAMPLED, "00-bad"]),
+        # a header whose commas may be lines of their own: around the room for identity
+        "commas": st.sampled_from([0, 0, 0, 89, 90, 91, 92, 93]),
     }
 )
 steps = st.one_of(
@@ -233,6 +235,8 @@ def check_input(r: dict[str, Any], tokens: dict[tuple[int, bytes], str], keys: K
         headers["x-http-method-override"] = r["override"]
     if r["traceparent"] is not None:
         headers["traceparent"] = r["traceparent"]
+    if r.get("commas"):
+        headers["x-list"] = "a," * r["commas"] + "a"
     context = {POLICY_KEY: encode(POLICIES[r["policy"]])}
     return lambda: CheckInput(
         r["method"], "/x?q=1", dict(headers), context, r["forwarded"], None, None
@@ -340,3 +344,25 @@ def test_an_answer_is_not_used_once_its_token_left_the_token_cache() -> None:
     _, fast = replay([("check", base), ("check", base), *others, ("check", base)])
     assert fast.quick == 1  # the second check only: the last is verified again
     assert fast.verifier.cache.misses == 5
+
+
+@pytest.mark.parametrize("via", ["http", "check"])
+def test_the_room_for_identity_headers_is_checked_per_request(via: str) -> None:
+    base = {
+        "identity": 0,
+        "signed_with": "current",
+        "policy": 1,
+        "method": "GET",
+        "tenant": None,
+        "override": None,
+        "request_id": "rid-1",
+        "traceparent": None,
+        "forwarded": "10.0.0.1",
+        "via": via,
+    }
+    # 3 headers + x-list: 96 lines with 92 commas (the room: 100 - 4 identity headers)
+    script = [("check", base), ("check", {**base, "commas": 92}), ("check", {**base, "commas": 93})]
+    _, fast = replay(script)
+    statuses = [json.loads(line)["status"] for line in fast.audit.getvalue().splitlines()]
+    assert statuses == [200, 200, 431]
+    assert fast.quick == 1
