@@ -371,72 +371,78 @@ class Authorizer:
         """`allow_quickly` for a transport that reads only what it needs of a request's
         headers: its `authorization`, `x-tenant-id`, `x-request-id` and `traceparent` values,
         its `header_lines`, whether a method-override header is present; `headers` makes the
-        whole mapping, for what needs it (an audit line, trusted proxy hops)."""
+        whole mapping, for what needs it (an audit line, trusted proxy hops). Never raises:
+        what fails unexpectedly is logged and left to the general path (which may then count
+        the request's limit a second time)."""
         if not self._fast:
             return None
-        started = time.perf_counter_ns()
-        prepared = self._prepared.get((authorization, policy_text, method, client_tenant))
-        if prepared is None:
-            return None
-        verifier = self._verifier
-        generation = verifier.key_generation()
-        if generation != self._prepared.generation:  # the keys changed: nothing prepared holds
-            self._prepared.clear(generation)
-            return None
-        if (
-            prepared.identity.expires_at <= verifier.now()
-            or not request_id
-            or lines > self._header_room
-            or (overridden and prepared.method_override)
-        ):
-            return None
-        if untrusted_peer is not None:
-            address = untrusted_peer
-        elif self._trusted_hops > 0:
-            address = client_address(headers(), client_ip, self._trusted_hops)
-        else:
-            address = client_ip
-        if self._budget.blocked(address):
-            return None
-        for passes in self._gates:
-            if not passes(traceparent, trace_parent):
+        try:
+            started = time.perf_counter_ns()
+            prepared = self._prepared.get((authorization, policy_text, method, client_tenant))
+            if prepared is None:
                 return None
-        if not verifier.cache.holds(prepared.token):  # evicted: verified again, or not
-            return None
-        remaining = reset_s = 0
-        limit = prepared.limit
-        if limit is not None:
-            assert self._count is not None  # nothing limited is prepared without it
-            counted = self._count(prepared.limit_key, limit)
-            if counted is None:  # a denial, or a key the limiter no longer holds
+            verifier = self._verifier
+            generation = verifier.key_generation()
+            if generation != self._prepared.generation:  # the keys changed: nothing prepared holds
+                self._prepared.clear(generation)
                 return None
-            remaining, reset_s = counted
-        verifier.cache.hit(prepared.token)  # as the general path's lookup would have
-        service = prepared.policy.service
-        latency_us = (time.perf_counter_ns() - started) // 1000
-        limited = limit is not None
-        for observer in self._counts:
-            if observer.observe_allow(service, limited, latency_us):
-                decision = Decision(
-                    CheckInput(
-                        method,
-                        path,
-                        headers(),
-                        {POLICY_KEY: policy_text},
-                        client_ip,
-                        trace_parent,
-                        untrusted_peer,
-                    ),
-                    prepared.outcome(request_id, remaining, reset_s),
-                    prepared.identity,
-                    service,
-                    self._clock(),
-                    latency_us,
-                    address,
-                    limited,
-                )
-                observer.record(decision)
-        return prepared, request_id, remaining, reset_s
+            if (
+                prepared.identity.expires_at <= verifier.now()
+                or not request_id
+                or lines > self._header_room
+                or (overridden and prepared.method_override)
+            ):
+                return None
+            if untrusted_peer is not None:
+                address = untrusted_peer
+            elif self._trusted_hops > 0:
+                address = client_address(headers(), client_ip, self._trusted_hops)
+            else:
+                address = client_ip
+            if self._budget.blocked(address):
+                return None
+            for passes in self._gates:
+                if not passes(traceparent, trace_parent):
+                    return None
+            if not verifier.cache.holds(prepared.token):  # evicted: verified again, or not
+                return None
+            remaining = reset_s = 0
+            limit = prepared.limit
+            if limit is not None:
+                assert self._count is not None  # nothing limited is prepared without it
+                counted = self._count(prepared.limit_key, limit)
+                if counted is None:  # a denial, or a key the limiter no longer holds
+                    return None
+                remaining, reset_s = counted
+            verifier.cache.hit(prepared.token)  # as the general path's lookup would have
+            service = prepared.policy.service
+            latency_us = (time.perf_counter_ns() - started) // 1000
+            limited = limit is not None
+            for observer in self._counts:
+                if observer.observe_allow(service, limited, latency_us):
+                    decision = Decision(
+                        CheckInput(
+                            method,
+                            path,
+                            headers(),
+                            {POLICY_KEY: policy_text},
+                            client_ip,
+                            trace_parent,
+                            untrusted_peer,
+                        ),
+                        prepared.outcome(request_id, remaining, reset_s),
+                        prepared.identity,
+                        service,
+                        self._clock(),
+                        latency_us,
+                        address,
+                        limited,
+                    )
+                    observer.record(decision)
+            return prepared, request_id, remaining, reset_s
+        except Exception:
+            self._log.exception("fast path failed", extra={"fields": {"request_id": request_id}})
+            return None
 
     def _prepare(
         self, req: CheckInput, policy: RoutePolicy, identity: Identity, generation: int
@@ -471,8 +477,8 @@ class Authorizer:
         )
         self._prepared.put(key, answer, generation)
 
-    def check(self, req: CheckInput) -> Outcome:
-        """Decide, counting against the synchronous limiter (gRPC's worker threads)."""
+    def _quick_outcome(self, req: CheckInput) -> Outcome | None:
+        """The fast path's answer to `req` as an `Outcome`, or None."""
         quick = self.allow_quickly(
             req.method,
             req.path,
@@ -482,9 +488,16 @@ class Authorizer:
             req.untrusted_peer,
             req.trace_parent,
         )
+        if quick is None:
+            return None
+        prepared, request_id, remaining, reset_s = quick
+        return prepared.outcome(request_id, remaining, reset_s)
+
+    def check(self, req: CheckInput) -> Outcome:
+        """Decide, counting against the synchronous limiter (gRPC's worker threads)."""
+        quick = self._quick_outcome(req)
         if quick is not None:
-            prepared, request_id, remaining, reset_s = quick
-            return prepared.outcome(request_id, remaining, reset_s)
+            return quick
         started = time.perf_counter_ns()
         step = self._begin(req)
         if isinstance(step, _Pending):
@@ -496,18 +509,9 @@ class Authorizer:
         counted by the asynchronous limiter (Redis), an awaitable of it. Never blocks.
         `quick=False`: the caller asked `allow_quickly` already."""
         if quick:
-            answer = self.allow_quickly(
-                req.method,
-                req.path,
-                req.headers,
-                req.context.get(POLICY_KEY, ""),
-                req.client_ip,
-                req.untrusted_peer,
-                req.trace_parent,
-            )
+            answer = self._quick_outcome(req)
             if answer is not None:
-                prepared, request_id, remaining, reset_s = answer
-                return prepared.outcome(request_id, remaining, reset_s)
+                return answer
         started = time.perf_counter_ns()
         step = self._begin(req)
         if not isinstance(step, _Pending):

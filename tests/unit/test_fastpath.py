@@ -366,3 +366,28 @@ def test_the_room_for_identity_headers_is_checked_per_request(via: str) -> None:
     statuses = [json.loads(line)["status"] for line in fast.audit.getvalue().splitlines()]
     assert statuses == [200, 200, 431]
     assert fast.quick == 1
+
+
+def test_what_fails_in_the_fast_path_is_logged_and_left_to_the_general_path(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock(NOW)
+    side = Side(clock, True, 0)
+
+    def broken(service: str | None, limited: bool, latency_us: int) -> bool:
+        raise RuntimeError("a bug")
+
+    metrics = side.authorizer._counts[0]
+    metrics.observe_allow = broken  # type: ignore[method-assign]
+    tokens = {(0, SECRETS[0]): token(0, SECRETS[0], NOW)}
+    base = {"identity": 0, "signed_with": "current", "policy": 1, "method": "GET"}
+    make = check_input(
+        {**base, "tenant": None, "override": None, "request_id": "rid-1", "traceparent": None}
+        | {"forwarded": "10.0.0.1"},
+        tokens,
+        side.keys.keys,
+    )
+    assert side.authorizer.check(make()).status == 200  # prepares
+    assert side.authorizer.check(make()).status == 200  # the fast path fails: the general path
+    assert side.quick == 0
+    assert "fast path failed" in caplog.text
