@@ -117,8 +117,6 @@ _TERSE_MESSAGE = {
 }
 # Identity headers the core may add to a request (x-request-id is already there).
 _ADDED_HEADERS = 4
-# Prepared answers kept for the fast path (a few hundred bytes each).
-PREPARED_ANSWERS = 65_536
 # What a fast answer is: the prepared allow, its request id, the limit's remaining and reset.
 QuickAllow = tuple[Prepared, str, int, int]
 
@@ -156,7 +154,7 @@ class PolicyCache:
 
     def __init__(self, keys: Sequence[bytes], size: int = 4096) -> None:
         self._keys = tuple(keys)
-        self._items: BoundedMap[str, RoutePolicy] = BoundedMap(size)
+        self._items: BoundedMap[str, tuple[str, RoutePolicy]] = BoundedMap(size)
         self._lock = threading.Lock()
 
     def get(self, text: str) -> RoutePolicy:
@@ -164,11 +162,17 @@ class PolicyCache:
         missing or unreadable."""
         found = self._items.get(text)
         if found is not None:
-            return found
+            return found[1]
         policy = decode(verify(text, self._keys) if text else text)
         with self._lock:
-            self._items[text] = policy
+            self._items[text] = (text, policy)
         return policy
+
+    def text(self, text: str) -> str:
+        """The string kept for `text` (equal to it) when it is kept, else `text`: what holds
+        on to a policy's text shares one copy."""
+        found = self._items.get(text)
+        return text if found is None else found[0]
 
 
 def header_lines(headers: Mapping[str, str]) -> int:
@@ -295,7 +299,8 @@ class Authorizer:
         self._fast = fast_path and len(quick) == len(self._observers)
         self._gates = tuple(o.passes for o in quick if o.gates)
         self._counts = tuple(o for o in quick if o.counts)
-        self._prepared = PreparedAnswers(PREPARED_ANSWERS, verifier.key_generation())
+        # An answer is used only while the token cache holds its token: no more are kept.
+        self._prepared = PreparedAnswers(verifier.cache.size, verifier.key_generation())
         # The limit count of the fast path: the in-memory limiter's, when it is the one in use
         # (Redis is awaited or waited on: the general path's).
         backend = limiter.backend if isinstance(limiter, GuardedLimiter) else limiter
@@ -445,12 +450,17 @@ class Authorizer:
             return None
 
     def _prepare(
-        self, req: CheckInput, policy: RoutePolicy, identity: Identity, generation: int
+        self,
+        req: CheckInput,
+        policy: RoutePolicy,
+        token: str,
+        identity: Identity,
+        generation: int,
     ) -> None:
-        """Keep the allow of `req` for the fast path, when it can answer the next such check."""
+        """Keep the allow of `req` (with `token`, verified with the keys of `generation`) for
+        the fast path, when it can answer the next such check."""
         authorization = req.headers.get("authorization")
-        token = bearer_token(req.headers)
-        if not token or authorization is None:
+        if authorization is None:
             return
         if policy.rate_limit is not None and self._count is None:
             return
@@ -471,7 +481,7 @@ class Authorizer:
         )
         key: AnswerKey = (
             authorization,
-            req.context.get(POLICY_KEY, ""),
+            self._policies.text(req.context.get(POLICY_KEY, "")),
             req.method,
             req.headers.get(TENANT_HEADER),
         )
@@ -639,7 +649,7 @@ class Authorizer:
         if not verdict.allowed:
             return done(self._deny(403, verdict.reason, verdict.message, request_id), identity)
         if self._fast:
-            self._prepare(req, policy, identity, generation)
+            self._prepare(req, policy, token, identity, generation)
         key = user_key(policy.limit_scope, identity.tenant, identity.user)
         return self._pending(req, policy, key, request_id, identity, address)
 

@@ -347,6 +347,7 @@ class TokenCache:
     (the least recently stored or found goes first). Thread-safe."""
 
     def __init__(self, size: int) -> None:
+        self.size = size
         self._items: BoundedMap[str, Identity] = BoundedMap(size)
         self._lock = threading.Lock()
         self.hits = 0  # lookups, counted under the lock (read by metrics at scrape time)
