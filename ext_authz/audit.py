@@ -1,7 +1,10 @@
 """One JSON line per authorization decision.
 
-Denials are always written; allows are written with probability `allow_sample`. A record never
-holds a token, a secret, or a query string (which can carry either).
+Denials are always written; allows are written with probability `allow_sample`, each allow
+independently of the others. One random draw per written allow, not one per allow: the number
+of allows skipped before the next one written is drawn from the geometric distribution (what
+`random() < allow_sample` per allow would give). A record never holds a token, a secret, or a
+query string (which can carry either).
 
 Lines are buffered, never written on a check's thread or event loop: `start()` runs a writer
 thread that writes what accumulated at most every `interval_s` (50 ms), and `close()` writes
@@ -19,6 +22,7 @@ anything else happens: every denial is a line or is counted in a summary within 
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
@@ -93,6 +97,7 @@ class AuditLog:
         # and when (`clock`) the first of them was counted.
         self._suppressed: dict[tuple[str, str], int] = {}
         self._suppressed_since = 0.0
+        self._skip = self._gap()  # allows to skip before the next one written
 
     def start(self, interval_s: float = 0.05) -> None:
         """Write buffered lines from a thread, at most every `interval_s`."""
@@ -168,7 +173,22 @@ class AuditLog:
         """Whether to record this decision: every denial, and a sample of the allows."""
         if not allowed or self._allow_sample >= 1:
             return True
-        return self._allow_sample > 0 and self._rand() < self._allow_sample
+        if self._skip > 0:  # unlocked: a lost decrement between threads shifts one draw
+            self._skip -= 1
+            return False
+        if self._allow_sample <= 0:
+            return False
+        self._skip = self._gap()
+        return True
+
+    def _gap(self) -> int:
+        """Allows to skip before the next one written: geometric, P(k) = (1 - p)^k p."""
+        p = self._allow_sample
+        if p >= 1:
+            return 0
+        if p <= 0:
+            return 1 << 62
+        return int(math.log(1.0 - self._rand()) / math.log1p(-p))
 
     def write(self, record: AuditRecord) -> None:
         """Write one record (the caller asked `wants` first)."""

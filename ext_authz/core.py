@@ -32,6 +32,12 @@ On allow, the upstream request gets `x-user-id`, `x-user-roles`, `x-request-id` 
 token has one, `x-tenant-id`, each overwriting whatever the client sent; identity headers that
 are not set are removed; their values are encoded by one rule (`contract.encode_identity`).
 `Authorization` is never touched.
+
+The cached allow has a fast path (`allow_quickly`, `ext_authz.fastpath`): the general path
+prepares each allow it makes on a protected route, and a later check with the same token,
+policy, method and client tenant is answered from it with the same answer and the same side
+effects (limit counted, metrics, audit sample), or, whenever anything could differ, by the
+general path.
 """
 
 from __future__ import annotations
@@ -46,7 +52,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ext_authz.budget import FailureBudget
-from ext_authz.decision import CheckInput, Decision, DecisionObserver, Headers, Outcome
+from ext_authz.decision import (
+    CheckInput,
+    Decision,
+    DecisionObserver,
+    Headers,
+    Outcome,
+    QuickObserver,
+)
+from ext_authz.fastpath import AnswerKey, Prepared, PreparedAnswers
 from ext_authz.limits import (
     HeaderStyle,
     address_key,
@@ -56,7 +70,13 @@ from ext_authz.limits import (
 )
 from ext_authz.policy import Verdict, authorize
 from ext_authz.policy_file import PolicyTable
-from ext_authz.ratelimit import AsyncLimiter, LimitDecision, Limiter
+from ext_authz.ratelimit import (
+    AsyncLimiter,
+    GuardedLimiter,
+    LimitDecision,
+    Limiter,
+    MemoryLimiter,
+)
 from ext_authz.tokens import DEFERRED, Identity, TokenError, TokenVerifier
 from sidecar_shared import defaults
 from sidecar_shared.bounded import BoundedMap
@@ -104,6 +124,8 @@ _DRY_RUN = frozenset({401, 403, 429})
 _DRY_RUN_HEADERS = frozenset(RATE_LIMIT_HEADERS) - {"retry-after"}
 # Identity headers the core may add to a request (x-request-id is already there).
 _ADDED_HEADERS = 4
+# What a fast answer is: the prepared allow, its request id, the limit's remaining and reset.
+QuickAllow = tuple[Prepared, str, int, int]
 
 
 @functools.lru_cache(maxsize=512)
@@ -139,7 +161,7 @@ class PolicyCache:
 
     def __init__(self, keys: Sequence[bytes], size: int = 4096) -> None:
         self._keys = tuple(keys)
-        self._items: BoundedMap[str, RoutePolicy] = BoundedMap(size)
+        self._items: BoundedMap[str, tuple[str, RoutePolicy]] = BoundedMap(size)
         self._lock = threading.Lock()
 
     def get(self, text: str) -> RoutePolicy:
@@ -147,11 +169,17 @@ class PolicyCache:
         missing or unreadable."""
         found = self._items.get(text)
         if found is not None:
-            return found
+            return found[1]
         policy = decode(verify(text, self._keys) if text else text)
         with self._lock:
-            self._items[text] = policy
+            self._items[text] = (text, policy)
         return policy
+
+    def text(self, text: str) -> str:
+        """The string kept for `text` (equal to it) when it is kept, else `text`: what holds
+        on to a policy's text shares one copy."""
+        found = self._items.get(text)
+        return text if found is None else found[0]
 
 
 def header_lines(headers: Mapping[str, str]) -> int:
@@ -253,12 +281,15 @@ class Authorizer:
         async_limiter: AsyncLimiter | None = None,
         policy_keys: Sequence[bytes] = (),
         policy_table: PolicyTable | None = None,
+        fast_path: bool = True,
     ) -> None:
         """`limiter` must not raise (wrap a backend in `GuardedLimiter`); nor may observers.
         `async_limiter`, when given, counts for `check_or_defer` (the event-loop transports)
         against the same store as `limiter`. `policy_keys`: the keys a route policy's MAC may
         be made with (with none, every policy is refused). `policy_table`: the policy file,
-        which decides checks whose route carries no policy (an Envoy we do not configure)."""
+        which decides checks whose route carries no policy (an Envoy we do not configure).
+        `fast_path`: answer cached allows from prepared answers (`allow_quickly`) when every
+        observer is a `QuickObserver`."""
         self._verifier = verifier
         self._limiter = limiter
         self._async_limiter = async_limiter
@@ -275,6 +306,25 @@ class Authorizer:
         self._budget = FailureBudget(
             guard.failure_budget, guard.failure_window_s, clock, costly_per_s=guard.costly_per_s
         )
+        quick = [o for o in self._observers if isinstance(o, QuickObserver)]
+        self._fast = fast_path and len(quick) == len(self._observers)
+        self._gates = tuple(o.passes for o in quick if o.gates)
+        self._counts = tuple(o for o in quick if o.counts)
+        # An answer is used only while the token cache holds its token: no more are kept.
+        self._prepared = PreparedAnswers(verifier.cache.size, verifier.key_generation())
+        # The limit count of the fast path: the in-memory limiter's, when it is the one in use
+        # (Redis is awaited or waited on: the general path's).
+        backend = limiter.backend if isinstance(limiter, GuardedLimiter) else limiter
+        self._count = (
+            backend.count if isinstance(backend, MemoryLimiter) and async_limiter is None else None
+        )
+        self._sweep = backend.sweep if isinstance(backend, MemoryLimiter) else None
+
+    def tick(self) -> None:
+        """Housekeeping a transport runs about once a second (the in-memory limiter's sweep
+        of idle keys, which the fast path leaves out)."""
+        if self._sweep is not None:
+            self._sweep()
 
     def _deny(self, status: int, reason: str, message: str, request_id: str) -> Outcome:
         return denial(status, reason, message, request_id, self._verbose)
@@ -284,17 +334,208 @@ class Authorizer:
         if self._async_limiter is not None:
             await self._async_limiter.aclose()
 
+    def allow_quickly(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        policy_text: str,
+        client_ip: str,
+        untrusted_peer: str | None,
+        trace_parent: str | None = None,
+    ) -> QuickAllow | None:
+        """The answer to a cached allow (as `check` would answer it, side effects included),
+        or None, having done nothing, when the general path must decide (arguments as in
+        `CheckInput`; `policy_text` the route's policy string)."""
+        if not self._fast:
+            return None
+        authorization = headers.get("authorization")
+        if authorization is None:
+            return None
+        return self.allow_prepared(
+            method,
+            path,
+            policy_text,
+            authorization,
+            headers.get(TENANT_HEADER),
+            headers.get(REQUEST_ID_HEADER),
+            header_lines(headers),
+            any(h in headers for h in METHOD_OVERRIDE_HEADERS),
+            headers.get("traceparent"),
+            client_ip,
+            untrusted_peer,
+            lambda: headers,
+            trace_parent,
+        )
+
+    def allow_prepared(
+        self,
+        method: str,
+        path: str,
+        policy_text: str,
+        authorization: str,
+        client_tenant: str | None,
+        request_id: str | None,
+        lines: int,
+        overridden: bool,
+        traceparent: str | None,
+        client_ip: str,
+        untrusted_peer: str | None,
+        headers: Callable[[], Mapping[str, str]],
+        trace_parent: str | None = None,
+    ) -> QuickAllow | None:
+        """`allow_quickly` for a transport that reads only what it needs of a request's
+        headers: its `authorization`, `x-tenant-id`, `x-request-id` and `traceparent` values,
+        its `header_lines`, whether a method-override header is present; `headers` makes the
+        whole mapping, for what needs it (an audit line, trusted proxy hops). Never raises:
+        what fails unexpectedly is logged and left to the general path (which may then count
+        the request's limit a second time)."""
+        if not self._fast or not policy_text:  # nothing is prepared for an unsigned route
+            return None
+        try:
+            started = time.perf_counter_ns()
+            prepared = self._prepared.get((authorization, policy_text, method, client_tenant))
+            if prepared is None:
+                return None
+            verifier = self._verifier
+            generation = verifier.key_generation()
+            if generation != self._prepared.generation:  # the keys changed: nothing prepared holds
+                self._prepared.clear(generation)
+                return None
+            if (
+                prepared.identity.expires_at <= verifier.now()
+                or not request_id
+                or lines > self._header_room
+                or (overridden and prepared.method_override)
+            ):
+                return None
+            if untrusted_peer is not None:
+                address = untrusted_peer
+            elif self._trusted_hops > 0:
+                address = client_address(headers(), client_ip, self._trusted_hops)
+            else:
+                address = client_ip
+            if self._budget.blocked(address):
+                return None
+            for passes in self._gates:
+                if not passes(traceparent, trace_parent):
+                    return None
+            if not verifier.cache.holds(prepared.token):  # evicted: verified again, or not
+                return None
+            remaining = reset_s = 0
+            limit = prepared.limit
+            if limit is not None:
+                assert self._count is not None  # nothing limited is prepared without it
+                counted = self._count(prepared.limit_key, limit)
+                if counted is None:  # a denial, or a key the limiter no longer holds
+                    return None
+                remaining, reset_s = counted
+            verifier.cache.hit(prepared.token)  # as the general path's lookup would have
+            service = prepared.policy.service
+            latency_us = (time.perf_counter_ns() - started) // 1000
+            limited = limit is not None
+            for observer in self._counts:
+                if observer.observe_allow(service, limited, latency_us):
+                    decision = Decision(
+                        CheckInput(
+                            method,
+                            path,
+                            headers(),
+                            {POLICY_KEY: policy_text},
+                            client_ip,
+                            trace_parent,
+                            untrusted_peer,
+                        ),
+                        prepared.outcome(request_id, remaining, reset_s),
+                        prepared.identity,
+                        service,
+                        self._clock(),
+                        latency_us,
+                        address,
+                        limited,
+                    )
+                    observer.record(decision)
+            return prepared, request_id, remaining, reset_s
+        except Exception:
+            self._log.exception("fast path failed", extra={"fields": {"request_id": request_id}})
+            return None
+
+    def _prepare(
+        self,
+        req: CheckInput,
+        policy: RoutePolicy,
+        token: str,
+        identity: Identity,
+        generation: int,
+    ) -> None:
+        """Keep the allow of `req` (with `token`, verified with the keys of `generation`) for
+        the fast path, when it can answer the next such check."""
+        authorization = req.headers.get("authorization")
+        policy_text = req.context.get(POLICY_KEY, "")
+        if authorization is None or not policy_text:
+            # Without a policy of its own (the policy file's, chosen by the path), the key
+            # below would not tell one route from another.
+            return
+        if policy.rate_limit is not None and self._count is None:
+            return
+        if policy.method_override and any(h in req.headers for h in METHOD_OVERRIDE_HEADERS):
+            return
+        template = self._allow(identity, policy, "", ())
+        answer = Prepared(
+            token,
+            identity,
+            policy,
+            policy.rate_limit,
+            user_key(policy.limit_scope, identity.tenant, identity.user),
+            template.set_headers,
+            [name for name, _ in template.set_headers].index(REQUEST_ID_HEADER),
+            template.remove_headers,
+            policy.method_override,
+            self._header_style,
+        )
+        key: AnswerKey = (
+            authorization,
+            self._policies.text(policy_text),
+            req.method,
+            req.headers.get(TENANT_HEADER),
+        )
+        self._prepared.put(key, answer, generation)
+
+    def _quick_outcome(self, req: CheckInput) -> Outcome | None:
+        """The fast path's answer to `req` as an `Outcome`, or None."""
+        quick = self.allow_quickly(
+            req.method,
+            req.path,
+            req.headers,
+            req.context.get(POLICY_KEY, ""),
+            req.client_ip,
+            req.untrusted_peer,
+            req.trace_parent,
+        )
+        if quick is None:
+            return None
+        prepared, request_id, remaining, reset_s = quick
+        return prepared.outcome(request_id, remaining, reset_s)
+
     def check(self, req: CheckInput) -> Outcome:
         """Decide, counting against the synchronous limiter (gRPC's worker threads)."""
+        quick = self._quick_outcome(req)
+        if quick is not None:
+            return quick
         started = time.perf_counter_ns()
         step = self._begin(req)
         if isinstance(step, _Pending):
             return self._finish(step, self._limiter.hit, started)
         return self._observed(step, started)
 
-    def check_or_defer(self, req: CheckInput) -> Outcome | Awaitable[Outcome]:
+    def check_or_defer(self, req: CheckInput, quick: bool = True) -> Outcome | Awaitable[Outcome]:
         """Decide on an event loop: the outcome at once, or, when the route's limit must be
-        counted by the asynchronous limiter (Redis), an awaitable of it. Never blocks."""
+        counted by the asynchronous limiter (Redis), an awaitable of it. Never blocks.
+        `quick=False`: the caller asked `allow_quickly` already."""
+        if quick:
+            answer = self._quick_outcome(req)
+            if answer is not None:
+                return answer
         started = time.perf_counter_ns()
         step = self._begin(req)
         if not isinstance(step, _Pending):
@@ -426,6 +667,7 @@ class Authorizer:
                 self._deny(401, "malformed", "the Authorization header is not Bearer", request_id)
             )
         gate = self._budget.allowance(address) if retry_after else None
+        generation = self._verifier.key_generation()  # before: an answer never outlives its keys
         try:
             identity = self._verifier.verify(token, gate)
         except TokenError as err:
@@ -441,6 +683,8 @@ class Authorizer:
         verdict = self._authorize(policy, req, identity)
         if not verdict.allowed:
             return done(self._deny(403, verdict.reason, verdict.message, request_id), identity)
+        if self._fast:
+            self._prepare(req, policy, token, identity, generation)
         key = user_key(policy.limit_scope, identity.tenant, identity.user)
         return self._pending(req, policy, key, request_id, identity, address)
 

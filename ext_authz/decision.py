@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ext_authz.tokens import Identity
 
@@ -71,3 +71,24 @@ class Decision:
 class DecisionObserver(Protocol):
     def observe(self, decision: Decision) -> None:
         """Called once per check, after the outcome is known. Must not raise."""
+
+
+@runtime_checkable
+class QuickObserver(DecisionObserver, Protocol):
+    """An observer that can see a cached allow without a `Decision` (the decision core's fast
+    path, `ext_authz.fastpath`). The fast path runs only when every observer is one."""
+
+    gates: bool  # `passes` may say no (when False, it is never asked)
+    counts: bool  # `observe_allow` does something (when False, it is never called)
+
+    def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
+        """Whether an allow of a request with this `traceparent` header (and, from the
+        transport, `CheckInput.trace_parent`) needs no more than `observe_allow` (no sampled
+        trace, say). Must not raise."""
+
+    def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
+        """Record an allow (status 200, reason `ok`) as `observe` would; True when this one
+        must also be `record`ed in full (an audit line). Must not raise."""
+
+    def record(self, decision: Decision) -> None:
+        """What `observe` does for an allow beyond `observe_allow`'s part."""

@@ -1,18 +1,23 @@
 """ext_authz's Prometheus metrics, registered on a registry the caller owns.
 
-What changes per check is updated by `observers.MetricsObserver` (children looked up once per
-label set, not per check); what ext_authz keeps counting anyway (token-cache lookups) is read
-when Prometheus scrapes.
+What changes per check (`CheckCounters`: decisions, their latency, rate-limit results) is
+counted in plain ints by `observers.MetricsObserver` and turned into Prometheus samples only
+when Prometheus scrapes, as what ext_authz keeps counting anyway (token-cache lookups) is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 
 class Lookups(Protocol):
@@ -41,26 +46,88 @@ CHECK_SECONDS_BUCKETS = (
 )
 
 
-class AuthzMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.checks = Counter(
-            "ext_authz_checks_total",
+# (decision, status, reason, service) of `ext_authz_checks_total`
+CheckLabels = tuple[str, str, str, str]
+# (service, result) of `ext_authz_rate_limit_decisions_total`
+LimitLabels = tuple[str, str]
+
+
+class CheckCounters(Collector):
+    """`ext_authz_checks_total`, `ext_authz_check_duration_seconds` and
+    `ext_authz_rate_limit_decisions_total`, counted in plain ints under one lock (a check's
+    counts cost less than one `Counter.inc`) and exported when Prometheus scrapes, with the
+    same samples a `Counter` and a `Histogram` would give (`_created` included: when a label
+    set was first counted)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._checks: dict[CheckLabels, list[float]] = {}  # labels -> [count, created]
+        self._limits: dict[LimitLabels, list[float]] = {}
+        self._bounds = (*CHECK_SECONDS_BUCKETS, float("inf"))
+        self._le = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._buckets = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._created = clock()
+
+    def count(self, check: CheckLabels, seconds: float, limit: LimitLabels | None) -> None:
+        """One check with these labels that took `seconds`; counted against a limit with
+        `limit`'s labels, when not None."""
+        with self._lock:
+            found = self._checks.get(check)
+            if found is None:
+                self._checks[check] = [1, self._clock()]
+            else:
+                found[0] += 1
+            self._buckets[bisect.bisect_left(self._bounds, seconds)] += 1
+            self._sum += seconds
+            if limit is not None:
+                counted = self._limits.get(limit)
+                if counted is None:
+                    self._limits[limit] = [1, self._clock()]
+                else:
+                    counted[0] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            checks = {k: tuple(v) for k, v in self._checks.items()}
+            limits = {k: tuple(v) for k, v in self._limits.items()}
+            buckets, total = list(self._buckets), self._sum
+        family = CounterMetricFamily(
+            "ext_authz_checks",
             "Authorization decisions by decision (allow, deny), HTTP status, reason and service",
-            ["decision", "status", "reason", "service"],
-            registry=registry,
+            labels=["decision", "status", "reason", "service"],
         )
-        self.check_seconds = Histogram(
+        for labels, (n, created) in checks.items():
+            family.add_metric(labels, float(n), created=created)
+        yield family
+        seconds = HistogramMetricFamily(
             "ext_authz_check_duration_seconds",
             "Time ext_authz spent deciding one check (token, roles, rate limit, response)",
-            buckets=CHECK_SECONDS_BUCKETS,
-            registry=registry,
         )
-        self.rate_limit_decisions = Counter(
-            "ext_authz_rate_limit_decisions_total",
+        cumulative, acc = [], 0.0
+        for le, n in zip(self._le, buckets, strict=True):
+            acc += n
+            cumulative.append((le, acc))
+        seconds.add_metric([], cumulative, total)
+        seconds.samples.append(
+            Sample("ext_authz_check_duration_seconds_created", {}, self._created, None, None)
+        )
+        yield seconds
+        limited = CounterMetricFamily(
+            "ext_authz_rate_limit_decisions",
             "Requests counted against a route's rate limit, by service and result",
-            ["service", "result"],
-            registry=registry,
+            labels=["service", "result"],
         )
+        for limit_labels, (n, created) in limits.items():
+            limited.add_metric(limit_labels, float(n), created=created)
+        yield limited
+
+
+class AuthzMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.decisions = CheckCounters()
+        registry.register(self.decisions)
         self.rate_limit_backend_errors = Counter(
             "ext_authz_rate_limit_backend_errors_total",
             "Rate-limit checks the backend could not answer",

@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ext_authz.audit import AuditLog, AuditRecord
 from ext_authz.decision import CheckInput, Decision
@@ -32,43 +32,62 @@ if TYPE_CHECKING:
 
 
 class MetricsObserver:
-    """Counts every decision, its latency and rate-limit result. A label set's children are
-    looked up once, then kept (`labels()` costs more than the increment)."""
+    """Counts every decision, its latency and rate-limit result (`CheckCounters`: plain ints,
+    exported at scrape time). Label tuples are made once per (status, reason, service)."""
+
+    gates = False
+    counts = True
 
     def __init__(self, metrics: AuthzMetrics) -> None:
-        self._metrics = metrics
-        # Counter children by label set, looked up once each: `labels()` costs more than the
-        # rest of this observer. Reasons are a fixed set of codes and services the catalog's,
-        # so these stay small.
-        self._checks: dict[tuple[int, str, str | None], Any] = {}
-        self._limits: dict[tuple[str | None, bool], Any] = {}
-        self._seconds = metrics.check_seconds
+        self._count = metrics.decisions.count
+        # Reasons are a fixed set of codes and services the catalog's, so these stay small.
+        self._checks: dict[tuple[int, str, str | None, int | None], tuple[str, str, str, str]] = {}
+        self._limits: dict[tuple[str | None, bool], tuple[str, str]] = {}
+
+    def _labels(
+        self, status: int, reason: str, service: str | None, would_deny: int | None = None
+    ) -> tuple[str, str, str, str]:
+        """(decision, status, reason, service); a dry run's allow is `would_deny` with the
+        status enforcing would have answered."""
+        key = (status, reason, service, would_deny)
+        labels = self._checks.get(key)
+        if labels is None:
+            if would_deny:
+                decided, shown = "would_deny", str(would_deny)
+            else:
+                decided, shown = ("allow" if status == 200 else "deny"), str(status)
+            labels = self._checks[key] = (decided, shown, reason, service or "")
+        return labels
+
+    def _limit_labels(self, service: str | None, allowed: bool) -> tuple[str, str]:
+        key = (service, allowed)
+        labels = self._limits.get(key)
+        if labels is None:
+            result = "allowed" if allowed else "limited"
+            labels = self._limits[key] = (service or "", result)
+        return labels
 
     def observe(self, decision: Decision) -> None:
         outcome = decision.outcome
-        key = (outcome.status, outcome.reason, decision.service)
-        child = self._checks.get(key)
-        if child is None:
-            decided = "allow" if outcome.allowed else "deny"
-            if outcome.would_deny:
-                decided = "would_deny"  # (status: the one enforcing would have answered)
-            child = self._checks[key] = self._metrics.checks.labels(
-                decided,
-                str(outcome.would_deny or outcome.status),
-                outcome.reason,
-                decision.service or "",
-            )
-        child.inc()
-        self._seconds.observe(decision.latency_us / 1_000_000)
-        if decision.limited:
-            limit_key = (decision.service, outcome.allowed)
-            limit = self._limits.get(limit_key)
-            if limit is None:
-                result = "allowed" if outcome.allowed else "limited"
-                limit = self._limits[limit_key] = self._metrics.rate_limit_decisions.labels(
-                    decision.service or "", result
-                )
-            limit.inc()
+        self._count(
+            self._labels(outcome.status, outcome.reason, decision.service, outcome.would_deny),
+            decision.latency_us / 1_000_000,
+            self._limit_labels(decision.service, outcome.allowed) if decision.limited else None,
+        )
+
+    def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
+        return True
+
+    def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
+        self._count(
+            self._labels(200, "ok", service),
+            latency_us / 1_000_000,
+            self._limit_labels(service, True) if limited else None,
+        )
+        return False
+
+    def record(self, decision: Decision) -> None:
+        """Nothing beyond `observe_allow`."""
 
 
 # W3C Trace Context: version-traceid-parentid-flags, lowercase hex; version ff is invalid;
@@ -158,6 +177,9 @@ class AuditObserver:
     """Every denial (written up to a cap a second, then counted in a summary), and the sampled
     share of allows, as one JSON line."""
 
+    gates = False
+    counts = True
+
     def __init__(
         self, audit: AuditLog, denials_per_second: int = defaults.AUDIT_DENIALS_PER_SECOND
     ) -> None:
@@ -172,6 +194,17 @@ class AuditObserver:
         if denied and not self._rate.admit(decision.at):
             self._audit.suppress(_cut(decision.service), outcome.reason)
             return
+        self.record(decision)
+
+    def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
+        return True
+
+    def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
+        return self._audit.wants(True)
+
+    def record(self, decision: Decision) -> None:
+        """The decision's line (the sampling and the denial cap already said yes)."""
+        outcome = decision.outcome
         req, identity = decision.request, decision.identity
         self._audit.write(
             AuditRecord(
@@ -198,6 +231,9 @@ class ProxyHint:
     address while `trusted_hops` is 0: a proxy or load balancer in front of Envoy, whose
     address every user then shares (its failure budget, its rate limits on public routes)."""
 
+    gates = True
+    counts = False
+
     def __init__(
         self,
         trusted_hops: int,
@@ -212,6 +248,16 @@ class ProxyHint:
         self._seen: dict[str, int] = {}  # at most `checks` addresses
         self._count = 0
         self._lock = threading.Lock()
+
+    def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
+        """Once it has looked at its checks, it needs none."""
+        return not self._active
+
+    def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
+        return False
+
+    def record(self, decision: Decision) -> None:
+        self.observe(decision)
 
     def observe(self, decision: Decision) -> None:
         if not self._active:
@@ -246,11 +292,30 @@ class TracingObserver:
     """One span per sampled check, a child of Envoy's span for the call (or of the client's
     span when the transport could not tell Envoy's). Unsampled checks cost a header lookup."""
 
+    gates = True
+    counts = False
+
     def __init__(self, tracer: Tracer) -> None:
         from opentelemetry import trace  # noqa: PLC0415
 
         self._tracer = tracer
         self._trace = trace
+
+    def passes(self, traceparent: str | None, trace_parent: str | None) -> bool:
+        """No span: nothing sampled (as `observe` decides; the client's header told without
+        parsing, the transport's context parsed)."""
+        if trace_parent is not None:  # the transport's (gRPC metadata): it decides when valid
+            parent = parse_traceparent(trace_parent)
+            if parent is not None:
+                return not parent.sampled
+        header = traceparent
+        return header is None or len(header) < 55 or header[54] not in _SAMPLED_DIGITS
+
+    def observe_allow(self, service: str | None, limited: bool, latency_us: int) -> bool:
+        return False
+
+    def record(self, decision: Decision) -> None:
+        self.observe(decision)
 
     def observe(self, decision: Decision) -> None:
         req = decision.request

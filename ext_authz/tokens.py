@@ -347,6 +347,7 @@ class TokenCache:
     (the least recently stored or found goes first). Thread-safe."""
 
     def __init__(self, size: int) -> None:
+        self.size = size
         self._items: BoundedMap[str, Identity] = BoundedMap(size)
         self._lock = threading.Lock()
         self.hits = 0  # lookups, counted under the lock (read by metrics at scrape time)
@@ -367,6 +368,19 @@ class TokenCache:
     def put(self, token: str, identity: Identity) -> None:
         with self._lock:
             self._items[token] = identity
+
+    def holds(self, token: str) -> bool:
+        """Whether `token` is held (no lock: a lookup of the moment; counts nothing)."""
+        return token in self._items
+
+    def hit(self, token: str) -> None:
+        """A lookup of `token` found elsewhere (the decision core's prepared answers, used
+        only while their token is held here): counted, and `token` made the most recently
+        used, as `get` would."""
+        with self._lock:
+            if token in self._items:
+                self._items.move_to_end(token)
+            self.hits += 1
 
     def clear(self) -> None:
         with self._lock:
@@ -399,6 +413,15 @@ class TokenVerifier:
     @property
     def refused(self) -> NegativeCache:
         return self._refused
+
+    def key_generation(self) -> int:
+        """The generation of the keys in force (`KeySet.generation`): what is remembered about
+        tokens holds only while it stays the same."""
+        return self._keys.current().generation
+
+    def now(self) -> float:
+        """The verifier's clock: an identity is used while `expires_at` is after it."""
+        return self._clock()
 
     def cached(self, token: str) -> bool:
         """Whether `token` would be answered from the cache of verified tokens (no CPU spent

@@ -49,6 +49,11 @@ class GuardedLimiter:
         self._outage = Outage()
 
     @property
+    def backend(self) -> Limiter:
+        """The limiter this one guards."""
+        return self._backend
+
+    @property
     def available(self) -> bool:
         """False from the backend's first failure until its next success."""
         return not self._outage.ongoing

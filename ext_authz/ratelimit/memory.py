@@ -13,6 +13,13 @@ is idle, the new key is not stored and its request is decided by the failure pol
 backend cannot answer (``fail_open``: allowed and not counted; else denied, ``Retry-After: 1``).
 Keys already held are counted as always. The first such refusal is logged once, and again only
 after the limiter has fallen below 90 % of the cap; ``refused_at_cap`` counts them all.
+
+Running counts: next to its buckets a key keeps the sum of the buckets counted at one bucket
+index (``_Counts``), kept up to date as requests are counted and recomputed only when the
+current bucket moves on (every ``W/10``). :meth:`MemoryLimiter.count` is the allow-only path
+that uses it (the decision core's fast path): the same rule, so the same answers, without a
+``LimitDecision``; it leaves denials and keys it does not hold to :meth:`MemoryLimiter.hit`,
+and leaves the sweep to :meth:`MemoryLimiter.sweep`, called on a tick.
 """
 
 from __future__ import annotations
@@ -33,6 +40,18 @@ from ext_authz.ratelimit.window import (
 from sidecar_shared.bounded import BoundedMap
 
 _Key = tuple[str, int]
+
+
+class _Counts:
+    """One key's buckets, and `used`: the sum of the buckets counted at bucket index `at`
+    (``[at - N, at]``); `at` is -1 when `used` must be recomputed."""
+
+    __slots__ = ("at", "buckets", "used")
+
+    def __init__(self, buckets: dict[int, int]) -> None:
+        self.buckets = buckets
+        self.at = -1
+        self.used = 0
 
 
 class MemoryLimiter:
@@ -62,7 +81,7 @@ class MemoryLimiter:
         self._log = log or logging.getLogger(__name__)
         self._lock = threading.Lock()
         # Never full past `max_keys`: room is made (or refused) before a key is stored.
-        self._state: BoundedMap[_Key, dict[int, int]] = BoundedMap(max_keys)
+        self._state: BoundedMap[_Key, _Counts] = BoundedMap(max_keys)
         self._full_logged = False
         self._quiet_until_ms = 0  # no sweep before: the oldest key seen counts until then
         self.refused_at_cap = 0  # new keys decided by the failure policy (read under no lock)
@@ -79,26 +98,67 @@ class MemoryLimiter:
             # The clock is read under the lock so that, per key, decisions are made in time
             # order (the window guarantee assumes non-decreasing times).
             now_ms = to_ms(self._clock())
-            buckets = self._state.touch(state_key)
-            if buckets is None and not self._room(now_ms):
+            counts = self._state.touch(state_key)
+            if counts is None and not self._room(now_ms):
                 self.refused_at_cap += 1
                 first = not self._full_logged
                 self._full_logged = True
                 decision = None
             else:
-                decision, increment = decide(buckets or {}, now_ms, limit)
+                decision, increment = decide(counts.buckets if counts else {}, now_ms, limit)
                 if increment is not None:
-                    if buckets is None:  # a key's first count: it holds state from now on
-                        buckets = self._state[state_key] = {increment: 1}
-                    elif increment in buckets:
-                        buckets[increment] += 1
-                    else:  # a new bucket: drop those that can never count again
-                        prune(buckets, now_ms, limit.window_s)
-                        buckets[increment] = 1
+                    if counts is None:  # a key's first count: it holds state from now on
+                        self._state[state_key] = _Counts({increment: 1})
+                    else:
+                        buckets = counts.buckets
+                        if increment in buckets:
+                            buckets[increment] += 1
+                        else:  # a new bucket: drop those that can never count again
+                            prune(buckets, now_ms, limit.window_s)
+                            buckets[increment] = 1
+                        if counts.at == increment:
+                            counts.used += 1
+                        else:
+                            counts.at = -1
                 self._sweep(now_ms)
         if decision is None:
             return self._at_cap(limit, first)
         return decision
+
+    def count(self, key: str, limit: Limit) -> tuple[int, int] | None:
+        """Count one request for a key this limiter holds, when the rule allows it: its
+        ``(remaining, reset_s)`` as :meth:`hit` would answer. None, having counted nothing,
+        when the key holds no state or the request would be denied: ask :meth:`hit`."""
+        w = limit.window_s * 1000 // N_BUCKETS
+        state_key = (key, limit.window_s)
+        with self._lock:
+            counts = self._state.get(state_key)
+            if counts is None:
+                return None
+            self._state.move_to_end(state_key)  # as `touch`, without its call
+            now_ms = to_ms(self._clock())
+            b = now_ms // w
+            buckets = counts.buckets
+            if counts.at != b:  # the current bucket moved on: sum the counted range again
+                lo = b - N_BUCKETS
+                counts.used = sum(c for i, c in buckets.items() if lo <= i <= b)
+                counts.at = b
+            used = counts.used
+            capacity = limit.capacity
+            if used >= capacity:
+                return None
+            if b in buckets:
+                buckets[b] += 1
+            else:
+                prune(buckets, now_ms, limit.window_s)
+                buckets[b] = 1
+            counts.used = used + 1
+        return capacity - used - 1, max(0, -(-((b + N_BUCKETS + 1) * w - now_ms) // 1000))
+
+    def sweep(self) -> None:
+        """Drop idle keys now (as a check does), for callers of :meth:`count` on a tick."""
+        with self._lock:
+            self._sweep(to_ms(self._clock()))
 
     def _room(self, now_ms: int) -> bool:
         """Whether a new key may be stored: below the cap, or once idle keys among the least
@@ -110,8 +170,8 @@ class MemoryLimiter:
             return True
         idle = [
             k
-            for k, buckets in itertools.islice(state.items(), self._sweep_per_call)
-            if not buckets or max(buckets) < oldest_counted(now_ms, k[1])
+            for k, counts in itertools.islice(state.items(), self._sweep_per_call)
+            if not counts.buckets or max(counts.buckets) < oldest_counted(now_ms, k[1])
         ]
         for k in idle:
             del state[k]
@@ -141,8 +201,9 @@ class MemoryLimiter:
         if now_ms < self._quiet_until_ms:
             return
         idle = []
-        for k, buckets in itertools.islice(self._state.items(), self._sweep_per_call):
+        for k, counts in itertools.islice(self._state.items(), self._sweep_per_call):
             # Counts here are never below 1, so a key is idle when its newest bucket is.
+            buckets = counts.buckets
             if buckets:
                 newest = max(buckets)
                 if newest >= oldest_counted(now_ms, k[1]):

@@ -38,13 +38,15 @@ from typing import Any, cast
 
 import httptools
 
-from ext_authz.core import Authorizer
+from ext_authz.core import Authorizer, QuickAllow
 from ext_authz.decision import CheckInput, Headers, Outcome
+from ext_authz.fastpath import Prepared
 from ext_authz.grpc_status import denial_headers
 from ext_authz.limits import trusted_caller
 from sidecar_shared import tls
 from sidecar_shared.contract import (
     CHECK_PATH_PREFIX,
+    METHOD_OVERRIDE_HEADERS,
     POLICY_HEADER,
     POLICY_KEY,
     REMOVE_HEADERS_HEADER,
@@ -75,6 +77,8 @@ _REASONS = {
     500: b"Internal Server Error",
 }
 _PREFIX = CHECK_PATH_PREFIX.encode()
+_POLICY = POLICY_HEADER.encode()
+_OVERRIDE_0, _OVERRIDE_1, _OVERRIDE_2 = (name.encode() for name in METHOD_OVERRIDE_HEADERS)
 _ALLOW_HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"
 _REMOVE = REMOVE_HEADERS_HEADER.encode() + b": "
 _CLOSE = b"connection: close\r\n"
@@ -135,6 +139,48 @@ def encode_outcome(outcome: Outcome, keep_alive: bool = True, extra: Headers = (
     )
 
 
+# Stand-ins for what changes per cached allow, found in an encoded answer and cut out.
+_RID_MARK = "\x00request-id\x00"
+_REMAINING_MARK = 987_654_321
+_RESET_MARK = 876_543_219
+
+
+def _allow_template(prepared: Prepared) -> bytes | None:
+    """`encode_outcome`'s answer (kept alive) for `prepared` as a %-template of the request id
+    (bytes), the limit's remaining and its reset (ints, when limited); None when the stand-ins
+    cannot be found exactly once each (a service named with their digits, say)."""
+    limited = prepared.limit is not None
+    burst = prepared.limit.burst if prepared.limit is not None else 0
+    encoded = encode_outcome(prepared.outcome(_RID_MARK, _REMAINING_MARK + burst, _RESET_MARK))
+    marks = [_RID_MARK.encode()]
+    if limited:
+        marks += [b"%d" % _REMAINING_MARK, b"%d" % _RESET_MARK]
+    parts = [encoded]
+    for mark in marks:
+        rest = parts.pop().split(mark)
+        if len(rest) != 2 or any(mark in p for p in parts):
+            return None
+        parts += rest
+    placeholders = [b"%s"] + [b"%d"] * (len(marks) - 1)
+    return parts[0].replace(b"%", b"%%") + b"".join(
+        mark + part.replace(b"%", b"%%") for mark, part in zip(placeholders, parts[1:], strict=True)
+    )
+
+
+def encode_quick(answer: QuickAllow) -> bytes:
+    """`encode_outcome` of a cached allow (kept alive), from the prepared answer's template."""
+    prepared, request_id, remaining, reset_s = answer
+    template = prepared.wire
+    if template is None:
+        template = prepared.wire = _allow_template(prepared) or b""
+    if not template:
+        return encode_outcome(prepared.outcome(request_id, remaining, reset_s))
+    if prepared.limit is None:
+        return template % request_id.encode()
+    shown = remaining - prepared.limit.burst
+    return template % (request_id.encode(), shown if shown > 0 else 0, reset_s)
+
+
 def untrusted_peer(transport: asyncio.BaseTransport) -> str | None:
     """The connection's peer address when it is not a trusted caller; None when it is. A peer
     is authenticated when TLS verified its certificate (`getpeercert()` is empty otherwise)."""
@@ -148,10 +194,18 @@ def untrusted_peer(transport: asyncio.BaseTransport) -> str | None:
 def client_peer(headers: dict[str, str]) -> str:
     """The client's address: the last `x-forwarded-for` entry, which Envoy appended (its
     listener uses the remote address), as `source.address` is in a gRPC check."""
-    forwarded = headers.get("x-forwarded-for")
+    return _last_entry(headers.get("x-forwarded-for"))
+
+
+def _last_entry(forwarded: str | None) -> str:
     if not forwarded:
         return ""
     return forwarded.rpartition(",")[2].strip()
+
+
+def header_lines_of(headers: dict[bytes, bytes]) -> int:
+    """`core.header_lines` of these headers (raw values: a comma is the same byte)."""
+    return len(headers) + b"".join(headers.values()).count(b",")
 
 
 class CheckProtocol(asyncio.Protocol):
@@ -175,7 +229,9 @@ class CheckProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._untrusted_peer: str | None = ""  # until connected: trusted by nobody
         self._url = b""
-        self._headers: dict[str, str] = {}
+        # Raw names (lower-case) and values, as they came: only what the core reads is decoded
+        # on the fast path; `_decoded` decodes them all (latin-1) for the general one.
+        self._headers: dict[bytes, bytes] = {}
         self._size = 0
         self._out: list[bytes] = []
         # Answers not yet written, in request order, once one of them had to wait (Redis).
@@ -241,15 +297,17 @@ class CheckProtocol(asyncio.Protocol):
             raise _TooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._size += len(name) + len(value)
-        if self._size > self._max_bytes:
+        size = self._size + len(name) + len(value)
+        self._size = size
+        if size > self._max_bytes:
             raise _TooLarge
-        key = name.lower().decode("latin-1")
+        if not name.islower():  # Envoy sends lower-case names
+            name = name.lower()
         headers = self._headers
-        if key in headers:  # joined, as Envoy joins them for gRPC
-            headers[key] += "," + value.decode("latin-1")
+        if name in headers:  # joined, as Envoy joins them for gRPC
+            headers[name] += b"," + value
         else:
-            headers[key] = value.decode("latin-1")
+            headers[name] = value
 
     def on_headers_complete(self) -> None:
         if len(self._headers) > self._max_headers:  # the byte bound held while they came
@@ -261,28 +319,56 @@ class CheckProtocol(asyncio.Protocol):
             raise _TooLarge
 
     def on_message_complete(self) -> None:
-        headers = self._headers
-        policy = headers.pop(POLICY_HEADER, "")
+        raw = self._headers
+        policy = raw.pop(_POLICY, b"").decode("latin-1")
         url = self._url
         if url.startswith(_PREFIX):
             url = url[len(_PREFIX) :] or b"/"
-        method = self._parser.get_method().decode("latin-1")
-        request = CheckInput(
-            method=method,
-            path=url.decode("latin-1"),
-            headers=headers,
-            context={POLICY_KEY: policy},
-            client_ip=client_peer(headers),
-            untrusted_peer=self._untrusted_peer,
-        )
-        keep_alive = self._parser.should_keep_alive()
-        if keep_alive and self._parser.should_upgrade() and _streams_after(method, headers):
+        parser = self._parser
+        method = parser.get_method().decode("latin-1")
+        path = url.decode("latin-1")
+        get = raw.get
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and parser.should_upgrade() and _streams_after(method, self._decoded()):
             # The parser hands what follows an upgrade request's head over as the upgraded
             # stream: a body or tunnel that cannot be told from a next request. The answer is
             # the last on this connection.
             keep_alive = False
         self._size = 0
-        result = self._authorizer.check_or_defer(request)
+        authorization = get(b"authorization")
+        if keep_alive and authorization is not None:
+            request_id = get(b"x-request-id")
+            tenant = get(b"x-tenant-id")
+            traceparent = get(b"traceparent")
+            forwarded = get(b"x-forwarded-for")
+            quick = self._authorizer.allow_prepared(
+                method,
+                path,
+                policy,
+                authorization.decode("latin-1"),
+                None if tenant is None else tenant.decode("latin-1"),
+                None if request_id is None else request_id.decode("latin-1"),
+                header_lines_of(raw),
+                _OVERRIDE_0 in raw or _OVERRIDE_1 in raw or _OVERRIDE_2 in raw,
+                None if traceparent is None else traceparent.decode("latin-1"),
+                _last_entry(None if forwarded is None else forwarded.decode("latin-1")),
+                self._untrusted_peer,
+                self._decoded,
+            )
+            if quick is not None:
+                self._answer(encode_quick(quick))
+                return
+        headers = self._decoded()
+        request = CheckInput(
+            method,
+            path,
+            headers,
+            {POLICY_KEY: policy},
+            client_peer(headers),
+            None,
+            self._untrusted_peer,
+        )
+        result = self._authorizer.check_or_defer(request, quick=False)
         if isinstance(result, Outcome):
             extra = () if result.allowed else denial_headers(result.status, headers)
             self._answer(encode_outcome(result, keep_alive, extra))
@@ -290,6 +376,10 @@ class CheckProtocol(asyncio.Protocol):
             self._defer(result, keep_alive, headers)
         if not keep_alive:
             self._closing = True
+
+    def _decoded(self) -> dict[str, str]:
+        """The request's headers (the route policy's aside), decoded."""
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self._headers.items()}
 
     # internals
 
@@ -421,6 +511,7 @@ class HttpTransport:
         def tick() -> None:
             self._ticker.now += 1
             time_out_stalled(self._connections, self._ticker.now)
+            self._authorizer.tick()
             loop.call_later(1, tick)
 
         async def serve() -> None:

@@ -176,3 +176,21 @@ def test_the_file_decides_only_checks_without_a_policy_of_their_own() -> None:
 
 def test_without_a_file_a_check_without_a_policy_is_no_policy() -> None:
     assert check(checker(None), "/orders/1") == (403, "no_policy")
+
+
+def test_an_allow_the_file_decided_is_never_answered_for_another_path() -> None:
+    # The fast path keys prepared allows by the route's policy string: with the policy file
+    # every route's is empty, so an allow on one path must not answer another.
+    viewer_ok = {"service": "orders", "rbac": True, "roles": {"read": ["viewer"]}}
+    t = table(
+        {**route("orders", "/orders"), "policy": {**route("orders", "/")["policy"], **viewer_ok}},
+        route("admin", "/admin"),
+    )
+    authorizer = checker(t)
+    headers = {**tokens.bearer(roles=["viewer"]), "x-request-id": "r1"}
+    for _ in range(3):
+        allowed = authorizer.check(CheckInput("GET", "/orders/1", headers, {}))
+        assert allowed.status == 200
+    denied = authorizer.check(CheckInput("GET", "/admin/users", headers, {}))
+    assert (denied.status, denied.reason) == (403, "role_not_allowed")
+    assert authorizer.check(CheckInput("GET", "/other", headers, {})).reason == "no_policy"
