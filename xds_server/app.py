@@ -33,6 +33,7 @@ from xds_server.reload import Build, Reloader, decode_and_build
 from xds_server.server import AdsService, StreamLimits
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
+from xds_server.state_dir import StateDir
 from xds_server.status import CatalogStatus, StatusDocument
 
 
@@ -95,6 +96,7 @@ def build_server(
         settings.rollback_on_nack,
         on_rejected,
         unauthenticated_veto=settings.unauthenticated_veto,
+        store=StateDir(settings.state_dir, log) if settings.state_dir is not None else None,
     )
     reloader = Reloader(
         settings.catalog,
@@ -106,6 +108,7 @@ def build_server(
         on_loaded,
         tracer,
         kept=fleet.bounds.versions,
+        fallback=fleet.fallback,
     )
     observers = [MetricsObserver(metrics), LogObserver(log), fleet]
     if tracer is not None:
@@ -127,6 +130,7 @@ def build_server(
         Observers(*observers),
         StreamLimits(settings.max_streams, settings.max_streams_per_connection),
         settings.spare_names,
+        fleet,
     )
     server.add_generic_rpc_handlers((ads.handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -218,6 +222,7 @@ async def serve(xds: XdsServer, stop: asyncio.Event, stack: contextlib.AsyncExit
                 "tls": tls.describe(settings.tls),
                 "http": f"{settings.http_host}:{settings.http_port}",
                 "catalog": str(settings.catalog),
+                "state_dir": str(settings.state_dir) if settings.state_dir else None,
             }
         },
     )

@@ -163,10 +163,15 @@ class Reloader:
         on_loaded: Callable[[Snapshot], None] = lambda _: None,
         tracer: Tracer | None = None,
         kept: int = Bounds().versions,
+        fallback: Callable[[], Snapshot | None] = lambda: None,
     ) -> None:
         """`tracer`: one span per attempt ("catalog reload"); a push it causes is its child.
         `kept`: versions whose service count is remembered; more than the fleet's history
-        (`fleet.Bounds.versions`), so that any version a rollback returns to is known."""
+        (`fleet.Bounds.versions`), so that any version a rollback returns to is known.
+        `fallback`: what to serve when nothing is yet and the catalog builds a version Envoy
+        rejected (`fleet.Fleet.fallback`: the last one proxies accepted, from the state
+        directory)."""
+        self._fallback = fallback
         self._tracer = tracer
         self._path = path
         self._build = build
@@ -234,6 +239,9 @@ class Reloader:
         self._metrics.snapshot_build_seconds.observe(time.perf_counter() - started)
         rejected = self._rejections.rejection(snapshot.version)
         if rejected is not None:
+            if self._cache.current() is None and (previous := self._fallback()) is not None:
+                self._cache.set(previous)
+                self._on_loaded(previous)
             return self._fail([rejected], result="rejected")
         self._last_digest = digest
         self._services_of[snapshot.version] = services  # now the newest

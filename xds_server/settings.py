@@ -23,6 +23,7 @@ from xds_server.resources.common import (
     Options,
     TracingOptions,
 )
+from xds_server.state_dir import default_path
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class XdsSettings:
     max_streams_per_connection: int = 8
     max_request_bytes: int = 4 * 1024 * 1024
     spare_names: int = 1000
+    # Where Envoy's verdicts outlive the process (`state_dir`); None: nowhere.
+    state_dir: Path | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -97,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         "when Envoy rejects a version, move every proxy back to the last one all of them "
         "accepted (true/false)",
         boolean,
+    )
+    flag(
+        "state-dir",
+        None,
+        "where the versions proxies accepted and rejected are kept across restarts, shared by "
+        "the replicas given the same one; '' keeps nothing (default: "
+        "$XDG_STATE_HOME/sidecar/xds-<hash of the catalog path>)",
     )
     flag("log-level", "info", "log level")
     add_limit_arguments(parser, environ)
@@ -248,6 +258,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         debounce_ms=args.reload_debounce_ms,
         log_level=args.log_level,
         rollback_on_nack=args.rollback_on_nack,
+        state_dir=state_dir_of(args, environ),
         tls=tls.server_tls("xds", args.xds_tls_cert, args.xds_tls_key, args.xds_tls_client_ca),
         **limits_of(args),
         translate=Options(
@@ -266,6 +277,14 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
             regions=parse_regions(args.region),
         ),
     )
+
+
+def state_dir_of(args: argparse.Namespace, environ: Mapping[str, str]) -> Path | None:
+    """`--state-dir`: unset, the default for the catalog (`state_dir.default_path`); empty,
+    None (nothing kept)."""
+    if args.state_dir is None:
+        return default_path(Path(args.catalog), environ)
+    return Path(args.state_dir) if args.state_dir else None
 
 
 def policy_key(args: argparse.Namespace) -> bytes:

@@ -168,7 +168,9 @@ def start_xds(
         *(args or []),
         module=module,
     )
-    proc = start(name, argv, workdir, env={**os.environ, **POLICY_KEY_ENV, **(env or {})})
+    # Its own state directory (docs/xds.md), kept by a restart of the same `name` in `workdir`.
+    state = {"SIDECAR_STATE_DIR": str(workdir / f"{name}-state")}
+    proc = start(name, argv, workdir, env={**os.environ, **POLICY_KEY_ENV, **state, **(env or {})})
     server = XdsServer(proc, port, http_port, listener_port, catalog, transport)
 
     def up() -> bool:
