@@ -182,6 +182,7 @@ class Fleet(Observer):
         self._snapshots: BoundedMap[str, Snapshot] = BoundedMap(bounds.snapshots)
         # stream → type → the versions it ACKed recently, newest last
         self._acked: dict[int, dict[str, BoundedMap[str, None]]] = {}
+        self._proven: set[int] = set()  # streams that ACKed a response of ours
         self._rejections: BoundedMap[str, Rejection] = BoundedMap(bounds.versions)
         self.unauthenticated_veto = unauthenticated_veto
         self._streams: dict[int, Voter] = {}  # connected streams, in the order they connected
@@ -205,6 +206,8 @@ class Fleet(Observer):
     def acked(self, event: Ack) -> None:
         if not event.node_id:
             return
+        if not event.reported:
+            self._proven.add(event.stream_id)
         types = self._acked.setdefault(event.stream_id, {})
         versions = types.get(event.type_url)
         if versions is None:
@@ -244,6 +247,7 @@ class Fleet(Observer):
 
     def closed(self, event: StreamEvent) -> None:
         self._acked.pop(event.stream_id, None)
+        self._proven.discard(event.stream_id)
         self._streams.pop(event.stream_id, None)
 
     def _firsts(self) -> dict[str, int]:
@@ -328,7 +332,7 @@ class Fleet(Observer):
     def nacked(self, event: Nack) -> None:
         if not event.version or not event.snapshot_version:
             return  # no response of ours was answered
-        if not (self.may_vote(event.stream_id) and self._acked.get(event.stream_id)):
+        if not (self.may_vote(event.stream_id) and event.stream_id in self._proven):
             if (dropped := self._budget.take()) is not None:
                 self._log.warning(
                     "a NACK from a proxy that may not veto a version; the version stays",

@@ -56,6 +56,8 @@ class SotwStream(ObservedStream):
         type_url = req.type_url
         state = self._state.of(type_url)
         answer = None
+        if not req.response_nonce and req.version_info and state.sent_version is None:
+            self._reported(type_url, req.version_info)
         if req.response_nonce:
             error = self._state.error_of(req)
             if req.response_nonce == state.nonce and req.version_info == state.sent_version:

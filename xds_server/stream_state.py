@@ -262,6 +262,13 @@ class ObservedStream:
         self._observer.sent(Sent(self.status.node_id, type_url, version))
         return nonce
 
+    def _reported(self, type_url: str, version: str) -> None:
+        """A reconnecting Envoy says it runs `version` of `type_url`."""
+        self.status.of(type_url).acked(version)
+        self._observer.acked(
+            Ack(self.status.stream_id, self.status.node_id, type_url, version, reported=True)
+        )
+
     def _cannot_restore(self, type_url: str) -> None:
         """Nothing could be put back after a NACK: the proxy may run part of what it
         rejected, and its status says so."""

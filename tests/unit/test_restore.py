@@ -4,6 +4,8 @@ part of the rejected version."""
 
 from __future__ import annotations
 
+import logging
+
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
@@ -11,9 +13,11 @@ from prometheus_client import CollectorRegistry
 
 from tests.support.snapshots import FakeSource, snap
 from xds_server import typeurls
+from xds_server.cache import SnapshotCache
 from xds_server.delta import DeltaStream
+from xds_server.fleet import Fleet
 from xds_server.metrics import XdsMetrics
-from xds_server.observers import MetricsObserver
+from xds_server.observers import Ack, MetricsObserver, Nack, StreamEvent
 from xds_server.proxies import ProxyRegistry, state_of
 from xds_server.restore import NoHistory
 from xds_server.snapshot import Resource, Snapshot
@@ -227,3 +231,41 @@ def test_delta_after_a_reconnect_puts_back_what_envoy_reports_having() -> None:
     ]
     assert (list(back.resources), list(back.removed_resources)) == ([], ["c"])
     assert not status.of(CDS).partial
+
+
+def test_a_reconnecting_envoy_says_what_it_runs_and_a_nack_puts_that_back() -> None:
+    # A restarted server serves NEW; the Envoy runs OLD (it says so) and rejects NEW's routes.
+    h = Sotw(Kept(OLD))
+    h.source.snapshot = NEW
+    (cds,) = h.ask(sotw_req(CDS, version=OLD.versions[CDS]))
+    assert h.status.of(CDS).acked_version == OLD.versions[CDS]
+    h.ack(cds)
+    (eds,) = h.ask(sotw_req(EDS, ("a", "b"), version=OLD.versions[EDS]))
+    h.ack(eds)
+    (lds,) = h.ask(sotw_req(LDS, version=OLD.versions[LDS]))
+    h.ack(lds)
+    (rds,) = h.ask(sotw_req(RDS, ("ingress_routes",), version=OLD.versions[RDS]))
+    assert h.status.of(RDS).acked_version == OLD.versions[RDS]
+    nack = sotw_req(
+        RDS, ("ingress_routes",), nonce=rds.nonce, version=OLD.versions[RDS], error="bad"
+    )
+    (back,) = h.ask(nack)
+    assert back.version_info == OLD.versions[RDS]
+
+
+def test_a_reported_version_counts_for_the_fleet_but_proves_nothing() -> None:
+    cache = SnapshotCache()
+    cache.set(NEW)
+    fleet = Fleet(
+        cache,
+        XdsMetrics(CollectorRegistry()),
+        logging.getLogger("test"),
+        rollback=True,
+        unauthenticated_veto=True,
+    )
+    fleet.connected(StreamEvent(1, "sotw", "edge-1", user_agent="envoy"))
+    for type_url, version in OLD.versions.items():
+        fleet.acked(Ack(1, "edge-1", type_url, version, reported=True))
+    # Not proven by a reported version: its NACK vetoes nothing.
+    fleet.nacked(Nack("edge-1", RDS, NEW.versions[RDS], NEW.version, "bad", stream_id=1))
+    assert fleet.rejection(NEW.version) is None
