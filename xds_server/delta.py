@@ -205,7 +205,7 @@ class DeltaStream(ObservedStream):
         if snapshot is None:
             return []
         out = []
-        for type_url, state in self._state.pushable():
+        for type_url, state in self._state.pushable(snapshot):
             resp = self._response(snapshot, type_url, state, self._subs[type_url])
             if resp is not None:
                 out.append(resp)

@@ -93,7 +93,7 @@ class SotwStream(ObservedStream):
         if snapshot is None:
             return []
         out = []
-        for type_url, state in self._state.pushable():
+        for type_url, state in self._state.pushable(snapshot):
             version = snapshot.versions[type_url]
             if state.sent_names is state.names and (
                 version == state.rejected or (state.sent_version == version and not state.owed)

@@ -160,7 +160,9 @@ class StateDir:
         )
 
     def _write(self, target: Path, data: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        # What Envoy is sent (addresses, signed policies): for the server's user only.
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target.parent.mkdir(exist_ok=True, mode=0o700)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
             handle.write(data)

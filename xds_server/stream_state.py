@@ -163,16 +163,23 @@ class StreamState:
             st.error = None
         return Ack(self.status.stream_id, self.status.node_id, type_url, version, seconds)
 
-    def pushable(self) -> Iterator[tuple[str, TypeState]]:
-        """The subscribed types, in push order, that nothing they depend on holds back."""
+    def pushable(self, snapshot: Snapshot) -> Iterator[tuple[str, TypeState]]:
+        """The subscribed types, in push order, that nothing they depend on holds back, when
+        `snapshot` is served."""
         for type_url in typeurls.PUSH_ORDER:
             state = self.types.get(type_url)
-            if state is not None and not any(self._holds(t) for t in WAITS_FOR[type_url]):
+            if state is not None and not any(self._holds(t, snapshot) for t in WAITS_FOR[type_url]):
                 yield type_url, state
 
-    def _holds(self, type_url: str) -> bool:
+    def _holds(self, type_url: str, snapshot: Snapshot) -> bool:
+        """In flight, NACKed, or rejected at the version `snapshot` has (a rollback or an edit
+        that moves the type elsewhere frees what waits on it)."""
         state = self.types.get(type_url)
-        return state is not None and (state.in_flight or state.nacked or state.rejected is not None)
+        return state is not None and (
+            state.in_flight
+            or state.nacked
+            or (state.rejected is not None and snapshot.versions.get(type_url) == state.rejected)
+        )
 
     def sent(
         self,

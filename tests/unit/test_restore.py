@@ -269,3 +269,20 @@ def test_a_reported_version_counts_for_the_fleet_but_proves_nothing() -> None:
     # Not proven by a reported version: its NACK vetoes nothing.
     fleet.nacked(Nack("edge-1", RDS, NEW.versions[RDS], NEW.version, "bad", stream_id=1))
     assert fleet.rejection(NEW.version) is None
+
+
+def test_what_waits_on_a_rejected_type_goes_on_once_that_version_is_no_longer_served() -> None:
+    h = Sotw(Kept(OLD))
+    h.synced()
+    cds, eds = h.push(BIGGER)
+    h.ack(eds)
+    back, eds = h.ask(sotw_req(CDS, nonce=cds.nonce, version=OLD.versions[CDS], error="bad"))
+    h.ack(back)
+    h.ack(eds)
+    # The fleet rolls back to OLD: the proxy has its clusters back already, not its endpoints.
+    (eds,) = h.push(OLD)
+    assert eds.type_url == EDS
+    h.ack(eds)
+    # An edit of routes only (clusters as OLD's) reaches it: nothing waits on BIGGER's clusters.
+    (rds,) = h.push(NEW)
+    assert (rds.type_url, rds.version_info) == (RDS, NEW.versions[RDS])
