@@ -26,7 +26,8 @@ after clusters), Delta's own, as Envoy and go-control-plane implement the xDS pr
 - After a NACK, what Envoy had before the rejected response is put back at once (`restore`):
   each resource of it at the version Envoy had (found in the history), and the ones it did not
   have removed; what cannot be found is marked unknown and the status says the proxy may run
-  part of the rejected version. What Envoy rejected is not sent again until the type changes
+  part of the rejected version (so does a first response of a type, as in SotW: nothing is
+  put back then). What Envoy rejected is not sent again until the type changes
   or the subscription does (no loop); then it is offered again with the change, so that the
   status shows a config that Envoy still rejects instead of claiming SYNCED.
 - A stream that subscribes to more names of a type than twice its resources plus
@@ -175,6 +176,18 @@ class DeltaStream(ObservedStream):
         updates: list[Resource] = []
         removed: list[str] = []
         lost = False
+        had_any = any(sub.before.values()) or any(
+            v for n, v in sub.known.items() if n not in sub.before
+        )
+        if self.status.of(type_url).acked_version is None and not had_any:
+            # It had nothing of this type (its first response, as SotW's with no version): a
+            # proxy with part of its first config is not made one with none.
+            for name in sub.before:
+                sub.known[name] = UNKNOWN
+            sub.before = {}
+            sub.base = None
+            self._cannot_restore(type_url)
+            return []
         for name, had in sorted(sub.before.items()):
             found = None
             if had is not None and had != UNKNOWN:

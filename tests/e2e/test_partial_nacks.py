@@ -196,3 +196,34 @@ def test_a_rejected_version_is_not_served_again_after_a_restart(
             again.proc.stop()
     finally:
         bare.proc.stop()
+
+
+@pytest.mark.parametrize("protocol", stack.PROTOCOLS)
+def test_when_nothing_can_be_put_back_the_status_says_what_the_proxy_may_run(
+    sample_catalog: Path, authz: stack.Authz, tmp_path: Path, protocol: str
+) -> None:
+    """No state directory, and the first listeners an Envoy is sent are the ones it rejects in
+    part (the sample has a cacheable service): it had nothing to put back."""
+    xds = stack.start_xds(sample_catalog, tmp_path, env={"SIDECAR_STATE_DIR": ""})
+    bare = stack.start_envoy(
+        xds,
+        tmp_path,
+        node_id="edge-bare",
+        authz=authz,
+        delta=protocol == "delta",
+        edit=no_extensions,
+        wait=False,
+    )
+    try:
+        shown = wait.wait_until(
+            lambda: (t := listeners(xds, "edge-bare")) and t.get("partially_applied") and t,
+            timeout=30,
+            what="the partial NACK in the status",
+        )
+        assert shown["state"] == "NACKED" and shown["acked_version"] is None, shown
+        text = xds.status_command().stdout
+        assert "PARTIAL" in text, text
+        assert not (tmp_path / "xds-state").exists()
+    finally:
+        bare.proc.stop()
+        xds.proc.stop()
