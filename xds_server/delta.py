@@ -161,7 +161,7 @@ class DeltaStream(ObservedStream):
         if req.response_nonce:
             error = self._state.error_of(req)
             answer = self._answer(type_url, req.response_nonce, state.sent_version or "", error)
-            if isinstance(answer, Nack):
+            if isinstance(answer, Nack) and self._may_restore(type_url):
                 restored = self._restore(type_url, sub)
         sub.subscribe(req.resource_names_subscribe)
         sub.unsubscribe(req.resource_names_unsubscribe)

@@ -72,7 +72,7 @@ class SotwStream(ObservedStream):
         names = subscribed_names(type_url, list(req.resource_names))
         if names != state.names:
             state.names = names  # a new object only when different: compared by identity below
-        if isinstance(answer, Nack):
+        if isinstance(answer, Nack) and self._may_restore(type_url):
             return self._restore(type_url, state, req.version_info) + self._sendable()
         return self._sendable()
 

@@ -72,6 +72,7 @@ class TypeState:
     nacked: bool = False  # the last response was rejected and nothing since was accepted
     # The version of this type Envoy rejected, until another one is sent (a restore is not).
     rejected: str | None = None
+    restoring: bool = False  # the last response sent puts back what Envoy had (`restore`)
     # resources to send even if unchanged (endpoints of the clusters just sent)
     owed: set[str] = field(default_factory=set)
     sent_at: float = 0.0  # monotonic time of the last response
@@ -196,6 +197,7 @@ class StreamState:
         state = self.of(type_url)
         if not restore:
             state.rejected = None
+        state.restoring = restore
         self._nonce += 1
         state.nonce = str(self._nonce)
         state.sent_version = version
@@ -275,6 +277,15 @@ class ObservedStream:
         self._observer.acked(
             Ack(self.status.stream_id, self.status.node_id, type_url, version, reported=True)
         )
+
+    def _may_restore(self, type_url: str) -> bool:
+        """Whether to put back what Envoy had after a NACK of `type_url`: not when what it
+        NACKed was itself a restore (a client that rejects what it accepted before would
+        otherwise be sent it again and again); its status then says what it may run."""
+        if self._state.of(type_url).restoring:
+            self._cannot_restore(type_url)
+            return False
+        return True
 
     def _cannot_restore(self, type_url: str) -> None:
         """Nothing could be put back after a NACK: the proxy may run part of what it

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import http, stack, tokens, wait
+from tests.support import http, ports, stack, tokens, wait
 
 REQUESTS = 20
 
@@ -227,3 +227,27 @@ def test_when_nothing_can_be_put_back_the_status_says_what_the_proxy_may_run(
     finally:
         bare.proc.stop()
         xds.proc.stop()
+
+
+def test_envoys_own_error_on_a_cacheable_service_carries_the_json_body(
+    sample_catalog: Path, xds: stack.XdsServer, envoy: stack.Envoy
+) -> None:
+    """The cache fetches through the side listener: its own 503 (an upstream that refuses
+    connections) reaches the client as the fetch's answer, in our JSON shape too."""
+    data = json.loads(sample_catalog.read_text())
+    for svc in data["services"]:
+        if svc["service_name"] == "catalog":
+            assert svc["cacheable"] is True
+            svc["internal_url"] = [f"http://127.0.0.1:{ports.free_port()}"]  # nothing listens
+    tmp = sample_catalog.with_name("next.json")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, sample_catalog)
+
+    def refused() -> http.Response | None:
+        r = http.try_get(f"{envoy.url}/catalog/x", tokens.bearer())
+        return r if r is not None and r.status == 503 else None
+
+    resp = wait.wait_until(refused, timeout=30, what="a 503 from the cacheable service")
+    body = json.loads(resp.body)
+    assert set(body) == {"error", "message", "request_id"}, resp.body
+    assert body["request_id"]

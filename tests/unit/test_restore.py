@@ -286,3 +286,24 @@ def test_what_waits_on_a_rejected_type_goes_on_once_that_version_is_no_longer_se
     # An edit of routes only (clusters as OLD's) reaches it: nothing waits on BIGGER's clusters.
     (rds,) = h.push(NEW)
     assert (rds.type_url, rds.version_info) == (RDS, NEW.versions[RDS])
+
+
+def test_a_client_that_rejects_what_is_put_back_is_not_sent_it_again() -> None:
+    source = FakeSource(OLD)
+    status = ProxyRegistry().open("delta")
+    stream = DeltaStream(
+        source, status, MetricsObserver(XdsMetrics(CollectorRegistry())), Wire(), history=Kept(OLD)
+    )
+
+    def ask(r: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        return [discovery_pb2.DeltaDiscoveryResponse.FromString(b) for b in stream.on_request(r)]
+
+    (cds,) = ask(delta_req(CDS))
+    ask(delta_req(CDS, nonce=cds.nonce))
+    source.snapshot = BIGGER
+    (cds,) = [discovery_pb2.DeltaDiscoveryResponse.FromString(b) for b in stream.on_snapshot()]
+    (back,) = ask(delta_req(CDS, nonce=cds.nonce, error="bad"))
+    # A client that rejects what it had before too: no loop, and its status says so.
+    assert ask(delta_req(CDS, nonce=back.nonce, error="bad")) == []
+    assert status.of(CDS).partial
+    assert [discovery_pb2.DeltaDiscoveryResponse.FromString(b) for b in stream.on_snapshot()] == []
