@@ -221,7 +221,7 @@ class Fleet(Observer):
                 and all(current.versions[t] in types.get(t, ()) for t in typeurls.PUSH_ORDER)
             ):
                 self._stored[current.version] = None
-                self._store.accepted(current)
+                self._store.accepted_soon(current)
 
     def fallback(self) -> Snapshot | None:
         """What to serve at start when nothing is and the catalog's version is rejected: the

@@ -112,3 +112,14 @@ def test_the_default_is_per_catalog_under_the_users_state_directory() -> None:
     assert a.parent == Path("/home/u/.local/state/sidecar")
     assert a != default_path(Path("/srv/other.json"), env)
     assert default_path(Path("/x.json"), {"XDG_STATE_HOME": "/s"}).parent == Path("/s/sidecar")
+
+
+def test_on_an_event_loop_a_snapshot_is_kept_by_a_worker_thread(tmp_path: Path) -> None:
+    store = StateDir(tmp_path, LOG)
+
+    async def keep() -> None:
+        store.accepted_soon(V1)
+
+    asyncio.run(keep())  # (joins the loop's executor)
+    (kept,) = store.accepted_snapshots()
+    assert kept.version == V1.version
