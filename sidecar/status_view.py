@@ -130,6 +130,8 @@ def _type_line(short: str, report: TypeReport) -> str:
     line = f"    {shown(short):<10} {report.state:<7} acked {shown(report.acked_version)}"
     if report.state is State.NACKED:
         line += f"  error: {shown(report.error)}"
+    if report.partial:
+        line += "  PARTIAL: may also run what passed of the version it rejected"
     return line
 
 

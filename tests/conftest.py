@@ -23,6 +23,19 @@ from tests.support.catalogs import sample_data, write_json
 TIERS = ("unit", "integration", "e2e")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The xDS servers tests start keep their state (`--state-dir`'s default, under
+    `XDG_STATE_HOME`) in the session's temporary directory, not the user's."""
+    before = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state-home"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = before
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = next((t for t in TIERS if t in item.path.parts), None)

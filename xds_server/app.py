@@ -38,6 +38,7 @@ from xds_server.reload import Build, Reloader
 from xds_server.server import AdsService, StreamLimits
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
+from xds_server.state_dir import StateDir
 from xds_server.status import CatalogStatus, StatusDocument
 from xds_server.wip_notice import WipNotice
 
@@ -106,6 +107,7 @@ def build_server(
         settings.rollback_on_nack,
         on_rejected,
         unauthenticated_veto=settings.unauthenticated_veto,
+        store=StateDir(settings.state_dir, log) if settings.state_dir is not None else None,
     )
     builder = SnapshotBuilder(settings.translate)
     reloader = Reloader(
@@ -119,6 +121,7 @@ def build_server(
         tracer,
         kept=fleet.bounds.versions,
         env=settings.env,
+        fallback=fleet.fallback,
     )
     observers = [MetricsObserver(metrics), LogObserver(log), fleet]
     if tracer is not None:
@@ -140,6 +143,7 @@ def build_server(
         Observers(*observers),
         StreamLimits(settings.max_streams, settings.max_streams_per_connection),
         settings.spare_names,
+        fleet,
     )
     server.add_generic_rpc_handlers((ads.handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -273,6 +277,7 @@ async def serve(xds: XdsServer, stop: asyncio.Event, stack: contextlib.AsyncExit
                 "tls": tls.describe(settings.tls),
                 "http": f"{settings.http_host}:{settings.http_port}",
                 "catalog": str(settings.catalog),
+                "state_dir": str(settings.state_dir) if settings.state_dir else None,
             }
         },
     )

@@ -23,9 +23,13 @@ after clusters), Delta's own, as Envoy and go-control-plane implement the xDS pr
   initializing.
 - Endpoints owed after a cluster response are the endpoints of the clusters in it, sent again
   even when unchanged (Envoy warms an updated cluster until they arrive).
-- After a NACK, what Envoy rejected is not sent again until the type changes or the
-  subscription does (no loop); then it is offered again with the change, so that the status
-  shows a config that Envoy still rejects instead of claiming SYNCED.
+- After a NACK, what Envoy had before the rejected response is put back at once (`restore`):
+  each resource of it at the version Envoy had (found in the history), and the ones it did not
+  have removed; what cannot be found is marked unknown and the status says the proxy may run
+  part of the rejected version (so does a first response of a type, as in SotW: nothing is
+  put back then). What Envoy rejected is not sent again until the type changes
+  or the subscription does (no loop); then it is offered again with the change, so that the
+  status shows a config that Envoy still rejects instead of claiming SYNCED.
 - A stream that subscribes to more names of a type than twice its resources plus
   `spare_names` (`SPARE_NAMES` unless told) is refused (`stream_state.Refused`): the names it
   subscribes to are kept, existing or not.
@@ -39,8 +43,9 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import SnapshotSource
-from xds_server.observers import XdsObserver
+from xds_server.observers import Nack, XdsObserver
 from xds_server.proxies import ProxyStatus
+from xds_server.restore import History, delta_response
 from xds_server.snapshot import Resource, Snapshot
 from xds_server.stream_state import SPARE_NAMES, ObservedStream, TypeState
 from xds_server.wire import Wire
@@ -59,6 +64,9 @@ class Subscription:
     known: dict[str, str] = field(default_factory=dict)  # name → the version the client has
     changed: bool = False  # subscribed or unsubscribed since the last response
     last_sent: dict[str, str] = field(default_factory=dict)  # the last response's resources
+    # What the client had, before the last response, of each name it updated or removed
+    # (None: it did not have it): what a NACK puts back.
+    before: dict[str, str | None] = field(default_factory=dict)
     # The snapshot `known` matches (for the names subscribed) since the last response; None
     # when it may not (a NACK or a subscription changed it). The next diff starts from it.
     base: Snapshot | None = None
@@ -122,7 +130,7 @@ class Subscription:
 
 
 class DeltaStream(ObservedStream):
-    """`ObservedStream(source, status, observer, wire)` speaking Delta."""
+    """`ObservedStream(source, status, observer, wire, history)` speaking Delta."""
 
     def __init__(
         self,
@@ -131,8 +139,9 @@ class DeltaStream(ObservedStream):
         observer: XdsObserver,
         wire: Wire,
         spare_names: int = SPARE_NAMES,
+        history: History | None = None,
     ) -> None:
-        super().__init__(source, status, observer, wire)
+        super().__init__(source, status, observer, wire, history)
         self._spare = spare_names
         self._subs: dict[str, Subscription] = {}
 
@@ -148,20 +157,60 @@ class DeltaStream(ObservedStream):
                 known=dict(req.initial_resource_versions),
             )
             self._subs[type_url] = sub
+        restored: list[bytes] = []
         if req.response_nonce:
             error = self._state.error_of(req)
-            answered = self._answer(type_url, req.response_nonce, state.sent_version or "", error)
-            if answered and error is not None:
-                # Envoy kept what it had: offer the rejected resources again with the next change.
-                for name, version in sub.last_sent.items():
-                    if sub.known.get(name) == version:
-                        sub.known[name] = UNKNOWN
-                sub.base = None
+            answer = self._answer(type_url, req.response_nonce, state.sent_version or "", error)
+            if isinstance(answer, Nack) and self._may_restore(type_url):
+                restored = self._restore(type_url, sub)
         sub.subscribe(req.resource_names_subscribe)
         sub.unsubscribe(req.resource_names_unsubscribe)
         snapshot = self._source.current()
         self._state.check_names(type_url, len(sub.names), snapshot, self._spare)
-        return self._sendable()
+        return restored + self._sendable()
+
+    def _restore(self, type_url: str, sub: Subscription) -> list[bytes]:
+        """After a NACK: the response putting back what the client had before the rejected
+        one (`sub.before`), as far as the history has it; what it does not is marked unknown,
+        to be offered again with the next change."""
+        updates: list[Resource] = []
+        removed: list[str] = []
+        lost = False
+        had_any = any(sub.before.values()) or any(
+            v for n, v in sub.known.items() if n not in sub.before
+        )
+        if self.status.of(type_url).acked_version is None and not had_any:
+            # It had nothing of this type (its first response, as SotW's with no version): a
+            # proxy with part of its first config is not made one with none.
+            for name in sub.before:
+                sub.known[name] = UNKNOWN
+            sub.before = {}
+            sub.base = None
+            self._cannot_restore(type_url)
+            return []
+        for name, had in sorted(sub.before.items()):
+            found = None
+            if had is not None and had != UNKNOWN:
+                found = self._history.resource(type_url, name, had)
+            if had is None:
+                if sub.known.pop(name, None) is not None:
+                    removed.append(name)
+            elif found is not None:
+                updates.append(found)
+                sub.known[name] = had
+            else:
+                lost = True
+                sub.known[name] = UNKNOWN
+        sub.base = None
+        sub.before = {}
+        if lost:
+            self._cannot_restore(type_url)
+        if not updates and not removed:
+            return []
+        version = self.status.of(type_url).acked_version or ""
+        nonce = self._sent(type_url, version, "", [r.name for r in updates], restore=True)
+        sub.last_sent = {r.name: r.version for r in updates}
+        return [delta_response(type_url, version, nonce, updates, removed)]
 
     def _sendable(self) -> list[bytes]:
         """Serialized DeltaDiscoveryResponses."""
@@ -169,7 +218,7 @@ class DeltaStream(ObservedStream):
         if snapshot is None:
             return []
         out = []
-        for type_url, state in self._state.pushable():
+        for type_url, state in self._state.pushable(snapshot):
             resp = self._response(snapshot, type_url, state, self._subs[type_url])
             if resp is not None:
                 out.append(resp)
@@ -179,7 +228,10 @@ class DeltaStream(ObservedStream):
         self, snapshot: Snapshot, type_url: str, state: TypeState, sub: Subscription
     ) -> bytes | None:
         version = snapshot.versions[type_url]
-        if state.sent_version == version and not sub.changed and (state.nacked or not state.owed):
+        if not sub.changed and (
+            version == state.rejected
+            or (state.sent_version == version and (state.nacked or not state.owed))
+        ):
             # Nothing moved for this client (an ACK, another type's change); and what Envoy
             # rejected stays unsent until something changes.
             return None
@@ -192,6 +244,8 @@ class DeltaStream(ObservedStream):
             state.owed.clear()
             sub.changed = False
             return None
+        sub.before = {r.name: sub.known.get(r.name) for r in updates}
+        sub.before.update((name, sub.known.get(name)) for name in removed)
         for r in updates:
             sub.known[r.name] = r.version
         for name in removed:

@@ -45,6 +45,12 @@ targets), the versions each connected proxy ACKed recently, and the versions Env
 (listed in the status; the reloader asks `rejection` before serving a build). Their bounds
 all derive from one number, the snapshots kept (`Bounds`).
 
+With a state directory (`state_dir.StateDir`), the fleet keeps there each snapshot a proxy
+ACKed whole and each rejection, and starts from what it holds: the rejections (so the reloader
+refuses a rejected catalog after a restart, or at another replica sharing the directory: it
+asks the directory too) and the accepted snapshots (rollback targets, what a stream puts back
+after a NACK, and what is served at start when the catalog's version is rejected: `fallback`).
+
 It learns what happens from the streams as an observer (`observers.XdsObserver`: ACKs,
 NACKs, closed streams) and what is served from the cache it subscribes to. All of it runs on
 the event loop's thread, like the streams and the cache.
@@ -62,7 +68,8 @@ from xds_server import grants, typeurls
 from xds_server.cache import SnapshotCache
 from xds_server.metrics import XdsMetrics
 from xds_server.observers import Ack, LogBudget, Nack, Observer, StreamEvent, clipped
-from xds_server.snapshot import Snapshot
+from xds_server.snapshot import Resource, Snapshot
+from xds_server.state_dir import RejectionRecord, StateDir
 from xds_server.status import RejectionReport
 
 HISTORY = 8  # snapshots kept to roll back to: every other bound of the history follows
@@ -122,6 +129,24 @@ class Rejection:
             return f"{head}; rollback is off"
         return f"{head}; no version every proxy accepted to roll back to"
 
+    def record(self) -> RejectionRecord:
+        return RejectionRecord(
+            self.version,
+            self.node_id,
+            self.type_url,
+            self.error,
+            self.at,
+            self.rollback,
+            self.rolled_back_to,
+            self.refusal,
+        )
+
+    @classmethod
+    def of_record(cls, r: RejectionRecord) -> Rejection:
+        return cls(
+            r.version, r.node_id, r.type_url, r.error, r.at, r.rollback, r.rolled_back_to, r.refusal
+        )
+
     def report(self) -> RejectionReport:
         return RejectionReport(
             self.version,
@@ -144,8 +169,10 @@ class Fleet(Observer):
         clock: Callable[[], float] = time.time,
         bounds: Bounds = Bounds(),
         unauthenticated_veto: bool = False,
+        store: StateDir | None = None,
     ) -> None:
-        """`unauthenticated_veto`: whether a stream need not be authenticated to vote."""
+        """`unauthenticated_veto`: whether a stream need not be authenticated to vote;
+        `store`: the state directory (None: nothing outlives the process)."""
         self._cache = cache
         self._metrics = metrics
         self._log = log
@@ -156,10 +183,19 @@ class Fleet(Observer):
         self._snapshots: BoundedMap[str, Snapshot] = BoundedMap(bounds.snapshots)
         # stream → type → the versions it ACKed recently, newest last
         self._acked: dict[int, dict[str, BoundedMap[str, None]]] = {}
+        self._proven: set[int] = set()  # streams that ACKed a response of ours
         self._rejections: BoundedMap[str, Rejection] = BoundedMap(bounds.versions)
         self.unauthenticated_veto = unauthenticated_veto
         self._streams: dict[int, Voter] = {}  # connected streams, in the order they connected
         self._budget = LogBudget()  # for the lines about NACKs that may not veto
+        self._store = store
+        self._stored: BoundedMap[str, None] = BoundedMap(bounds.versions)  # kept as accepted
+        if store is not None:
+            for record in store.rejections():
+                self._rejections[record.version] = Rejection.of_record(record)
+            for kept in store.accepted_snapshots():
+                self._snapshots[kept.version] = kept
+                self._stored[kept.version] = None
         current = cache.current()
         if current is not None:
             self._served(current)
@@ -171,11 +207,39 @@ class Fleet(Observer):
     def acked(self, event: Ack) -> None:
         if not event.node_id:
             return
+        if not event.reported:
+            self._proven.add(event.stream_id)
         types = self._acked.setdefault(event.stream_id, {})
         versions = types.get(event.type_url)
         if versions is None:
             versions = types[event.type_url] = BoundedMap(self.bounds.acked)
         versions[event.version] = None
+        if self._store is not None:
+            current = self._cache.current()
+            if (
+                current is not None
+                and current.version not in self._stored
+                and all(current.versions[t] in types.get(t, ()) for t in typeurls.PUSH_ORDER)
+            ):
+                self._stored[current.version] = None
+                self._store.accepted_soon(current)
+
+    def fallback(self) -> Snapshot | None:
+        """What to serve at start when nothing is and the catalog's version is rejected: the
+        newest snapshot kept as accepted that is not rejected (None without one)."""
+        for snapshot in reversed(self._snapshots.values()):
+            if snapshot.version in self._stored and self.rejection(snapshot.version) is None:
+                return snapshot
+        return None
+
+    def _refresh(self) -> bool:
+        """Read the accepted snapshots another replica kept since; True if any."""
+        if self._store is None:
+            return False
+        fresh = self._store.accepted_snapshots(skip=frozenset(self._snapshots))
+        for kept in fresh:
+            self._snapshots[kept.version] = kept
+        return bool(fresh)
 
     def connected(self, event: StreamEvent) -> None:
         self._streams[event.stream_id] = Voter(
@@ -184,6 +248,7 @@ class Fleet(Observer):
 
     def closed(self, event: StreamEvent) -> None:
         self._acked.pop(event.stream_id, None)
+        self._proven.discard(event.stream_id)
         self._streams.pop(event.stream_id, None)
 
     def _firsts(self) -> dict[str, int]:
@@ -212,9 +277,36 @@ class Fleet(Observer):
             if types and (not voters or self.may_vote(stream, firsts))
         ]
 
+    def with_type_version(self, type_url: str, version: str) -> Snapshot | None:
+        """A kept snapshot whose version of `type_url` is `version`, newest first (`restore`:
+        what a proxy had before a NACK); the state directory is read again when none is."""
+        for _ in range(2):
+            for snapshot in reversed(self._snapshots.values()):
+                if snapshot.versions.get(type_url) == version:
+                    return snapshot
+            if not self._refresh():
+                break
+        return None
+
+    def resource(self, type_url: str, name: str, version: str) -> Resource | None:
+        """A kept resource of `type_url` named `name` at `version` (`restore`)."""
+        for _ in range(2):
+            for snapshot in reversed(self._snapshots.values()):
+                found = snapshot.resources.get(type_url, {}).get(name)
+                if found is not None and found.version == version:
+                    return found
+            if not self._refresh():
+                break
+        return None
+
     def rejection(self, version: str) -> str | None:
-        """Why Envoy rejected `version`, or None if it did not (or it is forgotten)."""
+        """Why Envoy rejected `version`, or None if it did not (or it is forgotten); the
+        state directory holds the rejections of other replicas too."""
         found = self._rejections.get(version)
+        if found is None and self._store is not None:
+            record = self._store.rejection(version)
+            if record is not None:
+                found = self._rejections[version] = Rejection.of_record(record)
         return found.refusal if found is not None else None
 
     def last_acked_by_all(
@@ -241,7 +333,7 @@ class Fleet(Observer):
     def nacked(self, event: Nack) -> None:
         if not event.version or not event.snapshot_version:
             return  # no response of ours was answered
-        if not (self.may_vote(event.stream_id) and self._acked.get(event.stream_id)):
+        if not (self.may_vote(event.stream_id) and event.stream_id in self._proven):
             if (dropped := self._budget.take()) is not None:
                 self._log.warning(
                     "a NACK from a proxy that may not veto a version; the version stays",
@@ -275,6 +367,15 @@ class Fleet(Observer):
             )
             rejection.refusal = rejection.describe()
             self._rejections[version] = rejection
+        try:
+            self._nacked_served(event, current, fresh)
+        finally:
+            if self._store is not None:
+                for version in fresh:
+                    self._store.rejected(self._rejections[version].record())
+
+    def _nacked_served(self, event: Nack, current: Snapshot | None, fresh: list[str]) -> None:
+        """The rest of `nacked`: roll back when the version served now was just rejected."""
         if current is None or current.version not in fresh:
             return  # not what is served now, or already handled at another proxy's NACK
         rejection = self._rejections[current.version]

@@ -89,6 +89,10 @@ class Ack:
     type_url: str
     version: str
     seconds: float = 0.0  # from sending the response to this answer
+    # Not an answer: the version a (re)connecting Envoy says it runs (a SotW request's
+    # `version_info` before any response of ours), as a restarted server or another replica
+    # hears it. It is what the proxy runs, but proves nothing of this stream.
+    reported: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,8 @@ class MetricsObserver(Observer):
         self._metrics.responses.labels(typeurls.SHORT_NAMES[event.type_url]).inc()
 
     def acked(self, event: Ack) -> None:
+        if event.reported:
+            return
         short = typeurls.SHORT_NAMES[event.type_url]
         self._metrics.push_ack_seconds.labels(short).observe(event.seconds)
         self._metrics.acks.labels(short).inc()

@@ -24,6 +24,9 @@ class TypeStatus:
     acked_version: str | None = None
     nacked_version: str | None = None
     error: str | None = None
+    # Envoy rejected a response of this type and what it had could not be put back: it may run
+    # part of the rejected version (`restore`), until it ACKs a whole one.
+    partial: bool = False
 
     def acked(self, version: str) -> None:
         self.acked_version = version
@@ -144,7 +147,7 @@ class ProxyRegistry:
                     else None
                 )
                 types[typeurls.SHORT_NAMES.get(type_url, type_url)] = TypeReport(
-                    state_of(st, current), st.acked_version, current, nacked
+                    state_of(st, current), st.acked_version, current, nacked, st.partial
                 )
             out.append(
                 ProxyReport(

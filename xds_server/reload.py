@@ -177,12 +177,16 @@ class Reloader:
         kept: int = Bounds().versions,
         env: str | None = None,
         environ: Mapping[str, str] = os.environ,
+        fallback: Callable[[], Snapshot | None] = lambda: None,
     ) -> None:
         """`tracer`: one span per attempt ("catalog reload"); a push it causes is its child.
         `kept`: versions whose service count is remembered; more than the fleet's history
         (`fleet.Bounds.versions`), so that any version a rollback returns to is known.
         `env`: the environment whose overlay is merged onto `path`; `environ`: what `${VAR}`
-        reads."""
+        reads. `fallback`: what to serve when nothing is yet and the catalog builds a version
+        Envoy rejected (`fleet.Fleet.fallback`: the last one proxies accepted, from the state
+        directory)."""
+        self._fallback = fallback
         self._tracer = tracer
         self._path = path
         self._files = environments.CatalogFiles(path, env)
@@ -256,6 +260,9 @@ class Reloader:
         self._metrics.snapshot_build_seconds.observe(time.perf_counter() - started)
         rejected = self._rejections.rejection(snapshot.version)
         if rejected is not None:
+            if self._cache.current() is None and (previous := self._fallback()) is not None:
+                self._cache.set(previous)
+                self._on_loaded(previous)
             return self._fail([rejected], result="rejected")
         self._last_digest = digest
         self._services_of[snapshot.version] = services  # now the newest

@@ -37,6 +37,7 @@ from xds_server.delta import DeltaStream
 from xds_server.observers import Push, StreamEvent, StreamRefused, XdsObserver
 from xds_server.proxies import ProxyRegistry, ProxyStatus
 from xds_server.proxyless import is_proxyless_grpc
+from xds_server.restore import History
 from xds_server.snapshot import Snapshot
 from xds_server.sotw import SotwStream
 from xds_server.stream_state import SPARE_NAMES, Refused
@@ -106,9 +107,12 @@ class AdsService:
         observer: XdsObserver,
         limits: StreamLimits = StreamLimits(),
         spare_names: int = SPARE_NAMES,
+        history: History | None = None,
     ) -> None:
         """`observer` is told of every stream's events (`observers`); `spare_names`: the
-        names a subscription may hold beyond twice its type's resources."""
+        names a subscription may hold beyond twice its type's resources; `history`: where a
+        stream finds what a proxy had before a NACK, to put it back (`restore`)."""
+        self._history = history
         self._source = source
         self._registry = registry
         self._observer = observer
@@ -140,7 +144,9 @@ class AdsService:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         def make(status: ProxyStatus) -> SotwStream:
-            return SotwStream(self._source, status, self._observer, self._wire, self._spare)
+            return SotwStream(
+                self._source, status, self._observer, self._wire, self._spare, self._history
+            )
 
         async for resp in self.serve(request_iterator, make, context, "sotw"):
             yield resp
@@ -151,7 +157,9 @@ class AdsService:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         def make(status: ProxyStatus) -> DeltaStream:
-            return DeltaStream(self._source, status, self._observer, self._wire, self._spare)
+            return DeltaStream(
+                self._source, status, self._observer, self._wire, self._spare, self._history
+            )
 
         async for resp in self.serve(request_iterator, make, context, "delta"):
             yield resp

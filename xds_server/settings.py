@@ -23,6 +23,7 @@ from xds_server.resources.common import (
     Options,
     TracingOptions,
 )
+from xds_server.state_dir import default_path
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class XdsSettings:
     spare_names: int = 1000
     # The environment whose overlay is merged onto the catalog (docs/environments.md).
     env: str | None = None
+    # Where Envoy's verdicts outlive the process (`state_dir`); None: nowhere.
+    state_dir: Path | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
@@ -111,6 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         "when Envoy rejects a version, move every proxy back to the last one all of them "
         "accepted (true/false)",
         boolean,
+    )
+    flag(
+        "state-dir",
+        None,
+        "where the versions proxies accepted and rejected are kept across restarts, shared by "
+        "the replicas given the same one; '' keeps nothing (default: "
+        "$XDG_STATE_HOME/sidecar/xds-<hash of the catalog path>)",
     )
     flag("log-level", "info", "log level")
     add_limit_arguments(parser, environ)
@@ -265,6 +275,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         debounce_ms=args.reload_debounce_ms,
         log_level=args.log_level,
         rollback_on_nack=args.rollback_on_nack,
+        state_dir=state_dir_of(args, environ),
         tls=tls.server_tls("xds", args.xds_tls_cert, args.xds_tls_key, args.xds_tls_client_ca),
         **limits_of(args),
         translate=Options(
@@ -299,6 +310,14 @@ def health_event_log(value: str) -> str:
     if not Path(value).is_absolute():
         raise SettingsError(f"--health-event-log {value!r}: must be an absolute path")
     return value
+
+
+def state_dir_of(args: argparse.Namespace, environ: Mapping[str, str]) -> Path | None:
+    """`--state-dir`: unset, the default for the catalog (`state_dir.default_path`); empty,
+    None (nothing kept)."""
+    if args.state_dir is None:
+        return default_path(Path(args.catalog), environ)
+    return Path(args.state_dir) if args.state_dir else None
 
 
 def policy_key(args: argparse.Namespace) -> bytes:

@@ -121,6 +121,9 @@ class TypeReport:
     acked_version: str | None
     current_version: str | None  # the version of this type served now
     nacked: Nacked | None = None
+    # It may run part of the version it NACKed beside `acked_version` (Envoy applied what
+    # passed of it, and what it had could not be put back: `xds_server.restore`).
+    partial: bool = False
 
     @property
     def error(self) -> str | None:
@@ -136,6 +139,8 @@ class TypeReport:
         if self.nacked is not None:
             out["nacked_version"] = self.nacked.version
             out["error"] = self.nacked.error
+        if self.partial:
+            out["partially_applied"] = True
         return out
 
 
@@ -308,7 +313,8 @@ def _type(entry: _Fields) -> TypeReport:
     current_version = entry.text_or_none("current_version")
     nacked_version = entry.text_or_none("nacked_version", None)
     nacked = None if nacked_version is None else Nacked(nacked_version, entry.text("error"))
-    return TypeReport(state, acked_version, current_version, nacked)
+    partial = entry.flag("partially_applied", False)
+    return TypeReport(state, acked_version, current_version, nacked, partial)
 
 
 def _refusal(refused: _Fields) -> RefusalReport:

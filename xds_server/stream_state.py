@@ -13,7 +13,14 @@ Rules kept here, for every protocol:
   it receives that cluster's endpoints, changed or not (go-control-plane #59, #526). The names
   of the clusters sent are owed (SotW sends every endpoint again; Delta those of the clusters);
 - a NACK names the snapshot the rejected response came from, so the fleet can be rolled
-  back (`fleet.Fleet`, an observer).
+  back (`fleet.Fleet`, an observer);
+- after a NACK the stream puts back what Envoy had of that type (`restore`: Envoy applies
+  the resources of a rejected response that pass one by one); the version rejected is
+  `rejected` until another version of the type is sent: it is not sent again, and listeners
+  and routes wait while clusters or endpoints are rejected, as while they are NACKed;
+- while a NACK stands, a proxy's status keeps it (the ACK of what was put back does not clear
+  it); when nothing could be put back the status says the proxy may run part of the rejected
+  version (`partial`) until it ACKs a whole one.
 
 `StreamState` records and decides; it counts, logs and reports nothing. `ObservedStream` is
 what SotW and Delta streams share: their collaborators, and the observer told of each outcome.
@@ -30,6 +37,7 @@ from xds_server import typeurls
 from xds_server.cache import SnapshotSource
 from xds_server.observers import Ack, Nack, Sent, Unsupported, XdsObserver
 from xds_server.proxies import ProxyStatus
+from xds_server.restore import History, NoHistory
 from xds_server.snapshot import Snapshot
 from xds_server.wire import Wire
 
@@ -62,6 +70,9 @@ class TypeState:
     nonce: str = ""
     in_flight: bool = False
     nacked: bool = False  # the last response was rejected and nothing since was accepted
+    # The version of this type Envoy rejected, until another one is sent (a restore is not).
+    rejected: str | None = None
+    restoring: bool = False  # the last response sent puts back what Envoy had (`restore`)
     # resources to send even if unchanged (endpoints of the clusters just sent)
     owed: set[str] = field(default_factory=set)
     sent_at: float = 0.0  # monotonic time of the last response
@@ -126,6 +137,8 @@ class StreamState:
             return None
         state.in_flight = False
         state.nacked = error is not None
+        if error is not None and state.sent_snapshot:  # (a restore has none: see `sent`)
+            state.rejected = state.sent_version
         st = self.status.of(type_url)
         seconds = time.monotonic() - state.sent_at
         if error is not None:
@@ -141,26 +154,50 @@ class StreamState:
                 self.status.stream_id,
             )
         st.acked(version)
-        if st.nacked_version is not None and st.nacked_version != version:
+        st.partial = False
+        if (
+            st.nacked_version is not None
+            and st.nacked_version != version
+            and state.rejected is None  # not the ACK of what a restore put back
+        ):
             st.nacked_version = None
             st.error = None
         return Ack(self.status.stream_id, self.status.node_id, type_url, version, seconds)
 
-    def pushable(self) -> Iterator[tuple[str, TypeState]]:
-        """The subscribed types, in push order, that nothing they depend on holds back."""
+    def pushable(self, snapshot: Snapshot) -> Iterator[tuple[str, TypeState]]:
+        """The subscribed types, in push order, that nothing they depend on holds back, when
+        `snapshot` is served."""
         for type_url in typeurls.PUSH_ORDER:
             state = self.types.get(type_url)
-            if state is not None and not any(self._holds(t) for t in WAITS_FOR[type_url]):
+            if state is not None and not any(self._holds(t, snapshot) for t in WAITS_FOR[type_url]):
                 yield type_url, state
 
-    def _holds(self, type_url: str) -> bool:
+    def _holds(self, type_url: str, snapshot: Snapshot) -> bool:
+        """In flight, NACKed, or rejected at the version `snapshot` has (a rollback or an edit
+        that moves the type elsewhere frees what waits on it)."""
         state = self.types.get(type_url)
-        return state is not None and (state.in_flight or state.nacked)
+        return state is not None and (
+            state.in_flight
+            or state.nacked
+            or (state.rejected is not None and snapshot.versions.get(type_url) == state.rejected)
+        )
 
-    def sent(self, type_url: str, version: str, snapshot_version: str, names: Iterable[str]) -> str:
+    def sent(
+        self,
+        type_url: str,
+        version: str,
+        snapshot_version: str,
+        names: Iterable[str],
+        restore: bool = False,
+    ) -> str:
         """Record a response of `type_url` at `version`, from the snapshot `snapshot_version`,
-        holding the resources `names`, for the current subscription; returns its nonce."""
+        holding the resources `names`, for the current subscription; returns its nonce.
+        `restore`: it puts back what Envoy had before a NACK (`rejected` stays; and
+        `snapshot_version` is "": the fleet does not hold a NACK of it against a version)."""
         state = self.of(type_url)
+        if not restore:
+            state.rejected = None
+        state.restoring = restore
         self._nonce += 1
         state.nonce = str(self._nonce)
         state.sent_version = version
@@ -181,12 +218,19 @@ class ObservedStream:
     streams. A subclass implements `_sendable` (and `on_request`)."""
 
     def __init__(
-        self, source: SnapshotSource, status: ProxyStatus, observer: XdsObserver, wire: Wire
+        self,
+        source: SnapshotSource,
+        status: ProxyStatus,
+        observer: XdsObserver,
+        wire: Wire,
+        history: History | None = None,
     ) -> None:
+        """`history`: where what Envoy had before a NACK is found (`restore`)."""
         self._source = source
         self._state = StreamState(status)
         self._observer = observer
         self._wire = wire
+        self._history: History = history if history is not None else NoHistory()
 
     @property
     def status(self) -> ProxyStatus:
@@ -204,18 +248,46 @@ class ObservedStream:
         self._observer.unsupported(Unsupported(self.status.node_id, req.type_url))
         return False
 
-    def _answer(self, type_url: str, nonce: str, version: str, error: str | None) -> bool:
-        """`StreamState.answer`, told to the observer; False when the answer is stale."""
+    def _answer(
+        self, type_url: str, nonce: str, version: str, error: str | None
+    ) -> Ack | Nack | None:
+        """`StreamState.answer`, told to the observer; None when the answer is stale."""
         answer = self._state.answer(type_url, nonce, version, error)
         if isinstance(answer, Nack):
             self._observer.nacked(answer)
         elif answer is not None:
             self._observer.acked(answer)
-        return answer is not None
+        return answer
 
     def _sent(
-        self, type_url: str, version: str, snapshot_version: str, names: Iterable[str]
+        self,
+        type_url: str,
+        version: str,
+        snapshot_version: str,
+        names: Iterable[str],
+        restore: bool = False,
     ) -> str:
-        nonce = self._state.sent(type_url, version, snapshot_version, names)
+        nonce = self._state.sent(type_url, version, snapshot_version, names, restore)
         self._observer.sent(Sent(self.status.node_id, type_url, version))
         return nonce
+
+    def _reported(self, type_url: str, version: str) -> None:
+        """A reconnecting Envoy says it runs `version` of `type_url`."""
+        self.status.of(type_url).acked(version)
+        self._observer.acked(
+            Ack(self.status.stream_id, self.status.node_id, type_url, version, reported=True)
+        )
+
+    def _may_restore(self, type_url: str) -> bool:
+        """Whether to put back what Envoy had after a NACK of `type_url`: not when what it
+        NACKed was itself a restore (a client that rejects what it accepted before would
+        otherwise be sent it again and again); its status then says what it may run."""
+        if self._state.of(type_url).restoring:
+            self._cannot_restore(type_url)
+            return False
+        return True
+
+    def _cannot_restore(self, type_url: str) -> None:
+        """Nothing could be put back after a NACK: the proxy may run part of what it
+        rejected, and its status says so."""
+        self.status.of(type_url).partial = True

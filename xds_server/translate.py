@@ -15,7 +15,7 @@ from xds_server.catalog import Catalog, Service
 from xds_server.resources.clusters import cluster, load_assignment, service_clusters, uses_dns
 from xds_server.resources.common import LISTENER_NAME, AuthzOptions, Options
 from xds_server.resources.http_cache import SIDE, side_cluster, side_listener
-from xds_server.resources.listener import listener
+from xds_server.resources.listener import listener, local_reply_config
 from xds_server.resources.observability import COLLECTOR_CLUSTER, collector_cluster
 from xds_server.resources.redirect import REDIRECT_LISTENER, redirect_listener
 from xds_server.resources.retries import needs_retry_filter, retry_filter
@@ -65,5 +65,6 @@ def catalog_wide(catalog: Catalog, options: Options) -> tuple[Named, Named]:
     if needs_cache_filter(catalog):
         clusters.append((SIDE, side_cluster()))
         retries = [retry_filter()] if needs_retry_filter(catalog) else []
-        listeners.append((SIDE, side_listener(retries)))
+        replies = local_reply_config(options.authz.failure_status)
+        listeners.append((SIDE, side_listener(retries, replies)))
     return clusters, listeners

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +168,9 @@ def start_xds(
         *(args or []),
         module=module,
     )
-    proc = start(name, argv, workdir, env={**os.environ, **POLICY_KEY_ENV, **(env or {})})
+    # Its own state directory (docs/xds.md), kept by a restart of the same `name` in `workdir`.
+    state = {"SIDECAR_STATE_DIR": str(workdir / f"{name}-state")}
+    proc = start(name, argv, workdir, env={**os.environ, **POLICY_KEY_ENV, **state, **(env or {})})
     server = XdsServer(proc, port, http_port, listener_port, catalog, transport)
 
     def up() -> bool:
@@ -293,27 +295,31 @@ def start_envoy(
     delta: bool = False,
     wait: bool = True,
     args: list[str] | None = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
 ) -> Envoy:
     """Envoy fed by `xds`, calling `authz` (or whatever listens on `authz_port`) over the
     transport `xds` configures; with `wait`, returned once Envoy says it is ready; `args` are
-    more command-line flags."""
+    more command-line flags; `edit` changes the bootstrap (a dict) before it is written."""
     if authz_port is None:
         authz_port = authz.port_for(xds.transport) if authz is not None else free_port()
     admin_port = free_port()
     bootstrap = workdir / f"{node_id}.json"
-    bootstrap.write_text(
-        render_json(
-            BootstrapOptions(
-                node_id=node_id,
-                xds_port=xds.port,
-                admin_port=admin_port,
-                authz_port=authz_port,
-                authz_http_check_port=authz_port,
-                authz_transport=xds.transport,
-                delta=delta,
-            )
+    text = render_json(
+        BootstrapOptions(
+            node_id=node_id,
+            xds_port=xds.port,
+            admin_port=admin_port,
+            authz_port=authz_port,
+            authz_http_check_port=authz_port,
+            authz_transport=xds.transport,
+            delta=delta,
         )
     )
+    if edit is not None:
+        config = json.loads(text)
+        edit(config)
+        text = json.dumps(config)
+    bootstrap.write_text(text)
     argv = commands.envoy(supervise.find_envoy(), bootstrap, "warning") + (args or [])
     proc = start(node_id, argv, workdir)
     envoy = Envoy(proc, admin_port, xds.listener_port, node_id, delta)

@@ -236,7 +236,9 @@ def test_a_nacked_resource_is_not_resent_until_the_type_changes_again() -> None:
     h = Harness(snap("a"))
     h.synced("a")
     cds, _ = h.push(snap("a", "b"))
-    assert h.ask(req(CDS, nonce=cds.nonce, error="bad cluster b")) == []
+    # What Envoy applied of it is put back: b, which it did not have, removed.
+    (restore,) = h.ask(req(CDS, nonce=cds.nonce, error="bad cluster b"))
+    assert (names(restore), list(restore.removed_resources)) == ([], ["b"])
     st = h.status.of(CDS)
     assert (st.nacked_version, st.error) == (h.snapshot.versions[CDS], "bad cluster b")
     (nack,) = h.nacks
@@ -245,6 +247,9 @@ def test_a_nacked_resource_is_not_resent_until_the_type_changes_again() -> None:
         h.snapshot.version,
         "edge-1",
     )
+    assert h.changed() == []
+    h.ack(restore)
+    assert st.nacked_version == h.snapshot.versions[CDS]  # the ACK of the restore leaves it
     assert h.changed() == []
     # The next change of clusters offers b again with it: Envoy's answer covers both.
     cds, _ = h.push(snap("a", "b", "c"))
@@ -305,10 +310,12 @@ def test_routes_wait_while_clusters_are_nacked() -> None:
     h.synced("a")
     cds, eds = h.push(snap("a", "b"))
     h.ack(eds)
-    assert h.ask(req(CDS, nonce=cds.nonce, error="bad cluster")) == []
+    (restore,) = h.ask(req(CDS, nonce=cds.nonce, error="bad cluster"))
     assert h.changed() == []
+    h.ack(restore)
+    assert h.changed() == []  # clusters still rejected: routes wait
     cds, eds = h.push(snap("a", "c"))
-    assert (names(cds), list(cds.removed_resources)) == (["c"], ["b"])
+    assert (names(cds), list(cds.removed_resources)) == (["c"], [])
     assert h.ack(cds) == []
     assert [r.type_url for r in h.ack(eds)] == [RDS]
 

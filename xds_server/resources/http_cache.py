@@ -122,9 +122,14 @@ def cache_filters() -> list[hcm_pb2.HttpFilter]:
     ]
 
 
-def side_listener(before_router: Sequence[hcm_pb2.HttpFilter] = ()) -> listener_pb2.Listener:
+def side_listener(
+    before_router: Sequence[hcm_pb2.HttpFilter] = (),
+    local_reply: hcm_pb2.LocalReplyConfig | None = None,
+) -> listener_pb2.Listener:
     """The internal listener the cache's fetches go through: routed like any request (with the
-    main chain's `before_router` filters that act on the route, such as retries)."""
+    main chain's `before_router` filters that act on the route, such as retries). Its own
+    replies (503 no healthy upstream, 504) reach the client as the fetch's answer, not as a
+    local reply of the main listener: `local_reply` gives them the main listener's body."""
     public_only = lua_pb2.Lua()
     public_only.default_source_code.inline_string = PUBLIC_ONLY_LUA
     manager = hcm_pb2.HttpConnectionManager(
@@ -137,6 +142,8 @@ def side_listener(before_router: Sequence[hcm_pb2.HttpFilter] = ()) -> listener_
             ROUTER,
         ],
     )
+    if local_reply is not None:
+        manager.local_reply_config.CopyFrom(local_reply)
     out = listener_pb2.Listener(name=SIDE)
     out.internal_listener.SetInParent()
     chain = out.filter_chains.add()
