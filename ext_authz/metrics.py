@@ -16,7 +16,6 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 
@@ -56,19 +55,18 @@ class CheckCounters(Collector):
     """`ext_authz_checks_total`, `ext_authz_check_duration_seconds` and
     `ext_authz_rate_limit_decisions_total`, counted in plain ints under one lock (a check's
     counts cost less than one `Counter.inc`) and exported when Prometheus scrapes, with the
-    same samples a `Counter` and a `Histogram` would give (`_created` included: when a label
-    set was first counted)."""
+    same samples a `Counter` and a `Histogram` would give in our servers, which turn
+    prometheus_client's `_created` series off (`sidecar_shared.registry`): none here either."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._checks: dict[CheckLabels, list[float]] = {}  # labels -> [count, created]
-        self._limits: dict[LimitLabels, list[float]] = {}
+        self._checks: dict[CheckLabels, list[int]] = {}  # labels -> [count]
+        self._limits: dict[LimitLabels, list[int]] = {}
         self._bounds = (*CHECK_SECONDS_BUCKETS, float("inf"))
         self._le = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
         self._buckets = [0] * len(self._bounds)
         self._sum = 0.0
-        self._created = clock()
 
     def count(self, check: CheckLabels, seconds: float, limit: LimitLabels | None) -> None:
         """One check with these labels that took `seconds`; counted against a limit with
@@ -76,7 +74,7 @@ class CheckCounters(Collector):
         with self._lock:
             found = self._checks.get(check)
             if found is None:
-                self._checks[check] = [1, self._clock()]
+                self._checks[check] = [1]
             else:
                 found[0] += 1
             self._buckets[bisect.bisect_left(self._bounds, seconds)] += 1
@@ -84,22 +82,22 @@ class CheckCounters(Collector):
             if limit is not None:
                 counted = self._limits.get(limit)
                 if counted is None:
-                    self._limits[limit] = [1, self._clock()]
+                    self._limits[limit] = [1]
                 else:
                     counted[0] += 1
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            checks = {k: tuple(v) for k, v in self._checks.items()}
-            limits = {k: tuple(v) for k, v in self._limits.items()}
+            checks = {k: v[0] for k, v in self._checks.items()}
+            limits = {k: v[0] for k, v in self._limits.items()}
             buckets, total = list(self._buckets), self._sum
         family = CounterMetricFamily(
             "ext_authz_checks",
             "Authorization decisions by decision (allow, deny), HTTP status, reason and service",
             labels=["decision", "status", "reason", "service"],
         )
-        for labels, (n, created) in checks.items():
-            family.add_metric(labels, float(n), created=created)
+        for labels, n in checks.items():
+            family.add_metric(labels, float(n))
         yield family
         seconds = HistogramMetricFamily(
             "ext_authz_check_duration_seconds",
@@ -110,17 +108,14 @@ class CheckCounters(Collector):
             acc += n
             cumulative.append((le, acc))
         seconds.add_metric([], cumulative, total)
-        seconds.samples.append(
-            Sample("ext_authz_check_duration_seconds_created", {}, self._created, None, None)
-        )
         yield seconds
         limited = CounterMetricFamily(
             "ext_authz_rate_limit_decisions",
             "Requests counted against a route's rate limit, by service and result",
             labels=["service", "result"],
         )
-        for limit_labels, (n, created) in limits.items():
-            limited.add_metric(limit_labels, float(n), created=created)
+        for limit_labels, n in limits.items():
+            limited.add_metric(limit_labels, float(n))
         yield limited
 
 

@@ -27,14 +27,13 @@ from sidecar_shared.contract import XDS_HEALTH_SERVICE
 from sidecar_shared.registry import server_registry
 from xds_server import environments, health_events
 from xds_server.admin import AdminService
-from xds_server.builder import SnapshotBuilder
 from xds_server.cache import SnapshotCache
 from xds_server.csds import CsdsService
 from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import ProxyStates, XdsMetrics
 from xds_server.observers import LogObserver, MetricsObserver, Observers, TracingObserver
 from xds_server.proxies import ProxyRegistry
-from xds_server.reload import Build, Reloader
+from xds_server.reload import Build, Reloader, decode_and_build
 from xds_server.server import AdsService, StreamLimits
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
@@ -109,7 +108,7 @@ def build_server(
         unauthenticated_veto=settings.unauthenticated_veto,
         store=StateDir(settings.state_dir, log) if settings.state_dir is not None else None,
     )
-    builder = SnapshotBuilder(settings.translate)
+    builder = decode_and_build(settings.translate)
     reloader = Reloader(
         settings.catalog,
         build or builder,

@@ -72,7 +72,7 @@ Build = Callable[[bytes, str], tuple[Snapshot, int]]
 """File contents and their source name → (snapshot, services); raises CatalogError."""
 
 
-def decode_and_build(options: Options) -> Build:
+def decode_and_build(options: Options) -> SnapshotBuilder:
     """The build step: each call rebuilds only what changed since the last one, and writes
     the SDS files its resources refer to before they are served."""
     return SnapshotBuilder(options, SdsWriter(options.sds_dir))
