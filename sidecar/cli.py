@@ -397,7 +397,10 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     packaged = sample.demo_catalog(args.catalog, args.demo)
     if packaged is not None:
-        print(f"no {args.catalog} here: using the packaged sample catalog {packaged}")
+        print(
+            f"no {args.catalog} here: using the packaged sample catalog {packaged} "
+            f"(to edit it, copy it here as {args.catalog} and run this again)"
+        )
         args.catalog = str(packaged)
     catalog = _load_or_report(Path(args.catalog), args.env)
     if catalog is None:

@@ -25,15 +25,25 @@ TIERS = ("unit", "integration", "e2e")
 
 @pytest.fixture(autouse=True, scope="session")
 def _state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The xDS servers tests start keep their state (`--state-dir`'s default, under
-    `XDG_STATE_HOME`) in the session's temporary directory, not the user's."""
-    before = os.environ.get("XDG_STATE_HOME")
+    """The servers tests start keep their state (the xDS server's `--state-dir` default under
+    `XDG_STATE_HOME`, `sidecar up`'s health event log under `XDG_RUNTIME_DIR`) in the session's
+    temporary directory, not the user's (each pytest-xdist worker has its own)."""
+    saved = {name: os.environ.get(name) for name in ("XDG_STATE_HOME", "XDG_RUNTIME_DIR")}
     os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state-home"))
+    runtime = tmp_path_factory.mktemp("runtime")
+    runtime.chmod(0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     yield
-    if before is None:
-        os.environ.pop("XDG_STATE_HOME", None)
-    else:
-        os.environ["XDG_STATE_HOME"] = before
+    for name, before in saved.items():
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+# Test files that run `sidecar up`: its demo binds the sample catalog's fixed upstream ports, so
+# under pytest-xdist these run one at a time, on one worker.
+SIDECAR_UP_FILES = ("test_up.py", "test_up_", "test_install.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -42,6 +52,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if tier is None:
             raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(TIERS)}}}/")
         item.add_marker(tier)
+        # `--dist loadgroup` (./dev test): a file's tests share one worker (its module
+        # fixtures are made once), and so do the files that run `sidecar up`.
+        name = item.path.name
+        group = "sidecar-up" if name.startswith(SIDECAR_UP_FILES) else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture
