@@ -4,6 +4,7 @@ lives in, so `./dev test -m unit` runs in seconds."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 # Tests start gRPC servers in this process (an OTLP receiver, say) and fork children; gRPC's
@@ -42,7 +43,7 @@ def _state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 # Test files that run `sidecar up`: its demo binds the sample catalog's fixed upstream ports, so
-# under pytest-xdist these run one at a time, on one worker.
+# under pytest-xdist (`./dev test`) their tests take a lock shared by the workers.
 SIDECAR_UP_FILES = ("test_up.py", "test_up_", "test_install.py")
 
 
@@ -52,11 +53,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if tier is None:
             raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(TIERS)}}}/")
         item.add_marker(tier)
-        # `--dist loadgroup` (./dev test): a file's tests share one worker (its module
-        # fixtures are made once), and so do the files that run `sidecar up`.
-        name = item.path.name
-        group = "sidecar-up" if name.startswith(SIDECAR_UP_FILES) else str(item.path)
-        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(autouse=True)
+def _one_sidecar_up_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """A test of a file that runs `sidecar up` holds a lock every pytest-xdist worker of this
+    run shares (a file in the run's temporary root), so no two bind the demo's ports at once."""
+    if not request.node.path.name.startswith(SIDECAR_UP_FILES):
+        yield
+        return
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # each worker's basetemp is popen-gwN under the run's
+    with open(root / "sidecar-up.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture
