@@ -17,7 +17,10 @@ for name in {modules!r}:
     module = importlib.import_module(name)
     if {walk!r} and hasattr(module, "__path__"):
         for info in pkgutil.walk_packages(module.__path__, name + "."):
-            if not info.name.endswith("__main__"):
+            # otlp_proto's *_pb2 are copies its import hook loads under opentelemetry's names;
+            # imported under their own, they clash with what pip left in that place.
+            copy = info.name.startswith("sidecar_shared.otlp_proto.")
+            if not info.name.endswith("__main__") and not copy:
                 importlib.import_module(info.name)
 print(json.dumps(sorted(sys.modules)))
 """
