@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.shutdown import up_environment
 from tests.support import ports, tokens, wait
 from tests.support.catalogs import write_catalog
 from tests.support.upstreams import Upstream
@@ -90,17 +91,7 @@ def main() -> None:
     ]
     catalog = write_catalog(workdir, services, roles={"admin": ["*"]})
     port = ports.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-    env.update(
-        SIDECAR_LISTENER_PORT=str(port),
-        SIDECAR_ADMIN_PORT=str(ports.free_port()),
-        SIDECAR_XDS_PORT=str(ports.free_port()),
-        SIDECAR_XDS_HTTP_PORT=str(ports.free_port()),
-        SIDECAR_AUTHZ_PORT=str(ports.free_port()),
-        SIDECAR_AUTHZ_HTTP_PORT=str(ports.free_port()),
-        SIDECAR_AUTHZ_HTTP_CHECK_PORT=str(ports.free_port()),
-        SIDECAR_JWT_SECRET=tokens.TEST_SECRET.decode(),
-    )
+    env = up_environment(port)
     log = workdir / "up.log"
     with log.open("w") as out:
         up = subprocess.Popen(

@@ -29,6 +29,23 @@ from tests.support.catalogs import write_catalog
 from tests.support.upstreams import Upstream
 
 
+def up_environment(listener_port: int) -> dict[str, str]:
+    """This process's environment for a `sidecar up` on `listener_port`: no SIDECAR_* of ours,
+    every other port of its own, the test signing key (bench.footprint uses it too)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env.update(
+        SIDECAR_LISTENER_PORT=str(listener_port),
+        SIDECAR_ADMIN_PORT=str(ports.free_port()),
+        SIDECAR_XDS_PORT=str(ports.free_port()),
+        SIDECAR_XDS_HTTP_PORT=str(ports.free_port()),
+        SIDECAR_AUTHZ_PORT=str(ports.free_port()),
+        SIDECAR_AUTHZ_HTTP_PORT=str(ports.free_port()),
+        SIDECAR_AUTHZ_HTTP_CHECK_PORT=str(ports.free_port()),
+        SIDECAR_JWT_SECRET=tokens.TEST_SECRET.decode(),
+    )
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=16)
@@ -47,17 +64,7 @@ def main() -> None:
     }
     catalog = write_catalog(workdir, [service])
     port = ports.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-    env.update(
-        SIDECAR_LISTENER_PORT=str(port),
-        SIDECAR_ADMIN_PORT=str(ports.free_port()),
-        SIDECAR_XDS_PORT=str(ports.free_port()),
-        SIDECAR_XDS_HTTP_PORT=str(ports.free_port()),
-        SIDECAR_AUTHZ_PORT=str(ports.free_port()),
-        SIDECAR_AUTHZ_HTTP_PORT=str(ports.free_port()),
-        SIDECAR_AUTHZ_HTTP_CHECK_PORT=str(ports.free_port()),
-        SIDECAR_JWT_SECRET=tokens.TEST_SECRET.decode(),
-    )
+    env = up_environment(port)
     log = workdir / "up.log"
     with log.open("w") as out:
         up = subprocess.Popen(

@@ -32,6 +32,20 @@ class RedisServer:
         self.proc.stop()
 
 
+def _wait_answering(server: RedisServer, client: redis.Redis, what: str) -> None:
+    """Until `client` gets PONG from `server`; fails at once if the process exited."""
+
+    def answers() -> bool:
+        if not server.proc.alive():
+            raise AssertionError(f"redis-server exited:\n{server.proc.output()}")
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    wait.wait_until(answers, timeout=15, what=what)
+
+
 def start_redis(
     workdir: Path, *args: str, name: str = "redis", password: str | None = None, port: int = 0
 ) -> RedisServer:
@@ -44,20 +58,8 @@ def start_redis(
     if password is not None:
         argv += ["--requirepass", password]
     server = RedisServer(stack.start(f"{name}-{port}", argv, workdir), port, password)
-    client = server.client(socket_timeout=1)
-
-    def answers() -> bool:
-        if not server.proc.alive():
-            raise AssertionError(f"redis-server exited:\n{server.proc.output()}")
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    try:
-        wait.wait_until(answers, timeout=15, what=f"redis-server on {port}")
-    finally:
-        client.close()
+    with server.client(socket_timeout=1) as client:
+        _wait_answering(server, client, f"redis-server on {port}")
     return server
 
 
@@ -222,21 +224,9 @@ def tls_redis(workdir: Path) -> Iterator[TlsRedis]:
     argv += ["--tls-ca-cert-file", str(ca.ca_file), "--tls-auth-clients", "no"]
     argv += ["--save", "", "--appendonly", "no", "--dir", str(home)]
     server = RedisServer(stack.start(f"redis-tls-{port}", argv, workdir), port)
-    client = redis.Redis(
-        host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca.ca_file), socket_timeout=1
-    )
-
-    def answers() -> bool:
-        if not server.proc.alive():
-            raise AssertionError(f"redis-server exited:\n{server.proc.output()}")
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
     try:
-        wait.wait_until(answers, timeout=15, what=f"TLS redis-server on {port}")
+        with server.client(ssl=True, ssl_ca_certs=str(ca.ca_file), socket_timeout=1) as client:
+            _wait_answering(server, client, f"TLS redis-server on {port}")
         yield TlsRedis(server, ca.ca_file)
     finally:
-        client.close()
         server.stop()
