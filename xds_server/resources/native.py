@@ -7,8 +7,8 @@ nothing on a route without its per-route config, so ext_authz routes are untouch
   to `failure`. The `Authorization` header is forwarded untouched, as ext_authz does.
 - `rbac`: the catalog's method → action table and the roles allowed each action (read from
   the verified payload: the roles claim, or the single `role` claim in a token without one),
-  and the tenant rules as a CEL condition: a tenant-scoped service needs a tenant in the
-  token; a client's `x-tenant-id` must equal the token's.
+  and the tenant rules: a tenant-scoped service needs a tenant in the token; a client's
+  `x-tenant-id` must equal the token's (a CEL condition, evaluated only when it was sent).
 - `lua` (`IDENTITY_FILTER`, on per route): `x-user-id`, `x-user-roles`, `x-tenant-id` from the
   verified payload by `contract.encode_identity`'s rule (a client's copies of the first two
   were stripped already; its `x-tenant-id` is replaced or removed after RBAC compared it); a
@@ -137,12 +137,10 @@ class _Cel:
         return self.call("_[_]", operand, self.text(key))
 
 
-def _tenant_condition(keys: NativeKeys, policy: RoutePolicy) -> syntax_pb2.Expr:
-    """The token's tenant (path `keys.tenant`) and the client's `x-tenant-id`: when the client
-    sent one, it must equal the token's tenant ('' without one); a tenant-scoped service needs
-    a tenant in the token."""
+def _tenant_comparison(keys: NativeKeys, policy: RoutePolicy) -> syntax_pb2.Expr:
+    """For a request whose client sent `x-tenant-id`: it must equal the token's tenant (path
+    `keys.tenant`; '' without one), and a tenant-scoped service needs a tenant in the token."""
     c = _Cel()
-    headers = c.select(c.ident("request"), "headers")
 
     def payload() -> syntax_pb2.Expr:
         meta = c.index(c.select(c.ident("metadata"), "filter_metadata"), JWT_FILTER)
@@ -166,17 +164,31 @@ def _tenant_condition(keys: NativeKeys, policy: RoutePolicy) -> syntax_pb2.Expr:
             node = c.index(node, key)
         return node
 
-    sent = c.call("@in", c.text(TENANT_HEADER), headers)
     client = c.index(c.select(c.ident("request"), "headers"), TENANT_HEADER)
     if keys.tenant is None:
         token_tenant = c.text("")
     else:
         token_tenant = c.call("_?_:_", has_tenant(), tenant(), c.text(""))
-    same = c.call("_||_", c.call("!_", sent), c.call("_==_", client, token_tenant))
+    same = c.call("_==_", client, token_tenant)
     if policy.tenant_scope != "tenant":
         return same
     required = has_tenant() if keys.tenant is not None else c.call("!_", c.text(""))
     return c.call("_&&_", required, same)
+
+
+def _has_tenant(keys: NativeKeys) -> rbac_config.Principal:
+    """The verified payload has a tenant (never, without a tenant claim path). Equal to the
+    CEL `has()` for the tenants ext_authz accepts (non-empty strings)."""
+    out = rbac_config.Principal()
+    if keys.tenant is None:
+        out.not_id.any = True
+        return out
+    m = out.metadata
+    m.filter = JWT_FILTER
+    for key in (PAYLOAD, *keys.tenant):
+        m.path.add(key=key)
+    m.value.present_match = True
+    return out
 
 
 def _role_principal(keys: NativeKeys, role: str) -> rbac_config.Principal:
@@ -223,25 +235,42 @@ def _methods(action: str) -> rbac_config.Permission:
 
 def rbac_per_route(keys: NativeKeys, policy: RoutePolicy) -> rbac_pb2.RBACPerRoute:
     """ALLOW policies: per action, its methods by the roles allowed it (or any method, without
-    RBAC), each with the tenant condition. Anything else is a 403."""
+    RBAC), under the tenant rules. Anything else is a 403.
+
+    Each action is two policies, so the common request costs no CEL: without a client
+    `x-tenant-id`, header and metadata matchers only (a tenant-scoped service needs a tenant
+    in the token); with one, the same plus a CEL comparison of the two tenants."""
     out = rbac_pb2.RBACPerRoute()
     rules = out.rbac.rules
     rules.action = rbac_config.RBAC.ALLOW
-    condition = _tenant_condition(keys, policy)
+    actions: list[tuple[str, rbac_config.Permission, list[rbac_config.Principal]]] = []
     if not policy.rbac_required:
-        p = rules.policies["authenticated"]
-        p.permissions.add(any=True)
-        p.principals.add(any=True)
-        p.condition.CopyFrom(condition)
-        return out
-    for action, roles in sorted(policy.allowed_roles.items()):
-        if not roles:
-            continue
-        p = rules.policies[action]
-        p.permissions.add().CopyFrom(_methods(action))
-        for role in sorted(roles):
-            p.principals.add().CopyFrom(_role_principal(keys, role))
-        p.condition.CopyFrom(condition)
+        anything = rbac_config.Permission(any=True)
+        actions.append(("authenticated", anything, [rbac_config.Principal(any=True)]))
+    else:
+        for action, roles in sorted(policy.allowed_roles.items()):
+            if roles:
+                principals = [_role_principal(keys, role) for role in sorted(roles)]
+                actions.append((action, _methods(action), principals))
+    comparison = _tenant_comparison(keys, policy)
+    for name, methods, principals in actions:
+        for sent in (False, True):
+            p = rules.policies[f"{name}+{TENANT_HEADER}" if sent else name]
+            header = rbac_config.Permission()
+            header.header.name = TENANT_HEADER
+            header.header.present_match = True
+            permission = p.permissions.add().and_rules.rules
+            permission.add().CopyFrom(methods)
+            if sent:
+                permission.add().CopyFrom(header)
+            else:
+                permission.add().not_rule.CopyFrom(header)
+            principal = p.principals.add().and_ids.ids
+            principal.add().or_ids.ids.extend(principals)
+            if policy.tenant_scope == "tenant" and not sent:
+                principal.add().CopyFrom(_has_tenant(keys))
+            if sent:
+                p.condition.CopyFrom(comparison)
     return out
 
 
