@@ -89,6 +89,8 @@ def choose(policy: RoutePolicy, options: EngineOptions) -> Choice:
         return Choice("ext_authz", "method-override headers are authorized by ext_authz only")
     if policy.tenant_upstreams:
         return Choice("ext_authz", "tenant upstreams are chosen by ext_authz only")
+    if policy.dry_run:
+        return Choice("ext_authz", "dry run: ext_authz lets through and records what it would deny")
     if policy.rate_limit is not None and options.decision == "auto":
         if options.shared_limits:
             return Choice("ext_authz", "its limit is shared through Redis")

@@ -5,18 +5,22 @@ service beside it still denies."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from sidecar_shared.contract import AUTHZ_TRANSPORTS
 from tests.support import tokens, wait
 from tests.support.gateway import gateway, guarded
+from tests.support.keys import rsa_key, write_jwks
 from tests.support.metrics import scraped
 from tests.support.upstreams import running
 
 ROLES = {"reader": ["*:read"]}
+SIGNER = "dry-run"
 
 
 @pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
@@ -78,3 +82,50 @@ def test_a_dry_run_service_lets_through_and_records_what_it_would_deny(
                 )
                 == 1
             )
+
+
+@pytest.mark.parametrize("decision", ["native", "auto"])
+def test_a_dry_run_service_is_never_compiled_to_envoys_filters(
+    tmp_path: Path, decision: str
+) -> None:
+    """With keys Envoy could verify (a JWKS), `native` and `auto` decide an enforcing service
+    in Envoy, but a dry-run service stays with ext_authz: Envoy's filters would deny for real."""
+    jwks = {"SIDECAR_JWKS": str(write_jwks(tmp_path / "jwks.json", rsa_key(SIGNER)))}
+    keys = {**jwks, "SIDECAR_JWT_SECRET": ""}
+    now = int(time.time())
+    claims = {"sub": "rita", "roles": ["reader"], "iat": now, "exp": now + 600}
+    reader = tokens.bearer(
+        jwt.encode(claims, rsa_key(SIGNER).private, algorithm="RS256", headers={"kid": SIGNER})
+    )
+    with running("trial", "strict") as (trial, strict):
+        services: list[dict[str, Any]] = [
+            guarded("trial", trial.url, enforce="dry_run"),
+            guarded("strict", strict.url),
+        ]
+        with gateway(
+            tmp_path,
+            services,
+            roles=ROLES,
+            authz=True,
+            xds_env={**keys, "SIDECAR_DECISION": decision},
+            authz_env=keys,
+        ) as gw:
+            assert gw.authz is not None
+            assert gw.request("DELETE", "/trial/7", reader).status == 200
+            assert trial.count("DELETE") == 1
+            assert gw.request("DELETE", "/strict/7", reader).status == 403
+            assert strict.count() == 0
+            lines = wait.wait_until(
+                lambda: (
+                    [
+                        line
+                        for line in gw.authz.audit_lines()  # type: ignore[union-attr]
+                        if line.get("decision") == "would_deny"
+                    ]
+                    or None
+                ),
+                what="the would_deny audit line",
+            )
+            assert [(line["service"], line["status"]) for line in lines] == [("trial", 403)]
+            rbac = gw.envoy.admin("/stats?filter=rbac.denied").body.decode()
+            assert rbac.strip().endswith(": 1"), rbac  # /strict: Envoy's own filter said no

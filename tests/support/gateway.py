@@ -117,9 +117,10 @@ def gateway(
     xds_args: list[str] | None = None,
     xds_env: Mapping[str, str] | None = None,
     transport: str = defaults.AUTHZ_TRANSPORT,
+    authz_env: Mapping[str, str] | None = None,
 ) -> Iterator[Gateway]:
     """Run a gateway for `services`; with `authz`, ext_authz with the test secret, called over
-    `transport`; `xds_env`: more variables for the xDS server."""
+    `transport`; `xds_env`, `authz_env`: more variables for the xDS server and ext_authz."""
     roles = roles or {"admin": ["*"]}
     catalog = tmp_path / "catalog" / "service_catalog.json"
     catalog.parent.mkdir(exist_ok=True)
@@ -127,7 +128,7 @@ def gateway(
     with ExitStack() as stop:
         xds = stack.start_xds(catalog, tmp_path, args=xds_args, env=xds_env, transport=transport)
         stop.callback(xds.proc.stop)
-        checker = stack.start_authz(tmp_path) if authz else None
+        checker = stack.start_authz(tmp_path, env=authz_env) if authz else None
         if checker is not None:
             stop.callback(checker.proc.stop)
         envoy = stack.start_envoy(xds, tmp_path, authz=checker)

@@ -50,6 +50,8 @@ def test_what_native_cannot_express_stays_on_ext_authz(decision: str) -> None:
     for policy in (
         RoutePolicy(service="orders", tenant_upstreams=frozenset({"acme"})),
         RoutePolicy(service="legacy", method_override=True),
+        RoutePolicy(service="trial", dry_run=True),
+        RoutePolicy(service="trial", dry_run=True, public=True, rate_limit=Limit(3, 60)),
     ):
         assert choose(policy, EngineOptions(decision, KEYS)).engine == "ext_authz"
 
