@@ -145,6 +145,9 @@ MANY = TokenSource(10_000, "acme")
 # The first configuration is the baseline (ratio 1.00). Add rows here; --configs filters them.
 CONFIGS = [
     Config("no-auth", OPEN + "/x", TokenSource(0)),
+    # Envoy alone receiving the same requests as the 1-token rows (the RS256 bearer token, about
+    # 600 bytes more per request, parsed and forwarded upstream): no filter decides anything.
+    Config("no-auth+token", OPEN + "/x", ONE, decision="native"),
     Config("http-1-token", SECURE + "/x", ONE),
     Config("http-10k-users", SECURE + "/x", MANY, AuthzArgs(MISSES)),
     Config("http-redis-10k-users", SECURE + "/x", MANY, AuthzArgs(MISSES, REDIS)),
@@ -715,6 +718,12 @@ def targets_table(
             value /= base
         ok = value >= goal if sense == ">=" else value <= goal
         row(what, f"{sense} {goal:g}", f"{value:.2f}" if measure == "ratio" else f"{value:.1f}", ok)
+    if "no-auth+token" in runs:
+        carried = median_of(runs["no-auth+token"], "rps")
+        for name in ("native-1-token", "http-1-token", "grpc-1-token"):
+            if name in runs:
+                ratio = median_of(runs[name], "rps") / carried
+                row(f"  ({name} over Envoy alone with the same token)", "-", f"{ratio:.2f}", None)
     for name, what in (("http-floor", "HTTP"), ("grpc-floor", "gRPC")):
         if name in runs:
             floor = median_of(runs[name], "cpu_us")

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 
 from sidecar_shared.contract import AUTHZ_TRANSPORTS
 from tests.support import tokens, wait
 from tests.support.gateway import gateway, guarded
+from tests.support.idp_tokens import sign
 from tests.support.keys import rsa_key, write_jwks
 from tests.support.metrics import scraped
 from tests.support.upstreams import running
@@ -94,9 +94,7 @@ def test_a_dry_run_service_is_never_compiled_to_envoys_filters(
     keys = {**jwks, "SIDECAR_JWT_SECRET": ""}
     now = int(time.time())
     claims = {"sub": "rita", "roles": ["reader"], "iat": now, "exp": now + 600}
-    reader = tokens.bearer(
-        jwt.encode(claims, rsa_key(SIGNER).private, algorithm="RS256", headers={"kid": SIGNER})
-    )
+    reader = tokens.bearer(sign(claims, rsa_key(SIGNER)))
     with running("trial", "strict") as (trial, strict):
         services: list[dict[str, Any]] = [
             guarded("trial", trial.url, enforce="dry_run"),

@@ -4,11 +4,15 @@ unless its method is idempotent or the service opts in."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import gateway, public
+from tests.support import tokens
+from tests.support.gateway import gateway, guarded, public
+from tests.support.idp_tokens import sign
+from tests.support.keys import rsa_key, write_jwks
 from tests.support.ports import free_port
 from tests.support.upstreams import running
 
@@ -149,3 +153,27 @@ def test_a_reset_after_the_request_was_sent_is_retried_for_get_only(tmp_path: Pa
         up.behave("ok", fail_first=1, fail_mode="reset")
         assert gw.request("POST", "/svc/r", body=b"{}").status == 503
         assert up.count("POST") == 1
+
+
+def test_a_native_route_retries_idempotent_requests_only(tmp_path: Path) -> None:
+    """On a route Envoy's own filters decide (`--decision native`), the retry conditions that
+    depend on the method still hold (they run in the identity step's script there), and the
+    retried request still carries the verified identity."""
+    jwks = write_jwks(tmp_path / "jwks.json", rsa_key("retry"))
+    keys = {"SIDECAR_JWKS": str(jwks), "SIDECAR_JWT_SECRET": "", "SIDECAR_DECISION": "native"}
+    now = int(time.time())
+    claims = {"sub": "rita", "roles": ["admin"], "iat": now, "exp": now + 600}
+    admin = tokens.bearer(sign(claims, rsa_key("retry")))
+    with (
+        running("a") as (up,),
+        gateway(tmp_path, [guarded("svc", up.url, retry_policy=RETRY_5XX)], xds_env=keys) as gw,
+    ):
+        up.behave("ok", fail_first=2)
+        assert gw.request("GET", "/svc/items/1", admin).status == 200
+        attempts = up.seen("GET")
+        assert len(attempts) == 3
+        assert {a.headers.get("x-user-id") for a in attempts} == {"rita"}
+        up.behave("ok", fail_first=1)
+        assert gw.request("POST", "/svc/orders", admin, body=b"{}").status == 503
+        assert up.count("POST") == 1
+        assert gw.request("GET", "/svc/items/1").status == 401

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 
 from ext_authz import idp
 from sidecar_shared.contract import Limit, RoutePolicy
@@ -16,6 +19,7 @@ from xds_server.engines import EngineOptions, NativeKeys, choose
 from xds_server.resources import native
 from xds_server.resources.common import AUTHZ_FILTER, AuthzOptions, Options
 from xds_server.resources.listener import http_filters, listener
+from xds_server.resources.retries import RETRY_FILTER
 from xds_server.resources.routes import route_configuration
 
 KEYS = NativeKeys(jwks="/keys/jwks.json")
@@ -121,3 +125,34 @@ def test_native_routes_skip_ext_authz_and_carry_the_native_filters() -> None:
     chain = [f.name for f in http_filters(catalog, Options(authz=AuthzOptions(engines=options)))]
     assert chain.index(native.JWT_FILTER) < chain.index(native.RBAC_FILTER)
     assert chain.index(native.RBAC_FILTER) < chain.index(AUTHZ_FILTER)
+
+
+def test_a_native_route_runs_its_retry_conditions_in_the_identity_script() -> None:
+    """One Lua coroutine per request on a native route with method-dependent retries: the
+    identity filter runs the combined script with the retry filter's context, and the retry
+    filter is off there; a cacheable route (the cache filter sits between them) keeps both."""
+    retries = {"max_retries": 2, "retry_on": ["5xx"]}
+    services = [
+        {"service_name": n, "base_path": f"/{n}", "internal_url": "http://127.0.0.1:9"}
+        | {"retry_policy": retries}
+        | extra
+        for n, extra in (("plain", {}), ("cached", {"cacheable": True}))
+    ]
+    catalog = decode_catalog(json.dumps({"services": services}).encode(), "catalog.json")
+    routes = route_configuration(catalog, AuthzOptions(engines=EngineOptions("native", KEYS)))
+    by_name = {r.name: r.typed_per_filter_config for r in routes.virtual_hosts[0].routes}
+    plain = by_name["plain"]
+    assert RETRY_FILTER not in plain
+    identity = route_components_pb2.FilterConfig()
+    plain[native.IDENTITY_FILTER].Unpack(identity)
+    script = lua_pb2.LuaPerRoute()
+    identity.config.Unpack(script)
+    assert script.name == native.IDENTITY_AND_RETRY
+    assert script.filter_context["retry_on"] == "5xx"
+    assert {RETRY_FILTER, native.IDENTITY_FILTER} <= set(by_name["cached"])
+    sources = native.filters(KEYS)[2]
+    assert sources.name == native.IDENTITY_FILTER
+    lua = lua_pb2.Lua()
+    sources.typed_config.Unpack(lua)
+    combined = lua.source_codes[native.IDENTITY_AND_RETRY].inline_string
+    assert "sidecar_identity(h) then sidecar_retry(h)" in combined

@@ -44,11 +44,13 @@ from sidecar_shared.contract import (
 )
 from xds_server.engines import NativeKeys
 from xds_server.resources.common import AUTHZ_FILTER, FILTER_DISABLED, pack, set_ms
+from xds_server.resources.retries import RETRY_FILTER, RETRY_FUNCTION
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 RBAC_FILTER = "envoy.filters.http.rbac"
 LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 IDENTITY_FILTER = "sidecar.native_identity"
+IDENTITY_AND_RETRY = "sidecar.native_identity+retry"  # a script of IDENTITY_FILTER's
 PROVIDER = "sidecar"
 PAYLOAD = "payload"
 FAILURE = "failure"  # jwt_authn's refusal (status and message) in dynamic metadata
@@ -69,6 +71,7 @@ def filters(keys: NativeKeys | None) -> list[hcm_pb2.HttpFilter]:
     if keys is not None:
         lua = lua_pb2.Lua(stat_prefix="native_identity")
         lua.source_codes[IDENTITY_FILTER].inline_string = identity_script(keys)
+        lua.source_codes[IDENTITY_AND_RETRY].inline_string = identity_and_retry_script(keys)
         out.insert(
             2, hcm_pb2.HttpFilter(name=IDENTITY_FILTER, disabled=True, typed_config=pack(lua))
         )
@@ -399,14 +402,14 @@ local function at(node, path)
   end
   return node
 end
-function envoy_on_request(handle)
+local function sidecar_identity(handle)
   local meta = handle:streamInfo():dynamicMetadata():get("envoy.filters.http.jwt_authn")
   local p = meta and meta["payload"]
-  if p == nil then return end
+  if p == nil then return false end
   local user = at(p, USER)
   if type(user) ~= "string" or user == "" then
     handle:respond({[":status"] = "401"}, "")  -- ext_authz's missing_claim
-    return
+    return true
   end
   local headers = handle:headers()
   headers:replace("x-user-id", enc(user))
@@ -428,6 +431,7 @@ function envoy_on_request(handle)
   else
     headers:remove("x-tenant-id")
   end
+  return false
 end
 """
 
@@ -439,11 +443,12 @@ def _lua_path(path: tuple[str, ...] | None) -> str:
     return "{" + ", ".join(f'"{key}"' for key in path) + "}"
 
 
-def identity_script(keys: NativeKeys) -> str:
-    """Lua setting `x-user-id`, `x-user-roles` and `x-tenant-id` from the verified payload
-    exactly as ext_authz does: the same claims (roles, else the single `role`), the roles of a
-    string split at spaces, empty and repeated ones dropped, every value encoded by
-    `contract.encode_identity`'s rule; `x-tenant-id` removed without a tenant."""
+def identity_function(keys: NativeKeys) -> str:
+    """Lua defining `sidecar_identity(handle)`: sets `x-user-id`, `x-user-roles` and
+    `x-tenant-id` from the verified payload exactly as ext_authz does (the same claims: roles,
+    else the single `role`; the roles of a string split at spaces, empty and repeated ones
+    dropped; every value encoded by `contract.encode_identity`'s rule; `x-tenant-id` removed
+    without a tenant), or answers 401 for a token without its user claim (returning true)."""
     fallback = "nil" if keys.role_fallback is None else f'"{keys.role_fallback}"'
     return _IDENTITY_SCRIPT % (
         _lua_path(keys.user),
@@ -451,6 +456,40 @@ def identity_script(keys: NativeKeys) -> str:
         fallback,
         _lua_path(keys.tenant),
     )
+
+
+def identity_script(keys: NativeKeys) -> str:
+    """The identity step alone."""
+    return identity_function(keys) + "function envoy_on_request(h) sidecar_identity(h) end\n"
+
+
+def identity_and_retry_script(keys: NativeKeys) -> str:
+    """The identity step, then the route's idempotent-only retry conditions (`retries`), in
+    one coroutine: a native route whose retries depend on the method runs one Lua script, not
+    two (each costs Envoy a coroutine per request)."""
+    return (
+        identity_function(keys)
+        + RETRY_FUNCTION
+        + "function envoy_on_request(h)\n"
+        + "  if not sidecar_identity(h) then sidecar_retry(h) end\nend\n"
+    )
+
+
+def merge_retry(route: route_components_pb2.Route) -> None:
+    """On a route with both the identity step and the retry filter, run the retry script
+    inside the identity filter (same `filter_context`) and leave the retry filter off. The
+    identity filter sits before ext_authz, the body limit and the cache, the retry filter right
+    before the router: callers merge only routes that no cache filter answers (none of those
+    others reads the retry headers)."""
+    configs = route.typed_per_filter_config
+    if IDENTITY_FILTER not in configs or RETRY_FILTER not in configs:
+        return
+    retry = lua_pb2.LuaPerRoute()
+    configs[RETRY_FILTER].Unpack(retry)
+    merged = lua_pb2.LuaPerRoute(name=IDENTITY_AND_RETRY)
+    merged.filter_context.CopyFrom(retry.filter_context)
+    configs[IDENTITY_FILTER].CopyFrom(pack(route_components_pb2.FilterConfig(config=pack(merged))))
+    del configs[RETRY_FILTER]
 
 
 def audit_fields(keys: NativeKeys | None) -> dict[str, str]:

@@ -46,11 +46,14 @@ _INCLUDES_SAFE = frozenset({"5xx", "gateway-error", "reset"})
 # Conditions under which Envoy retries an attempt that ran out of its per-try time.
 RETRIES_TIMEOUTS = frozenset({"5xx", "gateway-error", "reset"})
 
-_LUA = (
+# `sidecar_retry(request)`: the route's idempotent-only conditions on an idempotent request,
+# from the per-route `filter_context`. A function, so another per-route script (the native
+# engine's identity step, `native.IDENTITY_AND_RETRY`) can run it in the same coroutine.
+RETRY_FUNCTION = (
     "local idempotent = {"
     + ", ".join(f"{m} = true" for m in IDEMPOTENT_METHODS)
     + """}
-function envoy_on_request(request)
+local function sidecar_retry(request)
   local headers = request:headers()
   if not idempotent[headers:get(":method")] then
     return
@@ -71,6 +74,7 @@ function envoy_on_request(request)
 end
 """
 )
+_LUA = RETRY_FUNCTION + "function envoy_on_request(request) sidecar_retry(request) end\n"
 
 
 def retry_on_before_upstream(retry_on: Sequence[str]) -> list[str]:

@@ -153,6 +153,8 @@ def _add_route(
     rp = svc.retry_policy
     if rp is not None and rp.max_retries > 0:
         set_retry_policy(rp, out, svc.timeout_ms)
+    if not svc.cacheable:
+        native.merge_retry(out)
 
 
 def add_service_routes(
