@@ -7,6 +7,7 @@ verbose denials, limits (compared apart, as a sequence)."""
 
 from __future__ import annotations
 
+import http.client as http_client
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -239,6 +240,46 @@ def test_every_tenant_rule_agrees(
     tok = mint("valid", "tenant-rules", ["reader"], None, None, shape)
     bare = http.get(engines["native"].url + f"/{service}/t", {"authorization": f"Bearer {tok}"})
     assert bare.status == (403 if service == "ledger" else 200)
+
+
+def _raw_get(envoy: stack.Envoy, path: str, headers: list[tuple[str, str]]) -> dict[str, Any]:
+    """A GET with `headers` exactly as listed (repeated names, any spelling)."""
+    conn = http_client.HTTPConnection("127.0.0.1", envoy.listener_port, timeout=5)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        status, body = resp.status, resp.read()
+    finally:
+        conn.close()
+    if status == 200:
+        return {"status": status, "tenant": json.loads(body)["headers"].get("x-tenant-id")}
+    return {"status": status, "error": json.loads(body).get("error") if body else None}
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        [("X-Tenant-ID", "acme")],
+        [("x-tenant-id", "acme"), ("x-tenant-id", "acme")],
+        [("x-tenant-id", "acme"), ("X-TENANT-ID", "globex")],
+        [("x-tenant-id", "acme,globex")],
+        [("x-tenant-id", " acme")],
+    ],
+    ids=["spelling", "twice-same", "twice-different", "comma", "space"],
+)
+def test_a_client_tenant_header_in_any_spelling_or_number_agrees(
+    engines: dict[str, stack.Envoy], shape: str, sent: list[tuple[str, str]]
+) -> None:
+    """What an attacker may send as `x-tenant-id`: each engine gives the same answer, and the
+    upstream never sees a tenant other than the token's."""
+    tok = mint("valid", "tenant-spelling", ["reader"], None, "acme", shape)
+    headers = [("authorization", f"Bearer {tok}"), *sent]
+    answers = {name: _raw_get(envoy, "/ledger/t", headers) for name, envoy in engines.items()}
+    assert answers["native"] == answers["auto"] == answers["ext_authz"], sent
+    assert answers["native"].get("tenant") in (None, "acme")
 
 
 def test_a_limit_sequence_agrees(engines: dict[str, stack.Envoy], shape: str) -> None:
