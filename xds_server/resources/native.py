@@ -34,6 +34,7 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.type.matcher.v3 import metadata_pb2
 from google.api.expr.v1alpha1 import syntax_pb2
 from google.protobuf import any_pb2
 
@@ -179,6 +180,15 @@ def _tenant_comparison(keys: NativeKeys, policy: RoutePolicy) -> syntax_pb2.Expr
     return c.call("_&&_", required, same)
 
 
+def _payload_matcher(principal: rbac_config.Principal) -> metadata_pb2.MetadataMatcher:
+    """`principal` made a match on the request's dynamic metadata (where jwt_authn puts the
+    verified payload), to be filled in. (`sourced_metadata`, not the `metadata` field Envoy
+    deprecated.)"""
+    sourced = principal.sourced_metadata
+    sourced.metadata_source = rbac_config.MetadataSource.DYNAMIC
+    return sourced.metadata_matcher
+
+
 def _has_tenant(keys: NativeKeys) -> rbac_config.Principal:
     """The verified payload has a tenant (never, without a tenant claim path). Equal to the
     CEL `has()` for the tenants ext_authz accepts (non-empty strings)."""
@@ -186,7 +196,7 @@ def _has_tenant(keys: NativeKeys) -> rbac_config.Principal:
     if keys.tenant is None:
         out.not_id.any = True
         return out
-    m = out.metadata
+    m = _payload_matcher(out)
     m.filter = JWT_FILTER
     for key in (PAYLOAD, *keys.tenant):
         m.path.add(key=key)
@@ -200,7 +210,7 @@ def _role_principal(keys: NativeKeys, role: str) -> rbac_config.Principal:
     out = rbac_config.Principal()
     listed = rbac_config.Principal()
     if keys.roles is not None:
-        m = listed.metadata
+        m = _payload_matcher(listed)
         m.filter = JWT_FILTER
         for key in (PAYLOAD, *keys.roles):
             m.path.add(key=key)
@@ -208,7 +218,7 @@ def _role_principal(keys: NativeKeys, role: str) -> rbac_config.Principal:
     if keys.role_fallback is None:
         return listed
     single = rbac_config.Principal()
-    m = single.metadata
+    m = _payload_matcher(single)
     m.filter = JWT_FILTER
     m.path.add(key=PAYLOAD)
     m.path.add(key=keys.role_fallback)
@@ -216,7 +226,7 @@ def _role_principal(keys: NativeKeys, role: str) -> rbac_config.Principal:
     if keys.roles is None:
         return single
     fallback = out.or_ids.ids.add().and_ids
-    no_roles = fallback.ids.add().not_id.metadata
+    no_roles = _payload_matcher(fallback.ids.add().not_id)
     no_roles.filter = JWT_FILTER
     for key in (PAYLOAD, *keys.roles):
         no_roles.path.add(key=key)
