@@ -19,7 +19,7 @@ import pytest
 from sidecar.echo import EchoServer
 from sidecar_shared import defaults
 from tests.support import ports, stack
-from tests.support.catalogs import sample_data, write_json
+from tests.support.catalogs import write_sample_catalog
 
 TIERS = ("unit", "integration", "e2e")
 
@@ -93,24 +93,7 @@ def echo() -> Iterator[Callable[[str], EchoServer]]:
 @pytest.fixture
 def sample_catalog(tmp_path: Path, echo: Callable[[str], EchoServer]) -> Path:
     """The sample catalog, every service pointing at its own echo upstream(s)."""
-    data = sample_data()
-    for svc in data["services"]:
-        urls = (
-            svc["internal_url"] if isinstance(svc["internal_url"], list) else [svc["internal_url"]]
-        )
-        ports = [echo(svc["service_name"]).port for _ in urls]
-        svc["internal_url"] = [f"http://127.0.0.1:{p}" for p in ports]
-        for tenant in svc.get("tenant_upstreams", {}):
-            port = echo(f"{svc['service_name']}-{tenant}").port
-            svc["tenant_upstreams"][tenant] = f"http://127.0.0.1:{port}"
-        for version, spec in svc.get("versions", {}).items():
-            port = echo(f"{svc['service_name']}@{version}").port
-            spec["internal_url"] = f"http://127.0.0.1:{port}"
-    catalog_dir = tmp_path / "catalog"
-    catalog_dir.mkdir()
-    path = catalog_dir / "service_catalog.json"
-    write_json(path, data)
-    return path
+    return write_sample_catalog(tmp_path, echo)
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""Every request through Envoy is authenticated and authorized by our ext_authz."""
+"""Every request through Envoy is authenticated and authorized by our ext_authz.
+
+These are the `ext_authz` engine's; `test_authz_engines.py` runs them on `native` and `auto`
+(or, where a test's premise does not exist there, that engine's counterpart)."""
 
 from __future__ import annotations
 

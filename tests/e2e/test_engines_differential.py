@@ -22,6 +22,7 @@ from ext_authz.claims import set_claim
 from sidecar.echo import EchoServer
 from tests.support import http, stack, wait
 from tests.support.catalogs import write_catalog
+from tests.support.engines import access_log, counters
 from tests.support.keys import KeyPair, rsa_key, write_jwks
 from tests.support.ports import free_port
 
@@ -297,12 +298,6 @@ def test_a_limit_sequence_agrees(engines: dict[str, stack.Envoy], shape: str) ->
     assert statuses["native"] == statuses["auto"] == statuses["ext_authz"] == [200] * 3 + [429] * 2
 
 
-def counters(envoy: stack.Envoy, prefix: str) -> int:
-    """The sum of Envoy's counters under `http.ingress_http.<prefix>`."""
-    text = envoy.admin(f"/stats?filter=^http\\.ingress_http\\.{prefix}").body.decode()
-    return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if ":" in line)
-
-
 def test_native_decides_in_envoy_and_auto_only_where_it_compiles(
     engines: dict[str, stack.Envoy], shape: str
 ) -> None:
@@ -333,11 +328,7 @@ def test_envoy_writes_the_audit_fields_of_a_native_decision(
     assert (allowed.status, refused.status) == (200, 401)
 
     def lines() -> list[dict[str, Any]]:
-        out = []
-        for line in envoy.proc.output().splitlines():
-            if line.startswith("{") and '"path":"/docs/audit"' in line:
-                out.append(json.loads(line))
-        return out
+        return [a for a in access_log(envoy) if a.get("path") == "/docs/audit"]
 
     wait.wait_until(lambda: len(lines()) >= 2, what="both access log lines")
     by_status = {line["status"]: line for line in lines()}

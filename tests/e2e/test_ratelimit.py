@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,17 +28,21 @@ class Stack:
     xds: stack.XdsServer
     workdir: Path
     procs: list[stack.Proc]
+    env: dict[str, str] = field(default_factory=dict)  # for its ext_authz servers
+    envoys: list[stack.Envoy] = field(default_factory=list)
 
     def authz(self, name: str, args: list[str] | None = None) -> stack.Authz:
         server = stack.start_authz(
-            self.workdir, name=name, args=["--jwt-leeway", "0", *(args or [])]
+            self.workdir, name=name, env=self.env, args=["--jwt-leeway", "0", *(args or [])]
         )
         self.procs.append(server.proc)
         return server
 
-    def envoy(self, authz: stack.Authz, node_id: str) -> stack.Envoy:
+    def envoy(self, authz: stack.Authz | None, node_id: str) -> stack.Envoy:
+        """An Envoy calling `authz` (None: one whose engine never calls ext_authz)."""
         proxy = stack.start_envoy(self.xds, self.workdir, node_id=node_id, authz=authz)
         self.procs.append(proxy.proc)
+        self.envoys.append(proxy)
         wait.wait_until(
             lambda: (
                 (r := http.try_get(proxy.url + "/health/x")) is not None and r.status in (200, 429)
@@ -48,10 +52,9 @@ class Stack:
         return proxy
 
 
-@pytest.fixture
-def rig(tmp_path: Path, echo: Callable[[str], EchoServer], transport: str) -> Iterator[Stack]:
-    upstream = echo("api")
-    catalog = tmp_path / "catalog" / "service_catalog.json"
+def write_rig_catalog(workdir: Path, upstream: EchoServer) -> Path:
+    """api: a per-user limit; health: public, a per-address limit."""
+    catalog = workdir / "catalog" / "service_catalog.json"
     catalog.parent.mkdir()
     url = f"http://127.0.0.1:{upstream.port}"
     write_json(
@@ -75,6 +78,12 @@ def rig(tmp_path: Path, echo: Callable[[str], EchoServer], transport: str) -> It
             ]
         },
     )
+    return catalog
+
+
+@pytest.fixture
+def rig(tmp_path: Path, echo: Callable[[str], EchoServer], transport: str) -> Iterator[Stack]:
+    catalog = write_rig_catalog(tmp_path, echo("api"))
     xds = stack.start_xds(catalog, tmp_path, transport=transport)
     s = Stack(xds, tmp_path, [xds.proc])
     yield s

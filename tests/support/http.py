@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http.client import HTTPConnection
 from typing import Any
 
 
@@ -46,3 +48,18 @@ def try_get(url: str, headers: Mapping[str, str] | None = None) -> Response | No
         return get(url, headers)
     except OSError:
         return None
+
+
+def get_from(source: str, url: str, headers: Mapping[str, str] | None = None) -> Response:
+    """GET `url` from the local address `source`: on loopback, 127.0.0.2 stands for a client
+    on another host."""
+    parts = urllib.parse.urlsplit(url)
+    conn = HTTPConnection(
+        parts.hostname or "127.0.0.1", parts.port, timeout=5.0, source_address=(source, 0)
+    )
+    try:
+        conn.request("GET", parts.path or "/", headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
