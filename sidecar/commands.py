@@ -22,6 +22,14 @@ def demo_upstreams(specs: Sequence[str], python: str = sys.executable) -> list[s
     return [python, "-m", "sidecar.echo", *specs]
 
 
+# Envoy writes its access log (the native engine's audit lines) out every this many ms, not
+# every 10 s (its default): an audit line is written within about a second of its decision.
+ACCESS_LOG_FLUSH_MS = "1000"
+
+
 def envoy(binary: str, bootstrap: Path, log_level: str) -> list[str]:
     # A dynamic base id lets several Envoys run on one machine (tests, benchmarks).
-    return [binary, "-c", str(bootstrap), "--use-dynamic-base-id", "-l", log_level]
+    return [
+        *(binary, "-c", str(bootstrap), "--use-dynamic-base-id", "-l", log_level),
+        *("--file-flush-interval-msec", ACCESS_LOG_FLUSH_MS),
+    ]

@@ -149,3 +149,13 @@ def test_keycloak_client_roles_beside_realm_roles_keep_auto_on_ext_authz(
     del rig.claims["realm_access"]  # a client role the catalog does not name
     assert rig.call("GET", idp_tokens.sign(rig.claims, rsa_key())).status == 403
     assert rig.decided_by() == "ext_authz"
+
+
+@pytest.mark.parametrize("engine", ["ext_authz", "native", "auto"])
+def test_google_tokens_carry_no_roles_and_every_engine_says_so(start: Callable[..., Rig]) -> None:
+    """Google's ID tokens have no roles claim: a service that requires a role is a 403 for
+    every one of them, on every engine (native and auto compile it: an RBAC principal that
+    never matches; before, Envoy refused those routes and served none)."""
+    rig = start("google")
+    assert rig.call("GET", rig.token).status == 403
+    assert rig.decided_by() == ("ext_authz" if rig.engine == "ext_authz" else "native")

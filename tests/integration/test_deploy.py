@@ -306,7 +306,9 @@ def test_the_kubernetes_prestop_makes_a_real_envoy_drain(tmp_path: Path) -> None
     bootstrap["static_resources"]["listeners"] = [_answering_listener(listener_port)]
     path = tmp_path / "envoy.json"
     path.write_text(json.dumps(bootstrap))
-    drain_flags = command[command.index("--drain-strategy") :]
+    start = command.index("--drain-strategy")
+    drain_flags = command[start : start + 4]  # --drain-strategy X --drain-time-s Y
+    assert drain_flags[2] == "--drain-time-s"
     envoy = supervise.spawn(
         [*commands.envoy(find_envoy(), path, "error"), *drain_flags], stdout=subprocess.DEVNULL
     )

@@ -51,15 +51,16 @@ def counters(envoy: stack.Envoy, prefix: str) -> int:
 
 
 def flush_access_log(envoy: stack.Envoy) -> None:
-    """Have Envoy write out its access-log buffer now (it does every 10 s by default, its
-    `--file-flush-interval-msec`): the admin's `/reopen_logs` flushes before reopening."""
+    """Have Envoy write out its access-log buffer now (it does every second as
+    `commands.envoy` runs it): the admin's `/reopen_logs` flushes before reopening."""
     assert http.http("POST", f"http://127.0.0.1:{envoy.admin_port}/reopen_logs").status == 200
 
 
-def access_log(envoy: stack.Envoy) -> list[dict[str, Any]]:
+def access_log(envoy: stack.Envoy, flush: bool = True) -> list[dict[str, Any]]:
     """Envoy's access-log lines (its JSON lines on stdout; its own log lines are text), its
-    buffer flushed first."""
-    flush_access_log(envoy)
+    buffer flushed first unless not `flush`."""
+    if flush:
+        flush_access_log(envoy)
     return [json.loads(line) for line in envoy.proc.output().splitlines() if line.startswith("{")]
 
 

@@ -206,8 +206,12 @@ def _has_tenant(keys: NativeKeys) -> rbac_config.Principal:
 
 def _role_principal(keys: NativeKeys, role: str) -> rbac_config.Principal:
     """The verified payload names `role`: in its roles list, or, in a token with no roles
-    claim, as its single `role` (ext_authz's fallback)."""
+    claim, as its single `role` (ext_authz's fallback). With neither claim configured (a
+    provider whose tokens carry no roles, Google's), no token has a role: never."""
     out = rbac_config.Principal()
+    if keys.roles is None and keys.role_fallback is None:
+        out.not_id.any = True
+        return out
     listed = rbac_config.Principal()
     if keys.roles is not None:
         m = _payload_matcher(listed)
