@@ -33,7 +33,7 @@ from xds_server.fleet import Fleet, Rejection
 from xds_server.metrics import ProxyStates, XdsMetrics
 from xds_server.observers import LogObserver, MetricsObserver, Observers, TracingObserver
 from xds_server.proxies import ProxyRegistry
-from xds_server.reload import Build, Reloader, decode_and_build
+from xds_server.reload import Build, Reloader, decode_and_build, native_files
 from xds_server.server import AdsService, StreamLimits
 from xds_server.settings import XdsSettings
 from xds_server.snapshot import Snapshot
@@ -121,6 +121,7 @@ def build_server(
         kept=fleet.bounds.versions,
         env=settings.env,
         fallback=fleet.fallback,
+        also=native_files(settings.translate),
     )
     observers = [MetricsObserver(metrics), LogObserver(log), fleet]
     if tracer is not None:

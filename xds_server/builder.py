@@ -29,12 +29,14 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
 from sidecar_shared.bounded import BoundedMap
+from sidecar_shared.errors import SettingsError
 from xds_server import access_tests, typeurls
 from xds_server.catalog import (
     Catalog,
@@ -45,6 +47,7 @@ from xds_server.catalog import (
     parse_catalog_cached,
     service_key,
 )
+from xds_server.engines import jwks_document
 from xds_server.explain import Explainer
 from xds_server.resources.common import ROUTE_CONFIG_NAME, Options
 from xds_server.resources.routes import (
@@ -110,7 +113,29 @@ class SnapshotBuilder:
         """The catalog a snapshot this builder made (one of the last few) was built from."""
         return self._catalogs.get(version)
 
+    def _read_jwks(self, source: str) -> None:
+        """The native engine's JWKS, read again (`engines.jwks_document`) into the options
+        this build uses; raises CatalogError naming the file when it is not a usable JWKS."""
+        engines = self._options.authz.engines
+        keys = engines.keys
+        if keys is None or engines.decision == "ext_authz":
+            return
+        try:
+            raw = Path(keys.jwks).read_bytes()
+            document = jwks_document(raw, keys.jwks)
+        except OSError as err:
+            why = f"cannot read the JWKS {keys.jwks}: {err.strerror or err}"
+            raise CatalogError([Problem("SIDECAR_JWKS", why)], source) from None
+        except SettingsError as err:
+            raise CatalogError([Problem("SIDECAR_JWKS", str(err))], source) from None
+        if document != keys.document:
+            fresh = replace(engines, keys=replace(keys, document=document))
+            self._options = replace(
+                self._options, authz=replace(self._options.authz, engines=fresh)
+            )
+
     def __call__(self, raw: bytes, source: str) -> tuple[Snapshot, int]:
+        self._read_jwks(source)
         with _gc_paused():
             snapshot, catalog = self._decode_and_build(raw, source)
         problems = snapshot.consistent()

@@ -23,10 +23,12 @@ secret.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from ext_authz.keys import KeyConfigError, parse_jwks
 from sidecar_shared.contract import RoutePolicy
 from sidecar_shared.errors import SettingsError
 from sidecar_shared.flags import add_flag
@@ -64,6 +66,31 @@ class NativeKeys:
     roles: tuple[str, ...] | None = ("roles",)  # None: the provider has no roles claim
     role_fallback: str | None = "role"  # read only when no `roles` claim is in the token
     tenant: tuple[str, ...] | None = ("tenant_id",)
+    # The JWKS Envoy gets inline (`jwks_document`): the builder reads the file at `jwks` again
+    # for every build, so a replaced file reaches Envoy with the next push. Empty: Envoy reads
+    # the file itself, once, when it builds the listener.
+    document: str = ""
+
+
+def jwks_document(raw: bytes, source: str) -> str:
+    """The JWKS to compile into jwt_authn from a JWKS file's bytes: the keys ext_authz verifies
+    with (`ext_authz.keys.parse_jwks`: public signing keys only, weak ones left out), as
+    compact JSON. Raises SettingsError naming `source` when the file is not such a JWKS (one
+    with private or symmetric material included: never written into Envoy's config)."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SettingsError(f"{source}: not JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise SettingsError(f"{source}: not a JWKS (an object with a 'keys' list)")
+    try:
+        usable = parse_jwks(data, source)
+    except KeyConfigError as err:
+        raise SettingsError(str(err)) from None
+    if not usable:
+        raise SettingsError(f"{source}: no usable signing key")
+    public = [usable[kid].raw for kid in sorted(usable)]
+    return json.dumps({"keys": public}, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

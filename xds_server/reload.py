@@ -78,8 +78,25 @@ def decode_and_build(options: Options) -> SnapshotBuilder:
     return SnapshotBuilder(options, SdsWriter(options.sds_dir))
 
 
+def native_files(options: Options) -> tuple[Path, ...]:
+    """The files a build reads besides the catalog: the native engine's JWKS
+    (`SnapshotBuilder` inlines it into every build)."""
+    engines = options.authz.engines
+    if engines.keys is None or engines.decision == "ext_authz":
+        return ()
+    return (Path(engines.keys.jwks),)
+
+
 def _identities(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int, int] | None, ...]:
     return tuple(_file_identity(p) for p in paths)
+
+
+def _contents(path: Path) -> bytes:
+    """A file's bytes for the digest; an unreadable one counts as empty (the build says why)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -178,6 +195,7 @@ class Reloader:
         env: str | None = None,
         environ: Mapping[str, str] = os.environ,
         fallback: Callable[[], Snapshot | None] = lambda: None,
+        also: tuple[Path, ...] = (),
     ) -> None:
         """`tracer`: one span per attempt ("catalog reload"); a push it causes is its child.
         `kept`: versions whose service count is remembered; more than the fleet's history
@@ -185,8 +203,10 @@ class Reloader:
         `env`: the environment whose overlay is merged onto `path`; `environ`: what `${VAR}`
         reads. `fallback`: what to serve when nothing is yet and the catalog builds a version
         Envoy rejected (`fleet.Fleet.fallback`: the last one proxies accepted, from the state
-        directory)."""
+        directory). `also`: more files the build reads (the native engine's JWKS): watched like
+        the catalog, and a change to one is a reload."""
         self._fallback = fallback
+        self._also = also
         self._tracer = tracer
         self._path = path
         self._files = environments.CatalogFiles(path, env)
@@ -207,6 +227,10 @@ class Reloader:
         # snapshot, or an older one a rollback after a NACK (`Fleet`) brings back.
         self._services_of: BoundedMap[str, int] = BoundedMap(kept)
         cache.subscribe(self._served)
+
+    @property
+    def _watched(self) -> tuple[Path, ...]:
+        return (*self._files.paths, *self._also)
 
     def _served(self, snapshot: Snapshot) -> None:
         self._metrics.snapshot.info({"version": snapshot.version})
@@ -239,7 +263,7 @@ class Reloader:
             )
 
     async def _load(self) -> bool:
-        self._last_identity = _identities(self._files.paths)
+        self._last_identity = _identities(self._watched)
         try:
             # (off the event loop: with an overlay, both files are decoded and merged here)
             loaded = await asyncio.to_thread(environments.read, self._files, self._environ)
@@ -248,7 +272,7 @@ class Reloader:
         except CatalogError as err:
             return self._fail([str(p) for p in err.problems])
         data = loaded.raw
-        digest = hashlib.sha256(data).digest()
+        digest = hashlib.sha256(data + b"".join(map(_contents, self._also))).digest()
         if digest == self._last_digest:
             self._metrics.reloads.labels("unchanged").inc()
             return False
@@ -315,7 +339,7 @@ class Reloader:
         """Whether a batch of directory changes (empty: a periodic check) touched the catalog:
         its name, the file its name resolves to, or what the name leads to (its identity, as
         after a symlink swap)."""
-        paths = self._files.paths
+        paths = self._watched
         names = {str(p.absolute()) for p in paths} | {str(p.resolve()) for p in paths}
         if any(changed in names for _, changed in changes):
             return True
@@ -348,7 +372,7 @@ class Reloader:
         """Reload on every change of the catalog until `stop` is set (the module docstring
         says what is watched and how a failure is handled)."""
         while not stop.is_set():
-            plan = _watch_plan(*self._files.paths)
+            plan = _watch_plan(*self._watched)
             try:
                 async for changes in awatch(
                     *(directory for directory, _, _ in plan),
@@ -362,7 +386,7 @@ class Reloader:
                     self._watching()
                     if self._catalog_changed(changes):
                         await self.load()
-                    if _watch_plan(*self._files.paths) != plan:
+                    if _watch_plan(*self._watched) != plan:
                         break  # a directory on the way was replaced or a symlink moved
             except Exception as err:
                 self._cannot_watch(plan, err, recheck_s)

@@ -13,6 +13,7 @@ from ext_authz import idp
 from sidecar_shared.contract import Limit, RoutePolicy
 from sidecar_shared.errors import SettingsError
 from tests.support.catalogs import SAMPLE
+from tests.support.keys import rsa_key
 from xds_server import engines
 from xds_server.catalog import decode_catalog
 from xds_server.engines import EngineOptions, NativeKeys, choose
@@ -156,3 +157,28 @@ def test_a_native_route_runs_its_retry_conditions_in_the_identity_script() -> No
     sources.typed_config.Unpack(lua)
     combined = lua.source_codes[native.IDENTITY_AND_RETRY].inline_string
     assert "sidecar_identity(h) then sidecar_retry(h)" in combined
+
+
+def test_the_jwks_compiled_into_envoy_holds_public_signing_keys_only() -> None:
+    """What jwt_authn gets inline: the keys ext_authz would verify with, nothing private or
+    symmetric (a file holding either is refused, naming it), compact and stable."""
+    rsa = rsa_key("doc-rsa").public_jwk
+    enc = {**rsa_key("doc-enc").public_jwk, "use": "enc"}
+    raw = json.dumps({"keys": [enc, rsa]}).encode()
+    document = json.loads(engines.jwks_document(raw, "keys.json"))
+    assert document == {"keys": [rsa]}
+    assert engines.jwks_document(raw, "keys.json") == engines.jwks_document(raw, "keys.json")
+    for bad, why in (
+        (b"{", "not JSON"),
+        (b'{"keys": {}}', "not a JWKS"),
+        (json.dumps({"keys": [{**rsa, "d": "AQAB"}]}).encode(), "private or symmetric"),
+        (json.dumps({"keys": [{"kty": "oct", "kid": "hs", "k": "c2VjcmV0"}]}).encode(), "symm"),
+        (json.dumps({"keys": [enc]}).encode(), "no usable signing key"),
+    ):
+        with pytest.raises(SettingsError, match=why) as err:
+            engines.jwks_document(bad, "keys.json")
+        assert "keys.json" in str(err.value)
+        assert "c2VjcmV0" not in str(err.value)
+    keys = NativeKeys(jwks="/keys/jwks.json", document=json.dumps({"keys": [rsa]}))
+    provider = native.jwt_config(keys).providers[native.PROVIDER]
+    assert json.loads(provider.local_jwks.inline_string) == {"keys": [rsa]}

@@ -91,9 +91,13 @@ def jwt_config(keys: NativeKeys) -> jwt_pb2.JwtAuthentication:
         provider.issuer = keys.issuer
     if keys.audience:
         provider.audiences.append(keys.audience)
-    provider.local_jwks.filename = keys.jwks
-    # Read when Envoy builds the listener: a rotated file takes effect on Envoy's next start
-    # (jwt_authn ignores `watched_directory` for it; docs/engines.md).
+    if keys.document:
+        # Inline (public keys only: `engines.jwks_document`), so a replaced JWKS file reaches
+        # Envoy with the next push; jwt_authn reads a file only when it builds the listener
+        # (it ignores `watched_directory` there).
+        provider.local_jwks.inline_string = keys.document
+    else:
+        provider.local_jwks.filename = keys.jwks
     provider.jwt_cache_config.jwt_cache_size = 1000
     config = jwt_pb2.JwtAuthentication()
     config.providers[PROVIDER].CopyFrom(provider)
