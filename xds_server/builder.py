@@ -100,6 +100,7 @@ class SnapshotBuilder:
         returned (`sds_files.SdsWriter`); None: not written (validate, render)."""
         self._options = options
         self._write_secrets = write_secrets
+        self._jwks_raw: bytes | None = None  # the JWKS file the options' document came from
         self._services: ServiceCache = {}
         self._clusters: dict[bytes, _Clusters] = {}
         self._routes: dict[_RouteKey, _Routes] = {}
@@ -114,25 +115,26 @@ class SnapshotBuilder:
         return self._catalogs.get(version)
 
     def _read_jwks(self, source: str) -> None:
-        """The native engine's JWKS, read again (`engines.jwks_document`) into the options
-        this build uses; raises CatalogError naming the file when it is not a usable JWKS."""
+        """The native engine's JWKS, read again into the options this build uses (parsed,
+        `engines.jwks_document`, only when its bytes changed); raises CatalogError naming the
+        file when it is not a usable JWKS."""
         engines = self._options.authz.engines
-        keys = engines.keys
-        if keys is None or engines.decision == "ext_authz":
+        keys = engines.compiled_keys
+        if keys is None:
             return
         try:
             raw = Path(keys.jwks).read_bytes()
+            if raw == self._jwks_raw:
+                return
             document = jwks_document(raw, keys.jwks)
         except OSError as err:
             why = f"cannot read the JWKS {keys.jwks}: {err.strerror or err}"
             raise CatalogError([Problem("SIDECAR_JWKS", why)], source) from None
         except SettingsError as err:
             raise CatalogError([Problem("SIDECAR_JWKS", str(err))], source) from None
-        if document != keys.document:
-            fresh = replace(engines, keys=replace(keys, document=document))
-            self._options = replace(
-                self._options, authz=replace(self._options.authz, engines=fresh)
-            )
+        fresh = replace(engines, keys=replace(keys, document=document))
+        self._options = replace(self._options, authz=replace(self._options.authz, engines=fresh))
+        self._jwks_raw = raw
 
     def __call__(self, raw: bytes, source: str) -> tuple[Snapshot, int]:
         self._read_jwks(source)

@@ -101,6 +101,11 @@ class EngineOptions:
     no_keys: str = "no JWKS configured"
     shared_limits: bool = False  # ext_authz counts limits in Redis, shared by every replica
 
+    @property
+    def compiled_keys(self) -> NativeKeys | None:
+        """The keys compiled into Envoy's jwt_authn: none with `--decision ext_authz`."""
+        return None if self.decision == "ext_authz" else self.keys
+
 
 @dataclass(frozen=True)
 class Choice:

@@ -81,10 +81,8 @@ def decode_and_build(options: Options) -> SnapshotBuilder:
 def native_files(options: Options) -> tuple[Path, ...]:
     """The files a build reads besides the catalog: the native engine's JWKS
     (`SnapshotBuilder` inlines it into every build)."""
-    engines = options.authz.engines
-    if engines.keys is None or engines.decision == "ext_authz":
-        return ()
-    return (Path(engines.keys.jwks),)
+    keys = options.authz.engines.compiled_keys
+    return () if keys is None else (Path(keys.jwks),)
 
 
 def _identities(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int, int] | None, ...]:

@@ -5,22 +5,18 @@ service beside it still denies."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sidecar_shared.contract import AUTHZ_TRANSPORTS
-from tests.support import tokens, wait
+from tests.support import engines, tokens, wait
 from tests.support.gateway import gateway, guarded
-from tests.support.idp_tokens import sign
-from tests.support.keys import rsa_key, write_jwks
 from tests.support.metrics import scraped
 from tests.support.upstreams import running
 
 ROLES = {"reader": ["*:read"]}
-SIGNER = "dry-run"
 
 
 @pytest.mark.parametrize("transport", AUTHZ_TRANSPORTS)
@@ -90,11 +86,8 @@ def test_a_dry_run_service_is_never_compiled_to_envoys_filters(
 ) -> None:
     """With keys Envoy could verify (a JWKS), `native` and `auto` decide an enforcing service
     in Envoy, but a dry-run service stays with ext_authz: Envoy's filters would deny for real."""
-    jwks = {"SIDECAR_JWKS": str(write_jwks(tmp_path / "jwks.json", rsa_key(SIGNER)))}
-    keys = {**jwks, "SIDECAR_JWT_SECRET": ""}
-    now = int(time.time())
-    claims = {"sub": "rita", "roles": ["reader"], "iat": now, "exp": now + 600}
-    reader = tokens.bearer(sign(claims, rsa_key(SIGNER)))
+    keys = engines.keys_env(tmp_path)
+    reader = tokens.bearer(engines.rs256_token(sub="rita", roles=["reader"], tenant=None))
     with running("trial", "strict") as (trial, strict):
         services: list[dict[str, Any]] = [
             guarded("trial", trial.url, enforce="dry_run"),

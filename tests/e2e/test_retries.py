@@ -4,15 +4,12 @@ unless its method is idempotent or the service opts in."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import tokens
+from tests.support import engines, tokens
 from tests.support.gateway import gateway, guarded, public
-from tests.support.idp_tokens import sign
-from tests.support.keys import rsa_key, write_jwks
 from tests.support.ports import free_port
 from tests.support.upstreams import running
 
@@ -159,11 +156,8 @@ def test_a_native_route_retries_idempotent_requests_only(tmp_path: Path) -> None
     """On a route Envoy's own filters decide (`--decision native`), the retry conditions that
     depend on the method still hold (they run in the identity step's script there), and the
     retried request still carries the verified identity."""
-    jwks = write_jwks(tmp_path / "jwks.json", rsa_key("retry"))
-    keys = {"SIDECAR_JWKS": str(jwks), "SIDECAR_JWT_SECRET": "", "SIDECAR_DECISION": "native"}
-    now = int(time.time())
-    claims = {"sub": "rita", "roles": ["admin"], "iat": now, "exp": now + 600}
-    admin = tokens.bearer(sign(claims, rsa_key("retry")))
+    keys = {**engines.keys_env(tmp_path), "SIDECAR_DECISION": "native"}
+    admin = tokens.bearer(engines.rs256_token(sub="rita", tenant=None))
     with (
         running("a") as (up,),
         gateway(tmp_path, [guarded("svc", up.url, retry_policy=RETRY_5XX)], xds_env=keys) as gw,
